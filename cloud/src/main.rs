@@ -1,0 +1,45 @@
+//! `scission-cloud`: the cloud tier of Scission. It benchmarks its blocks (`bench`), shows a
+//! model's cut points (`inspect`) and runs the built-in demo (`demo`).
+
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use scission_shared::cli::{self, BenchArgs, InspectArgs};
+use scission_shared::profile::TierKind;
+
+/// The cloud tier of Scission: benchmark DNN blocks, inspect cut points, run the demo.
+///
+/// Start with `scission-cloud demo`: it writes a built-in model, benchmarks it as a
+/// single-threaded device and a multi-threaded server, and checks that every split of the
+/// model computes exactly what the unsplit model does.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmark every block of a model on this machine and write a JSON profile.
+    Bench(BenchArgs),
+    /// Show a model's cut points, the tensors crossing them and their sizes.
+    Inspect(InspectArgs),
+    /// Run the built-in demo on an embedded model (nothing to download).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing(cli.verbose);
+    cli::report(match &cli.command {
+        Command::Bench(args) => cli::run_bench(args, TierKind::Cloud),
+        Command::Inspect(args) => cli::run_inspect(args),
+        Command::Demo(args) => demo::run(args),
+    })
+}

@@ -1,0 +1,128 @@
+//! The benchmark profile: what one machine measured for one model, as a versioned JSON
+//! document. The solver plans from profiles; every tier writes one with `bench`.
+//!
+//! Times are nanoseconds, sizes bytes. A profile names the model by the SHA-256 of its ONNX
+//! file, so profiles of different models are never mixed.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::cut::Block;
+use crate::stats::Summary;
+
+/// Value of [`Profile::format`].
+pub const PROFILE_FORMAT: &str = "scission-profile";
+/// Current [`Profile::version`]. Bumped on any incompatible change.
+pub const PROFILE_VERSION: u32 = 1;
+
+/// Role of a machine in the device -> edge -> cloud chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierKind {
+    /// The end device that holds the raw input (e.g. a Raspberry Pi).
+    Device,
+    /// A nearby server.
+    Edge,
+    /// A remote data-centre server.
+    Cloud,
+}
+
+impl TierKind {
+    /// Lower-case name, as in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierKind::Device => "device",
+            TierKind::Edge => "edge",
+            TierKind::Cloud => "cloud",
+        }
+    }
+}
+
+/// A per-machine benchmark of one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Always [`PROFILE_FORMAT`].
+    pub format: String,
+    /// [`PROFILE_VERSION`] of the writer.
+    pub version: u32,
+    /// Which model was measured.
+    pub model: ModelFacts,
+    /// Which machine measured it.
+    pub machine: MachineFacts,
+    /// Largest number of tensors allowed to cross a cut point.
+    pub max_crossing: usize,
+    /// Per-block timings, in execution order; consecutive blocks share a boundary.
+    pub blocks: Vec<BlockProfile>,
+    /// Every cut point (block boundaries, including 0 and the end).
+    pub cuts: Vec<CutProfile>,
+    /// The unsplit model, run as one plan.
+    pub whole_model: Summary,
+    /// Sum of the block medians.
+    pub sum_of_blocks_ns: u64,
+    /// `sum_of_blocks_ns / whole_model.median_ns`: the cost of cutting everywhere (the
+    /// original Scission's "NE vs SUM" gap).
+    pub sum_over_whole: f64,
+    /// Wall time of the whole benchmark, seconds.
+    pub bench_seconds: f64,
+}
+
+/// Identity of the measured model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFacts {
+    /// File name as given (informative).
+    pub name: String,
+    /// Hex SHA-256 of the ONNX bytes.
+    pub sha256: String,
+    /// Concrete input shapes used.
+    pub input_shapes: Vec<Vec<u64>>,
+    /// Compute nodes in the decluttered graph.
+    pub nodes: usize,
+}
+
+/// The machine that ran the benchmark.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineFacts {
+    /// Machine name, unique within a cluster (e.g. `raspi4`).
+    pub name: String,
+    /// Its tier.
+    pub tier: TierKind,
+    /// CPU architecture, e.g. `x86_64`, `aarch64`.
+    pub arch: String,
+    /// Operating system.
+    pub os: String,
+    /// CPU model string, when known.
+    pub cpu_model: String,
+    /// Logical cores available.
+    pub cores: u32,
+    /// Threads the engine used.
+    pub threads: u32,
+}
+
+/// Timing of one block.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockProfile {
+    /// Node range.
+    pub range: Block,
+    /// Name of the first node.
+    pub first_node: String,
+    /// Name of the last node.
+    pub last_node: String,
+    /// Timings of the block alone, on real activations from the blocks before it.
+    pub time: Summary,
+    /// Bytes of the weights its nodes read.
+    pub weight_bytes: u64,
+    /// Bytes of the activations it reads and writes (crossing its start and end).
+    pub activation_bytes: u64,
+}
+
+/// One cut point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutProfile {
+    /// Position in evaluation order.
+    pub position: usize,
+    /// Bytes crossing it (dense, uncompressed).
+    pub bytes: u64,
+    /// Names of the crossing tensors.
+    pub tensors: Vec<String>,
+}

@@ -1,0 +1,47 @@
+//! Repeated timing of a piece of work under a run-count and time budget.
+//!
+//! The clock is embassy-time's [`Instant`]: the std driver on Linux, a hardware timer on a
+//! board. Nothing here needs std.
+
+use alloc::vec::Vec;
+use embassy_time::{Duration, Instant};
+
+/// How long to measure: `warmup` untimed runs, then timed runs until `max_runs` are done or
+/// `max_time` has passed, but never fewer than `min_runs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Untimed runs first (caches, allocator, lazy initialisation).
+    pub warmup: u32,
+    /// Timed runs that always happen.
+    pub min_runs: u32,
+    /// Upper bound on timed runs.
+    pub max_runs: u32,
+    /// Time after which no new timed run starts once `min_runs` are done.
+    pub max_time: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self { warmup: 2, min_runs: 5, max_runs: 200, max_time: Duration::from_millis(1000) }
+    }
+}
+
+/// Runs `work` under `budget` and returns one duration sample per timed run, in nanoseconds.
+/// Stops at the first error.
+pub fn measure<E>(budget: Budget, mut work: impl FnMut() -> Result<(), E>) -> Result<Vec<u64>, E> {
+    for _ in 0..budget.warmup {
+        work()?;
+    }
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while samples.len() < budget.max_runs as usize {
+        let enough = samples.len() >= budget.min_runs as usize;
+        if enough && started.elapsed() >= budget.max_time {
+            break;
+        }
+        let t0 = Instant::now();
+        work()?;
+        samples.push(t0.elapsed().as_nanos());
+    }
+    Ok(samples)
+}

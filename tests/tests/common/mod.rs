@@ -1,0 +1,36 @@
+//! Helpers for driving the real binaries: where they are, and test models on disk.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use scission_shared::onnx::builder::encode;
+use scission_shared::onnx::testmodels::TestModel;
+
+/// Path of a workspace binary next to this test executable (`target/<profile>/NAME`).
+/// `cargo test --workspace` builds them first, because each binary crate has tests of its own.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo test --workspace` (it builds every binary)", path.display());
+    path
+}
+
+/// Runs a binary with arguments and returns its output.
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name)).args(args).output().expect("binary starts")
+}
+
+/// Writes a built-in test model into `dir` and returns its path.
+pub fn write_model(dir: &Path, kind: TestModel, resolution: usize) -> PathBuf {
+    let path = dir.join(format!("{}.onnx", kind.name()));
+    std::fs::write(&path, encode(&kind.build(resolution, 5))).expect("write model");
+    path
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
