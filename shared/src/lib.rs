@@ -18,6 +18,7 @@ extern crate std;
 pub mod cut;
 pub mod graph;
 pub mod profile;
+pub mod solver;
 pub mod stats;
 pub mod timing;
 

@@ -1,0 +1,360 @@
+//! The exact top-K dynamic program.
+//!
+//! State `(machine m, boundary p)`: m's tier has run blocks up to `p` and is the last tier used
+//! so far. Each state keeps the K best plan prefixes reaching it. Moving on to machine `m'` of a
+//! later tier for blocks `[p, q)` costs `hop(m, m', p) + S_m'(q) - S_m'(p)` (S: prefix sums of
+//! block times), which splits into a part that depends on `p` only and a part that depends on
+//! `q` only. So for each pair of machines one sweep over `q` suffices: the candidates for `q`
+//! are the entries of every valid `p` in a window `[lo(q), q)` whose left end only moves right
+//! (forbidden blocks, compute and memory caps all shrink it monotonically). A queue built from
+//! two stacks keeps the window's K best in O(K) amortised per step, so the whole solve is
+//! O(pairs of machines × blocks × K).
+//!
+//! Entries carry integer keys and back-pointers; ties on the key are broken by the plan's
+//! segment sequence, recovered through the back-pointers, exactly as the brute-force ranking
+//! does.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cmp::Ordering;
+
+use super::constraints::Compiled;
+use super::plan::{Objective, Segment};
+use super::problem::Problem;
+
+const ORIGIN: u32 = u32::MAX;
+
+/// A plan prefix ending at some state.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    primary: i64,
+    latency: i64,
+    /// State the previous segment ended at (ORIGIN for the device segment).
+    from: u32,
+    /// Rank of the prefix within that state's list.
+    rank: u32,
+}
+
+/// Solver tables for one problem, objective and K.
+pub(crate) struct Dp<'a> {
+    problem: &'a Problem,
+    c: &'a Compiled,
+    objective: Objective,
+    k: usize,
+    n: usize,
+    /// Per machine: prefix sums of block times (n + 1).
+    prefix: Vec<Vec<u64>>,
+    /// Per machine: lowest valid start of a range ending at q (n + 1); > q - 1 when none.
+    lo: Vec<Vec<usize>>,
+    lists: Vec<Vec<Entry>>,
+}
+
+/// A finished plan prefix covering all blocks: the state it ends at and its rank there, with
+/// the final key (return hop included).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Finish {
+    pub key: (u64, u64),
+    state: u32,
+    rank: u32,
+}
+
+fn lowest_starts(problem: &Problem, c: &Compiled, m: usize, prefix: &[u64]) -> Vec<usize> {
+    let (n, tier) = (problem.blocks(), problem.machines[m].tier);
+    let cap = c.compute_cap[m].min(c.stage_cap);
+    let (weights, acts) = (&problem.block_weight_bytes, &problem.block_activation_bytes);
+    let mut lo = vec![0; n + 1];
+    let (mut p, mut w) = (0usize, 0u64);
+    let mut maxq: alloc::collections::VecDeque<usize> = alloc::collections::VecDeque::new();
+    for q in 1..=n {
+        let b = q - 1;
+        w += weights[b];
+        while maxq.back().is_some_and(|&i| acts[i] <= acts[b]) {
+            maxq.pop_back();
+        }
+        maxq.push_back(b);
+        if c.bad[tier][b] {
+            while p < q {
+                w -= weights[p];
+                p += 1;
+            }
+        }
+        loop {
+            while maxq.front().is_some_and(|&i| i < p) {
+                maxq.pop_front();
+            }
+            let memory = w + maxq.front().map_or(0, |&i| acts[i]);
+            if p >= q || (prefix[q] - prefix[p] <= cap && memory <= c.memory_cap[tier]) {
+                break;
+            }
+            w -= weights[p];
+            p += 1;
+        }
+        lo[q] = p;
+    }
+    lo
+}
+
+impl<'a> Dp<'a> {
+    pub fn new(problem: &'a Problem, c: &'a Compiled, objective: Objective, k: usize) -> Self {
+        let n = problem.blocks();
+        let prefix: Vec<Vec<u64>> = problem
+            .machines
+            .iter()
+            .map(|m| core::iter::once(0).chain(m.block_ns.iter().scan(0u64, |s, &t| { *s += t; Some(*s) })).collect())
+            .collect();
+        let lo = (0..problem.machines.len()).map(|m| lowest_starts(problem, c, m, &prefix[m])).collect();
+        let lists = vec![Vec::new(); problem.machines.len() * (n + 1)];
+        Self { problem, c, objective, k, n, prefix, lo, lists }
+    }
+
+    fn state(&self, m: usize, p: usize) -> u32 {
+        (m * (self.n + 1) + p) as u32
+    }
+
+    fn machine_of(&self, state: u32) -> (usize, usize) {
+        (state as usize / (self.n + 1), state as usize % (self.n + 1))
+    }
+
+    /// Segment sequence `(tier, machine, end)` of the prefix ending at `state`, entry `rank`.
+    fn sequence(&self, mut state: u32, mut rank: u32) -> Vec<(usize, usize, usize)> {
+        let mut seq = Vec::new();
+        while state != ORIGIN {
+            let (m, p) = self.machine_of(state);
+            seq.push((self.problem.machines[m].tier, m, p));
+            let e = self.lists[state as usize][rank as usize];
+            (state, rank) = (e.from, e.rank);
+        }
+        seq.reverse();
+        seq
+    }
+
+    fn compare(&self, a: &Entry, b: &Entry) -> Ordering {
+        (a.primary, a.latency).cmp(&(b.primary, b.latency)).then_with(|| {
+            if (a.from, a.rank) == (b.from, b.rank) {
+                return Ordering::Equal;
+            }
+            compare_prefixes(&self.sequence(a.from, a.rank), &self.sequence(b.from, b.rank))
+        })
+    }
+
+    /// Merges two sorted lists, keeping the K best.
+    fn merge(&self, a: &[Entry], b: &[Entry]) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.k.min(a.len() + b.len()));
+        let (mut i, mut j) = (0, 0);
+        while out.len() < self.k && (i < a.len() || j < b.len()) {
+            let take_a = j >= b.len() || (i < a.len() && self.compare(&a[i], &b[j]) != Ordering::Greater);
+            if take_a {
+                out.push(a[i]);
+                i += 1;
+            } else {
+                out.push(b[j]);
+                j += 1;
+            }
+        }
+        out
+    }
+
+    /// Seeds the device states: device machine `m0` runs blocks `[0, p1)`.
+    fn seed_device(&mut self, m0: usize, device_end: Option<usize>) {
+        if !self.c.allowed[m0] {
+            return;
+        }
+        let must_use = self.c.must_use[0];
+        let must_not = self.c.must_not_use[0];
+        for p1 in 0..=self.n {
+            if device_end.is_some_and(|e| e != p1) || (p1 == 0 && must_use) || (p1 > 0 && must_not) {
+                continue;
+            }
+            if p1 > 0 && self.lo[m0][p1] != 0 {
+                continue;
+            }
+            let compute = self.prefix[m0][p1] as i64;
+            let primary = if self.objective == Objective::DeviceTime { compute } else { 0 };
+            let s = self.state(m0, p1) as usize;
+            self.lists[s] = vec![Entry { primary, latency: compute, from: ORIGIN, rank: 0 }];
+        }
+    }
+
+    /// The handover from machine `m` (tier `t`) to `m2` (tier `t2`) at boundary `p`, if allowed:
+    /// `(primary increment, latency increment)`.
+    fn handover(&self, m: usize, m2: usize, p: usize) -> Option<(i64, i64)> {
+        let (t, t2) = (self.problem.machines[m].tier, self.problem.machines[m2].tier);
+        let bytes = self.problem.handover_bytes(p);
+        let ns = self.problem.link(m, m2)?.transfer_ns(bytes);
+        let last = self.problem.tiers.len() - 1;
+        if bytes > self.c.upload_cap[t] || ns > self.c.stage_cap || (t2 == last && bytes > self.c.cloud_bytes_cap) {
+            return None;
+        }
+        let primary = if self.objective == Objective::DeviceUpload && t == 0 { bytes as i64 } else { 0 };
+        Some((primary, ns as i64))
+    }
+
+    /// Sweeps `q` for the transition from machine `m` to machine `m2`, returning each q's
+    /// candidates (already offset by the `q` terms).
+    fn sweep(&self, m: usize, m2: usize, out: &mut [Vec<Entry>]) {
+        let mut window = Window::default();
+        let s2 = &self.prefix[m2];
+        for q in 1..=self.n {
+            let p = q - 1;
+            let source = &self.lists[self.state(m, p) as usize];
+            if !source.is_empty()
+                && let Some((dp, dl)) = self.handover(m, m2, p)
+            {
+                let shift = dl - s2[p] as i64;
+                let items = source
+                    .iter()
+                    .enumerate()
+                    .map(|(r, e)| Entry { primary: e.primary + dp, latency: e.latency + shift, from: self.state(m, p), rank: r as u32 })
+                    .collect();
+                window.push(self, p, items);
+            }
+            window.pop_below(self, self.lo[m2][q]);
+            let best = window.best(self);
+            if best.is_empty() {
+                continue;
+            }
+            let shifted: Vec<Entry> = best.iter().map(|e| Entry { latency: e.latency + s2[q] as i64, ..*e }).collect();
+            out[q] = self.merge(&out[q], &shifted);
+        }
+    }
+
+    /// Fills every state, tier by tier.
+    fn fill(&mut self) {
+        let tiers = self.problem.tiers.len();
+        for t2 in 1..tiers {
+            if self.c.must_not_use[t2] {
+                continue;
+            }
+            let sources: Vec<usize> = (0..t2).filter(|&t| (t + 1..t2).all(|between| !self.c.must_use[between])).collect();
+            for m2 in self.machines_of(t2) {
+                let mut out = vec![Vec::new(); self.n + 1];
+                for &t in &sources {
+                    for m in self.machines_of(t) {
+                        self.sweep(m, m2, &mut out);
+                    }
+                }
+                for (q, list) in out.into_iter().enumerate() {
+                    let s = self.state(m2, q) as usize;
+                    self.lists[s] = list;
+                }
+            }
+        }
+    }
+
+    fn machines_of(&self, tier: usize) -> Vec<usize> {
+        (0..self.problem.machines.len()).filter(|&m| self.problem.machines[m].tier == tier && self.c.allowed[m]).collect()
+    }
+
+    /// Runs the program with the device segment on one of `devices` (optionally fixed to end
+    /// at `device_end`) and returns the K best complete plans, best first. With a return hop,
+    /// `devices` must hold one machine: the hop's cost depends on which device it returns to.
+    pub fn solve(&mut self, devices: &[usize], device_end: Option<usize>) -> Vec<(Finish, Vec<Segment>)> {
+        self.lists.iter_mut().for_each(Vec::clear);
+        for &m0 in devices {
+            self.seed_device(m0, device_end);
+        }
+        self.fill();
+        let mut finishes = self.finishes(devices);
+        finishes.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| self.sequence(a.state, a.rank).cmp(&self.sequence(b.state, b.rank))));
+        finishes.truncate(self.k);
+        finishes.into_iter().map(|f| (f, self.segments(f.state, f.rank))).collect()
+    }
+
+    fn finishes(&self, devices: &[usize]) -> Vec<Finish> {
+        let m0 = devices.first().copied().unwrap_or(0);
+        let last_required = (0..self.problem.tiers.len()).filter(|&t| self.c.must_use[t]).max().unwrap_or(0);
+        let mut out = Vec::new();
+        for m in 0..self.problem.machines.len() {
+            let tier = self.problem.machines[m].tier;
+            if tier < last_required || (tier == 0 && !devices.contains(&m)) {
+                continue;
+            }
+            let state = self.state(m, self.n);
+            let Some(back) = self.return_hop(m, m0) else { continue };
+            for (rank, e) in self.lists[state as usize].iter().enumerate() {
+                let key = (e.primary as u64, (e.latency + back) as u64);
+                out.push(Finish { key, state, rank: rank as u32 });
+            }
+        }
+        out
+    }
+
+    fn return_hop(&self, m: usize, m0: usize) -> Option<i64> {
+        if !self.problem.options.return_result || self.problem.machines[m].tier == 0 {
+            return Some(0);
+        }
+        let ns = self.problem.link(m, m0)?.transfer_ns(self.problem.result_bytes());
+        (ns <= self.c.stage_cap).then_some(ns as i64)
+    }
+
+    fn segments(&self, state: u32, rank: u32) -> Vec<Segment> {
+        let seq = self.sequence(state, rank);
+        let mut start = 0;
+        seq.into_iter()
+            .map(|(tier, machine, end)| {
+                let s = Segment { tier, machine, start, end };
+                start = end;
+                s
+            })
+            .collect()
+    }
+}
+
+/// Orders two plan prefixes that are about to be extended by the same next segment, as the
+/// extended plans compare: element by element, and a proper prefix after its extensions (the
+/// shared next segment is on a later tier than anything in the longer prefix).
+fn compare_prefixes(a: &[(usize, usize, usize)], b: &[(usize, usize, usize)]) -> Ordering {
+    match a.iter().zip(b).map(|(x, y)| x.cmp(y)).find(|o| o.is_ne()) {
+        Some(order) => order,
+        None => b.len().cmp(&a.len()),
+    }
+}
+
+/// A FIFO of per-boundary entry lists that answers "K best in the queue" in O(K) amortised.
+#[derive(Default)]
+struct Window {
+    /// Oldest on top; each with the K best of itself and everything newer below it in `front`.
+    front: Vec<(usize, Vec<Entry>)>,
+    /// Newest last; raw items.
+    back: Vec<(usize, Vec<Entry>)>,
+    /// K best of all of `back`.
+    back_best: Vec<Entry>,
+}
+
+impl Window {
+    fn push(&mut self, dp: &Dp, p: usize, items: Vec<Entry>) {
+        self.back_best = dp.merge(&self.back_best, &items);
+        self.back.push((p, items));
+    }
+
+    fn pop_below(&mut self, dp: &Dp, lo: usize) {
+        loop {
+            if self.front.is_empty() {
+                if self.back.first().is_none_or(|(p, _)| *p >= lo) {
+                    return;
+                }
+                self.refill(dp);
+            }
+            match self.front.last() {
+                Some((p, _)) if *p < lo => {
+                    self.front.pop();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn refill(&mut self, dp: &Dp) {
+        let mut best: Vec<Entry> = Vec::new();
+        while let Some((p, items)) = self.back.pop() {
+            best = dp.merge(&items, &best);
+            self.front.push((p, best.clone()));
+        }
+        self.back_best.clear();
+    }
+
+    fn best(&self, dp: &Dp) -> Vec<Entry> {
+        let front = self.front.last().map_or(&[][..], |(_, b)| &b[..]);
+        dp.merge(front, &self.back_best)
+    }
+}
