@@ -1,7 +1,10 @@
 //! `scission-cloud`: the cloud tier of Scission. It benchmarks its blocks (`bench`), shows a
 //! model's cut points (`inspect`) and runs the built-in demo (`demo`).
 
+mod chart;
 mod demo;
+mod plan;
+mod report;
 
 use std::process::ExitCode;
 
@@ -30,6 +33,9 @@ enum Command {
     Bench(BenchArgs),
     /// Show a model's cut points, the tensors crossing them and their sizes.
     Inspect(InspectArgs),
+    /// Rank the ways to split a model over device, edge and cloud (from profiles, or from
+    /// the original Scission's benchmark files).
+    Plan(plan::PlanArgs),
     /// Run the built-in demo on an embedded model (nothing to download).
     Demo(demo::DemoArgs),
 }
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
     cli::report(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Cloud),
         Command::Inspect(args) => cli::run_inspect(args),
+        Command::Plan(args) => plan::run(args),
         Command::Demo(args) => demo::run(args),
     })
 }

@@ -15,6 +15,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod compat;
 pub mod cut;
 pub mod graph;
 pub mod profile;

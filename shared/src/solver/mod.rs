@@ -15,7 +15,9 @@ pub mod brute;
 pub mod constraints;
 mod dp;
 pub mod plan;
+pub mod linkspec;
 pub mod problem;
+pub mod profiles;
 
 use alloc::format;
 use alloc::string::String;

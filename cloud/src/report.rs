@@ -1,0 +1,99 @@
+//! Printing ranked plans: a readable table and JSON.
+
+use std::fmt::Write;
+
+use scission_shared::solver::{Plan, Problem};
+use serde_json::{Value, json};
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 * 1e-6
+}
+
+fn block_range(labels: &[String], start: usize, end: usize) -> String {
+    match end - start {
+        0 => "nothing".to_string(),
+        1 => format!("block {start} ({})", labels[start]),
+        _ => format!("blocks {start}-{} ({} .. {})", end - 1, first_label(&labels[start]), last_label(&labels[end - 1])),
+    }
+}
+
+fn first_label(label: &str) -> &str {
+    label.split(" .. ").next().unwrap_or(label)
+}
+
+fn last_label(label: &str) -> &str {
+    label.rsplit(" .. ").next().unwrap_or(label)
+}
+
+/// The ranked plans as a table: one paragraph per plan, a line per segment and hop.
+pub fn table(problem: &Problem, labels: &[String], plans: &[Plan]) -> String {
+    let mut out = String::new();
+    for (rank, plan) in plans.iter().enumerate() {
+        let c = &plan.cost;
+        let compute: u64 = c.compute_ns.iter().sum();
+        let _ = writeln!(
+            out,
+            "#{:<3} {:>10.3} ms  = compute {:.3} ms + transfer {:.3} ms   device {:.3} ms, uploads {} B, bottleneck {:.3} ms",
+            rank + 1,
+            ms(c.latency_ns),
+            ms(compute),
+            ms(c.latency_ns - compute),
+            ms(c.device_ns),
+            c.device_upload_bytes,
+            ms(c.bottleneck_ns)
+        );
+        for (i, s) in plan.segments.iter().enumerate() {
+            if i > 0 {
+                let h = &c.hops[i - 1];
+                let _ = writeln!(out, "       {:>9.3} ms  hop {} -> {}: {} B", ms(h.ns), problem.machines[h.from].name, problem.machines[h.to].name, h.bytes);
+            }
+            let tier = &problem.tiers[s.tier];
+            let machine = &problem.machines[s.machine].name;
+            let _ = writeln!(out, "       {:>9.3} ms  {tier} {machine}: {}", ms(c.compute_ns[i]), block_range(labels, s.start, s.end));
+        }
+        if let Some(h) = &c.result_hop {
+            let _ = writeln!(out, "       {:>9.3} ms  result {} -> {}: {} B", ms(h.ns), problem.machines[h.from].name, problem.machines[h.to].name, h.bytes);
+        }
+    }
+    out
+}
+
+/// The ranked plans as JSON.
+pub fn json(problem: &Problem, labels: &[String], plans: &[Plan]) -> Value {
+    let hop = |h: &scission_shared::solver::plan::Hop| {
+        json!({"from": problem.machines[h.from].name, "to": problem.machines[h.to].name, "bytes": h.bytes, "ms": ms(h.ns)})
+    };
+    let plans: Vec<Value> = plans
+        .iter()
+        .enumerate()
+        .map(|(rank, p)| {
+            let segments: Vec<Value> = p
+                .segments
+                .iter()
+                .zip(&p.cost.compute_ns)
+                .map(|(s, &ns)| {
+                    json!({
+                        "tier": problem.tiers[s.tier],
+                        "machine": problem.machines[s.machine].name,
+                        "blocks": [s.start, s.end],
+                        "first": labels.get(s.start),
+                        "last": s.end.checked_sub(1).and_then(|e| labels.get(e)),
+                        "compute_ms": ms(ns),
+                    })
+                })
+                .collect();
+            json!({
+                "rank": rank + 1,
+                "latency_ms": ms(p.cost.latency_ns),
+                "device_ms": ms(p.cost.device_ns),
+                "device_upload_bytes": p.cost.device_upload_bytes,
+                "cloud_bytes": p.cost.cloud_bytes,
+                "bottleneck_ms": ms(p.cost.bottleneck_ns),
+                "segments": segments,
+                "hops": p.cost.hops.iter().map(hop).collect::<Vec<_>>(),
+                "result_hop": p.cost.result_hop.as_ref().map(hop),
+            })
+        })
+        .collect();
+    json!({"format": "scission-plans", "version": 1, "plans": plans})
+}

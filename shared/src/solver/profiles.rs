@@ -1,0 +1,73 @@
+//! Building a planning problem from benchmark profiles (one per machine, all of one model).
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use super::problem::{CostOptions, Link, Machine, Problem, ProblemError};
+use crate::profile::{Profile, TierKind};
+
+/// The default chain: device -> edge -> cloud.
+pub const DEFAULT_TIERS: [TierKind; 3] = [TierKind::Device, TierKind::Edge, TierKind::Cloud];
+
+/// Builds a problem over the device, edge and cloud tiers from `profiles`. The raw input's
+/// size on the wire is `input_bytes`, or the dense input tensor's size when `None`. Links are
+/// added afterwards (see [`set_link`]).
+pub fn problem_from_profiles(profiles: &[Profile], input_bytes: Option<u64>, options: CostOptions) -> Result<Problem, ProblemError> {
+    let first = profiles.first().ok_or(ProblemError::Empty("no profiles were given"))?;
+    for p in profiles {
+        if p.model.sha256 != first.model.sha256 {
+            return Err(ProblemError::BadConstraint(format!(
+                "profile of '{}' is for model {} ({}), but '{}' measured {} ({}): benchmark the same ONNX file everywhere",
+                p.machine.name, p.model.name, short(&p.model.sha256), first.machine.name, first.model.name, short(&first.model.sha256)
+            )));
+        }
+        let same_cuts = p.cuts.len() == first.cuts.len() && p.cuts.iter().zip(&first.cuts).all(|(a, b)| a.position == b.position);
+        if !same_cuts || p.blocks.len() != first.blocks.len() {
+            return Err(ProblemError::BadConstraint(format!(
+                "profiles of '{}' and '{}' cut the model differently (max crossing {} vs {}): benchmark with the same --max-crossing",
+                p.machine.name, first.machine.name, p.max_crossing, first.max_crossing
+            )));
+        }
+    }
+    let machines = profiles
+        .iter()
+        .map(|p| Machine {
+            name: p.machine.name.clone(),
+            tier: DEFAULT_TIERS.iter().position(|&t| t == p.machine.tier).unwrap_or(0),
+            block_ns: p.blocks.iter().map(|b| b.time.median_ns).collect(),
+        })
+        .collect();
+    let boundary_bytes: Vec<u64> = first.cuts.iter().map(|c| c.bytes).collect();
+    Ok(Problem {
+        tiers: DEFAULT_TIERS.iter().map(|t| t.as_str().to_string()).collect(),
+        machines,
+        input_bytes: input_bytes.unwrap_or(boundary_bytes[0]),
+        boundary_bytes,
+        block_weight_bytes: first.blocks.iter().map(|b| b.weight_bytes).collect(),
+        block_activation_bytes: first.blocks.iter().map(|b| b.activation_bytes).collect(),
+        links: Vec::new(),
+        options,
+    })
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// Sets (adds or replaces) the directed link `from -> to`.
+pub fn set_link(problem: &mut Problem, from: usize, to: usize, link: Link) {
+    problem.links.retain(|(a, b, _)| !(*a == from && *b == to));
+    problem.links.push((from, to, link));
+}
+
+/// Machines an endpoint name stands for: a machine name, or a tier name (all its machines).
+pub fn resolve_endpoint(problem: &Problem, name: &str) -> Result<Vec<usize>, String> {
+    if let Some(m) = problem.machine_index(name) {
+        return Ok(Vec::from([m]));
+    }
+    match problem.tiers.iter().position(|t| t == name) {
+        Some(t) => Ok((0..problem.machines.len()).filter(|&m| problem.machines[m].tier == t).collect()),
+        None => Err(format!("'{name}' is neither a machine nor a tier")),
+    }
+}
