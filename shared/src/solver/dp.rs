@@ -46,7 +46,12 @@ pub(crate) struct Dp<'a> {
     prefix: Vec<Vec<u64>>,
     /// Per machine: lowest valid start of a range ending at q (n + 1); > q - 1 when none.
     lo: Vec<Vec<usize>>,
-    lists: Vec<Vec<Entry>>,
+    lists: Lists,
+    /// `links[a * machines + b]`.
+    links: Vec<Option<super::problem::Link>>,
+    /// Branch and bound: prefixes whose key already exceeds this cannot finish in the top K
+    /// (costs only grow along a plan), so they are dropped.
+    bound: (i64, i64),
 }
 
 /// A finished plan prefix covering all blocks: the state it ends at and its rank there, with
@@ -103,8 +108,20 @@ impl<'a> Dp<'a> {
             .map(|m| core::iter::once(0).chain(m.block_ns.iter().scan(0u64, |s, &t| { *s += t; Some(*s) })).collect())
             .collect();
         let lo = (0..problem.machines.len()).map(|m| lowest_starts(problem, c, m, &prefix[m])).collect();
-        let lists = vec![Vec::new(); problem.machines.len() * (n + 1)];
-        Self { problem, c, objective, k, n, prefix, lo, lists }
+        let count = problem.machines.len();
+        let lists = Lists::new(count * (n + 1), k);
+        let links = (0..count * count).map(|i| problem.link(i / count, i % count)).collect();
+        Self { problem, c, objective, k, n, prefix, lo, lists, links, bound: (i64::MAX, i64::MAX) }
+    }
+
+    /// Drops, from now on, every prefix whose key is above `key` (the K-th best complete plan
+    /// found so far).
+    pub fn set_bound(&mut self, key: (u64, u64)) {
+        self.bound = self.bound.min((key.0 as i64, key.1 as i64));
+    }
+
+    fn within_bound(&self, e: &Entry) -> bool {
+        (e.primary, e.latency) <= self.bound
     }
 
     fn state(&self, m: usize, p: usize) -> u32 {
@@ -121,25 +138,32 @@ impl<'a> Dp<'a> {
         while state != ORIGIN {
             let (m, p) = self.machine_of(state);
             seq.push((self.problem.machines[m].tier, m, p));
-            let e = self.lists[state as usize][rank as usize];
+            let e = self.lists.get(state as usize)[rank as usize];
             (state, rank) = (e.from, e.rank);
         }
         seq.reverse();
         seq
     }
 
+    #[inline]
     fn compare(&self, a: &Entry, b: &Entry) -> Ordering {
-        (a.primary, a.latency).cmp(&(b.primary, b.latency)).then_with(|| {
-            if (a.from, a.rank) == (b.from, b.rank) {
-                return Ordering::Equal;
-            }
-            compare_prefixes(&self.sequence(a.from, a.rank), &self.sequence(b.from, b.rank))
-        })
+        match (a.primary, a.latency).cmp(&(b.primary, b.latency)) {
+            Ordering::Equal => self.break_tie(a, b),
+            order => order,
+        }
     }
 
-    /// Merges two sorted lists, keeping the K best.
-    fn merge(&self, a: &[Entry], b: &[Entry]) -> Vec<Entry> {
-        let mut out = Vec::with_capacity(self.k.min(a.len() + b.len()));
+    #[cold]
+    fn break_tie(&self, a: &Entry, b: &Entry) -> Ordering {
+        if (a.from, a.rank) == (b.from, b.rank) {
+            return Ordering::Equal;
+        }
+        compare_prefixes(&self.sequence(a.from, a.rank), &self.sequence(b.from, b.rank))
+    }
+
+    /// Merges two sorted lists into `out` (cleared first), keeping the K best.
+    fn merge_into(&self, out: &mut Vec<Entry>, a: &[Entry], b: &[Entry]) {
+        out.clear();
         let (mut i, mut j) = (0, 0);
         while out.len() < self.k && (i < a.len() || j < b.len()) {
             let take_a = j >= b.len() || (i < a.len() && self.compare(&a[i], &b[j]) != Ordering::Greater);
@@ -151,7 +175,6 @@ impl<'a> Dp<'a> {
                 j += 1;
             }
         }
-        out
     }
 
     /// Seeds the device states: device machine `m0` runs blocks `[0, p1)`.
@@ -170,8 +193,11 @@ impl<'a> Dp<'a> {
             }
             let compute = self.prefix[m0][p1] as i64;
             let primary = if self.objective == Objective::DeviceTime { compute } else { 0 };
-            let s = self.state(m0, p1) as usize;
-            self.lists[s] = vec![Entry { primary, latency: compute, from: ORIGIN, rank: 0 }];
+            let entry = Entry { primary, latency: compute, from: ORIGIN, rank: 0 };
+            if self.within_bound(&entry) {
+                let s = self.state(m0, p1) as usize;
+                self.lists.set(s, &[entry]);
+            }
         }
     }
 
@@ -180,7 +206,7 @@ impl<'a> Dp<'a> {
     fn handover(&self, m: usize, m2: usize, p: usize) -> Option<(i64, i64)> {
         let (t, t2) = (self.problem.machines[m].tier, self.problem.machines[m2].tier);
         let bytes = self.problem.handover_bytes(p);
-        let ns = self.problem.link(m, m2)?.transfer_ns(bytes);
+        let ns = self.links[m * self.problem.machines.len() + m2]?.transfer_ns(bytes);
         let last = self.problem.tiers.len() - 1;
         if bytes > self.c.upload_cap[t] || ns > self.c.stage_cap || (t2 == last && bytes > self.c.cloud_bytes_cap) {
             return None;
@@ -189,32 +215,50 @@ impl<'a> Dp<'a> {
         Some((primary, ns as i64))
     }
 
-    /// Sweeps `q` for the transition from machine `m` to machine `m2`, returning each q's
-    /// candidates (already offset by the `q` terms).
-    fn sweep(&self, m: usize, m2: usize, out: &mut [Vec<Entry>]) {
-        let mut window = Window::default();
+    /// The entries of `source` shifted into `out` (cleared first), if the handover from `m` to
+    /// `m2` at `p` is allowed and the best of them is within the bound.
+    fn shifted_into(&self, m: usize, m2: usize, p: usize, out: &mut Vec<Entry>) {
+        out.clear();
+        let from = self.state(m, p);
+        let source = self.lists.get(from as usize);
+        let Some(first) = source.first() else { return };
+        let Some((dp, dl)) = self.handover(m, m2, p) else { return };
+        if !self.within_bound(&Entry { primary: first.primary + dp, latency: first.latency + dl, ..*first }) {
+            return;
+        }
+        let shift = dl - self.prefix[m2][p] as i64;
+        out.extend(source.iter().enumerate().map(|(r, e)| Entry { primary: e.primary + dp, latency: e.latency + shift, from, rank: r as u32 }));
+    }
+
+    /// Sweeps `q` for every transition into machine `m2` from the machines in `sources`: the
+    /// candidates of boundary `p` from all sources enter one window, and each `q` reads the
+    /// window's K best (offset by the `q` terms) into `out[q]`.
+    fn sweep(&self, m2: usize, sources: &[usize], out: &mut Lists, scratch: &mut Scratch) {
+        let Scratch { window, at_p, shifted, merged } = scratch;
+        window.clear();
         let s2 = &self.prefix[m2];
         for q in 1..=self.n {
             let p = q - 1;
-            let source = &self.lists[self.state(m, p) as usize];
-            if !source.is_empty()
-                && let Some((dp, dl)) = self.handover(m, m2, p)
-            {
-                let shift = dl - s2[p] as i64;
-                let items = source
-                    .iter()
-                    .enumerate()
-                    .map(|(r, e)| Entry { primary: e.primary + dp, latency: e.latency + shift, from: self.state(m, p), rank: r as u32 })
-                    .collect();
-                window.push(self, p, items);
+            at_p.clear();
+            for &m in sources {
+                self.shifted_into(m, m2, p, shifted);
+                if !shifted.is_empty() {
+                    self.merge_into(merged, at_p, shifted);
+                    core::mem::swap(at_p, merged);
+                }
+            }
+            if !at_p.is_empty() {
+                window.push(self, p, at_p);
             }
             window.pop_below(self, self.lo[m2][q]);
-            let best = window.best(self);
-            if best.is_empty() {
-                continue;
-            }
-            let shifted: Vec<Entry> = best.iter().map(|e| Entry { latency: e.latency + s2[q] as i64, ..*e }).collect();
-            out[q] = self.merge(&out[q], &shifted);
+            let (front, back) = window.parts();
+            let add = s2[q] as i64;
+            shifted.clear();
+            shifted.extend(front.iter().map(|e| Entry { latency: e.latency + add, ..*e }).take_while(|e| self.within_bound(e)));
+            let split = shifted.len();
+            shifted.extend(back.iter().map(|e| Entry { latency: e.latency + add, ..*e }).take_while(|e| self.within_bound(e)));
+            self.merge_into(merged, &shifted[..split], &shifted[split..]);
+            out.set(q, merged);
         }
     }
 
@@ -226,16 +270,19 @@ impl<'a> Dp<'a> {
                 continue;
             }
             let sources: Vec<usize> = (0..t2).filter(|&t| (t + 1..t2).all(|between| !self.c.must_use[between])).collect();
+            let mut scratch = Scratch::default();
+            let mut out = Lists::new(self.n + 1, self.k);
+            let active: Vec<usize> = sources
+                .iter()
+                .flat_map(|&t| self.machines_of(t))
+                .filter(|&m| (0..self.n).any(|p| !self.lists.get(self.state(m, p) as usize).is_empty()))
+                .collect();
             for m2 in self.machines_of(t2) {
-                let mut out = vec![Vec::new(); self.n + 1];
-                for &t in &sources {
-                    for m in self.machines_of(t) {
-                        self.sweep(m, m2, &mut out);
-                    }
-                }
-                for (q, list) in out.into_iter().enumerate() {
+                out.clear();
+                self.sweep(m2, &active, &mut out, &mut scratch);
+                for q in 0..=self.n {
                     let s = self.state(m2, q) as usize;
-                    self.lists[s] = list;
+                    self.lists.set(s, out.get(q));
                 }
             }
         }
@@ -249,7 +296,7 @@ impl<'a> Dp<'a> {
     /// at `device_end`) and returns the K best complete plans, best first. With a return hop,
     /// `devices` must hold one machine: the hop's cost depends on which device it returns to.
     pub fn solve(&mut self, devices: &[usize], device_end: Option<usize>) -> Vec<(Finish, Vec<Segment>)> {
-        self.lists.iter_mut().for_each(Vec::clear);
+        self.lists.clear();
         for &m0 in devices {
             self.seed_device(m0, device_end);
         }
@@ -271,7 +318,7 @@ impl<'a> Dp<'a> {
             }
             let state = self.state(m, self.n);
             let Some(back) = self.return_hop(m, m0) else { continue };
-            for (rank, e) in self.lists[state as usize].iter().enumerate() {
+            for (rank, e) in self.lists.get(state as usize).iter().enumerate() {
                 let key = (e.primary as u64, (e.latency + back) as u64);
                 out.push(Finish { key, state, rank: rank as u32 });
             }
@@ -310,51 +357,117 @@ fn compare_prefixes(a: &[(usize, usize, usize)], b: &[(usize, usize, usize)]) ->
     }
 }
 
-/// A FIFO of per-boundary entry lists that answers "K best in the queue" in O(K) amortised.
+/// Up to K entries per state in one flat buffer (no allocation per state).
+struct Lists {
+    entries: Vec<Entry>,
+    lens: Vec<u32>,
+    k: usize,
+}
+
+impl Lists {
+    fn new(states: usize, k: usize) -> Self {
+        let blank = Entry { primary: 0, latency: 0, from: ORIGIN, rank: 0 };
+        Self { entries: vec![blank; states * k], lens: vec![0; states], k }
+    }
+
+    fn get(&self, state: usize) -> &[Entry] {
+        let at = state * self.k;
+        &self.entries[at..at + self.lens[state] as usize]
+    }
+
+    fn set(&mut self, state: usize, list: &[Entry]) {
+        let at = state * self.k;
+        let len = list.len().min(self.k);
+        self.entries[at..at + len].copy_from_slice(&list[..len]);
+        self.lens[state] = len as u32;
+    }
+
+    fn clear(&mut self) {
+        self.lens.iter_mut().for_each(|l| *l = 0);
+    }
+}
+
+
+/// Reusable buffers of one sweep.
+#[derive(Default)]
+struct Scratch {
+    window: Window,
+    at_p: Vec<Entry>,
+    shifted: Vec<Entry>,
+    merged: Vec<Entry>,
+}
+
+/// A FIFO of per-boundary entry lists that answers "K best in the queue" in O(K) amortised:
+/// a queue made of two stacks, each front level holding the K best of itself and everything
+/// behind it. Entries live in flat buffers, so a sweep allocates nothing once warmed up.
 #[derive(Default)]
 struct Window {
-    /// Oldest on top; each with the K best of itself and everything newer below it in `front`.
-    front: Vec<(usize, Vec<Entry>)>,
-    /// Newest last; raw items.
-    back: Vec<(usize, Vec<Entry>)>,
+    /// Front stack (oldest on top): `(p, start, len)` of each level's aggregate in `front_buf`.
+    front: Vec<(usize, usize, usize)>,
+    front_buf: Vec<Entry>,
+    /// Back stack (newest last): `(p, start, len)` of each raw item in `back_buf`.
+    back: Vec<(usize, usize, usize)>,
+    back_buf: Vec<Entry>,
     /// K best of all of `back`.
     back_best: Vec<Entry>,
+    tmp: Vec<Entry>,
 }
 
 impl Window {
-    fn push(&mut self, dp: &Dp, p: usize, items: Vec<Entry>) {
-        self.back_best = dp.merge(&self.back_best, &items);
-        self.back.push((p, items));
+    fn clear(&mut self) {
+        self.front.clear();
+        self.front_buf.clear();
+        self.back.clear();
+        self.back_buf.clear();
+        self.back_best.clear();
+    }
+
+    fn push(&mut self, dp: &Dp, p: usize, items: &[Entry]) {
+        let full = self.back_best.len() == dp.k;
+        if !full || dp.compare(&items[0], &self.back_best[dp.k - 1]) == Ordering::Less {
+            dp.merge_into(&mut self.tmp, &self.back_best, items);
+            core::mem::swap(&mut self.back_best, &mut self.tmp);
+        }
+        let start = self.back_buf.len();
+        self.back_buf.extend_from_slice(items);
+        self.back.push((p, start, items.len()));
     }
 
     fn pop_below(&mut self, dp: &Dp, lo: usize) {
         loop {
             if self.front.is_empty() {
-                if self.back.first().is_none_or(|(p, _)| *p >= lo) {
+                if self.back.first().is_none_or(|&(p, _, _)| p >= lo) {
                     return;
                 }
                 self.refill(dp);
             }
             match self.front.last() {
-                Some((p, _)) if *p < lo => {
+                Some(&(p, start, _)) if p < lo => {
                     self.front.pop();
+                    self.front_buf.truncate(start);
                 }
                 _ => return,
             }
         }
     }
 
+    /// Moves every back item to the front stack, newest deepest, computing suffix aggregates.
     fn refill(&mut self, dp: &Dp) {
-        let mut best: Vec<Entry> = Vec::new();
-        while let Some((p, items)) = self.back.pop() {
-            best = dp.merge(&items, &best);
-            self.front.push((p, best.clone()));
+        self.front_buf.clear();
+        while let Some((p, start, len)) = self.back.pop() {
+            let below = self.front.last().map_or(0..0, |&(_, s, l)| s..s + l);
+            dp.merge_into(&mut self.tmp, &self.back_buf[start..start + len], &self.front_buf[below]);
+            let at = self.front_buf.len();
+            self.front_buf.extend_from_slice(&self.tmp);
+            self.front.push((p, at, self.tmp.len()));
         }
+        self.back_buf.clear();
         self.back_best.clear();
     }
 
-    fn best(&self, dp: &Dp) -> Vec<Entry> {
-        let front = self.front.last().map_or(&[][..], |(_, b)| &b[..]);
-        dp.merge(front, &self.back_best)
+    /// The K best of the front stack and of the back stack (two sorted lists).
+    fn parts(&self) -> (&[Entry], &[Entry]) {
+        let front = self.front.last().map_or(&[][..], |&(_, s, l)| &self.front_buf[s..s + l]);
+        (front, &self.back_best)
     }
 }

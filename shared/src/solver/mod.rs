@@ -144,9 +144,15 @@ fn ranked(problem: &Problem, c: &Compiled, objective: Objective, k: usize, stage
     let groups: Vec<Vec<usize>> =
         if problem.options.return_result { devices.iter().map(|&m| vec![m]).collect() } else { vec![devices] };
     let mut dp = Dp::new(problem, c, objective, k);
-    let mut plans: Vec<Plan> = groups.iter().flat_map(|g| finish(problem, dp.solve(g, None), objective)).collect();
-    plans.sort_by(|a, b| compare_plans(objective, a, b));
-    plans.truncate(k);
+    let mut plans: Vec<Plan> = Vec::new();
+    for group in &groups {
+        plans.extend(finish(problem, dp.solve(group, None), objective));
+        plans.sort_by(|a, b| compare_plans(objective, a, b));
+        plans.truncate(k);
+        if plans.len() == k {
+            dp.set_bound(objective.key(&plans[k - 1].cost));
+        }
+    }
     plans
 }
 

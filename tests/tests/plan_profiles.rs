@@ -1,0 +1,131 @@
+//! `scission-cloud plan` on profiles written by the three binaries' `bench`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{run, stderr, write_model};
+use scission_shared::onnx::testmodels::TestModel;
+use scission_shared::profile::Profile;
+
+const LINKS: [&str; 6] = [
+    "device-edge=20mbit,5ms",
+    "edge-device=20mbit,5ms",
+    "device-cloud=5mbit,40ms",
+    "cloud-device=5mbit,40ms",
+    "edge-cloud=200mbit,20ms",
+    "cloud-edge=200mbit,20ms",
+];
+
+fn bench_all(dir: &Path, kind: TestModel) -> Vec<PathBuf> {
+    let model = write_model(dir, kind, 32);
+    ["scission-device", "scission-edge", "scission-cloud"]
+        .iter()
+        .map(|bin| {
+            let out = dir.join(format!("{bin}-{}.json", kind.name()));
+            let r = run(bin, &["bench", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--name", bin, "--min-runs", "3", "--max-runs", "3", "--quiet"]);
+            assert!(r.status.success(), "{}", stderr(&r));
+            out
+        })
+        .collect()
+}
+
+fn plan(profiles: &[PathBuf], extra: &[&str]) -> std::process::Output {
+    let mut args: Vec<String> = vec!["plan".into()];
+    args.extend(profiles.iter().map(|p| p.to_string_lossy().into_owned()));
+    for l in LINKS {
+        args.push("--link".into());
+        args.push(l.into());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("scission-cloud", &refs)
+}
+
+/// Recomputes a plan's latency from the profiles and the link figures, independently of the
+/// solver: compute medians of its blocks, plus latency + bytes x 8 / bandwidth per hop.
+fn recompute(profiles: &[Profile], plan: &serde_json::Value) -> f64 {
+    let link = |from: &str, to: &str| -> (f64, f64) {
+        let tier = |name: &str| profiles.iter().find(|p| p.machine.name == name).unwrap().machine.tier.as_str();
+        let spec = LINKS.iter().find(|l| l.starts_with(&format!("{}-{}=", tier(from), tier(to)))).unwrap();
+        let (bw, lat) = spec.split_once('=').unwrap().1.split_once(',').unwrap();
+        (lat.trim_end_matches("ms").parse::<f64>().unwrap() * 1e-3, bw.trim_end_matches("mbit").parse::<f64>().unwrap() * 1e6)
+    };
+    let mut total = 0.0;
+    for s in plan["segments"].as_array().unwrap() {
+        let p = profiles.iter().find(|p| p.machine.name == s["machine"]).unwrap();
+        let (a, b) = (s["blocks"][0].as_u64().unwrap() as usize, s["blocks"][1].as_u64().unwrap() as usize);
+        total += p.blocks[a..b].iter().map(|b| b.time.median_ns as f64 * 1e-9).sum::<f64>();
+    }
+    let hops = plan["hops"].as_array().unwrap().iter().chain(plan["result_hop"].as_object().map(|_| &plan["result_hop"]));
+    for h in hops {
+        let (lat, bps) = link(h["from"].as_str().unwrap(), h["to"].as_str().unwrap());
+        total += lat + h["bytes"].as_f64().unwrap() * 8.0 / bps;
+    }
+    total
+}
+
+#[test]
+fn plans_from_profiles_follow_the_cost_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = bench_all(dir.path(), TestModel::Branched);
+    let profiles: Vec<Profile> = files.iter().map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()).collect();
+    let out = plan(&files, &["--json", "-n", "8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plans = v["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 8);
+    let mut previous = 0.0;
+    for p in plans {
+        let latency = p["latency_ms"].as_f64().unwrap() * 1e-3;
+        assert!(latency >= previous, "ranked by latency");
+        previous = latency;
+        let expected = recompute(&profiles, p);
+        assert!((latency - expected).abs() < 1e-6, "plan {} predicted {latency} s, recomputed {expected} s", p["rank"]);
+        let covered: Vec<(u64, u64)> = p["segments"].as_array().unwrap().iter().map(|s| (s["blocks"][0].as_u64().unwrap(), s["blocks"][1].as_u64().unwrap())).collect();
+        assert_eq!(covered[0].0, 0);
+        assert_eq!(covered.last().unwrap().1 as usize, profiles[0].blocks.len());
+    }
+    // The table names every tier used by the best plan.
+    let table = plan(&files, &["-n", "1"]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("#1"), "{text}");
+    // Pareto mode: no listed plan dominates another.
+    let front = plan(&files, &["--pareto", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&front.stdout).unwrap();
+    let figures: Vec<(f64, f64, u64)> = v["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["latency_ms"].as_f64().unwrap(), p["device_ms"].as_f64().unwrap(), p["device_upload_bytes"].as_u64().unwrap()))
+        .collect();
+    assert!(!figures.is_empty());
+    for a in &figures {
+        for b in &figures {
+            let dominates = a.0 <= b.0 && a.1 <= b.1 && a.2 <= b.2 && a != b;
+            assert!(!dominates, "{a:?} dominates {b:?}");
+        }
+    }
+}
+
+#[test]
+fn mismatched_profiles_and_missing_links_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let branched = bench_all(dir.path(), TestModel::Branched);
+    let chain = bench_all(dir.path(), TestModel::Chain);
+    let mixed = [branched[0].clone(), chain[1].clone()];
+    let out = plan(&mixed, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("benchmark the same ONNX file everywhere"), "{}", stderr(&out));
+    let args = ["plan", branched[0].to_str().unwrap(), branched[2].to_str().unwrap(), "--link", "device-cloud=10mbit,10ms"];
+    let out = run("scission-cloud", &args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no link from 'scission-cloud' to 'scission-device'"), "{}", stderr(&out));
+    // The device computes nothing yet may upload nothing: only relaxing one of the two helps.
+    let out = plan(&branched, &["-d", "-1", "--device-upload", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = stderr(&out);
+    assert!(err.contains("no plan satisfies the constraints"), "{err}");
+    assert!(err.contains("upload caps") && err.contains("tiers that must be unused"), "{err}");
+}
