@@ -12,7 +12,7 @@ use scission_shared::cli::read_profile;
 use scission_shared::compat::scission::{self as legacy, Criterion, LegacyLimits, LegacyPlanning};
 use scission_shared::profile::Profile;
 use scission_shared::solver::linkspec::parse_link_spec;
-use scission_shared::solver::profiles::{problem_from_profiles, resolve_endpoint, set_link};
+use scission_shared::solver::profiles::{Topology, problem_from_profiles, resolve_endpoint, set_link};
 use scission_shared::solver::{self, ComputeCap, Constraints, CostOptions, Encoding, Objective, Problem};
 
 use crate::report;
@@ -63,7 +63,14 @@ pub struct PlanArgs {
     /// Memory cap TIER=MB (weights plus the largest block activations of its slice).
     #[arg(long, value_name = "TIER=MB")]
     memory_cap: Vec<String>,
-    /// Most megabytes that may reach the cloud.
+    /// The chain of tiers, first to last (the first holds the raw input), e.g.
+    /// `device,edge1,edge2,cloud`. -d applies to the first tier, -e to the second, -c to the last.
+    #[arg(long, value_delimiter = ',', default_value = "device,edge,cloud")]
+    tiers: Vec<String>,
+    /// Put a machine in a tier of --tiers: MACHINE=TIER (default: the tier its profile names).
+    #[arg(long = "place", value_name = "MACHINE=TIER")]
+    placement: Vec<String>,
+    /// Most megabytes that may reach the cloud (the last tier).
     #[arg(long, value_name = "MB")]
     cloud_bytes_cap: Option<f64>,
     /// Keep the raw input on the device (it runs at least the first block).
@@ -233,7 +240,13 @@ fn profile_planning(args: &PlanArgs) -> Result<Planning> {
     let profiles: Vec<Profile> = args.inputs.iter().map(|p| read_profile(p)).collect::<Result<_>>()?;
     let options = CostOptions { return_result: !args.no_return, encoding: encoding(args.encoding), message_overhead: args.overhead };
     let input_bytes = args.input_mb.map(|mb| megabytes(mb, "--input-mb")).transpose()?;
-    let mut problem = problem_from_profiles(&profiles, input_bytes, options)?;
+    let placement = args
+        .placement
+        .iter()
+        .map(|p| p.split_once('=').map(|(m, t)| (m.trim().to_string(), t.trim().to_string())).with_context(|| format!("--place '{p}': expected MACHINE=TIER")))
+        .collect::<Result<_>>()?;
+    let topology = Topology { tiers: args.tiers.clone(), placement };
+    let mut problem = problem_from_profiles(&profiles, &topology, input_bytes, options)?;
     if let Some(csv) = &args.network {
         for row in read_csv(csv)? {
             let spec = format!("{}-{}={}mbit,{}ms", row.source, row.destination, row.mbps, row.ping_ms);

@@ -129,3 +129,40 @@ fn mismatched_profiles_and_missing_links_are_named() {
     assert!(err.contains("no plan satisfies the constraints"), "{err}");
     assert!(err.contains("upload caps") && err.contains("tiers that must be unused"), "{err}");
 }
+
+#[test]
+fn four_tier_chains_and_placement() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = bench_all(dir.path(), TestModel::Chain);
+    let model = dir.path().join("chain-cnn.onnx");
+    let edge2 = dir.path().join("edge2.json");
+    let r = run("scission-edge", &["bench", model.to_str().unwrap(), "--out", edge2.to_str().unwrap(), "--name", "edge2", "--min-runs", "3", "--max-runs", "3", "--quiet"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let mut args: Vec<String> = vec!["plan".into()];
+    args.extend(files.iter().chain([&edge2]).map(|p| p.to_string_lossy().into_owned()));
+    for spec in ["--tiers", "device,edge1,edge2,cloud", "--place", "scission-edge=edge1", "--place", "edge2=edge2", "--json", "-n", "50"] {
+        args.push(spec.into());
+    }
+    for (a, b) in [("device", "edge1"), ("device", "edge2"), ("device", "cloud"), ("edge1", "edge2"), ("edge1", "cloud"), ("edge2", "cloud")] {
+        args.extend(["--link".into(), format!("{a}-{b}=10gbit,1us"), "--link".into(), format!("{b}-{a}=10gbit,1us")]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("scission-cloud", &refs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plans = v["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 50);
+    let order = ["device", "edge1", "edge2", "cloud"];
+    let mut used_both_edges = false;
+    for p in plans {
+        let tiers: Vec<usize> = p["segments"].as_array().unwrap().iter().map(|s| order.iter().position(|t| *t == s["tier"]).unwrap()).collect();
+        assert!(tiers.windows(2).all(|w| w[0] < w[1]), "{tiers:?}");
+        used_both_edges |= tiers.contains(&1) && tiers.contains(&2);
+    }
+    assert!(used_both_edges, "some of the top 50 plans go through both edges");
+    // A placement into a tier outside the chain is an error that names both.
+    let bad: Vec<&str> = refs.iter().map(|a| if *a == "edge2=edge2" { "edge2=edge9" } else { *a }).collect();
+    let out = run("scission-cloud", &bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("'edge9', which is not in the chain device -> edge1 -> edge2 -> cloud"), "{}", stderr(&out));
+}

@@ -328,10 +328,19 @@ fn links(machines: &[Machine], network: &[NetworkRow]) -> Vec<(usize, usize, Lin
 /// `(b, b)` to address blocks directly).
 pub fn build_constraints(problem: &Problem, layers: &[(u32, u32)], criteria: &[Vec<Criterion>; 3], limits: &LegacyLimits) -> Result<Constraints, CompatError> {
     let mut c = Constraints::default();
-    for (tier, list) in criteria.iter().enumerate() {
-        let tier_name = TIERS[tier].1;
+    for (role, list) in criteria.iter().enumerate() {
+        let role_name = TIERS[role].1;
+        let tier = match role_tier(problem, role) {
+            Some(t) => t,
+            None if list.is_empty() => continue,
+            None => {
+                let criterion = list.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+                return Err(CompatError::Criterion { tier: role_name, criterion, message: "this chain has no edge tier".into() });
+            }
+        };
+        let tier_name = problem.tiers[tier].as_str();
         for criterion in list {
-            let bad = |message: String| CompatError::Criterion { tier: tier_name, criterion: criterion.to_string(), message };
+            let bad = |message: String| CompatError::Criterion { tier: role_name, criterion: criterion.to_string(), message };
             let block_of = |layer: u32| {
                 layers.iter().position(|&(a, b)| a <= layer && layer <= b).ok_or_else(|| bad(format!("the model has no layer {layer}")))
             };
@@ -352,13 +361,24 @@ pub fn build_constraints(problem: &Problem, layers: &[(u32, u32)], criteria: &[V
             }
         }
     }
-    for (tier, cap) in limits.upload.iter().enumerate() {
-        c.upload_cap.extend(cap.map(|b| (tier, b)));
+    for (role, cap) in limits.upload.iter().enumerate() {
+        c.upload_cap.extend(cap.and_then(|b| Some((role_tier(problem, role)?, b))));
     }
-    for (tier, cap) in limits.time.iter().enumerate() {
-        c.compute_cap.extend(cap.map(|t| (tier, t)));
+    for (role, cap) in limits.time.iter().enumerate() {
+        c.compute_cap.extend(cap.and_then(|t| Some((role_tier(problem, role)?, t))));
     }
     Ok(c)
+}
+
+/// The tier playing a role of the original's chain (0 device, 1 edge, 2 cloud) in `problem`'s
+/// chain: the first tier, the second (only in chains of three or more), the last.
+fn role_tier(problem: &Problem, role: usize) -> Option<usize> {
+    let last = problem.tiers.len().checked_sub(1)?;
+    match role {
+        0 => Some(0),
+        1 => (last >= 2).then_some(1),
+        _ => Some(last),
+    }
 }
 
 /// One result line as the original prints it:

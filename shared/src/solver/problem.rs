@@ -186,6 +186,9 @@ impl Problem {
         if self.tiers.is_empty() || self.machines.is_empty() {
             return Err(ProblemError::Empty("no tiers or no machines"));
         }
+        if let Some((i, t)) = self.tiers.iter().enumerate().find(|(i, t)| self.tiers[..*i].contains(t)) {
+            return Err(ProblemError::BadConstraint(alloc::format!("tier '{t}' appears twice in the chain (position {i})")));
+        }
         for (i, m) in self.machines.iter().enumerate() {
             if m.block_ns.len() != n {
                 return Err(ProblemError::BlockCount { machine: m.name.clone(), got: m.block_ns.len(), expected: n });

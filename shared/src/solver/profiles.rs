@@ -10,10 +10,35 @@ use crate::profile::{Profile, TierKind};
 /// The default chain: device -> edge -> cloud.
 pub const DEFAULT_TIERS: [TierKind; 3] = [TierKind::Device, TierKind::Edge, TierKind::Cloud];
 
-/// Builds a problem over the device, edge and cloud tiers from `profiles`. The raw input's
-/// size on the wire is `input_bytes`, or the dense input tensor's size when `None`. Links are
-/// added afterwards (see [`set_link`]).
-pub fn problem_from_profiles(profiles: &[Profile], input_bytes: Option<u64>, options: CostOptions) -> Result<Problem, ProblemError> {
+/// A chain of tiers and where each machine sits in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// Tier names in chain order; the first holds the raw input.
+    pub tiers: Vec<String>,
+    /// `(machine, tier)` placements overriding the tier recorded in a machine's profile.
+    pub placement: Vec<(String, String)>,
+}
+
+impl Default for Topology {
+    /// device -> edge -> cloud, each machine in the tier its profile names.
+    fn default() -> Self {
+        Self { tiers: DEFAULT_TIERS.iter().map(|t| t.as_str().to_string()).collect(), placement: Vec::new() }
+    }
+}
+
+impl Topology {
+    fn tier_of(&self, p: &Profile) -> Result<usize, ProblemError> {
+        let name = self.placement.iter().find(|(m, _)| *m == p.machine.name).map_or(p.machine.tier.as_str(), |(_, t)| t.as_str());
+        self.tiers.iter().position(|t| t == name).ok_or_else(|| {
+            ProblemError::BadConstraint(format!("machine '{}' is placed in tier '{name}', which is not in the chain {}", p.machine.name, self.tiers.join(" -> ")))
+        })
+    }
+}
+
+/// Builds a problem over `topology` from `profiles`. The raw input's size on the wire is
+/// `input_bytes`, or the dense input tensor's size when `None`. Links are added afterwards
+/// (see [`set_link`]).
+pub fn problem_from_profiles(profiles: &[Profile], topology: &Topology, input_bytes: Option<u64>, options: CostOptions) -> Result<Problem, ProblemError> {
     let first = profiles.first().ok_or(ProblemError::Empty("no profiles were given"))?;
     for p in profiles {
         if p.model.sha256 != first.model.sha256 {
@@ -32,15 +57,11 @@ pub fn problem_from_profiles(profiles: &[Profile], input_bytes: Option<u64>, opt
     }
     let machines = profiles
         .iter()
-        .map(|p| Machine {
-            name: p.machine.name.clone(),
-            tier: DEFAULT_TIERS.iter().position(|&t| t == p.machine.tier).unwrap_or(0),
-            block_ns: p.blocks.iter().map(|b| b.time.median_ns).collect(),
-        })
-        .collect();
+        .map(|p| Ok(Machine { name: p.machine.name.clone(), tier: topology.tier_of(p)?, block_ns: p.blocks.iter().map(|b| b.time.median_ns).collect() }))
+        .collect::<Result<Vec<_>, ProblemError>>()?;
     let boundary_bytes: Vec<u64> = first.cuts.iter().map(|c| c.bytes).collect();
     Ok(Problem {
-        tiers: DEFAULT_TIERS.iter().map(|t| t.as_str().to_string()).collect(),
+        tiers: topology.tiers.clone(),
         machines,
         input_bytes: input_bytes.unwrap_or(boundary_bytes[0]),
         boundary_bytes,
