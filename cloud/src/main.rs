@@ -5,6 +5,7 @@ mod chart;
 mod demo;
 mod plan;
 mod report;
+mod zoo;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Run the built-in demo on an embedded model (nothing to download).
     Demo(demo::DemoArgs),
+    /// The built-in model zoo: the 18 Keras Applications DNNs as ONNX (list, write, report).
+    Zoo(zoo::ZooArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,5 +51,6 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cli::run_inspect(args),
         Command::Plan(args) => plan::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Zoo(args) => zoo::run(args),
     })
 }

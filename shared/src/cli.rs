@@ -17,7 +17,9 @@ use crate::timing::Budget;
 /// Which model to load and how.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ModelArgs {
-    /// ONNX model file (as exported by torch.onnx, tf2onnx, or `scission-cloud zoo write`).
+    /// ONNX model file (as exported by torch.onnx or tf2onnx), or `zoo:NAME` for a built-in
+    /// model (e.g. `zoo:resnet50`; `scission-cloud zoo list` shows them), written to a cache on
+    /// first use.
     pub model: PathBuf,
     /// Concrete input shape, e.g. `1,3,224,224`; repeat once per input, in model order.
     /// Needed only when the model has symbolic dimensions (such as a dynamic batch).
@@ -33,7 +35,15 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model.
     pub fn load(&self) -> Result<Model> {
-        Model::load_path(&self.model, &LoadOptions { input_shapes: self.input_shapes.clone() })
+        Model::load_path(&self.path()?, &LoadOptions { input_shapes: self.input_shapes.clone() })
+    }
+
+    /// The model file, with `zoo:NAME` resolved to its cached file.
+    pub fn path(&self) -> Result<PathBuf> {
+        match self.model.to_str().and_then(|s| s.strip_prefix("zoo:")) {
+            Some(name) => crate::zoo::cached(name, 1),
+            None => Ok(self.model.clone()),
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub mod engine;
 pub mod host;
 #[cfg(feature = "std")]
 pub mod onnx;
+#[cfg(feature = "std")]
+pub mod zoo;
 
 /// The tract-onnx version the engine is built on, re-exported so callers name the same types.
 #[cfg(feature = "std")]

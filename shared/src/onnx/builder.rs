@@ -34,12 +34,12 @@ impl Value {
 pub struct ConvSpec {
     /// Output channels.
     pub out_channels: usize,
-    /// Square kernel size.
-    pub kernel: usize,
+    /// Kernel height and width.
+    pub kernel: (usize, usize),
     /// Stride.
     pub stride: usize,
-    /// Symmetric zero padding.
-    pub pad: usize,
+    /// Zero padding of height and width (each applied on both sides).
+    pub pad: (usize, usize),
     /// Groups (equal to input channels for depthwise).
     pub groups: usize,
     /// Whether the conv has a bias.
@@ -49,16 +49,25 @@ pub struct ConvSpec {
 impl ConvSpec {
     /// A `kernel`×`kernel` conv with stride 1, "same" padding, no groups, no bias.
     pub fn new(out_channels: usize, kernel: usize) -> Self {
-        Self { out_channels, kernel, stride: 1, pad: kernel / 2, groups: 1, bias: false }
+        Self::rect(out_channels, kernel, kernel)
+    }
+    /// A `kh`×`kw` conv with stride 1, "same" padding, no groups, no bias.
+    pub fn rect(out_channels: usize, kh: usize, kw: usize) -> Self {
+        Self { out_channels, kernel: (kh, kw), stride: 1, pad: (kh / 2, kw / 2), groups: 1, bias: false }
     }
     /// Sets the stride.
     pub fn stride(mut self, stride: usize) -> Self {
         self.stride = stride;
         self
     }
+    /// No padding (Keras "valid").
+    pub fn valid(mut self) -> Self {
+        self.pad = (0, 0);
+        self
+    }
     /// Sets the padding.
     pub fn pad(mut self, pad: usize) -> Self {
-        self.pad = pad;
+        self.pad = (pad, pad);
         self
     }
     /// Sets the groups.
@@ -69,6 +78,11 @@ impl ConvSpec {
     /// Adds a bias.
     pub fn bias(mut self) -> Self {
         self.bias = true;
+        self
+    }
+    /// Sets whether there is a bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
         self
     }
 }
@@ -164,6 +178,18 @@ impl GraphBuilder {
         name
     }
 
+    fn constant_i64(&mut self, stem: &str, dims: &[usize], data: &[i64]) -> String {
+        let name = self.fresh(stem);
+        self.initializers.push(pb::TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Int64 as i32,
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
     fn node(&mut self, op: &str, inputs: Vec<String>, attrs: Vec<pb::AttributeProto>, shape: Vec<usize>) -> Value {
         let name = self.fresh(&op.to_lowercase());
         self.nodes.push(pb::NodeProto {
@@ -186,36 +212,62 @@ impl GraphBuilder {
     /// Convolution with He-uniform weights.
     pub fn conv(&mut self, x: &Value, spec: ConvSpec) -> Value {
         let in_per_group = x.channels() / spec.groups;
-        let fan_in = in_per_group * spec.kernel * spec.kernel;
+        let ((kh, kw), s, (ph, pw)) = (spec.kernel, spec.stride, spec.pad);
+        let fan_in = in_per_group * kh * kw;
         let limit = (6.0f32 / fan_in as f32).sqrt();
-        let dims = [spec.out_channels, in_per_group, spec.kernel, spec.kernel];
+        let dims = [spec.out_channels, in_per_group, kh, kw];
         let w = self.rng.uniform_vec(dims.iter().product(), limit);
         let mut inputs = vec![x.name.clone(), self.initializer("w", &dims, &w)];
         if spec.bias {
             let b = vec![0.0; spec.out_channels];
             inputs.push(self.initializer("b", &[spec.out_channels], &b));
         }
-        let (k, s, p) = (spec.kernel, spec.stride, spec.pad);
         let attrs = vec![
-            attr_ints("kernel_shape", &[k as i64, k as i64]),
+            attr_ints("kernel_shape", &[kh as i64, kw as i64]),
             attr_ints("strides", &[s as i64, s as i64]),
-            attr_ints("pads", &[p as i64; 4]),
+            attr_ints("pads", &[ph as i64, pw as i64, ph as i64, pw as i64]),
             attr_int("group", spec.groups as i64),
         ];
-        let shape = vec![x.shape[0], spec.out_channels, pooled(x.shape[2], k, s, p), pooled(x.shape[3], k, s, p)];
+        let shape = vec![x.shape[0], spec.out_channels, pooled(x.shape[2], kh, s, ph), pooled(x.shape[3], kw, s, pw)];
         self.node("Conv", inputs, attrs, shape)
+    }
+
+    /// A depthwise `kernel`×`kernel` conv (one filter per channel, no bias), as Keras'
+    /// `DepthwiseConv2D` and the first half of `SeparableConv2D`.
+    pub fn depthwise(&mut self, x: &Value, kernel: usize, stride: usize) -> Value {
+        let c = x.channels();
+        self.conv(x, ConvSpec::new(c, kernel).stride(stride).groups(c))
+    }
+
+    /// Keras' `SeparableConv2D`: a depthwise conv then a 1×1 conv to `out` channels.
+    pub fn separable(&mut self, x: &Value, out: usize, kernel: usize, stride: usize, bias: bool) -> Value {
+        let d = self.depthwise(x, kernel, stride);
+        self.conv(&d, ConvSpec::new(out, 1).with_bias(bias))
     }
 
     /// Batch normalisation with unit scale, zero shift, and near-standard running statistics.
     pub fn batch_norm(&mut self, x: &Value) -> Value {
+        self.batch_norm_with(x, true, 1.0)
+    }
+
+    /// Batch normalisation without a learned scale (Keras `scale=False`): the scale input is a
+    /// constant of ones and does not count as parameters.
+    pub fn batch_norm_no_scale(&mut self, x: &Value) -> Value {
+        self.batch_norm_with(x, false, 1.0)
+    }
+
+    /// Batch normalisation whose learned scale is `gamma` (a small gamma on the last norm of a
+    /// residual branch keeps deep residual stacks' activations bounded, as zero-init does).
+    pub fn batch_norm_with(&mut self, x: &Value, learned_scale: bool, gamma: f32) -> Value {
         let c = x.channels();
-        let scale = vec![1.0; c];
+        let scale = vec![gamma; c];
         let shift = vec![0.0; c];
         let mean: Vec<f32> = (0..c).map(|_| self.rng.uniform(0.05)).collect();
         let var: Vec<f32> = (0..c).map(|_| 1.0 + self.rng.uniform(0.05)).collect();
+        let scale = if learned_scale { self.initializer("bn_scale", &[c], &scale) } else { self.constant("bn_scale", &[c], &scale) };
         let inputs = vec![
             x.name.clone(),
-            self.initializer("bn_scale", &[c], &scale),
+            scale,
             self.initializer("bn_shift", &[c], &shift),
             self.initializer("bn_mean", &[c], &mean),
             self.initializer("bn_var", &[c], &var),
@@ -238,6 +290,30 @@ impl GraphBuilder {
     /// Element-wise sum of two tensors of the same shape.
     pub fn add(&mut self, a: &Value, b: &Value) -> Value {
         self.node("Add", vec![a.name.clone(), b.name.clone()], vec![], a.shape.clone())
+    }
+
+    /// Zero padding `[top, left, bottom, right]` (Keras `ZeroPadding2D`).
+    pub fn pad(&mut self, x: &Value, pads: [usize; 4]) -> Value {
+        let [t, l, b, r] = pads.map(|p| p as i64);
+        let amounts = self.constant_i64("pads", &[8], &[0, 0, t, l, 0, 0, b, r]);
+        let shape = vec![x.shape[0], x.shape[1], x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3]];
+        self.node("Pad", vec![x.name.clone(), amounts], vec![], shape)
+    }
+
+    /// Cropping `[top, left, bottom, right]` (Keras `Cropping2D`), as a `Slice`.
+    pub fn crop(&mut self, x: &Value, crop: [usize; 4]) -> Value {
+        let (h, w) = (x.shape[2], x.shape[3]);
+        let starts = self.constant_i64("starts", &[2], &[crop[0] as i64, crop[1] as i64]);
+        let ends = self.constant_i64("ends", &[2], &[(h - crop[2]) as i64, (w - crop[3]) as i64]);
+        let axes = self.constant_i64("axes", &[2], &[2, 3]);
+        let shape = vec![x.shape[0], x.shape[1], h - crop[0] - crop[2], w - crop[1] - crop[3]];
+        self.node("Slice", vec![x.name.clone(), starts, ends, axes], vec![], shape)
+    }
+
+    /// Element-wise product (e.g. a residual branch scaled by a constant).
+    pub fn scale(&mut self, x: &Value, factor: f32) -> Value {
+        let k = self.constant("scale", &[], &[factor]);
+        self.node("Mul", vec![x.name.clone(), k], vec![], x.shape.clone())
     }
 
     /// Concatenation along channels.
