@@ -1,50 +1,72 @@
-//! The built-in demo: an embedded model, benchmarked as two different machines, with every
-//! split checked against the unsplit model.
+//! The built-in demo: a zoo model (ResNet50 by default), benchmarked as a single-threaded
+//! device and as a multi-threaded server, planned over device -> edge -> cloud with emulated
+//! link figures, and every top plan's split run for real and checked against the unsplit model.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use embassy_time::Duration;
 use scission_shared::bench::{BenchOptions, benchmark};
 use scission_shared::engine::{LoadOptions, Model, Pipeline, input::synthetic_inputs, with_threads};
 use scission_shared::onnx::builder::encode;
 use scission_shared::onnx::testmodels::TestModel;
 use scission_shared::profile::{Profile, TierKind};
+use scission_shared::solver::linkspec::parse_link_spec;
+use scission_shared::solver::profiles::{Topology, problem_from_profiles, resolve_endpoint, set_link};
+use scission_shared::solver::{self, Constraints, CostOptions, Objective, Plan};
 use scission_shared::timing::Budget;
 
 /// Arguments of `demo`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Built-in model: `branched-cnn` (residual + Inception-like) or `chain-cnn`.
-    #[arg(long, default_value = "branched-cnn")]
+    /// A zoo model (`scission-cloud zoo list`) or a test model (`chain-cnn`, `branched-cnn`).
+    #[arg(long, default_value = "resnet50")]
     model: String,
-    /// Input resolution (a multiple of 16).
-    #[arg(long, default_value_t = 128)]
-    resolution: usize,
     /// Largest number of tensors that may cross a cut point.
     #[arg(long, default_value_t = 2)]
     max_crossing: usize,
+    /// Link figures FROM-TO=BANDWIDTH,LATENCY between the tiers (directed; the reverse
+    /// direction gets the same figures unless given).
+    #[arg(long = "link", value_name = "SPEC", default_values_t = ["device-edge=300mbit,2ms".to_string(), "edge-cloud=1gbit,15ms".to_string(), "device-cloud=50mbit,30ms".to_string()])]
+    links: Vec<String>,
+    /// How many plans to show and check.
+    #[arg(short = 'n', long, default_value_t = 5)]
+    plans: usize,
 }
 
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let Some(kind) = TestModel::from_name(&args.model) else {
-        bail!("unknown built-in model '{}'; choose chain-cnn or branched-cnn", args.model)
-    };
-    if args.resolution == 0 || args.resolution % 16 != 0 {
-        bail!("--resolution must be a positive multiple of 16, got {}", args.resolution);
+    let model = load(&args.model)?;
+    let points = model.cuts.cut_points(args.max_crossing);
+    println!(
+        "{}: {} compute nodes, {} cut points with <= {} crossing tensor(s) ({} with the original Scission's rule)",
+        model.name,
+        model.summary.len(),
+        points.len().saturating_sub(2),
+        args.max_crossing,
+        model.cuts.legacy_cut_points(&model.summary).len().saturating_sub(2)
+    );
+    let cores = scission_shared::host::available_cores();
+    let device = bench_as(&model, args, "device-1t", TierKind::Device, 1)?;
+    let edge = bench_as(&model, args, &format!("edge-{cores}t"), TierKind::Edge, cores)?;
+    let mut cloud = edge.clone();
+    cloud.machine.name = format!("cloud-{cores}t");
+    cloud.machine.tier = TierKind::Cloud;
+    println!("(edge and cloud share this host's {cores}-thread profile; the links below make them differ)");
+    let plans = plan(&[device.clone(), edge, cloud], &args.links, args.plans)?;
+    check_plans(&model, &device, &plans)
+}
+
+fn load(name: &str) -> Result<Model> {
+    if let Some(kind) = TestModel::from_name(name) {
+        let bytes = encode(&kind.build(128, 42));
+        return Model::load_bytes(kind.name(), &bytes, &LoadOptions::default());
     }
-    let bytes = encode(&kind.build(args.resolution, 42));
-    let model = Model::load_bytes(kind.name(), &bytes, &LoadOptions::default())?;
-    print!("{}", scission_shared::cli::inspect_report(&model, args.max_crossing, false));
-    let device = bench_as(&model, args, "device (1 thread)", TierKind::Device, 1)?;
-    let server_threads = scission_shared::host::available_cores();
-    let server = bench_as(&model, args, &format!("server ({server_threads} threads)"), TierKind::Cloud, server_threads)?;
-    print_blocks(&device, &server);
-    check_every_split(&model, args.max_crossing)
+    let path = scission_shared::zoo::cached(name, 1)?;
+    Model::load_path(&path, &LoadOptions::default())
 }
 
 fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads: usize) -> Result<Profile> {
     let options = BenchOptions {
-        budget: Budget { warmup: 2, min_runs: 5, max_runs: 50, max_time: Duration::from_millis(200) },
+        budget: Budget { warmup: 1, min_runs: 3, max_runs: 20, max_time: Duration::from_millis(100) },
         max_crossing: args.max_crossing,
         threads,
         machine: name.to_string(),
@@ -54,47 +76,51 @@ fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads:
     };
     let profile = benchmark(model, &options)?;
     println!(
-        "{name}: unsplit median {:.3} ms, sum of {} block medians {:.3} ms ({:.2}x)",
+        "{name} ({threads} thread(s)): unsplit median {:.1} ms, sum of {} block medians {:.1} ms ({:.2}x), benchmark took {:.1} s",
         profile.whole_model.median_ns as f64 * 1e-6,
         profile.blocks.len(),
         profile.sum_of_blocks_ns as f64 * 1e-6,
-        profile.sum_over_whole
+        profile.sum_over_whole,
+        profile.bench_seconds
     );
     Ok(profile)
 }
 
-fn print_blocks(device: &Profile, server: &Profile) {
-    println!("{:>5}  {:<28}  {:>12}  {:>12}  {:>10}", "block", "last node", "device ms", "server ms", "out bytes");
-    for (i, (d, s)) in device.blocks.iter().zip(&server.blocks).enumerate() {
-        let out_bytes = device.cuts.get(i + 1).map_or(0, |c| c.bytes);
-        println!(
-            "{i:>5}  {:<28}  {:>12.3}  {:>12.3}  {:>10}",
-            d.last_node,
-            d.time.median_ns as f64 * 1e-6,
-            s.time.median_ns as f64 * 1e-6,
-            out_bytes
-        );
+fn plan(profiles: &[Profile], links: &[String], count: usize) -> Result<Vec<Plan>> {
+    let mut problem = problem_from_profiles(profiles, &Topology::default(), None, CostOptions::default())?;
+    for text in links {
+        let spec = parse_link_spec(text, |n| problem.tiers.iter().any(|t| t == n)).map_err(anyhow::Error::msg)?;
+        let (from, to) = (resolve_endpoint(&problem, &spec.from).map_err(anyhow::Error::msg)?, resolve_endpoint(&problem, &spec.to).map_err(anyhow::Error::msg)?);
+        for &a in &from {
+            for &b in &to {
+                set_link(&mut problem, a, b, spec.link);
+                if problem.link(b, a).is_none() {
+                    set_link(&mut problem, b, a, spec.link);
+                }
+            }
+        }
+        println!("link {} <-> {}: {:.1} Mbit/s, {:.1} ms", spec.from, spec.to, spec.link.bits_per_sec as f64 * 1e-6, spec.link.latency_ns as f64 * 1e-6);
     }
+    let plans = solver::solve(&problem, &Constraints::default(), Objective::Latency, count)?;
+    print!("{}", crate::report::table(&problem, &crate::report::block_labels(&profiles[0]), &plans));
+    Ok(plans)
 }
 
-/// Runs the model split at every cut point and checks the result against the unsplit model.
-fn check_every_split(model: &Model, max_crossing: usize) -> Result<()> {
+/// Runs each plan's split (one slice per non-empty segment) and compares with the unsplit model.
+fn check_plans(model: &Model, profile: &Profile, plans: &[Plan]) -> Result<()> {
     let inputs = synthetic_inputs(model, 7)?;
     let reference = with_threads(1, || model.whole()?.run(inputs.clone()))?;
-    let points = model.cuts.cut_points(max_crossing);
-    let n = model.summary.len();
-    let mut worst = 0f32;
-    for &k in &points[1..points.len() - 1] {
-        let outputs = Pipeline::build(model, &[0, k, n])?.run(model, inputs.clone())?;
-        for (got, want) in outputs.iter().zip(&reference) {
-            let diff = max_abs_diff(got, want).with_context(|| format!("split at {k}"))?;
-            worst = worst.max(diff);
+    for (rank, plan) in plans.iter().enumerate() {
+        let mut cuts: Vec<usize> = vec![0];
+        cuts.extend(plan.segments.iter().filter(|s| s.end > s.start).map(|s| profile.blocks[s.end - 1].range.end));
+        cuts.dedup();
+        let outputs = with_threads(1, || Pipeline::build(model, &cuts)?.run(model, inputs.clone()))?;
+        let diff = outputs.iter().zip(&reference).map(|(a, b)| max_abs_diff(a, b)).try_fold(0f32, |m, d| d.map(|d| m.max(d)))?;
+        if diff > 1e-5 {
+            bail!("plan #{} changed the output by {diff:e}", rank + 1);
         }
+        println!("plan #{}: split at nodes {:?} runs slice by slice; max |difference| from the unsplit model = {diff:e}", rank + 1, &cuts[1..cuts.len() - 1]);
     }
-    if worst > 1e-5 {
-        bail!("a split changed the output by {worst:e}");
-    }
-    println!("checked {} two-way splits against the unsplit model: max |difference| = {worst:e}", points.len() - 2);
     Ok(())
 }
 

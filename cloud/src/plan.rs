@@ -253,11 +253,7 @@ fn profile_planning(args: &PlanArgs) -> Result<Planning> {
             apply_links(&mut problem, &[spec]).with_context(|| csv.display().to_string())?;
         }
     }
-    let block_labels = profiles[0]
-        .blocks
-        .iter()
-        .map(|b| if b.first_node == b.last_node { b.first_node.clone() } else { format!("{} .. {}", b.first_node, b.last_node) })
-        .collect();
+    let block_labels = crate::report::block_labels(&profiles[0]);
     let mut constraints = profile_constraints(args, &problem)?;
     add_common_constraints(args, &problem, &mut constraints)?;
     Ok(Planning { problem, constraints, block_labels, legacy: None })

@@ -25,6 +25,15 @@ fn last_label(label: &str) -> &str {
     label.rsplit(" .. ").next().unwrap_or(label)
 }
 
+/// One label per block of a profile: its node, or its first and last nodes.
+pub fn block_labels(profile: &scission_shared::profile::Profile) -> Vec<String> {
+    profile
+        .blocks
+        .iter()
+        .map(|b| if b.first_node == b.last_node { b.first_node.clone() } else { format!("{} .. {}", b.first_node, b.last_node) })
+        .collect()
+}
+
 /// The ranked plans as a table: one paragraph per plan, a line per segment and hop.
 pub fn table(problem: &Problem, labels: &[String], plans: &[Plan]) -> String {
     let mut out = String::new();
