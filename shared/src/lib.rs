@@ -22,6 +22,7 @@ pub mod profile;
 pub mod solver;
 pub mod stats;
 pub mod timing;
+pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod bench;

@@ -1,0 +1,54 @@
+//! The wire protocol between device, edge and cloud: versioned postcard messages in
+//! length-prefixed frames, with activations as compact tensor frames.
+//!
+//! - [`tensor`]: a tensor on the wire (element encoding, bounded shape, payload borrowed from
+//!   the receive buffer) and the f32 / f16 / int8 encodings;
+//! - [`message`]: the messages and their validation;
+//! - [`frame`]: framing with a size limit checked before anything is allocated.
+//!
+//! Everything here is `no_std` + `alloc` and does no I/O: the QUIC shell reads bytes, asks
+//! [`frame`] how many to expect, and hands complete frames to [`message::decode`].
+
+pub mod frame;
+pub mod message;
+pub mod tensor;
+
+/// Why bytes from a peer were rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// A frame announces more bytes than the receiver accepts.
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// The receiver's limit.
+        limit: u64,
+    },
+    /// The bytes are not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {got} is not supported (this build speaks {expected})")]
+    Version {
+        /// The peer's version.
+        got: u16,
+        /// Ours.
+        expected: u16,
+    },
+    /// A tensor's payload does not match its shape and encoding.
+    #[error("tensor payload is {got} bytes, but its shape and encoding need {expected}")]
+    PayloadSize {
+        /// Bytes present.
+        got: u64,
+        /// Bytes required.
+        expected: u64,
+    },
+    /// A bound (rank, tensor count, stage count) is exceeded.
+    #[error("{what} exceeds the limit of {limit}")]
+    Bound {
+        /// What was too large.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+}
