@@ -41,6 +41,12 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The built-in model zoo: the 18 Keras Applications DNNs as ONNX (list, write, report).
     Zoo(zoo::ZooArgs),
+    /// Create the cluster CA (mutual TLS between all nodes).
+    Init(scission_shared::runtime::commands::ClusterArgs),
+    /// Issue a key and certificate for a node from the cluster CA.
+    Enroll(scission_shared::runtime::commands::EnrollArgs),
+    /// Serve the cloud's stages of partitioned inferences over QUIC.
+    Serve(scission_shared::runtime::commands::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,5 +58,8 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Zoo(args) => zoo::run(args),
+        Command::Init(args) => scission_shared::runtime::commands::run_init(args),
+        Command::Enroll(args) => scission_shared::runtime::commands::run_enroll(args),
+        Command::Serve(args) => scission_shared::runtime::commands::run_serve(args, TierKind::Cloud, None),
     })
 }

@@ -1,5 +1,6 @@
 //! `scission-device`: the device tier of Scission. It benchmarks its blocks of a DNN on this machine
-//! (`bench`), and shows where a model can be cut (`inspect`).
+//! (`bench`), shows where a model can be cut (`inspect`), and runs its slice of partitioned
+//! inferences against edge and cloud servers (`run`).
 
 use std::process::ExitCode;
 
@@ -27,6 +28,9 @@ enum Command {
     Bench(BenchArgs),
     /// Show a model's cut points, the tensors crossing them and their sizes.
     Inspect(InspectArgs),
+    /// Run inferences split between this device, an edge and a cloud server (over QUIC with
+    /// mutual TLS), checking every result against the unsplit model.
+    Run(scission_shared::runtime::commands::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +39,6 @@ fn main() -> ExitCode {
     cli::report(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Device),
         Command::Inspect(args) => cli::run_inspect(args),
+        Command::Run(args) => scission_shared::runtime::commands::run_device(args),
     })
 }

@@ -1,5 +1,6 @@
 //! `scission-edge`: the edge tier of Scission. It benchmarks its blocks of a DNN on this machine
-//! (`bench`), and shows where a model can be cut (`inspect`).
+//! (`bench`), shows where a model can be cut (`inspect`), and serves its stages of partitioned
+//! inferences (`serve`).
 
 use std::process::ExitCode;
 
@@ -27,6 +28,14 @@ enum Command {
     Bench(BenchArgs),
     /// Show a model's cut points, the tensors crossing them and their sizes.
     Inspect(InspectArgs),
+    /// Serve the edge's stages of partitioned inferences over QUIC, forwarding to the cloud.
+    Serve {
+        #[command(flatten)]
+        serve: scission_shared::runtime::commands::ServeArgs,
+        /// The cloud server's address.
+        #[arg(long)]
+        cloud: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,5 +44,6 @@ fn main() -> ExitCode {
     cli::report(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Edge),
         Command::Inspect(args) => cli::run_inspect(args),
+        Command::Serve { serve, cloud } => scission_shared::runtime::commands::run_serve(serve, TierKind::Edge, Some(*cloud)),
     })
 }

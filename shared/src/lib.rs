@@ -32,6 +32,10 @@ pub mod cli;
 pub mod engine;
 #[cfg(feature = "std")]
 pub mod host;
+#[cfg(feature = "net")]
+pub mod net;
+#[cfg(feature = "net")]
+pub mod runtime;
 #[cfg(feature = "std")]
 pub mod onnx;
 #[cfg(feature = "std")]

@@ -1,0 +1,84 @@
+//! QUIC endpoints with the cluster's mutual TLS, and one-frame-each-way exchanges on
+//! bidirectional streams.
+
+use std::net::SocketAddr;
+use std::prelude::rust_2024::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use super::pki::{Identity, SERVER_NAME};
+use crate::wire::WireError;
+use crate::wire::frame::{HEADER, body_len, framed};
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    Arc::new(t)
+}
+
+/// A server endpoint on `bind` that accepts only clients with a certificate from the cluster CA.
+pub fn server(identity: &Identity, bind: SocketAddr) -> Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(identity.server_config()?).context("TLS configuration unusable for QUIC")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    quinn::Endpoint::server(config, bind).with_context(|| format!("cannot listen on {bind}"))
+}
+
+/// A client endpoint presenting this node's certificate.
+pub fn client(identity: &Identity) -> Result<quinn::Endpoint> {
+    let crypto = QuicClientConfig::try_from(identity.client_config()?).context("TLS configuration unusable for QUIC")?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    let bind: SocketAddr = "0.0.0.0:0".parse()?;
+    let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Connects to a cluster node at `addr`.
+pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<quinn::Connection> {
+    let connecting = endpoint.connect(addr, SERVER_NAME).with_context(|| format!("cannot connect to {addr}"))?;
+    tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .with_context(|| format!("{addr} did not answer within 5 s"))?
+        .with_context(|| format!("QUIC handshake with {addr} failed"))
+}
+
+/// Why reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame over the limit.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The stream ended early or broke.
+    #[error("stream ended before the frame was complete: {0}")]
+    Stream(#[from] quinn::ReadExactError),
+}
+
+/// Reads one frame, refusing one larger than `max_frame` before reading its body.
+pub async fn read_frame(recv: &mut quinn::RecvStream, max_frame: u32) -> Result<Vec<u8>, FrameError> {
+    let mut header = [0u8; HEADER];
+    recv.read_exact(&mut header).await?;
+    let len = body_len(header, max_frame)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Writes one frame and finishes the sending side.
+pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result<()> {
+    send.write_all(&framed(payload)?).await.context("sending a frame")?;
+    send.finish().context("finishing a stream")?;
+    Ok(())
+}
+
+/// Sends `payload` on a new stream and waits for the one-frame answer.
+pub async fn exchange(connection: &quinn::Connection, payload: &[u8], max_frame: u32) -> Result<Vec<u8>> {
+    let (mut send, mut recv) = connection.open_bi().await.context("cannot open a stream")?;
+    write_frame(&mut send, payload).await?;
+    Ok(read_frame(&mut recv, max_frame).await?)
+}

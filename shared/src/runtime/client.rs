@@ -1,0 +1,110 @@
+//! The device side of a request: run the device's stage locally, send the rest of the route
+//! to the next tier, and turn the answer into outputs or an explicit error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::prelude::rust_2024::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::Mutex;
+use tract_onnx::prelude::*;
+
+use super::convert::decode as decode_tensor;
+use super::node::Node;
+use super::server::infer_message;
+use crate::cut::Block;
+use crate::engine::pipeline::graph_inputs;
+use crate::graph::TensorId;
+use crate::net::quic::{connect, exchange};
+use crate::solver::Encoding;
+use crate::wire::message::{Body, Stage, StageTiming, decode};
+
+/// What one request produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Graph outputs, in model order.
+    pub outputs: Vec<(TensorId, TValue)>,
+    /// Compute time of each stage, device first.
+    pub timings: Vec<StageTiming>,
+    /// Wall time of the whole request.
+    pub total_ns: u64,
+}
+
+/// Sends a device's requests along routes.
+pub struct DeviceClient {
+    node: Arc<Node>,
+    endpoint: quinn::Endpoint,
+    peers: HashMap<u8, SocketAddr>,
+    connections: Mutex<HashMap<u8, quinn::Connection>>,
+    max_frame: u32,
+}
+
+impl DeviceClient {
+    /// A client for `node` that reaches tier `t` at `peers[t]`.
+    pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, SocketAddr>, max_frame: u32) -> Self {
+        Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame }
+    }
+
+    async fn connection(&self, tier: u8) -> Result<quinn::Connection> {
+        let mut cache = self.connections.lock().await;
+        if let Some(c) = cache.get(&tier).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let addr = *self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
+        let c = connect(&self.endpoint, addr).await?;
+        cache.insert(tier, c.clone());
+        Ok(c)
+    }
+
+    /// Runs request `id` on `inputs` along `route` (stages in tier order, covering every node).
+    pub async fn infer(&self, id: u64, route: &[Stage], inputs: TVec<TValue>, encoding: Encoding) -> Result<Outcome> {
+        let started = Instant::now();
+        let mut live = graph_inputs(&self.node.model, inputs)?;
+        let mut timings = Vec::new();
+        let mut rest = route;
+        if let Some(first) = route.first().filter(|s| s.tier == self.node.tier) {
+            let node = self.node.clone();
+            let block = Block { start: first.start as usize, end: first.end as usize };
+            let (after, ns) = tokio::task::spawn_blocking(move || node.run_stage(block, live)).await??;
+            live = after;
+            timings.push(StageTiming { tier: self.node.tier, compute_ns: ns });
+            rest = &route[1..];
+        }
+        let outputs = match rest.first() {
+            None => self.node.outputs(&live)?,
+            Some(next) => {
+                let message = infer_message(id, self.node.sha256, rest, encoding, &live)?;
+                let connection = self.connection(next.tier).await?;
+                let answer = exchange(&connection, &message, self.max_frame).await.with_context(|| format!("tier {} did not answer", next.tier))?;
+                self.read_answer(id, &answer, &mut timings)?
+            }
+        };
+        Ok(Outcome { outputs, timings, total_ns: started.elapsed().as_nanos() as u64 })
+    }
+
+    fn read_answer(&self, id: u64, answer: &[u8], timings: &mut Vec<StageTiming>) -> Result<Vec<(TensorId, TValue)>> {
+        match decode(answer).map_err(|e| anyhow!("malformed answer: {e}"))? {
+            Body::Output { request, tensors, timings: remote } => {
+                if request != id {
+                    bail!("answer for request {request} arrived on the stream of request {id}");
+                }
+                timings.extend(remote);
+                tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect()
+            }
+            Body::Failure { code, message, .. } => bail!("request {id} failed ({code:?}): {message}"),
+            _ => bail!("unexpected answer to request {id}"),
+        }
+    }
+}
+
+/// The route for a split: the device runs `[0, a)`, the edge `[a, b)`, the cloud `[b, n)`;
+/// empty ranges are skipped.
+pub fn route(a: usize, b: usize, n: usize) -> Result<Vec<Stage>> {
+    if !(a <= b && b <= n) {
+        bail!("split {a},{b} must satisfy 0 <= device end <= edge end <= {n}");
+    }
+    let stages = [(0u8, 0, a), (1, a, b), (2, b, n)];
+    Ok(stages.iter().filter(|(_, s, e)| s < e).map(|&(tier, s, e)| Stage { tier, start: s as u32, end: e as u32 }).collect())
+}

@@ -1,0 +1,238 @@
+//! Command-line entry points of the runtime: `init` and `enroll` (cluster certificates),
+//! `serve` (edge and cloud) and `run` (device).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::prelude::rust_2024::*;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use tract_onnx::prelude::*;
+
+use super::client::{DeviceClient, route};
+use super::node::Node;
+use super::server::{StageServer, Upstream};
+use crate::cli::ModelArgs;
+use crate::engine::{input::synthetic_inputs, with_threads};
+use crate::net::{pki, quic};
+use crate::profile::TierKind;
+use crate::solver::Encoding;
+use crate::wire::frame::DEFAULT_MAX_FRAME;
+
+/// Where the cluster's certificates live.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Cluster directory (CA and node certificates, from `scission-cloud init` and `enroll`).
+    #[arg(long, default_value = "cluster")]
+    pub cluster: PathBuf,
+}
+
+/// Arguments of `enroll`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// Node name (used with --name when the node starts).
+    pub name: String,
+    /// The node's tier (recorded for the operator; every node may act as client and server).
+    #[arg(long, value_parser = ["device", "edge", "cloud"])]
+    pub tier: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+}
+
+/// Runs `init`: a new cluster CA.
+pub fn run_init(args: &ClusterArgs) -> Result<()> {
+    pki::init_cluster(&args.cluster)?;
+    println!("created the cluster CA in {}; enroll nodes with `scission-cloud enroll NAME --tier edge|device|cloud`", args.cluster.display());
+    Ok(())
+}
+
+/// Runs `enroll`: a key and certificate for one node.
+pub fn run_enroll(args: &EnrollArgs) -> Result<()> {
+    let (cert, key) = pki::enroll(&args.cluster.cluster, &args.name)?;
+    println!("enrolled {} ({}): {} and {}; copy them with ca.cert.pem to the node", args.name, args.tier, cert.display(), key.display());
+    Ok(())
+}
+
+/// Arguments of `serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// UDP address to listen on (port 0 picks a free one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+    /// This node's enrolled name (default: its tier).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Engine threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Largest frame accepted, in MiB.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME >> 20)]
+    pub max_frame_mib: u32,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud).
+pub fn run_serve(args: &ServeArgs, tier: TierKind, upstream: Option<SocketAddr>) -> Result<()> {
+    let name = args.name.clone().unwrap_or_else(|| tier.as_str().to_string());
+    let identity = pki::Identity::load(&args.cluster.cluster, &name)?;
+    let threads = args.threads.unwrap_or_else(crate::host::available_cores);
+    let node = Arc::new(Node::new(args.model.load()?, tier_index(tier), threads)?);
+    let max_frame = args.max_frame_mib.saturating_mul(1 << 20);
+    runtime()?.block_on(async move {
+        let endpoint = quic::server(&identity, args.listen)?;
+        let upstream = match upstream {
+            Some(addr) => Some(Upstream::new(quic::client(&identity)?, addr)),
+            None => None,
+        };
+        let addr = endpoint.local_addr()?;
+        println!("scission-{} '{name}' serving {} on {addr}", tier.as_str(), node.model.name);
+        std::io::stdout().flush()?;
+        Arc::new(StageServer::new(node, upstream, max_frame)).serve(endpoint).await;
+        Ok(())
+    })
+}
+
+/// The tier's index in the default chain.
+pub fn tier_index(tier: TierKind) -> u8 {
+    match tier {
+        TierKind::Device => 0,
+        TierKind::Edge => 1,
+        TierKind::Cloud => 2,
+    }
+}
+
+/// Arguments of the device's `run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// The edge server's address.
+    #[arg(long)]
+    pub edge: Option<SocketAddr>,
+    /// The cloud server's address.
+    #[arg(long)]
+    pub cloud: Option<SocketAddr>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+    /// This device's enrolled name.
+    #[arg(long, default_value = "device")]
+    pub name: String,
+    /// Where to split, as node positions DEVICE_END,EDGE_END: the device runs [0, DEVICE_END),
+    /// the edge [DEVICE_END, EDGE_END), the cloud the rest (`scission-device inspect` lists the
+    /// positions; `scission-cloud plan` picks good ones).
+    #[arg(long, value_parser = parse_split, value_name = "DEVICE_END,EDGE_END")]
+    pub split: (usize, usize),
+    /// Requests to run.
+    #[arg(long, default_value_t = 10)]
+    pub requests: u32,
+    /// Activation encoding on the wire.
+    #[arg(long, value_enum, default_value_t = EncodingArg::F32)]
+    pub encoding: EncodingArg,
+    /// Engine threads on the device.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Seed of the synthetic inputs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn parse_split(text: &str) -> Result<(usize, usize), String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    match parts[..] {
+        [a, b] => match (a.parse(), b.parse()) {
+            (Ok(a), Ok(b)) => Ok((a, b)),
+            _ => Err(format!("'{text}': expected two node positions, e.g. 40,120")),
+        },
+        _ => Err(format!("'{text}': expected DEVICE_END,EDGE_END, e.g. 40,120")),
+    }
+}
+
+/// Encodings on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum EncodingArg {
+    /// 32-bit floats (bit-exact).
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// 8-bit integers, per-tensor affine.
+    Int8,
+}
+
+impl From<EncodingArg> for Encoding {
+    fn from(e: EncodingArg) -> Self {
+        match e {
+            EncodingArg::F32 => Encoding::F32,
+            EncodingArg::F16 => Encoding::F16,
+            EncodingArg::Int8 => Encoding::Int8,
+        }
+    }
+}
+
+/// Runs the device's `run`: requests along the split, each checked against the unsplit model.
+pub fn run_device(args: &RunArgs) -> Result<()> {
+    let identity = pki::Identity::load(&args.cluster.cluster, &args.name)?;
+    let node = Arc::new(Node::new(args.model.load()?, 0, args.threads)?);
+    let n = node.model.summary.len();
+    let stages = route(args.split.0, args.split.1, n)?;
+    let mut peers = HashMap::new();
+    for (tier, addr) in [(1u8, args.edge), (2, args.cloud)] {
+        match addr {
+            Some(a) => drop(peers.insert(tier, a)),
+            None if stages.iter().any(|s| s.tier == tier) => bail!("the split gives tier {tier} work, but its address (--{}) is missing", if tier == 1 { "edge" } else { "cloud" }),
+            None => {}
+        }
+    }
+    let whole = node.model.whole()?;
+    runtime()?.block_on(async {
+        let client = DeviceClient::new(node.clone(), quic::client(&identity)?, peers, DEFAULT_MAX_FRAME);
+        let (mut ok, mut failed, mut worst) = (0u32, 0u32, 0f32);
+        for i in 0..args.requests {
+            let inputs = synthetic_inputs(&node.model, args.seed + u64::from(i))?;
+            let reference = with_threads(1, || whole.run(inputs.clone()))?;
+            match client.infer(u64::from(i), &stages, inputs, args.encoding.into()).await {
+                Ok(outcome) => {
+                    let diff = max_diff(&outcome.outputs, &reference)?;
+                    worst = worst.max(diff);
+                    let stages: Vec<String> = outcome.timings.iter().map(|t| format!("tier {} {:.2} ms", t.tier, t.compute_ns as f64 * 1e-6)).collect();
+                    println!("request {i}: {:.2} ms end to end ({}); max |difference| from the unsplit model {diff:e}", outcome.total_ns as f64 * 1e-6, stages.join(", "));
+                    ok += 1;
+                }
+                Err(e) => {
+                    println!("request {i}: failed: {}", crate::cli::one_line(&e));
+                    failed += 1;
+                }
+            }
+        }
+        println!("requests: {ok} ok, {failed} failed; largest difference from the unsplit model {worst:e}");
+        if failed > 0 {
+            bail!("{failed} of {} requests failed", args.requests);
+        }
+        Ok(())
+    })
+}
+
+fn max_diff(outputs: &[(usize, TValue)], reference: &TVec<TValue>) -> Result<f32> {
+    if outputs.len() != reference.len() {
+        bail!("{} outputs, expected {}", outputs.len(), reference.len());
+    }
+    let mut worst = 0f32;
+    for ((_, got), want) in outputs.iter().zip(reference) {
+        let (g, w) = (got.try_as_plain_ram()?.as_slice::<f32>()?, want.try_as_plain_ram()?.as_slice::<f32>()?);
+        worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+    }
+    Ok(worst)
+}

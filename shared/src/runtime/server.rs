@@ -1,0 +1,192 @@
+//! Serving stages over QUIC (edge and cloud). Each stream carries one request frame and gets
+//! exactly one answer frame: the outputs, or a failure that says why. A peer that sends
+//! garbage, truncates a frame, announces an oversized one or vanishes only loses its own
+//! stream.
+
+use std::net::SocketAddr;
+use std::prelude::rust_2024::*;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::Mutex;
+use tract_onnx::prelude::TValue;
+
+use super::convert::{Outgoing, decode as decode_tensor};
+use super::node::Node;
+use crate::cut::Block;
+use crate::engine::pipeline::Activations;
+use crate::net::quic::{FrameError, connect, exchange, read_frame, write_frame};
+use crate::solver::Encoding;
+use crate::wire::WireError;
+use crate::wire::message::{Body, FailureCode, MAX_STAGES, MAX_TENSORS, NamedTensor, Stage, StageTiming, decode, encode};
+
+/// The next tier a server forwards to (the edge's cloud).
+pub struct Upstream {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    connection: Mutex<Option<quinn::Connection>>,
+}
+
+impl Upstream {
+    /// Forwards through `endpoint` to `addr`, connecting on first use and again after a loss.
+    pub fn new(endpoint: quinn::Endpoint, addr: SocketAddr) -> Self {
+        Self { endpoint, addr, connection: Mutex::new(None) }
+    }
+
+    async fn connection(&self) -> Result<quinn::Connection> {
+        let mut guard = self.connection.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let c = connect(&self.endpoint, self.addr).await?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// A stage server: a node, where to forward, and the largest frame it accepts.
+pub struct StageServer {
+    node: Arc<Node>,
+    upstream: Option<Upstream>,
+    max_frame: u32,
+}
+
+type Failed = (FailureCode, String);
+
+fn failure(request: u64, code: FailureCode, message: impl std::fmt::Display) -> Vec<u8> {
+    let mut text = heapless::String::new();
+    for c in message.to_string().chars() {
+        if text.push(c).is_err() {
+            break;
+        }
+    }
+    encode(&Body::Failure { request, code, message: text }).unwrap_or_default()
+}
+
+impl StageServer {
+    /// A server for `node`, forwarding later stages to `upstream`.
+    pub fn new(node: Arc<Node>, upstream: Option<Upstream>, max_frame: u32) -> Self {
+        Self { node, upstream, max_frame }
+    }
+
+    /// Accepts connections on `endpoint` until it closes.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let server = self.clone();
+            tokio::spawn(async move {
+                let connection = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("refused a connection: {e}");
+                        return;
+                    }
+                };
+                while let Ok((send, recv)) = connection.accept_bi().await {
+                    let server = server.clone();
+                    tokio::spawn(async move { server.handle_stream(send, recv).await });
+                }
+            });
+        }
+    }
+
+    async fn handle_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let reply = match read_frame(&mut recv, self.max_frame).await {
+            Ok(bytes) => self.answer(&bytes).await,
+            Err(FrameError::Wire(e @ WireError::TooLarge { .. })) => failure(0, FailureCode::TooLarge, e),
+            Err(e) => failure(0, FailureCode::BadRequest, e),
+        };
+        if let Err(e) = write_frame(&mut send, &reply).await {
+            tracing::debug!("could not answer: {e:#}");
+        }
+    }
+
+    async fn answer(&self, bytes: &[u8]) -> Vec<u8> {
+        match decode(bytes) {
+            Ok(Body::Ping { nonce, .. }) => encode(&Body::Pong { nonce }).unwrap_or_default(),
+            Ok(Body::Infer { request, model, stages, encoding, tensors }) => match self.infer(request, model, &stages, encoding, &tensors).await {
+                Ok(reply) => reply,
+                Err((code, message)) => failure(request, code, message),
+            },
+            Ok(_) => failure(0, FailureCode::BadRequest, "expected a request"),
+            Err(e) => failure(0, FailureCode::BadRequest, e),
+        }
+    }
+
+    async fn infer(&self, request: u64, model: [u8; 32], stages: &[Stage], encoding: Encoding, tensors: &[NamedTensor<'_>]) -> Result<Vec<u8>, Failed> {
+        let bad = |m: String| (FailureCode::BadRequest, m);
+        if model != self.node.sha256 {
+            return Err(bad("the request is for another model than this node serves".into()));
+        }
+        let stage = stages[0];
+        if stage.tier != self.node.tier {
+            return Err(bad(format!("stage for tier {} sent to tier {}", stage.tier, self.node.tier)));
+        }
+        let mut live = Activations::new();
+        for t in tensors {
+            let (id, value) = decode_tensor(&self.node.model, t).map_err(|e| bad(format!("{e:#}")))?;
+            live.insert(id, value);
+        }
+        let node = self.node.clone();
+        let block = Block { start: stage.start as usize, end: stage.end as usize };
+        let (live, compute_ns) = tokio::task::spawn_blocking(move || node.run_stage(block, live))
+            .await
+            .map_err(|e| (FailureCode::Engine, e.to_string()))?
+            .map_err(|e| (FailureCode::Engine, format!("{e:#}")))?;
+        let mine = StageTiming { tier: self.node.tier, compute_ns };
+        let rest = &stages[1..];
+        if rest.is_empty() {
+            let outputs = self.node.outputs(&live).map_err(|e| (FailureCode::Engine, format!("{e:#}")))?;
+            return output_message(request, &outputs, &[mine]).map_err(|e| (FailureCode::Engine, format!("{e:#}")));
+        }
+        self.forward(request, model, rest, encoding, &live, mine).await
+    }
+
+    async fn forward(&self, request: u64, model: [u8; 32], rest: &[Stage], encoding: Encoding, live: &Activations, mine: StageTiming) -> Result<Vec<u8>, Failed> {
+        let unreachable = |m: String| (FailureCode::Unreachable, m);
+        let upstream = self.upstream.as_ref().ok_or_else(|| unreachable("this node has no next tier to forward to".into()))?;
+        let message = infer_message(request, model, rest, encoding, live).map_err(|e| (FailureCode::Engine, format!("{e:#}")))?;
+        let connection = upstream.connection().await.map_err(|e| unreachable(format!("{e:#}")))?;
+        let answer = exchange(&connection, &message, self.max_frame).await.map_err(|e| unreachable(format!("next tier: {e:#}")))?;
+        match decode(&answer) {
+            Ok(Body::Output { request, tensors, timings }) => {
+                let mut all: heapless::Vec<StageTiming, MAX_STAGES> = heapless::Vec::new();
+                let _ = all.push(mine);
+                for t in timings {
+                    let _ = all.push(t);
+                }
+                encode(&Body::Output { request, tensors, timings: all }).map_err(|e| (FailureCode::Engine, e.to_string()))
+            }
+            Ok(Body::Failure { request, code, message }) => encode(&Body::Failure { request, code, message }).map_err(|e| (FailureCode::Engine, e.to_string())),
+            Ok(_) => Err(unreachable("next tier answered with something else than a result".into())),
+            Err(e) => Err(unreachable(format!("next tier sent a malformed answer: {e}"))),
+        }
+    }
+}
+
+/// Encodes a request for `stages` carrying `live`.
+pub fn infer_message(request: u64, model: [u8; 32], stages: &[Stage], encoding: Encoding, live: &Activations) -> Result<Vec<u8>> {
+    let mut ids: Vec<_> = live.keys().copied().collect();
+    ids.sort_unstable();
+    let outgoing = ids.iter().map(|&id| Outgoing::encode(id, &live[&id], encoding)).collect::<Result<Vec<_>>>()?;
+    let tensors = outgoing.iter().map(Outgoing::frame).collect::<Result<Vec<_>>>()?;
+    let tensors: heapless::Vec<NamedTensor<'_>, MAX_TENSORS> = tensors.into_iter().collect::<heapless::Vec<_, MAX_TENSORS>>();
+    if tensors.len() != ids.len() {
+        anyhow::bail!("{} tensors cross this cut, more than the wire allows ({MAX_TENSORS})", ids.len());
+    }
+    let stages = stages.iter().copied().collect::<heapless::Vec<Stage, MAX_STAGES>>();
+    Ok(encode(&Body::Infer { request, model, stages, encoding, tensors })?)
+}
+
+/// Encodes the final outputs of request `request` (always f32: they are small, and the device
+/// gets them exactly).
+pub fn output_message(request: u64, outputs: &[(usize, TValue)], timings: &[StageTiming]) -> Result<Vec<u8>> {
+    let outgoing = outputs.iter().map(|(id, v)| Outgoing::encode(*id, v, Encoding::F32)).collect::<Result<Vec<_>>>()?;
+    let tensors = outgoing.iter().map(Outgoing::frame).collect::<Result<Vec<_>>>()?.into_iter().collect();
+    let timings = timings.iter().copied().collect();
+    Ok(encode(&Body::Output { request, tensors, timings })?)
+}
+
+/// Binds a server endpoint and reports its address.
+pub fn local_addr(endpoint: &quinn::Endpoint) -> Result<SocketAddr> {
+    endpoint.local_addr().context("endpoint has no address")
+}
