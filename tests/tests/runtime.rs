@@ -1,0 +1,172 @@
+//! The distributed runtime end to end: real `scission-cloud serve`, `scission-edge serve` and
+//! `scission-device run` processes on loopback, with the cluster's mutual TLS.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{bin, run, stderr, write_model};
+use scission_shared::engine::{LoadOptions, Model};
+use scission_shared::net::{pki, quic};
+use scission_shared::onnx::testmodels::TestModel;
+use scission_shared::wire::message::{Body, FailureCode, decode, encode};
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bin_name: &str, args: &[&str]) -> Server {
+    let mut child = Command::new(bin(bin_name)).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("server announces its address");
+    let addr = line.rsplit(' ').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("no address in {line:?}"));
+    Server { child, addr }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster");
+        assert!(run("scission-cloud", &["init", "--cluster", cluster.to_str().unwrap()]).status.success());
+        for n in ["device", "edge", "cloud"] {
+            let out = run("scission-cloud", &["enroll", n, "--tier", n, "--cluster", cluster.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let model = write_model(dir.path(), TestModel::Branched, 32);
+        Self { dir, model }
+    }
+
+    fn cluster(&self) -> String {
+        self.dir.path().join("cluster").to_string_lossy().into_owned()
+    }
+
+    fn servers(&self) -> (Server, Server) {
+        let model = self.model.to_str().unwrap();
+        let cloud = start("scission-cloud", &["serve", model, "--cluster", &self.cluster(), "--threads", "1"]);
+        let cloud_addr = cloud.addr.to_string();
+        let edge = start("scission-edge", &["serve", model, "--cluster", &self.cluster(), "--cloud", &cloud_addr, "--threads", "1"]);
+        (cloud, edge)
+    }
+
+    fn device(&self, cluster: &str, edge: SocketAddr, cloud: SocketAddr, split: &str, extra: &[&str]) -> std::process::Output {
+        let (edge, cloud) = (edge.to_string(), cloud.to_string());
+        let mut args = vec!["run", self.model.to_str().unwrap(), "--cluster", cluster, "--edge", &edge, "--cloud", &cloud, "--split", split, "--requests", "4"];
+        args.extend_from_slice(extra);
+        run("scission-device", &args)
+    }
+}
+
+/// The largest difference `scission-device run` reports in its summary line.
+fn largest_difference(out: &std::process::Output) -> f32 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("requests: ")).unwrap_or_else(|| panic!("no summary in {text}"));
+    assert!(line.starts_with("requests: 4 ok, 0 failed"), "{line}\n{text}\n{}", stderr(out));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Split positions that cross one tensor, two tensors (inside a residual block) and run
+/// device-only, edge-only and cloud-only paths.
+fn splits(model: &Path) -> Vec<String> {
+    let m = Model::load_path(model, &LoadOptions::default()).unwrap();
+    let n = m.summary.len();
+    let two = (1..n).find(|&k| m.cuts.crossing(k).len() == 2).unwrap();
+    let one = (two..n).find(|&k| m.cuts.crossing(k).len() == 1).unwrap();
+    vec![format!("{two},{one}"), format!("0,{two}"), format!("{two},{two}"), format!("0,0"), format!("{n},{n}"), format!("{one},{n}")]
+}
+
+#[test]
+fn three_tiers_compute_what_the_unsplit_model_does() {
+    let c = Cluster::new();
+    let (cloud, edge) = c.servers();
+    for split in splits(&c.model) {
+        let out = c.device(&c.cluster(), edge.addr, cloud.addr, &split, &[]);
+        assert_eq!(largest_difference(&out), 0.0, "f32 is bit-exact at split {split}");
+    }
+    let split = &splits(&c.model)[0];
+    let f16 = largest_difference(&c.device(&c.cluster(), edge.addr, cloud.addr, split, &["--encoding", "f16"]));
+    let int8 = largest_difference(&c.device(&c.cluster(), edge.addr, cloud.addr, split, &["--encoding", "int8"]));
+    assert!(f16 <= 1e-3, "f16 difference {f16}");
+    assert!(int8 <= 2e-2, "int8 difference {int8}");
+}
+
+#[test]
+fn a_device_from_another_cluster_is_refused() {
+    let c = Cluster::new();
+    let (cloud, edge) = c.servers();
+    let other = c.dir.path().join("other");
+    assert!(run("scission-cloud", &["init", "--cluster", other.to_str().unwrap()]).status.success());
+    assert!(run("scission-cloud", &["enroll", "device", "--tier", "device", "--cluster", other.to_str().unwrap()]).status.success());
+    let out = c.device(other.to_str().unwrap(), edge.addr, cloud.addr, "0,0", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requests: 0 ok, 4 failed"), "{text}");
+    assert!(text.contains("handshake"), "{text}");
+}
+
+#[test]
+fn garbage_truncated_and_oversized_frames_do_not_stop_the_server() {
+    let c = Cluster::new();
+    let (cloud, edge) = c.servers();
+    let identity = pki::Identity::load(&c.dir.path().join("cluster"), "device").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let endpoint = quic::client(&identity).unwrap();
+        let conn = Arc::new(quic::connect(&endpoint, cloud.addr).await.unwrap());
+        // Each case: raw bytes on a fresh stream, and the failure the server must answer with.
+        let cases: Vec<(&str, Vec<u8>, FailureCode)> = vec![
+            ("a frame that claims 4 GiB", vec![0xff; 4].into_iter().chain(vec![1, 2, 3]).collect(), FailureCode::TooLarge),
+            ("a truncated frame", 100u32.to_le_bytes().into_iter().chain([7; 10]).collect(), FailureCode::BadRequest),
+            ("garbage in a well-formed frame", 20u32.to_le_bytes().into_iter().chain([0xAB; 20]).collect(), FailureCode::BadRequest),
+            ("half a header", vec![1, 2], FailureCode::BadRequest),
+        ];
+        for (what, bytes, expected) in cases {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&bytes).await.unwrap();
+            send.finish().unwrap();
+            let answer = quic::read_frame(&mut recv, 1 << 20).await.unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+            match decode(&answer).unwrap() {
+                Body::Failure { code, .. } => assert_eq!(code, expected, "{what}"),
+                other => panic!("{what}: expected a failure, got {other:?}"),
+            }
+        }
+        // A stream abandoned mid-frame.
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&1000u32.to_le_bytes()).await.unwrap();
+        drop(send);
+        // The server still answers on the same connection, and on a new one.
+        let ping = encode(&Body::Ping { nonce: 42, padding: &[0; 16] }).unwrap();
+        let pong = quic::exchange(&conn, &ping, 1 << 20).await.unwrap();
+        assert_eq!(decode(&pong).unwrap(), Body::Pong { nonce: 42 });
+        conn.close(0u32.into(), b"bye");
+        let again = quic::connect(&endpoint, cloud.addr).await.unwrap();
+        let pong = quic::exchange(&again, &ping, 1 << 20).await.unwrap();
+        assert_eq!(decode(&pong).unwrap(), Body::Pong { nonce: 42 });
+    });
+    let out = c.device(&c.cluster(), edge.addr, cloud.addr, &splits(&c.model)[0], &[]);
+    assert_eq!(largest_difference(&out), 0.0);
+}
