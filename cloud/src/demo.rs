@@ -9,8 +9,7 @@ use scission_shared::engine::{LoadOptions, Model, Pipeline, input::synthetic_inp
 use scission_shared::onnx::builder::encode;
 use scission_shared::onnx::testmodels::TestModel;
 use scission_shared::profile::{Profile, TierKind};
-use scission_shared::solver::linkspec::parse_link_spec;
-use scission_shared::solver::profiles::{Topology, problem_from_profiles, resolve_endpoint, set_link};
+use scission_shared::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
 use scission_shared::solver::{self, Constraints, CostOptions, Objective, Plan};
 use scission_shared::timing::Budget;
 
@@ -89,16 +88,7 @@ fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads:
 fn plan(profiles: &[Profile], links: &[String], count: usize) -> Result<Vec<Plan>> {
     let mut problem = problem_from_profiles(profiles, &Topology::default(), None, CostOptions::default())?;
     for text in links {
-        let spec = parse_link_spec(text, |n| problem.tiers.iter().any(|t| t == n)).map_err(anyhow::Error::msg)?;
-        let (from, to) = (resolve_endpoint(&problem, &spec.from).map_err(anyhow::Error::msg)?, resolve_endpoint(&problem, &spec.to).map_err(anyhow::Error::msg)?);
-        for &a in &from {
-            for &b in &to {
-                set_link(&mut problem, a, b, spec.link);
-                if problem.link(b, a).is_none() {
-                    set_link(&mut problem, b, a, spec.link);
-                }
-            }
-        }
+        let spec = apply_link_spec(&mut problem, text, true).map_err(anyhow::Error::msg)?;
         println!("link {} <-> {}: {:.1} Mbit/s, {:.1} ms", spec.from, spec.to, spec.link.bits_per_sec as f64 * 1e-6, spec.link.latency_ns as f64 * 1e-6);
     }
     let plans = solver::solve(&problem, &Constraints::default(), Objective::Latency, count)?;

@@ -11,8 +11,7 @@ use anyhow::{Context, Result, bail};
 use scission_shared::cli::read_profile;
 use scission_shared::compat::scission::{self as legacy, Criterion, LegacyLimits, LegacyPlanning};
 use scission_shared::profile::Profile;
-use scission_shared::solver::linkspec::parse_link_spec;
-use scission_shared::solver::profiles::{Topology, problem_from_profiles, resolve_endpoint, set_link};
+use scission_shared::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
 use scission_shared::solver::{self, ComputeCap, Constraints, CostOptions, Encoding, Objective, Problem};
 
 use crate::report;
@@ -289,15 +288,7 @@ fn encoding(e: EncodingArg) -> Encoding {
 
 fn apply_links(problem: &mut Problem, specs: &[String]) -> Result<()> {
     for text in specs {
-        let names_ok = |n: &str| problem.machine_index(n).is_some() || problem.tiers.iter().any(|t| t == n);
-        let spec = parse_link_spec(text, names_ok).map_err(|e| anyhow::anyhow!("--link {e}"))?;
-        let from = resolve_endpoint(problem, &spec.from).map_err(anyhow::Error::msg)?;
-        let to = resolve_endpoint(problem, &spec.to).map_err(anyhow::Error::msg)?;
-        for &a in &from {
-            for &b in to.iter().filter(|&&b| b != a) {
-                set_link(problem, a, b, spec.link);
-            }
-        }
+        apply_link_spec(problem, text, false).map_err(|e| anyhow::anyhow!("--link {e}"))?;
     }
     Ok(())
 }

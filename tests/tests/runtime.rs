@@ -170,3 +170,61 @@ fn garbage_truncated_and_oversized_frames_do_not_stop_the_server() {
     let out = c.device(&c.cluster(), edge.addr, cloud.addr, &splits(&c.model)[0], &[]);
     assert_eq!(largest_difference(&out), 0.0);
 }
+
+/// Profiles of the three tiers for `model`, with the device's block times scaled by `slowdown`
+/// (this host plays all three machines; the scaling stands in for a slower board when
+/// planning, while every stage still runs for real).
+fn profiles(dir: &Path, model: &Path, slowdown: u64) -> String {
+    let mut files = Vec::new();
+    for (bin_name, name) in [("scission-device", "device"), ("scission-edge", "edge"), ("scission-cloud", "cloud")] {
+        let out = dir.join(format!("{name}.json"));
+        let r = run(bin_name, &["bench", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--name", name, "--min-runs", "3", "--max-runs", "3", "--quiet"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        if name == "device" {
+            let mut p: scission_shared::profile::Profile = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+            for b in &mut p.blocks {
+                b.time.median_ns *= slowdown;
+            }
+            std::fs::write(&out, serde_json::to_vec(&p).unwrap()).unwrap();
+        }
+        files.push(out.to_string_lossy().into_owned());
+    }
+    files.join(",")
+}
+
+#[test]
+fn killing_the_edge_mid_stream_fails_over_without_losing_a_request() {
+    let c = Cluster::new();
+    let (cloud, mut edge) = c.servers();
+    let profiles = profiles(c.dir.path(), &c.model, 50);
+    let (edge_addr, cloud_addr, cluster) = (edge.addr.to_string(), cloud.addr.to_string(), c.cluster());
+    let args = [
+        "run", c.model.to_str().unwrap(), "--cluster", &cluster, "--edge", &edge_addr, "--cloud", &cloud_addr, "--profiles", &profiles,
+        "--link", "device-edge=1gbit,1ms", "--link", "edge-cloud=100mbit,20ms", "--link", "device-cloud=10mbit,30ms",
+        "--requests", "20", "--interval-ms", "50", "--timeout-ms", "2000",
+    ];
+    let mut device = Command::new(bin("scission-device")).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = BufReader::new(device.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.starts_with("request 3:") {
+            let _ = edge.child.kill();
+            let _ = edge.child.wait();
+        }
+        lines.push(line);
+    }
+    let status = device.wait().unwrap();
+    let text = lines.join("\n");
+    eprintln!("{text}");
+    assert!(status.success(), "{text}");
+    assert!(lines[0].starts_with("plan #1:") && lines[0].contains("tier 1"), "plan #1 uses the edge: {text}");
+    assert!(text.contains("tier 1 unreachable"), "{text}");
+    assert!(text.contains("requests: 20 ok, 0 failed"), "{text}");
+    for i in 0..20 {
+        let results = lines.iter().filter(|l| l.starts_with(&format!("request {i}: plan #"))).count();
+        assert_eq!(results, 1, "request {i} has {results} results:\n{text}");
+    }
+    let last = lines.iter().rev().find(|l| l.starts_with("request 19:")).unwrap();
+    assert!(!last.contains("plan #1 "), "after the edge died, requests use another plan: {last}");
+}

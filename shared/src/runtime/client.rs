@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::prelude::rust_2024::*;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::Mutex;
@@ -19,7 +19,7 @@ use crate::engine::pipeline::graph_inputs;
 use crate::graph::TensorId;
 use crate::net::quic::{connect, exchange};
 use crate::solver::Encoding;
-use crate::wire::message::{Body, Stage, StageTiming, decode};
+use crate::wire::message::{Body, FailureCode, Stage, StageTiming, decode};
 
 /// What one request produced.
 #[derive(Debug)]
@@ -32,6 +32,22 @@ pub struct Outcome {
     pub total_ns: u64,
 }
 
+/// Why a request did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A tier could not be reached or stopped answering; another route may avoid it.
+    #[error("tier {tier} is unreachable: {reason}")]
+    Unreachable {
+        /// The tier.
+        tier: u8,
+        /// What happened.
+        reason: String,
+    },
+    /// The request failed for another reason (bad input, engine error).
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
 /// Sends a device's requests along routes.
 pub struct DeviceClient {
     node: Arc<Node>,
@@ -39,12 +55,13 @@ pub struct DeviceClient {
     peers: HashMap<u8, SocketAddr>,
     connections: Mutex<HashMap<u8, quinn::Connection>>,
     max_frame: u32,
+    timeout: Duration,
 }
 
 impl DeviceClient {
     /// A client for `node` that reaches tier `t` at `peers[t]`.
-    pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, SocketAddr>, max_frame: u32) -> Self {
-        Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame }
+    pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, SocketAddr>, max_frame: u32, timeout: Duration) -> Self {
+        Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame, timeout }
     }
 
     async fn connection(&self, tier: u8) -> Result<quinn::Connection> {
@@ -59,7 +76,7 @@ impl DeviceClient {
     }
 
     /// Runs request `id` on `inputs` along `route` (stages in tier order, covering every node).
-    pub async fn infer(&self, id: u64, route: &[Stage], inputs: TVec<TValue>, encoding: Encoding) -> Result<Outcome> {
+    pub async fn infer(&self, id: u64, route: &[Stage], inputs: TVec<TValue>, encoding: Encoding) -> Result<Outcome, RequestError> {
         let started = Instant::now();
         let mut live = graph_inputs(&self.node.model, inputs)?;
         let mut timings = Vec::new();
@@ -67,7 +84,7 @@ impl DeviceClient {
         if let Some(first) = route.first().filter(|s| s.tier == self.node.tier) {
             let node = self.node.clone();
             let block = Block { start: first.start as usize, end: first.end as usize };
-            let (after, ns) = tokio::task::spawn_blocking(move || node.run_stage(block, live)).await??;
+            let (after, ns) = tokio::task::spawn_blocking(move || node.run_stage(block, live)).await.map_err(anyhow::Error::from)??;
             live = after;
             timings.push(StageTiming { tier: self.node.tier, compute_ns: ns });
             rest = &route[1..];
@@ -76,25 +93,67 @@ impl DeviceClient {
             None => self.node.outputs(&live)?,
             Some(next) => {
                 let message = infer_message(id, self.node.sha256, rest, encoding, &live)?;
-                let connection = self.connection(next.tier).await?;
-                let answer = exchange(&connection, &message, self.max_frame).await.with_context(|| format!("tier {} did not answer", next.tier))?;
-                self.read_answer(id, &answer, &mut timings)?
+                let answer = self.send(next.tier, &message).await?;
+                self.read_answer(id, &answer, rest, &mut timings)?
             }
         };
         Ok(Outcome { outputs, timings, total_ns: started.elapsed().as_nanos() as u64 })
     }
 
-    fn read_answer(&self, id: u64, answer: &[u8], timings: &mut Vec<StageTiming>) -> Result<Vec<(TensorId, TValue)>> {
+    async fn send(&self, tier: u8, message: &[u8]) -> Result<Vec<u8>, RequestError> {
+        let unreachable = |reason: String| RequestError::Unreachable { tier, reason };
+        let attempt = async {
+            let connection = self.connection(tier).await?;
+            exchange(&connection, message, self.max_frame).await
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                self.connections.lock().await.remove(&tier);
+                Err(unreachable(crate::cli::one_line(&e)))
+            }
+            Err(_) => {
+                self.connections.lock().await.remove(&tier);
+                Err(unreachable(format!("no answer within {} ms", self.timeout.as_millis())))
+            }
+        }
+    }
+
+    /// Runs request `id` on the first of `routes` that avoids every tier in `dead`; when a tier
+    /// turns out unreachable, marks it dead and retries on the next such route. Returns the
+    /// outcome and the index of the route that served it.
+    pub async fn infer_with_failover(&self, id: u64, routes: &[Vec<Stage>], dead: &mut Vec<u8>, inputs: TVec<TValue>, encoding: Encoding) -> Result<(Outcome, usize)> {
+        loop {
+            let Some((index, route)) = routes.iter().enumerate().find(|(_, r)| r.iter().all(|s| !dead.contains(&s.tier))) else {
+                bail!("request {id}: no plan avoids the unreachable tier(s) {dead:?}");
+            };
+            match self.infer(id, route, inputs.clone(), encoding).await {
+                Ok(outcome) => return Ok((outcome, index)),
+                Err(RequestError::Unreachable { tier, reason }) => {
+                    tracing::warn!("request {id}: tier {tier} is unreachable ({reason}); failing over");
+                    println!("request {id}: tier {tier} unreachable ({reason}); failing over to a plan without it");
+                    dead.push(tier);
+                }
+                Err(RequestError::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn read_answer(&self, id: u64, answer: &[u8], rest: &[Stage], timings: &mut Vec<StageTiming>) -> Result<Vec<(TensorId, TValue)>, RequestError> {
         match decode(answer).map_err(|e| anyhow!("malformed answer: {e}"))? {
             Body::Output { request, tensors, timings: remote } => {
                 if request != id {
-                    bail!("answer for request {request} arrived on the stream of request {id}");
+                    return Err(anyhow!("answer for request {request} arrived on the stream of request {id}").into());
                 }
                 timings.extend(remote);
-                tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect()
+                Ok(tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect::<Result<_>>()?)
             }
-            Body::Failure { code, message, .. } => bail!("request {id} failed ({code:?}): {message}"),
-            _ => bail!("unexpected answer to request {id}"),
+            // The next tier could not reach the one after it.
+            Body::Failure { code: FailureCode::Unreachable, message, .. } if rest.len() > 1 => {
+                Err(RequestError::Unreachable { tier: rest[1].tier, reason: message.to_string() })
+            }
+            Body::Failure { code, message, .. } => Err(anyhow!("request {id} failed ({code:?}): {message}").into()),
+            _ => Err(anyhow!("unexpected answer to request {id}").into()),
         }
     }
 }

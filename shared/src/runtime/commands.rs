@@ -18,7 +18,9 @@ use crate::cli::ModelArgs;
 use crate::engine::{input::synthetic_inputs, with_threads};
 use crate::net::{pki, quic};
 use crate::profile::TierKind;
-use crate::solver::Encoding;
+use crate::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
+use crate::solver::{self, Constraints, CostOptions, Encoding, Objective};
+use crate::wire::message::Stage;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 
 /// Where the cluster's certificates live.
@@ -131,11 +133,26 @@ pub struct RunArgs {
     /// This device's enrolled name.
     #[arg(long, default_value = "device")]
     pub name: String,
-    /// Where to split, as node positions DEVICE_END,EDGE_END: the device runs [0, DEVICE_END),
+    /// A fixed split, as node positions DEVICE_END,EDGE_END: the device runs [0, DEVICE_END),
     /// the edge [DEVICE_END, EDGE_END), the cloud the rest (`scission-device inspect` lists the
-    /// positions; `scission-cloud plan` picks good ones).
-    #[arg(long, value_parser = parse_split, value_name = "DEVICE_END,EDGE_END")]
-    pub split: (usize, usize),
+    /// positions). Without it, plans come from --profiles.
+    #[arg(long, value_parser = parse_split, value_name = "DEVICE_END,EDGE_END", conflicts_with = "profiles")]
+    pub split: Option<(usize, usize)>,
+    /// Benchmark profiles of device, edge and cloud (from `bench`): the solver ranks plans from
+    /// them and --link figures; requests use the best plan and fail over down the ranking when
+    /// a tier becomes unreachable.
+    #[arg(long, value_delimiter = ',', required_unless_present = "split")]
+    pub profiles: Vec<PathBuf>,
+    /// Link figures FROM-TO=BANDWIDTH,LATENCY for planning (the reverse direction gets the same
+    /// unless given), e.g. device-edge=50mbit,5ms.
+    #[arg(long = "link", value_name = "SPEC")]
+    pub links: Vec<String>,
+    /// Pause between requests, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub interval_ms: u64,
+    /// Give up on a tier that has not answered within this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
     /// Requests to run.
     #[arg(long, default_value_t = 10)]
     pub requests: u32,
@@ -182,33 +199,75 @@ impl From<EncodingArg> for Encoding {
     }
 }
 
-/// Runs the device's `run`: requests along the split, each checked against the unsplit model.
+/// Ranked routes: the fixed split, or the solver's plans from profiles and links.
+fn routes(args: &RunArgs, n: usize) -> Result<Vec<Vec<Stage>>> {
+    if let Some((a, b)) = args.split {
+        return Ok(vec![route(a, b, n)?]);
+    }
+    let profiles = args.profiles.iter().map(|p| crate::cli::read_profile(p)).collect::<Result<Vec<_>>>()?;
+    let options = CostOptions { encoding: args.encoding.into(), ..CostOptions::default() };
+    let mut problem = problem_from_profiles(&profiles, &Topology::default(), None, options)?;
+    for text in &args.links {
+        apply_link_spec(&mut problem, text, true).map_err(|e| anyhow::anyhow!("--link {e}"))?;
+    }
+    let plans = solver::solve(&problem, &Constraints::default(), Objective::Latency, 16)?;
+    let blocks = &profiles[0].blocks;
+    Ok(plans
+        .iter()
+        .map(|plan| {
+            plan.segments
+                .iter()
+                .filter(|s| s.end > s.start)
+                .map(|s| Stage { tier: s.tier as u8, start: blocks[s.start].range.start as u32, end: blocks[s.end - 1].range.end as u32 })
+                .collect()
+        })
+        .collect())
+}
+
+fn describe(route: &[Stage]) -> String {
+    route.iter().map(|s| format!("tier {} [{}, {})", s.tier, s.start, s.end)).collect::<Vec<_>>().join(" -> ")
+}
+
+/// Runs the device's `run`: requests along the best route (failing over when a tier is
+/// unreachable), each checked against the unsplit model. Every request ends in a result or an
+/// explicit error.
 pub fn run_device(args: &RunArgs) -> Result<()> {
     let identity = pki::Identity::load(&args.cluster.cluster, &args.name)?;
     let node = Arc::new(Node::new(args.model.load()?, 0, args.threads)?);
-    let n = node.model.summary.len();
-    let stages = route(args.split.0, args.split.1, n)?;
+    let routes = routes(args, node.model.summary.len())?;
     let mut peers = HashMap::new();
     for (tier, addr) in [(1u8, args.edge), (2, args.cloud)] {
         match addr {
             Some(a) => drop(peers.insert(tier, a)),
-            None if stages.iter().any(|s| s.tier == tier) => bail!("the split gives tier {tier} work, but its address (--{}) is missing", if tier == 1 { "edge" } else { "cloud" }),
+            None if routes[0].iter().any(|s| s.tier == tier) => {
+                bail!("the plan gives tier {tier} work, but its address (--{}) is missing", if tier == 1 { "edge" } else { "cloud" })
+            }
             None => {}
         }
     }
+    println!("plan #1: {}", describe(&routes[0]));
     let whole = node.model.whole()?;
     runtime()?.block_on(async {
-        let client = DeviceClient::new(node.clone(), quic::client(&identity)?, peers, DEFAULT_MAX_FRAME);
-        let (mut ok, mut failed, mut worst) = (0u32, 0u32, 0f32);
+        let timeout = std::time::Duration::from_millis(args.timeout_ms);
+        let client = DeviceClient::new(node.clone(), quic::client(&identity)?, peers, DEFAULT_MAX_FRAME, timeout);
+        let (mut ok, mut failed, mut worst, mut dead) = (0u32, 0u32, 0f32, Vec::new());
         for i in 0..args.requests {
+            if i > 0 && args.interval_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms)).await;
+            }
             let inputs = synthetic_inputs(&node.model, args.seed + u64::from(i))?;
             let reference = with_threads(1, || whole.run(inputs.clone()))?;
-            match client.infer(u64::from(i), &stages, inputs, args.encoding.into()).await {
-                Ok(outcome) => {
+            match client.infer_with_failover(u64::from(i), &routes, &mut dead, inputs, args.encoding.into()).await {
+                Ok((outcome, plan)) => {
                     let diff = max_diff(&outcome.outputs, &reference)?;
                     worst = worst.max(diff);
                     let stages: Vec<String> = outcome.timings.iter().map(|t| format!("tier {} {:.2} ms", t.tier, t.compute_ns as f64 * 1e-6)).collect();
-                    println!("request {i}: {:.2} ms end to end ({}); max |difference| from the unsplit model {diff:e}", outcome.total_ns as f64 * 1e-6, stages.join(", "));
+                    println!(
+                        "request {i}: plan #{} {:.2} ms end to end ({}); max |difference| from the unsplit model {diff:e}",
+                        plan + 1,
+                        outcome.total_ns as f64 * 1e-6,
+                        stages.join(", ")
+                    );
                     ok += 1;
                 }
                 Err(e) => {

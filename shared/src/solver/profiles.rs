@@ -92,3 +92,20 @@ pub fn resolve_endpoint(problem: &Problem, name: &str) -> Result<Vec<usize>, Str
         None => Err(format!("'{name}' is neither a machine nor a tier")),
     }
 }
+
+/// Applies a what-if link override `FROM-TO=BANDWIDTH,LATENCY` (see
+/// [`linkspec`](super::linkspec)) to every machine pair it names. With `both_ways`, the
+/// reverse direction gets the same figures unless it already has a link.
+pub fn apply_link_spec(problem: &mut Problem, text: &str, both_ways: bool) -> Result<super::linkspec::LinkSpec, String> {
+    let spec = super::linkspec::parse_link_spec(text, |n| problem.machine_index(n).is_some() || problem.tiers.iter().any(|t| t == n))?;
+    let (from, to) = (resolve_endpoint(problem, &spec.from)?, resolve_endpoint(problem, &spec.to)?);
+    for &a in &from {
+        for &b in to.iter().filter(|&&b| b != a) {
+            set_link(problem, a, b, spec.link);
+            if both_ways && problem.link(b, a).is_none() {
+                set_link(problem, b, a, spec.link);
+            }
+        }
+    }
+    Ok(spec)
+}
