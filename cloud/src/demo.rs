@@ -1,8 +1,11 @@
 //! The built-in demo: a zoo model (ResNet50 by default), benchmarked as a single-threaded
 //! device and as a multi-threaded server, planned over device -> edge -> cloud with emulated
-//! link figures, and every top plan's split run for real and checked against the unsplit model.
+//! link figures; every top plan's split checked against the unsplit model; then edge and cloud
+//! started as separate processes on loopback (mutual TLS from a throw-away cluster CA) and a
+//! batch of requests run from this process as the device, over emulated uplinks, each result
+//! checked against the unsplit model, with predicted against measured latency.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
 use scission_shared::bench::{BenchOptions, benchmark};
 use scission_shared::engine::{LoadOptions, Model, Pipeline, input::synthetic_inputs, with_threads};
@@ -10,7 +13,7 @@ use scission_shared::onnx::builder::encode;
 use scission_shared::onnx::testmodels::TestModel;
 use scission_shared::profile::{Profile, TierKind};
 use scission_shared::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
-use scission_shared::solver::{self, Constraints, CostOptions, Objective, Plan};
+use scission_shared::solver::{self, Constraints, CostOptions, Objective, Plan, Problem};
 use scission_shared::timing::Budget;
 
 /// Arguments of `demo`.
@@ -29,11 +32,14 @@ pub struct DemoArgs {
     /// How many plans to show and check.
     #[arg(short = 'n', long, default_value_t = 5)]
     plans: usize,
+    /// Requests to run through the distributed runtime (0 skips it).
+    #[arg(long, default_value_t = 50)]
+    requests: u32,
 }
 
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let model = load(&args.model)?;
+    let (model, model_path) = load(&args.model)?;
     let points = model.cuts.cut_points(args.max_crossing);
     println!(
         "{}: {} compute nodes, {} cut points with <= {} crossing tensor(s) ({} with the original Scission's rule)",
@@ -50,17 +56,27 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     cloud.machine.name = format!("cloud-{cores}t");
     cloud.machine.tier = TierKind::Cloud;
     println!("(edge and cloud share this host's {cores}-thread profile; the links below make them differ)");
-    let plans = plan(&[device.clone(), edge, cloud], &args.links, args.plans)?;
-    check_plans(&model, &device, &plans)
+    let (problem, plans) = plan(&[device.clone(), edge, cloud], &args.links, args.plans)?;
+    check_plans(&model, &device, &plans)?;
+    if args.requests > 0 {
+        distributed(model, &model_path, &device, &problem, &plans, args.requests)?;
+    }
+    Ok(())
 }
 
-fn load(name: &str) -> Result<Model> {
-    if let Some(kind) = TestModel::from_name(name) {
-        let bytes = encode(&kind.build(128, 42));
-        return Model::load_bytes(kind.name(), &bytes, &LoadOptions::default());
-    }
-    let path = scission_shared::zoo::cached(name, 1)?;
-    Model::load_path(&path, &LoadOptions::default())
+/// The model and its file (zoo models from the cache; test models written next to them).
+fn load(name: &str) -> Result<(Model, std::path::PathBuf)> {
+    let path = match TestModel::from_name(name) {
+        Some(kind) => {
+            let dir = scission_shared::zoo::cache_dir().join("test");
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join(format!("{}.onnx", kind.name()));
+            std::fs::write(&path, encode(&kind.build(128, 42))).with_context(|| format!("cannot write {}", path.display()))?;
+            path
+        }
+        None => scission_shared::zoo::cached(name, 1)?,
+    };
+    Ok((Model::load_path(&path, &LoadOptions::default())?, path))
 }
 
 fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads: usize) -> Result<Profile> {
@@ -85,7 +101,7 @@ fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads:
     Ok(profile)
 }
 
-fn plan(profiles: &[Profile], links: &[String], count: usize) -> Result<Vec<Plan>> {
+fn plan(profiles: &[Profile], links: &[String], count: usize) -> Result<(Problem, Vec<Plan>)> {
     let mut problem = problem_from_profiles(profiles, &Topology::default(), None, CostOptions::default())?;
     for text in links {
         let spec = apply_link_spec(&mut problem, text, true).map_err(anyhow::Error::msg)?;
@@ -93,7 +109,7 @@ fn plan(profiles: &[Profile], links: &[String], count: usize) -> Result<Vec<Plan
     }
     let plans = solver::solve(&problem, &Constraints::default(), Objective::Latency, count)?;
     print!("{}", crate::report::table(&problem, &crate::report::block_labels(&profiles[0]), &plans));
-    Ok(plans)
+    Ok((problem, plans))
 }
 
 /// Runs each plan's split (one slice per non-empty segment) and compares with the unsplit model.
@@ -117,4 +133,94 @@ fn check_plans(model: &Model, profile: &Profile, plans: &[Plan]) -> Result<()> {
 fn max_abs_diff(a: &scission_shared::tract::prelude::TValue, b: &scission_shared::tract::prelude::TValue) -> Result<f32> {
     let (a, b) = (a.try_as_plain_ram()?.as_slice::<f32>()?, b.try_as_plain_ram()?.as_slice::<f32>()?);
     Ok(a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max))
+}
+
+/// A child process serving one tier, killed when dropped.
+struct Tier {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Tier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_tier(model: &std::path::Path, cluster: &std::path::Path, tier: &str, upstream: Option<std::net::SocketAddr>) -> Result<Tier> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe()?;
+    let mut command = std::process::Command::new(exe);
+    command.args(["stage", "--tier", tier, "--name", tier, "--cluster"]).arg(cluster).arg(model);
+    if let Some(up) = upstream {
+        command.arg("--upstream").arg(up.to_string());
+    }
+    let mut child = command.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("cannot start the {tier} process"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line.rsplit(' ').next().unwrap_or("").trim().parse().with_context(|| format!("the {tier} process did not start: {line:?}"))?;
+    println!("{tier} process {} listening on {addr}", child.id());
+    Ok(Tier { child, addr })
+}
+
+/// Runs `requests` through real edge and cloud processes, this process acting as the device.
+fn distributed(model: Model, model_path: &std::path::Path, device: &Profile, problem: &Problem, plans: &[Plan], requests: u32) -> Result<()> {
+    use scission_shared::net::{emulator::Shaper, pki, quic};
+    use scission_shared::runtime::client::{DeviceClient, plan_route};
+    use scission_shared::runtime::node::Node;
+    let dir = tempfile::tempdir()?;
+    let cluster = dir.path().join("cluster");
+    pki::init_cluster(&cluster)?;
+    for n in ["device", "edge", "cloud"] {
+        pki::enroll(&cluster, n)?;
+    }
+    let cloud = start_tier(model_path, &cluster, "cloud", None)?;
+    let edge = start_tier(model_path, &cluster, "edge", Some(cloud.addr))?;
+    let identity = pki::Identity::load(&cluster, "device")?;
+    let routes: Vec<_> = plans.iter().map(|p| plan_route(p, &device.blocks)).collect();
+    let node = std::sync::Arc::new(Node::new(model, 0, 1)?);
+    let whole = node.model.whole()?;
+    let peers: std::collections::HashMap<u8, std::net::SocketAddr> = [(1u8, edge.addr), (2u8, cloud.addr)].into();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut shapers = std::collections::HashMap::new();
+        for (tier, addr) in &peers {
+            let target = problem.machines.iter().position(|m| m.tier == usize::from(*tier)).context("tier without machine")?;
+            let link = problem.link(0, target).context("no device uplink")?;
+            shapers.insert(*addr, Shaper::new(link));
+        }
+        let endpoint = quic::client_with_links(&identity, shapers)?;
+        let client = DeviceClient::new(node.clone(), endpoint, peers, scission_shared::wire::frame::DEFAULT_MAX_FRAME, std::time::Duration::from_secs(10));
+        let mut dead = Vec::new();
+        let mut errors = Vec::new();
+        let mut worst = 0f32;
+        println!("running {requests} requests: device (this process, emulated uplinks) -> edge -> cloud");
+        for i in 0..u64::from(requests) {
+            let inputs = synthetic_inputs(&node.model, 100 + i)?;
+            let reference = with_threads(1, || whole.run(inputs.clone()))?;
+            let (outcome, index) = client.infer_with_failover(i, &routes, &mut dead, inputs, CostOptions::default().encoding).await?;
+            for ((_, got), want) in outcome.outputs.iter().zip(&reference) {
+                worst = worst.max(max_abs_diff(got, want)?);
+            }
+            let predicted = plans[index].cost.latency_ns as f64;
+            if i > 0 {
+                errors.push((outcome.total_ns as f64 - predicted) / predicted);
+            }
+            if i < 3 || i + 1 == u64::from(requests) {
+                println!("request {i}: plan #{} measured {:.1} ms, predicted {:.1} ms", index + 1, outcome.total_ns as f64 * 1e-6, predicted * 1e-6);
+            }
+        }
+        errors.sort_by(f64::total_cmp);
+        let median = errors.get(errors.len() / 2).copied().unwrap_or(0.0);
+        println!(
+            "{requests} requests through 3 processes: every output equals the unsplit model's (max |difference| {worst:e}); measured vs predicted latency, median error {:+.1}% (first request, which pays the handshakes, left out)",
+            median * 100.0
+        );
+        if worst > 1e-5 {
+            bail!("the distributed result differs from the unsplit model by {worst:e}");
+        }
+        Ok(())
+    })
 }

@@ -47,6 +47,18 @@ enum Command {
     Enroll(scission_shared::runtime::commands::EnrollArgs),
     /// Serve the cloud's stages of partitioned inferences over QUIC.
     Serve(scission_shared::runtime::commands::ServeArgs),
+    /// Serve any tier's stages (used by `demo` to start edge and cloud as processes).
+    #[command(hide = true)]
+    Stage {
+        #[command(flatten)]
+        serve: scission_shared::runtime::commands::ServeArgs,
+        /// Tier to serve.
+        #[arg(long)]
+        tier: String,
+        /// Next tier's address.
+        #[arg(long)]
+        upstream: Option<std::net::SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,5 +73,9 @@ fn main() -> ExitCode {
         Command::Init(args) => scission_shared::runtime::commands::run_init(args),
         Command::Enroll(args) => scission_shared::runtime::commands::run_enroll(args),
         Command::Serve(args) => scission_shared::runtime::commands::run_serve(args, TierKind::Cloud, None),
+        Command::Stage { serve, tier, upstream } => {
+            let tier = if tier == "edge" { TierKind::Edge } else { TierKind::Cloud };
+            scission_shared::runtime::commands::run_serve(serve, tier, *upstream)
+        }
     })
 }

@@ -2,5 +2,6 @@
 //! ([`quic`]). One bidirectional QUIC stream carries one request and its answer, so requests
 //! never block each other.
 
+pub mod emulator;
 pub mod pki;
 pub mod quic;

@@ -30,11 +30,20 @@ pub fn server(identity: &Identity, bind: SocketAddr) -> Result<quinn::Endpoint> 
 
 /// A client endpoint presenting this node's certificate.
 pub fn client(identity: &Identity) -> Result<quinn::Endpoint> {
+    client_with_links(identity, std::collections::HashMap::new())
+}
+
+/// A client endpoint whose datagrams to the given addresses go through link emulators (see
+/// [`emulator`](super::emulator)). Must be called inside a tokio runtime.
+pub fn client_with_links(identity: &Identity, shapers: std::collections::HashMap<SocketAddr, Arc<super::emulator::Shaper>>) -> Result<quinn::Endpoint> {
     let crypto = QuicClientConfig::try_from(identity.client_config()?).context("TLS configuration unusable for QUIC")?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
-    let bind: SocketAddr = "0.0.0.0:0".parse()?;
-    let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("cannot open a UDP socket")?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    let inner = runtime.wrap_udp_socket(socket)?;
+    let socket: Arc<dyn quinn::AsyncUdpSocket> = if shapers.is_empty() { inner } else { super::emulator::EmulatedSocket::new(inner, shapers) };
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), None, socket, runtime).context("cannot open a QUIC endpoint")?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

@@ -167,3 +167,12 @@ pub fn route(a: usize, b: usize, n: usize) -> Result<Vec<Stage>> {
     let stages = [(0u8, 0, a), (1, a, b), (2, b, n)];
     Ok(stages.iter().filter(|(_, s, e)| s < e).map(|&(tier, s, e)| Stage { tier, start: s as u32, end: e as u32 }).collect())
 }
+
+/// The route of a solver plan: each non-empty segment's blocks as a node range on its tier.
+pub fn plan_route(plan: &crate::solver::Plan, blocks: &[crate::profile::BlockProfile]) -> Vec<Stage> {
+    plan.segments
+        .iter()
+        .filter(|s| s.end > s.start)
+        .map(|s| Stage { tier: s.tier as u8, start: blocks[s.start].range.start as u32, end: blocks[s.end - 1].range.end as u32 })
+        .collect()
+}

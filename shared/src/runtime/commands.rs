@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use tract_onnx::prelude::*;
 
-use super::client::{DeviceClient, route};
+use super::client::{DeviceClient, plan_route, route};
 use super::node::Node;
 use super::server::{StageServer, Upstream};
 use crate::cli::ModelArgs;
@@ -150,6 +150,10 @@ pub struct RunArgs {
     /// Pause between requests, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub interval_ms: u64,
+    /// Emulate the --link figures on this device's uplinks (delay and bandwidth cap on its UDP
+    /// socket), so measured latencies reflect the planned network even on loopback.
+    #[arg(long, requires = "profiles")]
+    pub emulate: bool,
     /// Give up on a tier that has not answered within this many milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -199,10 +203,17 @@ impl From<EncodingArg> for Encoding {
     }
 }
 
-/// Ranked routes: the fixed split, or the solver's plans from profiles and links.
-fn routes(args: &RunArgs, n: usize) -> Result<Vec<Vec<Stage>>> {
+/// Ranked routes with what the solver predicts for them, and the device's uplink figures.
+struct Planned {
+    routes: Vec<Vec<Stage>>,
+    predicted_ns: Vec<Option<u64>>,
+    uplinks: HashMap<u8, crate::solver::Link>,
+}
+
+/// The fixed split, or the solver's plans from profiles and links.
+fn plan_routes(args: &RunArgs, n: usize) -> Result<Planned> {
     if let Some((a, b)) = args.split {
-        return Ok(vec![route(a, b, n)?]);
+        return Ok(Planned { routes: vec![route(a, b, n)?], predicted_ns: vec![None], uplinks: HashMap::new() });
     }
     let profiles = args.profiles.iter().map(|p| crate::cli::read_profile(p)).collect::<Result<Vec<_>>>()?;
     let options = CostOptions { encoding: args.encoding.into(), ..CostOptions::default() };
@@ -211,17 +222,15 @@ fn routes(args: &RunArgs, n: usize) -> Result<Vec<Vec<Stage>>> {
         apply_link_spec(&mut problem, text, true).map_err(|e| anyhow::anyhow!("--link {e}"))?;
     }
     let plans = solver::solve(&problem, &Constraints::default(), Objective::Latency, 16)?;
-    let blocks = &profiles[0].blocks;
-    Ok(plans
-        .iter()
-        .map(|plan| {
-            plan.segments
-                .iter()
-                .filter(|s| s.end > s.start)
-                .map(|s| Stage { tier: s.tier as u8, start: blocks[s.start].range.start as u32, end: blocks[s.end - 1].range.end as u32 })
-                .collect()
-        })
-        .collect())
+    let routes = plans.iter().map(|plan| plan_route(plan, &profiles[0].blocks)).collect();
+    let device = problem.machines.iter().position(|m| m.tier == 0);
+    let mut uplinks = HashMap::new();
+    for (m, machine) in problem.machines.iter().enumerate().filter(|(_, m)| m.tier > 0) {
+        if let Some(link) = device.and_then(|d| problem.link(d, m)) {
+            uplinks.insert(machine.tier as u8, link);
+        }
+    }
+    Ok(Planned { routes, predicted_ns: plans.iter().map(|p| Some(p.cost.latency_ns)).collect(), uplinks })
 }
 
 fn describe(route: &[Stage]) -> String {
@@ -234,7 +243,8 @@ fn describe(route: &[Stage]) -> String {
 pub fn run_device(args: &RunArgs) -> Result<()> {
     let identity = pki::Identity::load(&args.cluster.cluster, &args.name)?;
     let node = Arc::new(Node::new(args.model.load()?, 0, args.threads)?);
-    let routes = routes(args, node.model.summary.len())?;
+    let planned = plan_routes(args, node.model.summary.len())?;
+    let routes = &planned.routes;
     let mut peers = HashMap::new();
     for (tier, addr) in [(1u8, args.edge), (2, args.cloud)] {
         match addr {
@@ -249,7 +259,16 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
     let whole = node.model.whole()?;
     runtime()?.block_on(async {
         let timeout = std::time::Duration::from_millis(args.timeout_ms);
-        let client = DeviceClient::new(node.clone(), quic::client(&identity)?, peers, DEFAULT_MAX_FRAME, timeout);
+        let mut shapers = HashMap::new();
+        if args.emulate {
+            for (tier, addr) in &peers {
+                if let Some(link) = planned.uplinks.get(tier) {
+                    shapers.insert(*addr, crate::net::emulator::Shaper::new(*link));
+                }
+            }
+        }
+        let client = DeviceClient::new(node.clone(), quic::client_with_links(&identity, shapers)?, peers, DEFAULT_MAX_FRAME, timeout);
+        let mut measured: Vec<(usize, u64)> = Vec::new();
         let (mut ok, mut failed, mut worst, mut dead) = (0u32, 0u32, 0f32, Vec::new());
         for i in 0..args.requests {
             if i > 0 && args.interval_ms > 0 {
@@ -257,17 +276,19 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
             }
             let inputs = synthetic_inputs(&node.model, args.seed + u64::from(i))?;
             let reference = with_threads(1, || whole.run(inputs.clone()))?;
-            match client.infer_with_failover(u64::from(i), &routes, &mut dead, inputs, args.encoding.into()).await {
+            match client.infer_with_failover(u64::from(i), routes, &mut dead, inputs, args.encoding.into()).await {
                 Ok((outcome, plan)) => {
                     let diff = max_diff(&outcome.outputs, &reference)?;
                     worst = worst.max(diff);
                     let stages: Vec<String> = outcome.timings.iter().map(|t| format!("tier {} {:.2} ms", t.tier, t.compute_ns as f64 * 1e-6)).collect();
+                    let predicted = planned.predicted_ns[plan].map_or(String::new(), |p| format!(", predicted {:.2} ms", p as f64 * 1e-6));
                     println!(
-                        "request {i}: plan #{} {:.2} ms end to end ({}); max |difference| from the unsplit model {diff:e}",
+                        "request {i}: plan #{} {:.2} ms end to end{predicted} ({}); max |difference| from the unsplit model {diff:e}",
                         plan + 1,
                         outcome.total_ns as f64 * 1e-6,
                         stages.join(", ")
                     );
+                    measured.push((plan, outcome.total_ns));
                     ok += 1;
                 }
                 Err(e) => {
@@ -276,12 +297,32 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
                 }
             }
         }
+        if let Some(summary) = prediction_error(&measured, &planned.predicted_ns) {
+            println!("{summary}");
+        }
         println!("requests: {ok} ok, {failed} failed; largest difference from the unsplit model {worst:e}");
         if failed > 0 {
             bail!("{failed} of {} requests failed", args.requests);
         }
         Ok(())
     })
+}
+
+/// Median relative error of measured against predicted end-to-end latency (the first request
+/// of each plan is left out: it pays the connection handshake).
+fn prediction_error(measured: &[(usize, u64)], predicted: &[Option<u64>]) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut errors: Vec<f64> = measured
+        .iter()
+        .filter(|(plan, _)| !seen.insert(*plan))
+        .filter_map(|&(plan, ns)| predicted[plan].map(|p| (ns as f64 - p as f64) / p as f64))
+        .collect();
+    if errors.is_empty() {
+        return None;
+    }
+    errors.sort_by(f64::total_cmp);
+    let median = errors[errors.len() / 2];
+    Some(format!("measured vs predicted end-to-end latency over {} requests: median error {:+.1}%", errors.len(), median * 100.0))
 }
 
 fn max_diff(outputs: &[(usize, TValue)], reference: &TVec<TValue>) -> Result<f32> {
