@@ -228,3 +228,30 @@ fn killing_the_edge_mid_stream_fails_over_without_losing_a_request() {
     let last = lines.iter().rev().find(|l| l.starts_with("request 19:")).unwrap();
     assert!(!last.contains("plan #1 "), "after the edge died, requests use another plan: {last}");
 }
+
+#[test]
+fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
+    let c = Cluster::new();
+    let (cloud, edge) = c.servers();
+    let profiles = profiles(c.dir.path(), &c.model, 50);
+    let (edge_addr, cloud_addr, cluster) = (edge.addr.to_string(), cloud.addr.to_string(), c.cluster());
+    let out = run(
+        "scission-device",
+        &[
+            "run", c.model.to_str().unwrap(), "--cluster", &cluster, "--edge", &edge_addr, "--cloud", &cloud_addr, "--profiles", &profiles,
+            "--link", "device-edge=100mbit,2ms", "--link", "edge-cloud=1gbit,5ms", "--link", "device-cloud=50mbit,10ms",
+            "--requests", "16", "--emulate", "--emulate-change", "6:1=2mbit,5ms", "--replan-every", "4",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("plan #1: tier 1"), "the edge is used first: {text}");
+    let changed = lines.iter().position(|l| l.starts_with("emulated link to tier 1 now 2.0 Mbit/s")).expect("the link changes");
+    let switch = lines.iter().position(|l| l.starts_with("plan switch:")).unwrap_or_else(|| panic!("no plan switch:\n{text}"));
+    assert!(switch > changed, "the switch follows the change:\n{text}");
+    assert!(lines[switch].contains("tier 1: 2.") || lines[switch].contains("tier 1: 1."), "the measured uplink is near 2 Mbit/s: {}", lines[switch]);
+    assert!(text.contains("requests: 16 ok, 0 failed"), "{text}");
+    let last = lines.iter().rev().find(|l| l.starts_with("request 15:")).unwrap();
+    assert!(!last.contains("tier 1 "), "after the switch the edge is no longer used: {last}");
+}

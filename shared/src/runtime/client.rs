@@ -119,6 +119,28 @@ impl DeviceClient {
         }
     }
 
+    /// Measures the link to `tier` with two pings, small and large: the difference of their
+    /// times gives the bandwidth (round trip and processing cancel out), the small one's half
+    /// round trip the one-way latency.
+    pub async fn measure_link(&self, tier: u8, probe_bytes: usize) -> Result<crate::solver::Link> {
+        let connection = self.connection(tier).await?;
+        let mut times = Vec::with_capacity(2);
+        let mut sizes = Vec::with_capacity(2);
+        for padding in [vec![0u8; 256], vec![0u8; probe_bytes]] {
+            let ping = crate::wire::message::encode(&Body::Ping { nonce: padding.len() as u64, padding: &padding })?;
+            let started = Instant::now();
+            let answer = tokio::time::timeout(self.timeout, exchange(&connection, &ping, self.max_frame)).await.context("probe timed out")??;
+            times.push(started.elapsed());
+            sizes.push(ping.len());
+            if !matches!(decode(&answer), Ok(Body::Pong { .. })) {
+                bail!("tier {tier} did not answer the probe");
+            }
+        }
+        let extra = times[1].saturating_sub(times[0]).max(Duration::from_micros(20));
+        let bits_per_sec = (((sizes[1] - sizes[0]) as f64 * 8.0) / extra.as_secs_f64()) as u64;
+        Ok(crate::solver::Link { latency_ns: (times[0] / 2).as_nanos() as u64, bits_per_sec: bits_per_sec.max(1) })
+    }
+
     /// Runs request `id` on the first of `routes` that avoids every tier in `dead`; when a tier
     /// turns out unreachable, marks it dead and retries on the next such route. Returns the
     /// outcome and the index of the route that served it.

@@ -154,6 +154,14 @@ pub struct RunArgs {
     /// socket), so measured latencies reflect the planned network even on loopback.
     #[arg(long, requires = "profiles")]
     pub emulate: bool,
+    /// With --emulate: change an emulated uplink before request N, as N:TIER=BANDWIDTH,LATENCY
+    /// (tier 1 edge, 2 cloud), e.g. `10:1=2mbit,5ms`.
+    #[arg(long, requires = "emulate")]
+    pub emulate_change: Option<String>,
+    /// Re-measure the uplinks (a small and a 64 KiB probe) every N requests and switch plans when
+    /// another is predicted at least 10% faster (0: never). Profiles are kept.
+    #[arg(long, default_value_t = 0)]
+    pub replan_every: u32,
     /// Give up on a tier that has not answered within this many milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -208,12 +216,43 @@ struct Planned {
     routes: Vec<Vec<Stage>>,
     predicted_ns: Vec<Option<u64>>,
     uplinks: HashMap<u8, crate::solver::Link>,
+    /// The planning inputs, kept to re-plan when links change.
+    basis: Option<(crate::solver::Problem, Vec<crate::profile::BlockProfile>)>,
+}
+
+impl Planned {
+    /// Re-solves with the device's uplinks set to `measured`. The current route stays first
+    /// unless the new best is predicted at least 10% faster (no flapping on noise); true when
+    /// the route changed.
+    fn replan(&mut self, measured: &HashMap<u8, crate::solver::Link>) -> Result<bool> {
+        let Some((problem, blocks)) = self.basis.as_mut() else { return Ok(false) };
+        let device = problem.machines.iter().position(|m| m.tier == 0).context("no device machine")?;
+        for (m, machine) in problem.machines.clone().iter().enumerate() {
+            if let Some(link) = measured.get(&(machine.tier as u8)) {
+                crate::solver::profiles::set_link(problem, device, m, *link);
+            }
+        }
+        let plans = solver::solve(problem, &Constraints::default(), Objective::Latency, 16)?;
+        let mut routes: Vec<Vec<Stage>> = plans.iter().map(|p| plan_route(p, blocks)).collect();
+        let mut predicted: Vec<Option<u64>> = plans.iter().map(|p| Some(p.cost.latency_ns)).collect();
+        if let Some(current) = routes.iter().position(|r| Some(r) == self.routes.first())
+            && predicted[current].zip(predicted[0]).is_some_and(|(c, best)| best as f64 > 0.9 * c as f64)
+        {
+            let (r, p) = (routes.remove(current), predicted.remove(current));
+            routes.insert(0, r);
+            predicted.insert(0, p);
+        }
+        let changed = routes.first() != self.routes.first();
+        self.routes = routes;
+        self.predicted_ns = predicted;
+        Ok(changed)
+    }
 }
 
 /// The fixed split, or the solver's plans from profiles and links.
 fn plan_routes(args: &RunArgs, n: usize) -> Result<Planned> {
     if let Some((a, b)) = args.split {
-        return Ok(Planned { routes: vec![route(a, b, n)?], predicted_ns: vec![None], uplinks: HashMap::new() });
+        return Ok(Planned { routes: vec![route(a, b, n)?], predicted_ns: vec![None], uplinks: HashMap::new(), basis: None });
     }
     let profiles = args.profiles.iter().map(|p| crate::cli::read_profile(p)).collect::<Result<Vec<_>>>()?;
     let options = CostOptions { encoding: args.encoding.into(), ..CostOptions::default() };
@@ -230,7 +269,8 @@ fn plan_routes(args: &RunArgs, n: usize) -> Result<Planned> {
             uplinks.insert(machine.tier as u8, link);
         }
     }
-    Ok(Planned { routes, predicted_ns: plans.iter().map(|p| Some(p.cost.latency_ns)).collect(), uplinks })
+    let predicted_ns = plans.iter().map(|p| Some(p.cost.latency_ns)).collect();
+    Ok(Planned { routes, predicted_ns, uplinks, basis: Some((problem, profiles[0].blocks.clone())) })
 }
 
 fn describe(route: &[Stage]) -> String {
@@ -243,40 +283,52 @@ fn describe(route: &[Stage]) -> String {
 pub fn run_device(args: &RunArgs) -> Result<()> {
     let identity = pki::Identity::load(&args.cluster.cluster, &args.name)?;
     let node = Arc::new(Node::new(args.model.load()?, 0, args.threads)?);
-    let planned = plan_routes(args, node.model.summary.len())?;
-    let routes = &planned.routes;
+    let mut planned = plan_routes(args, node.model.summary.len())?;
     let mut peers = HashMap::new();
     for (tier, addr) in [(1u8, args.edge), (2, args.cloud)] {
         match addr {
             Some(a) => drop(peers.insert(tier, a)),
-            None if routes[0].iter().any(|s| s.tier == tier) => {
+            None if planned.routes[0].iter().any(|s| s.tier == tier) => {
                 bail!("the plan gives tier {tier} work, but its address (--{}) is missing", if tier == 1 { "edge" } else { "cloud" })
             }
             None => {}
         }
     }
-    println!("plan #1: {}", describe(&routes[0]));
+    println!("plan #1: {}", describe(&planned.routes[0]));
     let whole = node.model.whole()?;
     runtime()?.block_on(async {
         let timeout = std::time::Duration::from_millis(args.timeout_ms);
         let mut shapers = HashMap::new();
+        let mut by_tier = HashMap::new();
         if args.emulate {
             for (tier, addr) in &peers {
                 if let Some(link) = planned.uplinks.get(tier) {
-                    shapers.insert(*addr, crate::net::emulator::Shaper::new(*link));
+                    let shaper = crate::net::emulator::Shaper::new(*link);
+                    by_tier.insert(*tier, shaper.clone());
+                    shapers.insert(*addr, shaper);
                 }
             }
         }
-        let client = DeviceClient::new(node.clone(), quic::client_with_links(&identity, shapers)?, peers, DEFAULT_MAX_FRAME, timeout);
+        let change = args.emulate_change.as_deref().map(parse_change).transpose()?;
+        let client = DeviceClient::new(node.clone(), quic::client_with_links(&identity, shapers)?, peers.clone(), DEFAULT_MAX_FRAME, timeout);
         let mut measured: Vec<(usize, u64)> = Vec::new();
         let (mut ok, mut failed, mut worst, mut dead) = (0u32, 0u32, 0f32, Vec::new());
         for i in 0..args.requests {
             if i > 0 && args.interval_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms)).await;
             }
+            if let Some((after, tier, link)) = change.filter(|c| c.0 == i) {
+                if let Some(shaper) = by_tier.get(&tier) {
+                    shaper.set(link);
+                    println!("emulated link to tier {tier} now {:.1} Mbit/s, {:.1} ms (after request {})", link.bits_per_sec as f64 * 1e-6, link.latency_ns as f64 * 1e-6, after.saturating_sub(1));
+                }
+            }
+            if args.replan_every > 0 && i > 0 && i % args.replan_every == 0 {
+                adapt(&client, &mut planned, &peers, &dead).await;
+            }
             let inputs = synthetic_inputs(&node.model, args.seed + u64::from(i))?;
             let reference = with_threads(1, || whole.run(inputs.clone()))?;
-            match client.infer_with_failover(u64::from(i), routes, &mut dead, inputs, args.encoding.into()).await {
+            match client.infer_with_failover(u64::from(i), &planned.routes, &mut dead, inputs, args.encoding.into()).await {
                 Ok((outcome, plan)) => {
                     let diff = max_diff(&outcome.outputs, &reference)?;
                     worst = worst.max(diff);
@@ -306,6 +358,44 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Re-measures the device's uplinks and re-plans; logs a plan switch with its reason.
+async fn adapt(client: &DeviceClient, planned: &mut Planned, peers: &HashMap<u8, SocketAddr>, dead: &[u8]) {
+    let mut measured = HashMap::new();
+    for tier in peers.keys().filter(|t| !dead.contains(t)) {
+        match client.measure_link(*tier, 64 * 1024).await {
+            Ok(link) => drop(measured.insert(*tier, link)),
+            Err(e) => tracing::warn!("could not measure the link to tier {tier}: {e:#}"),
+        }
+    }
+    let before = planned.routes.first().cloned();
+    match planned.replan(&measured) {
+        Ok(true) => {
+            let figures: Vec<String> = measured.iter().map(|(t, l)| format!("tier {t}: {:.1} Mbit/s, {:.1} ms", l.bits_per_sec as f64 * 1e-6, l.latency_ns as f64 * 1e-6)).collect();
+            println!(
+                "plan switch: links measured as {}; best plan was {}, now {}",
+                figures.join("; "),
+                before.as_deref().map_or_else(String::new, describe),
+                describe(&planned.routes[0])
+            );
+        }
+        Ok(false) => tracing::info!("links re-measured, best plan unchanged"),
+        Err(e) => tracing::warn!("re-planning failed: {e:#}"),
+    }
+}
+
+/// Parses `AFTER:TIER=BANDWIDTH,LATENCY`, e.g. `10:1=2mbit,5ms`.
+fn parse_change(text: &str) -> Result<(u32, u8, crate::solver::Link)> {
+    let bad = || anyhow::anyhow!("--emulate-change '{text}': expected REQUEST:TIER=BANDWIDTH,LATENCY, e.g. 10:1=2mbit,5ms");
+    let (after, rest) = text.split_once(':').ok_or_else(bad)?;
+    let (tier, figures) = rest.split_once('=').ok_or_else(bad)?;
+    let (bw, lat) = figures.split_once(',').ok_or_else(bad)?;
+    let link = crate::solver::Link {
+        bits_per_sec: crate::solver::linkspec::parse_bandwidth(bw.trim()).map_err(anyhow::Error::msg)?,
+        latency_ns: crate::solver::linkspec::parse_latency(lat.trim()).map_err(anyhow::Error::msg)?,
+    };
+    Ok((after.trim().parse().map_err(|_| bad())?, tier.trim().parse().map_err(|_| bad())?, link))
 }
 
 /// Median relative error of measured against predicted end-to-end latency (the first request
