@@ -226,7 +226,7 @@ fn killing_the_edge_mid_stream_fails_over_without_losing_a_request() {
         assert_eq!(results, 1, "request {i} has {results} results:\n{text}");
     }
     let last = lines.iter().rev().find(|l| l.starts_with("request 19:")).unwrap();
-    assert!(!last.contains("plan #1 "), "after the edge died, requests use another plan: {last}");
+    assert!(!last.contains("tier 1 "), "after the edge died, requests avoid it: {last}");
 }
 
 #[test]
@@ -254,4 +254,37 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
     assert!(text.contains("requests: 16 ok, 0 failed"), "{text}");
     let last = lines.iter().rev().find(|l| l.starts_with("request 15:")).unwrap();
     assert!(!last.contains("tier 1 "), "after the switch the edge is no longer used: {last}");
+}
+
+#[test]
+fn the_cloud_plans_and_serves_the_model_to_tiers_without_it() {
+    let c = Cluster::new();
+    let profiles = profiles(c.dir.path(), &c.model, 50);
+    let files: Vec<&str> = profiles.split(',').collect();
+    let cluster = c.cluster();
+    let cloud = start("scission-cloud", &["serve", c.model.to_str().unwrap(), "--cluster", &cluster, "--profile", files[2], "--threads", "1"]);
+    let edge_model = c.dir.path().join("edge-copy.onnx");
+    let cloud_addr = cloud.addr.to_string();
+    let edge = start(
+        "scission-edge",
+        &["serve", edge_model.to_str().unwrap(), "--fetch-model", "--cluster", &cluster, "--cloud", &cloud_addr, "--profile", files[1], "--threads", "1"],
+    );
+    assert_eq!(std::fs::read(&edge_model).unwrap(), std::fs::read(&c.model).unwrap(), "the edge fetched the exact model");
+    let device_model = c.dir.path().join("device-copy.onnx");
+    let edge_addr = edge.addr.to_string();
+    // The edge registered with the cloud before announcing its address.
+    let out = run(
+        "scission-device",
+        &[
+            "run", device_model.to_str().unwrap(), "--fetch-model", "--cluster", &cluster, "--edge", &edge_addr, "--cloud", &cloud_addr,
+            "--profile", files[0], "--requests", "6",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert_eq!(std::fs::read(&device_model).unwrap(), std::fs::read(&c.model).unwrap());
+    assert!(text.lines().next().is_some_and(|l| l.starts_with("plan #1: ")), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.contains("tier 1") || first.contains("tier 2"), "the cloud's plan offloads the 50x slower device: {text}");
+    assert!(text.contains("requests: 6 ok, 0 failed; largest difference from the unsplit model 0e0"), "{text}");
 }

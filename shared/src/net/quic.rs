@@ -91,3 +91,25 @@ pub async fn exchange(connection: &quinn::Connection, payload: &[u8], max_frame:
     write_frame(&mut send, payload).await?;
     Ok(read_frame(&mut recv, max_frame).await?)
 }
+
+/// Measures the link behind `connection` with two pings, small and large: the difference of
+/// their times gives the bandwidth (round trip and processing cancel out), the small one's
+/// half round trip the one-way latency.
+pub async fn measure(connection: &quinn::Connection, probe_bytes: usize, timeout: Duration, max_frame: u32) -> Result<crate::solver::Link> {
+    use crate::wire::message::{Body, decode, encode};
+    let mut times = Vec::with_capacity(2);
+    let mut sizes = Vec::with_capacity(2);
+    for padding in [vec![0u8; 256], vec![0u8; probe_bytes.max(4096)]] {
+        let ping = encode(&Body::Ping { nonce: padding.len() as u64, padding: &padding })?;
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(timeout, exchange(connection, &ping, max_frame)).await.context("probe timed out")??;
+        times.push(started.elapsed());
+        sizes.push(ping.len());
+        if !matches!(decode(&answer), Ok(Body::Pong { .. })) {
+            anyhow::bail!("the peer did not answer the probe");
+        }
+    }
+    let extra = times[1].saturating_sub(times[0]).max(Duration::from_micros(20));
+    let bits_per_sec = (((sizes[1] - sizes[0]) as f64 * 8.0) / extra.as_secs_f64()) as u64;
+    Ok(crate::solver::Link { latency_ns: (times[0] / 2).as_nanos() as u64, bits_per_sec: bits_per_sec.max(1) })
+}

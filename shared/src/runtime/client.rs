@@ -119,26 +119,24 @@ impl DeviceClient {
         }
     }
 
-    /// Measures the link to `tier` with two pings, small and large: the difference of their
-    /// times gives the bandwidth (round trip and processing cancel out), the small one's half
-    /// round trip the one-way latency.
+    /// Measures the link to `tier` (see [`quic::measure`](crate::net::quic::measure)).
     pub async fn measure_link(&self, tier: u8, probe_bytes: usize) -> Result<crate::solver::Link> {
         let connection = self.connection(tier).await?;
-        let mut times = Vec::with_capacity(2);
-        let mut sizes = Vec::with_capacity(2);
-        for padding in [vec![0u8; 256], vec![0u8; probe_bytes]] {
-            let ping = crate::wire::message::encode(&Body::Ping { nonce: padding.len() as u64, padding: &padding })?;
-            let started = Instant::now();
-            let answer = tokio::time::timeout(self.timeout, exchange(&connection, &ping, self.max_frame)).await.context("probe timed out")??;
-            times.push(started.elapsed());
-            sizes.push(ping.len());
-            if !matches!(decode(&answer), Ok(Body::Pong { .. })) {
-                bail!("tier {tier} did not answer the probe");
-            }
+        crate::net::quic::measure(&connection, probe_bytes, self.timeout, self.max_frame).await
+    }
+
+    /// Asks the cloud (tier `cloud`) for `count` ranked plans, given this device's profile JSON
+    /// and measured uplinks.
+    pub async fn request_plans(&self, cloud: u8, profile: &[u8], uplinks: &HashMap<u8, crate::solver::Link>, avoid: &[u8], count: u16) -> Result<Vec<(Vec<Stage>, u64)>> {
+        let uplinks = uplinks.iter().map(|(t, l)| (*t, *l)).collect();
+        let avoid = avoid.iter().copied().collect();
+        let message = crate::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })?;
+        let answer = self.send(cloud, &message).await.map_err(|e| anyhow!("{e}"))?;
+        match decode(&answer).map_err(|e| anyhow!("malformed plan answer: {e}"))? {
+            Body::Plans { routes } => Ok(routes.into_iter().map(|r| (r.stages.to_vec(), r.predicted_ns)).collect()),
+            Body::Failure { message, .. } => bail!("the cloud could not plan: {message}"),
+            _ => bail!("unexpected answer to a plan request"),
         }
-        let extra = times[1].saturating_sub(times[0]).max(Duration::from_micros(20));
-        let bits_per_sec = (((sizes[1] - sizes[0]) as f64 * 8.0) / extra.as_secs_f64()) as u64;
-        Ok(crate::solver::Link { latency_ns: (times[0] / 2).as_nanos() as u64, bits_per_sec: bits_per_sec.max(1) })
     }
 
     /// Runs request `id` on the first of `routes` that avoids every tier in `dead`; when a tier

@@ -79,6 +79,13 @@ pub struct ServeArgs {
     /// Largest frame accepted, in MiB.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME >> 20)]
     pub max_frame_mib: u32,
+    /// This machine's benchmark profile (from `bench`). The cloud plans with it; an edge sends
+    /// it to the cloud with its measured link when it starts.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// When the model file is missing, fetch it from the next tier (chunked, SHA-256 checked).
+    #[arg(long)]
+    pub fetch_model: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -90,20 +97,69 @@ pub fn run_serve(args: &ServeArgs, tier: TierKind, upstream: Option<SocketAddr>)
     let name = args.name.clone().unwrap_or_else(|| tier.as_str().to_string());
     let identity = pki::Identity::load(&args.cluster.cluster, &name)?;
     let threads = args.threads.unwrap_or_else(crate::host::available_cores);
-    let node = Arc::new(Node::new(args.model.load()?, tier_index(tier), threads)?);
     let max_frame = args.max_frame_mib.saturating_mul(1 << 20);
-    runtime()?.block_on(async move {
+    let path = args.model.path()?;
+    let runtime = runtime()?;
+    if args.fetch_model && !path.exists() {
+        let from = upstream.context("--fetch-model needs a next tier to fetch from")?;
+        runtime.block_on(async { super::fetch::fetch_model(&quic::client(&identity)?, from, &path, max_frame).await })?;
+    }
+    let node = Arc::new(Node::new(args.model.load()?, tier_index(tier), threads)?);
+    let profile = args.profile.as_deref().map(crate::cli::read_profile).transpose()?;
+    let mut server = StageServer::new(node.clone(), None, max_frame).with_model_file(super::planner::ModelFile::new(path, node.sha256)?);
+    if let (TierKind::Cloud, Some(p)) = (tier, &profile) {
+        server = server.with_planner(super::planner::Planner::new(p.clone()));
+    }
+    runtime.block_on(async move {
         let endpoint = quic::server(&identity, args.listen)?;
-        let upstream = match upstream {
-            Some(addr) => Some(Upstream::new(quic::client(&identity)?, addr)),
-            None => None,
-        };
+        if let Some(addr) = upstream {
+            let client = quic::client(&identity)?;
+            if let Some(p) = &profile {
+                let json = serde_json::to_vec(p)?;
+                if let Err(e) = register_once(&client, addr, &name, &json, max_frame).await {
+                    tracing::warn!("registration with the cloud failed ({e:#}); retrying in the background");
+                    tokio::spawn(register(client.clone(), addr, name.clone(), json, max_frame));
+                }
+            }
+            server = server.with_upstream(Upstream::new(client, addr));
+        }
         let addr = endpoint.local_addr()?;
         println!("scission-{} '{name}' serving {} on {addr}", tier.as_str(), node.model.name);
         std::io::stdout().flush()?;
-        Arc::new(StageServer::new(node, upstream, max_frame)).serve(endpoint).await;
+        Arc::new(server).serve(endpoint).await;
         Ok(())
     })
+}
+
+/// Registers an edge with the cloud: measures the link, sends the profile.
+async fn register_once(client: &quinn::Endpoint, cloud: SocketAddr, name: &str, profile: &[u8], max_frame: u32) -> Result<()> {
+    use crate::wire::message::{Body, decode, encode};
+    let connection = quic::connect(client, cloud).await?;
+    let link = quic::measure(&connection, 64 * 1024, std::time::Duration::from_secs(10), max_frame).await?;
+    let mut label = heapless::String::new();
+    for c in name.chars() {
+        label.push(c).map_err(|_| anyhow::anyhow!("node name too long"))?;
+    }
+    let message = encode(&Body::Register { name: label, tier: 1, profile, link_to_cloud: Some(link) })?;
+    match decode(&quic::exchange(&connection, &message, max_frame).await?) {
+        Ok(Body::Registered) => {
+            tracing::info!("registered with the cloud; link {:.1} Mbit/s, {:.2} ms", link.bits_per_sec as f64 * 1e-6, link.latency_ns as f64 * 1e-6);
+            Ok(())
+        }
+        Ok(Body::Failure { message, .. }) => bail!("the cloud refused the registration: {message}"),
+        _ => bail!("unexpected answer to a registration"),
+    }
+}
+
+/// Retries the registration every second for a minute (the cloud may start later).
+async fn register(client: quinn::Endpoint, cloud: SocketAddr, name: String, profile: Vec<u8>, max_frame: u32) {
+    for attempt in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        match register_once(&client, cloud, &name, &profile, max_frame).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!("registration attempt {} failed: {e:#}", attempt + 2),
+        }
+    }
 }
 
 /// The tier's index in the default chain.
@@ -141,8 +197,15 @@ pub struct RunArgs {
     /// Benchmark profiles of device, edge and cloud (from `bench`): the solver ranks plans from
     /// them and --link figures; requests use the best plan and fail over down the ranking when
     /// a tier becomes unreachable.
-    #[arg(long, value_delimiter = ',', required_unless_present = "split")]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["split", "profile"])]
     pub profiles: Vec<PathBuf>,
+    /// This device's profile: plans come from the cloud, which plans with the edge's and its own
+    /// profiles and the links the device measures to them.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["split", "profiles"], requires = "cloud")]
+    pub profile: Option<PathBuf>,
+    /// When the model file is missing, fetch it from the cloud (chunked, SHA-256 checked).
+    #[arg(long, requires = "cloud")]
+    pub fetch_model: bool,
     /// Link figures FROM-TO=BANDWIDTH,LATENCY for planning (the reverse direction gets the same
     /// unless given), e.g. device-edge=50mbit,5ms.
     #[arg(long = "link", value_name = "SPEC")]
@@ -152,7 +215,7 @@ pub struct RunArgs {
     pub interval_ms: u64,
     /// Emulate the --link figures on this device's uplinks (delay and bandwidth cap on its UDP
     /// socket), so measured latencies reflect the planned network even on loopback.
-    #[arg(long, requires = "profiles")]
+    #[arg(long)]
     pub emulate: bool,
     /// With --emulate: change an emulated uplink before request N, as N:TIER=BANDWIDTH,LATENCY
     /// (tier 1 edge, 2 cloud), e.g. `10:1=2mbit,5ms`.
@@ -218,12 +281,28 @@ struct Planned {
     uplinks: HashMap<u8, crate::solver::Link>,
     /// The planning inputs, kept to re-plan when links change.
     basis: Option<(crate::solver::Problem, Vec<crate::profile::BlockProfile>)>,
+    /// With plans from the cloud: this device's profile JSON, sent with every plan request.
+    cloud_profile: Option<Vec<u8>>,
 }
 
 impl Planned {
-    /// Re-solves with the device's uplinks set to `measured`. The current route stays first
-    /// unless the new best is predicted at least 10% faster (no flapping on noise); true when
-    /// the route changed.
+    /// Whether some ranked route avoids every tier in `dead`.
+    fn has_route_avoiding(&self, dead: &[u8]) -> bool {
+        self.routes.iter().any(|r| r.iter().all(|s| !dead.contains(&s.tier)))
+    }
+
+    /// Re-solves locally with the tiers in `dead` excluded, putting those plans first.
+    fn replan_avoiding(&mut self, dead: &[u8]) -> Result<()> {
+        let Some((problem, blocks)) = self.basis.as_ref() else { return Ok(()) };
+        let constraints = Constraints { must_not_use: dead.iter().map(|&t| usize::from(t)).collect(), ..Constraints::default() };
+        let plans = solver::solve(problem, &constraints, Objective::Latency, 16)?;
+        self.routes = plans.iter().map(|p| plan_route(p, blocks)).collect();
+        self.predicted_ns = plans.iter().map(|p| Some(p.cost.latency_ns)).collect();
+        Ok(())
+    }
+
+    /// Re-solves locally with the device's uplinks set to `measured`; true when the route
+    /// changed.
     fn replan(&mut self, measured: &HashMap<u8, crate::solver::Link>) -> Result<bool> {
         let Some((problem, blocks)) = self.basis.as_mut() else { return Ok(false) };
         let device = problem.machines.iter().position(|m| m.tier == 0).context("no device machine")?;
@@ -233,8 +312,14 @@ impl Planned {
             }
         }
         let plans = solver::solve(problem, &Constraints::default(), Objective::Latency, 16)?;
-        let mut routes: Vec<Vec<Stage>> = plans.iter().map(|p| plan_route(p, blocks)).collect();
-        let mut predicted: Vec<Option<u64>> = plans.iter().map(|p| Some(p.cost.latency_ns)).collect();
+        let ranked = plans.iter().map(|p| (plan_route(p, blocks), p.cost.latency_ns)).collect();
+        Ok(self.adopt(ranked))
+    }
+
+    /// Takes a new ranking. The current route stays first unless the new best is predicted at
+    /// least 10% faster (no flapping on noise); true when the route changed.
+    fn adopt(&mut self, ranked: Vec<(Vec<Stage>, u64)>) -> bool {
+        let (mut routes, mut predicted): (Vec<Vec<Stage>>, Vec<Option<u64>>) = ranked.into_iter().map(|(r, p)| (r, Some(p))).unzip();
         if let Some(current) = routes.iter().position(|r| Some(r) == self.routes.first())
             && predicted[current].zip(predicted[0]).is_some_and(|(c, best)| best as f64 > 0.9 * c as f64)
         {
@@ -245,14 +330,30 @@ impl Planned {
         let changed = routes.first() != self.routes.first();
         self.routes = routes;
         self.predicted_ns = predicted;
-        Ok(changed)
+        changed
     }
 }
 
 /// The fixed split, or the solver's plans from profiles and links.
 fn plan_routes(args: &RunArgs, n: usize) -> Result<Planned> {
     if let Some((a, b)) = args.split {
-        return Ok(Planned { routes: vec![route(a, b, n)?], predicted_ns: vec![None], uplinks: HashMap::new(), basis: None });
+        return Ok(Planned { routes: vec![route(a, b, n)?], predicted_ns: vec![None], uplinks: HashMap::new(), basis: None, cloud_profile: None });
+    }
+    if let Some(profile) = &args.profile {
+        let json = std::fs::read(profile).with_context(|| format!("cannot read {}", profile.display()))?;
+        crate::cli::read_profile(profile)?;
+        // --link figures from the device still drive --emulate.
+        let mut uplinks = HashMap::new();
+        for text in &args.links {
+            let spec = crate::solver::linkspec::parse_link_spec(text, |n| ["device", "edge", "cloud"].contains(&n)).map_err(|e| anyhow::anyhow!("--link {e}"))?;
+            let tier = match (spec.from.as_str(), spec.to.as_str()) {
+                ("device", "edge") => 1,
+                ("device", "cloud") => 2,
+                _ => continue,
+            };
+            uplinks.insert(tier, spec.link);
+        }
+        return Ok(Planned { routes: Vec::new(), predicted_ns: Vec::new(), uplinks, basis: None, cloud_profile: Some(json) });
     }
     let profiles = args.profiles.iter().map(|p| crate::cli::read_profile(p)).collect::<Result<Vec<_>>>()?;
     let options = CostOptions { encoding: args.encoding.into(), ..CostOptions::default() };
@@ -270,7 +371,7 @@ fn plan_routes(args: &RunArgs, n: usize) -> Result<Planned> {
         }
     }
     let predicted_ns = plans.iter().map(|p| Some(p.cost.latency_ns)).collect();
-    Ok(Planned { routes, predicted_ns, uplinks, basis: Some((problem, profiles[0].blocks.clone())) })
+    Ok(Planned { routes, predicted_ns, uplinks, basis: Some((problem, profiles[0].blocks.clone())), cloud_profile: None })
 }
 
 fn describe(route: &[Stage]) -> String {
@@ -282,19 +383,23 @@ fn describe(route: &[Stage]) -> String {
 /// explicit error.
 pub fn run_device(args: &RunArgs) -> Result<()> {
     let identity = pki::Identity::load(&args.cluster.cluster, &args.name)?;
+    let path = args.model.path()?;
+    if args.fetch_model && !path.exists() {
+        let cloud = args.cloud.context("--fetch-model needs --cloud")?;
+        runtime()?.block_on(async { super::fetch::fetch_model(&quic::client(&identity)?, cloud, &path, DEFAULT_MAX_FRAME).await })?;
+    }
     let node = Arc::new(Node::new(args.model.load()?, 0, args.threads)?);
     let mut planned = plan_routes(args, node.model.summary.len())?;
     let mut peers = HashMap::new();
     for (tier, addr) in [(1u8, args.edge), (2, args.cloud)] {
         match addr {
             Some(a) => drop(peers.insert(tier, a)),
-            None if planned.routes[0].iter().any(|s| s.tier == tier) => {
+            None if planned.routes.first().is_some_and(|r| r.iter().any(|s| s.tier == tier)) => {
                 bail!("the plan gives tier {tier} work, but its address (--{}) is missing", if tier == 1 { "edge" } else { "cloud" })
             }
             None => {}
         }
     }
-    println!("plan #1: {}", describe(&planned.routes[0]));
     let whole = node.model.whole()?;
     runtime()?.block_on(async {
         let timeout = std::time::Duration::from_millis(args.timeout_ms);
@@ -312,6 +417,14 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
         let change = args.emulate_change.as_deref().map(parse_change).transpose()?;
         let client = DeviceClient::new(node.clone(), quic::client_with_links(&identity, shapers)?, peers.clone(), DEFAULT_MAX_FRAME, timeout);
         let mut measured: Vec<(usize, u64)> = Vec::new();
+        if planned.cloud_profile.is_some() {
+            let measured = measure_uplinks(&client, &peers, &[]).await;
+            let profile = planned.cloud_profile.clone().unwrap_or_default();
+            let ranked = client.request_plans(2, &profile, &measured, &[], 16).await?;
+            planned.adopt(ranked);
+        }
+        println!("plan #1: {}", describe(planned.routes.first().context("no plan")?));
+
         let (mut ok, mut failed, mut worst, mut dead) = (0u32, 0u32, 0f32, Vec::new());
         for i in 0..args.requests {
             if i > 0 && args.interval_ms > 0 {
@@ -328,7 +441,27 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
             }
             let inputs = synthetic_inputs(&node.model, args.seed + u64::from(i))?;
             let reference = with_threads(1, || whole.run(inputs.clone()))?;
-            match client.infer_with_failover(u64::from(i), &planned.routes, &mut dead, inputs, args.encoding.into()).await {
+            let result = loop {
+                if !dead.is_empty() && !planned.has_route_avoiding(&dead) {
+                    let replanned = match planned.cloud_profile.clone() {
+                        Some(profile) => client.request_plans(2, &profile, &planned.uplinks, &dead, 16).await.map(|r| {
+                            planned.adopt(r);
+                        }),
+                        None => planned.replan_avoiding(&dead),
+                    };
+                    if let Err(e) = replanned {
+                        tracing::warn!("re-planning without tiers {dead:?} failed: {e:#}");
+                    }
+                }
+                let known_dead = dead.len();
+                let result = client.infer_with_failover(u64::from(i), &planned.routes, &mut dead, inputs.clone(), args.encoding.into()).await;
+                // A tier died during this request and no ranked route avoids it: re-plan, retry.
+                if result.is_err() && dead.len() > known_dead && !planned.has_route_avoiding(&dead) {
+                    continue;
+                }
+                break result;
+            };
+            match result {
                 Ok((outcome, plan)) => {
                     let diff = max_diff(&outcome.outputs, &reference)?;
                     worst = worst.max(diff);
@@ -360,8 +493,8 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
     })
 }
 
-/// Re-measures the device's uplinks and re-plans; logs a plan switch with its reason.
-async fn adapt(client: &DeviceClient, planned: &mut Planned, peers: &HashMap<u8, SocketAddr>, dead: &[u8]) {
+/// Measures the links to every reachable peer.
+async fn measure_uplinks(client: &DeviceClient, peers: &HashMap<u8, SocketAddr>, dead: &[u8]) -> HashMap<u8, crate::solver::Link> {
     let mut measured = HashMap::new();
     for tier in peers.keys().filter(|t| !dead.contains(t)) {
         match client.measure_link(*tier, 64 * 1024).await {
@@ -369,8 +502,19 @@ async fn adapt(client: &DeviceClient, planned: &mut Planned, peers: &HashMap<u8,
             Err(e) => tracing::warn!("could not measure the link to tier {tier}: {e:#}"),
         }
     }
+    measured
+}
+
+/// Re-measures the device's uplinks and re-plans (locally, or by asking the cloud); logs a plan
+/// switch with its reason.
+async fn adapt(client: &DeviceClient, planned: &mut Planned, peers: &HashMap<u8, SocketAddr>, dead: &[u8]) {
+    let measured = measure_uplinks(client, peers, dead).await;
     let before = planned.routes.first().cloned();
-    match planned.replan(&measured) {
+    let outcome = match planned.cloud_profile.clone() {
+        Some(profile) => client.request_plans(2, &profile, &measured, &[], 16).await.map(|ranked| planned.adopt(ranked)),
+        None => planned.replan(&measured),
+    };
+    match outcome {
         Ok(true) => {
             let figures: Vec<String> = measured.iter().map(|(t, l)| format!("tier {t}: {:.1} Mbit/s, {:.1} ms", l.bits_per_sec as f64 * 1e-6, l.latency_ns as f64 * 1e-6)).collect();
             println!(

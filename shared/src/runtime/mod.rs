@@ -10,5 +10,7 @@
 pub mod client;
 pub mod commands;
 pub mod convert;
+pub mod fetch;
 pub mod node;
+pub mod planner;
 pub mod server;

@@ -13,6 +13,7 @@ use tract_onnx::prelude::TValue;
 
 use super::convert::{Outgoing, decode as decode_tensor};
 use super::node::Node;
+use super::planner::{ModelFile, Planner};
 use crate::cut::Block;
 use crate::engine::pipeline::Activations;
 use crate::net::quic::{FrameError, connect, exchange, read_frame, write_frame};
@@ -44,11 +45,14 @@ impl Upstream {
     }
 }
 
-/// A stage server: a node, where to forward, and the largest frame it accepts.
+/// A stage server: a node, where to forward, and the largest frame it accepts; the cloud also
+/// plans and serves the model file.
 pub struct StageServer {
     node: Arc<Node>,
     upstream: Option<Upstream>,
     max_frame: u32,
+    planner: Option<Planner>,
+    model_file: Option<ModelFile>,
 }
 
 type Failed = (FailureCode, String);
@@ -66,7 +70,25 @@ fn failure(request: u64, code: FailureCode, message: impl std::fmt::Display) -> 
 impl StageServer {
     /// A server for `node`, forwarding later stages to `upstream`.
     pub fn new(node: Arc<Node>, upstream: Option<Upstream>, max_frame: u32) -> Self {
-        Self { node, upstream, max_frame }
+        Self { node, upstream, max_frame, planner: None, model_file: None }
+    }
+
+    /// Forwards later stages to `upstream`.
+    pub fn with_upstream(mut self, upstream: Upstream) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// Also answers registrations and plan requests.
+    pub fn with_planner(mut self, planner: Planner) -> Self {
+        self.planner = Some(planner);
+        self
+    }
+
+    /// Also serves the model file.
+    pub fn with_model_file(mut self, file: ModelFile) -> Self {
+        self.model_file = Some(file);
+        self
     }
 
     /// Accepts connections on `endpoint` until it closes.
@@ -106,6 +128,27 @@ impl StageServer {
             Ok(Body::Infer { request, model, stages, encoding, tensors }) => match self.infer(request, model, &stages, encoding, &tensors).await {
                 Ok(reply) => reply,
                 Err((code, message)) => failure(request, code, message),
+            },
+            Ok(Body::Register { name, tier, profile, link_to_cloud }) => match &self.planner {
+                Some(p) => match p.register(&name, tier, profile, link_to_cloud) {
+                    Ok(()) => encode(&Body::Registered).unwrap_or_default(),
+                    Err(e) => failure(0, FailureCode::BadRequest, format!("{e:#}")),
+                },
+                None => failure(0, FailureCode::BadRequest, "this node does not plan"),
+            },
+            Ok(Body::PlanRequest { profile, uplinks, count, avoid }) => match &self.planner {
+                Some(p) => match p.plan(profile, &uplinks, &avoid, usize::from(count)) {
+                    Ok(routes) => encode(&Body::Plans { routes: routes.into_iter().collect() }).unwrap_or_default(),
+                    Err(e) => failure(0, FailureCode::BadRequest, format!("{e:#}")),
+                },
+                None => failure(0, FailureCode::BadRequest, "this node does not plan (start the cloud with --profile)"),
+            },
+            Ok(Body::FetchModel { offset, max_len }) => match &self.model_file {
+                Some(f) => match f.chunk(offset, max_len.min(self.max_frame / 2)) {
+                    Ok(data) => encode(&Body::ModelChunk { total: f.total, sha256: f.sha256, offset, data: &data }).unwrap_or_default(),
+                    Err(e) => failure(0, FailureCode::BadRequest, format!("{e:#}")),
+                },
+                None => failure(0, FailureCode::BadRequest, "this node does not serve its model file"),
             },
             Ok(_) => failure(0, FailureCode::BadRequest, "expected a request"),
             Err(e) => failure(0, FailureCode::BadRequest, e),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::WireError;
 use super::tensor::TensorFrame;
-use crate::solver::Encoding;
+use crate::solver::{Encoding, Link};
 
 /// Version of this protocol; a peer with another version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -62,6 +62,20 @@ pub enum FailureCode {
     Engine,
 }
 
+/// One ranked route the cloud's solver hands out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedRoute {
+    /// The stages, in tier order.
+    pub stages: heapless::Vec<Stage, MAX_STAGES>,
+    /// Predicted end-to-end latency, nanoseconds.
+    pub predicted_ns: u64,
+}
+
+/// Most routes in one plan answer.
+pub const MAX_ROUTES: usize = 16;
+/// Longest node name.
+pub const MAX_NAME: usize = 64;
+
 /// What a message says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body<'a> {
@@ -112,6 +126,57 @@ pub enum Body<'a> {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// A node announces itself to the cloud: its benchmark profile (JSON) and its measured
+    /// link to the cloud.
+    Register {
+        /// Enrolled name.
+        name: heapless::String<MAX_NAME>,
+        /// Tier index.
+        tier: u8,
+        /// Profile JSON, as written by `bench`.
+        #[serde(borrow)]
+        profile: &'a [u8],
+        /// Measured link from this node to the cloud.
+        link_to_cloud: Option<Link>,
+    },
+    /// The cloud's answer to [`Body::Register`].
+    Registered,
+    /// A device asks the cloud for ranked plans.
+    PlanRequest {
+        /// The device's profile JSON.
+        #[serde(borrow)]
+        profile: &'a [u8],
+        /// Measured links from the device to tier `t`.
+        uplinks: heapless::Vec<(u8, Link), 4>,
+        /// How many plans to return.
+        count: u16,
+        /// Tiers the plans must not use (found unreachable).
+        avoid: heapless::Vec<u8, MAX_STAGES>,
+    },
+    /// Ranked plans, best first.
+    Plans {
+        /// The routes.
+        routes: heapless::Vec<PlannedRoute, MAX_ROUTES>,
+    },
+    /// Asks for a piece of the model file the receiver serves.
+    FetchModel {
+        /// First byte wanted.
+        offset: u64,
+        /// Most bytes wanted.
+        max_len: u32,
+    },
+    /// A piece of the model file.
+    ModelChunk {
+        /// Size of the whole file.
+        total: u64,
+        /// SHA-256 of the whole file.
+        sha256: [u8; 32],
+        /// Where this piece starts.
+        offset: u64,
+        /// The bytes.
+        #[serde(borrow)]
+        data: &'a [u8],
+    },
 }
 
 /// A versioned message.
@@ -156,7 +221,15 @@ fn validate(body: &Body<'_>) -> Result<(), WireError> {
             tensors.iter().try_for_each(|t| t.tensor.validate())
         }
         Body::Output { tensors, .. } => tensors.iter().try_for_each(|t| t.tensor.validate()),
-        Body::Failure { .. } | Body::Ping { .. } | Body::Pong { .. } => Ok(()),
+        Body::Plans { routes } => {
+            let ordered = routes.iter().all(|r| !r.stages.is_empty() && r.stages.iter().all(|s| s.start < s.end) && r.stages.windows(2).all(|w| w[0].end == w[1].start && w[0].tier < w[1].tier));
+            if ordered { Ok(()) } else { Err(WireError::Malformed("a planned route is not consecutive and in tier order")) }
+        }
+        Body::ModelChunk { total, offset, data, .. } => {
+            let end = offset.checked_add(data.len() as u64);
+            if end.is_some_and(|e| e <= *total) { Ok(()) } else { Err(WireError::Malformed("model chunk outside the file")) }
+        }
+        _ => Ok(()),
     }
 }
 
