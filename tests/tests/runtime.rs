@@ -81,6 +81,18 @@ impl Cluster {
     }
 }
 
+/// A float32 `.npy` file of `shape` with varied values.
+fn npy(shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let count: usize = shape.iter().product();
+    out.extend((0..count).flat_map(|i| ((i % 17) as f32 * 0.1 - 0.8).to_le_bytes()));
+    out
+}
+
 /// The largest difference `scission-device run` reports in its summary line.
 fn largest_difference(out: &std::process::Output) -> f32 {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -108,6 +120,16 @@ fn three_tiers_compute_what_the_unsplit_model_does() {
         assert_eq!(largest_difference(&out), 0.0, "f32 is bit-exact at split {split}");
     }
     let split = &splits(&c.model)[0];
+    // User inputs as .npy files: one request each.
+    let good = c.dir.path().join("good.npy");
+    std::fs::write(&good, npy(&[1, 3, 32, 32])).unwrap();
+    let out = c.device(&c.cluster(), edge.addr, cloud.addr, split, &["--inputs", good.to_str().unwrap()]);
+    assert_eq!(largest_difference(&out), 0.0);
+    let wrong = c.dir.path().join("wrong.npy");
+    std::fs::write(&wrong, npy(&[1, 3, 16, 16])).unwrap();
+    let out = c.device(&c.cluster(), edge.addr, cloud.addr, split, &["--inputs", wrong.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("the model takes f32 of shape [1, 3, 32, 32]"), "{}", stderr(&out));
     let f16 = largest_difference(&c.device(&c.cluster(), edge.addr, cloud.addr, split, &["--encoding", "f16"]));
     let int8 = largest_difference(&c.device(&c.cluster(), edge.addr, cloud.addr, split, &["--encoding", "int8"]));
     assert!(f16 <= 1e-3, "f16 difference {f16}");

@@ -11,6 +11,7 @@ use std::prelude::rust_2024::*;
 
 pub mod input;
 pub mod load;
+pub mod npy;
 pub mod pipeline;
 pub mod slice;
 pub mod summary;

@@ -228,9 +228,13 @@ pub struct RunArgs {
     /// Give up on a tier that has not answered within this many milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
-    /// Requests to run.
-    #[arg(long, default_value_t = 10)]
-    pub requests: u32,
+    /// Requests to run (default: one per --inputs file, else 10).
+    #[arg(long)]
+    pub requests: Option<u32>,
+    /// Input arrays (`.npy`, float32, the model's input shape), one per request, used in turn;
+    /// without them, deterministic random inputs.
+    #[arg(long, value_delimiter = ',', value_name = "FILE.npy")]
+    pub inputs: Vec<PathBuf>,
     /// Activation encoding on the wire.
     #[arg(long, value_enum, default_value_t = EncodingArg::F32)]
     pub encoding: EncodingArg,
@@ -401,6 +405,8 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
         }
     }
     let whole = node.model.whole()?;
+    let files = load_inputs(&node.model, &args.inputs)?;
+    let requests = args.requests.unwrap_or(if files.is_empty() { 10 } else { files.len() as u32 });
     runtime()?.block_on(async {
         let timeout = std::time::Duration::from_millis(args.timeout_ms);
         let mut shapers = HashMap::new();
@@ -426,7 +432,7 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
         println!("plan #1: {}", describe(planned.routes.first().context("no plan")?));
 
         let (mut ok, mut failed, mut worst, mut dead) = (0u32, 0u32, 0f32, Vec::new());
-        for i in 0..args.requests {
+        for i in 0..requests {
             if i > 0 && args.interval_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms)).await;
             }
@@ -439,7 +445,10 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
             if args.replan_every > 0 && i > 0 && i % args.replan_every == 0 {
                 adapt(&client, &mut planned, &peers, &dead).await;
             }
-            let inputs = synthetic_inputs(&node.model, args.seed + u64::from(i))?;
+            let inputs = match files.is_empty() {
+                true => synthetic_inputs(&node.model, args.seed + u64::from(i))?,
+                false => tvec![files[i as usize % files.len()].clone()],
+            };
             let reference = with_threads(1, || whole.run(inputs.clone()))?;
             let result = loop {
                 if !dead.is_empty() && !planned.has_route_avoiding(&dead) {
@@ -487,10 +496,29 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
         }
         println!("requests: {ok} ok, {failed} failed; largest difference from the unsplit model {worst:e}");
         if failed > 0 {
-            bail!("{failed} of {} requests failed", args.requests);
+            bail!("{failed} of {requests} requests failed");
         }
         Ok(())
     })
+}
+
+/// Reads the `--inputs` arrays, checking each against the model's (single) input.
+fn load_inputs(model: &crate::engine::Model, files: &[PathBuf]) -> Result<Vec<TValue>> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let [input] = model.summary.inputs[..] else { bail!("--inputs takes one array per request, but the model has {} inputs", model.summary.inputs.len()) };
+    let expected: Vec<usize> = model.summary.tensors[input].shape.iter().map(|&d| d as usize).collect();
+    files
+        .iter()
+        .map(|f| {
+            let t = crate::engine::npy::read_npy(f)?;
+            if t.shape() != expected.as_slice() || t.datum_type() != DatumType::F32 {
+                bail!("{} is a {:?} array of shape {:?}; the model takes f32 of shape {expected:?}", f.display(), t.datum_type(), t.shape());
+            }
+            Ok(t.into_tvalue())
+        })
+        .collect()
 }
 
 /// Measures the links to every reachable peer.
