@@ -8,6 +8,7 @@
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
 use scission_shared::bench::{BenchOptions, benchmark};
+use scission_shared::engine::pipeline::max_abs_diff;
 use scission_shared::engine::{LoadOptions, Model, Pipeline, input::synthetic_inputs, with_threads};
 use scission_shared::onnx::builder::encode;
 use scission_shared::onnx::testmodels::TestModel;
@@ -130,10 +131,6 @@ fn check_plans(model: &Model, profile: &Profile, plans: &[Plan]) -> Result<()> {
     Ok(())
 }
 
-fn max_abs_diff(a: &scission_shared::tract::prelude::TValue, b: &scission_shared::tract::prelude::TValue) -> Result<f32> {
-    let (a, b) = (a.try_as_plain_ram()?.as_slice::<f32>()?, b.try_as_plain_ram()?.as_slice::<f32>()?);
-    Ok(a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max))
-}
 
 /// A child process serving one tier, killed when dropped.
 struct Tier {

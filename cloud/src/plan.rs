@@ -12,7 +12,8 @@ use scission_shared::cli::read_profile;
 use scission_shared::compat::scission::{self as legacy, Criterion, LegacyLimits, LegacyPlanning};
 use scission_shared::profile::Profile;
 use scission_shared::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
-use scission_shared::solver::{self, ComputeCap, Constraints, CostOptions, Encoding, Objective, Problem};
+use scission_shared::runtime::commands::EncodingArg;
+use scission_shared::solver::{self, ComputeCap, Constraints, CostOptions, Objective, Problem};
 
 use crate::report;
 
@@ -114,12 +115,6 @@ enum ObjectiveArg {
     DeviceUpload,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum EncodingArg {
-    F32,
-    F16,
-    Int8,
-}
 
 /// What a planning run works on, with names for printing.
 pub struct Planning {
@@ -237,7 +232,7 @@ fn read_csv(path: &Path) -> Result<Vec<legacy::NetworkRow>> {
 
 fn profile_planning(args: &PlanArgs) -> Result<Planning> {
     let profiles: Vec<Profile> = args.inputs.iter().map(|p| read_profile(p)).collect::<Result<_>>()?;
-    let options = CostOptions { return_result: !args.no_return, encoding: encoding(args.encoding), message_overhead: args.overhead };
+    let options = CostOptions { return_result: !args.no_return, encoding: args.encoding.into(), message_overhead: args.overhead };
     let input_bytes = args.input_mb.map(|mb| megabytes(mb, "--input-mb")).transpose()?;
     let placement = args
         .placement
@@ -278,13 +273,6 @@ fn add_common_constraints(args: &PlanArgs, problem: &Problem, c: &mut Constraint
     Ok(())
 }
 
-fn encoding(e: EncodingArg) -> Encoding {
-    match e {
-        EncodingArg::F32 => Encoding::F32,
-        EncodingArg::F16 => Encoding::F16,
-        EncodingArg::Int8 => Encoding::Int8,
-    }
-}
 
 fn apply_links(problem: &mut Problem, specs: &[String]) -> Result<()> {
     for text in specs {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tract_onnx::prelude::*;
 
 use crate::cut::{self, Block};
-use crate::engine::pipeline::{collect, graph_inputs};
+use crate::engine::pipeline::{advance, collect, graph_inputs};
 use crate::engine::{Model, Slice, input::synthetic_inputs, with_threads};
 use crate::host::machine_facts;
 use crate::profile::{BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, TierKind};
@@ -102,9 +102,7 @@ fn time_blocks(model: &Model, budget: Budget, blocks: &[Block], inputs: TVec<TVa
             Ok::<_, anyhow::Error>(())
         })
         .with_context(|| format!("running block [{}, {})", block.start, block.end))?;
-        live.extend(slice.io.outputs.iter().copied().zip(outputs));
-        let crossing = model.cuts.crossing(block.end);
-        live.retain(|t, _| crossing.contains(t));
+        live = advance(model, &slice, live, outputs);
         profiles.push(block_profile(model, block, Summary::of(&samples).context("the budget allowed no timed run")?));
         bar.inc(1);
     }

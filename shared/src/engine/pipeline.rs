@@ -59,13 +59,28 @@ pub fn graph_inputs(model: &Model, inputs: TVec<TValue>) -> Result<Activations> 
 }
 
 /// Runs `slice` on the tensors in `live`, then keeps only what crosses its end.
-pub fn run_slice(model: &Model, slice: &Slice, mut live: Activations) -> Result<Activations> {
+pub fn run_slice(model: &Model, slice: &Slice, live: Activations) -> Result<Activations> {
     let inputs = collect(&live, &slice.io.inputs, "slice input", model)?;
     let outputs = slice.run(inputs).with_context(|| block_label(slice.block))?;
+    Ok(advance(model, slice, live, outputs))
+}
+
+/// Adds a slice's `outputs` to `live` and keeps only the tensors crossing the slice's end: what
+/// the next machine receives.
+pub fn advance(model: &Model, slice: &Slice, mut live: Activations, outputs: TVec<TValue>) -> Activations {
     live.extend(slice.io.outputs.iter().copied().zip(outputs));
     let crossing = model.cuts.crossing(slice.block.end);
     live.retain(|t, _| crossing.contains(t));
-    Ok(live)
+    live
+}
+
+/// Largest absolute difference between two f32 tensors of the same shape.
+pub fn max_abs_diff(a: &TValue, b: &TValue) -> Result<f32> {
+    if a.shape() != b.shape() {
+        anyhow::bail!("shapes differ: {:?} and {:?}", a.shape(), b.shape());
+    }
+    let (a, b) = (a.try_as_plain_ram()?.as_slice::<f32>()?, b.try_as_plain_ram()?.as_slice::<f32>()?);
+    Ok(a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max))
 }
 
 /// Picks `ids` out of `live`, in order.

@@ -591,10 +591,5 @@ fn max_diff(outputs: &[(usize, TValue)], reference: &TVec<TValue>) -> Result<f32
     if outputs.len() != reference.len() {
         bail!("{} outputs, expected {}", outputs.len(), reference.len());
     }
-    let mut worst = 0f32;
-    for ((_, got), want) in outputs.iter().zip(reference) {
-        let (g, w) = (got.try_as_plain_ram()?.as_slice::<f32>()?, want.try_as_plain_ram()?.as_slice::<f32>()?);
-        worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
-    }
-    Ok(worst)
+    outputs.iter().zip(reference).try_fold(0f32, |worst, ((_, got), want)| Ok(worst.max(crate::engine::pipeline::max_abs_diff(got, want)?)))
 }

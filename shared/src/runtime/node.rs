@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use tract_onnx::prelude::*;
 
 use crate::cut::Block;
-use crate::engine::pipeline::{Activations, collect};
+use crate::engine::pipeline::{Activations, advance, collect};
 use crate::engine::{Model, Slice, with_threads};
 use crate::graph::TensorId;
 
@@ -47,7 +47,7 @@ impl Node {
 
     /// Runs stage `block` on `live` (the tensors crossing its start) and returns the tensors
     /// crossing its end, with the compute time in nanoseconds.
-    pub fn run_stage(&self, block: Block, mut live: Activations) -> Result<(Activations, u64)> {
+    pub fn run_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64)> {
         let slice = self.slice(block)?;
         let crossing_in = self.model.cuts.crossing(block.start);
         if let Some(missing) = crossing_in.iter().find(|t| !live.contains_key(t)) {
@@ -57,10 +57,7 @@ impl Node {
         let started = std::time::Instant::now();
         let outputs = with_threads(self.threads, || slice.run(inputs)).with_context(|| format!("running stage [{}, {})", block.start, block.end))?;
         let compute_ns = started.elapsed().as_nanos() as u64;
-        live.extend(slice.io.outputs.iter().copied().zip(outputs));
-        let crossing_out = self.model.cuts.crossing(block.end);
-        live.retain(|t, _| crossing_out.contains(t));
-        Ok((live, compute_ns))
+        Ok((advance(&self.model, &slice, live, outputs), compute_ns))
     }
 
     /// Graph outputs from the final activations.
