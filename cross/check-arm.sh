@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Builds scission-device for Raspberry Pi targets on this x86-64 Debian machine without Docker
+# or rustup targets, and checks it under qemu-user:
+#   1. `bench` of a zoo model runs on emulated ARM;
+#   2. partitioned inference with the emulated-ARM device and x86 edge/cloud servers on loopback
+#      returns the unsplit model's result (cloud-only, and device + cloud splits).
+#
+#   cross/check-arm.sh [aarch64|armv7|all]     (default: aarch64)
+#   cross/check-arm.sh setup                   (the toolchain only; prints its rustc version)
+#
+# The toolchain is Debian's rustc-web (a current rustc shipped with the standard library for
+# arm64 and armhf), unpacked into $SCISSION_ARM_DIR (default ~/.cache/scission-arm) with a
+# private apt state; Debian's cross linkers and qemu-user-static come from apt. Release builds
+# take about half an hour of CPU per target. Users with Docker use `cross` instead (Cross.toml).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${SCISSION_ARM_DIR:-$HOME/.cache/scission-arm}
+which_targets=${1:-aarch64}
+
+apt_private() {
+  apt-get -o Dir::State="$dir/apt" -o Dir::State::Lists="$dir/apt/lists" -o Dir::State::status="$dir/apt/status" \
+    -o Dir::Cache="$dir/apt/cache" -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$dir/apt/sources" \
+    -o APT::Architectures::=amd64 -o APT::Architectures::=arm64 -o APT::Architectures::=armhf -o Debug::NoLocking=1 "$@"
+}
+
+apt_cache_private() {
+  apt-cache -o Dir::State="$dir/apt" -o Dir::State::Lists="$dir/apt/lists" -o Dir::State::status="$dir/apt/status" \
+    -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$dir/apt/sources" "$@"
+}
+
+toolchain() {
+  [ -x "$dir/bin/rustc" ] && return
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user-static >/dev/null
+  mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/apt/sources" "$dir/root" "$dir/debs" "$dir/bin"
+  touch "$dir/apt/status"
+  local mirror security
+  mirror=$(awk '/^URIs:/{print $2}' /etc/apt/sources.list.d/debian.sources | grep -v security | head -1)
+  security=$(awk '/^URIs:/{print $2}' /etc/apt/sources.list.d/debian.sources | grep security | head -1)
+  cat > "$dir/apt/sources/rust.sources" <<EOS
+Types: deb
+URIs: $security
+Suites: bookworm-security
+Components: main
+Architectures: amd64 arm64
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $mirror
+Suites: bookworm stable
+Components: main
+Architectures: amd64 arm64 armhf
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOS
+  apt_private update -qq || true
+  local std llvm
+  std=$(apt_cache_private depends --recurse rustc-web:amd64 | sed -n 's/^ *Depends: \(libstd-rust-web-[0-9.]*\)$/\1/p' | head -1)
+  llvm=$(apt_cache_private depends --recurse rustc-web:amd64 | sed -n 's/^ *Depends: \(libllvm[0-9]*\)$/\1/p' | head -1)
+  [ -n "$std" ] || { echo "rustc-web is not in the configured Debian archives" >&2; exit 1; }
+  (cd "$dir/debs" && apt_private download rustc-web:amd64 "$std:amd64" libstd-rust-web-dev:amd64 "$std:arm64" libstd-rust-web-dev:arm64 ${llvm:+$llvm:amd64} \
+     && { apt_private download "$std:armhf" libstd-rust-web-dev:armhf 2>/dev/null || apt_private download libstd-rust-web-dev:armhf; })
+  for deb in "$dir"/debs/*.deb; do dpkg -x "$deb" "$dir/root"; done
+  # The wrapper's own variables must stay literal.
+  # shellcheck disable=SC2016
+  printf '#!/bin/sh\nLD_LIBRARY_PATH="%s/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s/root/usr/bin/rustc" "$@"\n' "$dir" "$dir" > "$dir/bin/rustc"
+  chmod +x "$dir/bin/rustc"
+}
+
+build() {
+  local target=$1
+  RUSTC="$dir/bin/rustc" CARGO_TARGET_DIR="$root/target/arm" \
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+  CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc \
+    cargo build --release --target "$target" -p scission-device
+}
+
+check() {
+  local target=$1 qemu sysroot
+  case $target in
+    aarch64-*) qemu="qemu-aarch64-static"; sysroot="/usr/aarch64-linux-gnu" ;;
+    *) qemu="qemu-arm-static"; sysroot="/usr/arm-linux-gnueabihf" ;;
+  esac
+  local device="$root/target/arm/$target/release/scission-device" work
+  work=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' RETURN
+  (cd "$root" && cargo build -q -p scission-cloud -p scission-edge)
+  local host="$root/target/debug"
+  "$host/scission-cloud" zoo write mobilenet_v2 --out "$work/m.onnx" >/dev/null
+  echo "== $target: bench under qemu"
+  "$qemu" -L "$sysroot" "$device" bench "$work/m.onnx" --out "$work/arm.json" --name arm --quiet --max-runs 3
+  "$host/scission-cloud" init --cluster "$work/cluster" >/dev/null
+  for n in device edge cloud; do "$host/scission-cloud" enroll $n --tier $n --cluster "$work/cluster" >/dev/null; done
+  "$host/scission-cloud" serve "$work/m.onnx" --cluster "$work/cluster" > "$work/cloud.log" &
+  sleep 3
+  local cloud edge
+  cloud=$(grep -o 'on [0-9.:]*' "$work/cloud.log" | cut -d' ' -f2)
+  "$host/scission-edge" serve "$work/m.onnx" --cluster "$work/cluster" --cloud "$cloud" > "$work/edge.log" &
+  sleep 3
+  edge=$(grep -o 'on [0-9.:]*' "$work/edge.log" | cut -d' ' -f2)
+  echo "== $target: emulated-ARM device, x86 edge and cloud"
+  for split in 0,0 60,120 120,120; do
+    "$qemu" -L "$sysroot" "$device" run "$work/m.onnx" --cluster "$work/cluster" --edge "$edge" --cloud "$cloud" --split "$split" --requests 2 --timeout-ms 60000 | tail -1
+  done
+}
+
+toolchain
+case $which_targets in
+  setup) "$dir/bin/rustc" -V; exit 0 ;;
+  aarch64) targets=(aarch64-unknown-linux-gnu) ;;
+  armv7) targets=(armv7-unknown-linux-gnueabihf) ;;
+  all) targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf) ;;
+  *) echo "usage: $0 [aarch64|armv7|all|setup]" >&2; exit 2 ;;
+esac
+for t in "${targets[@]}"; do
+  build "$t"
+  check "$t"
+  "$root/cross/package-device.sh" "$t" "$root/target/arm/$t/release/scission-device"
+done
