@@ -25,12 +25,23 @@ pub fn svg(planning: &Planning, plans: &[Plan]) -> String {
     let scale = (WIDTH - LEFT - 120.0) / longest;
     let height = 60.0 + plans.len() as f64 * (BAR + GAP) + 30.0;
     let mut out = String::new();
-    let _ = writeln!(out, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#);
-    let _ = writeln!(out, r#"<text x="{LEFT}" y="20" font-size="14">Predicted latency of the top plans (ms): compute per tier, transfer per hop (grey)</text>"#);
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="20" font-size="14">Predicted latency of the top plans (ms): compute per tier, transfer per hop (grey)</text>"#
+    );
     let legend = problem.tiers.iter().enumerate().map(|(t, name)| (TIER_COLOURS[t % 6], name.as_str())).chain([(HOP_COLOUR, "transfer")]);
     for (i, (colour, name)) in legend.enumerate() {
         let x = LEFT + i as f64 * 110.0;
-        let _ = writeln!(out, r#"<rect x="{x}" y="30" width="12" height="12" fill="{colour}"/><text x="{}" y="41">{}</text>"#, x + 16.0, escape(name));
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x}" y="30" width="12" height="12" fill="{colour}"/><text x="{}" y="41">{}</text>"#,
+            x + 16.0,
+            escape(name)
+        );
     }
     for (rank, plan) in plans.iter().enumerate() {
         let y = 55.0 + rank as f64 * (BAR + GAP);
@@ -38,7 +49,11 @@ pub fn svg(planning: &Planning, plans: &[Plan]) -> String {
         let mut x = LEFT;
         let mut piece = |ns: u64, colour: &str, title: String, label: &str, out: &mut String| {
             let w = ns as f64 * scale;
-            let _ = writeln!(out, r#"<rect x="{x:.2}" y="{y}" width="{w:.2}" height="{BAR}" fill="{colour}" stroke="white"><title>{}</title></rect>"#, escape(&title));
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x:.2}" y="{y}" width="{w:.2}" height="{BAR}" fill="{colour}" stroke="white"><title>{}</title></rect>"#,
+                escape(&title)
+            );
             if w > 7.0 * label.len() as f64 + 8.0 {
                 let _ = writeln!(out, r#"<text x="{:.2}" y="{}" fill="white">{}</text>"#, x + 4.0, y + BAR * 0.65, escape(label));
             }
@@ -47,10 +62,23 @@ pub fn svg(planning: &Planning, plans: &[Plan]) -> String {
         for (i, s) in plan.segments.iter().enumerate() {
             if i > 0 {
                 let h = &plan.cost.hops[i - 1];
-                let title = format!("{} -> {}: {} B, {:.3} ms", problem.machines[h.from].name, problem.machines[h.to].name, h.bytes, h.ns as f64 * 1e-6);
+                let title = format!(
+                    "{} -> {}: {} B, {:.3} ms",
+                    problem.machines[h.from].name,
+                    problem.machines[h.to].name,
+                    h.bytes,
+                    h.ns as f64 * 1e-6
+                );
                 piece(h.ns, HOP_COLOUR, title, "", &mut out);
             }
-            let title = format!("{} on {}: blocks {}..{}, {:.3} ms", problem.tiers[s.tier], problem.machines[s.machine].name, s.start, s.end, plan.cost.compute_ns[i] as f64 * 1e-6);
+            let title = format!(
+                "{} on {}: blocks {}..{}, {:.3} ms",
+                problem.tiers[s.tier],
+                problem.machines[s.machine].name,
+                s.start,
+                s.end,
+                plan.cost.compute_ns[i] as f64 * 1e-6
+            );
             piece(plan.cost.compute_ns[i], TIER_COLOURS[s.tier % 6], title, &problem.machines[s.machine].name, &mut out);
         }
         if let Some(h) = &plan.cost.result_hop {

@@ -106,7 +106,13 @@ fn plan(profiles: &[Profile], links: &[String], count: usize) -> Result<(Problem
     let mut problem = problem_from_profiles(profiles, &Topology::default(), None, CostOptions::default())?;
     for text in links {
         let spec = apply_link_spec(&mut problem, text, true).map_err(anyhow::Error::msg)?;
-        println!("link {} <-> {}: {:.1} Mbit/s, {:.1} ms", spec.from, spec.to, spec.link.bits_per_sec as f64 * 1e-6, spec.link.latency_ns as f64 * 1e-6);
+        println!(
+            "link {} <-> {}: {:.1} Mbit/s, {:.1} ms",
+            spec.from,
+            spec.to,
+            spec.link.bits_per_sec as f64 * 1e-6,
+            spec.link.latency_ns as f64 * 1e-6
+        );
     }
     let plans = solver::solve(&problem, &Constraints::default(), Objective::Latency, count)?;
     print!("{}", crate::report::table(&problem, &crate::report::block_labels(&profiles[0]), &plans));
@@ -126,11 +132,14 @@ fn check_plans(model: &Model, profile: &Profile, plans: &[Plan]) -> Result<()> {
         if diff > 1e-5 {
             bail!("plan #{} changed the output by {diff:e}", rank + 1);
         }
-        println!("plan #{}: split at nodes {:?} runs slice by slice; max |difference| from the unsplit model = {diff:e}", rank + 1, &cuts[1..cuts.len() - 1]);
+        println!(
+            "plan #{}: split at nodes {:?} runs slice by slice; max |difference| from the unsplit model = {diff:e}",
+            rank + 1,
+            &cuts[1..cuts.len() - 1]
+        );
     }
     Ok(())
 }
-
 
 /// A child process serving one tier, killed when dropped.
 struct Tier {
@@ -157,13 +166,21 @@ fn start_tier(model: &std::path::Path, cluster: &std::path::Path, tier: &str, up
     let stdout = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
     std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line.rsplit(' ').next().unwrap_or("").trim().parse().with_context(|| format!("the {tier} process did not start: {line:?}"))?;
+    let addr =
+        line.rsplit(' ').next().unwrap_or("").trim().parse().with_context(|| format!("the {tier} process did not start: {line:?}"))?;
     println!("{tier} process {} listening on {addr}", child.id());
     Ok(Tier { child, addr })
 }
 
 /// Runs `requests` through real edge and cloud processes, this process acting as the device.
-fn distributed(model: Model, model_path: &std::path::Path, device: &Profile, problem: &Problem, plans: &[Plan], requests: u32) -> Result<()> {
+fn distributed(
+    model: Model,
+    model_path: &std::path::Path,
+    device: &Profile,
+    problem: &Problem,
+    plans: &[Plan],
+    requests: u32,
+) -> Result<()> {
     use scission_shared::net::{emulator::Shaper, pki, quic};
     use scission_shared::runtime::client::{DeviceClient, plan_route};
     use scission_shared::runtime::node::Node;

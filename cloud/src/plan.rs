@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 use scission_shared::cli::read_profile;
 use scission_shared::compat::scission::{self as legacy, Criterion, LegacyLimits, LegacyPlanning};
 use scission_shared::profile::Profile;
-use scission_shared::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
 use scission_shared::runtime::commands::EncodingArg;
+use scission_shared::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
 use scission_shared::solver::{self, ComputeCap, Constraints, CostOptions, Objective, Problem};
 
 use crate::report;
@@ -115,7 +115,6 @@ enum ObjectiveArg {
     DeviceUpload,
 }
 
-
 /// What a planning run works on, with names for printing.
 pub struct Planning {
     pub problem: Problem,
@@ -168,8 +167,16 @@ fn megabytes(mb: f64, what: &str) -> Result<u64> {
 fn compute_cap(text: &str, flag: &str) -> Result<ComputeCap> {
     let bad = || anyhow::anyhow!("{flag} '{text}': expected seconds (e.g. 0.5) or a percentage (e.g. 30%)");
     match text.trim().strip_suffix('%') {
-        Some(pct) => pct.trim().parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p)).map(|p| ComputeCap::Fraction(p / 100.0)).ok_or_else(bad),
-        None => text.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(|s| ComputeCap::Nanos((s * 1e9).round() as u64)).ok_or_else(bad),
+        Some(pct) => {
+            pct.trim().parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p)).map(|p| ComputeCap::Fraction(p / 100.0)).ok_or_else(bad)
+        }
+        None => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| ComputeCap::Nanos((s * 1e9).round() as u64))
+            .ok_or_else(bad),
     }
 }
 
@@ -237,7 +244,11 @@ fn profile_planning(args: &PlanArgs) -> Result<Planning> {
     let placement = args
         .placement
         .iter()
-        .map(|p| p.split_once('=').map(|(m, t)| (m.trim().to_string(), t.trim().to_string())).with_context(|| format!("--place '{p}': expected MACHINE=TIER")))
+        .map(|p| {
+            p.split_once('=')
+                .map(|(m, t)| (m.trim().to_string(), t.trim().to_string()))
+                .with_context(|| format!("--place '{p}': expected MACHINE=TIER"))
+        })
         .collect::<Result<_>>()?;
     let topology = Topology { tiers: args.tiers.clone(), placement };
     let mut problem = problem_from_profiles(&profiles, &topology, input_bytes, options)?;
@@ -272,7 +283,6 @@ fn add_common_constraints(args: &PlanArgs, problem: &Problem, c: &mut Constraint
     }
     Ok(())
 }
-
 
 fn apply_links(problem: &mut Problem, specs: &[String]) -> Result<()> {
     for text in specs {

@@ -54,14 +54,28 @@ pub fn table(problem: &Problem, labels: &[String], plans: &[Plan]) -> String {
         for (i, s) in plan.segments.iter().enumerate() {
             if i > 0 {
                 let h = &c.hops[i - 1];
-                let _ = writeln!(out, "       {:>9.3} ms  hop {} -> {}: {} B", ms(h.ns), problem.machines[h.from].name, problem.machines[h.to].name, h.bytes);
+                let _ = writeln!(
+                    out,
+                    "       {:>9.3} ms  hop {} -> {}: {} B",
+                    ms(h.ns),
+                    problem.machines[h.from].name,
+                    problem.machines[h.to].name,
+                    h.bytes
+                );
             }
             let tier = &problem.tiers[s.tier];
             let machine = &problem.machines[s.machine].name;
             let _ = writeln!(out, "       {:>9.3} ms  {tier} {machine}: {}", ms(c.compute_ns[i]), block_range(labels, s.start, s.end));
         }
         if let Some(h) = &c.result_hop {
-            let _ = writeln!(out, "       {:>9.3} ms  result {} -> {}: {} B", ms(h.ns), problem.machines[h.from].name, problem.machines[h.to].name, h.bytes);
+            let _ = writeln!(
+                out,
+                "       {:>9.3} ms  result {} -> {}: {} B",
+                ms(h.ns),
+                problem.machines[h.from].name,
+                problem.machines[h.to].name,
+                h.bytes
+            );
         }
     }
     out
@@ -69,9 +83,7 @@ pub fn table(problem: &Problem, labels: &[String], plans: &[Plan]) -> String {
 
 /// The ranked plans as JSON.
 pub fn json(problem: &Problem, labels: &[String], plans: &[Plan]) -> Value {
-    let hop = |h: &scission_shared::solver::plan::Hop| {
-        json!({"from": problem.machines[h.from].name, "to": problem.machines[h.to].name, "bytes": h.bytes, "ms": ms(h.ns)})
-    };
+    let hop = |h: &scission_shared::solver::plan::Hop| json!({"from": problem.machines[h.from].name, "to": problem.machines[h.to].name, "bytes": h.bytes, "ms": ms(h.ns)});
     let plans: Vec<Value> = plans
         .iter()
         .enumerate()

@@ -67,8 +67,11 @@ fn find(name: &str) -> Result<&'static ZooModel> {
 }
 
 fn report(names: &[String], runs: u32) -> Result<()> {
-    let models: Vec<&ZooModel> = if names.is_empty() { MODELS.iter().collect() } else { names.iter().map(|n| find(n)).collect::<Result<_>>()? };
-    println!("| model | parameters | ONNX MB | generate s | nodes | blocks (cuts crossed by 1 tensor) | blocks (cuts crossed by <= 2) | original Scission blocks | median ms, 1 thread |");
+    let models: Vec<&ZooModel> =
+        if names.is_empty() { MODELS.iter().collect() } else { names.iter().map(|n| find(n)).collect::<Result<_>>()? };
+    println!(
+        "| model | parameters | ONNX MB | generate s | nodes | blocks (cuts crossed by 1 tensor) | blocks (cuts crossed by <= 2) | original Scission blocks | median ms, 1 thread |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for m in models {
         let started = Instant::now();

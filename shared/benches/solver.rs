@@ -16,7 +16,11 @@ fn instance(blocks: usize) -> Problem {
     };
     let speed = [40, 30, 25, 8, 6, 5, 2, 1, 1];
     let machines: Vec<Machine> = (0..9)
-        .map(|i| Machine { name: format!("m{i}"), tier: i / 3, block_ns: (0..blocks).map(|_| (50_000 + next(2_000_000)) * speed[i] / 10).collect() })
+        .map(|i| Machine {
+            name: format!("m{i}"),
+            tier: i / 3,
+            block_ns: (0..blocks).map(|_| (50_000 + next(2_000_000)) * speed[i] / 10).collect(),
+        })
         .collect();
     let mut links = Vec::new();
     for a in 0..9 {

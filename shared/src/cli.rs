@@ -135,7 +135,14 @@ pub fn read_profile(path: &Path) -> Result<Profile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let profile: Profile = serde_json::from_str(&text).with_context(|| format!("{} is not a scission profile", path.display()))?;
     if profile.format != crate::profile::PROFILE_FORMAT || profile.version != crate::profile::PROFILE_VERSION {
-        bail!("{}: profile format {} v{} is not supported (expected {} v{})", path.display(), profile.format, profile.version, crate::profile::PROFILE_FORMAT, crate::profile::PROFILE_VERSION);
+        bail!(
+            "{}: profile format {} v{} is not supported (expected {} v{})",
+            path.display(),
+            profile.format,
+            profile.version,
+            crate::profile::PROFILE_FORMAT,
+            crate::profile::PROFILE_VERSION
+        );
     }
     Ok(profile)
 }

@@ -64,9 +64,7 @@ impl CutAnalysis {
     /// the end. Ascending, no duplicates.
     pub fn cut_points(&self, max_crossing: usize) -> Vec<usize> {
         let last = self.positions() - 1;
-        (0..=last)
-            .filter(|&k| k == 0 || k == last || (1..=max_crossing).contains(&self.crossing[k].len()))
-            .collect()
+        (0..=last).filter(|&k| k == 0 || k == last || (1..=max_crossing).contains(&self.crossing[k].len())).collect()
     }
 
     /// The rule of the original Scission: an inner position is a cut when exactly one tensor
@@ -107,18 +105,9 @@ impl SliceIo {
     /// Computes the interface of the node range `block`.
     pub fn new(graph: &GraphSummary, cuts: &CutAnalysis, block: Block) -> Self {
         let inside = |p: usize| (block.start..block.end).contains(&p);
-        let inputs = cuts
-            .crossing(block.start)
-            .iter()
-            .copied()
-            .filter(|&t| graph.tensors[t].consumers.iter().any(|&c| inside(c)))
-            .collect();
-        let outputs = cuts
-            .crossing(block.end)
-            .iter()
-            .copied()
-            .filter(|&t| graph.tensors[t].producer.is_some_and(inside))
-            .collect();
+        let inputs =
+            cuts.crossing(block.start).iter().copied().filter(|&t| graph.tensors[t].consumers.iter().any(|&c| inside(c))).collect();
+        let outputs = cuts.crossing(block.end).iter().copied().filter(|&t| graph.tensors[t].producer.is_some_and(inside)).collect();
         Self { inputs, outputs }
     }
 }

@@ -34,10 +34,10 @@ pub mod engine;
 pub mod host;
 #[cfg(feature = "net")]
 pub mod net;
-#[cfg(feature = "net")]
-pub mod runtime;
 #[cfg(feature = "std")]
 pub mod onnx;
+#[cfg(feature = "net")]
+pub mod runtime;
 #[cfg(feature = "std")]
 pub mod zoo;
 

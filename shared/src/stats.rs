@@ -29,11 +29,7 @@ impl Summary {
         sorted.sort_unstable();
         let n = sorted.len();
         let (&min_ns, &max_ns) = (sorted.first()?, sorted.last()?);
-        let median_ns = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            ((u128::from(sorted[n / 2 - 1]) + u128::from(sorted[n / 2])) / 2) as u64
-        };
+        let median_ns = if n % 2 == 1 { sorted[n / 2] } else { ((u128::from(sorted[n / 2 - 1]) + u128::from(sorted[n / 2])) / 2) as u64 };
         let (p10_ns, p90_ns) = (nearest_rank(&sorted, 10), nearest_rank(&sorted, 90));
         let spread = if median_ns == 0 { 0.0 } else { (p90_ns - p10_ns) as f64 / median_ns as f64 };
         Some(Self { runs: n as u32, median_ns, p10_ns, p90_ns, min_ns, max_ns, spread })

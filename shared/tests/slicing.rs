@@ -20,7 +20,8 @@ fn relative_diff(got: &TVec<TValue>, want: &TVec<TValue>) -> f32 {
         .zip(want)
         .map(|(g, w)| {
             assert_eq!(g.shape(), w.shape());
-            let (g, w) = (g.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), w.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap());
+            let (g, w) =
+                (g.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), w.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap());
             let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
             g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
         })
@@ -107,7 +108,8 @@ fn symbolic_batch_needs_and_accepts_an_input_shape() {
     let graph = proto.graph.as_mut().unwrap();
     let dim = &mut graph.input[0].r#type.as_mut().unwrap().value;
     if let Some(scission_shared::tract::pb::type_proto::Value::TensorType(t)) = dim {
-        t.shape.as_mut().unwrap().dim[0].value = Some(scission_shared::tract::pb::tensor_shape_proto::dimension::Value::DimParam("N".into()));
+        t.shape.as_mut().unwrap().dim[0].value =
+            Some(scission_shared::tract::pb::tensor_shape_proto::dimension::Value::DimParam("N".into()));
     }
     for out in &mut graph.output {
         out.r#type = None;

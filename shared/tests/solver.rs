@@ -2,9 +2,7 @@
 //! same order, on random instances with random constraints.
 
 use proptest::prelude::*;
-use scission_shared::solver::{
-    self, ComputeCap, Constraints, CostOptions, Encoding, Link, Machine, Objective, Problem, SolveError, brute,
-};
+use scission_shared::solver::{self, ComputeCap, Constraints, CostOptions, Encoding, Link, Machine, Objective, Problem, SolveError, brute};
 
 /// Random instance: up to 4 tiers, up to 3 machines per tier, up to 7 blocks. Small value
 /// ranges on purpose, so that ties happen and the tie-break is exercised.
@@ -85,12 +83,8 @@ fn constraints(p: &Problem) -> impl Strategy<Value = Constraints> + use<> {
 
 fn instance() -> impl Strategy<Value = (Problem, Constraints, Objective, usize)> {
     problem().prop_flat_map(|p| {
-        let objective = prop_oneof![
-            Just(Objective::Latency),
-            Just(Objective::Throughput),
-            Just(Objective::DeviceTime),
-            Just(Objective::DeviceUpload)
-        ];
+        let objective =
+            prop_oneof![Just(Objective::Latency), Just(Objective::Throughput), Just(Objective::DeviceTime), Just(Objective::DeviceUpload)];
         (constraints(&p), Just(p), objective, 1usize..=10).prop_map(|(c, p, o, k)| (p, c, o, k))
     })
 }

@@ -8,7 +8,19 @@ use scission_shared::onnx::testmodels::TestModel;
 use scission_shared::profile::{PROFILE_FORMAT, PROFILE_VERSION, Profile, TierKind};
 
 fn bench(bin: &str, model: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Profile {
-    let mut args = vec!["bench", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--min-runs", "3", "--max-runs", "3", "--max-time-ms", "5", "--quiet"];
+    let mut args = vec![
+        "bench",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--min-runs",
+        "3",
+        "--max-runs",
+        "3",
+        "--max-time-ms",
+        "5",
+        "--quiet",
+    ];
     args.extend_from_slice(extra);
     let result = run(bin, &args);
     assert!(result.status.success(), "{bin} bench failed: {}", stderr(&result));
@@ -62,7 +74,8 @@ fn bad_bench_arguments_are_rejected() {
     let out = dir.path().join("p.json");
     let r = run("scission-device", &["bench", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--input-shape", "1,three"]);
     assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
-    let r = run("scission-device", &["bench", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--min-runs", "9", "--max-runs", "3"]);
+    let r =
+        run("scission-device", &["bench", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--min-runs", "9", "--max-runs", "3"]);
     assert_eq!(r.status.code(), Some(1));
     assert!(stderr(&r).contains("--min-runs"), "{}", stderr(&r));
     assert!(!out.exists());

@@ -23,7 +23,22 @@ fn bench_all(dir: &Path, kind: TestModel) -> Vec<PathBuf> {
         .iter()
         .map(|bin| {
             let out = dir.join(format!("{bin}-{}.json", kind.name()));
-            let r = run(bin, &["bench", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--name", bin, "--min-runs", "3", "--max-runs", "3", "--quiet"]);
+            let r = run(
+                bin,
+                &[
+                    "bench",
+                    model.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--name",
+                    bin,
+                    "--min-runs",
+                    "3",
+                    "--max-runs",
+                    "3",
+                    "--quiet",
+                ],
+            );
             assert!(r.status.success(), "{}", stderr(&r));
             out
         })
@@ -82,7 +97,12 @@ fn plans_from_profiles_follow_the_cost_model() {
         previous = latency;
         let expected = recompute(&profiles, p);
         assert!((latency - expected).abs() < 1e-6, "plan {} predicted {latency} s, recomputed {expected} s", p["rank"]);
-        let covered: Vec<(u64, u64)> = p["segments"].as_array().unwrap().iter().map(|s| (s["blocks"][0].as_u64().unwrap(), s["blocks"][1].as_u64().unwrap())).collect();
+        let covered: Vec<(u64, u64)> = p["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["blocks"][0].as_u64().unwrap(), s["blocks"][1].as_u64().unwrap()))
+            .collect();
         assert_eq!(covered[0].0, 0);
         assert_eq!(covered.last().unwrap().1 as usize, profiles[0].blocks.len());
     }
@@ -136,14 +156,31 @@ fn four_tier_chains_and_placement() {
     let files = bench_all(dir.path(), TestModel::Chain);
     let model = dir.path().join("chain-cnn.onnx");
     let edge2 = dir.path().join("edge2.json");
-    let r = run("scission-edge", &["bench", model.to_str().unwrap(), "--out", edge2.to_str().unwrap(), "--name", "edge2", "--min-runs", "3", "--max-runs", "3", "--quiet"]);
+    let r = run(
+        "scission-edge",
+        &[
+            "bench",
+            model.to_str().unwrap(),
+            "--out",
+            edge2.to_str().unwrap(),
+            "--name",
+            "edge2",
+            "--min-runs",
+            "3",
+            "--max-runs",
+            "3",
+            "--quiet",
+        ],
+    );
     assert!(r.status.success(), "{}", stderr(&r));
     let mut args: Vec<String> = vec!["plan".into()];
     args.extend(files.iter().chain([&edge2]).map(|p| p.to_string_lossy().into_owned()));
     for spec in ["--tiers", "device,edge1,edge2,cloud", "--place", "scission-edge=edge1", "--place", "edge2=edge2", "--json", "-n", "50"] {
         args.push(spec.into());
     }
-    for (a, b) in [("device", "edge1"), ("device", "edge2"), ("device", "cloud"), ("edge1", "edge2"), ("edge1", "cloud"), ("edge2", "cloud")] {
+    for (a, b) in
+        [("device", "edge1"), ("device", "edge2"), ("device", "cloud"), ("edge1", "edge2"), ("edge1", "cloud"), ("edge2", "cloud")]
+    {
         args.extend(["--link".into(), format!("{a}-{b}=10gbit,1us"), "--link".into(), format!("{b}-{a}=10gbit,1us")]);
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -155,7 +192,8 @@ fn four_tier_chains_and_placement() {
     let order = ["device", "edge1", "edge2", "cloud"];
     let mut used_both_edges = false;
     for p in plans {
-        let tiers: Vec<usize> = p["segments"].as_array().unwrap().iter().map(|s| order.iter().position(|t| *t == s["tier"]).unwrap()).collect();
+        let tiers: Vec<usize> =
+            p["segments"].as_array().unwrap().iter().map(|s| order.iter().position(|t| *t == s["tier"]).unwrap()).collect();
         assert!(tiers.windows(2).all(|w| w[0] < w[1]), "{tiers:?}");
         used_both_edges |= tiers.contains(&1) && tiers.contains(&2);
     }

@@ -75,7 +75,20 @@ impl Cluster {
 
     fn device(&self, cluster: &str, edge: SocketAddr, cloud: SocketAddr, split: &str, extra: &[&str]) -> std::process::Output {
         let (edge, cloud) = (edge.to_string(), cloud.to_string());
-        let mut args = vec!["run", self.model.to_str().unwrap(), "--cluster", cluster, "--edge", &edge, "--cloud", &cloud, "--split", split, "--requests", "4"];
+        let mut args = vec![
+            "run",
+            self.model.to_str().unwrap(),
+            "--cluster",
+            cluster,
+            "--edge",
+            &edge,
+            "--cloud",
+            &cloud,
+            "--split",
+            split,
+            "--requests",
+            "4",
+        ];
         args.extend_from_slice(extra);
         run("scission-device", &args)
     }
@@ -200,7 +213,22 @@ fn profiles(dir: &Path, model: &Path, slowdown: u64) -> String {
     let mut files = Vec::new();
     for (bin_name, name) in [("scission-device", "device"), ("scission-edge", "edge"), ("scission-cloud", "cloud")] {
         let out = dir.join(format!("{name}.json"));
-        let r = run(bin_name, &["bench", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--name", name, "--min-runs", "3", "--max-runs", "3", "--quiet"]);
+        let r = run(
+            bin_name,
+            &[
+                "bench",
+                model.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--name",
+                name,
+                "--min-runs",
+                "3",
+                "--max-runs",
+                "3",
+                "--quiet",
+            ],
+        );
         assert!(r.status.success(), "{}", stderr(&r));
         if name == "device" {
             let mut p: scission_shared::profile::Profile = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
@@ -221,9 +249,28 @@ fn killing_the_edge_mid_stream_fails_over_without_losing_a_request() {
     let profiles = profiles(c.dir.path(), &c.model, 50);
     let (edge_addr, cloud_addr, cluster) = (edge.addr.to_string(), cloud.addr.to_string(), c.cluster());
     let args = [
-        "run", c.model.to_str().unwrap(), "--cluster", &cluster, "--edge", &edge_addr, "--cloud", &cloud_addr, "--profiles", &profiles,
-        "--link", "device-edge=1gbit,1ms", "--link", "edge-cloud=100mbit,20ms", "--link", "device-cloud=10mbit,30ms",
-        "--requests", "20", "--interval-ms", "50", "--timeout-ms", "2000",
+        "run",
+        c.model.to_str().unwrap(),
+        "--cluster",
+        &cluster,
+        "--edge",
+        &edge_addr,
+        "--cloud",
+        &cloud_addr,
+        "--profiles",
+        &profiles,
+        "--link",
+        "device-edge=1gbit,1ms",
+        "--link",
+        "edge-cloud=100mbit,20ms",
+        "--link",
+        "device-cloud=10mbit,30ms",
+        "--requests",
+        "20",
+        "--interval-ms",
+        "50",
+        "--timeout-ms",
+        "2000",
     ];
     let mut device = Command::new(bin("scission-device")).args(args).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = BufReader::new(device.stdout.take().unwrap());
@@ -260,9 +307,29 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
     let out = run(
         "scission-device",
         &[
-            "run", c.model.to_str().unwrap(), "--cluster", &cluster, "--edge", &edge_addr, "--cloud", &cloud_addr, "--profiles", &profiles,
-            "--link", "device-edge=100mbit,2ms", "--link", "edge-cloud=1gbit,5ms", "--link", "device-cloud=50mbit,10ms",
-            "--requests", "16", "--emulate", "--emulate-change", "6:1=2mbit,5ms", "--replan-every", "4",
+            "run",
+            c.model.to_str().unwrap(),
+            "--cluster",
+            &cluster,
+            "--edge",
+            &edge_addr,
+            "--cloud",
+            &cloud_addr,
+            "--profiles",
+            &profiles,
+            "--link",
+            "device-edge=100mbit,2ms",
+            "--link",
+            "edge-cloud=1gbit,5ms",
+            "--link",
+            "device-cloud=50mbit,10ms",
+            "--requests",
+            "16",
+            "--emulate",
+            "--emulate-change",
+            "6:1=2mbit,5ms",
+            "--replan-every",
+            "4",
         ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -272,7 +339,11 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
     let changed = lines.iter().position(|l| l.starts_with("emulated link to tier 1 now 2.0 Mbit/s")).expect("the link changes");
     let switch = lines.iter().position(|l| l.starts_with("plan switch:")).unwrap_or_else(|| panic!("no plan switch:\n{text}"));
     assert!(switch > changed, "the switch follows the change:\n{text}");
-    assert!(lines[switch].contains("tier 1: 2.") || lines[switch].contains("tier 1: 1."), "the measured uplink is near 2 Mbit/s: {}", lines[switch]);
+    assert!(
+        lines[switch].contains("tier 1: 2.") || lines[switch].contains("tier 1: 1."),
+        "the measured uplink is near 2 Mbit/s: {}",
+        lines[switch]
+    );
     assert!(text.contains("requests: 16 ok, 0 failed"), "{text}");
     let last = lines.iter().rev().find(|l| l.starts_with("request 15:")).unwrap();
     assert!(!last.contains("tier 1 "), "after the switch the edge is no longer used: {last}");
@@ -284,12 +355,25 @@ fn the_cloud_plans_and_serves_the_model_to_tiers_without_it() {
     let profiles = profiles(c.dir.path(), &c.model, 50);
     let files: Vec<&str> = profiles.split(',').collect();
     let cluster = c.cluster();
-    let cloud = start("scission-cloud", &["serve", c.model.to_str().unwrap(), "--cluster", &cluster, "--profile", files[2], "--threads", "1"]);
+    let cloud =
+        start("scission-cloud", &["serve", c.model.to_str().unwrap(), "--cluster", &cluster, "--profile", files[2], "--threads", "1"]);
     let edge_model = c.dir.path().join("edge-copy.onnx");
     let cloud_addr = cloud.addr.to_string();
     let edge = start(
         "scission-edge",
-        &["serve", edge_model.to_str().unwrap(), "--fetch-model", "--cluster", &cluster, "--cloud", &cloud_addr, "--profile", files[1], "--threads", "1"],
+        &[
+            "serve",
+            edge_model.to_str().unwrap(),
+            "--fetch-model",
+            "--cluster",
+            &cluster,
+            "--cloud",
+            &cloud_addr,
+            "--profile",
+            files[1],
+            "--threads",
+            "1",
+        ],
     );
     assert_eq!(std::fs::read(&edge_model).unwrap(), std::fs::read(&c.model).unwrap(), "the edge fetched the exact model");
     let device_model = c.dir.path().join("device-copy.onnx");
@@ -298,8 +382,19 @@ fn the_cloud_plans_and_serves_the_model_to_tiers_without_it() {
     let out = run(
         "scission-device",
         &[
-            "run", device_model.to_str().unwrap(), "--fetch-model", "--cluster", &cluster, "--edge", &edge_addr, "--cloud", &cloud_addr,
-            "--profile", files[0], "--requests", "6",
+            "run",
+            device_model.to_str().unwrap(),
+            "--fetch-model",
+            "--cluster",
+            &cluster,
+            "--edge",
+            &edge_addr,
+            "--cloud",
+            &cloud_addr,
+            "--profile",
+            files[0],
+            "--requests",
+            "6",
         ],
     );
     let text = String::from_utf8_lossy(&out.stdout);

@@ -235,10 +235,10 @@ impl Machine<'_> {
         self.op_at = self.pos;
         let op = self.u8()?;
         match op {
-            0x80 => drop(self.u8()?),                         // PROTO
-            0x95 => drop(self.take(8)?),                      // FRAME
-            b'.' => return Ok(true),                          // STOP
-            b'(' => self.stack.push(Slot::Mark),              // MARK
+            0x80 => drop(self.u8()?),            // PROTO
+            0x95 => drop(self.take(8)?),         // FRAME
+            b'.' => return Ok(true),             // STOP
+            b'(' => self.stack.push(Slot::Mark), // MARK
             b'}' => drop(self.push_new(Value::Dict(Vec::new()))?),
             b']' => drop(self.push_new(Value::List(Vec::new()))?),
             b')' => self.tuple(Vec::new())?,

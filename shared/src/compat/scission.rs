@@ -166,9 +166,7 @@ pub fn read_benchmark(file: &str, data: &[u8]) -> Result<LegacyMachine, CompatEr
 fn legacy_block(p: &pickle::Pickle, record: usize) -> Result<LegacyBlock, String> {
     let Value::Instance { state: Some(state), .. } = &p.values[record] else { return Err("a block is not a LayerBenchmark".into()) };
     let Value::Dict(fields) = &p.values[*state] else { return Err("a block has no attributes".into()) };
-    let field = |name: &str| {
-        fields.iter().find(|(k, _)| matches!(&p.values[*k], Value::Str(s) if s == name)).map(|&(_, v)| &p.values[v])
-    };
+    let field = |name: &str| fields.iter().find(|(k, _)| matches!(&p.values[*k], Value::Str(s) if s == name)).map(|&(_, v)| &p.values[v]);
     let int = |name: &str| match field(name) {
         Some(Value::Int(i)) if *i >= 0 => Ok(*i as u64),
         _ => Err(format!("field '{name}' is missing or not a non-negative integer")),
@@ -229,7 +227,11 @@ pub fn parse_criteria(tier: &'static str, text: &str) -> Result<Vec<Criterion>, 
                 (Ok(-1), false) => Criterion::Unused,
                 (Ok(-1), true) => Criterion::Used,
                 (Ok(n), _) if n < 0 || n > i64::from(u32::MAX) => {
-                    return Err(CompatError::Criterion { tier, criterion: item.to_string(), message: "layer numbers are 0 or more (or -1)".into() });
+                    return Err(CompatError::Criterion {
+                        tier,
+                        criterion: item.to_string(),
+                        message: "layer numbers are 0 or more (or -1)".into(),
+                    });
                 }
                 (Ok(n), false) => Criterion::Layer(n as u32),
                 (Ok(n), true) => Criterion::NotLayer(n as u32),
@@ -298,7 +300,11 @@ fn legacy_blocks<'a>(machines: &[&'a LegacyMachine], model: &str) -> Result<&'a 
     for m in machines {
         if !m.models.contains_key(model) {
             let known: Vec<&str> = m.models.keys().map(String::as_str).collect();
-            return Err(CompatError::Mismatch(format!("machine '{}' has no benchmark of '{model}' (it has: {})", m.name, known.join(", "))));
+            return Err(CompatError::Mismatch(format!(
+                "machine '{}' has no benchmark of '{model}' (it has: {})",
+                m.name,
+                known.join(", ")
+            )));
         }
     }
     let blocks = &first.models[model];
@@ -326,7 +332,12 @@ fn links(machines: &[Machine], network: &[NetworkRow]) -> Vec<(usize, usize, Lin
 
 /// Turns criteria and limits into constraints; `layers` gives each block's layer range (use
 /// `(b, b)` to address blocks directly).
-pub fn build_constraints(problem: &Problem, layers: &[(u32, u32)], criteria: &[Vec<Criterion>; 3], limits: &LegacyLimits) -> Result<Constraints, CompatError> {
+pub fn build_constraints(
+    problem: &Problem,
+    layers: &[(u32, u32)],
+    criteria: &[Vec<Criterion>; 3],
+    limits: &LegacyLimits,
+) -> Result<Constraints, CompatError> {
     let mut c = Constraints::default();
     for (role, list) in criteria.iter().enumerate() {
         let role_name = TIERS[role].1;
@@ -345,7 +356,10 @@ pub fn build_constraints(problem: &Problem, layers: &[(u32, u32)], criteria: &[V
                 layers.iter().position(|&(a, b)| a <= layer && layer <= b).ok_or_else(|| bad(format!("the model has no layer {layer}")))
             };
             let machine = |name: &str| {
-                problem.machine_index(name).filter(|&m| problem.machines[m].tier == tier).ok_or_else(|| bad(format!("no {tier_name} machine is called '{name}'")))
+                problem
+                    .machine_index(name)
+                    .filter(|&m| problem.machines[m].tier == tier)
+                    .ok_or_else(|| bad(format!("no {tier_name} machine is called '{name}'")))
             };
             match criterion {
                 Criterion::Layer(l) => c.pin.push((block_of(*l)?, tier)),
@@ -398,10 +412,5 @@ pub fn format_line(rank: usize, planning: &LegacyPlanning, plan: &Plan) -> Strin
             format!("{tier}({name}) = {} - {}", planning.layers[s.start].0, planning.layers[s.end - 1].1)
         })
         .collect();
-    format!(
-        "[{rank}] {:.4}s - {:.4}MB - {}",
-        plan.cost.latency_ns as f64 * 1e-9,
-        plan.cost.total_bytes as f64 * 1e-6,
-        parts.join(", ")
-    )
+    format!("[{rank}] {:.4}s - {:.4}MB - {}", plan.cost.latency_ns as f64 * 1e-9, plan.cost.total_bytes as f64 * 1e-6, parts.join(", "))
 }

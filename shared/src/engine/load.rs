@@ -46,26 +46,20 @@ impl Model {
     pub fn load_path(path: &Path, options: &LoadOptions) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let inference = tract_onnx::onnx()
-            .model_for_path(path)
-            .with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
+        let inference = tract_onnx::onnx().model_for_path(path).with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
         Self::from_inference(name, sha256_hex(&bytes), inference, options)
     }
 
     /// Loads ONNX bytes held in memory (models without external data).
     pub fn load_bytes(name: &str, bytes: &[u8], options: &LoadOptions) -> Result<Self> {
-        let inference = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .with_context(|| format!("{name} is not a valid ONNX model"))?;
+        let inference = tract_onnx::onnx().model_for_read(&mut &bytes[..]).with_context(|| format!("{name} is not a valid ONNX model"))?;
         Self::from_inference(name.to_string(), sha256_hex(bytes), inference, options)
     }
 
     fn from_inference(name: String, sha256: String, mut inference: InferenceModel, options: &LoadOptions) -> Result<Self> {
         pin_input_shapes(&mut inference, &options.input_shapes)?;
-        let typed = inference
-            .into_typed()
-            .and_then(|m| m.into_decluttered())
-            .with_context(|| format!("{name}: tract cannot run this model"))?;
+        let typed =
+            inference.into_typed().and_then(|m| m.into_decluttered()).with_context(|| format!("{name}: tract cannot run this model"))?;
         check_concrete_inputs(&typed, &name)?;
         let Summarised { summary, outlets, node_ids } = summarise(&typed).with_context(|| format!("{name}: cannot analyse the graph"))?;
         summary.validate().with_context(|| format!("{name}: inconsistent graph"))?;

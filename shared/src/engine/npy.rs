@@ -69,7 +69,12 @@ fn field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 fn parse_shape(text: &str) -> Result<Vec<usize>> {
     let inner = text.trim().strip_prefix('(').and_then(|t| t.strip_suffix(')')).context("shape is not a tuple")?;
-    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|d| d.parse::<usize>().with_context(|| format!("bad dimension '{d}'"))).collect()
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|d| d.parse::<usize>().with_context(|| format!("bad dimension '{d}'")))
+        .collect()
 }
 
 #[cfg(test)]

@@ -85,9 +85,7 @@ pub fn max_abs_diff(a: &TValue, b: &TValue) -> Result<f32> {
 
 /// Picks `ids` out of `live`, in order.
 pub fn collect(live: &Activations, ids: &[TensorId], what: &str, model: &Model) -> Result<TVec<TValue>> {
-    ids.iter()
-        .map(|t| live.get(t).cloned().with_context(|| format!("{what} '{}' is missing", model.summary.tensors[*t].name)))
-        .collect()
+    ids.iter().map(|t| live.get(t).cloned().with_context(|| format!("{what} '{}' is missing", model.summary.tensors[*t].name))).collect()
 }
 
 fn block_label(block: Block) -> String {

@@ -60,9 +60,7 @@ impl Builder<'_> {
                 weight_bytes += fact_bytes(self.model.outlet_fact(*input)?).map_or(0, |(_, b)| b);
                 continue;
             }
-            let Some(&t) = self.ids.get(input) else {
-                bail!("node '{}' reads {input:?}, which is not produced before it", node.name)
-            };
+            let Some(&t) = self.ids.get(input) else { bail!("node '{}' reads {input:?}, which is not produced before it", node.name) };
             self.summary.tensors[t].consumers.push(position);
             inputs.push(t);
         }
@@ -92,9 +90,10 @@ pub(crate) fn summarise(model: &TypedModel) -> Result<Summarised> {
         node_ids.push(id);
     }
     for outlet in model.output_outlets()? {
-        let t = *b.ids.get(outlet).with_context(|| {
-            format!("graph output '{}' is a constant, not computed from the input", model.node(outlet.node).name)
-        })?;
+        let t = *b
+            .ids
+            .get(outlet)
+            .with_context(|| format!("graph output '{}' is a constant, not computed from the input", model.node(outlet.node).name))?;
         b.summary.outputs.push(t);
     }
     Ok(Summarised { summary: b.summary, outlets: b.outlets, node_ids })

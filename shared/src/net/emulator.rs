@@ -36,7 +36,11 @@ pub struct Shaper {
 impl Shaper {
     /// A shaper with `link`'s figures.
     pub fn new(link: Link) -> Arc<Self> {
-        Arc::new(Self { latency_ns: AtomicU64::new(link.latency_ns), bits_per_sec: AtomicU64::new(link.bits_per_sec.max(1)), next_free: Mutex::new(None) })
+        Arc::new(Self {
+            latency_ns: AtomicU64::new(link.latency_ns),
+            bits_per_sec: AtomicU64::new(link.bits_per_sec.max(1)),
+            next_free: Mutex::new(None),
+        })
     }
 
     /// Changes the figures; datagrams already queued keep their times.
@@ -91,7 +95,13 @@ impl EmulatedSocket {
         tokio::spawn(async move {
             while let Some(d) = delayed.recv().await {
                 tokio::time::sleep_until(d.due).await;
-                let transmit = Transmit { destination: d.destination, ecn: d.ecn, contents: &d.contents, segment_size: d.segment_size, src_ip: d.src_ip };
+                let transmit = Transmit {
+                    destination: d.destination,
+                    ecn: d.ecn,
+                    contents: &d.contents,
+                    segment_size: d.segment_size,
+                    src_ip: d.src_ip,
+                };
                 // A full socket buffer loses the datagram, as a congested link would.
                 let _ = sender.try_send(&transmit);
             }

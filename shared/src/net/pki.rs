@@ -34,7 +34,10 @@ pub fn init_cluster(dir: &Path) -> Result<()> {
         bail!("{} already holds a cluster CA; remove it first to start a new cluster", dir.display());
     }
     let key = KeyPair::generate()?;
-    let name = format!("Scission cluster CA {:016x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    let name = format!(
+        "Scission cluster CA {:016x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    );
     let cert = ca_params(&name)?.self_signed(&key)?;
     write_private(&dir.join("ca.key.pem"), &key.serialize_pem())?;
     std::fs::write(dir.join("ca.cert.pem"), cert.pem())?;
@@ -47,7 +50,9 @@ pub fn enroll(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         bail!("node name '{name}' must be letters, digits, '-', '_' or '.'");
     }
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("{} has no {f}: run `scission-cloud init` first", dir.display()));
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).with_context(|| format!("{} has no {f}: run `scission-cloud init` first", dir.display()))
+    };
     let ca_key = KeyPair::from_pem(&read("ca.key.pem")?).context("ca.key.pem is not a private key")?;
     let issuer = Issuer::new(ca_params(read("ca.name")?.trim())?, ca_key);
     let key = KeyPair::generate()?;

@@ -35,15 +35,20 @@ pub fn client(identity: &Identity) -> Result<quinn::Endpoint> {
 
 /// A client endpoint whose datagrams to the given addresses go through link emulators (see
 /// [`emulator`](super::emulator)). Must be called inside a tokio runtime.
-pub fn client_with_links(identity: &Identity, shapers: std::collections::HashMap<SocketAddr, Arc<super::emulator::Shaper>>) -> Result<quinn::Endpoint> {
+pub fn client_with_links(
+    identity: &Identity,
+    shapers: std::collections::HashMap<SocketAddr, Arc<super::emulator::Shaper>>,
+) -> Result<quinn::Endpoint> {
     let crypto = QuicClientConfig::try_from(identity.client_config()?).context("TLS configuration unusable for QUIC")?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("cannot open a UDP socket")?;
     let runtime = quinn::default_runtime().context("no async runtime")?;
     let inner = runtime.wrap_udp_socket(socket)?;
-    let socket: Arc<dyn quinn::AsyncUdpSocket> = if shapers.is_empty() { inner } else { super::emulator::EmulatedSocket::new(inner, shapers) };
-    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), None, socket, runtime).context("cannot open a QUIC endpoint")?;
+    let socket: Arc<dyn quinn::AsyncUdpSocket> =
+        if shapers.is_empty() { inner } else { super::emulator::EmulatedSocket::new(inner, shapers) };
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), None, socket, runtime)
+        .context("cannot open a QUIC endpoint")?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

@@ -112,15 +112,8 @@ fn attr_float(name: &str, f: f32) -> pb::AttributeProto {
 
 fn value_info(v: &Value) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{Dimension, dimension};
-    let dim = v
-        .shape
-        .iter()
-        .map(|&d| Dimension { value: Some(dimension::Value::DimValue(d as i64)), ..Default::default() })
-        .collect();
-    let tensor = pb::type_proto::Tensor {
-        elem_type: DataType::Float as i32,
-        shape: Some(pb::TensorShapeProto { dim }),
-    };
+    let dim = v.shape.iter().map(|&d| Dimension { value: Some(dimension::Value::DimValue(d as i64)), ..Default::default() }).collect();
+    let tensor = pb::type_proto::Tensor { elem_type: DataType::Float as i32, shape: Some(pb::TensorShapeProto { dim }) };
     pb::ValueInfoProto {
         name: v.name.clone(),
         r#type: Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(tensor)), ..Default::default() }),

@@ -127,7 +127,14 @@ impl DeviceClient {
 
     /// Asks the cloud (tier `cloud`) for `count` ranked plans, given this device's profile JSON
     /// and measured uplinks.
-    pub async fn request_plans(&self, cloud: u8, profile: &[u8], uplinks: &HashMap<u8, crate::solver::Link>, avoid: &[u8], count: u16) -> Result<Vec<(Vec<Stage>, u64)>> {
+    pub async fn request_plans(
+        &self,
+        cloud: u8,
+        profile: &[u8],
+        uplinks: &HashMap<u8, crate::solver::Link>,
+        avoid: &[u8],
+        count: u16,
+    ) -> Result<Vec<(Vec<Stage>, u64)>> {
         let uplinks = uplinks.iter().map(|(t, l)| (*t, *l)).collect();
         let avoid = avoid.iter().copied().collect();
         let message = crate::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })?;
@@ -142,7 +149,14 @@ impl DeviceClient {
     /// Runs request `id` on the first of `routes` that avoids every tier in `dead`; when a tier
     /// turns out unreachable, marks it dead and retries on the next such route. Returns the
     /// outcome and the index of the route that served it.
-    pub async fn infer_with_failover(&self, id: u64, routes: &[Vec<Stage>], dead: &mut Vec<u8>, inputs: TVec<TValue>, encoding: Encoding) -> Result<(Outcome, usize)> {
+    pub async fn infer_with_failover(
+        &self,
+        id: u64,
+        routes: &[Vec<Stage>],
+        dead: &mut Vec<u8>,
+        inputs: TVec<TValue>,
+        encoding: Encoding,
+    ) -> Result<(Outcome, usize)> {
         loop {
             let Some((index, route)) = routes.iter().enumerate().find(|(_, r)| r.iter().all(|s| !dead.contains(&s.tier))) else {
                 bail!("request {id}: no plan avoids the unreachable tier(s) {dead:?}");
@@ -159,7 +173,13 @@ impl DeviceClient {
         }
     }
 
-    fn read_answer(&self, id: u64, answer: &[u8], rest: &[Stage], timings: &mut Vec<StageTiming>) -> Result<Vec<(TensorId, TValue)>, RequestError> {
+    fn read_answer(
+        &self,
+        id: u64,
+        answer: &[u8],
+        rest: &[Stage],
+        timings: &mut Vec<StageTiming>,
+    ) -> Result<Vec<(TensorId, TValue)>, RequestError> {
         match decode(answer).map_err(|e| anyhow!("malformed answer: {e}"))? {
             Body::Output { request, tensors, timings: remote } => {
                 if request != id {

@@ -20,8 +20,8 @@ use crate::net::{pki, quic};
 use crate::profile::TierKind;
 use crate::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
 use crate::solver::{self, Constraints, CostOptions, Encoding, Objective};
-use crate::wire::message::Stage;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
+use crate::wire::message::Stage;
 
 /// Where the cluster's certificates live.
 #[derive(Clone, Debug, clap::Args)]
@@ -47,7 +47,10 @@ pub struct EnrollArgs {
 /// Runs `init`: a new cluster CA.
 pub fn run_init(args: &ClusterArgs) -> Result<()> {
     pki::init_cluster(&args.cluster)?;
-    println!("created the cluster CA in {}; enroll nodes with `scission-cloud enroll NAME --tier edge|device|cloud`", args.cluster.display());
+    println!(
+        "created the cluster CA in {}; enroll nodes with `scission-cloud enroll NAME --tier edge|device|cloud`",
+        args.cluster.display()
+    );
     Ok(())
 }
 
@@ -143,7 +146,11 @@ async fn register_once(client: &quinn::Endpoint, cloud: SocketAddr, name: &str, 
     let message = encode(&Body::Register { name: label, tier: 1, profile, link_to_cloud: Some(link) })?;
     match decode(&quic::exchange(&connection, &message, max_frame).await?) {
         Ok(Body::Registered) => {
-            tracing::info!("registered with the cloud; link {:.1} Mbit/s, {:.2} ms", link.bits_per_sec as f64 * 1e-6, link.latency_ns as f64 * 1e-6);
+            tracing::info!(
+                "registered with the cloud; link {:.1} Mbit/s, {:.2} ms",
+                link.bits_per_sec as f64 * 1e-6,
+                link.latency_ns as f64 * 1e-6
+            );
             Ok(())
         }
         Ok(Body::Failure { message, .. }) => bail!("the cloud refused the registration: {message}"),
@@ -341,7 +348,13 @@ impl Planned {
 /// The fixed split, or the solver's plans from profiles and links.
 fn plan_routes(args: &RunArgs, n: usize) -> Result<Planned> {
     if let Some((a, b)) = args.split {
-        return Ok(Planned { routes: vec![route(a, b, n)?], predicted_ns: vec![None], uplinks: HashMap::new(), basis: None, cloud_profile: None });
+        return Ok(Planned {
+            routes: vec![route(a, b, n)?],
+            predicted_ns: vec![None],
+            uplinks: HashMap::new(),
+            basis: None,
+            cloud_profile: None,
+        });
     }
     if let Some(profile) = &args.profile {
         let json = std::fs::read(profile).with_context(|| format!("cannot read {}", profile.display()))?;
@@ -349,7 +362,8 @@ fn plan_routes(args: &RunArgs, n: usize) -> Result<Planned> {
         // --link figures from the device still drive --emulate.
         let mut uplinks = HashMap::new();
         for text in &args.links {
-            let spec = crate::solver::linkspec::parse_link_spec(text, |n| ["device", "edge", "cloud"].contains(&n)).map_err(|e| anyhow::anyhow!("--link {e}"))?;
+            let spec = crate::solver::linkspec::parse_link_spec(text, |n| ["device", "edge", "cloud"].contains(&n))
+                .map_err(|e| anyhow::anyhow!("--link {e}"))?;
             let tier = match (spec.from.as_str(), spec.to.as_str()) {
                 ("device", "edge") => 1,
                 ("device", "cloud") => 2,
@@ -421,7 +435,8 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
             }
         }
         let change = args.emulate_change.as_deref().map(parse_change).transpose()?;
-        let client = DeviceClient::new(node.clone(), quic::client_with_links(&identity, shapers)?, peers.clone(), DEFAULT_MAX_FRAME, timeout);
+        let client =
+            DeviceClient::new(node.clone(), quic::client_with_links(&identity, shapers)?, peers.clone(), DEFAULT_MAX_FRAME, timeout);
         let mut measured: Vec<(usize, u64)> = Vec::new();
         if planned.cloud_profile.is_some() {
             let measured = measure_uplinks(&client, &peers, &[]).await;
@@ -439,7 +454,12 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
             if let Some((after, tier, link)) = change.filter(|c| c.0 == i) {
                 if let Some(shaper) = by_tier.get(&tier) {
                     shaper.set(link);
-                    println!("emulated link to tier {tier} now {:.1} Mbit/s, {:.1} ms (after request {})", link.bits_per_sec as f64 * 1e-6, link.latency_ns as f64 * 1e-6, after.saturating_sub(1));
+                    println!(
+                        "emulated link to tier {tier} now {:.1} Mbit/s, {:.1} ms (after request {})",
+                        link.bits_per_sec as f64 * 1e-6,
+                        link.latency_ns as f64 * 1e-6,
+                        after.saturating_sub(1)
+                    );
                 }
             }
             if args.replan_every > 0 && i > 0 && i % args.replan_every == 0 {
@@ -463,7 +483,8 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
                     }
                 }
                 let known_dead = dead.len();
-                let result = client.infer_with_failover(u64::from(i), &planned.routes, &mut dead, inputs.clone(), args.encoding.into()).await;
+                let result =
+                    client.infer_with_failover(u64::from(i), &planned.routes, &mut dead, inputs.clone(), args.encoding.into()).await;
                 // A tier died during this request and no ranked route avoids it: re-plan, retry.
                 if result.is_err() && dead.len() > known_dead && !planned.has_route_avoiding(&dead) {
                     continue;
@@ -474,7 +495,8 @@ pub fn run_device(args: &RunArgs) -> Result<()> {
                 Ok((outcome, plan)) => {
                     let diff = max_diff(&outcome.outputs, &reference)?;
                     worst = worst.max(diff);
-                    let stages: Vec<String> = outcome.timings.iter().map(|t| format!("tier {} {:.2} ms", t.tier, t.compute_ns as f64 * 1e-6)).collect();
+                    let stages: Vec<String> =
+                        outcome.timings.iter().map(|t| format!("tier {} {:.2} ms", t.tier, t.compute_ns as f64 * 1e-6)).collect();
                     let predicted = planned.predicted_ns[plan].map_or(String::new(), |p| format!(", predicted {:.2} ms", p as f64 * 1e-6));
                     println!(
                         "request {i}: plan #{} {:.2} ms end to end{predicted} ({}); max |difference| from the unsplit model {diff:e}",
@@ -507,14 +529,21 @@ fn load_inputs(model: &crate::engine::Model, files: &[PathBuf]) -> Result<Vec<TV
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    let [input] = model.summary.inputs[..] else { bail!("--inputs takes one array per request, but the model has {} inputs", model.summary.inputs.len()) };
+    let [input] = model.summary.inputs[..] else {
+        bail!("--inputs takes one array per request, but the model has {} inputs", model.summary.inputs.len())
+    };
     let expected: Vec<usize> = model.summary.tensors[input].shape.iter().map(|&d| d as usize).collect();
     files
         .iter()
         .map(|f| {
             let t = crate::engine::npy::read_npy(f)?;
             if t.shape() != expected.as_slice() || t.datum_type() != DatumType::F32 {
-                bail!("{} is a {:?} array of shape {:?}; the model takes f32 of shape {expected:?}", f.display(), t.datum_type(), t.shape());
+                bail!(
+                    "{} is a {:?} array of shape {:?}; the model takes f32 of shape {expected:?}",
+                    f.display(),
+                    t.datum_type(),
+                    t.shape()
+                );
             }
             Ok(t.into_tvalue())
         })
@@ -544,7 +573,10 @@ async fn adapt(client: &DeviceClient, planned: &mut Planned, peers: &HashMap<u8,
     };
     match outcome {
         Ok(true) => {
-            let figures: Vec<String> = measured.iter().map(|(t, l)| format!("tier {t}: {:.1} Mbit/s, {:.1} ms", l.bits_per_sec as f64 * 1e-6, l.latency_ns as f64 * 1e-6)).collect();
+            let figures: Vec<String> = measured
+                .iter()
+                .map(|(t, l)| format!("tier {t}: {:.1} Mbit/s, {:.1} ms", l.bits_per_sec as f64 * 1e-6, l.latency_ns as f64 * 1e-6))
+                .collect();
             println!(
                 "plan switch: links measured as {}; best plan was {}, now {}",
                 figures.join("; "),

@@ -59,7 +59,8 @@ pub fn decode(model: &Model, named: &NamedTensor<'_>) -> Result<(TensorId, TValu
     let tensor = match named.tensor.elements {
         Elements::I64 => {
             named.tensor.validate()?;
-            let values: Vec<i64> = named.tensor.data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+            let values: Vec<i64> =
+                named.tensor.data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
             Tensor::from_shape(&shape, &values)?
         }
         _ => Tensor::from_shape(&shape, &named.tensor.to_f32()?)?,

@@ -51,18 +51,29 @@ impl Node {
         let slice = self.slice(block)?;
         let crossing_in = self.model.cuts.crossing(block.start);
         if let Some(missing) = crossing_in.iter().find(|t| !live.contains_key(t)) {
-            bail!("stage [{}, {}) needs tensor '{}', which the request lacks", block.start, block.end, self.model.summary.tensors[*missing].name);
+            bail!(
+                "stage [{}, {}) needs tensor '{}', which the request lacks",
+                block.start,
+                block.end,
+                self.model.summary.tensors[*missing].name
+            );
         }
         let inputs = collect(&live, &slice.io.inputs, "stage input", &self.model)?;
         let started = std::time::Instant::now();
-        let outputs = with_threads(self.threads, || slice.run(inputs)).with_context(|| format!("running stage [{}, {})", block.start, block.end))?;
+        let outputs =
+            with_threads(self.threads, || slice.run(inputs)).with_context(|| format!("running stage [{}, {})", block.start, block.end))?;
         let compute_ns = started.elapsed().as_nanos() as u64;
         Ok((advance(&self.model, &slice, live, outputs), compute_ns))
     }
 
     /// Graph outputs from the final activations.
     pub fn outputs(&self, live: &Activations) -> Result<Vec<(TensorId, TValue)>> {
-        self.model.summary.outputs.iter().map(|&t| live.get(&t).cloned().map(|v| (t, v)).with_context(|| format!("output {t} missing"))).collect()
+        self.model
+            .summary
+            .outputs
+            .iter()
+            .map(|&t| live.get(&t).cloned().map(|v| (t, v)).with_context(|| format!("output {t} missing")))
+            .collect()
     }
 }
 

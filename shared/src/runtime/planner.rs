@@ -53,7 +53,10 @@ impl Planner {
         }
         profile.machine.name = name.to_string();
         profile.machine.tier = TierKind::Edge;
-        self.registry.lock().map_err(|_| anyhow::anyhow!("registry poisoned"))?.insert(name.to_string(), Registration { profile, link_to_cloud });
+        self.registry
+            .lock()
+            .map_err(|_| anyhow::anyhow!("registry poisoned"))?
+            .insert(name.to_string(), Registration { profile, link_to_cloud });
         tracing::info!("registered edge '{name}'");
         Ok(())
     }

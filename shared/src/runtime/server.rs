@@ -125,10 +125,12 @@ impl StageServer {
     async fn answer(&self, bytes: &[u8]) -> Vec<u8> {
         match decode(bytes) {
             Ok(Body::Ping { nonce, .. }) => encode(&Body::Pong { nonce }).unwrap_or_default(),
-            Ok(Body::Infer { request, model, stages, encoding, tensors }) => match self.infer(request, model, &stages, encoding, &tensors).await {
-                Ok(reply) => reply,
-                Err((code, message)) => failure(request, code, message),
-            },
+            Ok(Body::Infer { request, model, stages, encoding, tensors }) => {
+                match self.infer(request, model, &stages, encoding, &tensors).await {
+                    Ok(reply) => reply,
+                    Err((code, message)) => failure(request, code, message),
+                }
+            }
             Ok(Body::Register { name, tier, profile, link_to_cloud }) => match &self.planner {
                 Some(p) => match p.register(&name, tier, profile, link_to_cloud) {
                     Ok(()) => encode(&Body::Registered).unwrap_or_default(),
@@ -155,7 +157,14 @@ impl StageServer {
         }
     }
 
-    async fn infer(&self, request: u64, model: [u8; 32], stages: &[Stage], encoding: Encoding, tensors: &[NamedTensor<'_>]) -> Result<Vec<u8>, Failed> {
+    async fn infer(
+        &self,
+        request: u64,
+        model: [u8; 32],
+        stages: &[Stage],
+        encoding: Encoding,
+        tensors: &[NamedTensor<'_>],
+    ) -> Result<Vec<u8>, Failed> {
         let bad = |m: String| (FailureCode::BadRequest, m);
         if model != self.node.sha256 {
             return Err(bad("the request is for another model than this node serves".into()));
@@ -184,7 +193,15 @@ impl StageServer {
         self.forward(request, model, rest, encoding, &live, mine).await
     }
 
-    async fn forward(&self, request: u64, model: [u8; 32], rest: &[Stage], encoding: Encoding, live: &Activations, mine: StageTiming) -> Result<Vec<u8>, Failed> {
+    async fn forward(
+        &self,
+        request: u64,
+        model: [u8; 32],
+        rest: &[Stage],
+        encoding: Encoding,
+        live: &Activations,
+        mine: StageTiming,
+    ) -> Result<Vec<u8>, Failed> {
         let unreachable = |m: String| (FailureCode::Unreachable, m);
         let upstream = self.upstream.as_ref().ok_or_else(|| unreachable("this node has no next tier to forward to".into()))?;
         let message = infer_message(request, model, rest, encoding, live).map_err(|e| (FailureCode::Engine, format!("{e:#}")))?;
@@ -199,7 +216,9 @@ impl StageServer {
                 }
                 encode(&Body::Output { request, tensors, timings: all }).map_err(|e| (FailureCode::Engine, e.to_string()))
             }
-            Ok(Body::Failure { request, code, message }) => encode(&Body::Failure { request, code, message }).map_err(|e| (FailureCode::Engine, e.to_string())),
+            Ok(Body::Failure { request, code, message }) => {
+                encode(&Body::Failure { request, code, message }).map_err(|e| (FailureCode::Engine, e.to_string()))
+            }
             Ok(_) => Err(unreachable("next tier answered with something else than a result".into())),
             Err(e) => Err(unreachable(format!("next tier sent a malformed answer: {e}"))),
         }

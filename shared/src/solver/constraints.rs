@@ -100,7 +100,10 @@ impl Constraints {
             let any_machine = problem.machines.iter().enumerate().any(|(i, m)| m.tier == t && c.allowed[i]);
             let needed = t == 0 || c.must_use[t];
             if needed && !any_machine {
-                return Err(ProblemError::Contradiction(format!("tier '{}' is needed but all its machines are excluded", problem.tiers[t])));
+                return Err(ProblemError::Contradiction(format!(
+                    "tier '{}' is needed but all its machines are excluded",
+                    problem.tiers[t]
+                )));
             }
         }
         Ok(c)
@@ -169,7 +172,10 @@ impl Constraints {
                         (total as f64 * f) as u64
                     }
                     ComputeCap::Fraction(f) => {
-                        return Err(ProblemError::BadConstraint(format!("compute share {f} for tier '{}' is not between 0 and 1", problem.tiers[t])));
+                        return Err(ProblemError::BadConstraint(format!(
+                            "compute share {f} for tier '{}' is not between 0 and 1",
+                            problem.tiers[t]
+                        )));
                     }
                 };
                 c.compute_cap[i] = c.compute_cap[i].min(ns);
@@ -189,7 +195,10 @@ impl Constraints {
             push("forbidden blocks", Constraints { forbid: Vec::new(), ..self.clone() });
         }
         if !self.must_use.is_empty() || self.keep_input_on_device {
-            push("tiers that must be used (or keep-input-on-device)", Constraints { must_use: Vec::new(), keep_input_on_device: false, ..self.clone() });
+            push(
+                "tiers that must be used (or keep-input-on-device)",
+                Constraints { must_use: Vec::new(), keep_input_on_device: false, ..self.clone() },
+            );
         }
         if !self.must_not_use.is_empty() {
             push("tiers that must be unused", Constraints { must_not_use: Vec::new(), ..self.clone() });

@@ -105,7 +105,14 @@ impl<'a> Dp<'a> {
         let prefix: Vec<Vec<u64>> = problem
             .machines
             .iter()
-            .map(|m| core::iter::once(0).chain(m.block_ns.iter().scan(0u64, |s, &t| { *s += t; Some(*s) })).collect())
+            .map(|m| {
+                core::iter::once(0)
+                    .chain(m.block_ns.iter().scan(0u64, |s, &t| {
+                        *s += t;
+                        Some(*s)
+                    }))
+                    .collect()
+            })
             .collect();
         let lo = (0..problem.machines.len()).map(|m| lowest_starts(problem, c, m, &prefix[m])).collect();
         let count = problem.machines.len();
@@ -227,7 +234,12 @@ impl<'a> Dp<'a> {
             return;
         }
         let shift = dl - self.prefix[m2][p] as i64;
-        out.extend(source.iter().enumerate().map(|(r, e)| Entry { primary: e.primary + dp, latency: e.latency + shift, from, rank: r as u32 }));
+        out.extend(source.iter().enumerate().map(|(r, e)| Entry {
+            primary: e.primary + dp,
+            latency: e.latency + shift,
+            from,
+            rank: r as u32,
+        }));
     }
 
     /// Sweeps `q` for every transition into machine `m2` from the machines in `sources`: the
@@ -386,7 +398,6 @@ impl Lists {
         self.lens.iter_mut().for_each(|l| *l = 0);
     }
 }
-
 
 /// Reusable buffers of one sweep.
 #[derive(Default)]

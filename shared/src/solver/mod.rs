@@ -14,8 +14,8 @@
 pub mod brute;
 pub mod constraints;
 mod dp;
-pub mod plan;
 pub mod linkspec;
+pub mod plan;
 pub mod problem;
 pub mod profiles;
 
@@ -141,8 +141,7 @@ fn ranked(problem: &Problem, c: &Compiled, objective: Objective, k: usize, stage
         None => c,
     };
     let devices = device_machines(problem, c);
-    let groups: Vec<Vec<usize>> =
-        if problem.options.return_result { devices.iter().map(|&m| vec![m]).collect() } else { vec![devices] };
+    let groups: Vec<Vec<usize>> = if problem.options.return_result { devices.iter().map(|&m| vec![m]).collect() } else { vec![devices] };
     let mut dp = Dp::new(problem, c, objective, k);
     let mut plans: Vec<Plan> = Vec::new();
     for group in &groups {
@@ -195,9 +194,7 @@ fn infeasible(problem: &Problem, constraints: &Constraints) -> SolveError {
     let culprits = constraints
         .groups()
         .into_iter()
-        .filter(|(_, relaxed)| {
-            prepare(problem, relaxed).is_ok_and(|c| !ranked(problem, &c, Objective::Latency, 1, None).is_empty())
-        })
+        .filter(|(_, relaxed)| prepare(problem, relaxed).is_ok_and(|c| !ranked(problem, &c, Objective::Latency, 1, None).is_empty()))
         .map(|(name, _)| name)
         .collect();
     SolveError::Infeasible { culprits }

@@ -113,8 +113,7 @@ pub fn compare_plans(objective: Objective, a: &Plan, b: &Plan) -> Ordering {
 
 /// Costs `segments` under the problem's cost model. `None` when a needed link is missing.
 pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
-    let compute_ns: Vec<u64> =
-        segments.iter().map(|s| problem.machines[s.machine].block_ns[s.start..s.end].iter().sum()).collect();
+    let compute_ns: Vec<u64> = segments.iter().map(|s| problem.machines[s.machine].block_ns[s.start..s.end].iter().sum()).collect();
     let mut hops = Vec::with_capacity(segments.len());
     for pair in segments.windows(2) {
         let bytes = problem.handover_bytes(pair[1].start);
@@ -134,7 +133,8 @@ pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
     let latency_ns = compute_ns.iter().sum::<u64>() + hop_ns.clone().sum::<u64>();
     let bottleneck_ns = compute_ns.iter().copied().chain(hop_ns).max().unwrap_or(0);
     let last_tier = problem.tiers.len() - 1;
-    let cloud_bytes = segments.iter().zip(segments.iter().skip(1)).zip(&hops).find(|((_, s), _)| s.tier == last_tier).map_or(0, |(_, h)| h.bytes);
+    let cloud_bytes =
+        segments.iter().zip(segments.iter().skip(1)).zip(&hops).find(|((_, s), _)| s.tier == last_tier).map_or(0, |(_, h)| h.bytes);
     Some(Breakdown {
         device_ns: compute_ns[0],
         device_upload_bytes: hops.first().map_or(0, |h| h.bytes),

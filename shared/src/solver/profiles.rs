@@ -30,7 +30,11 @@ impl Topology {
     fn tier_of(&self, p: &Profile) -> Result<usize, ProblemError> {
         let name = self.placement.iter().find(|(m, _)| *m == p.machine.name).map_or(p.machine.tier.as_str(), |(_, t)| t.as_str());
         self.tiers.iter().position(|t| t == name).ok_or_else(|| {
-            ProblemError::BadConstraint(format!("machine '{}' is placed in tier '{name}', which is not in the chain {}", p.machine.name, self.tiers.join(" -> ")))
+            ProblemError::BadConstraint(format!(
+                "machine '{}' is placed in tier '{name}', which is not in the chain {}",
+                p.machine.name,
+                self.tiers.join(" -> ")
+            ))
         })
     }
 }
@@ -38,13 +42,23 @@ impl Topology {
 /// Builds a problem over `topology` from `profiles`. The raw input's size on the wire is
 /// `input_bytes`, or the dense input tensor's size when `None`. Links are added afterwards
 /// (see [`set_link`]).
-pub fn problem_from_profiles(profiles: &[Profile], topology: &Topology, input_bytes: Option<u64>, options: CostOptions) -> Result<Problem, ProblemError> {
+pub fn problem_from_profiles(
+    profiles: &[Profile],
+    topology: &Topology,
+    input_bytes: Option<u64>,
+    options: CostOptions,
+) -> Result<Problem, ProblemError> {
     let first = profiles.first().ok_or(ProblemError::Empty("no profiles were given"))?;
     for p in profiles {
         if p.model.sha256 != first.model.sha256 {
             return Err(ProblemError::BadConstraint(format!(
                 "profile of '{}' is for model {} ({}), but '{}' measured {} ({}): benchmark the same ONNX file everywhere",
-                p.machine.name, p.model.name, short(&p.model.sha256), first.machine.name, first.model.name, short(&first.model.sha256)
+                p.machine.name,
+                p.model.name,
+                short(&p.model.sha256),
+                first.machine.name,
+                first.model.name,
+                short(&first.model.sha256)
             )));
         }
         let same_cuts = p.cuts.len() == first.cuts.len() && p.cuts.iter().zip(&first.cuts).all(|(a, b)| a.position == b.position);
@@ -57,7 +71,13 @@ pub fn problem_from_profiles(profiles: &[Profile], topology: &Topology, input_by
     }
     let machines = profiles
         .iter()
-        .map(|p| Ok(Machine { name: p.machine.name.clone(), tier: topology.tier_of(p)?, block_ns: p.blocks.iter().map(|b| b.time.median_ns).collect() }))
+        .map(|p| {
+            Ok(Machine {
+                name: p.machine.name.clone(),
+                tier: topology.tier_of(p)?,
+                block_ns: p.blocks.iter().map(|b| b.time.median_ns).collect(),
+            })
+        })
         .collect::<Result<Vec<_>, ProblemError>>()?;
     let boundary_bytes: Vec<u64> = first.cuts.iter().map(|c| c.bytes).collect();
     Ok(Problem {

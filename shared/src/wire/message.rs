@@ -214,7 +214,8 @@ fn validate(body: &Body<'_>) -> Result<(), WireError> {
             if stages.is_empty() {
                 return Err(WireError::Malformed("a request with no stage"));
             }
-            let ordered = stages.iter().all(|s| s.start < s.end) && stages.windows(2).all(|w| w[0].end == w[1].start && w[0].tier < w[1].tier);
+            let ordered =
+                stages.iter().all(|s| s.start < s.end) && stages.windows(2).all(|w| w[0].end == w[1].start && w[0].tier < w[1].tier);
             if !ordered {
                 return Err(WireError::Malformed("stages are not consecutive, non-empty and in tier order"));
             }
@@ -222,7 +223,11 @@ fn validate(body: &Body<'_>) -> Result<(), WireError> {
         }
         Body::Output { tensors, .. } => tensors.iter().try_for_each(|t| t.tensor.validate()),
         Body::Plans { routes } => {
-            let ordered = routes.iter().all(|r| !r.stages.is_empty() && r.stages.iter().all(|s| s.start < s.end) && r.stages.windows(2).all(|w| w[0].end == w[1].start && w[0].tier < w[1].tier));
+            let ordered = routes.iter().all(|r| {
+                !r.stages.is_empty()
+                    && r.stages.iter().all(|s| s.start < s.end)
+                    && r.stages.windows(2).all(|w| w[0].end == w[1].start && w[0].tier < w[1].tier)
+            });
             if ordered { Ok(()) } else { Err(WireError::Malformed("a planned route is not consecutive and in tier order")) }
         }
         Body::ModelChunk { total, offset, data, .. } => {
@@ -275,7 +280,13 @@ mod tests {
         let future = postcard::to_allocvec(&Envelope { version: 99, body: Body::Pong { nonce: 1 } }).unwrap();
         assert_eq!(decode(&future), Err(WireError::Version { got: 99, expected: PROTOCOL_VERSION }));
         let Body::Infer { request, model, tensors, .. } = request(&data) else { unreachable!() };
-        let backwards = Body::Infer { request, model, stages: [Stage { tier: 2, start: 3, end: 4 }, Stage { tier: 1, start: 4, end: 5 }].into_iter().collect(), encoding: Encoding::F32, tensors };
+        let backwards = Body::Infer {
+            request,
+            model,
+            stages: [Stage { tier: 2, start: 3, end: 4 }, Stage { tier: 1, start: 4, end: 5 }].into_iter().collect(),
+            encoding: Encoding::F32,
+            tensors,
+        };
         assert!(decode(&encode(&backwards).unwrap()).is_err());
     }
 }

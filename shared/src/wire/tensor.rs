@@ -71,7 +71,8 @@ impl TensorFrame<'_> {
         {
             return Err(WireError::Malformed("int8 scale is not a positive finite number"));
         }
-        let expected = self.volume().and_then(|v| v.checked_mul(self.elements.size() as u64)).ok_or(WireError::Malformed("shape volume overflows"))?;
+        let expected =
+            self.volume().and_then(|v| v.checked_mul(self.elements.size() as u64)).ok_or(WireError::Malformed("shape volume overflows"))?;
         if expected != self.data.len() as u64 {
             return Err(WireError::PayloadSize { got: self.data.len() as u64, expected });
         }
@@ -84,7 +85,9 @@ impl TensorFrame<'_> {
         Ok(match self.elements {
             Elements::F32 => self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Elements::F16 => self.data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Elements::Int8 { scale, zero_point } => self.data.iter().map(|&q| scale * (f32::from(q as i8) - f32::from(zero_point))).collect(),
+            Elements::Int8 { scale, zero_point } => {
+                self.data.iter().map(|&q| scale * (f32::from(q as i8) - f32::from(zero_point))).collect()
+            }
             Elements::I64 => return Err(WireError::Malformed("an i64 tensor is not a float tensor")),
         })
     }
@@ -110,7 +113,13 @@ fn affine_params(values: &[f32]) -> (f32, i8) {
     let (lo, hi) = finite.fold((0f32, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
     let zero = -128.0 - lo / scale;
-    let zero = if zero >= 127.0 { 127 } else if zero <= -128.0 { -128 } else { (zero + 0.5 * zero.signum()) as i8 };
+    let zero = if zero >= 127.0 {
+        127
+    } else if zero <= -128.0 {
+        -128
+    } else {
+        (zero + 0.5 * zero.signum()) as i8
+    };
     (scale, zero)
 }
 

@@ -19,7 +19,8 @@ fn depthwise_bn_relu6(g: &mut GraphBuilder, x: &Value, stride: usize) -> Value {
 
 pub fn mobilenet(g: &mut GraphBuilder, x: &Value) -> Value {
     let mut x = conv_bn_relu6(g, x, ConvSpec::new(32, 3).stride(2));
-    let blocks = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)];
+    let blocks =
+        [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)];
     for (filters, stride) in blocks {
         let d = depthwise_bn_relu6(g, &x, stride);
         x = conv_bn_relu6(g, &d, ConvSpec::new(filters, 1));
