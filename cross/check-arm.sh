@@ -9,7 +9,9 @@
 #   cross/check-arm.sh setup                   (the toolchain only; prints its rustc version)
 #
 # The toolchain is Debian's rustc-web (a current rustc shipped with the standard library for
-# arm64 and armhf), unpacked into $SCISSION_ARM_DIR (default ~/.cache/scission-arm) with a
+# arm64 and armhf). The compiler and its LLVM come from Debian 12's security suite (glibc 2.36,
+# like this machine and Raspberry Pi OS bookworm); only the armhf standard library comes from the
+# next release's build of the same version. It is unpacked into $SCISSION_ARM_DIR (default ~/.cache/scission-arm) with a
 # private apt state; Debian's cross linkers and qemu-user-static come from apt. Release builds
 # take about half an hour of CPU per target. Users with Docker use `cross` instead (Cross.toml).
 set -euo pipefail
@@ -48,9 +50,16 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: $mirror
-Suites: bookworm stable
+Suites: bookworm bookworm-updates
 Components: main
-Architectures: amd64 arm64 armhf
+Architectures: amd64 arm64
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $mirror
+Suites: stable
+Components: main
+Architectures: armhf
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOS
   apt_private update -qq || true

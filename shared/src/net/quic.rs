@@ -71,15 +71,32 @@ pub enum FrameError {
     /// The stream ended early or broke.
     #[error("stream ended before the frame was complete: {0}")]
     Stream(#[from] quinn::ReadExactError),
+    /// The stream broke while the body arrived.
+    #[error("stream broke while the frame arrived: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The stream ended before the announced length.
+    #[error("stream ended after {got} of {len} announced bytes")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        len: usize,
+    },
 }
 
-/// Reads one frame, refusing one larger than `max_frame` before reading its body.
+/// Reads one frame, refusing one larger than `max_frame` before reading its body. Memory grows
+/// with the bytes that actually arrive, not with the length a peer announces.
 pub async fn read_frame(recv: &mut quinn::RecvStream, max_frame: u32) -> Result<Vec<u8>, FrameError> {
     let mut header = [0u8; HEADER];
     recv.read_exact(&mut header).await?;
     let len = body_len(header, max_frame)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(len.min(1 << 16));
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await? {
+            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+            None => return Err(FrameError::Truncated { got: body.len(), len }),
+        }
+    }
     Ok(body)
 }
 
