@@ -4,11 +4,12 @@
 //! so far. Each state keeps the K best plan prefixes reaching it. Moving on to machine `m'` of a
 //! later tier for blocks `[p, q)` costs `hop(m, m', p) + S_m'(q) - S_m'(p)` (S: prefix sums of
 //! block times), which splits into a part that depends on `p` only and a part that depends on
-//! `q` only. So for each pair of machines one sweep over `q` suffices: the candidates for `q`
-//! are the entries of every valid `p` in a window `[lo(q), q)` whose left end only moves right
-//! (forbidden blocks, compute and memory caps all shrink it monotonically). A queue built from
-//! two stacks keeps the window's K best in O(K) amortised per step, so the whole solve is
-//! O(pairs of machines × blocks × K).
+//! `q` only. So for each target machine one sweep over `q` suffices: the candidates for `q` are
+//! the entries every source machine has at each valid `p` in a window `[lo(q), q)` whose left
+//! end only moves right (forbidden blocks, compute and memory caps all shrink it monotonically).
+//! A queue built from two stacks keeps the window's K best in O(K) amortised per step, so the
+//! whole solve is O(pairs of machines × blocks × K). Prefixes already worse than the K-th
+//! complete plan found so far are dropped (costs only grow along a plan).
 //!
 //! Entries carry integer keys and back-pointers; ties on the key are broken by the plan's
 //! segment sequence, recovered through the back-pointers, exactly as the brute-force ranking
