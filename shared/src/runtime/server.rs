@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::prelude::rust_2024::*;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::sync::Mutex;
 use tract_onnx::prelude::TValue;
 
@@ -246,9 +246,4 @@ pub fn output_message(request: u64, outputs: &[(usize, TValue)], timings: &[Stag
     let tensors = outgoing.iter().map(Outgoing::frame).collect::<Result<Vec<_>>>()?.into_iter().collect();
     let timings = timings.iter().copied().collect();
     Ok(encode(&Body::Output { request, tensors, timings })?)
-}
-
-/// Binds a server endpoint and reports its address.
-pub fn local_addr(endpoint: &quinn::Endpoint) -> Result<SocketAddr> {
-    endpoint.local_addr().context("endpoint has no address")
 }
