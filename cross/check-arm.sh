@@ -81,7 +81,7 @@ build() {
   RUSTC="$dir/bin/rustc" CARGO_TARGET_DIR="$root/target/arm" \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
   CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc \
-    cargo build --release --target "$target" -p scission-device
+    cargo build --profile device --target "$target" -p scission-device
 }
 
 check() {
@@ -90,7 +90,7 @@ check() {
     aarch64-*) qemu="qemu-aarch64-static"; sysroot="/usr/aarch64-linux-gnu" ;;
     *) qemu="qemu-arm-static"; sysroot="/usr/arm-linux-gnueabihf" ;;
   esac
-  local device="$root/target/arm/$target/release/scission-device" work
+  local device="$root/target/arm/$target/device/scission-device" work
   work=$(mktemp -d)
   trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' RETURN
   (cd "$root" && cargo build -q -p scission-cloud -p scission-edge)
@@ -124,5 +124,5 @@ esac
 for t in "${targets[@]}"; do
   build "$t"
   check "$t"
-  "$root/cross/package-device.sh" "$t" "$root/target/arm/$t/release/scission-device"
+  "$root/cross/package-device.sh" "$t" "$root/target/arm/$t/device/scission-device"
 done

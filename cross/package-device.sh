@@ -2,12 +2,12 @@
 # Makes the device image: a tarball with the stripped scission-device binary for TARGET, a
 # default configuration, a systemd unit, the enrolment instructions and an install script.
 #   cross/package-device.sh aarch64-unknown-linux-gnu [path/to/scission-device]
-# Without a path, the binary is taken from target/TARGET/release (build it first with
-# `cross build --release -p scission-device --target TARGET`, or cross/check-arm.sh here).
+# Without a path, the binary is taken from target/TARGET/device (build it first with
+# `cross build --profile device -p scission-device --target TARGET`, or cross/check-arm.sh here).
 set -euo pipefail
 target=${1:?usage: package-device.sh TARGET [BINARY]}
 root=$(cd "$(dirname "$0")/.." && pwd)
-binary=${2:-${CARGO_TARGET_DIR:-$root/target}/$target/release/scission-device}
+binary=${2:-${CARGO_TARGET_DIR:-$root/target}/$target/device/scission-device}
 [ -x "$binary" ] || { echo "no binary at $binary: build it first" >&2; exit 1; }
 case $target in
   aarch64-*) strip=aarch64-linux-gnu-strip ;;

@@ -41,7 +41,10 @@ impl ModelArgs {
     /// The model file, with `zoo:NAME` resolved to its cached file.
     pub fn path(&self) -> Result<PathBuf> {
         match self.model.to_str().and_then(|s| s.strip_prefix("zoo:")) {
+            #[cfg(feature = "zoo")]
             Some(name) => crate::zoo::cached(name, 1),
+            #[cfg(not(feature = "zoo"))]
+            Some(name) => bail!("this binary has no model zoo; write {name} with `scission-cloud zoo write {name} --out FILE` and pass the file"),
             None => Ok(self.model.clone()),
         }
     }

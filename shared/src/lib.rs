@@ -5,7 +5,8 @@
 //! measures on a server, on a Raspberry Pi, or on a board without an operating system.
 //! Everything that touches files, threads, tract or the terminal lives behind the default `std`
 //! feature: [`engine`] (tract-onnx loading, slicing, running), [`bench`] (per-block benchmarking),
-//! [`onnx`] (writing ONNX models from Rust), [`host`] and [`cli`].
+//! [`host`] and [`cli`]; the `zoo` feature adds `onnx` (writing ONNX models from Rust) and `zoo`
+//! (the built-in models), and `net` the QUIC runtime.
 //!
 //! `cargo build -p scission-shared --no-default-features` builds the core alone.
 #![no_std]
@@ -19,6 +20,7 @@ pub mod compat;
 pub mod cut;
 pub mod graph;
 pub mod profile;
+pub mod rng;
 pub mod solver;
 pub mod stats;
 pub mod timing;

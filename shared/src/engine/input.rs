@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use tract_onnx::prelude::*;
 
 use super::Model;
-use crate::onnx::weights::WeightRng;
+use crate::rng::WeightRng;
 
 /// One deterministic input tensor per graph input: uniform in [-1, 1) for floats, zeros for
 /// integers and booleans.

@@ -8,7 +8,7 @@ use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
-use super::weights::WeightRng;
+use crate::rng::WeightRng;
 
 /// ONNX opset the builder targets (inside tract's tested range 9..=18).
 pub const OPSET: i64 = 13;

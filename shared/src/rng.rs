@@ -1,5 +1,7 @@
-//! Deterministic pseudo-random weights. Latency does not depend on weight values, but outputs
-//! must stay finite, so layers draw from scaled uniform distributions.
+//! A tiny deterministic generator for weights and synthetic inputs: identical on every
+//! platform, so every tier derives the same model and the same test inputs from a seed.
+
+use alloc::vec::Vec;
 
 use std::prelude::rust_2024::*;
 
@@ -38,6 +40,7 @@ impl WeightRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
 
     #[test]
     fn same_seed_same_values_and_in_range() {
