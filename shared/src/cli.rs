@@ -44,7 +44,9 @@ impl ModelArgs {
             #[cfg(feature = "zoo")]
             Some(name) => crate::zoo::cached(name, 1),
             #[cfg(not(feature = "zoo"))]
-            Some(name) => bail!("this binary has no model zoo; write {name} with `scission-cloud zoo write {name} --out FILE` and pass the file"),
+            Some(name) => {
+                bail!("this binary has no model zoo; write {name} with `scission-cloud zoo write {name} --out FILE` and pass the file")
+            }
             None => Ok(self.model.clone()),
         }
     }
