@@ -97,7 +97,7 @@ check() {
   local host="$root/target/debug"
   "$host/scission-cloud" zoo write mobilenet_v2 --out "$work/m.onnx" >/dev/null
   echo "== $target: bench under qemu"
-  "$qemu" -L "$sysroot" "$device" bench "$work/m.onnx" --out "$work/arm.json" --name arm --quiet --max-runs 3
+  "$qemu" -L "$sysroot" "$device" bench "$work/m.onnx" --out "$work/arm.json" --name arm --quiet --min-runs 2 --max-runs 2 --max-time-ms 1
   "$host/scission-cloud" init --cluster "$work/cluster" >/dev/null
   for n in device edge cloud; do "$host/scission-cloud" enroll $n --tier $n --cluster "$work/cluster" >/dev/null; done
   "$host/scission-cloud" serve "$work/m.onnx" --cluster "$work/cluster" > "$work/cloud.log" &

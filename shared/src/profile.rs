@@ -76,7 +76,7 @@ pub struct ModelFacts {
     pub sha256: String,
     /// Concrete input shapes used.
     pub input_shapes: Vec<Vec<u64>>,
-    /// Compute nodes in the decluttered graph.
+    /// Compute nodes in the typed graph.
     pub nodes: usize,
 }
 

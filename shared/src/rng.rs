@@ -3,8 +3,6 @@
 
 use alloc::vec::Vec;
 
-use std::prelude::rust_2024::*;
-
 /// A xorshift64* generator: fast, tiny and identical on every platform.
 #[derive(Clone, Debug)]
 pub struct WeightRng(u64);

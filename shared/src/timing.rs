@@ -26,12 +26,17 @@ impl Default for Budget {
     }
 }
 
+/// Shortest span one sample is timed over: work faster than this is repeated within a sample
+/// (and the sample divided by the repetitions), so the clock's tick does not round it to zero.
+pub const MIN_SAMPLE: Duration = Duration::from_micros(200);
+
 /// Runs `work` under `budget` and returns one duration sample per timed run, in nanoseconds.
 /// Stops at the first error.
 pub fn measure<E>(budget: Budget, mut work: impl FnMut() -> Result<(), E>) -> Result<Vec<u64>, E> {
     for _ in 0..budget.warmup {
         work()?;
     }
+    let repeat = repetitions(&mut work)?;
     let started = Instant::now();
     let mut samples = Vec::new();
     while samples.len() < budget.max_runs as usize {
@@ -40,8 +45,18 @@ pub fn measure<E>(budget: Budget, mut work: impl FnMut() -> Result<(), E>) -> Re
             break;
         }
         let t0 = Instant::now();
-        work()?;
-        samples.push(t0.elapsed().as_nanos());
+        for _ in 0..repeat {
+            work()?;
+        }
+        samples.push(t0.elapsed().as_nanos() / u64::from(repeat));
     }
     Ok(samples)
+}
+
+/// How many runs of `work` one sample needs to span at least [`MIN_SAMPLE`] (at most 1000).
+fn repetitions<E>(work: &mut impl FnMut() -> Result<(), E>) -> Result<u32, E> {
+    let t0 = Instant::now();
+    work()?;
+    let once = t0.elapsed().as_nanos().max(1);
+    Ok(MIN_SAMPLE.as_nanos().div_ceil(once).clamp(1, 1000) as u32)
 }

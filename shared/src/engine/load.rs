@@ -1,4 +1,4 @@
-//! Loading an ONNX model: parse, pin input shapes, type, declutter, summarise.
+//! Loading an ONNX model: parse, pin input shapes, type, declutter portably, summarise.
 
 use std::prelude::rust_2024::*;
 
@@ -22,14 +22,15 @@ pub struct LoadOptions {
     pub input_shapes: Vec<Vec<usize>>,
 }
 
-/// A loaded model: the decluttered tract graph and its summary.
+/// A loaded model: the typed tract graph, portably decluttered, and its summary.
 #[derive(Clone, Debug)]
 pub struct Model {
     /// Display name (file name).
     pub name: String,
     /// Hex SHA-256 of the ONNX bytes.
     pub sha256: String,
-    /// The decluttered typed graph; positions refer to its compute nodes.
+    /// The typed graph after [`declutter_portable`] (the same on every architecture);
+    /// positions refer to its compute nodes.
     pub typed: TypedModel,
     /// Framework-neutral summary (what the core works on).
     pub summary: GraphSummary,
@@ -58,8 +59,7 @@ impl Model {
 
     fn from_inference(name: String, sha256: String, mut inference: InferenceModel, options: &LoadOptions) -> Result<Self> {
         pin_input_shapes(&mut inference, &options.input_shapes)?;
-        let typed =
-            inference.into_typed().and_then(|m| m.into_decluttered()).with_context(|| format!("{name}: tract cannot run this model"))?;
+        let typed = inference.into_typed().and_then(declutter_portable).with_context(|| format!("{name}: tract cannot run this model"))?;
         check_concrete_inputs(&typed, &name)?;
         let Summarised { summary, outlets, node_ids } = summarise(&typed).with_context(|| format!("{name}: cannot analyse the graph"))?;
         summary.validate().with_context(|| format!("{name}: inconsistent graph"))?;
@@ -76,6 +76,19 @@ impl Model {
     pub fn whole(&self) -> Result<Arc<TypedRunnableModel>> {
         self.typed.clone().into_optimized()?.into_runnable().context("cannot build the unsplit model")
     }
+}
+
+/// tract's declutter without its `ChangeAxes` pass. That pass follows per-architecture kernel
+/// preferences (it moves a depthwise conv's channels last where a channels-last kernel exists,
+/// as on aarch64), so the tensors between nodes would be laid out differently on an ARM device
+/// and an x86 server. Everything else (constant folding, batch-norm folding into convs) stays,
+/// so a cut never separates what the unsplit model fuses at this stage, and f32 splits remain
+/// bit-exact. Each slice gets the full declutter when it is optimised.
+fn declutter_portable(mut model: TypedModel) -> TractResult<TypedModel> {
+    let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
+    optimizer.passes.retain(|pass| !format!("{pass:?}").starts_with("ChangeAxes"));
+    optimizer.optimize(&mut model)?;
+    Ok(model)
 }
 
 fn pin_input_shapes(model: &mut InferenceModel, shapes: &[Vec<usize>]) -> Result<()> {

@@ -1,11 +1,14 @@
-//! The tract shell: loads ONNX into a decluttered typed graph ([`load`]), summarises it for the
-//! core ([`summary`]), builds runnable slices for node ranges ([`slice`]) and runs chains of
-//! slices the way separate machines would ([`pipeline`]).
+//! The tract shell: loads ONNX into a typed graph ([`load`]), summarises it for the core
+//! ([`summary`]), builds runnable slices for node ranges ([`slice`]) and runs chains of slices
+//! the way separate machines would ([`pipeline`]).
 //!
-//! Cuts are made on the *decluttered* graph: its nodes stay close to the ONNX layers, every
-//! tensor between them is a plain dense tensor, and its order is the same on every
-//! architecture, so device, edge and cloud agree on positions from the same file. Each slice
-//! is optimised on its own afterwards.
+//! Cuts are made on the typed graph after a *portable* declutter (see `load`): its nodes stay
+//! close to the ONNX layers, batch norms are folded, every tensor between nodes is a plain dense
+//! tensor in the ONNX layout, and it is the same on every architecture. tract's full declutter
+//! is not: on aarch64 it lays some activations out channels-last (a depthwise block's output
+//! came out HWC on ARM and CHW on x86), so an ARM device and an x86 server would disagree on
+//! what crosses a cut. Each slice is fully decluttered and optimised on its own afterwards,
+//! which keeps its boundary tensors as they are.
 
 use std::prelude::rust_2024::*;
 

@@ -1,4 +1,4 @@
-//! Turning a decluttered tract graph into a [`GraphSummary`]: compute nodes in evaluation
+//! Turning a typed tract graph into a [`GraphSummary`]: compute nodes in evaluation
 //! order, constants folded into their readers' weight bytes.
 
 use std::prelude::rust_2024::*;
@@ -73,7 +73,7 @@ impl Builder<'_> {
     }
 }
 
-/// Summarises a decluttered typed model with concrete shapes.
+/// Summarises a typed model with concrete shapes.
 pub(crate) fn summarise(model: &TypedModel) -> Result<Summarised> {
     let mut b = Builder { model, summary: GraphSummary::default(), outlets: Vec::new(), ids: HashMap::new() };
     for &outlet in model.input_outlets()? {
