@@ -18,6 +18,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${SCISSION_ARM_DIR:-$HOME/.cache/scission-arm}
 which_targets=${1:-aarch64}
+# qemu mimics a board's CPU (Pi 4); tract then finds its NEON kernels. Emulated timings are for
+# correctness, not speed.
+export QEMU_CPU=${QEMU_CPU:-cortex-a72}
 
 apt_private() {
   apt-get -o Dir::State="$dir/apt" -o Dir::State::Lists="$dir/apt/lists" -o Dir::State::status="$dir/apt/status" \
@@ -88,7 +91,7 @@ check() {
   local target=$1 qemu sysroot
   case $target in
     aarch64-*) qemu="qemu-aarch64-static"; sysroot="/usr/aarch64-linux-gnu" ;;
-    *) qemu="qemu-arm-static"; sysroot="/usr/arm-linux-gnueabihf" ;;
+    *) qemu="qemu-arm-static"; sysroot="/usr/arm-linux-gnueabihf"; export QEMU_CPU=cortex-a15 ;;
   esac
   local device="$root/target/arm/$target/device/scission-device" work
   work=$(mktemp -d)
