@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{run, stderr, write_model};
+use common::{quick_bench, run, stderr, write_model};
 use scission_shared::onnx::testmodels::TestModel;
 use scission_shared::profile::Profile;
 
@@ -21,27 +21,7 @@ fn bench_all(dir: &Path, kind: TestModel) -> Vec<PathBuf> {
     let model = write_model(dir, kind, 32);
     ["scission-device", "scission-edge", "scission-cloud"]
         .iter()
-        .map(|bin| {
-            let out = dir.join(format!("{bin}-{}.json", kind.name()));
-            let r = run(
-                bin,
-                &[
-                    "bench",
-                    model.to_str().unwrap(),
-                    "--out",
-                    out.to_str().unwrap(),
-                    "--name",
-                    bin,
-                    "--min-runs",
-                    "3",
-                    "--max-runs",
-                    "3",
-                    "--quiet",
-                ],
-            );
-            assert!(r.status.success(), "{}", stderr(&r));
-            out
-        })
+        .map(|bin| quick_bench(bin, &model, &dir.join(format!("{bin}-{}.json", kind.name())), bin))
         .collect()
 }
 
@@ -156,23 +136,7 @@ fn four_tier_chains_and_placement() {
     let files = bench_all(dir.path(), TestModel::Chain);
     let model = dir.path().join("chain-cnn.onnx");
     let edge2 = dir.path().join("edge2.json");
-    let r = run(
-        "scission-edge",
-        &[
-            "bench",
-            model.to_str().unwrap(),
-            "--out",
-            edge2.to_str().unwrap(),
-            "--name",
-            "edge2",
-            "--min-runs",
-            "3",
-            "--max-runs",
-            "3",
-            "--quiet",
-        ],
-    );
-    assert!(r.status.success(), "{}", stderr(&r));
+    quick_bench("scission-edge", &model, &edge2, "edge2");
     let mut args: Vec<String> = vec!["plan".into()];
     args.extend(files.iter().chain([&edge2]).map(|p| p.to_string_lossy().into_owned()));
     for spec in ["--tiers", "device,edge1,edge2,cloud", "--place", "scission-edge=edge1", "--place", "edge2=edge2", "--json", "-n", "50"] {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bin, run, stderr, write_model};
+use common::{bin, quick_bench, run, stderr, write_model};
 use scission_shared::engine::{LoadOptions, Model};
 use scission_shared::net::{pki, quic};
 use scission_shared::onnx::testmodels::TestModel;
@@ -212,24 +212,7 @@ fn garbage_truncated_and_oversized_frames_do_not_stop_the_server() {
 fn profiles(dir: &Path, model: &Path, slowdown: u64) -> String {
     let mut files = Vec::new();
     for (bin_name, name) in [("scission-device", "device"), ("scission-edge", "edge"), ("scission-cloud", "cloud")] {
-        let out = dir.join(format!("{name}.json"));
-        let r = run(
-            bin_name,
-            &[
-                "bench",
-                model.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--name",
-                name,
-                "--min-runs",
-                "3",
-                "--max-runs",
-                "3",
-                "--quiet",
-            ],
-        );
-        assert!(r.status.success(), "{}", stderr(&r));
+        let out = quick_bench(bin_name, model, &dir.join(format!("{name}.json")), name);
         if name == "device" {
             let mut p: scission_shared::profile::Profile = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
             for b in &mut p.blocks {

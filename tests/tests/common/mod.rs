@@ -34,3 +34,13 @@ pub fn write_model(dir: &Path, kind: TestModel, resolution: usize) -> PathBuf {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Runs a quick `bench` (3 timed runs per block) of `model` with `bin`, naming the machine
+/// `name`, and returns the profile's path `out`.
+pub fn quick_bench(bin: &str, model: &Path, out: &Path, name: &str) -> PathBuf {
+    let args =
+        ["bench", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--name", name, "--min-runs", "3", "--max-runs", "3", "--quiet"];
+    let result = run(bin, &args);
+    assert!(result.status.success(), "{bin} bench failed: {}", stderr(&result));
+    out.to_path_buf()
+}
