@@ -10,6 +10,7 @@
 pub mod client;
 pub mod commands;
 pub mod convert;
+pub mod device_run;
 pub mod fetch;
 pub mod node;
 pub mod planner;
