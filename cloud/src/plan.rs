@@ -121,7 +121,8 @@ pub struct Planning {
     pub constraints: Constraints,
     /// Per block: a label (layer range or node names).
     pub block_labels: Vec<String>,
-    legacy: Option<LegacyPlanning>,
+    /// With the original's files: each block's Keras layer range, for its result lines.
+    legacy_layers: Option<Vec<(u32, u32)>>,
 }
 
 /// Runs `plan`.
@@ -138,9 +139,9 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report::json(&planning.problem, &planning.block_labels, &plans))?);
-    } else if let Some(legacy) = &planning.legacy {
+    } else if let Some(layers) = &planning.legacy_layers {
         for (i, plan) in plans.iter().enumerate() {
-            println!("{}", legacy::format_line(i + 1, legacy, plan));
+            println!("{}", legacy::format_line(i + 1, &planning.problem, layers, plan));
         }
     } else {
         print!("{}", report::table(&planning.problem, &planning.block_labels, &plans));
@@ -206,10 +207,11 @@ fn legacy_planning(args: &PlanArgs) -> Result<Planning> {
     let network = read_csv(csv)?;
     let input_bytes = megabytes(args.input_mb.unwrap_or(0.15), "--input-mb")?;
     let model = model.to_string_lossy();
-    let mut p = legacy::build(&machines, &model, &network, input_bytes, &criteria(args)?, &limits(args)?)?;
-    add_common_constraints(args, &p.problem.clone(), &mut p.constraints)?;
-    let block_labels = p.layers.iter().map(|(a, b)| if a == b { format!("layer {a}") } else { format!("layers {a}-{b}") }).collect();
-    Ok(Planning { problem: p.problem.clone(), constraints: p.constraints.clone(), block_labels, legacy: Some(p) })
+    let LegacyPlanning { problem, mut constraints, layers } =
+        legacy::build(&machines, &model, &network, input_bytes, &criteria(args)?, &limits(args)?)?;
+    add_common_constraints(args, &problem, &mut constraints)?;
+    let block_labels = layers.iter().map(|(a, b)| if a == b { format!("layer {a}") } else { format!("layers {a}-{b}") }).collect();
+    Ok(Planning { problem, constraints, block_labels, legacy_layers: Some(layers) })
 }
 
 fn read_legacy_dir(dir: &Path) -> Result<Vec<legacy::LegacyMachine>> {
@@ -261,7 +263,7 @@ fn profile_planning(args: &PlanArgs) -> Result<Planning> {
     let block_labels = crate::report::block_labels(&profiles[0]);
     let mut constraints = profile_constraints(args, &problem)?;
     add_common_constraints(args, &problem, &mut constraints)?;
-    Ok(Planning { problem, constraints, block_labels, legacy: None })
+    Ok(Planning { problem, constraints, block_labels, legacy_layers: None })
 }
 
 /// Criteria and limits for profiles: `N` means block N.

@@ -397,7 +397,7 @@ fn role_tier(problem: &Problem, role: usize) -> Option<usize> {
 
 /// One result line as the original prints it:
 /// `[1] 9.0106s - 2.4087MB - Device(raspi4) = 0 - 6, Edge(vm2Core) = 7 - 11, ...`.
-pub fn format_line(rank: usize, planning: &LegacyPlanning, plan: &Plan) -> String {
+pub fn format_line(rank: usize, problem: &Problem, layers: &[(u32, u32)], plan: &Plan) -> String {
     let parts: Vec<String> = plan
         .segments
         .iter()
@@ -408,8 +408,8 @@ pub fn format_line(rank: usize, planning: &LegacyPlanning, plan: &Plan) -> Strin
                 1 => "Edge",
                 _ => "Cloud",
             };
-            let name = &planning.problem.machines[s.machine].name;
-            format!("{tier}({name}) = {} - {}", planning.layers[s.start].0, planning.layers[s.end - 1].1)
+            let name = &problem.machines[s.machine].name;
+            format!("{tier}({name}) = {} - {}", layers[s.start].0, layers[s.end - 1].1)
         })
         .collect();
     format!("[{rank}] {:.4}s - {:.4}MB - {}", plan.cost.latency_ns as f64 * 1e-9, plan.cost.total_bytes as f64 * 1e-6, parts.join(", "))
