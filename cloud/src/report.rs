@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use scission_shared::solver::plan::Hop;
 use scission_shared::solver::{Plan, Problem};
 use serde_json::{Value, json};
 
@@ -53,32 +54,23 @@ pub fn table(problem: &Problem, labels: &[String], plans: &[Plan]) -> String {
         );
         for (i, s) in plan.segments.iter().enumerate() {
             if i > 0 {
-                let h = &c.hops[i - 1];
-                let _ = writeln!(
-                    out,
-                    "       {:>9.3} ms  hop {} -> {}: {} B",
-                    ms(h.ns),
-                    problem.machines[h.from].name,
-                    problem.machines[h.to].name,
-                    h.bytes
-                );
+                write_hop(&mut out, problem, "hop", &c.hops[i - 1]);
             }
             let tier = &problem.tiers[s.tier];
             let machine = &problem.machines[s.machine].name;
             let _ = writeln!(out, "       {:>9.3} ms  {tier} {machine}: {}", ms(c.compute_ns[i]), block_range(labels, s.start, s.end));
         }
         if let Some(h) = &c.result_hop {
-            let _ = writeln!(
-                out,
-                "       {:>9.3} ms  result {} -> {}: {} B",
-                ms(h.ns),
-                problem.machines[h.from].name,
-                problem.machines[h.to].name,
-                h.bytes
-            );
+            write_hop(&mut out, problem, "result", h);
         }
     }
     out
+}
+
+/// One line of a plan's table for a message between machines.
+fn write_hop(out: &mut String, problem: &Problem, kind: &str, h: &Hop) {
+    let (from, to) = (&problem.machines[h.from].name, &problem.machines[h.to].name);
+    let _ = writeln!(out, "       {:>9.3} ms  {kind} {from} -> {to}: {} B", ms(h.ns), h.bytes);
 }
 
 /// The ranked plans as JSON.

@@ -73,24 +73,19 @@ impl Cluster {
         (cloud, edge)
     }
 
+    /// `scission-device run MODEL --cluster C --edge E --cloud C`, followed by `extra`.
+    fn run_args(&self, cluster: &str, edge: SocketAddr, cloud: SocketAddr, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec!["run".into(), self.model.to_string_lossy().into_owned(), "--cluster".into(), cluster.into()];
+        args.extend(["--edge".into(), edge.to_string(), "--cloud".into(), cloud.to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
     fn device(&self, cluster: &str, edge: SocketAddr, cloud: SocketAddr, split: &str, extra: &[&str]) -> std::process::Output {
-        let (edge, cloud) = (edge.to_string(), cloud.to_string());
-        let mut args = vec![
-            "run",
-            self.model.to_str().unwrap(),
-            "--cluster",
-            cluster,
-            "--edge",
-            &edge,
-            "--cloud",
-            &cloud,
-            "--split",
-            split,
-            "--requests",
-            "4",
-        ];
-        args.extend_from_slice(extra);
-        run("scission-device", &args)
+        let mut args = self.run_args(cluster, edge, cloud, &["--split", split, "--requests", "4"]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("scission-device", &refs)
     }
 }
 
@@ -230,31 +225,27 @@ fn killing_the_edge_mid_stream_fails_over_without_losing_a_request() {
     let c = Cluster::new();
     let (cloud, mut edge) = c.servers();
     let profiles = profiles(c.dir.path(), &c.model, 50);
-    let (edge_addr, cloud_addr, cluster) = (edge.addr.to_string(), cloud.addr.to_string(), c.cluster());
-    let args = [
-        "run",
-        c.model.to_str().unwrap(),
-        "--cluster",
-        &cluster,
-        "--edge",
-        &edge_addr,
-        "--cloud",
-        &cloud_addr,
-        "--profiles",
-        &profiles,
-        "--link",
-        "device-edge=1gbit,1ms",
-        "--link",
-        "edge-cloud=100mbit,20ms",
-        "--link",
-        "device-cloud=10mbit,30ms",
-        "--requests",
-        "20",
-        "--interval-ms",
-        "50",
-        "--timeout-ms",
-        "2000",
-    ];
+    let args = c.run_args(
+        &c.cluster(),
+        edge.addr,
+        cloud.addr,
+        &[
+            "--profiles",
+            &profiles,
+            "--link",
+            "device-edge=1gbit,1ms",
+            "--link",
+            "edge-cloud=100mbit,20ms",
+            "--link",
+            "device-cloud=10mbit,30ms",
+            "--requests",
+            "20",
+            "--interval-ms",
+            "50",
+            "--timeout-ms",
+            "2000",
+        ],
+    );
     let mut device = Command::new(bin("scission-device")).args(args).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = BufReader::new(device.stdout.take().unwrap());
     let mut lines = Vec::new();
@@ -286,18 +277,11 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
     let c = Cluster::new();
     let (cloud, edge) = c.servers();
     let profiles = profiles(c.dir.path(), &c.model, 50);
-    let (edge_addr, cloud_addr, cluster) = (edge.addr.to_string(), cloud.addr.to_string(), c.cluster());
-    let out = run(
-        "scission-device",
+    let args = c.run_args(
+        &c.cluster(),
+        edge.addr,
+        cloud.addr,
         &[
-            "run",
-            c.model.to_str().unwrap(),
-            "--cluster",
-            &cluster,
-            "--edge",
-            &edge_addr,
-            "--cloud",
-            &cloud_addr,
             "--profiles",
             &profiles,
             "--link",
@@ -315,6 +299,8 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
             "4",
         ],
     );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("scission-device", &refs);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
