@@ -38,7 +38,6 @@ impl WeightRng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec::Vec;
 
     #[test]
     fn same_seed_same_values_and_in_range() {
