@@ -3,9 +3,7 @@
 
 use std::fmt::Write;
 
-use scission_shared::solver::Plan;
-
-use crate::plan::Planning;
+use scission_core::solver::{Plan, Problem};
 
 const TIER_COLOURS: [&str; 6] = ["#4e79a7", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948"];
 const HOP_COLOUR: &str = "#bab0ac";
@@ -19,8 +17,7 @@ fn escape(text: &str) -> String {
 }
 
 /// SVG of `plans` (best first).
-pub fn svg(planning: &Planning, plans: &[Plan]) -> String {
-    let problem = &planning.problem;
+pub fn svg(problem: &Problem, plans: &[Plan]) -> String {
     let longest = plans.iter().map(|p| p.cost.latency_ns).max().unwrap_or(1).max(1) as f64;
     let scale = (WIDTH - LEFT - 120.0) / longest;
     let height = 60.0 + plans.len() as f64 * (BAR + GAP) + 30.0;

@@ -7,15 +7,15 @@
 
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
-use scission_shared::bench::{BenchOptions, benchmark};
-use scission_shared::engine::pipeline::max_abs_diff;
-use scission_shared::engine::{LoadOptions, Model, Pipeline, input::synthetic_inputs, with_threads};
-use scission_shared::onnx::builder::encode;
-use scission_shared::onnx::testmodels::TestModel;
-use scission_shared::profile::{Profile, TierKind};
-use scission_shared::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
-use scission_shared::solver::{self, Constraints, CostOptions, Objective, Plan, Problem};
-use scission_shared::timing::Budget;
+use scission_core::profile::{Profile, TierKind};
+use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
+use scission_core::solver::{self, Constraints, CostOptions, Objective, Plan, Problem};
+use scission_core::timing::Budget;
+use scission_engine::bench::{BenchOptions, benchmark};
+use scission_engine::pipeline::max_abs_diff;
+use scission_engine::{LoadOptions, Model, Pipeline, input::synthetic_inputs, with_threads};
+use scission_zoo::onnx::builder::encode;
+use scission_zoo::onnx::testmodels::TestModel;
 
 /// Arguments of `demo`.
 #[derive(Clone, Debug, clap::Args)]
@@ -50,7 +50,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         args.max_crossing,
         model.cuts.legacy_cut_points(&model.summary).len().saturating_sub(2)
     );
-    let cores = scission_shared::host::available_cores();
+    let cores = scission_engine::host::available_cores();
     let device = bench_as(&model, args, "device-1t", TierKind::Device, 1)?;
     let edge = bench_as(&model, args, &format!("edge-{cores}t"), TierKind::Edge, cores)?;
     let mut cloud = edge.clone();
@@ -69,13 +69,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 fn load(name: &str) -> Result<(Model, std::path::PathBuf)> {
     let path = match TestModel::from_name(name) {
         Some(kind) => {
-            let dir = scission_shared::zoo::cache_dir().join("test");
+            let dir = scission_zoo::cache_dir().join("test");
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let path = dir.join(format!("{}.onnx", kind.name()));
             std::fs::write(&path, encode(&kind.build(128, 42))).with_context(|| format!("cannot write {}", path.display()))?;
             path
         }
-        None => scission_shared::zoo::cached(name, 1)?,
+        None => scission_zoo::cached(name, 1)?,
     };
     Ok((Model::load_path(&path, &LoadOptions::default())?, path))
 }
@@ -87,10 +87,9 @@ fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads:
         threads,
         machine: name.to_string(),
         tier,
-        progress: true,
         seed: 1,
     };
-    let profile = benchmark(model, &options)?;
+    let profile = benchmark(model, &options, &scission_cli::BenchBar::new(true))?;
     println!(
         "{name} ({threads} thread(s)): unsplit median {:.1} ms, sum of {} block medians {:.1} ms ({:.2}x), benchmark took {:.1} s",
         profile.whole_model.median_ns as f64 * 1e-6,
@@ -181,9 +180,10 @@ fn distributed(
     plans: &[Plan],
     requests: u32,
 ) -> Result<()> {
-    use scission_shared::net::{emulator::Shaper, pki, quic};
-    use scission_shared::runtime::client::{DeviceClient, plan_route};
-    use scission_shared::runtime::node::Node;
+    use scission_core::policy::plan_route;
+    use scission_net::{emulator::Shaper, pki, quic};
+    use scission_runtime::client::DeviceClient;
+    use scission_runtime::node::Node;
     let dir = tempfile::tempdir()?;
     let cluster = dir.path().join("cluster");
     pki::init_cluster(&cluster)?;
@@ -193,7 +193,7 @@ fn distributed(
     let cloud = start_tier(model_path, &cluster, "cloud", None)?;
     let edge = start_tier(model_path, &cluster, "edge", Some(cloud.addr))?;
     let identity = pki::Identity::load(&cluster, "device")?;
-    let routes: Vec<_> = plans.iter().map(|p| plan_route(p, &device.blocks)).collect();
+    let route = plans.first().and_then(|p| plan_route(p, &device.blocks)).context("no plan to run")?;
     let node = std::sync::Arc::new(Node::new(model, 0, 1)?);
     let whole = node.model.whole()?;
     let peers: std::collections::HashMap<u8, std::net::SocketAddr> = [(1u8, edge.addr), (2u8, cloud.addr)].into();
@@ -206,24 +206,23 @@ fn distributed(
             shapers.insert(*addr, Shaper::new(link));
         }
         let endpoint = quic::client_with_links(&identity, shapers)?;
-        let client = DeviceClient::new(node.clone(), endpoint, peers, scission_shared::wire::frame::DEFAULT_MAX_FRAME, std::time::Duration::from_secs(10));
-        let mut dead = Vec::new();
+        let client = DeviceClient::new(node.clone(), endpoint, peers, scission_core::wire::frame::DEFAULT_MAX_FRAME, std::time::Duration::from_secs(10));
         let mut errors = Vec::new();
         let mut worst = 0f32;
         println!("running {requests} requests: device (this process, emulated uplinks) -> edge -> cloud");
         for i in 0..u64::from(requests) {
             let inputs = synthetic_inputs(&node.model, 100 + i)?;
             let reference = with_threads(1, || whole.run(inputs.clone()))?;
-            let (outcome, index) = client.infer_with_failover(i, &routes, &mut dead, inputs, CostOptions::default().encoding).await?;
+            let outcome = client.infer(i, &route, inputs, CostOptions::default().encoding).await?;
             for ((_, got), want) in outcome.outputs.iter().zip(&reference) {
                 worst = worst.max(max_abs_diff(got, want)?);
             }
-            let predicted = plans[index].cost.latency_ns as f64;
+            let predicted = plans[0].cost.latency_ns as f64;
             if i > 0 {
                 errors.push((outcome.total_ns as f64 - predicted) / predicted);
             }
             if i < 3 || i + 1 == u64::from(requests) {
-                println!("request {i}: plan #{} measured {:.1} ms, predicted {:.1} ms", index + 1, outcome.total_ns as f64 * 1e-6, predicted * 1e-6);
+                println!("request {i}: plan #1 measured {:.1} ms, predicted {:.1} ms", outcome.total_ns as f64 * 1e-6, predicted * 1e-6);
             }
         }
         errors.sort_by(f64::total_cmp);

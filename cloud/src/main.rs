@@ -10,8 +10,8 @@ mod zoo;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use scission_shared::cli::{self, BenchArgs, InspectArgs};
-use scission_shared::profile::TierKind;
+use scission_cli::{self as cli, BenchArgs, InspectArgs, ZooLookup};
+use scission_core::profile::TierKind;
 
 /// The cloud tier of Scission: benchmark DNN blocks, inspect cut points, run the demo.
 ///
@@ -42,16 +42,16 @@ enum Command {
     /// The built-in model zoo: the 18 Keras Applications DNNs as ONNX (list, write, report).
     Zoo(zoo::ZooArgs),
     /// Create the cluster CA (mutual TLS between all nodes).
-    Init(scission_shared::runtime::commands::ClusterArgs),
+    Init(cli::ClusterArgs),
     /// Issue a key and certificate for a node from the cluster CA.
-    Enroll(scission_shared::runtime::commands::EnrollArgs),
+    Enroll(cli::EnrollArgs),
     /// Serve the cloud's stages of partitioned inferences over QUIC.
-    Serve(scission_shared::runtime::commands::ServeArgs),
+    Serve(cli::ServeArgs),
     /// Serve any tier's stages (used by `demo` to start edge and cloud as processes).
     #[command(hide = true)]
     Stage {
         #[command(flatten)]
-        serve: scission_shared::runtime::commands::ServeArgs,
+        serve: cli::ServeArgs,
         /// Tier to serve.
         #[arg(long)]
         tier: String,
@@ -61,21 +61,24 @@ enum Command {
     },
 }
 
+/// `zoo:NAME` models, written on first use.
+pub const ZOO: Option<ZooLookup> = Some(|name| scission_zoo::cached(name, 1));
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.verbose);
     cli::report(match &cli.command {
-        Command::Bench(args) => cli::run_bench(args, TierKind::Cloud),
-        Command::Inspect(args) => cli::run_inspect(args),
+        Command::Bench(args) => cli::run_bench(args, TierKind::Cloud, ZOO),
+        Command::Inspect(args) => cli::run_inspect(args, ZOO),
         Command::Plan(args) => plan::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Zoo(args) => zoo::run(args),
-        Command::Init(args) => scission_shared::runtime::commands::run_init(args),
-        Command::Enroll(args) => scission_shared::runtime::commands::run_enroll(args),
-        Command::Serve(args) => scission_shared::runtime::commands::run_serve(args, TierKind::Cloud, None),
+        Command::Init(args) => cli::run_init(args),
+        Command::Enroll(args) => cli::run_enroll(args),
+        Command::Serve(args) => cli::run_serve(args, TierKind::Cloud, None, ZOO),
         Command::Stage { serve, tier, upstream } => {
             let tier = if tier == "edge" { TierKind::Edge } else { TierKind::Cloud };
-            scission_shared::runtime::commands::run_serve(serve, tier, *upstream)
+            cli::run_serve(serve, tier, *upstream, ZOO)
         }
     })
 }

@@ -8,12 +8,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use scission_shared::cli::read_profile;
-use scission_shared::compat::scission::{self as legacy, Criterion, LegacyLimits, LegacyPlanning};
-use scission_shared::profile::Profile;
-use scission_shared::runtime::commands::EncodingArg;
-use scission_shared::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
-use scission_shared::solver::{self, ComputeCap, Constraints, CostOptions, Objective, Problem};
+use scission_cli::EncodingArg;
+use scission_core::compat::scission::{self as legacy, Criterion, LegacyLimits, LegacyPlanning};
+use scission_core::profile::Profile;
+use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
+use scission_core::solver::{self, ComputeCap, Constraints, CostOptions, Objective, Problem};
+use scission_engine::profile_file::read_profile;
 
 use crate::report;
 
@@ -135,7 +135,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         solver::solve(&planning.problem, &planning.constraints, objective(args.objective), args.result_count)?
     };
     if let Some(path) = &args.chart {
-        std::fs::write(path, crate::chart::svg(&planning, &plans)).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, crate::chart::svg(&planning.problem, &plans)).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report::json(&planning.problem, &planning.block_labels, &plans))?);

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use scission_shared::solver::plan::Hop;
-use scission_shared::solver::{Plan, Problem};
+use scission_core::solver::plan::Hop;
+use scission_core::solver::{Plan, Problem};
 use serde_json::{Value, json};
 
 fn ms(ns: u64) -> f64 {
@@ -27,7 +27,7 @@ fn last_label(label: &str) -> &str {
 }
 
 /// One label per block of a profile: its node, or its first and last nodes.
-pub fn block_labels(profile: &scission_shared::profile::Profile) -> Vec<String> {
+pub fn block_labels(profile: &scission_core::profile::Profile) -> Vec<String> {
     profile
         .blocks
         .iter()
@@ -75,7 +75,7 @@ fn write_hop(out: &mut String, problem: &Problem, kind: &str, h: &Hop) {
 
 /// The ranked plans as JSON.
 pub fn json(problem: &Problem, labels: &[String], plans: &[Plan]) -> Value {
-    let hop = |h: &scission_shared::solver::plan::Hop| json!({"from": problem.machines[h.from].name, "to": problem.machines[h.to].name, "bytes": h.bytes, "ms": ms(h.ns)});
+    let hop = |h: &scission_core::solver::plan::Hop| json!({"from": problem.machines[h.from].name, "to": problem.machines[h.to].name, "bytes": h.bytes, "ms": ms(h.ns)});
     let plans: Vec<Value> = plans
         .iter()
         .enumerate()

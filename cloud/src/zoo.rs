@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use scission_shared::engine::{LoadOptions, Model, input::synthetic_inputs, with_threads};
-use scission_shared::onnx::builder::encode;
-use scission_shared::stats::Summary;
-use scission_shared::zoo::{self, MODELS, ZooModel};
+use scission_core::stats::Summary;
+use scission_engine::{LoadOptions, Model, input::synthetic_inputs, with_threads};
+use scission_zoo::onnx::builder::encode;
+use scission_zoo::{self as zoo, MODELS, ZooModel};
 
 /// Arguments of `zoo`.
 #[derive(Clone, Debug, clap::Args)]

@@ -2,11 +2,13 @@
 //! (`bench`), shows where a model can be cut (`inspect`), and runs its slice of partitioned
 //! inferences against edge and cloud servers (`run`).
 
+mod run;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use scission_shared::cli::{self, BenchArgs, InspectArgs};
-use scission_shared::profile::TierKind;
+use scission_cli::{self as cli, BenchArgs, InspectArgs};
+use scission_core::profile::TierKind;
 
 /// The device tier of Scission: benchmark DNN blocks on this machine.
 ///
@@ -30,15 +32,16 @@ enum Command {
     Inspect(InspectArgs),
     /// Run inferences split between this device, an edge and a cloud server (over QUIC with
     /// mutual TLS), checking every result against the unsplit model.
-    Run(scission_shared::runtime::commands::RunArgs),
+    Run(Box<run::RunArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.verbose);
+    // The device image carries no model zoo: models come as files (or from the cloud).
     cli::report(match &cli.command {
-        Command::Bench(args) => cli::run_bench(args, TierKind::Device),
-        Command::Inspect(args) => cli::run_inspect(args),
-        Command::Run(args) => scission_shared::runtime::commands::run_device(args),
+        Command::Bench(args) => cli::run_bench(args, TierKind::Device, None),
+        Command::Inspect(args) => cli::run_inspect(args, None),
+        Command::Run(args) => run::run(args),
     })
 }

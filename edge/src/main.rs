@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use scission_shared::cli::{self, BenchArgs, InspectArgs};
-use scission_shared::profile::TierKind;
+use scission_cli::{self as cli, BenchArgs, InspectArgs, ZooLookup};
+use scission_core::profile::TierKind;
 
 /// The edge tier of Scission: benchmark DNN blocks on this machine.
 ///
@@ -31,19 +31,22 @@ enum Command {
     /// Serve the edge's stages of partitioned inferences over QUIC, forwarding to the cloud.
     Serve {
         #[command(flatten)]
-        serve: scission_shared::runtime::commands::ServeArgs,
+        serve: cli::ServeArgs,
         /// The cloud server's address.
         #[arg(long)]
         cloud: std::net::SocketAddr,
     },
 }
 
+/// `zoo:NAME` models, written on first use.
+const ZOO: Option<ZooLookup> = Some(|name| scission_zoo::cached(name, 1));
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.verbose);
     cli::report(match &cli.command {
-        Command::Bench(args) => cli::run_bench(args, TierKind::Edge),
-        Command::Inspect(args) => cli::run_inspect(args),
-        Command::Serve { serve, cloud } => scission_shared::runtime::commands::run_serve(serve, TierKind::Edge, Some(*cloud)),
+        Command::Bench(args) => cli::run_bench(args, TierKind::Edge, ZOO),
+        Command::Inspect(args) => cli::run_inspect(args, ZOO),
+        Command::Serve { serve, cloud } => cli::run_serve(serve, TierKind::Edge, Some(*cloud), ZOO),
     })
 }

@@ -3,8 +3,8 @@
 mod common;
 
 use common::{run, stderr};
-use scission_shared::onnx::builder::encode;
-use scission_shared::onnx::testmodels::{TestModel, unsupported_op_model};
+use scission_zoo::onnx::builder::encode;
+use scission_zoo::onnx::testmodels::{TestModel, unsupported_op_model};
 
 fn assert_one_line_error(out: &std::process::Output, must_contain: &[&str]) {
     let err = stderr(out);

@@ -3,9 +3,9 @@
 mod common;
 
 use common::{run, stderr, write_model};
-use scission_shared::engine::{LoadOptions, Model};
-use scission_shared::onnx::testmodels::TestModel;
-use scission_shared::profile::{PROFILE_FORMAT, PROFILE_VERSION, Profile, TierKind};
+use scission_core::profile::{PROFILE_FORMAT, PROFILE_VERSION, Profile, TierKind};
+use scission_engine::{LoadOptions, Model};
+use scission_zoo::onnx::testmodels::TestModel;
 
 fn bench(bin: &str, model: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Profile {
     let mut args = vec![

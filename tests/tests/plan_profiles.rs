@@ -5,8 +5,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{quick_bench, run, stderr, write_model};
-use scission_shared::onnx::testmodels::TestModel;
-use scission_shared::profile::Profile;
+use scission_core::profile::Profile;
+use scission_zoo::onnx::testmodels::TestModel;
 
 const LINKS: [&str; 6] = [
     "device-edge=20mbit,5ms",

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{bin, quick_bench, run, stderr, write_model};
-use scission_shared::engine::{LoadOptions, Model};
-use scission_shared::net::{pki, quic};
-use scission_shared::onnx::testmodels::TestModel;
-use scission_shared::wire::message::{Body, FailureCode, decode, encode};
+use scission_core::wire::message::{Body, FailureCode, decode, encode};
+use scission_engine::{LoadOptions, Model};
+use scission_net::{pki, quic};
+use scission_zoo::onnx::testmodels::TestModel;
 
 /// A server process, killed when dropped.
 struct Server {
@@ -209,7 +209,7 @@ fn profiles(dir: &Path, model: &Path, slowdown: u64) -> String {
     for (bin_name, name) in [("scission-device", "device"), ("scission-edge", "edge"), ("scission-cloud", "cloud")] {
         let out = quick_bench(bin_name, model, &dir.join(format!("{name}.json")), name);
         if name == "device" {
-            let mut p: scission_shared::profile::Profile = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+            let mut p: scission_core::profile::Profile = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
             for b in &mut p.blocks {
                 b.time.median_ns *= slowdown;
             }

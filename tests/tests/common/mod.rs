@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use scission_shared::onnx::builder::encode;
-use scission_shared::onnx::testmodels::TestModel;
+use scission_zoo::onnx::builder::encode;
+use scission_zoo::onnx::testmodels::TestModel;
 
 /// Path of a workspace binary next to this test executable (`target/<profile>/NAME`).
 /// `cargo test --workspace` builds them first, because each binary crate has tests of its own.

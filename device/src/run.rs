@@ -1,0 +1,261 @@
+//! `scission-device run`: its arguments, and the lines it prints for each request.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use scission_cli::{ClusterArgs, EncodingArg, FetchBar, ModelArgs};
+use scission_core::link::Link;
+use scission_core::policy::PolicyConfig;
+use scission_core::solver::linkspec::{parse_bandwidth, parse_latency};
+use scission_core::wire::frame::DEFAULT_MAX_FRAME;
+use scission_core::wire::message::Stage;
+use scission_engine::profile_file::read_profile;
+use scission_engine::tract::prelude::*;
+use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
+
+/// Arguments of the device's `run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The edge server's address.
+    #[arg(long)]
+    edge: Option<std::net::SocketAddr>,
+    /// The cloud server's address.
+    #[arg(long)]
+    cloud: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// This device's enrolled name.
+    #[arg(long, default_value = "device")]
+    name: String,
+    /// A fixed split, as node positions DEVICE_END,EDGE_END: the device runs [0, DEVICE_END),
+    /// the edge [DEVICE_END, EDGE_END), the cloud the rest (`scission-device inspect` lists the
+    /// positions). Without it, plans come from --profiles.
+    #[arg(long, value_parser = parse_split, value_name = "DEVICE_END,EDGE_END", conflicts_with = "profiles")]
+    split: Option<(usize, usize)>,
+    /// Benchmark profiles of device, edge and cloud (from `bench`): the solver ranks plans from
+    /// them and --link figures; requests use the best plan and fail over down the ranking when
+    /// a tier becomes unreachable.
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["split", "profile"])]
+    profiles: Vec<PathBuf>,
+    /// This device's profile: plans come from the cloud, which plans with the edge's and its own
+    /// profiles and the links the device measures to them.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["split", "profiles"], requires = "cloud")]
+    profile: Option<PathBuf>,
+    /// When the model file is missing, fetch it from the cloud (chunked, SHA-256 checked).
+    #[arg(long, requires = "cloud")]
+    fetch_model: bool,
+    /// Link figures FROM-TO=BANDWIDTH,LATENCY for planning (the reverse direction gets the same
+    /// unless given), e.g. device-edge=50mbit,5ms.
+    #[arg(long = "link", value_name = "SPEC")]
+    links: Vec<String>,
+    /// Pause between requests, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
+    /// Emulate the --link figures on this device's uplinks (delay and bandwidth cap on its UDP
+    /// socket), so measured latencies reflect the planned network even on loopback.
+    #[arg(long)]
+    emulate: bool,
+    /// With --emulate: change an emulated uplink before request N, as N:TIER=BANDWIDTH,LATENCY
+    /// (tier 1 edge, 2 cloud), e.g. `10:1=2mbit,5ms`.
+    #[arg(long, requires = "emulate", value_parser = parse_change)]
+    emulate_change: Option<LinkChange>,
+    /// Re-measure the uplinks (a small and a 64 KiB probe) every N requests and switch plans when
+    /// another is predicted at least 10% faster (0: never). Profiles are kept.
+    #[arg(long, default_value_t = 0)]
+    replan_every: u32,
+    /// Give up on a tier that has not answered within this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Probe a tier that stopped answering again after this many milliseconds (doubling after
+    /// each failed probe, up to a minute); it is used again once it answers.
+    #[arg(long, default_value_t = 1000)]
+    retry_after_ms: u64,
+    /// Requests to run (default: one per --inputs file, else 10).
+    #[arg(long)]
+    requests: Option<u32>,
+    /// Input arrays (`.npy`, float32, the model's input shape), one per request, used in turn;
+    /// without them, deterministic random inputs.
+    #[arg(long, value_delimiter = ',', value_name = "FILE.npy")]
+    inputs: Vec<PathBuf>,
+    /// Activation encoding on the wire.
+    #[arg(long, value_enum, default_value_t = EncodingArg::F32)]
+    encoding: EncodingArg,
+    /// Engine threads on the device.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Seed of the synthetic inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip checking each result against the unsplit model (which the device otherwise builds
+    /// and runs too: a second copy of the model in memory and a full inference per request).
+    #[arg(long)]
+    no_check: bool,
+}
+
+fn parse_split(text: &str) -> Result<(usize, usize), String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    match parts[..] {
+        [a, b] => match (a.parse(), b.parse()) {
+            (Ok(a), Ok(b)) => Ok((a, b)),
+            _ => Err(format!("'{text}': expected two node positions, e.g. 40,120")),
+        },
+        _ => Err(format!("'{text}': expected DEVICE_END,EDGE_END, e.g. 40,120")),
+    }
+}
+
+/// Parses `AFTER:TIER=BANDWIDTH,LATENCY`, e.g. `10:1=2mbit,5ms`.
+fn parse_change(text: &str) -> Result<LinkChange, String> {
+    let bad = || format!("'{text}': expected REQUEST:TIER=BANDWIDTH,LATENCY, e.g. 10:1=2mbit,5ms");
+    let (after, rest) = text.split_once(':').ok_or_else(bad)?;
+    let (tier, figures) = rest.split_once('=').ok_or_else(bad)?;
+    let (bw, lat) = figures.split_once(',').ok_or_else(bad)?;
+    let link = Link { bits_per_sec: parse_bandwidth(bw.trim())?, latency_ns: parse_latency(lat.trim())? };
+    Ok(LinkChange { before_request: after.trim().parse().map_err(|_| bad())?, tier: tier.trim().parse().map_err(|_| bad())?, link })
+}
+
+impl RunArgs {
+    fn planning(&self) -> Result<Planning> {
+        if let Some((device_end, edge_end)) = self.split {
+            return Ok(Planning::Split { device_end, edge_end });
+        }
+        if let Some(profile) = &self.profile {
+            read_profile(profile)?;
+            let profile_json = std::fs::read(profile)?;
+            return Ok(Planning::Cloud { profile_json, links: self.links.clone() });
+        }
+        let profiles = self.profiles.iter().map(|p| read_profile(p)).collect::<Result<Vec<_>>>()?;
+        Ok(Planning::Profiles { profiles, links: self.links.clone() })
+    }
+
+    fn config(&self, inputs: Vec<TValue>) -> Result<DeviceConfig> {
+        let requests = self.requests.unwrap_or(if inputs.is_empty() { 10 } else { u32::try_from(inputs.len()).unwrap_or(u32::MAX) });
+        Ok(DeviceConfig {
+            cluster: self.cluster.cluster.clone(),
+            name: self.name.clone(),
+            edge: self.edge,
+            cloud: self.cloud,
+            planning: self.planning()?,
+            policy: PolicyConfig {
+                replan_every: self.replan_every,
+                backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms),
+                ..PolicyConfig::default()
+            },
+            interval: Duration::from_millis(self.interval_ms),
+            emulate: self.emulate,
+            emulate_change: self.emulate_change,
+            timeout: Duration::from_millis(self.timeout_ms),
+            requests,
+            inputs,
+            encoding: self.encoding.into(),
+            threads: self.threads,
+            seed: self.seed,
+            check: !self.no_check,
+            max_frame: DEFAULT_MAX_FRAME,
+        })
+    }
+}
+
+/// Runs the device's `run`, printing a line per request and a summary.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let path = args.model.path(None)?;
+    if args.fetch_model && !path.exists() {
+        let Some(cloud) = args.cloud else { bail!("--fetch-model needs --cloud") };
+        let mut bar = FetchBar::new("the model");
+        scission_runtime::fetch::fetch_model_blocking(&args.cluster.cluster, &args.name, cloud, &path, DEFAULT_MAX_FRAME, &mut |d, t| {
+            bar.update(d, t)
+        })?;
+    }
+    let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
+    let inputs = load_inputs(&model, &args.inputs)?;
+    let config = args.config(inputs)?;
+    let requests = config.requests;
+    let summary = device::run(&config, model, print_event)?;
+    if let Some((count, median)) = summary.prediction_error {
+        println!("measured vs predicted end-to-end latency over {count} requests: median error {:+.1}%", median * 100.0);
+    }
+    match summary.largest_difference {
+        Some(worst) => {
+            println!("requests: {} ok, {} failed; largest difference from the unsplit model {worst:e}", summary.ok, summary.failed)
+        }
+        None if config.check => println!("requests: {} ok, {} failed", summary.ok, summary.failed),
+        None => println!("requests: {} ok, {} failed (results not checked)", summary.ok, summary.failed),
+    }
+    if summary.failed > 0 {
+        bail!("{} of {requests} requests failed", summary.failed);
+    }
+    Ok(())
+}
+
+fn describe(route: &[Stage]) -> String {
+    route.iter().map(|s| format!("tier {} [{}, {})", s.tier, s.start, s.end)).collect::<Vec<_>>().join(" -> ")
+}
+
+fn mbit(link: &Link) -> String {
+    format!("{:.1} Mbit/s, {:.1} ms", link.bits_per_sec as f64 * 1e-6, link.latency_ns as f64 * 1e-6)
+}
+
+fn print_event(event: DeviceEvent<'_>) {
+    match event {
+        DeviceEvent::Plan { route } => println!("plan #1: {}", describe(route)),
+        DeviceEvent::LinkChanged { tier, link, after_request } => {
+            println!("emulated link to tier {tier} now {} (after request {after_request})", mbit(&link))
+        }
+        DeviceEvent::FailedOver { request, tier, reason } => {
+            println!("request {request}: tier {tier} unreachable ({reason}); failing over to a plan without it")
+        }
+        DeviceEvent::TierUp { tier } => println!("tier {tier} answers again; plans may use it"),
+        DeviceEvent::Switched { cause, from, to } => {
+            let why = match cause {
+                SwitchCause::Measured(links) => {
+                    let figures: Vec<String> = links.iter().map(|(t, l)| format!("tier {t}: {}", mbit(l))).collect();
+                    format!("links measured as {}", figures.join("; "))
+                }
+                SwitchCause::Down(tiers) => format!("tier(s) {tiers:?} down"),
+                SwitchCause::Recovered => "a tier came back".to_string(),
+                SwitchCause::FirstPlan => "first plan".to_string(),
+            };
+            println!("plan switch: {why}; best plan was {}, now {}", from.map_or_else(String::new, describe), describe(to));
+        }
+        DeviceEvent::Completed { request, rank, total_ns, predicted_ns, timings, difference } => {
+            let stages: Vec<String> = timings.iter().map(|t| format!("tier {} {:.2} ms", t.tier, t.compute_ns as f64 * 1e-6)).collect();
+            let predicted = predicted_ns.map_or(String::new(), |p| format!(", predicted {:.2} ms", p as f64 * 1e-6));
+            let checked = difference.map_or(String::new(), |d| format!("; max |difference| from the unsplit model {d:e}"));
+            println!(
+                "request {request}: plan #{} {:.2} ms end to end{predicted} ({}){checked}",
+                rank + 1,
+                total_ns as f64 * 1e-6,
+                stages.join(", ")
+            );
+        }
+        DeviceEvent::Failed { request, error } => println!("request {request}: failed: {error}"),
+    }
+}
+
+/// Reads the `--inputs` arrays, checking each against the model's (single) input.
+fn load_inputs(model: &scission_engine::Model, files: &[PathBuf]) -> Result<Vec<TValue>> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let [input] = model.summary.inputs[..] else {
+        bail!("--inputs takes one array per request, but the model has {} inputs", model.summary.inputs.len())
+    };
+    let expected: Vec<usize> = model.summary.tensors[input].shape.iter().map(|&d| d as usize).collect();
+    files
+        .iter()
+        .map(|f| {
+            let t = scission_engine::npy::read_npy(f)?;
+            if t.shape() != expected.as_slice() || t.datum_type() != DatumType::F32 {
+                bail!(
+                    "{} is a {:?} array of shape {:?}; the model takes f32 of shape {expected:?}",
+                    f.display(),
+                    t.datum_type(),
+                    t.shape()
+                );
+            }
+            Ok(t.into_tvalue())
+        })
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! The cluster's commands: `init` and `enroll` (certificates) and `serve` (edge and cloud).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use scission_core::link::Encoding;
+use scission_core::profile::TierKind;
+use scission_core::wire::frame::DEFAULT_MAX_FRAME;
+use scission_engine::profile_file::read_profile;
+use scission_net::pki;
+use scission_runtime::fetch::fetch_model_blocking;
+use scission_runtime::serve::{ServeConfig, serve};
+
+use crate::{FetchBar, ModelArgs, ZooLookup};
+
+/// Where the cluster's certificates live.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Cluster directory (CA and node certificates, from `scission-cloud init` and `enroll`).
+    #[arg(long, default_value = "cluster")]
+    pub cluster: PathBuf,
+}
+
+/// Arguments of `enroll`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// Node name (used with --name when the node starts).
+    pub name: String,
+    /// The node's tier (recorded for the operator; every node may act as client and server).
+    #[arg(long, value_parser = ["device", "edge", "cloud"])]
+    pub tier: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+}
+
+/// Runs `init`: a new cluster CA.
+pub fn run_init(args: &ClusterArgs) -> Result<()> {
+    pki::init_cluster(&args.cluster)?;
+    println!(
+        "created the cluster CA in {}; enroll nodes with `scission-cloud enroll NAME --tier edge|device|cloud`",
+        args.cluster.display()
+    );
+    Ok(())
+}
+
+/// Runs `enroll`: a key and certificate for one node.
+pub fn run_enroll(args: &EnrollArgs) -> Result<()> {
+    let (cert, key) = pki::enroll(&args.cluster.cluster, &args.name)?;
+    println!("enrolled {} ({}): {} and {}; copy them with ca.cert.pem to the node", args.name, args.tier, cert.display(), key.display());
+    Ok(())
+}
+
+/// Arguments of `serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// UDP address to listen on (port 0 picks a free one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+    /// This node's enrolled name (default: its tier).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Engine threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Largest frame accepted, in MiB.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME >> 20)]
+    pub max_frame_mib: u32,
+    /// This machine's benchmark profile (from `bench`). The cloud plans with it; an edge sends
+    /// it to the cloud with its measured link when it starts.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// When the model file is missing, fetch it from the next tier (chunked, SHA-256 checked).
+    #[arg(long)]
+    pub fetch_model: bool,
+}
+
+/// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud).
+pub fn run_serve(args: &ServeArgs, tier: TierKind, upstream: Option<SocketAddr>, zoo: Option<ZooLookup>) -> Result<()> {
+    let name = args.name.clone().unwrap_or_else(|| tier.as_str().to_string());
+    let max_frame = args.max_frame_mib.saturating_mul(1 << 20);
+    let path = args.model.path(zoo)?;
+    if args.fetch_model && !path.exists() {
+        let from = upstream.context("--fetch-model needs a next tier to fetch from")?;
+        let mut bar = FetchBar::new("the model");
+        fetch_model_blocking(&args.cluster.cluster, &name, from, &path, max_frame, &mut |done, total| bar.update(done, total))?;
+    }
+    let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
+    let config = ServeConfig {
+        cluster: args.cluster.cluster.clone(),
+        name: name.clone(),
+        tier,
+        listen: args.listen,
+        upstream,
+        threads: args.threads.unwrap_or_else(scission_engine::host::available_cores),
+        max_frame,
+        profile: args.profile.as_deref().map(read_profile).transpose()?,
+        model_file: path,
+    };
+    serve(&config, model, |ready| {
+        println!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr);
+        let _ = std::io::stdout().flush();
+    })
+}
+
+/// Encodings on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum EncodingArg {
+    /// 32-bit floats (bit-exact).
+    F32,
+    /// 16-bit floats.
+    F16,
+    /// 8-bit integers, per-tensor affine.
+    Int8,
+}
+
+impl From<EncodingArg> for Encoding {
+    fn from(e: EncodingArg) -> Self {
+        match e {
+            EncodingArg::F32 => Encoding::F32,
+            EncodingArg::F16 => Encoding::F16,
+            EncodingArg::Int8 => Encoding::Int8,
+        }
+    }
+}

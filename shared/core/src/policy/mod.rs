@@ -1,0 +1,577 @@
+//! The device's runtime decisions, as a sans-I/O state machine (the way `quinn-proto` sits under
+//! `quinn`): which ranked route a request takes, failing over down the ranking when a tier stops
+//! answering, which tiers are down and when to probe them again, when to re-measure links and
+//! re-plan, and when a new ranking is worth switching to.
+//!
+//! The shell feeds [`Event`]s with the current time (a value, never read from a clock here)
+//! through [`DevicePolicy::handle`] and carries out the [`Action`]s it gets back from
+//! [`DevicePolicy::poll`]: send a request along a route, probe a tier, measure the links,
+//! re-plan, and report. The policy never blocks, never does I/O and is deterministic, so every
+//! path (failover on each tier, recovery, flapping links) is tested in-process.
+//!
+//! Guarantee: every request the shell submits ends in exactly one [`Action::Done`] or one
+//! [`Action::Fail`], whatever the peers do, provided the shell answers each `Send`, `Probe`,
+//! `MeasureLinks` and `Replan` it is given (each with one event).
+
+mod estimate;
+mod routes;
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use embassy_time::{Duration, Instant};
+
+pub use estimate::{Probe, estimate_link};
+pub use routes::{BadSplit, plan_route, split_route};
+
+use crate::link::Link;
+use crate::wire::message::Stage;
+
+/// Tier index of the device itself: it never goes down.
+pub const DEVICE_TIER: u8 = 0;
+
+/// A ranked route with what the planner predicts for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The stages, in chain order; together they cover every node.
+    pub stages: Vec<Stage>,
+    /// Predicted end-to-end latency, when the route came from a cost model.
+    pub predicted_ns: Option<u64>,
+}
+
+impl Route {
+    /// Whether any stage runs on `tier`.
+    pub fn uses(&self, tier: u8) -> bool {
+        self.stages.iter().any(|s| s.tier == tier)
+    }
+}
+
+/// Tunables of the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// A new ranking's best route replaces the current one only when it is predicted at least
+    /// this many percent faster (no flapping on measurement noise).
+    pub hysteresis_percent: u32,
+    /// Re-measure the links and re-plan before every N-th request (0: never).
+    pub replan_every: u32,
+    /// First wait before a down tier is probed again; doubled after each failed probe.
+    pub backoff_initial: Duration,
+    /// Longest wait between probes of a down tier.
+    pub backoff_max: Duration,
+    /// Most times one request is sent (the first try plus failovers) before it fails.
+    pub max_attempts: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            hysteresis_percent: 10,
+            replan_every: 0,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            max_attempts: 8,
+        }
+    }
+}
+
+/// Why the policy asks for a new ranking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplanReason {
+    /// There is no ranking yet.
+    NoPlan,
+    /// Links were re-measured on schedule.
+    Scheduled,
+    /// No ranked route avoids the tiers that are down.
+    NoRouteAvoidingDown,
+    /// A tier came back: routes through it may be best again.
+    TierRecovered,
+}
+
+/// Why a request failed for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// No ranked route avoids the tiers that are down, and re-planning found none either.
+    NoRoute {
+        /// The tiers that were down.
+        down: Vec<u8>,
+    },
+    /// The request was sent `attempts` times and every try met an unreachable tier.
+    TooManyAttempts {
+        /// How many times it was sent.
+        attempts: u32,
+    },
+    /// A tier refused or failed the request itself (bad input, engine error): retrying
+    /// elsewhere would not help.
+    Rejected {
+        /// The tier's reason.
+        reason: String,
+    },
+}
+
+/// Something that happened, as the shell saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The application wants request `request` served. Ids must be unique.
+    Submit {
+        /// The request's id.
+        request: u64,
+    },
+    /// The request's answer arrived.
+    Answered {
+        /// The request's id.
+        request: u64,
+        /// End-to-end time of this try, in nanoseconds.
+        elapsed_ns: u64,
+    },
+    /// `tier` could not be reached (connection error, reset, or a tier before it said so).
+    Unreachable {
+        /// The request's id.
+        request: u64,
+        /// The tier that failed.
+        tier: u8,
+        /// What happened.
+        reason: String,
+    },
+    /// `tier` did not answer in time.
+    TimedOut {
+        /// The request's id.
+        request: u64,
+        /// The tier that did not answer.
+        tier: u8,
+    },
+    /// A tier answered with a failure that another route would not fix.
+    Rejected {
+        /// The request's id.
+        request: u64,
+        /// The reason.
+        reason: String,
+    },
+    /// The links asked for by [`Action::MeasureLinks`], as measured (tiers that could not be
+    /// measured are left out).
+    LinksMeasured(Vec<(u8, Link)>),
+    /// The ranking asked for by [`Action::Replan`], best first.
+    Plans(Vec<Route>),
+    /// The re-planning asked for by [`Action::Replan`] failed.
+    PlanFailed {
+        /// Why.
+        reason: String,
+    },
+    /// A probe asked for by [`Action::Probe`] was answered.
+    ProbeAnswered {
+        /// The tier probed.
+        tier: u8,
+    },
+    /// A probe asked for by [`Action::Probe`] failed.
+    ProbeFailed {
+        /// The tier probed.
+        tier: u8,
+        /// Why.
+        reason: String,
+    },
+    /// Time passed (down tiers whose back-off ran out are probed).
+    Tick,
+}
+
+/// Something the policy wants done or known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send the request along `stages`; answer with `Answered`, `Unreachable`, `TimedOut` or
+    /// `Rejected`.
+    Send {
+        /// The request's id.
+        request: u64,
+        /// The route's rank in the current ranking (0 = best).
+        rank: usize,
+        /// The route.
+        stages: Vec<Stage>,
+    },
+    /// Probe `tier`; answer with `ProbeAnswered` or `ProbeFailed`.
+    Probe {
+        /// The tier.
+        tier: u8,
+    },
+    /// Measure the links to `tiers`; answer with `LinksMeasured`.
+    MeasureLinks {
+        /// The tiers that are up.
+        tiers: Vec<u8>,
+    },
+    /// Rank routes again, avoiding `avoid`, with the latest link estimates; answer with
+    /// `Plans` or `PlanFailed`.
+    Replan {
+        /// Tiers that are down.
+        avoid: Vec<u8>,
+        /// The latest measured link from the device to each tier.
+        links: Vec<(u8, Link)>,
+        /// Why.
+        reason: ReplanReason,
+    },
+    /// The request succeeded on `route`.
+    Done {
+        /// The request's id.
+        request: u64,
+        /// The route that served it.
+        route: Route,
+        /// End-to-end time of the successful try, in nanoseconds.
+        elapsed_ns: u64,
+    },
+    /// The request failed for good.
+    Fail {
+        /// The request's id.
+        request: u64,
+        /// Why.
+        failure: RequestFailure,
+    },
+    /// A route failed at `tier`; the request is retried elsewhere.
+    FailedOver {
+        /// The request's id.
+        request: u64,
+        /// The tier that failed.
+        tier: u8,
+        /// What happened.
+        reason: String,
+    },
+    /// A tier is considered down from now on (until a probe succeeds).
+    TierDown {
+        /// The tier.
+        tier: u8,
+    },
+    /// A down tier answered a probe and is used again.
+    TierUp {
+        /// The tier.
+        tier: u8,
+    },
+    /// The best route changed.
+    Switched {
+        /// The best route before (none on the first ranking).
+        from: Option<Route>,
+        /// The best route now.
+        to: Route,
+    },
+}
+
+/// What the policy knows of one tier that went down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Down {
+    /// When to probe it next.
+    retry_at: Instant,
+    /// The wait that led to `retry_at`.
+    backoff: Duration,
+    /// A probe is out.
+    probing: bool,
+}
+
+/// Where one request stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pending {
+    /// Waiting for a ranking (a re-plan or a measurement is out).
+    Parked { attempts: u32 },
+    /// Sent along `route`.
+    InFlight { attempts: u32, route: Route },
+}
+
+impl Pending {
+    fn attempts(&self) -> u32 {
+        match self {
+            Pending::Parked { attempts } | Pending::InFlight { attempts, .. } => *attempts,
+        }
+    }
+}
+
+/// What the policy waits for from the shell besides request outcomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    Nothing,
+    Links,
+    Plans,
+}
+
+/// The device's route selection, failover, tier health and re-planning.
+#[derive(Clone, Debug)]
+pub struct DevicePolicy {
+    config: PolicyConfig,
+    routes: Vec<Route>,
+    down: BTreeMap<u8, Down>,
+    links: BTreeMap<u8, Link>,
+    requests: BTreeMap<u64, Pending>,
+    waiting: Waiting,
+    submitted: u64,
+    actions: VecDeque<Action>,
+}
+
+impl DevicePolicy {
+    /// A policy starting from `routes` (best first; may be empty, then the first request asks
+    /// for a plan) and the link figures the plan assumed.
+    pub fn new(config: PolicyConfig, routes: Vec<Route>, links: Vec<(u8, Link)>) -> Self {
+        Self {
+            config,
+            routes,
+            down: BTreeMap::new(),
+            links: links.into_iter().collect(),
+            requests: BTreeMap::new(),
+            waiting: Waiting::Nothing,
+            submitted: 0,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The current ranking, best first.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route a new request would take now.
+    pub fn best_available(&self) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, r)| r.stages.iter().all(|s| self.is_up(s.tier)))
+    }
+
+    /// The tiers that are down, in order.
+    pub fn down_tiers(&self) -> Vec<u8> {
+        self.down.keys().copied().collect()
+    }
+
+    /// Whether `tier` is usable.
+    pub fn is_up(&self, tier: u8) -> bool {
+        tier == DEVICE_TIER || !self.down.contains_key(&tier)
+    }
+
+    /// The latest link estimate for each tier.
+    pub fn links(&self) -> Vec<(u8, Link)> {
+        self.links.iter().map(|(t, l)| (*t, *l)).collect()
+    }
+
+    /// Requests submitted and not yet done or failed.
+    pub fn outstanding(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The next action, if any.
+    pub fn poll(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Takes in one event at time `now`.
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Submit { request } => self.submit(request),
+            Event::Answered { request, elapsed_ns } => self.answered(request, elapsed_ns),
+            Event::Unreachable { request, tier, reason } => self.unreachable(now, request, tier, reason),
+            Event::TimedOut { request, tier } => self.unreachable(now, request, tier, String::from("no answer in time")),
+            Event::Rejected { request, reason } => self.finish_failed(request, RequestFailure::Rejected { reason }),
+            Event::LinksMeasured(links) => self.links_measured(links),
+            Event::Plans(ranked) => self.plans(ranked),
+            Event::PlanFailed { .. } => self.plan_failed(),
+            Event::ProbeAnswered { tier } => self.probe_answered(tier),
+            Event::ProbeFailed { tier, .. } => self.probe_failed(now, tier),
+            Event::Tick => self.tick(now),
+        }
+    }
+
+    fn submit(&mut self, request: u64) {
+        if self.requests.contains_key(&request) {
+            // A duplicate id would make two outcomes indistinguishable: refuse the newcomer
+            // without disturbing the request already under that id.
+            let reason = String::from("a request with this id is already outstanding");
+            self.actions.push_back(Action::Fail { request, failure: RequestFailure::Rejected { reason } });
+            return;
+        }
+        let due = self.config.replan_every > 0 && self.submitted > 0 && self.submitted % u64::from(self.config.replan_every) == 0;
+        self.submitted = self.submitted.saturating_add(1);
+        self.requests.insert(request, Pending::Parked { attempts: 0 });
+        if due && self.waiting == Waiting::Nothing {
+            self.waiting = Waiting::Links;
+            let tiers = self.tiers_in_routes().into_iter().filter(|&t| self.is_up(t)).collect();
+            self.actions.push_back(Action::MeasureLinks { tiers });
+            return;
+        }
+        if self.waiting != Waiting::Nothing {
+            return;
+        }
+        if self.routes.is_empty() {
+            self.ask_for_plans(ReplanReason::NoPlan);
+            return;
+        }
+        self.dispatch(request);
+    }
+
+    /// Sends a parked request on the best route whose tiers are all up, or asks for a plan
+    /// that avoids the down tiers, or (when already re-planned) fails it.
+    fn dispatch(&mut self, request: u64) {
+        let Some(attempts) = self.requests.get(&request).map(Pending::attempts) else { return };
+        if attempts >= self.config.max_attempts {
+            self.finish_failed(request, RequestFailure::TooManyAttempts { attempts });
+            return;
+        }
+        match self.best_available() {
+            Some((rank, route)) => {
+                let route = route.clone();
+                let stages = route.stages.clone();
+                self.requests.insert(request, Pending::InFlight { attempts: attempts.saturating_add(1), route });
+                self.actions.push_back(Action::Send { request, rank, stages });
+            }
+            None => {
+                self.requests.insert(request, Pending::Parked { attempts });
+                if self.waiting == Waiting::Nothing {
+                    self.ask_for_plans(ReplanReason::NoRouteAvoidingDown);
+                }
+            }
+        }
+    }
+
+    fn ask_for_plans(&mut self, reason: ReplanReason) {
+        self.waiting = Waiting::Plans;
+        self.actions.push_back(Action::Replan { avoid: self.down_tiers(), links: self.links(), reason });
+    }
+
+    fn answered(&mut self, request: u64, elapsed_ns: u64) {
+        if let Some(Pending::InFlight { route, .. }) = self.requests.get(&request) {
+            let route = route.clone();
+            self.requests.remove(&request);
+            self.actions.push_back(Action::Done { request, route, elapsed_ns });
+        }
+    }
+
+    fn unreachable(&mut self, now: Instant, request: u64, tier: u8, reason: String) {
+        let Some(Pending::InFlight { attempts, route }) = self.requests.get(&request) else { return };
+        let attempts = *attempts;
+        if tier == DEVICE_TIER || !route.uses(tier) {
+            // Only a tier on the route can fail it; anything else is a shell bug or a lying peer.
+            let reason = alloc::format!("tier {tier} reported unreachable, but the route does not use it: {reason}");
+            self.finish_failed(request, RequestFailure::Rejected { reason });
+            return;
+        }
+        self.mark_down(now, tier);
+        self.actions.push_back(Action::FailedOver { request, tier, reason });
+        self.requests.insert(request, Pending::Parked { attempts });
+        if self.waiting == Waiting::Nothing {
+            self.dispatch(request);
+        }
+    }
+
+    fn mark_down(&mut self, now: Instant, tier: u8) {
+        if self.down.contains_key(&tier) {
+            return;
+        }
+        let backoff = self.config.backoff_initial;
+        self.down.insert(tier, Down { retry_at: now.saturating_add(backoff), backoff, probing: false });
+        self.actions.push_back(Action::TierDown { tier });
+    }
+
+    fn finish_failed(&mut self, request: u64, failure: RequestFailure) {
+        if self.requests.remove(&request).is_some() {
+            self.actions.push_back(Action::Fail { request, failure });
+        }
+    }
+
+    fn links_measured(&mut self, links: Vec<(u8, Link)>) {
+        if self.waiting != Waiting::Links {
+            return;
+        }
+        for (tier, link) in links {
+            self.links.insert(tier, link);
+        }
+        self.ask_for_plans(ReplanReason::Scheduled);
+    }
+
+    fn plans(&mut self, ranked: Vec<Route>) {
+        if self.waiting != Waiting::Plans {
+            return;
+        }
+        self.waiting = Waiting::Nothing;
+        if !ranked.is_empty() {
+            self.adopt(ranked);
+        }
+        self.resume_parked();
+    }
+
+    fn plan_failed(&mut self) {
+        if self.waiting != Waiting::Plans {
+            return;
+        }
+        self.waiting = Waiting::Nothing;
+        self.resume_parked();
+    }
+
+    /// After a (failed or successful) re-plan: every parked request goes out, or fails when no
+    /// route avoids the down tiers even now.
+    fn resume_parked(&mut self) {
+        let parked: Vec<u64> = self.requests.iter().filter(|(_, p)| matches!(p, Pending::Parked { .. })).map(|(id, _)| *id).collect();
+        for request in parked {
+            if self.best_available().is_some() {
+                self.dispatch(request);
+            } else {
+                self.finish_failed(request, RequestFailure::NoRoute { down: self.down_tiers() });
+            }
+        }
+    }
+
+    /// Takes a new ranking. The current best stays first unless the new best is predicted at
+    /// least `hysteresis_percent` faster than it (or the current best is gone or unusable).
+    fn adopt(&mut self, mut ranked: Vec<Route>) {
+        let before = self.best_available().map(|(_, r)| r.clone());
+        if let Some(current) = before.as_ref()
+            && let Some(position) = ranked.iter().position(|r| r.stages == current.stages)
+            && position > 0
+            && !self.clearly_faster(&ranked[0], &ranked[position])
+        {
+            let kept = ranked.remove(position);
+            ranked.insert(0, kept);
+        }
+        self.routes = ranked;
+        let after = self.best_available().map(|(_, r)| r.clone());
+        if let Some(to) = after
+            && before.as_ref().map(|b| &b.stages) != Some(&to.stages)
+        {
+            self.actions.push_back(Action::Switched { from: before, to });
+        }
+    }
+
+    /// Whether `candidate` is predicted at least the hysteresis margin faster than `current`.
+    fn clearly_faster(&self, candidate: &Route, current: &Route) -> bool {
+        match (candidate.predicted_ns, current.predicted_ns) {
+            (Some(new), Some(old)) => {
+                let margin = u128::from(100u32.saturating_sub(self.config.hysteresis_percent.min(100)));
+                u128::from(new) * 100 <= u128::from(old) * margin
+            }
+            // Without predictions the planner's order is all there is.
+            _ => true,
+        }
+    }
+
+    fn probe_answered(&mut self, tier: u8) {
+        if self.down.get(&tier).is_some_and(|d| d.probing) {
+            self.down.remove(&tier);
+            self.actions.push_back(Action::TierUp { tier });
+            if self.waiting == Waiting::Nothing {
+                self.ask_for_plans(ReplanReason::TierRecovered);
+            }
+        }
+    }
+
+    fn probe_failed(&mut self, now: Instant, tier: u8) {
+        let max = self.config.backoff_max;
+        if let Some(down) = self.down.get_mut(&tier).filter(|d| d.probing) {
+            let doubled = Duration::from_ticks(down.backoff.as_ticks().saturating_mul(2));
+            down.backoff = if doubled > max { max } else { doubled };
+            down.retry_at = now.saturating_add(down.backoff);
+            down.probing = false;
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for (tier, down) in self.down.iter_mut() {
+            if !down.probing && down.retry_at <= now {
+                down.probing = true;
+                self.actions.push_back(Action::Probe { tier: *tier });
+            }
+        }
+    }
+
+    /// Every tier some ranked route uses, except the device.
+    fn tiers_in_routes(&self) -> Vec<u8> {
+        let mut tiers: Vec<u8> = self.routes.iter().flat_map(|r| r.stages.iter().map(|s| s.tier)).filter(|&t| t != DEVICE_TIER).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
+        tiers
+    }
+}

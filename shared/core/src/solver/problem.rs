@@ -1,0 +1,176 @@
+//! The planning problem: tiers in chain order, candidate machines with per-block compute times,
+//! directed links, and the bytes that cross every block boundary.
+//!
+//! All times are integer nanoseconds and all sizes integer bytes, so a plan's cost is an exact
+//! integer sum whatever order it is added in: the dynamic program and the brute-force
+//! enumerator agree to the last nanosecond.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+pub use crate::link::{Encoding, Link};
+
+/// Cost-model switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostOptions {
+    /// Charge a hop that brings the result back to the device.
+    pub return_result: bool,
+    /// Activation encoding on every hop.
+    pub encoding: Encoding,
+    /// Fixed bytes added to every message (framing, headers).
+    pub message_overhead: u64,
+}
+
+impl Default for CostOptions {
+    fn default() -> Self {
+        Self { return_result: true, encoding: Encoding::F32, message_overhead: 64 }
+    }
+}
+
+impl CostOptions {
+    /// The original Scission's model: no return hop, no overhead, bytes as measured.
+    pub fn scission_compatible() -> Self {
+        Self { return_result: false, encoding: Encoding::F32, message_overhead: 0 }
+    }
+}
+
+/// A candidate machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Unique name.
+    pub name: String,
+    /// Index of its tier.
+    pub tier: usize,
+    /// Compute time of each block on this machine, in nanoseconds.
+    pub block_ns: Vec<u64>,
+}
+
+/// One planning instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Tier names in chain order; tier 0 holds the raw input (the device).
+    pub tiers: Vec<String>,
+    /// Candidate machines.
+    pub machines: Vec<Machine>,
+    /// Dense activation bytes crossing each block boundary (`blocks + 1` entries; the last is the
+    /// model output).
+    pub boundary_bytes: Vec<u64>,
+    /// Bytes of the raw input as sent when the device runs nothing.
+    pub input_bytes: u64,
+    /// Weight bytes of each block (for memory caps).
+    pub block_weight_bytes: Vec<u64>,
+    /// Activation bytes each block reads and writes (for memory caps).
+    pub block_activation_bytes: Vec<u64>,
+    /// Directed links `(from machine, to machine, link)`.
+    pub links: Vec<(usize, usize, Link)>,
+    /// Cost-model switches.
+    pub options: CostOptions,
+}
+
+/// Why a [`Problem`] or its constraints cannot be solved as given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProblemError {
+    /// The problem has no blocks, tiers or machines.
+    #[error("nothing to plan: {0}")]
+    Empty(&'static str),
+    /// A machine's block list has the wrong length.
+    #[error("machine '{machine}' has {got} block times, expected {expected}")]
+    BlockCount {
+        /// Machine name.
+        machine: String,
+        /// Its count.
+        got: usize,
+        /// The problem's block count.
+        expected: usize,
+    },
+    /// A machine names a tier that does not exist.
+    #[error("machine '{0}' is in an unknown tier")]
+    UnknownTier(String),
+    /// Two machines share a name.
+    #[error("two machines are called '{0}'")]
+    DuplicateMachine(String),
+    /// A link has zero bandwidth or names an unknown machine.
+    #[error("invalid link: {0}")]
+    BadLink(String),
+    /// A plan could need a link that is not given.
+    #[error("no link from '{from}' to '{to}' (needed when {from} hands over to {to}); give its latency and bandwidth")]
+    MissingLink {
+        /// Sending machine.
+        from: String,
+        /// Receiving machine.
+        to: String,
+    },
+    /// Constraints contradict each other.
+    #[error("contradictory constraints: {0}")]
+    Contradiction(String),
+    /// A constraint names something that does not exist.
+    #[error("invalid constraint: {0}")]
+    BadConstraint(String),
+}
+
+impl Problem {
+    /// Number of blocks.
+    pub fn blocks(&self) -> usize {
+        self.boundary_bytes.len().saturating_sub(1)
+    }
+
+    /// Index of the machine called `name`.
+    pub fn machine_index(&self, name: &str) -> Option<usize> {
+        self.machines.iter().position(|m| m.name == name)
+    }
+
+    /// The link from machine `a` to machine `b`.
+    pub fn link(&self, a: usize, b: usize) -> Option<Link> {
+        self.links.iter().find(|(x, y, _)| *x == a && *y == b).map(|l| l.2)
+    }
+
+    /// Bytes sent when the DNN is handed over at boundary `p` (the raw input at 0).
+    pub fn handover_bytes(&self, p: usize) -> u64 {
+        let payload = if p == 0 { self.input_bytes } else { self.options.encoding.wire_bytes(self.boundary_bytes[p]) };
+        payload + self.options.message_overhead
+    }
+
+    /// Bytes of the result sent back to the device.
+    pub fn result_bytes(&self) -> u64 {
+        self.options.encoding.wire_bytes(self.boundary_bytes[self.blocks()]) + self.options.message_overhead
+    }
+
+    /// Checks sizes, names and links for internal consistency.
+    pub fn validate(&self) -> Result<(), ProblemError> {
+        let n = self.blocks();
+        if n == 0 {
+            return Err(ProblemError::Empty("the model has no blocks"));
+        }
+        if self.tiers.is_empty() || self.machines.is_empty() {
+            return Err(ProblemError::Empty("no tiers or no machines"));
+        }
+        if let Some((i, t)) = self.tiers.iter().enumerate().find(|(i, t)| self.tiers[..*i].contains(t)) {
+            return Err(ProblemError::BadConstraint(alloc::format!("tier '{t}' appears twice in the chain (position {i})")));
+        }
+        for (i, m) in self.machines.iter().enumerate() {
+            if m.block_ns.len() != n {
+                return Err(ProblemError::BlockCount { machine: m.name.clone(), got: m.block_ns.len(), expected: n });
+            }
+            if m.tier >= self.tiers.len() {
+                return Err(ProblemError::UnknownTier(m.name.clone()));
+            }
+            if self.machines[..i].iter().any(|o| o.name == m.name) {
+                return Err(ProblemError::DuplicateMachine(m.name.clone()));
+            }
+        }
+        if self.block_weight_bytes.len() != n || self.block_activation_bytes.len() != n {
+            return Err(ProblemError::Empty("per-block memory figures do not match the block count"));
+        }
+        for (a, b, link) in &self.links {
+            if *a >= self.machines.len() || *b >= self.machines.len() {
+                return Err(ProblemError::BadLink(alloc::format!("machine index {a} or {b} is out of range")));
+            }
+            if link.bits_per_sec == 0 {
+                let (a, b) = (&self.machines[*a].name, &self.machines[*b].name);
+                return Err(ProblemError::BadLink(alloc::format!("{a} -> {b} has zero bandwidth")));
+            }
+        }
+        Ok(())
+    }
+}

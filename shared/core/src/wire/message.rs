@@ -1,0 +1,292 @@
+//! Protocol messages. Each travels as one postcard-encoded [`Envelope`] that starts with the
+//! protocol version; decoding validates every bound and every tensor before anyone uses it.
+
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use super::WireError;
+use super::tensor::TensorFrame;
+use crate::link::{Encoding, Link};
+
+/// Version of this protocol; a peer with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// ALPN token naming the protocol version in the TLS handshake.
+pub const ALPN: &[u8] = b"scission/1";
+/// Most tensors one message may carry.
+pub const MAX_TENSORS: usize = 16;
+/// Most stages a route may have.
+pub const MAX_STAGES: usize = 8;
+/// Longest error text.
+pub const MAX_TEXT: usize = 256;
+
+/// One stage of a route: the tier that runs it and its node range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Hash, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    /// Tier index in the chain (0 = device).
+    pub tier: u8,
+    /// First node position.
+    pub start: u32,
+    /// One past the last node position.
+    pub end: u32,
+}
+
+/// A tensor tagged with the id of the graph tensor it carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamedTensor<'a> {
+    /// Tensor id in the model's graph summary.
+    pub id: u32,
+    /// The tensor.
+    #[serde(borrow)]
+    pub tensor: TensorFrame<'a>,
+}
+
+/// Compute time one stage took, reported back with the result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageTiming {
+    /// Tier index.
+    pub tier: u8,
+    /// Nanoseconds of compute.
+    pub compute_ns: u64,
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureCode {
+    /// The request itself is invalid (bad frame, wrong tensors, unknown model).
+    BadRequest,
+    /// The request is larger than the receiver accepts.
+    TooLarge,
+    /// The next tier could not be reached or failed.
+    Unreachable,
+    /// Running the slice failed.
+    Engine,
+}
+
+/// One ranked route the cloud's solver hands out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedRoute {
+    /// The stages, in tier order.
+    pub stages: heapless::Vec<Stage, MAX_STAGES>,
+    /// Predicted end-to-end latency, nanoseconds.
+    pub predicted_ns: u64,
+}
+
+/// Most routes in one plan answer.
+pub const MAX_ROUTES: usize = 16;
+/// Longest node name.
+pub const MAX_NAME: usize = 64;
+
+/// What a message says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body<'a> {
+    /// Run the remaining `stages` (the first is the receiver's) on `tensors`, forward the rest,
+    /// and answer with [`Body::Output`] or [`Body::Failure`].
+    Infer {
+        /// Request id, chosen by the device.
+        request: u64,
+        /// SHA-256 of the model's ONNX file.
+        model: [u8; 32],
+        /// Stages still to run, in order.
+        stages: heapless::Vec<Stage, MAX_STAGES>,
+        /// Encoding for activations sent onward.
+        encoding: Encoding,
+        /// The activations crossing into the first remaining stage.
+        #[serde(borrow)]
+        tensors: heapless::Vec<NamedTensor<'a>, MAX_TENSORS>,
+    },
+    /// The model's outputs.
+    Output {
+        /// Request id.
+        request: u64,
+        /// Graph outputs.
+        #[serde(borrow)]
+        tensors: heapless::Vec<NamedTensor<'a>, MAX_TENSORS>,
+        /// Compute time per stage run after the sender's.
+        timings: heapless::Vec<StageTiming, MAX_STAGES>,
+    },
+    /// The request failed; nothing else will come for it.
+    Failure {
+        /// Request id.
+        request: u64,
+        /// Category.
+        code: FailureCode,
+        /// Human-readable reason.
+        message: heapless::String<MAX_TEXT>,
+    },
+    /// Liveness and round-trip probe.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+        /// Padding bytes, to probe bandwidth.
+        #[serde(borrow)]
+        padding: &'a [u8],
+    },
+    /// Answer to [`Body::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// A node announces itself to the cloud: its benchmark profile (JSON) and its measured
+    /// link to the cloud.
+    Register {
+        /// Enrolled name.
+        name: heapless::String<MAX_NAME>,
+        /// Tier index.
+        tier: u8,
+        /// Profile JSON, as written by `bench`.
+        #[serde(borrow)]
+        profile: &'a [u8],
+        /// Measured link from this node to the cloud.
+        link_to_cloud: Option<Link>,
+    },
+    /// The cloud's answer to [`Body::Register`].
+    Registered,
+    /// A device asks the cloud for ranked plans.
+    PlanRequest {
+        /// The device's profile JSON.
+        #[serde(borrow)]
+        profile: &'a [u8],
+        /// Measured links from the device to tier `t`.
+        uplinks: heapless::Vec<(u8, Link), 4>,
+        /// How many plans to return.
+        count: u16,
+        /// Tiers the plans must not use (found unreachable).
+        avoid: heapless::Vec<u8, MAX_STAGES>,
+    },
+    /// Ranked plans, best first.
+    Plans {
+        /// The routes.
+        routes: heapless::Vec<PlannedRoute, MAX_ROUTES>,
+    },
+    /// Asks for a piece of the model file the receiver serves.
+    FetchModel {
+        /// First byte wanted.
+        offset: u64,
+        /// Most bytes wanted.
+        max_len: u32,
+    },
+    /// A piece of the model file.
+    ModelChunk {
+        /// Size of the whole file.
+        total: u64,
+        /// SHA-256 of the whole file.
+        sha256: [u8; 32],
+        /// Where this piece starts.
+        offset: u64,
+        /// The bytes.
+        #[serde(borrow)]
+        data: &'a [u8],
+    },
+}
+
+/// A versioned message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<'a> {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// The message.
+    #[serde(borrow)]
+    pub body: Body<'a>,
+}
+
+/// Encodes a message body with the current version.
+pub fn encode(body: &Body<'_>) -> Result<Vec<u8>, WireError> {
+    postcard::to_allocvec(&Envelope { version: PROTOCOL_VERSION, body: body.clone() }).map_err(|_| WireError::Malformed("cannot encode"))
+}
+
+/// Decodes and validates a message; tensor payloads borrow from `bytes`.
+pub fn decode(bytes: &[u8]) -> Result<Body<'_>, WireError> {
+    let version = postcard::take_from_bytes::<u16>(bytes).map_err(|_| WireError::Malformed("no version"))?.0;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version { got: version, expected: PROTOCOL_VERSION });
+    }
+    let (envelope, rest) = postcard::take_from_bytes::<Envelope<'_>>(bytes).map_err(|_| WireError::Malformed("not a protocol message"))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed("trailing bytes after the message"));
+    }
+    validate(&envelope.body)?;
+    Ok(envelope.body)
+}
+
+fn validate(body: &Body<'_>) -> Result<(), WireError> {
+    match body {
+        Body::Infer { stages, tensors, .. } => {
+            if stages.is_empty() {
+                return Err(WireError::Malformed("a request with no stage"));
+            }
+            let ordered =
+                stages.iter().all(|s| s.start < s.end) && stages.windows(2).all(|w| w[0].end == w[1].start && w[0].tier < w[1].tier);
+            if !ordered {
+                return Err(WireError::Malformed("stages are not consecutive, non-empty and in tier order"));
+            }
+            tensors.iter().try_for_each(|t| t.tensor.validate())
+        }
+        Body::Output { tensors, .. } => tensors.iter().try_for_each(|t| t.tensor.validate()),
+        Body::Plans { routes } => {
+            let ordered = routes.iter().all(|r| {
+                !r.stages.is_empty()
+                    && r.stages.iter().all(|s| s.start < s.end)
+                    && r.stages.windows(2).all(|w| w[0].end == w[1].start && w[0].tier < w[1].tier)
+            });
+            if ordered { Ok(()) } else { Err(WireError::Malformed("a planned route is not consecutive and in tier order")) }
+        }
+        Body::ModelChunk { total, offset, data, .. } => {
+            let end = offset.checked_add(data.len() as u64);
+            if end.is_some_and(|e| e <= *total) { Ok(()) } else { Err(WireError::Malformed("model chunk outside the file")) }
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tensor::{Elements, encode_f32};
+
+    fn request(data: &[u8]) -> Body<'_> {
+        let tensor = TensorFrame { elements: Elements::F32, shape: [2, 3].into_iter().collect(), data };
+        Body::Infer {
+            request: 7,
+            model: [9; 32],
+            stages: [Stage { tier: 1, start: 3, end: 10 }, Stage { tier: 2, start: 10, end: 12 }].into_iter().collect(),
+            encoding: Encoding::F16,
+            tensors: [NamedTensor { id: 4, tensor }].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn round_trip_borrows_the_payload() {
+        let (_, data) = encode_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], Encoding::F32);
+        let bytes = encode(&request(&data)).unwrap();
+        let body = decode(&bytes).unwrap();
+        assert_eq!(body, request(&data));
+        let Body::Infer { tensors, .. } = body else { unreachable!() };
+        let payload = tensors[0].tensor.data;
+        let inside = bytes.as_ptr_range();
+        assert!(inside.contains(&payload.as_ptr()), "decoding copies nothing");
+        // Overhead beyond the payload: a few bytes of header.
+        assert!(bytes.len() - data.len() < 64, "{} bytes of overhead", bytes.len() - data.len());
+    }
+
+    #[test]
+    fn rejects_bad_messages() {
+        let (_, data) = encode_f32(&[1.0; 6], Encoding::F32);
+        let mut bytes = encode(&request(&data)).unwrap();
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err(), "truncated");
+        bytes.push(0);
+        assert_eq!(decode(&bytes), Err(WireError::Malformed("trailing bytes after the message")));
+        let short = encode(&request(&data[..20])).unwrap();
+        assert_eq!(decode(&short), Err(WireError::PayloadSize { got: 20, expected: 24 }));
+        let future = postcard::to_allocvec(&Envelope { version: 99, body: Body::Pong { nonce: 1 } }).unwrap();
+        assert_eq!(decode(&future), Err(WireError::Version { got: 99, expected: PROTOCOL_VERSION }));
+        let Body::Infer { request, model, tensors, .. } = request(&data) else { unreachable!() };
+        let backwards = Body::Infer {
+            request,
+            model,
+            stages: [Stage { tier: 2, start: 3, end: 4 }, Stage { tier: 1, start: 4, end: 5 }].into_iter().collect(),
+            encoding: Encoding::F32,
+            tensors,
+        };
+        assert!(decode(&encode(&backwards).unwrap()).is_err());
+    }
+}

@@ -1,0 +1,451 @@
+//! The device policy driven in-process: failover on each tier, re-planning around down tiers,
+//! recovery after a back-off, hysteresis against flapping link measurements, and (property)
+//! every request ending in exactly one result or one explicit failure under random events.
+
+use embassy_time::Instant;
+use proptest::prelude::*;
+use scission_core::link::Link;
+use scission_core::policy::{Action, DevicePolicy, Event, PolicyConfig, ReplanReason, RequestFailure, Route};
+use scission_core::wire::message::Stage;
+
+fn stage(tier: u8, start: u32, end: u32) -> Stage {
+    Stage { tier, start, end }
+}
+
+/// Device, edge and cloud.
+fn three_tier(predicted: u64) -> Route {
+    Route { stages: vec![stage(0, 0, 3), stage(1, 3, 6), stage(2, 6, 10)], predicted_ns: Some(predicted) }
+}
+
+/// Device and cloud.
+fn device_cloud(predicted: u64) -> Route {
+    Route { stages: vec![stage(0, 0, 5), stage(2, 5, 10)], predicted_ns: Some(predicted) }
+}
+
+/// Device and edge.
+fn device_edge(predicted: u64) -> Route {
+    Route { stages: vec![stage(0, 0, 2), stage(1, 2, 10)], predicted_ns: Some(predicted) }
+}
+
+/// The device alone.
+fn device_only(predicted: u64) -> Route {
+    Route { stages: vec![stage(0, 0, 10)], predicted_ns: Some(predicted) }
+}
+
+fn at(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+fn drain(policy: &mut DevicePolicy) -> Vec<Action> {
+    std::iter::from_fn(|| policy.poll()).collect()
+}
+
+fn sent(actions: &[Action]) -> Vec<(u64, Vec<Stage>)> {
+    actions
+        .iter()
+        .filter_map(|a| if let Action::Send { request, stages, .. } = a { Some((*request, stages.clone())) } else { None })
+        .collect()
+}
+
+fn policy(routes: Vec<Route>) -> DevicePolicy {
+    DevicePolicy::new(PolicyConfig::default(), routes, Vec::new())
+}
+
+#[test]
+fn a_request_goes_out_on_the_best_route_and_completes() {
+    let mut p = policy(vec![three_tier(10), device_only(50)]);
+    p.handle(at(0), Event::Submit { request: 7 });
+    assert_eq!(sent(&drain(&mut p)), vec![(7, three_tier(10).stages)]);
+    p.handle(at(5), Event::Answered { request: 7, elapsed_ns: 12 });
+    assert_eq!(drain(&mut p), vec![Action::Done { request: 7, route: three_tier(10), elapsed_ns: 12 }]);
+    assert_eq!(p.outstanding(), 0);
+}
+
+#[test]
+fn an_unreachable_edge_fails_over_to_the_best_route_without_it() {
+    let mut p = policy(vec![three_tier(10), device_edge(20), device_cloud(30), device_only(50)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Unreachable { request: 1, tier: 1, reason: "reset".into() });
+    let actions = drain(&mut p);
+    assert!(actions.contains(&Action::TierDown { tier: 1 }), "{actions:?}");
+    assert!(actions.contains(&Action::FailedOver { request: 1, tier: 1, reason: "reset".into() }), "{actions:?}");
+    assert_eq!(sent(&actions), vec![(1, device_cloud(30).stages)]);
+    p.handle(at(2), Event::Answered { request: 1, elapsed_ns: 31 });
+    assert_eq!(drain(&mut p), vec![Action::Done { request: 1, route: device_cloud(30), elapsed_ns: 31 }]);
+    // Later requests avoid the edge without trying it.
+    p.handle(at(3), Event::Submit { request: 2 });
+    assert_eq!(sent(&drain(&mut p)), vec![(2, device_cloud(30).stages)]);
+}
+
+#[test]
+fn a_cloud_that_times_out_fails_over_to_the_edge() {
+    let mut p = policy(vec![three_tier(10), device_cloud(20), device_edge(30), device_only(50)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::TimedOut { request: 1, tier: 2 });
+    let actions = drain(&mut p);
+    assert!(actions.contains(&Action::TierDown { tier: 2 }), "{actions:?}");
+    assert_eq!(sent(&actions), vec![(1, device_edge(30).stages)]);
+    assert_eq!(p.down_tiers(), vec![2]);
+}
+
+#[test]
+fn both_servers_down_falls_back_to_the_device_alone() {
+    let mut p = policy(vec![three_tier(10), device_cloud(20), device_only(50)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Unreachable { request: 1, tier: 1, reason: "gone".into() });
+    assert_eq!(sent(&drain(&mut p)), vec![(1, device_cloud(20).stages)]);
+    p.handle(at(2), Event::Unreachable { request: 1, tier: 2, reason: "gone".into() });
+    assert_eq!(sent(&drain(&mut p)), vec![(1, device_only(50).stages)]);
+    p.handle(at(3), Event::Answered { request: 1, elapsed_ns: 50 });
+    assert!(matches!(drain(&mut p)[..], [Action::Done { request: 1, .. }]));
+}
+
+#[test]
+fn no_ranked_route_left_asks_for_a_plan_avoiding_the_down_tier() {
+    let mut p = policy(vec![three_tier(10)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Unreachable { request: 1, tier: 1, reason: "gone".into() });
+    let actions = drain(&mut p);
+    assert!(actions.contains(&Action::Replan { avoid: vec![1], links: vec![], reason: ReplanReason::NoRouteAvoidingDown }), "{actions:?}");
+    assert!(sent(&actions).is_empty());
+    // A request submitted meanwhile waits for the same plan.
+    p.handle(at(2), Event::Submit { request: 2 });
+    assert!(drain(&mut p).is_empty());
+    p.handle(at(3), Event::Plans(vec![device_cloud(20)]));
+    let actions = drain(&mut p);
+    assert_eq!(sent(&actions), vec![(1, device_cloud(20).stages), (2, device_cloud(20).stages)]);
+    assert!(actions.iter().any(|a| matches!(a, Action::Switched { to, .. } if *to == device_cloud(20))), "{actions:?}");
+}
+
+#[test]
+fn a_failed_replan_fails_the_waiting_requests_explicitly() {
+    let mut p = policy(vec![three_tier(10)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Unreachable { request: 1, tier: 2, reason: "gone".into() });
+    drain(&mut p);
+    p.handle(at(2), Event::PlanFailed { reason: "fixed split".into() });
+    assert_eq!(drain(&mut p), vec![Action::Fail { request: 1, failure: RequestFailure::NoRoute { down: vec![2] } }]);
+    assert_eq!(p.outstanding(), 0);
+}
+
+#[test]
+fn a_rejected_request_fails_without_marking_any_tier_down() {
+    let mut p = policy(vec![three_tier(10), device_only(50)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Rejected { request: 1, reason: "bad input".into() });
+    assert_eq!(drain(&mut p), vec![Action::Fail { request: 1, failure: RequestFailure::Rejected { reason: "bad input".into() } }]);
+    assert!(p.down_tiers().is_empty());
+}
+
+#[test]
+fn a_peer_blaming_a_tier_off_the_route_does_not_take_it_down() {
+    let mut p = policy(vec![device_cloud(10), device_edge(20)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Unreachable { request: 1, tier: 1, reason: "lies".into() });
+    assert!(matches!(drain(&mut p)[..], [Action::Fail { request: 1, failure: RequestFailure::Rejected { .. } }]));
+    assert!(p.down_tiers().is_empty());
+}
+
+#[test]
+fn attempts_are_bounded() {
+    let config = PolicyConfig { max_attempts: 1, ..PolicyConfig::default() };
+    let mut p = DevicePolicy::new(config, vec![three_tier(10), device_only(50)], Vec::new());
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Unreachable { request: 1, tier: 1, reason: "gone".into() });
+    let actions = drain(&mut p);
+    assert!(actions.contains(&Action::Fail { request: 1, failure: RequestFailure::TooManyAttempts { attempts: 1 } }), "{actions:?}");
+}
+
+#[test]
+fn a_duplicate_id_is_refused_without_disturbing_the_first() {
+    let mut p = policy(vec![device_only(50)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(0), Event::Submit { request: 1 });
+    assert!(matches!(drain(&mut p)[..], [Action::Fail { request: 1, failure: RequestFailure::Rejected { .. } }]));
+    p.handle(at(1), Event::Answered { request: 1, elapsed_ns: 5 });
+    assert!(matches!(drain(&mut p)[..], [Action::Done { request: 1, .. }]));
+}
+
+/// Takes tier 1 down at t = 0 (back-off 1 s).
+fn edge_down() -> DevicePolicy {
+    let mut p = policy(vec![three_tier(10), device_cloud(20)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(0), Event::Unreachable { request: 1, tier: 1, reason: "gone".into() });
+    p.handle(at(0), Event::Answered { request: 1, elapsed_ns: 20 });
+    drain(&mut p);
+    p
+}
+
+#[test]
+fn a_down_tier_is_probed_after_its_backoff_and_comes_back_when_it_answers() {
+    let mut p = edge_down();
+    p.handle(at(999), Event::Tick);
+    assert!(drain(&mut p).is_empty(), "no probe before the back-off");
+    p.handle(at(1000), Event::Tick);
+    assert_eq!(drain(&mut p), vec![Action::Probe { tier: 1 }]);
+    p.handle(at(1001), Event::Tick);
+    assert!(drain(&mut p).is_empty(), "one probe at a time");
+    p.handle(at(1010), Event::ProbeAnswered { tier: 1 });
+    let actions = drain(&mut p);
+    assert_eq!(actions[0], Action::TierUp { tier: 1 });
+    assert!(matches!(actions[1], Action::Replan { ref avoid, reason: ReplanReason::TierRecovered, .. } if avoid.is_empty()));
+    assert!(p.is_up(1));
+    p.handle(at(1020), Event::Plans(vec![three_tier(10), device_cloud(20)]));
+    drain(&mut p);
+    p.handle(at(1030), Event::Submit { request: 2 });
+    assert_eq!(sent(&drain(&mut p)), vec![(2, three_tier(10).stages)], "the recovered edge is used again");
+}
+
+#[test]
+fn failed_probes_back_off_exponentially_up_to_the_cap() {
+    let mut p = edge_down();
+    let mut now = 1000;
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        // Find the first tick (in 100 ms steps) at which the probe goes out.
+        let mut t = now;
+        loop {
+            p.handle(at(t), Event::Tick);
+            if drain(&mut p).contains(&Action::Probe { tier: 1 }) {
+                break;
+            }
+            t += 100;
+        }
+        waits.push(t - now);
+        p.handle(at(t), Event::ProbeFailed { tier: 1, reason: "still gone".into() });
+        now = t;
+    }
+    // 1 s initial back-off, then 2, 4, 8, 16, 32, and the 60 s cap.
+    assert_eq!(waits, vec![0, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+    assert_eq!(p.down_tiers(), vec![1]);
+}
+
+/// Runs one scheduled re-plan (replan_every = 1) that returns `ranking`; the best route after.
+fn scheduled_replan(p: &mut DevicePolicy, request: u64, ranking: Vec<Route>) -> (Vec<Stage>, bool) {
+    p.handle(at(request), Event::Submit { request });
+    let actions = drain(p);
+    let mut switched = false;
+    if let [Action::MeasureLinks { .. }] = actions[..] {
+        p.handle(at(request), Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]));
+        assert!(matches!(drain(p)[..], [Action::Replan { reason: ReplanReason::Scheduled, .. }]));
+        p.handle(at(request), Event::Plans(ranking));
+        let actions = drain(p);
+        switched = actions.iter().any(|a| matches!(a, Action::Switched { .. }));
+        let stages = sent(&actions).pop().expect("the waiting request goes out").1;
+        p.handle(at(request), Event::Answered { request, elapsed_ns: 1 });
+        drain(p);
+        return (stages, switched);
+    }
+    let stages = sent(&actions).pop().expect("the request goes out").1;
+    p.handle(at(request), Event::Answered { request, elapsed_ns: 1 });
+    drain(p);
+    (stages, switched)
+}
+
+#[test]
+fn measurements_alternating_within_the_hysteresis_band_never_switch() {
+    let config = PolicyConfig { replan_every: 1, ..PolicyConfig::default() };
+    let mut p = DevicePolicy::new(config, vec![three_tier(100), device_cloud(104)], Vec::new());
+    for request in 0..40 {
+        // The edge and the cloud take turns looking up to 9 % better than each other.
+        let ranking = if request % 2 == 0 { vec![device_cloud(92), three_tier(100)] } else { vec![three_tier(92), device_cloud(100)] };
+        let (stages, switched) = scheduled_replan(&mut p, request, ranking);
+        assert_eq!(stages, three_tier(0).stages, "request {request} stays on the current route");
+        assert!(!switched, "request {request}: no switch inside the band");
+    }
+}
+
+#[test]
+fn a_clearly_faster_route_is_taken() {
+    let config = PolicyConfig { replan_every: 1, ..PolicyConfig::default() };
+    let mut p = DevicePolicy::new(config, vec![three_tier(100), device_cloud(104)], Vec::new());
+    scheduled_replan(&mut p, 0, vec![three_tier(100)]);
+    let (stages, switched) = scheduled_replan(&mut p, 1, vec![device_cloud(90), three_tier(100)]);
+    assert!(switched);
+    assert_eq!(stages, device_cloud(0).stages);
+}
+
+#[test]
+fn a_policy_without_a_plan_asks_for_one_first() {
+    let mut p = policy(Vec::new());
+    p.handle(at(0), Event::Submit { request: 1 });
+    assert!(matches!(drain(&mut p)[..], [Action::Replan { reason: ReplanReason::NoPlan, .. }]));
+    p.handle(at(1), Event::Plans(vec![device_only(5)]));
+    assert_eq!(sent(&drain(&mut p)), vec![(1, device_only(5).stages)]);
+}
+
+/// What the shell owes the policy.
+#[derive(Default)]
+struct Obligations {
+    sends: Vec<(u64, Vec<Stage>)>,
+    probes: Vec<u8>,
+    measure: bool,
+    replan: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit,
+    /// Answer the n-th outstanding send: 0 answered, 1 unreachable on one of its tiers,
+    /// 2 timed out, 3 rejected, 4 unreachable naming a random tier.
+    Resolve {
+        index: usize,
+        kind: u8,
+        tier: u8,
+    },
+    /// Answer a probe, a measurement or a re-plan: `ok` decides the outcome, `ranking` which
+    /// routes (bit set over the pool) in which rotation.
+    Aux {
+        index: usize,
+        ok: bool,
+        ranking: u8,
+        rotate: usize,
+    },
+    Tick {
+        ms: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Submit),
+        4 => (any::<usize>(), 0u8..5, 0u8..4).prop_map(|(index, kind, tier)| Op::Resolve { index, kind, tier }),
+        2 => (any::<usize>(), any::<bool>(), any::<u8>(), any::<usize>()).prop_map(|(index, ok, ranking, rotate)| Op::Aux { index, ok, ranking, rotate }),
+        1 => (0u64..3000).prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+fn pool() -> Vec<Route> {
+    vec![three_tier(10), device_cloud(20), device_edge(30), device_only(40), Route { stages: vec![stage(2, 0, 10)], predicted_ns: None }]
+}
+
+fn ranking(bits: u8, rotate: usize) -> Vec<Route> {
+    let mut routes: Vec<Route> = pool().into_iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, r)| r).collect();
+    if !routes.is_empty() {
+        let n = routes.len();
+        routes.rotate_left(rotate % n);
+    }
+    routes
+}
+
+/// Feeds `event`, then records every action: terminal outcomes per request and new obligations.
+fn step(
+    p: &mut DevicePolicy,
+    now: Instant,
+    event: Event,
+    owed: &mut Obligations,
+    ends: &mut std::collections::BTreeMap<u64, u32>,
+) -> Result<(), TestCaseError> {
+    p.handle(now, event);
+    while let Some(action) = p.poll() {
+        match action {
+            Action::Send { request, stages, .. } => {
+                prop_assert!(!ends.contains_key(&request), "request {request} sent after it ended");
+                prop_assert!(!owed.sends.iter().any(|(r, _)| *r == request), "request {request} sent twice at once");
+                owed.sends.push((request, stages));
+            }
+            Action::Probe { tier } => {
+                prop_assert!(!owed.probes.contains(&tier), "two probes of tier {tier} at once");
+                owed.probes.push(tier);
+            }
+            Action::MeasureLinks { .. } => {
+                prop_assert!(!owed.measure && !owed.replan);
+                owed.measure = true;
+            }
+            Action::Replan { .. } => {
+                prop_assert!(!owed.measure && !owed.replan);
+                owed.replan = true;
+            }
+            Action::Done { request, .. } | Action::Fail { request, .. } => {
+                prop_assert!(!owed.sends.iter().any(|(r, _)| *r == request), "request {request} ended while in flight");
+                *ends.entry(request).or_insert(0) += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Carries out one auxiliary obligation.
+fn aux(owed: &mut Obligations, index: usize, ok: bool, bits: u8, rotate: usize) -> Option<Event> {
+    if owed.replan {
+        owed.replan = false;
+        return Some(if ok { Event::Plans(ranking(bits, rotate)) } else { Event::PlanFailed { reason: "no".into() } });
+    }
+    if owed.measure {
+        owed.measure = false;
+        return Some(Event::LinksMeasured(if ok { vec![(1, Link { latency_ns: 5, bits_per_sec: 1000 })] } else { vec![] }));
+    }
+    if owed.probes.is_empty() {
+        return None;
+    }
+    let tier = owed.probes.remove(index % owed.probes.len());
+    Some(if ok { Event::ProbeAnswered { tier } } else { Event::ProbeFailed { tier, reason: "no".into() } })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_request_ends_exactly_once(ops in proptest::collection::vec(op(), 0..120), start in any::<u8>(), replan_every in 0u32..4) {
+        let config = PolicyConfig { replan_every, max_attempts: 4, ..PolicyConfig::default() };
+        let mut p = DevicePolicy::new(config, ranking(start, 0), Vec::new());
+        let (mut owed, mut ends) = (Obligations::default(), std::collections::BTreeMap::new());
+        let (mut now, mut next_id) = (0u64, 0u64);
+        for op in ops {
+            let event = match op {
+                Op::Submit => {
+                    next_id += 1;
+                    Some(Event::Submit { request: next_id })
+                }
+                Op::Resolve { index, kind, tier } if !owed.sends.is_empty() => {
+                    let (request, stages) = owed.sends.remove(index % owed.sends.len());
+                    let on_route = stages[usize::from(tier) % stages.len()].tier;
+                    Some(match kind {
+                        0 => Event::Answered { request, elapsed_ns: 1 },
+                        1 => Event::Unreachable { request, tier: on_route, reason: "x".into() },
+                        2 => Event::TimedOut { request, tier: on_route },
+                        3 => Event::Rejected { request, reason: "x".into() },
+                        _ => Event::Unreachable { request, tier, reason: "x".into() },
+                    })
+                }
+                Op::Resolve { .. } => None,
+                Op::Aux { index, ok, ranking, rotate } => aux(&mut owed, index, ok, ranking, rotate),
+                Op::Tick { ms } => {
+                    now += ms;
+                    Some(Event::Tick)
+                }
+            };
+            if let Some(event) = event {
+                step(&mut p, Instant::from_millis(now), event, &mut owed, &mut ends)?;
+            }
+        }
+        // Drain: answer every obligation (sends succeed, probes fail, plans are the whole pool).
+        for _ in 0..10_000 {
+            let event = if let Some((request, _)) = owed.sends.pop() {
+                Event::Answered { request, elapsed_ns: 1 }
+            } else if let Some(event) = aux(&mut owed, 0, true, 0b11111, 0) {
+                event
+            } else {
+                break;
+            };
+            step(&mut p, Instant::from_millis(now), event, &mut owed, &mut ends)?;
+        }
+        prop_assert!(owed.sends.is_empty() && !owed.replan && !owed.measure);
+        prop_assert_eq!(p.outstanding(), 0, "requests left without an outcome");
+        for id in 1..=next_id {
+            prop_assert_eq!(ends.get(&id).copied(), Some(1), "request {} ended {:?} times", id, ends.get(&id));
+        }
+        prop_assert_eq!(ends.len() as u64, next_id);
+    }
+}

@@ -1,0 +1,139 @@
+//! The dynamic program ranks exactly like brute-force enumeration: same plans, same costs,
+//! same order, on random instances with random constraints.
+
+use proptest::prelude::*;
+use scission_core::solver::{self, ComputeCap, Constraints, CostOptions, Encoding, Link, Machine, Objective, Problem, SolveError, brute};
+
+/// Random instance: up to 4 tiers, up to 3 machines per tier, up to 7 blocks. Small value
+/// ranges on purpose, so that ties happen and the tie-break is exercised.
+fn problem() -> impl Strategy<Value = Problem> {
+    (1usize..=4, 1usize..=7).prop_flat_map(|(tiers, n)| {
+        let per_tier = proptest::collection::vec(1usize..=3, tiers);
+        (Just(tiers), Just(n), per_tier).prop_flat_map(|(tiers, n, per_tier)| {
+            let count: usize = per_tier.iter().sum();
+            let times = proptest::collection::vec(proptest::collection::vec(0u64..6, n), count);
+            let links = proptest::collection::vec((0u64..4, 1u64..5), count * count);
+            let bytes = proptest::collection::vec(0u64..40, n + 1);
+            let weights = proptest::collection::vec(0u64..20, n);
+            let acts = proptest::collection::vec(0u64..20, n);
+            let options = (any::<bool>(), 0usize..3, 0u64..3);
+            (Just(tiers), Just(per_tier), times, links, bytes, 0u64..60, weights, acts, options).prop_map(
+                |(tiers, per_tier, times, links, bytes, input, weights, acts, (ret, enc, overhead))| {
+                    let mut machines = Vec::new();
+                    for (tier, &count) in per_tier.iter().enumerate() {
+                        for i in 0..count {
+                            let block_ns = times[machines.len()].clone();
+                            machines.push(Machine { name: format!("t{tier}m{i}"), tier, block_ns });
+                        }
+                    }
+                    let m = machines.len();
+                    let links = (0..m * m)
+                        .filter(|i| i / m != i % m)
+                        .map(|i| (i / m, i % m, Link { latency_ns: links[i].0, bits_per_sec: links[i].1 * 8_000_000_000 }))
+                        .collect();
+                    let encoding = [Encoding::F32, Encoding::F16, Encoding::Int8][enc];
+                    Problem {
+                        tiers: (0..tiers).map(|t| format!("tier{t}")).collect(),
+                        machines,
+                        boundary_bytes: bytes,
+                        input_bytes: input,
+                        block_weight_bytes: weights,
+                        block_activation_bytes: acts,
+                        links,
+                        options: CostOptions { return_result: ret, encoding, message_overhead: overhead },
+                    }
+                },
+            )
+        })
+    })
+}
+
+/// Random constraints for `p`, each kind present with some probability.
+fn constraints(p: &Problem) -> impl Strategy<Value = Constraints> + use<> {
+    let (n, tiers, machines) = (p.blocks(), p.tiers.len(), p.machines.len());
+    let tier = 0..tiers;
+    (
+        proptest::collection::vec((0..n, tier.clone()), 0..2),
+        proptest::collection::vec((0..n, tier.clone()), 0..3),
+        proptest::collection::vec(tier.clone(), 0..2),
+        proptest::collection::vec(tier.clone(), 0..2),
+        proptest::collection::vec(0..machines, 0..2),
+        proptest::collection::vec((tier.clone(), 0u64..120), 0..2),
+        proptest::collection::vec((tier.clone(), 0u64..30, any::<bool>()), 0..2),
+        proptest::collection::vec((tier, 0u64..80), 0..2),
+        any::<bool>(),
+        proptest::option::weighted(0.2, 0u64..100),
+    )
+        .prop_map(|(pin, forbid, must_use, must_not_use, exclude, upload, compute, memory, keep, cloud)| Constraints {
+            pin,
+            forbid,
+            must_use,
+            must_not_use,
+            exclude_machines: exclude,
+            upload_cap: upload,
+            compute_cap: compute
+                .into_iter()
+                .map(|(t, v, frac)| (t, if frac { ComputeCap::Fraction(v as f64 / 30.0) } else { ComputeCap::Nanos(v) }))
+                .collect(),
+            memory_cap: memory,
+            keep_input_on_device: keep,
+            cloud_bytes_cap: cloud,
+        })
+}
+
+fn instance() -> impl Strategy<Value = (Problem, Constraints, Objective, usize)> {
+    problem().prop_flat_map(|p| {
+        let objective =
+            prop_oneof![Just(Objective::Latency), Just(Objective::Throughput), Just(Objective::DeviceTime), Just(Objective::DeviceUpload)];
+        (constraints(&p), Just(p), objective, 1usize..=10).prop_map(|(c, p, o, k)| (p, c, o, k))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dp_top_k_equals_brute_force((problem, constraints, objective, k) in instance()) {
+        let expected = brute::top_k(&problem, &constraints, objective, k);
+        let got = solver::solve(&problem, &constraints, objective, k);
+        match (expected, got) {
+            (Ok(want), Ok(got)) => prop_assert_eq!(got, want),
+            (Ok(want), Err(SolveError::Infeasible { .. })) => prop_assert!(want.is_empty(), "DP found nothing, brute force found {}", want.len()),
+            (Err(e), Err(SolveError::Problem(g))) => prop_assert_eq!(g, e),
+            (want, got) => prop_assert!(false, "brute force {:?} vs DP {:?}", want, got),
+        }
+    }
+
+    #[test]
+    fn pareto_front_equals_brute_force((problem, constraints, _, _) in instance()) {
+        let expected = brute::pareto(&problem, &constraints);
+        match (expected, solver::pareto(&problem, &constraints)) {
+            (Ok(want), Ok(got)) => prop_assert_eq!(got, want),
+            (Ok(want), Err(SolveError::Infeasible { .. })) => prop_assert!(want.is_empty()),
+            (Err(e), Err(SolveError::Problem(g))) => prop_assert_eq!(g, e),
+            (want, got) => prop_assert!(false, "brute force {:?} vs DP {:?}", want, got),
+        }
+    }
+}
+
+/// The random instances are not mostly trivial: many are feasible with several ranked plans,
+/// and many are infeasible, so both paths of the comparison above are exercised.
+#[test]
+fn random_instances_exercise_both_feasible_and_infeasible_cases() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &[3; 32]));
+    let (mut rich, mut infeasible, mut total) = (0, 0, 0);
+    for _ in 0..500 {
+        let (problem, constraints, objective, _) = instance().new_tree(&mut runner).unwrap().current();
+        total += 1;
+        match solver::solve(&problem, &constraints, objective, 10) {
+            Ok(plans) if plans.len() >= 3 => rich += 1,
+            Err(SolveError::Infeasible { .. }) => infeasible += 1,
+            _ => {}
+        }
+    }
+    eprintln!("{rich} of {total} instances have >= 3 plans, {infeasible} are infeasible");
+    assert!(rich * 4 >= total, "only {rich} of {total} instances have 3 or more plans");
+    assert!(infeasible * 10 >= total, "only {infeasible} of {total} instances are infeasible");
+}

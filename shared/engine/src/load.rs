@@ -1,0 +1,121 @@
+//! Loading an ONNX model: parse, pin input shapes, type, declutter portably, summarise.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use scission_core::cut::CutAnalysis;
+use scission_core::graph::GraphSummary;
+
+use super::summary::{Summarised, summarise};
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Concrete shape per input, in model order. Needed when the model has symbolic dims
+    /// (e.g. a dynamic batch); when empty, the shapes recorded in the model are used.
+    pub input_shapes: Vec<Vec<usize>>,
+}
+
+/// A loaded model: the typed tract graph, portably decluttered, and its summary.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// Display name (file name).
+    pub name: String,
+    /// Hex SHA-256 of the ONNX bytes.
+    pub sha256: String,
+    /// The typed graph after [`declutter_portable`] (the same on every architecture);
+    /// positions refer to its compute nodes.
+    pub typed: TypedModel,
+    /// Framework-neutral summary (what the core works on).
+    pub summary: GraphSummary,
+    /// Crossing sets of every position.
+    pub cuts: CutAnalysis,
+    /// For each tensor id, its outlet in `typed`.
+    pub(crate) outlets: Vec<OutletId>,
+    /// For each position, the node id in `typed`.
+    pub(crate) node_ids: Vec<usize>,
+}
+
+impl Model {
+    /// Loads an ONNX file. External data is resolved next to the file.
+    pub fn load_path(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let inference = tract_onnx::onnx().model_for_path(path).with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
+        Self::from_inference(name, sha256_hex(&bytes), inference, options)
+    }
+
+    /// Loads ONNX bytes held in memory (models without external data).
+    pub fn load_bytes(name: &str, bytes: &[u8], options: &LoadOptions) -> Result<Self> {
+        let inference = tract_onnx::onnx().model_for_read(&mut &bytes[..]).with_context(|| format!("{name} is not a valid ONNX model"))?;
+        Self::from_inference(name.to_string(), sha256_hex(bytes), inference, options)
+    }
+
+    fn from_inference(name: String, sha256: String, mut inference: InferenceModel, options: &LoadOptions) -> Result<Self> {
+        pin_input_shapes(&mut inference, &options.input_shapes)?;
+        let typed = inference.into_typed().and_then(declutter_portable).with_context(|| format!("{name}: tract cannot run this model"))?;
+        check_concrete_inputs(&typed, &name)?;
+        let Summarised { summary, outlets, node_ids } = summarise(&typed).with_context(|| format!("{name}: cannot analyse the graph"))?;
+        summary.validate().with_context(|| format!("{name}: inconsistent graph"))?;
+        let cuts = CutAnalysis::new(&summary);
+        Ok(Self { name, sha256, typed, summary, cuts, outlets, node_ids })
+    }
+
+    /// Concrete input shapes.
+    pub fn input_shapes(&self) -> Vec<Vec<u64>> {
+        self.summary.inputs.iter().map(|&t| self.summary.tensors[t].shape.clone()).collect()
+    }
+
+    /// The whole model, optimised and runnable as one plan (the reference the slices must match).
+    pub fn whole(&self) -> Result<Arc<TypedRunnableModel>> {
+        self.typed.clone().into_optimized()?.into_runnable().context("cannot build the unsplit model")
+    }
+}
+
+/// tract's declutter without its `ChangeAxes` pass. That pass follows per-architecture kernel
+/// preferences (it moves a depthwise conv's channels last where a channels-last kernel exists,
+/// as on aarch64), so the tensors between nodes would be laid out differently on an ARM device
+/// and an x86 server. Everything else (constant folding, batch-norm folding into convs) stays,
+/// so a cut never separates what the unsplit model fuses at this stage, and f32 splits remain
+/// bit-exact. Each slice gets the full declutter when it is optimised.
+fn declutter_portable(mut model: TypedModel) -> TractResult<TypedModel> {
+    let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
+    optimizer.passes.retain(|pass| !format!("{pass:?}").starts_with("ChangeAxes"));
+    optimizer.optimize(&mut model)?;
+    Ok(model)
+}
+
+fn pin_input_shapes(model: &mut InferenceModel, shapes: &[Vec<usize>]) -> Result<()> {
+    let inputs = model.input_outlets()?.len();
+    if !shapes.is_empty() && shapes.len() != inputs {
+        bail!("the model has {inputs} input(s) but {} input shape(s) were given", shapes.len());
+    }
+    for (ix, shape) in shapes.iter().enumerate() {
+        let dt = model.input_fact(ix)?.datum_type.concretize().unwrap_or(DatumType::F32);
+        model.set_input_fact(ix, InferenceFact::dt_shape(dt, shape.as_slice()))?;
+    }
+    Ok(())
+}
+
+fn check_concrete_inputs(model: &TypedModel, name: &str) -> Result<()> {
+    for (ix, outlet) in model.input_outlets()?.iter().enumerate() {
+        let fact = model.outlet_fact(*outlet)?;
+        if fact.shape.as_concrete().is_none() {
+            bail!(
+                "{name}: input {ix} ('{}') has symbolic shape {:?}; give a concrete one with --input-shape (e.g. 1,3,224,224)",
+                model.node(outlet.node).name,
+                fact.shape
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

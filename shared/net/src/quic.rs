@@ -1,0 +1,137 @@
+//! QUIC endpoints with the cluster's mutual TLS, and one-frame-each-way exchanges on
+//! bidirectional streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use super::pki::{Identity, SERVER_NAME};
+use scission_core::link::Link;
+use scission_core::policy::{Probe, estimate_link};
+use scission_core::wire::WireError;
+use scission_core::wire::frame::{HEADER, body_len, framed};
+use scission_core::wire::message::{Body, decode, encode};
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    Arc::new(t)
+}
+
+/// A server endpoint on `bind` that accepts only clients with a certificate from the cluster CA.
+pub fn server(identity: &Identity, bind: SocketAddr) -> Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(identity.server_config()?).context("TLS configuration unusable for QUIC")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    quinn::Endpoint::server(config, bind).with_context(|| format!("cannot listen on {bind}"))
+}
+
+/// A client endpoint presenting this node's certificate.
+pub fn client(identity: &Identity) -> Result<quinn::Endpoint> {
+    client_with_links(identity, std::collections::HashMap::new())
+}
+
+/// A client endpoint whose datagrams to the given addresses go through link emulators (see
+/// [`emulator`](super::emulator)). Must be called inside a tokio runtime.
+pub fn client_with_links(
+    identity: &Identity,
+    shapers: std::collections::HashMap<SocketAddr, Arc<super::emulator::Shaper>>,
+) -> Result<quinn::Endpoint> {
+    let crypto = QuicClientConfig::try_from(identity.client_config()?).context("TLS configuration unusable for QUIC")?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("cannot open a UDP socket")?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    let inner = runtime.wrap_udp_socket(socket)?;
+    let socket: Arc<dyn quinn::AsyncUdpSocket> =
+        if shapers.is_empty() { inner } else { super::emulator::EmulatedSocket::new(inner, shapers) };
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), None, socket, runtime)
+        .context("cannot open a QUIC endpoint")?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Connects to a cluster node at `addr`.
+pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<quinn::Connection> {
+    let connecting = endpoint.connect(addr, SERVER_NAME).with_context(|| format!("cannot connect to {addr}"))?;
+    tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .with_context(|| format!("{addr} did not answer within 5 s"))?
+        .with_context(|| format!("QUIC handshake with {addr} failed"))
+}
+
+/// Why reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame over the limit.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The stream ended early or broke.
+    #[error("stream ended before the frame was complete: {0}")]
+    Stream(#[from] quinn::ReadExactError),
+    /// The stream broke while the body arrived.
+    #[error("stream broke while the frame arrived: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The stream ended before the announced length.
+    #[error("stream ended after {got} of {len} announced bytes")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        len: usize,
+    },
+}
+
+/// Reads one frame, refusing one larger than `max_frame` before reading its body. Memory grows
+/// with the bytes that actually arrive, not with the length a peer announces.
+pub async fn read_frame(recv: &mut quinn::RecvStream, max_frame: u32) -> Result<Vec<u8>, FrameError> {
+    let mut header = [0u8; HEADER];
+    recv.read_exact(&mut header).await?;
+    let len = body_len(header, max_frame)?;
+    let mut body = Vec::with_capacity(len.min(1 << 16));
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await? {
+            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+            None => return Err(FrameError::Truncated { got: body.len(), len }),
+        }
+    }
+    Ok(body)
+}
+
+/// Writes one frame and finishes the sending side.
+pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result<()> {
+    send.write_all(&framed(payload)?).await.context("sending a frame")?;
+    send.finish().context("finishing a stream")?;
+    Ok(())
+}
+
+/// Sends `payload` on a new stream and waits for the one-frame answer.
+pub async fn exchange(connection: &quinn::Connection, payload: &[u8], max_frame: u32) -> Result<Vec<u8>> {
+    let (mut send, mut recv) = connection.open_bi().await.context("cannot open a stream")?;
+    write_frame(&mut send, payload).await?;
+    Ok(read_frame(&mut recv, max_frame).await?)
+}
+
+/// Measures the link behind `connection` with two pings, small and large (see
+/// [`estimate_link`]).
+pub async fn measure(connection: &quinn::Connection, probe_bytes: usize, timeout: Duration, max_frame: u32) -> Result<Link> {
+    let mut probes = Vec::with_capacity(2);
+    for padding in [vec![0u8; 256], vec![0u8; probe_bytes.max(4096)]] {
+        let ping = encode(&Body::Ping { nonce: padding.len() as u64, padding: &padding })?;
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(timeout, exchange(connection, &ping, max_frame)).await.context("probe timed out")??;
+        let round_trip_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        probes.push(Probe { bytes: ping.len() as u64, round_trip_ns });
+        if !matches!(decode(&answer), Ok(Body::Pong { .. })) {
+            anyhow::bail!("the peer did not answer the probe");
+        }
+    }
+    match probes[..] {
+        [small, large] => Ok(estimate_link(small, large)),
+        _ => anyhow::bail!("a probe went missing"),
+    }
+}

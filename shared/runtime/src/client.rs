@@ -1,0 +1,170 @@
+//! The device side of a request: run the device's stage locally, send the rest of the route
+//! to the next tier, and turn the answer into outputs or an explicit error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use scission_engine::tract::prelude::*;
+use tokio::sync::Mutex;
+
+use super::convert::{decode as decode_tensor, infer_message};
+use super::node::Node;
+use scission_core::cut::Block;
+use scission_core::graph::TensorId;
+use scission_core::solver::Encoding;
+use scission_core::wire::message::{Body, FailureCode, Stage, StageTiming, decode};
+use scission_engine::pipeline::graph_inputs;
+use scission_net::quic::{connect, exchange};
+
+/// What one request produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Graph outputs, in model order.
+    pub outputs: Vec<(TensorId, TValue)>,
+    /// Compute time of each stage, device first.
+    pub timings: Vec<StageTiming>,
+    /// Wall time of the whole request.
+    pub total_ns: u64,
+}
+
+/// Why a request did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A tier could not be reached or stopped answering; another route may avoid it.
+    #[error("tier {tier} is unreachable: {reason}")]
+    Unreachable {
+        /// The tier.
+        tier: u8,
+        /// What happened.
+        reason: String,
+    },
+    /// The request failed for another reason (bad input, engine error).
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// Sends a device's requests along routes.
+pub struct DeviceClient {
+    node: Arc<Node>,
+    endpoint: quinn::Endpoint,
+    peers: HashMap<u8, SocketAddr>,
+    connections: Mutex<HashMap<u8, quinn::Connection>>,
+    max_frame: u32,
+    timeout: Duration,
+}
+
+impl DeviceClient {
+    /// A client for `node` that reaches tier `t` at `peers[t]`.
+    pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, SocketAddr>, max_frame: u32, timeout: Duration) -> Self {
+        Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame, timeout }
+    }
+
+    async fn connection(&self, tier: u8) -> Result<quinn::Connection> {
+        let mut cache = self.connections.lock().await;
+        if let Some(c) = cache.get(&tier).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let addr = *self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
+        let c = connect(&self.endpoint, addr).await?;
+        cache.insert(tier, c.clone());
+        Ok(c)
+    }
+
+    /// Runs request `id` on `inputs` along `route` (stages in tier order, covering every node).
+    pub async fn infer(&self, id: u64, route: &[Stage], inputs: TVec<TValue>, encoding: Encoding) -> Result<Outcome, RequestError> {
+        let started = Instant::now();
+        let mut live = graph_inputs(&self.node.model, inputs)?;
+        let mut timings = Vec::new();
+        let mut rest = route;
+        if let Some(first) = route.first().filter(|s| s.tier == self.node.tier) {
+            let node = self.node.clone();
+            let block = Block { start: first.start as usize, end: first.end as usize };
+            let (after, ns) = tokio::task::spawn_blocking(move || node.run_stage(block, live)).await.map_err(anyhow::Error::from)??;
+            live = after;
+            timings.push(StageTiming { tier: self.node.tier, compute_ns: ns });
+            rest = &route[1..];
+        }
+        let outputs = match rest.first() {
+            None => self.node.outputs(&live)?,
+            Some(next) => {
+                let message = infer_message(id, self.node.sha256, rest, encoding, &live)?;
+                let answer = self.send(next.tier, &message).await?;
+                self.read_answer(id, &answer, rest, &mut timings)?
+            }
+        };
+        Ok(Outcome { outputs, timings, total_ns: started.elapsed().as_nanos() as u64 })
+    }
+
+    async fn send(&self, tier: u8, message: &[u8]) -> Result<Vec<u8>, RequestError> {
+        let unreachable = |reason: String| RequestError::Unreachable { tier, reason };
+        let attempt = async {
+            let connection = self.connection(tier).await?;
+            exchange(&connection, message, self.max_frame).await
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                self.connections.lock().await.remove(&tier);
+                Err(unreachable(format!("{e:#}")))
+            }
+            Err(_) => {
+                self.connections.lock().await.remove(&tier);
+                Err(unreachable(format!("no answer within {} ms", self.timeout.as_millis())))
+            }
+        }
+    }
+
+    /// Measures the link to `tier` (see [`quic::measure`](scission_net::quic::measure)).
+    pub async fn measure_link(&self, tier: u8, probe_bytes: usize) -> Result<scission_core::solver::Link> {
+        let connection = self.connection(tier).await?;
+        scission_net::quic::measure(&connection, probe_bytes, self.timeout, self.max_frame).await
+    }
+
+    /// Asks the cloud (tier `cloud`) for `count` ranked plans, given this device's profile JSON
+    /// and measured uplinks.
+    pub async fn request_plans(
+        &self,
+        cloud: u8,
+        profile: &[u8],
+        uplinks: &HashMap<u8, scission_core::solver::Link>,
+        avoid: &[u8],
+        count: u16,
+    ) -> Result<Vec<(Vec<Stage>, u64)>> {
+        let uplinks = uplinks.iter().map(|(t, l)| (*t, *l)).collect();
+        let avoid = avoid.iter().copied().collect();
+        let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })?;
+        let answer = self.send(cloud, &message).await.map_err(|e| anyhow!("{e}"))?;
+        match decode(&answer).map_err(|e| anyhow!("malformed plan answer: {e}"))? {
+            Body::Plans { routes } => Ok(routes.into_iter().map(|r| (r.stages.to_vec(), r.predicted_ns)).collect()),
+            Body::Failure { message, .. } => bail!("the cloud could not plan: {message}"),
+            _ => bail!("unexpected answer to a plan request"),
+        }
+    }
+
+    fn read_answer(
+        &self,
+        id: u64,
+        answer: &[u8],
+        rest: &[Stage],
+        timings: &mut Vec<StageTiming>,
+    ) -> Result<Vec<(TensorId, TValue)>, RequestError> {
+        match decode(answer).map_err(|e| anyhow!("malformed answer: {e}"))? {
+            Body::Output { request, tensors, timings: remote } => {
+                if request != id {
+                    return Err(anyhow!("answer for request {request} arrived on the stream of request {id}").into());
+                }
+                timings.extend(remote);
+                Ok(tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect::<Result<_>>()?)
+            }
+            // The next tier could not reach the one after it.
+            Body::Failure { code: FailureCode::Unreachable, message, .. } if rest.len() > 1 => {
+                Err(RequestError::Unreachable { tier: rest[1].tier, reason: message.to_string() })
+            }
+            Body::Failure { code, message, .. } => Err(anyhow!("request {id} failed ({code:?}): {message}").into()),
+            _ => Err(anyhow!("unexpected answer to request {id}").into()),
+        }
+    }
+}

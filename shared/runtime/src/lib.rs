@@ -1,0 +1,32 @@
+//! Scission's services: the device, edge and cloud as async glue (tokio, quinn) over the core's
+//! protocol and policy, the tract engine and the network shell.
+//!
+//! - [`convert`]: tract tensors to wire tensors and messages, and back;
+//! - [`node`]: a loaded model that runs stages;
+//! - [`server`]: serving stages over QUIC (edge and cloud), forwarding the rest of a route;
+//! - [`planner`]: the cloud's planning service and model file;
+//! - [`client`]: the device side of one request;
+//! - [`device`]: the device's run, carrying out the core's [`DevicePolicy`](scission_core::policy::DevicePolicy);
+//! - [`serve`]: starting an edge or cloud server;
+//! - [`fetch`]: downloading the model file from the cloud.
+//!
+//! A request carries its whole remaining route (tier and node range per stage) and the
+//! activations crossing into the first of them, so servers keep no per-request state: the
+//! edge runs its stage, forwards the rest to the cloud on a new stream, and relays the answer.
+//! Nothing here prints: progress and results reach the caller as values and callbacks.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod convert;
+pub mod device;
+pub mod fetch;
+pub mod node;
+pub mod planner;
+pub mod serve;
+pub mod server;
+
+/// A multi-threaded async runtime for one command.
+pub fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}

@@ -1,0 +1,88 @@
+//! A node of the cluster: a loaded model, its tier, and a cache of built slices.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use scission_engine::tract::prelude::*;
+
+use scission_core::cut::Block;
+use scission_core::graph::TensorId;
+use scission_engine::pipeline::{Activations, advance, collect};
+use scission_engine::{Model, Slice, with_threads};
+
+/// A loaded model serving stages for one tier.
+pub struct Node {
+    /// The model.
+    pub model: Model,
+    /// SHA-256 of the model file, as bytes.
+    pub sha256: [u8; 32],
+    /// This node's tier index.
+    pub tier: u8,
+    /// Engine threads.
+    pub threads: usize,
+    slices: Mutex<HashMap<Block, Arc<Slice>>>,
+}
+
+impl Node {
+    /// Wraps a loaded model.
+    pub fn new(model: Model, tier: u8, threads: usize) -> Result<Self> {
+        let sha256 = parse_sha(&model.sha256)?;
+        Ok(Self { model, sha256, tier, threads, slices: Mutex::new(HashMap::new()) })
+    }
+
+    /// The slice for `block`, built on first use.
+    pub fn slice(&self, block: Block) -> Result<Arc<Slice>> {
+        if block.start >= block.end || block.end > self.model.summary.len() {
+            bail!("stage [{}, {}) is outside the model's {} nodes", block.start, block.end, self.model.summary.len());
+        }
+        if let Some(s) = self.slices.lock().map_err(|_| anyhow::anyhow!("slice cache poisoned"))?.get(&block) {
+            return Ok(s.clone());
+        }
+        let slice = Arc::new(Slice::build(&self.model, block)?);
+        self.slices.lock().map_err(|_| anyhow::anyhow!("slice cache poisoned"))?.insert(block, slice.clone());
+        Ok(slice)
+    }
+
+    /// Runs stage `block` on `live` (the tensors crossing its start) and returns the tensors
+    /// crossing its end, with the compute time in nanoseconds.
+    pub fn run_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64)> {
+        let slice = self.slice(block)?;
+        let crossing_in = self.model.cuts.crossing(block.start);
+        if let Some(missing) = crossing_in.iter().find(|t| !live.contains_key(t)) {
+            bail!(
+                "stage [{}, {}) needs tensor '{}', which the request lacks",
+                block.start,
+                block.end,
+                self.model.summary.tensors[*missing].name
+            );
+        }
+        let inputs = collect(&live, &slice.io.inputs, "stage input", &self.model)?;
+        let started = std::time::Instant::now();
+        let outputs =
+            with_threads(self.threads, || slice.run(inputs)).with_context(|| format!("running stage [{}, {})", block.start, block.end))?;
+        let compute_ns = started.elapsed().as_nanos() as u64;
+        Ok((advance(&self.model, &slice, live, outputs), compute_ns))
+    }
+
+    /// Graph outputs from the final activations.
+    pub fn outputs(&self, live: &Activations) -> Result<Vec<(TensorId, TValue)>> {
+        self.model
+            .summary
+            .outputs
+            .iter()
+            .map(|&t| live.get(&t).cloned().map(|v| (t, v)).with_context(|| format!("output {t} missing")))
+            .collect()
+    }
+}
+
+fn parse_sha(hex: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        bail!("bad sha256 '{hex}'");
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).with_context(|| format!("bad sha256 '{hex}'"))?;
+    }
+    Ok(out)
+}
