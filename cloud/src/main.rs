@@ -67,18 +67,39 @@ pub const ZOO: Option<ZooLookup> = Some(|name| scission_zoo::cached(name, 1));
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.verbose);
-    cli::report(match &cli.command {
+    finish(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Cloud, ZOO),
         Command::Inspect(args) => cli::run_inspect(args, ZOO),
-        Command::Plan(args) => plan::run(args),
-        Command::Demo(args) => demo::run(args),
-        Command::Zoo(args) => zoo::run(args),
+        Command::Plan(args) => plan::run(args).map(|()| String::new()),
+        Command::Demo(args) => demo::run(args).map(|()| String::new()),
+        Command::Zoo(args) => zoo::run(args).map(|()| String::new()),
         Command::Init(args) => cli::run_init(args),
         Command::Enroll(args) => cli::run_enroll(args),
-        Command::Serve(args) => cli::run_serve(args, TierKind::Cloud, None, ZOO),
+        Command::Serve(args) => cli::run_serve(args, TierKind::Cloud, None, ZOO, announce),
         Command::Stage { serve, tier, upstream } => {
             let tier = if tier == "edge" { TierKind::Edge } else { TierKind::Cloud };
-            cli::run_serve(serve, tier, *upstream, ZOO)
+            cli::run_serve(serve, tier, *upstream, ZOO, announce)
         }
     })
+}
+
+/// Prints a command's text, or its error on one line; the exit code says which.
+fn finish(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", cli::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the line a server announces itself with, at once (harnesses wait for it).
+fn announce(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    let _ = std::io::stdout().flush();
 }

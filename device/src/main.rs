@@ -39,9 +39,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.verbose);
     // The device image carries no model zoo: models come as files (or from the cloud).
-    cli::report(match &cli.command {
+    finish(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Device, None),
         Command::Inspect(args) => cli::run_inspect(args, None),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(args).map(|()| String::new()),
     })
+}
+
+/// Prints a command's text, or its error on one line; the exit code says which.
+fn finish(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", cli::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -44,9 +44,30 @@ const ZOO: Option<ZooLookup> = Some(|name| scission_zoo::cached(name, 1));
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.verbose);
-    cli::report(match &cli.command {
+    finish(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Edge, ZOO),
         Command::Inspect(args) => cli::run_inspect(args, ZOO),
-        Command::Serve { serve, cloud } => cli::run_serve(serve, TierKind::Edge, Some(*cloud), ZOO),
+        Command::Serve { serve, cloud } => cli::run_serve(serve, TierKind::Edge, Some(*cloud), ZOO, announce),
     })
+}
+
+/// Prints a command's text, or its error on one line; the exit code says which.
+fn finish(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", cli::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the line a server announces itself with, at once (harnesses wait for it).
+fn announce(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    let _ = std::io::stdout().flush();
 }

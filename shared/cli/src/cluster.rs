@@ -1,6 +1,5 @@
 //! The cluster's commands: `init` and `enroll` (certificates) and `serve` (edge and cloud).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -14,7 +13,8 @@ use scission_net::pki;
 use scission_runtime::fetch::fetch_model_blocking;
 use scission_runtime::serve::{ServeConfig, serve};
 
-use crate::{FetchBar, ModelArgs, ZooLookup};
+use crate::model::{ModelArgs, ZooLookup};
+use crate::progress::FetchBar;
 
 /// Where the cluster's certificates live.
 #[derive(Clone, Debug, clap::Args)]
@@ -38,20 +38,24 @@ pub struct EnrollArgs {
 }
 
 /// Runs `init`: a new cluster CA.
-pub fn run_init(args: &ClusterArgs) -> Result<()> {
+pub fn run_init(args: &ClusterArgs) -> Result<String> {
     pki::init_cluster(&args.cluster)?;
-    println!(
-        "created the cluster CA in {}; enroll nodes with `scission-cloud enroll NAME --tier edge|device|cloud`",
+    Ok(format!(
+        "created the cluster CA in {}; enroll nodes with `scission-cloud enroll NAME --tier edge|device|cloud`\n",
         args.cluster.display()
-    );
-    Ok(())
+    ))
 }
 
 /// Runs `enroll`: a key and certificate for one node.
-pub fn run_enroll(args: &EnrollArgs) -> Result<()> {
+pub fn run_enroll(args: &EnrollArgs) -> Result<String> {
     let (cert, key) = pki::enroll(&args.cluster.cluster, &args.name)?;
-    println!("enrolled {} ({}): {} and {}; copy them with ca.cert.pem to the node", args.name, args.tier, cert.display(), key.display());
-    Ok(())
+    Ok(format!(
+        "enrolled {} ({}): {} and {}; copy them with ca.cert.pem to the node\n",
+        args.name,
+        args.tier,
+        cert.display(),
+        key.display()
+    ))
 }
 
 /// Arguments of `serve`.
@@ -84,8 +88,15 @@ pub struct ServeArgs {
     pub fetch_model: bool,
 }
 
-/// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud).
-pub fn run_serve(args: &ServeArgs, tier: TierKind, upstream: Option<SocketAddr>, zoo: Option<ZooLookup>) -> Result<()> {
+/// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud); `announce`
+/// gets the line that says where it listens (test harnesses and the demo read it).
+pub fn run_serve(
+    args: &ServeArgs,
+    tier: TierKind,
+    upstream: Option<SocketAddr>,
+    zoo: Option<ZooLookup>,
+    announce: impl FnOnce(&str),
+) -> Result<String> {
     let name = args.name.clone().unwrap_or_else(|| tier.as_str().to_string());
     let max_frame = args.max_frame_mib.saturating_mul(1 << 20);
     let path = args.model.path(zoo)?;
@@ -106,10 +117,8 @@ pub fn run_serve(args: &ServeArgs, tier: TierKind, upstream: Option<SocketAddr>,
         profile: args.profile.as_deref().map(read_profile).transpose()?,
         model_file: path,
     };
-    serve(&config, model, |ready| {
-        println!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr);
-        let _ = std::io::stdout().flush();
-    })
+    serve(&config, model, |ready| announce(&format!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr)))?;
+    Ok(String::new())
 }
 
 /// Encodings on the command line.

@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use scission_engine::tract::prelude::*;
 use tokio::sync::Mutex;
 
-use super::convert::{decode as decode_tensor, infer_message};
+use super::convert::{bounded, decode as decode_tensor, infer_message};
 use super::node::Node;
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 use scission_core::solver::Encoding;
-use scission_core::wire::message::{Body, FailureCode, Stage, StageTiming, decode};
+use scission_core::wire::message::{Body, FailureCode, FailureDetail, Stage, StageTiming, decode};
 use scission_engine::pipeline::graph_inputs;
 use scission_net::quic::{connect, exchange};
 
@@ -42,6 +42,22 @@ pub enum RequestError {
         reason: String,
     },
     /// The request failed for another reason (bad input, engine error).
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// Why the cloud gave no plans.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanRequestError {
+    /// No plan satisfies the constraints; relaxing one of `culprits` alone would allow one.
+    #[error("{message}")]
+    Infeasible {
+        /// The constraint groups, as data.
+        culprits: Vec<String>,
+        /// The cloud's words.
+        message: String,
+    },
+    /// The cloud could not be asked or answered with something else.
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -132,15 +148,21 @@ impl DeviceClient {
         uplinks: &HashMap<u8, scission_core::solver::Link>,
         avoid: &[u8],
         count: u16,
-    ) -> Result<Vec<(Vec<Stage>, u64)>> {
-        let uplinks = uplinks.iter().map(|(t, l)| (*t, *l)).collect();
-        let avoid = avoid.iter().copied().collect();
-        let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })?;
+    ) -> Result<Vec<(Vec<Stage>, u64)>, PlanRequestError> {
+        let uplinks = bounded(uplinks.iter().map(|(t, l)| (*t, *l)).collect(), "uplinks")?;
+        let avoid = bounded(avoid.to_vec(), "tiers to avoid")?;
+        let message =
+            scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid }).map_err(anyhow::Error::from)?;
         let answer = self.send(cloud, &message).await.map_err(|e| anyhow!("{e}"))?;
         match decode(&answer).map_err(|e| anyhow!("malformed plan answer: {e}"))? {
+            Body::Plans { routes } if routes.is_empty() => Err(anyhow!("the cloud answered with no plan").into()),
             Body::Plans { routes } => Ok(routes.into_iter().map(|r| (r.stages.to_vec(), r.predicted_ns)).collect()),
-            Body::Failure { message, .. } => bail!("the cloud could not plan: {message}"),
-            _ => bail!("unexpected answer to a plan request"),
+            Body::Failure { detail: FailureDetail::Infeasible { culprits }, message, .. } => Err(PlanRequestError::Infeasible {
+                culprits: culprits.iter().map(|c| c.to_string()).collect(),
+                message: message.to_string(),
+            }),
+            Body::Failure { code, message, .. } => Err(anyhow!("the cloud could not plan ({code:?}): {message}").into()),
+            _ => Err(anyhow!("unexpected answer to a plan request").into()),
         }
     }
 
@@ -159,9 +181,11 @@ impl DeviceClient {
                 timings.extend(remote);
                 Ok(tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect::<Result<_>>()?)
             }
-            // The next tier could not reach the one after it.
-            Body::Failure { code: FailureCode::Unreachable, message, .. } if rest.len() > 1 => {
-                Err(RequestError::Unreachable { tier: rest[1].tier, reason: message.to_string() })
+            // A tier further along could not reach the next; only a tier on the route counts.
+            Body::Failure { code: FailureCode::Unreachable, message, detail: FailureDetail::Unreachable { tier }, .. }
+                if rest.iter().skip(1).any(|s| s.tier == tier) =>
+            {
+                Err(RequestError::Unreachable { tier, reason: message.to_string() })
             }
             Body::Failure { code, message, .. } => Err(anyhow!("request {id} failed ({code:?}): {message}").into()),
             _ => Err(anyhow!("unexpected answer to request {id}").into()),

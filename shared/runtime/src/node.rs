@@ -1,6 +1,5 @@
-//! A node of the cluster: a loaded model, its tier, and a cache of built slices.
+//! A node of the cluster: a loaded model, its tier, and a bounded cache of built slices.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
@@ -21,23 +20,48 @@ pub struct Node {
     pub tier: u8,
     /// Engine threads.
     pub threads: usize,
-    slices: Mutex<HashMap<Block, Arc<Slice>>>,
+    slices: Mutex<SliceCache>,
+}
+
+/// Most slices kept built at once; the least recently used goes first.
+pub const MAX_CACHED_SLICES: usize = 32;
+
+/// Built slices, most recently used last.
+#[derive(Default)]
+struct SliceCache {
+    entries: Vec<(Block, Arc<Slice>)>,
+}
+
+impl SliceCache {
+    fn get(&mut self, block: Block) -> Option<Arc<Slice>> {
+        let at = self.entries.iter().position(|(b, _)| *b == block)?;
+        let entry = self.entries.remove(at);
+        let slice = entry.1.clone();
+        self.entries.push(entry);
+        Some(slice)
+    }
+
+    fn insert(&mut self, block: Block, slice: Arc<Slice>) {
+        self.entries.retain(|(b, _)| *b != block);
+        if self.entries.len() >= MAX_CACHED_SLICES {
+            self.entries.remove(0);
+        }
+        self.entries.push((block, slice));
+    }
 }
 
 impl Node {
     /// Wraps a loaded model.
     pub fn new(model: Model, tier: u8, threads: usize) -> Result<Self> {
         let sha256 = parse_sha(&model.sha256)?;
-        Ok(Self { model, sha256, tier, threads, slices: Mutex::new(HashMap::new()) })
+        Ok(Self { model, sha256, tier, threads, slices: Mutex::new(SliceCache::default()) })
     }
 
     /// The slice for `block`, built on first use.
     pub fn slice(&self, block: Block) -> Result<Arc<Slice>> {
-        if block.start >= block.end || block.end > self.model.summary.len() {
-            bail!("stage [{}, {}) is outside the model's {} nodes", block.start, block.end, self.model.summary.len());
-        }
-        if let Some(s) = self.slices.lock().map_err(|_| anyhow::anyhow!("slice cache poisoned"))?.get(&block) {
-            return Ok(s.clone());
+        self.check_range(block)?;
+        if let Some(s) = self.slices.lock().map_err(|_| anyhow::anyhow!("slice cache poisoned"))?.get(block) {
+            return Ok(s);
         }
         let slice = Arc::new(Slice::build(&self.model, block)?);
         self.slices.lock().map_err(|_| anyhow::anyhow!("slice cache poisoned"))?.insert(block, slice.clone());
@@ -47,22 +71,36 @@ impl Node {
     /// Runs stage `block` on `live` (the tensors crossing its start) and returns the tensors
     /// crossing its end, with the compute time in nanoseconds.
     pub fn run_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64)> {
+        self.check_stage_inputs(block, &live)?;
         let slice = self.slice(block)?;
-        let crossing_in = self.model.cuts.crossing(block.start);
-        if let Some(missing) = crossing_in.iter().find(|t| !live.contains_key(t)) {
-            bail!(
-                "stage [{}, {}) needs tensor '{}', which the request lacks",
-                block.start,
-                block.end,
-                self.model.summary.tensors[*missing].name
-            );
-        }
         let inputs = collect(&live, &slice.io.inputs, "stage input", &self.model)?;
         let started = std::time::Instant::now();
         let outputs =
             with_threads(self.threads, || slice.run(inputs)).with_context(|| format!("running stage [{}, {})", block.start, block.end))?;
         let compute_ns = started.elapsed().as_nanos() as u64;
         Ok((advance(&self.model, &slice, live, outputs), compute_ns))
+    }
+
+    fn check_range(&self, block: Block) -> Result<()> {
+        if block.start >= block.end || block.end > self.model.summary.len() {
+            bail!("stage [{}, {}) is outside the model's {} nodes", block.start, block.end, self.model.summary.len());
+        }
+        Ok(())
+    }
+
+    /// Whether `live` holds every tensor crossing into `block`, and nothing else: checked before
+    /// any slice is built for it, so a request cannot make a node build slices it cannot feed.
+    pub fn check_stage_inputs(&self, block: Block, live: &Activations) -> Result<()> {
+        self.check_range(block)?;
+        let crossing_in = self.model.cuts.crossing(block.start);
+        if let Some(missing) = crossing_in.iter().find(|t| !live.contains_key(t)) {
+            let name = self.model.summary.tensors.get(*missing).map_or("?", |t| t.name.as_str());
+            bail!("stage [{}, {}) needs tensor '{name}', which the request lacks", block.start, block.end);
+        }
+        if let Some(extra) = live.keys().find(|t| !crossing_in.contains(t)) {
+            bail!("stage [{}, {}) does not take tensor {extra}, which the request carries", block.start, block.end);
+        }
+        Ok(())
     }
 
     /// Graph outputs from the final activations.

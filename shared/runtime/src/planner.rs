@@ -1,37 +1,92 @@
-//! The cloud's planning service: nodes register their profiles and measured links, devices
+//! The cloud's planning service: edges register their profiles and measured links, devices
 //! ask for ranked plans, the solver answers. Also serves the model file in chunks to a tier
 //! that does not have it.
+//!
+//! The registry is bounded and registrations expire unless renewed; the solver runs on a
+//! snapshot taken under the lock, never while holding it.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Context;
 
+use scission_core::link::Link;
 use scission_core::policy::plan_route;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::solver::profiles::{Topology, problem_from_profiles, set_link};
-use scission_core::solver::{self, Constraints, CostOptions, Link, Objective};
+use scission_core::solver::{self, Constraints, CostOptions, Objective, SolveError};
 use scission_core::wire::message::{MAX_ROUTES, PlannedRoute};
+use scission_engine::profile_file::parse_profile;
 
+use crate::convert::bounded;
+
+/// Most edges registered at once.
+pub const MAX_REGISTERED: usize = 64;
+/// A registration not renewed within this long is forgotten.
+pub const REGISTRATION_TTL: Duration = Duration::from_secs(600);
+
+/// Why a registration or a plan request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The profile is not one this planner can use.
+    #[error("bad profile: {0}")]
+    Profile(String),
+    /// The profile benchmarked another model.
+    #[error("'{name}' benchmarked another model ({theirs}) than the cloud serves ({ours})")]
+    OtherModel {
+        /// Who sent it.
+        name: String,
+        /// Their model's SHA-256.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
+    /// Only edges register.
+    #[error("only edge nodes (tier 1) register; devices ask for plans")]
+    NotAnEdge,
+    /// The registry is full.
+    #[error("the registry is full ({MAX_REGISTERED} edges)")]
+    RegistryFull,
+    /// A plan request must ask for at least one plan.
+    #[error("a plan request must ask for at least one plan")]
+    NoPlansAsked,
+    /// No plan meets the constraints.
+    #[error("no plan satisfies the constraints (culprits: {culprits:?})")]
+    Infeasible {
+        /// Constraint groups whose removal alone would allow a plan.
+        culprits: Vec<String>,
+    },
+    /// The planning problem is inconsistent.
+    #[error("cannot plan: {0}")]
+    Problem(String),
+    /// The registry's lock was poisoned by a panic elsewhere.
+    #[error("the planner's registry is unusable")]
+    Poisoned,
+}
+
+impl From<SolveError> for PlanError {
+    fn from(e: SolveError) -> Self {
+        match e {
+            SolveError::Infeasible { culprits } => PlanError::Infeasible { culprits },
+            other => PlanError::Problem(other.to_string()),
+        }
+    }
+}
+
+#[derive(Clone)]
 struct Registration {
     profile: Profile,
     link_to_cloud: Option<Link>,
+    renewed: Instant,
 }
 
 /// Profiles of the cluster, and the solver over them.
 pub struct Planner {
     own: Profile,
     registry: Mutex<HashMap<String, Registration>>,
-}
-
-fn parse_profile(json: &[u8]) -> Result<Profile> {
-    let profile: Profile = serde_json::from_slice(json).context("not a scission profile")?;
-    if profile.format != scission_core::profile::PROFILE_FORMAT || profile.version != scission_core::profile::PROFILE_VERSION {
-        bail!("profile format {} v{} is not supported", profile.format, profile.version);
-    }
-    Ok(profile)
 }
 
 impl Planner {
@@ -41,39 +96,53 @@ impl Planner {
         Self { own, registry: Mutex::new(HashMap::new()) }
     }
 
-    /// Records (or replaces) node `name`'s profile and measured link to the cloud.
-    pub fn register(&self, name: &str, tier: u8, profile_json: &[u8], link_to_cloud: Option<Link>) -> Result<()> {
-        let mut profile = parse_profile(profile_json)?;
-        if profile.model.sha256 != self.own.model.sha256 {
-            bail!("'{name}' benchmarked another model ({}) than the cloud serves ({})", profile.model.sha256, self.own.model.sha256);
-        }
+    /// Records (or renews) node `name`'s profile and measured link to the cloud.
+    pub fn register(&self, name: &str, tier: u8, profile_json: &[u8], link_to_cloud: Option<Link>) -> Result<(), PlanError> {
         if tier != 1 {
-            bail!("only edge nodes (tier 1) register; devices ask for plans");
+            return Err(PlanError::NotAnEdge);
+        }
+        let mut profile = parse_profile(profile_json).map_err(|e| PlanError::Profile(format!("{e:#}")))?;
+        if profile.model.sha256 != self.own.model.sha256 {
+            return Err(PlanError::OtherModel {
+                name: name.to_string(),
+                theirs: profile.model.sha256,
+                ours: self.own.model.sha256.clone(),
+            });
+        }
+        if !profile.blocks.iter().map(|b| b.range).eq(self.own.blocks.iter().map(|b| b.range)) {
+            return Err(PlanError::Profile("its blocks differ from the cloud's (benchmark both with the same --max-crossing)".into()));
         }
         profile.machine.name = name.to_string();
         profile.machine.tier = TierKind::Edge;
-        self.registry
-            .lock()
-            .map_err(|_| anyhow::anyhow!("registry poisoned"))?
-            .insert(name.to_string(), Registration { profile, link_to_cloud });
+        let mut registry = self.registry.lock().map_err(|_| PlanError::Poisoned)?;
+        let now = Instant::now();
+        registry.retain(|_, r| now.duration_since(r.renewed) < REGISTRATION_TTL);
+        if !registry.contains_key(name) && registry.len() >= MAX_REGISTERED {
+            return Err(PlanError::RegistryFull);
+        }
+        registry.insert(name.to_string(), Registration { profile, link_to_cloud, renewed: now });
         tracing::info!("registered edge '{name}'");
         Ok(())
     }
 
     /// The `count` best routes for a device with `profile_json` and measured `uplinks`
-    /// (device -> tier).
-    /// Tiers in `avoid` get no work.
-    pub fn plan(&self, profile_json: &[u8], uplinks: &[(u8, Link)], avoid: &[u8], count: usize) -> Result<Vec<PlannedRoute>> {
+    /// (device -> tier). Tiers in `avoid` get no work.
+    pub fn plan(&self, profile_json: &[u8], uplinks: &[(u8, Link)], avoid: &[u8], count: usize) -> Result<Vec<PlannedRoute>, PlanError> {
         if count == 0 {
-            bail!("a plan request must ask for at least one plan");
+            return Err(PlanError::NoPlansAsked);
         }
-        let mut device = parse_profile(profile_json)?;
+        let mut device = parse_profile(profile_json).map_err(|e| PlanError::Profile(format!("{e:#}")))?;
         device.machine.tier = TierKind::Device;
-        let registry = self.registry.lock().map_err(|_| anyhow::anyhow!("registry poisoned"))?;
+        let edges: Vec<Registration> = {
+            let registry = self.registry.lock().map_err(|_| PlanError::Poisoned)?;
+            let now = Instant::now();
+            registry.values().filter(|r| now.duration_since(r.renewed) < REGISTRATION_TTL).cloned().collect()
+        };
         let mut profiles = vec![device.clone()];
-        profiles.extend(registry.values().map(|r| r.profile.clone()));
+        profiles.extend(edges.iter().map(|r| r.profile.clone()));
         profiles.push(self.own.clone());
-        let mut problem = problem_from_profiles(&profiles, &Topology::default(), None, CostOptions::default())?;
+        let mut problem = problem_from_profiles(&profiles, &Topology::default(), None, CostOptions::default())
+            .map_err(|e| PlanError::Problem(e.to_string()))?;
         let cloud = profiles.len() - 1;
         for (m, machine) in problem.machines.clone().iter().enumerate().skip(1) {
             if let Some((_, link)) = uplinks.iter().find(|(t, _)| usize::from(*t) == machine.tier) {
@@ -81,7 +150,7 @@ impl Planner {
                 set_link(&mut problem, m, 0, *link);
             }
         }
-        for (i, r) in registry.values().enumerate() {
+        for (i, r) in edges.iter().enumerate() {
             if let Some(link) = r.link_to_cloud {
                 set_link(&mut problem, i + 1, cloud, link);
                 set_link(&mut problem, cloud, i + 1, link);
@@ -92,8 +161,10 @@ impl Planner {
         plans
             .iter()
             .map(|p| {
-                let stages = plan_route(p, &device.blocks).context("a plan does not fit the device's blocks")?;
-                Ok(PlannedRoute { stages: crate::convert::bounded(stages, "stages in a route")?, predicted_ns: p.cost.latency_ns })
+                let stages =
+                    plan_route(p, &device.blocks).ok_or_else(|| PlanError::Profile("a plan does not fit the device's blocks".into()))?;
+                let stages = bounded(stages, "stages in a route").map_err(|e| PlanError::Problem(format!("{e:#}")))?;
+                Ok(PlannedRoute { stages, predicted_ns: p.cost.latency_ns })
             })
             .collect()
     }
@@ -110,17 +181,17 @@ pub struct ModelFile {
 
 impl ModelFile {
     /// Serves `path`, whose SHA-256 is `sha256`.
-    pub fn new(path: PathBuf, sha256: [u8; 32]) -> Result<Self> {
+    pub fn new(path: PathBuf, sha256: [u8; 32]) -> anyhow::Result<Self> {
         let total = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?.len();
         Ok(Self { path, total, sha256 })
     }
 
-    /// Up to `max_len` bytes from `offset`.
-    pub fn chunk(&self, offset: u64, max_len: u32) -> Result<Vec<u8>> {
+    /// Up to `max_len` bytes from `offset` (never more than the file holds from there).
+    pub fn chunk(&self, offset: u64, max_len: u32) -> anyhow::Result<Vec<u8>> {
         if offset > self.total {
-            bail!("offset {offset} is past the end of the {}-byte model", self.total);
+            anyhow::bail!("offset {offset} is past the end of the {}-byte model", self.total);
         }
-        let len = (self.total - offset).min(u64::from(max_len)) as usize;
+        let len = usize::try_from((self.total - offset).min(u64::from(max_len)))?;
         let mut file = std::fs::File::open(&self.path)?;
         file.seek(SeekFrom::Start(offset))?;
         let mut data = vec![0u8; len];

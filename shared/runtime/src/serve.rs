@@ -13,7 +13,7 @@ use scission_net::{pki, quic};
 
 use crate::node::Node;
 use crate::planner::{ModelFile, Planner};
-use crate::server::{StageServer, Upstream};
+use crate::server::{Limits, StageServer, Upstream};
 
 /// Everything a server needs besides its loaded model.
 #[derive(Clone, Debug)]
@@ -60,8 +60,8 @@ pub fn tier_index(tier: TierKind) -> u8 {
 pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let identity = pki::Identity::load(&config.cluster, &config.name)?;
     let node = Arc::new(Node::new(model, tier_index(config.tier), config.threads)?);
-    let mut server =
-        StageServer::new(node.clone(), None, config.max_frame).with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
+    let limits = Limits::for_cores(scission_engine::host::available_cores(), config.max_frame);
+    let mut server = StageServer::new(node.clone(), limits).with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
     if let (TierKind::Cloud, Some(p)) = (config.tier, &config.profile) {
         server = server.with_planner(Planner::new(p.clone()));
     }

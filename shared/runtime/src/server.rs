@@ -1,21 +1,26 @@
 //! Serving stages over QUIC (edge and cloud). Each stream carries one request frame and gets
-//! exactly one answer frame: the outputs, or a failure that says why. A peer that sends
-//! garbage, truncates a frame, announces an oversized one or vanishes only loses its own
-//! stream.
+//! exactly one answer frame: the outputs, or a failure whose kind and detail say why. A peer
+//! that sends garbage, truncates a frame, announces an oversized one, stalls or vanishes only
+//! loses its own stream; inference runs on a fixed number of blocking threads behind a bounded
+//! queue, and a full queue answers `Busy` at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::Result;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use super::convert::{bounded, decode as decode_tensor, infer_message, output_message};
 use super::node::Node;
-use super::planner::{ModelFile, Planner};
+use super::planner::{ModelFile, PlanError, Planner};
 use scission_core::cut::Block;
-use scission_core::solver::Encoding;
+use scission_core::link::Encoding;
 use scission_core::wire::WireError;
-use scission_core::wire::message::{Body, FailureCode, NamedTensor, Stage, StageTiming, decode, encode};
+use scission_core::wire::message::{
+    Body, FailureCode, FailureDetail, NamedTensor, Stage, StageTiming, bounded_text, decode, encode, failure_text,
+};
 use scission_engine::pipeline::Activations;
 use scission_net::quic::{FrameError, connect, exchange, read_frame, write_frame};
 
@@ -43,32 +48,133 @@ impl Upstream {
     }
 }
 
-/// A stage server: a node, where to forward, and the largest frame it accepts; the cloud also
-/// plans and serves the model file.
+/// How much a server takes on at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame accepted.
+    pub max_frame: u32,
+    /// Inferences running at once (each on a blocking thread).
+    pub workers: usize,
+    /// Inferences waiting for a worker; one more is answered `Busy`.
+    pub queue: usize,
+    /// Connections open at once; more are refused.
+    pub connections: usize,
+    /// Time a peer has to deliver a whole request frame once it opened the stream.
+    pub read_deadline: Duration,
+}
+
+impl Limits {
+    /// Defaults for a machine with `cores` cores: a worker per core, four waiting per worker.
+    pub fn for_cores(cores: usize, max_frame: u32) -> Self {
+        let workers = cores.max(1);
+        Self { max_frame, workers, queue: workers.saturating_mul(4), connections: 256, read_deadline: Duration::from_secs(30) }
+    }
+}
+
+/// Why a stage request failed, as the server tells the peer.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The request is malformed or inconsistent with this node.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A frame was over the limit.
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The next tier on the route could not be reached.
+    #[error("tier {tier} is unreachable: {reason}")]
+    Unreachable {
+        /// The tier.
+        tier: u8,
+        /// What happened.
+        reason: String,
+    },
+    /// Running the slice failed.
+    #[error("engine: {0}")]
+    Engine(String),
+    /// Planning failed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// This node does not offer what was asked.
+    #[error("this node does not {0}")]
+    NotOffered(&'static str),
+    /// Every worker is busy and the queue is full.
+    #[error("busy: {0} inferences are waiting")]
+    Busy(usize),
+}
+
+impl StageError {
+    fn engine(e: impl std::fmt::Display) -> Self {
+        Self::Engine(e.to_string())
+    }
+
+    fn code(&self) -> FailureCode {
+        match self {
+            Self::BadRequest(_) => FailureCode::BadRequest,
+            Self::TooLarge { .. } => FailureCode::TooLarge,
+            Self::Unreachable { .. } => FailureCode::Unreachable,
+            Self::Engine(_) => FailureCode::Engine,
+            Self::Plan(PlanError::Infeasible { .. }) => FailureCode::Infeasible,
+            Self::Plan(_) => FailureCode::BadRequest,
+            Self::NotOffered(_) => FailureCode::Forbidden,
+            Self::Busy(_) => FailureCode::Busy,
+        }
+    }
+
+    fn detail(&self) -> FailureDetail {
+        match self {
+            Self::Unreachable { tier, .. } => FailureDetail::Unreachable { tier: *tier },
+            Self::TooLarge { len, limit } => FailureDetail::TooLarge { len: *len, limit: *limit },
+            Self::Plan(PlanError::Infeasible { culprits }) => {
+                let mut names = heapless::Vec::new();
+                for c in culprits {
+                    if names.push(bounded_text(c)).is_err() {
+                        break;
+                    }
+                }
+                FailureDetail::Infeasible { culprits: names }
+            }
+            _ => FailureDetail::None,
+        }
+    }
+
+    /// The failure frame for `request`.
+    pub fn to_frame(&self, request: u64) -> Vec<u8> {
+        let body = Body::Failure { request, code: self.code(), message: failure_text(&self.to_string()), detail: self.detail() };
+        encode(&body).unwrap_or_default()
+    }
+}
+
+/// A stage server: a node, where to forward, its limits; the cloud also plans and serves the
+/// model file.
 pub struct StageServer {
     node: Arc<Node>,
     upstream: Option<Upstream>,
-    max_frame: u32,
-    planner: Option<Planner>,
+    limits: Limits,
+    workers: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    connections: Arc<AtomicUsize>,
+    planner: Option<Arc<Planner>>,
     model_file: Option<ModelFile>,
 }
 
-type Failed = (FailureCode, String);
-
-fn failure(request: u64, code: FailureCode, message: impl std::fmt::Display) -> Vec<u8> {
-    let mut text = heapless::String::new();
-    for c in message.to_string().chars() {
-        if text.push(c).is_err() {
-            break;
-        }
-    }
-    encode(&Body::Failure { request, code, message: text }).unwrap_or_default()
-}
-
 impl StageServer {
-    /// A server for `node`, forwarding later stages to `upstream`.
-    pub fn new(node: Arc<Node>, upstream: Option<Upstream>, max_frame: u32) -> Self {
-        Self { node, upstream, max_frame, planner: None, model_file: None }
+    /// A server for `node` within `limits`.
+    pub fn new(node: Arc<Node>, limits: Limits) -> Self {
+        Self {
+            node,
+            upstream: None,
+            workers: Arc::new(Semaphore::new(limits.workers.max(1))),
+            limits,
+            waiting: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
+            planner: None,
+            model_file: None,
+        }
     }
 
     /// Forwards later stages to `upstream`.
@@ -79,7 +185,7 @@ impl StageServer {
 
     /// Also answers registrations and plan requests.
     pub fn with_planner(mut self, planner: Planner) -> Self {
-        self.planner = Some(planner);
+        self.planner = Some(Arc::new(planner));
         self
     }
 
@@ -92,8 +198,15 @@ impl StageServer {
     /// Accepts connections on `endpoint` until it closes.
     pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
         while let Some(incoming) = endpoint.accept().await {
+            if self.connections.load(Ordering::Relaxed) >= self.limits.connections {
+                tracing::warn!("refusing a connection from {}: {} open already", incoming.remote_address(), self.limits.connections);
+                incoming.refuse();
+                continue;
+            }
             let server = self.clone();
+            let open = ConnectionSlot::take(&self.connections);
             tokio::spawn(async move {
+                let _open = open;
                 let connection = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
@@ -110,10 +223,16 @@ impl StageServer {
     }
 
     async fn handle_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let reply = match read_frame(&mut recv, self.max_frame).await {
-            Ok(bytes) => self.answer(&bytes).await,
-            Err(FrameError::Wire(e @ WireError::TooLarge { .. })) => failure(0, FailureCode::TooLarge, e),
-            Err(e) => failure(0, FailureCode::BadRequest, e),
+        let reply = match tokio::time::timeout(self.limits.read_deadline, read_frame(&mut recv, self.limits.max_frame)).await {
+            Ok(Ok(bytes)) => self.answer(&bytes).await,
+            Ok(Err(FrameError::Wire(WireError::TooLarge { len, limit }))) => StageError::TooLarge { len, limit }.to_frame(0),
+            Ok(Err(e)) => StageError::BadRequest(e.to_string()).to_frame(0),
+            Err(_) => {
+                // A peer that starts a frame and stalls loses its stream, not a worker.
+                let _ = recv.stop(quinn::VarInt::from_u32(1));
+                StageError::BadRequest(format!("the request frame did not arrive within {} s", self.limits.read_deadline.as_secs()))
+                    .to_frame(0)
+            }
         };
         if let Err(e) = write_frame(&mut send, &reply).await {
             tracing::debug!("could not answer: {e:#}");
@@ -121,37 +240,44 @@ impl StageServer {
     }
 
     async fn answer(&self, bytes: &[u8]) -> Vec<u8> {
-        match decode(bytes) {
-            Ok(Body::Ping { nonce, .. }) => encode(&Body::Pong { nonce }).unwrap_or_default(),
-            Ok(Body::Infer { request, model, stages, encoding, tensors }) => {
-                match self.infer(request, model, &stages, encoding, &tensors).await {
-                    Ok(reply) => reply,
-                    Err((code, message)) => failure(request, code, message),
-                }
+        let body = match decode(bytes) {
+            Ok(body) => body,
+            Err(e) => return StageError::BadRequest(e.to_string()).to_frame(0),
+        };
+        let request = match &body {
+            Body::Infer { request, .. } => *request,
+            _ => 0,
+        };
+        match self.dispatch(body).await {
+            Ok(reply) => reply,
+            Err(e) => e.to_frame(request),
+        }
+    }
+
+    async fn dispatch(&self, body: Body<'_>) -> Result<Vec<u8>, StageError> {
+        match body {
+            Body::Ping { nonce, .. } => encode(&Body::Pong { nonce }).map_err(StageError::engine),
+            Body::Infer { request, model, stages, encoding, tensors } => self.infer(request, model, &stages, encoding, &tensors).await,
+            Body::Register { name, tier, profile, link_to_cloud } => {
+                let planner = self.planner.clone().ok_or(StageError::NotOffered("plan"))?;
+                let (name, profile) = (name.to_string(), profile.to_vec());
+                blocking(move || planner.register(&name, tier, &profile, link_to_cloud)).await??;
+                encode(&Body::Registered).map_err(StageError::engine)
             }
-            Ok(Body::Register { name, tier, profile, link_to_cloud }) => match &self.planner {
-                Some(p) => match p.register(&name, tier, profile, link_to_cloud) {
-                    Ok(()) => encode(&Body::Registered).unwrap_or_default(),
-                    Err(e) => failure(0, FailureCode::BadRequest, format!("{e:#}")),
-                },
-                None => failure(0, FailureCode::BadRequest, "this node does not plan"),
-            },
-            Ok(Body::PlanRequest { profile, uplinks, count, avoid }) => match &self.planner {
-                Some(p) => match p.plan(profile, &uplinks, &avoid, usize::from(count)) {
-                    Ok(routes) => encode(&Body::Plans { routes: routes.into_iter().collect() }).unwrap_or_default(),
-                    Err(e) => failure(0, FailureCode::BadRequest, format!("{e:#}")),
-                },
-                None => failure(0, FailureCode::BadRequest, "this node does not plan (start the cloud with --profile)"),
-            },
-            Ok(Body::FetchModel { offset, max_len }) => match &self.model_file {
-                Some(f) => match f.chunk(offset, max_len.min(self.max_frame / 2)) {
-                    Ok(data) => encode(&Body::ModelChunk { total: f.total, sha256: f.sha256, offset, data: &data }).unwrap_or_default(),
-                    Err(e) => failure(0, FailureCode::BadRequest, format!("{e:#}")),
-                },
-                None => failure(0, FailureCode::BadRequest, "this node does not serve its model file"),
-            },
-            Ok(_) => failure(0, FailureCode::BadRequest, "expected a request"),
-            Err(e) => failure(0, FailureCode::BadRequest, e),
+            Body::PlanRequest { profile, uplinks, count, avoid } => {
+                let planner = self.planner.clone().ok_or(StageError::NotOffered("plan (start the cloud with --profile)"))?;
+                let (profile, uplinks, avoid) = (profile.to_vec(), uplinks.to_vec(), avoid.to_vec());
+                let routes = blocking(move || planner.plan(&profile, &uplinks, &avoid, usize::from(count))).await??;
+                let routes = bounded(routes, "routes").map_err(StageError::engine)?;
+                encode(&Body::Plans { routes }).map_err(StageError::engine)
+            }
+            Body::FetchModel { offset, max_len } => {
+                let file = self.model_file.as_ref().ok_or(StageError::NotOffered("serve its model file"))?;
+                let data =
+                    file.chunk(offset, max_len.min(self.limits.max_frame / 2)).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
+                encode(&Body::ModelChunk { total: file.total, sha256: file.sha256, offset, data: &data }).map_err(StageError::engine)
+            }
+            _ => Err(StageError::BadRequest("expected a request".into())),
         }
     }
 
@@ -162,33 +288,47 @@ impl StageServer {
         stages: &[Stage],
         encoding: Encoding,
         tensors: &[NamedTensor<'_>],
-    ) -> Result<Vec<u8>, Failed> {
-        let bad = |m: String| (FailureCode::BadRequest, m);
+    ) -> Result<Vec<u8>, StageError> {
         if model != self.node.sha256 {
-            return Err(bad("the request is for another model than this node serves".into()));
+            return Err(StageError::BadRequest("the request is for another model than this node serves".into()));
         }
-        let stage = stages[0];
+        let Some((stage, rest)) = stages.split_first() else { return Err(StageError::BadRequest("a request with no stage".into())) };
         if stage.tier != self.node.tier {
-            return Err(bad(format!("stage for tier {} sent to tier {}", stage.tier, self.node.tier)));
+            return Err(StageError::BadRequest(format!("stage for tier {} sent to tier {}", stage.tier, self.node.tier)));
         }
         let mut live = Activations::new();
         for t in tensors {
-            let (id, value) = decode_tensor(&self.node.model, t).map_err(|e| bad(format!("{e:#}")))?;
+            let (id, value) = decode_tensor(&self.node.model, t).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
             live.insert(id, value);
         }
-        let node = self.node.clone();
         let block = Block { start: stage.start as usize, end: stage.end as usize };
-        let (live, compute_ns) = tokio::task::spawn_blocking(move || node.run_stage(block, live))
-            .await
-            .map_err(|e| (FailureCode::Engine, e.to_string()))?
-            .map_err(|e| (FailureCode::Engine, format!("{e:#}")))?;
+        // Refuse a request whose inputs cannot feed the stage before building anything for it.
+        self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
+        let (live, compute_ns) = self.run_stage(block, live).await?;
         let mine = StageTiming { tier: self.node.tier, compute_ns };
-        let rest = &stages[1..];
         if rest.is_empty() {
-            let outputs = self.node.outputs(&live).map_err(|e| (FailureCode::Engine, format!("{e:#}")))?;
-            return output_message(request, &outputs, &[mine]).map_err(|e| (FailureCode::Engine, format!("{e:#}")));
+            let outputs = self.node.outputs(&live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
+            return output_message(request, &outputs, &[mine]).map_err(|e| StageError::Engine(format!("{e:#}")));
         }
         self.forward(request, model, rest, encoding, &live, mine).await
+    }
+
+    /// Runs a stage on a worker, waiting in the bounded queue; a full queue is `Busy`.
+    async fn run_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64), StageError> {
+        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _queued = QueueSlot(&self.waiting);
+        if waiting >= self.limits.queue.saturating_add(self.limits.workers) {
+            return Err(StageError::Busy(waiting));
+        }
+        let permit = self.workers.clone().acquire_owned().await.map_err(StageError::engine)?;
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            node.run_stage(block, live)
+        })
+        .await
+        .map_err(StageError::engine)?
+        .map_err(|e| StageError::Engine(format!("{e:#}")))
     }
 
     async fn forward(
@@ -199,23 +339,54 @@ impl StageServer {
         encoding: Encoding,
         live: &Activations,
         mine: StageTiming,
-    ) -> Result<Vec<u8>, Failed> {
-        let unreachable = |m: String| (FailureCode::Unreachable, m);
+    ) -> Result<Vec<u8>, StageError> {
+        let next = rest.first().map_or(0, |s| s.tier);
+        let unreachable = |reason: String| StageError::Unreachable { tier: next, reason };
         let upstream = self.upstream.as_ref().ok_or_else(|| unreachable("this node has no next tier to forward to".into()))?;
-        let message = infer_message(request, model, rest, encoding, live).map_err(|e| (FailureCode::Engine, format!("{e:#}")))?;
+        let message = infer_message(request, model, rest, encoding, live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
         let connection = upstream.connection().await.map_err(|e| unreachable(format!("{e:#}")))?;
-        let answer = exchange(&connection, &message, self.max_frame).await.map_err(|e| unreachable(format!("next tier: {e:#}")))?;
+        let answer = exchange(&connection, &message, self.limits.max_frame).await.map_err(|e| unreachable(format!("{e:#}")))?;
         match decode(&answer) {
-            Ok(Body::Output { request, tensors, timings }) => {
-                let all = bounded(core::iter::once(mine).chain(timings).collect(), "stage timings")
-                    .map_err(|e| (FailureCode::Engine, format!("{e:#}")))?;
-                encode(&Body::Output { request, tensors, timings: all }).map_err(|e| (FailureCode::Engine, e.to_string()))
+            Ok(Body::Output { request: answered, tensors, timings }) if answered == request => {
+                let all = bounded(core::iter::once(mine).chain(timings).collect(), "stage timings").map_err(StageError::engine)?;
+                encode(&Body::Output { request, tensors, timings: all }).map_err(StageError::engine)
             }
-            Ok(Body::Failure { request, code, message }) => {
-                encode(&Body::Failure { request, code, message }).map_err(|e| (FailureCode::Engine, e.to_string()))
+            // The next tier's failure travels back as it is (its kind and detail included).
+            Ok(Body::Failure { request: answered, code, message, detail }) if answered == request => {
+                encode(&Body::Failure { request, code, message, detail }).map_err(StageError::engine)
             }
-            Ok(_) => Err(unreachable("next tier answered with something else than a result".into())),
-            Err(e) => Err(unreachable(format!("next tier sent a malformed answer: {e}"))),
+            Ok(_) => Err(unreachable("the next tier answered something else than this request's result".into())),
+            Err(e) => Err(unreachable(format!("the next tier sent a malformed answer: {e}"))),
         }
+    }
+}
+
+/// Runs blocking work (planning, registration) off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, StageError> {
+    tokio::task::spawn_blocking(work).await.map_err(StageError::engine)
+}
+
+/// One place in the inference queue, given back when dropped.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One open connection, counted while it lives.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

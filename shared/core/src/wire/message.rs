@@ -9,9 +9,9 @@ use super::tensor::TensorFrame;
 use crate::link::{Encoding, Link};
 
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// ALPN token naming the protocol version in the TLS handshake.
-pub const ALPN: &[u8] = b"scission/1";
+pub const ALPN: &[u8] = b"scission/2";
 /// Most tensors one message may carry.
 pub const MAX_TENSORS: usize = 16;
 /// Most stages a route may have.
@@ -49,7 +49,7 @@ pub struct StageTiming {
     pub compute_ns: u64,
 }
 
-/// Why a request failed.
+/// Why a request failed: the kind a peer acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FailureCode {
     /// The request itself is invalid (bad frame, wrong tensors, unknown model).
@@ -60,6 +60,57 @@ pub enum FailureCode {
     Unreachable,
     /// Running the slice failed.
     Engine,
+    /// No plan satisfies the request's constraints.
+    Infeasible,
+    /// The sender's role may not ask this, or this node does not offer it.
+    Forbidden,
+    /// The receiver is at capacity; try again later or elsewhere (back-pressure, not death).
+    Busy,
+}
+
+/// Most constraint groups an infeasible answer names.
+pub const MAX_CULPRITS: usize = 8;
+
+/// What a failure is about, as data (the message is for people).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureDetail {
+    /// Nothing beyond the code.
+    #[default]
+    None,
+    /// This tier of the route could not be reached.
+    Unreachable {
+        /// The tier.
+        tier: u8,
+    },
+    /// No plan satisfies the constraints; relaxing any one of these groups alone would allow
+    /// one (none listed: several conflict together).
+    Infeasible {
+        /// The constraint groups.
+        culprits: heapless::Vec<heapless::String<MAX_NAME>, MAX_CULPRITS>,
+    },
+    /// A frame was larger than the receiver accepts.
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// The receiver's limit.
+        limit: u64,
+    },
+}
+
+/// `text` cut to fit the wire's [`MAX_TEXT`] (at a character boundary), for failure messages.
+pub fn failure_text(text: &str) -> heapless::String<MAX_TEXT> {
+    bounded_text(text)
+}
+
+/// `text` cut to fit `N` bytes, at a character boundary.
+pub fn bounded_text<const N: usize>(text: &str) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    for c in text.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
 }
 
 /// One ranked route the cloud's solver hands out.
@@ -112,6 +163,8 @@ pub enum Body<'a> {
         code: FailureCode,
         /// Human-readable reason.
         message: heapless::String<MAX_TEXT>,
+        /// The failure as data.
+        detail: FailureDetail,
     },
     /// Liveness and round-trip probe.
     Ping {

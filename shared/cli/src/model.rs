@@ -1,0 +1,59 @@
+//! Which model a command works on: a file, or `zoo:NAME` where the binary has a zoo.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use scission_engine::{LoadOptions, Model};
+
+/// Which model to load and how.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ModelArgs {
+    /// ONNX model file (as exported by torch.onnx or tf2onnx), or `zoo:NAME` for a built-in
+    /// model (e.g. `zoo:resnet50`; `scission-cloud zoo list` shows them), written to a cache on
+    /// first use.
+    pub model: PathBuf,
+    /// Concrete input shape, e.g. `1,3,224,224`; repeat once per input, in model order.
+    /// Needed only when the model has symbolic dimensions (such as a dynamic batch).
+    #[arg(long = "input-shape", value_name = "DIMS", value_parser = parse_shape)]
+    pub input_shapes: Vec<Vec<usize>>,
+    /// Largest number of tensors that may cross a cut point. 1 cuts only where the whole state
+    /// is one tensor (what the original Scission meant); 2 or more also cuts inside residual and
+    /// Inception-like blocks.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_crossing: u16,
+}
+
+/// Resolves a zoo name to its model file (binaries with the zoo pass one; the device has none).
+pub type ZooLookup = fn(&str) -> Result<PathBuf>;
+
+impl ModelArgs {
+    /// Loads the model.
+    pub fn load(&self, zoo: Option<ZooLookup>) -> Result<Model> {
+        Model::load_path(&self.path(zoo)?, &self.load_options())
+    }
+
+    /// How to load it.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { input_shapes: self.input_shapes.clone() }
+    }
+
+    /// The model file, with `zoo:NAME` resolved to its cached file.
+    pub fn path(&self, zoo: Option<ZooLookup>) -> Result<PathBuf> {
+        match (self.model.to_str().and_then(|s| s.strip_prefix("zoo:")), zoo) {
+            (Some(name), Some(lookup)) => lookup(name),
+            (Some(name), None) => {
+                bail!("this binary has no model zoo; write {name} with `scission-cloud zoo write {name} --out FILE` and pass the file")
+            }
+            (None, _) => Ok(self.model.clone()),
+        }
+    }
+}
+
+/// Parses `1,3,224,224` (also `1x3x224x224`).
+pub fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
+    let dims: Result<Vec<usize>, _> = text.split([',', 'x']).map(|d| d.trim().parse::<usize>()).collect();
+    match dims {
+        Ok(dims) if !dims.is_empty() && dims.iter().all(|&d| d > 0) => Ok(dims),
+        _ => Err(format!("'{text}' is not a shape: expected positive integers separated by commas, e.g. 1,3,224,224")),
+    }
+}
