@@ -77,8 +77,8 @@ pub struct PlanArgs {
     #[arg(long)]
     keep_input_on_device: bool,
     /// How many plans to list.
-    #[arg(short = 'n', long = "result-count", default_value_t = 5)]
-    result_count: usize,
+    #[arg(short = 'n', long = "result-count", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    result_count: u16,
     /// Raw input size on the wire in MB (original files: 0.15, a JPEG; profiles: the dense
     /// input tensor).
     #[arg(short = 'i', long = "input-mb", value_name = "MB")]
@@ -132,7 +132,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     let plans = if args.pareto {
         solver::pareto(&planning.problem, &planning.constraints)?
     } else {
-        solver::solve(&planning.problem, &planning.constraints, objective(args.objective), args.result_count)?
+        solver::solve(&planning.problem, &planning.constraints, objective(args.objective), usize::from(args.result_count))?
     };
     if let Some(path) = &args.chart {
         std::fs::write(path, crate::chart::svg(&planning.problem, &plans)).with_context(|| format!("cannot write {}", path.display()))?;

@@ -13,6 +13,7 @@ use scission_core::wire::message::Stage;
 use scission_engine::profile_file::read_profile;
 use scission_engine::tract::prelude::*;
 use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
+use scission_runtime::fetch::{Expected, fetch_model_blocking, parse_sha256};
 
 /// Arguments of the device's `run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -130,14 +131,14 @@ impl RunArgs {
         Ok(Planning::Profiles { profiles, links: self.links.clone() })
     }
 
-    fn config(&self, inputs: Vec<TValue>) -> Result<DeviceConfig> {
+    fn config(&self, planning: Planning, inputs: Vec<TValue>) -> Result<DeviceConfig> {
         let requests = self.requests.unwrap_or(if inputs.is_empty() { 10 } else { u32::try_from(inputs.len()).unwrap_or(u32::MAX) });
         Ok(DeviceConfig {
             cluster: self.cluster.cluster.clone(),
             name: self.name.clone(),
             edge: self.edge,
             cloud: self.cloud,
-            planning: self.planning()?,
+            planning,
             policy: PolicyConfig {
                 replan_every: self.replan_every,
                 backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms),
@@ -161,16 +162,16 @@ impl RunArgs {
 /// Runs the device's `run`, printing a line per request and a summary.
 pub fn run(args: &RunArgs) -> Result<()> {
     let path = args.model.path(None)?;
+    let planning = args.planning()?;
     if args.fetch_model && !path.exists() {
         let Some(cloud) = args.cloud else { bail!("--fetch-model needs --cloud") };
+        let expected = Expected { sha256: pinned_model(&planning)?, ..Expected::default() };
         let mut bar = FetchBar::new("the model");
-        scission_runtime::fetch::fetch_model_blocking(&args.cluster.cluster, &args.name, cloud, &path, DEFAULT_MAX_FRAME, &mut |d, t| {
-            bar.update(d, t)
-        })?;
+        fetch_model_blocking(&args.cluster.cluster, &args.name, cloud, &path, DEFAULT_MAX_FRAME, expected, &mut |d, t| bar.update(d, t))?;
     }
     let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
     let inputs = load_inputs(&model, &args.inputs)?;
-    let config = args.config(inputs)?;
+    let config = args.config(planning, inputs)?;
     let requests = config.requests;
     let summary = device::run(&config, model, print_event)?;
     if let Some((count, median)) = summary.prediction_error {
@@ -187,6 +188,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
         bail!("{} of {requests} requests failed", summary.failed);
     }
     Ok(())
+}
+
+/// The model's SHA-256 as the device's own profile records it, when there is one.
+fn pinned_model(planning: &Planning) -> Result<Option<[u8; 32]>> {
+    let hex = match planning {
+        Planning::Split { .. } => return Ok(None),
+        Planning::Profiles { profiles, .. } => profiles.first().map(|p| p.model.sha256.clone()),
+        Planning::Cloud { profile_json, .. } => Some(scission_engine::profile_file::parse_profile(profile_json)?.model.sha256),
+    };
+    hex.map(|h| parse_sha256(&h)).transpose()
 }
 
 fn describe(route: &[Stage]) -> String {

@@ -4,90 +4,16 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
 
-use common::{bin, quick_bench, run, stderr, write_model};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use common::cluster::{Cluster, start};
+use common::{bin, quick_bench, run, stderr};
 use scission_core::wire::message::{Body, FailureCode, decode, encode};
 use scission_engine::{LoadOptions, Model};
 use scission_net::{pki, quic};
-use scission_zoo::onnx::testmodels::TestModel;
-
-/// A server process, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(bin_name: &str, args: &[&str]) -> Server {
-    let mut child = Command::new(bin(bin_name)).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).expect("server announces its address");
-    let addr = line.rsplit(' ').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("no address in {line:?}"));
-    Server { child, addr }
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    model: PathBuf,
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let cluster = dir.path().join("cluster");
-        assert!(run("scission-cloud", &["init", "--cluster", cluster.to_str().unwrap()]).status.success());
-        for n in ["device", "edge", "cloud"] {
-            let out = run("scission-cloud", &["enroll", n, "--tier", n, "--cluster", cluster.to_str().unwrap()]);
-            assert!(out.status.success(), "{}", stderr(&out));
-        }
-        let model = write_model(dir.path(), TestModel::Branched, 32);
-        Self { dir, model }
-    }
-
-    fn cluster(&self) -> String {
-        self.dir.path().join("cluster").to_string_lossy().into_owned()
-    }
-
-    fn servers(&self) -> (Server, Server) {
-        let model = self.model.to_str().unwrap();
-        let cloud = start("scission-cloud", &["serve", model, "--cluster", &self.cluster(), "--threads", "1"]);
-        let cloud_addr = cloud.addr.to_string();
-        let edge = start("scission-edge", &["serve", model, "--cluster", &self.cluster(), "--cloud", &cloud_addr, "--threads", "1"]);
-        (cloud, edge)
-    }
-
-    /// `scission-device run MODEL --cluster C --edge E --cloud C`, followed by `extra`.
-    fn run_args(&self, cluster: &str, edge: SocketAddr, cloud: SocketAddr, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = vec!["run".into(), self.model.to_string_lossy().into_owned(), "--cluster".into(), cluster.into()];
-        args.extend(["--edge".into(), edge.to_string(), "--cloud".into(), cloud.to_string()]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        args
-    }
-
-    fn device(&self, cluster: &str, edge: SocketAddr, cloud: SocketAddr, split: &str, extra: &[&str]) -> std::process::Output {
-        let mut args = self.run_args(cluster, edge, cloud, &["--split", split, "--requests", "4"]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        run("scission-device", &refs)
-    }
-}
 
 /// A float32 `.npy` file of `shape` with varied values.
 fn npy(shape: &[usize]) -> Vec<u8> {

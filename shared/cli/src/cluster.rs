@@ -10,8 +10,8 @@ use scission_core::profile::TierKind;
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_engine::profile_file::read_profile;
 use scission_net::pki;
-use scission_runtime::fetch::fetch_model_blocking;
-use scission_runtime::serve::{ServeConfig, serve};
+use scission_runtime::fetch::{Expected, fetch_model_blocking, parse_sha256};
+use scission_runtime::serve::{Limits, ServeConfig, serve};
 
 use crate::model::{ModelArgs, ZooLookup};
 use crate::progress::FetchBar;
@@ -83,9 +83,37 @@ pub struct ServeArgs {
     /// it to the cloud with its measured link when it starts.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
-    /// When the model file is missing, fetch it from the next tier (chunked, SHA-256 checked).
+    /// When the model file is missing, fetch it from the next tier (chunked, SHA-256 checked
+    /// against --profile's when given).
     #[arg(long)]
     pub fetch_model: bool,
+    /// Inferences run at once (default: one per core); each holds its activations in memory.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+    /// Inferences that may wait for a worker (default: four per worker); one more is answered
+    /// `Busy` at once.
+    #[arg(long)]
+    pub queue: Option<u16>,
+    /// Connections open at once; more are refused.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: u16,
+    /// Milliseconds a peer has to deliver a whole request frame once it opened a stream.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_deadline_ms: u64,
+}
+
+impl ServeArgs {
+    fn limits(&self, max_frame: u32) -> Limits {
+        let defaults = Limits::for_cores(scission_engine::host::available_cores(), max_frame);
+        let workers = self.workers.map_or(defaults.workers, usize::from);
+        Limits {
+            workers,
+            queue: self.queue.map_or(workers.saturating_mul(4), usize::from),
+            connections: usize::from(self.max_connections),
+            read_deadline: std::time::Duration::from_millis(self.read_deadline_ms),
+            ..defaults
+        }
+    }
 }
 
 /// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud); `announce`
@@ -100,10 +128,12 @@ pub fn run_serve(
     let name = args.name.clone().unwrap_or_else(|| tier.as_str().to_string());
     let max_frame = args.max_frame_mib.saturating_mul(1 << 20);
     let path = args.model.path(zoo)?;
+    let profile = args.profile.as_deref().map(read_profile).transpose()?;
     if args.fetch_model && !path.exists() {
         let from = upstream.context("--fetch-model needs a next tier to fetch from")?;
+        let expected = Expected { sha256: profile.as_ref().map(|p| parse_sha256(&p.model.sha256)).transpose()?, ..Expected::default() };
         let mut bar = FetchBar::new("the model");
-        fetch_model_blocking(&args.cluster.cluster, &name, from, &path, max_frame, &mut |done, total| bar.update(done, total))?;
+        fetch_model_blocking(&args.cluster.cluster, &name, from, &path, max_frame, expected, &mut |done, total| bar.update(done, total))?;
     }
     let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
     let config = ServeConfig {
@@ -113,8 +143,8 @@ pub fn run_serve(
         listen: args.listen,
         upstream,
         threads: args.threads.unwrap_or_else(scission_engine::host::available_cores),
-        max_frame,
-        profile: args.profile.as_deref().map(read_profile).transpose()?,
+        limits: args.limits(max_frame),
+        profile,
         model_file: path,
     };
     serve(&config, model, |ready| announce(&format!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr)))?;

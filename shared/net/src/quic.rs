@@ -15,10 +15,20 @@ use scission_core::wire::WireError;
 use scission_core::wire::frame::{HEADER, body_len, framed};
 use scission_core::wire::message::{Body, decode, encode};
 
+/// Requests one peer may have open on a connection at once.
+pub const MAX_STREAMS: u32 = 32;
+/// Bytes a peer may have in flight on one connection.
+pub const RECEIVE_WINDOW: u32 = 32 << 20;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
     t.keep_alive_interval(Some(Duration::from_secs(2)));
+    // One request per bidirectional stream: a peer gets this many at once, and this many bytes
+    // in flight per connection, whatever it announces.
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     Arc::new(t)
 }
 

@@ -1,9 +1,11 @@
-//! Fetching the model file from the cloud in chunks, verified by SHA-256, for a tier that does
-//! not have it.
+//! Fetching the model file from the cloud in chunks, for a tier that does not have it: checked
+//! against a pinned SHA-256 when the caller knows one (from its profile), capped in size,
+//! written to a fresh temporary file (never through a link planted in its place) that is
+//! renamed only once complete and verified, and removed on any failure.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -14,29 +16,72 @@ use scission_net::quic::{connect, exchange};
 /// Bytes asked for per chunk.
 const CHUNK: u32 = 4 << 20;
 
-/// Downloads the model served at `addr` into `path` (through a temporary file, renamed only
-/// once the SHA-256 matches); `progress(done, total)` follows the bytes.
+/// Largest model accepted unless the caller says otherwise: 4 GiB.
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 4 << 30;
+
+/// What the fetched file must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// Its SHA-256, when known; without it the server's word is taken (and logged).
+    pub sha256: Option<[u8; 32]>,
+    /// The most bytes accepted.
+    pub max_bytes: u64,
+}
+
+impl Default for Expected {
+    fn default() -> Self {
+        Self { sha256: None, max_bytes: DEFAULT_MAX_MODEL_BYTES }
+    }
+}
+
+/// A temporary file removed unless kept.
+struct Partial {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Downloads the model served at `addr` into `path`; `progress(done, total)` follows the bytes.
 pub async fn fetch_model(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     path: &Path,
     max_frame: u32,
+    expected: Expected,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     let connection = connect(endpoint, addr).await?;
-    let tmp = path.with_extension(format!("part{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut partial = Partial { path: path.with_extension(format!("part{}", std::process::id())), kept: false };
+    // create_new never follows a link planted at the temporary name.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial.path)
+        .with_context(|| format!("cannot create {}", partial.path.display()))?;
     let mut hasher = Sha256::new();
-    let (mut offset, mut expected): (u64, Option<(u64, [u8; 32])>) = (0, None);
+    let (mut offset, mut announced): (u64, Option<(u64, [u8; 32])>) = (0, None);
     loop {
         let request = encode(&Body::FetchModel { offset, max_len: CHUNK })?;
         let answer = exchange(&connection, &request, max_frame).await?;
         match decode(&answer).map_err(|e| anyhow::anyhow!("malformed chunk: {e}"))? {
             Body::ModelChunk { total, sha256, offset: at, data } => {
-                if at != offset || expected.is_some_and(|e| e != (total, sha256)) {
+                if at != offset || announced.is_some_and(|a| a != (total, sha256)) {
                     bail!("the model changed while it was being fetched");
                 }
-                expected = Some((total, sha256));
+                if announced.is_none() {
+                    check_announced(total, sha256, expected)?;
+                }
+                announced = Some((total, sha256));
+                if data.len() > CHUNK as usize {
+                    bail!("the server sent a chunk of {} bytes, more than the {CHUNK} asked for", data.len());
+                }
                 file.write_all(data)?;
                 hasher.update(data);
                 offset = offset.saturating_add(data.len() as u64);
@@ -55,13 +100,29 @@ pub async fn fetch_model(
             _ => bail!("unexpected answer to a model fetch"),
         }
     }
-    let (_, sha256) = expected.context("no chunk arrived")?;
+    let (_, sha256) = announced.context("no chunk arrived")?;
     if hasher.finalize().as_slice() != sha256 {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("the fetched model's SHA-256 does not match the server's; nothing was kept");
+        bail!("the fetched model's SHA-256 does not match; nothing was kept");
     }
     file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move the model to {}", path.display()))
+    std::fs::rename(&partial.path, path).with_context(|| format!("cannot move the model to {}", path.display()))?;
+    partial.kept = true;
+    Ok(())
+}
+
+/// The server's announced size and hash against what the caller expects.
+fn check_announced(total: u64, sha256: [u8; 32], expected: Expected) -> Result<()> {
+    if total > expected.max_bytes {
+        bail!("the server's model is {total} bytes, more than the {} accepted", expected.max_bytes);
+    }
+    match expected.sha256 {
+        Some(pinned) if pinned != sha256 => bail!("the server serves another model than the one expected (its SHA-256 differs)"),
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!("no SHA-256 pinned for the model; trusting the server's");
+            Ok(())
+        }
+    }
 }
 
 /// [`fetch_model`] from a blocking caller: connects as `name` of the cluster in `cluster`.
@@ -71,8 +132,23 @@ pub fn fetch_model_blocking(
     addr: SocketAddr,
     path: &Path,
     max_frame: u32,
+    expected: Expected,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     let identity = scission_net::pki::Identity::load(cluster, name)?;
-    crate::async_runtime()?.block_on(async { fetch_model(&scission_net::quic::client(&identity)?, addr, path, max_frame, progress).await })
+    crate::async_runtime()?
+        .block_on(async { fetch_model(&scission_net::quic::client(&identity)?, addr, path, max_frame, expected, progress).await })
+}
+
+/// Parses a SHA-256 written as 64 hex digits.
+pub fn parse_sha256(hex: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 || !hex.is_ascii() {
+        bail!("'{hex}' is not a SHA-256 (64 hex digits)");
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        let pair = hex.get(2 * i..2 * i + 2).context("not a SHA-256")?;
+        *byte = u8::from_str_radix(pair, 16).with_context(|| format!("'{hex}' is not a SHA-256 (64 hex digits)"))?;
+    }
+    Ok(out)
 }

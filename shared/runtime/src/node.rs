@@ -53,7 +53,7 @@ impl SliceCache {
 impl Node {
     /// Wraps a loaded model.
     pub fn new(model: Model, tier: u8, threads: usize) -> Result<Self> {
-        let sha256 = parse_sha(&model.sha256)?;
+        let sha256 = crate::fetch::parse_sha256(&model.sha256)?;
         Ok(Self { model, sha256, tier, threads, slices: Mutex::new(SliceCache::default()) })
     }
 
@@ -112,15 +112,4 @@ impl Node {
             .map(|&t| live.get(&t).cloned().map(|v| (t, v)).with_context(|| format!("output {t} missing")))
             .collect()
     }
-}
-
-fn parse_sha(hex: &str) -> Result<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if hex.len() != 64 {
-        bail!("bad sha256 '{hex}'");
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).with_context(|| format!("bad sha256 '{hex}'"))?;
-    }
-    Ok(out)
 }

@@ -13,7 +13,8 @@ use scission_net::{pki, quic};
 
 use crate::node::Node;
 use crate::planner::{ModelFile, Planner};
-use crate::server::{Limits, StageServer, Upstream};
+pub use crate::server::Limits;
+use crate::server::{StageServer, Upstream};
 
 /// Everything a server needs besides its loaded model.
 #[derive(Clone, Debug)]
@@ -30,8 +31,8 @@ pub struct ServeConfig {
     pub upstream: Option<SocketAddr>,
     /// Engine threads.
     pub threads: usize,
-    /// Largest frame accepted.
-    pub max_frame: u32,
+    /// What the server takes on at once.
+    pub limits: Limits,
     /// This machine's profile: the cloud plans with it, an edge registers it.
     pub profile: Option<Profile>,
     /// The model file, served to tiers that lack it.
@@ -60,8 +61,7 @@ pub fn tier_index(tier: TierKind) -> u8 {
 pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let identity = pki::Identity::load(&config.cluster, &config.name)?;
     let node = Arc::new(Node::new(model, tier_index(config.tier), config.threads)?);
-    let limits = Limits::for_cores(scission_engine::host::available_cores(), config.max_frame);
-    let mut server = StageServer::new(node.clone(), limits).with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
+    let mut server = StageServer::new(node.clone(), config.limits).with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
     if let (TierKind::Cloud, Some(p)) = (config.tier, &config.profile) {
         server = server.with_planner(Planner::new(p.clone()));
     }
@@ -71,9 +71,9 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
             let client = quic::client(&identity)?;
             if let Some(p) = &config.profile {
                 let json = serde_json::to_vec(p)?;
-                if let Err(e) = register_once(&client, addr, &config.name, &json, config.max_frame).await {
+                if let Err(e) = register_once(&client, addr, &config.name, &json, config.limits.max_frame).await {
                     tracing::warn!("registration with the cloud failed ({e:#}); retrying in the background");
-                    tokio::spawn(register(client.clone(), addr, config.name.clone(), json, config.max_frame));
+                    tokio::spawn(register(client.clone(), addr, config.name.clone(), json, config.limits.max_frame));
                 }
             }
             server = server.with_upstream(Upstream::new(client, addr));

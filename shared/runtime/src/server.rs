@@ -48,6 +48,9 @@ impl Upstream {
     }
 }
 
+/// Most bytes of the model file sent in one chunk, whatever the reader asks for.
+pub const MAX_CHUNK: u32 = 4 << 20;
+
 /// How much a server takes on at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

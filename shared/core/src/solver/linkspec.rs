@@ -69,7 +69,11 @@ pub fn parse_latency(text: &str) -> Result<u64, String> {
         "s" => 1e9,
         _ => return Err(format!("'{text}': latency units are ns, us, ms or s")),
     };
-    Ok((positive(number, text)? * scale + 0.5) as u64)
+    let ns = positive(number, text)? * scale + 0.5;
+    if ns > super::MAX_LATENCY_NS as f64 {
+        return Err(format!("'{text}': a latency above one hour is not a network link"));
+    }
+    Ok(ns as u64)
 }
 
 #[cfg(test)]

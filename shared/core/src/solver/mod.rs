@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 
 pub use constraints::{ComputeCap, Constraints};
 pub use plan::{Breakdown, Objective, Plan, Segment};
-pub use problem::{CostOptions, Encoding, Link, Machine, Problem, ProblemError};
+pub use problem::{CostOptions, Encoding, Link, MAX_BYTES, MAX_LATENCY_NS, MAX_SPAN_NS, MAX_TIERS, Machine, Problem, ProblemError};
 
 use constraints::Compiled;
 use dp::Dp;
@@ -57,6 +57,9 @@ fn explain(culprits: &[String]) -> String {
 /// segments). Exact: equal to [`brute::top_k`], in far less time.
 pub fn solve(problem: &Problem, constraints: &Constraints, objective: Objective, k: usize) -> Result<Vec<Plan>, SolveError> {
     let c = prepare(problem, constraints)?;
+    if k == 0 {
+        return Ok(Vec::new());
+    }
     let plans = match objective {
         Objective::Throughput => throughput(problem, &c, k),
         _ => ranked(problem, &c, objective, k, None),

@@ -68,6 +68,17 @@ pub struct Problem {
     pub options: CostOptions,
 }
 
+/// Most tiers in a chain.
+pub const MAX_TIERS: usize = 16;
+/// Largest one-way link latency accepted: one hour.
+pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
+/// Largest byte count accepted for an input, an activation or a message overhead: 1 TiB.
+pub const MAX_BYTES: u64 = 1 << 40;
+/// Largest total of one machine's block times, and largest time one hop may take to carry the
+/// largest message: 10^17 ns (about three years). With at most [`MAX_TIERS`] tiers, every plan's
+/// cost then fits the solver's signed 64-bit sums with room to spare.
+pub const MAX_SPAN_NS: u64 = 100_000_000_000_000_000;
+
 /// Why a [`Problem`] or its constraints cannot be solved as given.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProblemError {
@@ -101,6 +112,9 @@ pub enum ProblemError {
         /// Receiving machine.
         to: String,
     },
+    /// A figure is outside the documented bounds.
+    #[error("{0}")]
+    OutOfRange(String),
     /// Constraints contradict each other.
     #[error("contradictory constraints: {0}")]
     Contradiction(String),
@@ -169,6 +183,40 @@ impl Problem {
             if link.bits_per_sec == 0 {
                 let (a, b) = (&self.machines[*a].name, &self.machines[*b].name);
                 return Err(ProblemError::BadLink(alloc::format!("{a} -> {b} has zero bandwidth")));
+            }
+        }
+        self.validate_bounds()
+    }
+
+    /// Every figure within the documented bounds, so no cost can overflow.
+    fn validate_bounds(&self) -> Result<(), ProblemError> {
+        let out = |text: String| Err(ProblemError::OutOfRange(text));
+        if self.tiers.len() > MAX_TIERS {
+            return out(alloc::format!("{} tiers; a chain has at most {MAX_TIERS}", self.tiers.len()));
+        }
+        let byte_figures = [self.input_bytes, self.options.message_overhead].into_iter().chain(self.boundary_bytes.iter().copied());
+        let figures = byte_figures.chain(self.block_weight_bytes.iter().copied()).chain(self.block_activation_bytes.iter().copied());
+        if let Some(bytes) = figures.into_iter().find(|&b| b > MAX_BYTES) {
+            return out(alloc::format!("{bytes} bytes is more than the {MAX_BYTES} a model's figures may reach"));
+        }
+        for m in &self.machines {
+            let total = m.block_ns.iter().fold(0u64, |sum, &ns| sum.saturating_add(ns));
+            if total > MAX_SPAN_NS {
+                return out(alloc::format!("machine '{}' takes {total} ns for the model, more than {MAX_SPAN_NS}", m.name));
+            }
+        }
+        let largest = (0..=self.blocks()).map(|p| self.handover_bytes(p)).chain(core::iter::once(self.result_bytes())).max().unwrap_or(0);
+        for (a, b, link) in &self.links {
+            let (a, b) = (&self.machines[*a].name, &self.machines[*b].name);
+            if link.latency_ns > MAX_LATENCY_NS {
+                return out(alloc::format!("link {a} -> {b}: latency of {} ns is more than an hour", link.latency_ns));
+            }
+            let ns = link.transfer_ns(largest);
+            if ns > MAX_SPAN_NS {
+                return out(alloc::format!(
+                    "link {a} -> {b}: {} bit/s would take {ns} ns to carry {largest} bytes, more than {MAX_SPAN_NS}",
+                    link.bits_per_sec
+                ));
             }
         }
         Ok(())

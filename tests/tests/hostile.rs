@@ -1,0 +1,190 @@
+//! Attacks from inside the cluster: a peer with a valid certificate sends absurd plan requests,
+//! stage requests it cannot feed, and frames it never finishes; a user passes absurd figures.
+//! Each attack used to panic, poison or pin a server; now it gets an explicit answer while
+//! honest requests keep being served.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Server, start};
+use common::{quick_bench, run, stderr};
+use scission_core::link::Link;
+use scission_core::wire::message::{Body, FailureCode, Stage, decode, encode};
+use scission_net::{pki, quic};
+
+/// A cloud that plans (with `extra` flags), and the device's profile JSON.
+fn planning_cloud(c: &Cluster, extra: &[&str]) -> (Server, Vec<u8>) {
+    let cloud_profile = quick_bench("scission-cloud", &c.model, &c.dir.path().join("cloud.json"), "cloud");
+    let device_profile = quick_bench("scission-device", &c.model, &c.dir.path().join("device.json"), "device");
+    let mut args =
+        vec!["serve", c.model.to_str().unwrap(), "--cluster", "", "--profile", cloud_profile.to_str().unwrap(), "--threads", "1"];
+    let cluster = c.cluster();
+    args[3] = &cluster;
+    args.extend_from_slice(extra);
+    (start("scission-cloud", &args), std::fs::read(device_profile).unwrap())
+}
+
+/// Connects to `addr` as the enrolled device, and runs `attack` with the connection.
+fn as_device<F: AsyncFnOnce(quinn::Connection)>(c: &Cluster, addr: SocketAddr, attack: F) {
+    let identity = pki::Identity::load(&c.dir.path().join("cluster"), "device").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let endpoint = quic::client(&identity).unwrap();
+        let connection = quic::connect(&endpoint, addr).await.unwrap();
+        attack(connection).await;
+    });
+}
+
+/// Sends `body` and returns the answer's failure code, or `None` for a non-failure.
+async fn failure_code(connection: &quinn::Connection, body: &Body<'_>) -> (Option<FailureCode>, String) {
+    let answer = quic::exchange(connection, &encode(body).unwrap(), 64 << 20).await.unwrap();
+    match decode(&answer).unwrap() {
+        Body::Failure { code, message, .. } => (Some(code), message.to_string()),
+        other => (None, format!("{other:?}")),
+    }
+}
+
+fn plan_request<'a>(profile: &'a [u8], count: u16, uplinks: &[(u8, Link)]) -> Body<'a> {
+    Body::PlanRequest { profile, uplinks: uplinks.iter().copied().collect(), count, avoid: heapless::Vec::new() }
+}
+
+#[test]
+fn absurd_plan_requests_are_refused_and_the_planner_keeps_planning() {
+    let c = Cluster::new();
+    let (cloud, profile) = planning_cloud(&c, &[]);
+    as_device(&c, cloud.addr, async |conn| {
+        let fast = Link { latency_ns: 1_000_000, bits_per_sec: 100_000_000 };
+        let attacks: Vec<(&str, Body<'_>, &str)> = vec![
+            ("zero plans asked (panicked the solver under the registry lock)", plan_request(&profile, 0, &[]), "at least one plan"),
+            (
+                "an uplink latency of u64::MAX (overflowed the cost sums)",
+                plan_request(&profile, 4, &[(2, Link { latency_ns: u64::MAX, bits_per_sec: 1 })]),
+                "hour",
+            ),
+            ("an uplink with no bandwidth", plan_request(&profile, 4, &[(2, Link { latency_ns: 1, bits_per_sec: 0 })]), "zero bandwidth"),
+            ("a profile that is not JSON", plan_request(b"{nope", 4, &[]), "profile"),
+        ];
+        for (what, body, says) in attacks {
+            let (code, message) = failure_code(&conn, &body).await;
+            assert_eq!(code, Some(FailureCode::BadRequest), "{what}: {message}");
+            assert!(message.contains(says), "{what}: {message}");
+            // After each attack, an honest request is still planned.
+            let (code, answer) = failure_code(&conn, &plan_request(&profile, 4, &[(2, fast)])).await;
+            assert_eq!(code, None, "after {what}: {answer}");
+            assert!(answer.starts_with("Plans"), "{answer}");
+        }
+    });
+}
+
+#[test]
+fn stage_requests_without_their_inputs_are_refused_before_anything_is_built() {
+    let c = Cluster::new();
+    let (cloud, _edge) = c.servers();
+    let sha = sha256_of(&c.model);
+    as_device(&c, cloud.addr, async |conn| {
+        let started = Instant::now();
+        // Every range of the model, each without the tensors it needs (the old server built
+        // and cached a slice for each before noticing, without bound).
+        let mut refused = 0;
+        for start in 0..12u32 {
+            for end in start + 1..=12 {
+                let stages = [Stage { tier: 2, start, end }].into_iter().collect();
+                let body = Body::Infer { request: 1, model: sha, stages, encoding: Default::default(), tensors: heapless::Vec::new() };
+                let (code, message) = failure_code(&conn, &body).await;
+                assert_eq!(code, Some(FailureCode::BadRequest), "[{start}, {end}): {message}");
+                refused += 1;
+            }
+        }
+        eprintln!("{refused} unfed stage requests refused in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    });
+}
+
+fn sha256_of(model: &Path) -> [u8; 32] {
+    let m = scission_engine::Model::load_path(model, &scission_engine::LoadOptions::default()).unwrap();
+    scission_runtime::fetch::parse_sha256(&m.sha256).unwrap()
+}
+
+#[test]
+fn frames_that_never_finish_lose_their_streams_not_the_server() {
+    let c = Cluster::new();
+    let cluster = c.cluster();
+    let cloud = start("scission-cloud", &["serve", c.model.to_str().unwrap(), "--cluster", &cluster, "--read-deadline-ms", "500"]);
+    as_device(&c, cloud.addr, async |conn| {
+        // Slow loris: streams that send half a header and stall, as many as the peer may open.
+        let started = Instant::now();
+        let mut stalled = Vec::new();
+        for _ in 0..quic::MAX_STREAMS - 1 {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&[9, 0]).await.unwrap();
+            stalled.push((send, recv));
+        }
+        // An honest ping on the same connection is answered while they stall.
+        let ping = encode(&Body::Ping { nonce: 7, padding: &[] }).unwrap();
+        let pong =
+            tokio::time::timeout(Duration::from_secs(5), quic::exchange(&conn, &ping, 1 << 20)).await.expect("ping answered").unwrap();
+        assert_eq!(decode(&pong).unwrap(), Body::Pong { nonce: 7 });
+        // Each stalled stream is answered with an explicit failure once its deadline passes.
+        for (_send, mut recv) in stalled {
+            let answer =
+                tokio::time::timeout(Duration::from_secs(10), quic::read_frame(&mut recv, 1 << 20)).await.expect("answered").unwrap();
+            assert!(matches!(decode(&answer).unwrap(), Body::Failure { code: FailureCode::BadRequest, .. }));
+        }
+        let waited = started.elapsed();
+        eprintln!("{} stalled streams answered after {:.2} s", quic::MAX_STREAMS - 1, waited.as_secs_f64());
+        assert!(waited >= Duration::from_millis(500), "not before the deadline");
+    });
+}
+
+#[test]
+fn a_fetched_model_must_match_the_pinned_hash_and_leaves_nothing_behind() {
+    let c = Cluster::new();
+    let (cloud, _edge) = c.servers();
+    let device_profile = quick_bench("scission-device", &c.model, &c.dir.path().join("device.json"), "device");
+    // The device's profile pins another model than the cloud serves.
+    let mut profile: serde_json::Value = serde_json::from_slice(&std::fs::read(&device_profile).unwrap()).unwrap();
+    profile["model"]["sha256"] = serde_json::Value::String("ab".repeat(32));
+    let pinned = c.dir.path().join("pinned.json");
+    std::fs::write(&pinned, serde_json::to_vec(&profile).unwrap()).unwrap();
+    let target = c.dir.path().join("fetched").join("model.onnx");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let cluster = c.cluster();
+    let cloud_addr = cloud.addr.to_string();
+    let args = [
+        "run",
+        target.to_str().unwrap(),
+        "--fetch-model",
+        "--cluster",
+        &cluster,
+        "--cloud",
+        &cloud_addr,
+        "--profile",
+        pinned.to_str().unwrap(),
+    ];
+    let out = run("scission-device", &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another model than the one expected"), "{}", stderr(&out));
+    let left: Vec<_> = std::fs::read_dir(target.parent().unwrap()).unwrap().collect();
+    assert!(left.is_empty(), "nothing is left behind: {left:?}");
+}
+
+#[test]
+fn absurd_figures_on_the_command_line_are_errors_not_panics() {
+    let c = Cluster::new();
+    let dir = c.dir.path();
+    let files: Vec<String> = [("scission-device", "device"), ("scission-edge", "edge"), ("scission-cloud", "cloud")]
+        .iter()
+        .map(|(bin, name)| quick_bench(bin, &c.model, &dir.join(format!("{name}.json")), name).to_string_lossy().into_owned())
+        .collect();
+    let mut args: Vec<&str> = vec!["plan"];
+    args.extend(files.iter().map(String::as_str));
+    let zero = [args.clone(), vec!["-n", "0"]].concat();
+    let out = run("scission-cloud", &zero);
+    assert_eq!(out.status.code(), Some(2), "-n 0 is a usage error: {}", stderr(&out));
+    let slow = [args, vec!["--link", "device-edge=1bit,20000000000s"]].concat();
+    let out = run("scission-cloud", &slow);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("above one hour"), "{}", stderr(&out));
+}
