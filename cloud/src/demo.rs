@@ -182,13 +182,13 @@ fn distributed(
 ) -> Result<()> {
     use scission_core::policy::plan_route;
     use scission_net::{emulator::Shaper, pki, quic};
-    use scission_runtime::client::DeviceClient;
+    use scission_runtime::client::{DeviceClient, Peer};
     use scission_runtime::node::Node;
     let dir = tempfile::tempdir()?;
     let cluster = dir.path().join("cluster");
     pki::init_cluster(&cluster)?;
-    for n in ["device", "edge", "cloud"] {
-        pki::enroll(&cluster, n)?;
+    for role in pki::Role::ALL {
+        pki::enroll(&cluster, role.as_str(), role, false)?;
     }
     let cloud = start_tier(model_path, &cluster, "cloud", None)?;
     let edge = start_tier(model_path, &cluster, "edge", Some(cloud.addr))?;
@@ -196,14 +196,15 @@ fn distributed(
     let route = plans.first().and_then(|p| plan_route(p, &device.blocks)).context("no plan to run")?;
     let node = std::sync::Arc::new(Node::new(model, 0, 1)?);
     let whole = node.model.whole()?;
-    let peers: std::collections::HashMap<u8, std::net::SocketAddr> = [(1u8, edge.addr), (2u8, cloud.addr)].into();
+    let peer = |addr, name: &str| Peer { addr, name: name.to_string() };
+    let peers: std::collections::HashMap<u8, Peer> = [(1u8, peer(edge.addr, "edge")), (2u8, peer(cloud.addr, "cloud"))].into();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let mut shapers = std::collections::HashMap::new();
-        for (tier, addr) in &peers {
+        for (tier, peer) in &peers {
             let target = problem.machines.iter().position(|m| m.tier == usize::from(*tier)).context("tier without machine")?;
             let link = problem.link(0, target).context("no device uplink")?;
-            shapers.insert(*addr, Shaper::new(link));
+            shapers.insert(peer.addr, Shaper::new(link));
         }
         let endpoint = quic::client_with_links(&identity, shapers)?;
         let client = DeviceClient::new(node.clone(), endpoint, peers, scission_core::wire::frame::DEFAULT_MAX_FRAME, std::time::Duration::from_secs(10));

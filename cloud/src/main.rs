@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use scission_cli::{self as cli, BenchArgs, InspectArgs, ZooLookup};
 use scission_core::profile::TierKind;
+use scission_runtime::client::Peer;
 
 /// The cloud tier of Scission: benchmark DNN blocks, inspect cut points, run the demo.
 ///
@@ -43,8 +44,10 @@ enum Command {
     Zoo(zoo::ZooArgs),
     /// Create the cluster CA (mutual TLS between all nodes).
     Init(cli::ClusterArgs),
-    /// Issue a key and certificate for a node from the cluster CA.
+    /// Issue a key and certificate for a node from the cluster CA, naming its role.
     Enroll(cli::EnrollArgs),
+    /// Refuse a node from now on (servers reading the cluster's deny list, within a second).
+    Revoke(cli::RevokeArgs),
     /// Serve the cloud's stages of partitioned inferences over QUIC.
     Serve(cli::ServeArgs),
     /// Serve any tier's stages (used by `demo` to start edge and cloud as processes).
@@ -75,10 +78,11 @@ fn main() -> ExitCode {
         Command::Zoo(args) => zoo::run(args).map(|()| String::new()),
         Command::Init(args) => cli::run_init(args),
         Command::Enroll(args) => cli::run_enroll(args),
+        Command::Revoke(args) => cli::run_revoke(args),
         Command::Serve(args) => cli::run_serve(args, TierKind::Cloud, None, ZOO, announce),
         Command::Stage { serve, tier, upstream } => {
             let tier = if tier == "edge" { TierKind::Edge } else { TierKind::Cloud };
-            cli::run_serve(serve, tier, *upstream, ZOO, announce)
+            cli::run_serve(serve, tier, upstream.map(|addr| Peer { addr, name: "cloud".into() }), ZOO, announce)
         }
     })
 }

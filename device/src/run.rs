@@ -12,6 +12,7 @@ use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_core::wire::message::Stage;
 use scission_engine::profile_file::read_profile;
 use scission_engine::tract::prelude::*;
+use scission_runtime::client::Peer;
 use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
 use scission_runtime::fetch::{Expected, fetch_model_blocking, parse_sha256};
 
@@ -26,6 +27,12 @@ pub struct RunArgs {
     /// The cloud server's address.
     #[arg(long)]
     cloud: Option<std::net::SocketAddr>,
+    /// The edge's enrolled name (its certificate must carry it).
+    #[arg(long, default_value = "edge")]
+    edge_name: String,
+    /// The cloud's enrolled name (its certificate must carry it).
+    #[arg(long, default_value = "cloud")]
+    cloud_name: String,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// This device's enrolled name.
@@ -118,6 +125,10 @@ fn parse_change(text: &str) -> Result<LinkChange, String> {
 }
 
 impl RunArgs {
+    fn cloud(&self) -> Option<Peer> {
+        self.cloud.map(|addr| Peer { addr, name: self.cloud_name.clone() })
+    }
+
     fn planning(&self) -> Result<Planning> {
         if let Some((device_end, edge_end)) = self.split {
             return Ok(Planning::Split { device_end, edge_end });
@@ -136,8 +147,8 @@ impl RunArgs {
         Ok(DeviceConfig {
             cluster: self.cluster.cluster.clone(),
             name: self.name.clone(),
-            edge: self.edge,
-            cloud: self.cloud,
+            edge: self.edge.map(|addr| Peer { addr, name: self.edge_name.clone() }),
+            cloud: self.cloud(),
             planning,
             policy: PolicyConfig {
                 replan_every: self.replan_every,
@@ -164,10 +175,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let path = args.model.path(None)?;
     let planning = args.planning()?;
     if args.fetch_model && !path.exists() {
-        let Some(cloud) = args.cloud else { bail!("--fetch-model needs --cloud") };
+        let Some(cloud) = args.cloud() else { bail!("--fetch-model needs --cloud") };
         let expected = Expected { sha256: pinned_model(&planning)?, ..Expected::default() };
         let mut bar = FetchBar::new("the model");
-        fetch_model_blocking(&args.cluster.cluster, &args.name, cloud, &path, DEFAULT_MAX_FRAME, expected, &mut |d, t| bar.update(d, t))?;
+        fetch_model_blocking(&args.cluster.cluster, &args.name, &cloud, &path, DEFAULT_MAX_FRAME, expected, &mut |d, t| bar.update(d, t))?;
     }
     let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
     let inputs = load_inputs(&model, &args.inputs)?;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use scission_cli::{self as cli, BenchArgs, InspectArgs, ZooLookup};
 use scission_core::profile::TierKind;
+use scission_runtime::client::Peer;
 
 /// The edge tier of Scission: benchmark DNN blocks on this machine.
 ///
@@ -35,6 +36,9 @@ enum Command {
         /// The cloud server's address.
         #[arg(long)]
         cloud: std::net::SocketAddr,
+        /// The cloud's enrolled name (its certificate must carry it).
+        #[arg(long, default_value = "cloud")]
+        cloud_name: String,
     },
 }
 
@@ -47,7 +51,10 @@ fn main() -> ExitCode {
     finish(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Edge, ZOO),
         Command::Inspect(args) => cli::run_inspect(args, ZOO),
-        Command::Serve { serve, cloud } => cli::run_serve(serve, TierKind::Edge, Some(*cloud), ZOO, announce),
+        Command::Serve { serve, cloud, cloud_name } => {
+            let upstream = Peer { addr: *cloud, name: cloud_name.clone() };
+            cli::run_serve(serve, TierKind::Edge, Some(upstream), ZOO, announce)
+        }
     })
 }
 

@@ -27,13 +27,18 @@ fn planning_cloud(c: &Cluster, extra: &[&str]) -> (Server, Vec<u8>) {
     (start("scission-cloud", &args), std::fs::read(device_profile).unwrap())
 }
 
-/// Connects to `addr` as the enrolled device, and runs `attack` with the connection.
+/// Connects to the cloud at `addr` as the enrolled device, and runs `attack` with the connection.
 fn as_device<F: AsyncFnOnce(quinn::Connection)>(c: &Cluster, addr: SocketAddr, attack: F) {
-    let identity = pki::Identity::load(&c.dir.path().join("cluster"), "device").unwrap();
+    as_node(c, "device", addr, attack)
+}
+
+/// Connects to the cloud at `addr` as enrolled node `name`, and runs `attack` with the connection.
+fn as_node<F: AsyncFnOnce(quinn::Connection)>(c: &Cluster, name: &str, addr: SocketAddr, attack: F) {
+    let identity = pki::Identity::load(&c.dir.path().join("cluster"), name).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let endpoint = quic::client(&identity).unwrap();
-        let connection = quic::connect(&endpoint, addr).await.unwrap();
+        let connection = quic::connect(&endpoint, addr, "cloud").await.unwrap();
         attack(connection).await;
     });
 }
@@ -187,4 +192,84 @@ fn absurd_figures_on_the_command_line_are_errors_not_panics() {
     let out = run("scission-cloud", &slow);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("above one hour"), "{}", stderr(&out));
+}
+
+#[test]
+fn roles_in_certificates_decide_who_may_register_plan_and_serve() {
+    let c = Cluster::new();
+    let (cloud, profile) = planning_cloud(&c, &[]);
+    let register = |name: &'static str| Body::Register {
+        name: heapless::String::try_from(name).unwrap(),
+        tier: 1,
+        profile: &profile,
+        link_to_cloud: Some(Link { latency_ns: 1_000_000, bits_per_sec: 1_000_000_000 }),
+    };
+    // A device may not pose as an edge (it used to replace the real edge's profile).
+    as_device(&c, cloud.addr, async |conn| {
+        let (code, message) = failure_code(&conn, &register("edge")).await;
+        assert_eq!(code, Some(FailureCode::Forbidden), "{message}");
+    });
+    // An edge registers under its own name only, and does not ask for plans.
+    as_node(&c, "edge", cloud.addr, async |conn| {
+        let (code, message) = failure_code(&conn, &register("cloud")).await;
+        assert_eq!(code, Some(FailureCode::Forbidden), "another node's name: {message}");
+        let (code, message) = failure_code(&conn, &register("edge")).await;
+        assert_eq!(code, None, "its own name: {message}");
+        let (code, message) = failure_code(&conn, &plan_request(&profile, 2, &[])).await;
+        assert_eq!(code, Some(FailureCode::Forbidden), "{message}");
+    });
+    // A device key cannot serve: its certificate is for clients only.
+    let cluster = c.cluster();
+    let impostor = start("scission-cloud", &["serve", c.model.to_str().unwrap(), "--cluster", &cluster, "--name", "device"]);
+    let identity = pki::Identity::load(&c.dir.path().join("cluster"), "edge").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let endpoint = quic::client(&identity).unwrap();
+        let refused = quic::connect(&endpoint, impostor.addr, "device").await;
+        assert!(refused.is_err(), "a device certificate served a connection");
+        // Nor can a server pass for another node: the cloud is not the edge.
+        assert!(quic::connect(&endpoint, cloud.addr, "edge").await.is_err(), "the cloud passed for the edge");
+    });
+}
+
+#[test]
+fn a_revoked_device_is_refused_without_restarting_the_server() {
+    let c = Cluster::new();
+    let cluster = c.cluster();
+    let cloud = start("scission-cloud", &["serve", c.model.to_str().unwrap(), "--cluster", &cluster]);
+    let identity = pki::Identity::load(&c.dir.path().join("cluster"), "device").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ping = encode(&Body::Ping { nonce: 1, padding: &[] }).unwrap();
+    rt.block_on(async {
+        let endpoint = quic::client(&identity).unwrap();
+        let conn = quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap();
+        quic::exchange(&conn, &ping, 1 << 20).await.expect("served before revocation");
+    });
+    let out = run("scission-cloud", &["revoke", "device", "--cluster", &cluster]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let revoked_at = Instant::now();
+    let refused_after = rt.block_on(async {
+        let endpoint = quic::client(&identity).unwrap();
+        loop {
+            let served = match quic::connect(&endpoint, cloud.addr, "cloud").await {
+                Ok(conn) => {
+                    tokio::time::timeout(Duration::from_secs(2), quic::exchange(&conn, &ping, 1 << 20)).await.is_ok_and(|r| r.is_ok())
+                }
+                Err(_) => false,
+            };
+            if !served {
+                return revoked_at.elapsed();
+            }
+            assert!(revoked_at.elapsed() < Duration::from_secs(10), "still served 10 s after revocation");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    eprintln!("the revoked device was refused {:.2} s after `revoke`", refused_after.as_secs_f64());
+    // The edge is still served.
+    let edge = pki::Identity::load(&c.dir.path().join("cluster"), "edge").unwrap();
+    rt.block_on(async {
+        let endpoint = quic::client(&edge).unwrap();
+        let conn = quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap();
+        quic::exchange(&conn, &ping, 1 << 20).await.expect("other nodes are still served");
+    });
 }

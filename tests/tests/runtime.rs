@@ -92,7 +92,7 @@ fn garbage_truncated_and_oversized_frames_do_not_stop_the_server() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let endpoint = quic::client(&identity).unwrap();
-        let conn = Arc::new(quic::connect(&endpoint, cloud.addr).await.unwrap());
+        let conn = Arc::new(quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap());
         // Each case: raw bytes on a fresh stream, and the failure the server must answer with.
         let cases: Vec<(&str, Vec<u8>, FailureCode)> = vec![
             ("a frame that claims 4 GiB", vec![0xff; 4].into_iter().chain(vec![1, 2, 3]).collect(), FailureCode::TooLarge),
@@ -119,7 +119,7 @@ fn garbage_truncated_and_oversized_frames_do_not_stop_the_server() {
         let pong = quic::exchange(&conn, &ping, 1 << 20).await.unwrap();
         assert_eq!(decode(&pong).unwrap(), Body::Pong { nonce: 42 });
         conn.close(0u32.into(), b"bye");
-        let again = quic::connect(&endpoint, cloud.addr).await.unwrap();
+        let again = quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap();
         let pong = quic::exchange(&again, &ping, 1 << 20).await.unwrap();
         assert_eq!(decode(&pong).unwrap(), Body::Pong { nonce: 42 });
     });

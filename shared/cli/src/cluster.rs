@@ -10,6 +10,7 @@ use scission_core::profile::TierKind;
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_engine::profile_file::read_profile;
 use scission_net::pki;
+use scission_runtime::client::Peer;
 use scission_runtime::fetch::{Expected, fetch_model_blocking, parse_sha256};
 use scission_runtime::serve::{Limits, ServeConfig, serve};
 
@@ -27,14 +28,42 @@ pub struct ClusterArgs {
 /// Arguments of `enroll`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct EnrollArgs {
-    /// Node name (used with --name when the node starts).
+    /// Node name (a DNS label; used with --name when the node starts, and by its peers to
+    /// check they reached it).
     pub name: String,
-    /// The node's tier (recorded for the operator; every node may act as client and server).
+    /// The node's role, written into its certificate: a device may only connect out and ask
+    /// for plans; an edge serves stages, forwards and registers under its own name; a cloud
+    /// serves stages, plans and the model file.
     #[arg(long, value_parser = ["device", "edge", "cloud"])]
     pub tier: String,
+    /// Issue a new key even if NAME is enrolled already (the old certificate stays valid until
+    /// revoked).
+    #[arg(long)]
+    pub replace: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterArgs,
+}
+
+/// Arguments of `revoke`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RevokeArgs {
+    /// The node to refuse from now on.
+    pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+}
+
+/// Runs `revoke`: adds the node to the deny list that servers reading this cluster directory
+/// check for every new connection and stream (within a second, without a restart).
+pub fn run_revoke(args: &RevokeArgs) -> Result<String> {
+    pki::revoke(&args.cluster.cluster, &args.name)?;
+    Ok(format!(
+        "revoked '{}': servers reading {} refuse it within a second; copy the file to servers with their own cluster directory\n",
+        args.name,
+        args.cluster.cluster.join(pki::REVOKED).display()
+    ))
 }
 
 /// Runs `init`: a new cluster CA.
@@ -48,7 +77,8 @@ pub fn run_init(args: &ClusterArgs) -> Result<String> {
 
 /// Runs `enroll`: a key and certificate for one node.
 pub fn run_enroll(args: &EnrollArgs) -> Result<String> {
-    let (cert, key) = pki::enroll(&args.cluster.cluster, &args.name)?;
+    let role = pki::Role::parse(&args.tier).with_context(|| format!("'{}' is not a role", args.tier))?;
+    let (cert, key) = pki::enroll(&args.cluster.cluster, &args.name, role, args.replace)?;
     Ok(format!(
         "enrolled {} ({}): {} and {}; copy them with ca.cert.pem to the node\n",
         args.name,
@@ -121,7 +151,7 @@ impl ServeArgs {
 pub fn run_serve(
     args: &ServeArgs,
     tier: TierKind,
-    upstream: Option<SocketAddr>,
+    upstream: Option<Peer>,
     zoo: Option<ZooLookup>,
     announce: impl FnOnce(&str),
 ) -> Result<String> {
@@ -130,7 +160,7 @@ pub fn run_serve(
     let path = args.model.path(zoo)?;
     let profile = args.profile.as_deref().map(read_profile).transpose()?;
     if args.fetch_model && !path.exists() {
-        let from = upstream.context("--fetch-model needs a next tier to fetch from")?;
+        let from = upstream.as_ref().context("--fetch-model needs a next tier to fetch from")?;
         let expected = Expected { sha256: profile.as_ref().map(|p| parse_sha256(&p.model.sha256)).transpose()?, ..Expected::default() };
         let mut bar = FetchBar::new("the model");
         fetch_model_blocking(&args.cluster.cluster, &name, from, &path, max_frame, expected, &mut |done, total| bar.update(done, total))?;

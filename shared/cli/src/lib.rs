@@ -11,7 +11,7 @@ pub mod output;
 pub mod progress;
 pub mod tools;
 
-pub use cluster::{ClusterArgs, EncodingArg, EnrollArgs, ServeArgs, run_enroll, run_init, run_serve};
+pub use cluster::{ClusterArgs, EncodingArg, EnrollArgs, RevokeArgs, ServeArgs, run_enroll, run_init, run_revoke, run_serve};
 pub use model::{ModelArgs, ZooLookup, parse_shape};
 pub use output::{init_tracing, one_line};
 pub use progress::{BenchBar, FetchBar};

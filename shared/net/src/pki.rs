@@ -2,8 +2,14 @@
 //! certificate per node signed by it (`scission-cloud enroll`), and the rustls configurations
 //! that require them on both sides (mutual TLS 1.3).
 //!
-//! A cluster directory holds `ca.cert.pem`, `ca.key.pem`, `ca.name`, and per node
-//! `NAME.cert.pem` + `NAME.key.pem`.
+//! A cluster directory holds `ca.cert.pem`, `ca.key.pem`, `ca.name`, per node
+//! `NAME.cert.pem` + `NAME.key.pem`, and `revoked.txt` (names refused by every server).
+//!
+//! **Names and roles.** A node's certificate names it (`NAME.node.scission`, the server name
+//! clients check when they connect to it) and its role (`ROLE.role.scission`), and its extended
+//! key usage follows the role: a device may only be a client, a cloud only a server, an edge
+//! both (it forwards to the cloud). So a device key cannot serve, and a server reads who a peer
+//! is and what it may ask from the verified certificate, not from the peer's messages.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +21,58 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use scission_core::wire::message::ALPN;
 
-/// Server name every node certificate carries, and clients expect.
-pub const SERVER_NAME: &str = "scission.cluster";
+/// What a node is in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Runs the first slice and serves its board's applications; a client only.
+    Device,
+    /// Serves stages and forwards to the cloud; server and client.
+    Edge,
+    /// Serves stages, plans and the model file; a server only.
+    Cloud,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Device, Role::Edge, Role::Cloud];
+
+    /// Its lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Device => "device",
+            Role::Edge => "edge",
+            Role::Cloud => "cloud",
+        }
+    }
+
+    /// The role called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    fn usages(self) -> Vec<ExtendedKeyUsagePurpose> {
+        match self {
+            Role::Device => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Role::Edge => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            Role::Cloud => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        }
+    }
+}
+
+/// The server name of node `name`, as its certificate carries it and clients check it.
+pub fn node_dns(name: &str) -> String {
+    format!("{name}.node.scission")
+}
+
+/// The name a certificate of `role` carries.
+pub fn role_dns(role: Role) -> String {
+    format!("{}.role.scission", role.as_str())
+}
+
+/// Whether `name` can be a node name (a DNS label: letters, digits and '-').
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !name.starts_with('-')
+}
 
 fn ca_params(name: &str) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -44,10 +100,15 @@ pub fn init_cluster(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Issues a key and certificate for node `name` from the CA in `dir`.
-pub fn enroll(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        bail!("node name '{name}' must be letters, digits, '-', '_' or '.'");
+/// Issues a key and certificate for node `name` with `role` from the CA in `dir`. Refuses to
+/// replace an existing key unless `replace`.
+pub fn enroll(dir: &Path, name: &str, role: Role, replace: bool) -> Result<(PathBuf, PathBuf)> {
+    if !valid_name(name) {
+        bail!("node name '{name}' must be 1 to 63 letters, digits or '-' (not first)");
+    }
+    let (cert_path, key_path) = (dir.join(format!("{name}.cert.pem")), dir.join(format!("{name}.key.pem")));
+    if !replace && (key_path.exists() || cert_path.exists()) {
+        bail!("'{name}' is enrolled already ({}); pass --replace to issue a new key", key_path.display());
     }
     let read = |f: &str| {
         std::fs::read_to_string(dir.join(f)).with_context(|| format!("{} has no {f}: run `scission-cloud init` first", dir.display()))
@@ -55,11 +116,11 @@ pub fn enroll(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
     let ca_key = KeyPair::from_pem(&read("ca.key.pem")?).context("ca.key.pem is not a private key")?;
     let issuer = Issuer::new(ca_params(read("ca.name")?.trim())?, ca_key);
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()])?;
+    let mut params = CertificateParams::new(vec![node_dns(name), role_dns(role)])?;
     params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
+    params.extended_key_usages = role.usages();
     let cert = params.signed_by(&key, &issuer)?;
-    let (cert_path, key_path) = (dir.join(format!("{name}.cert.pem")), dir.join(format!("{name}.key.pem")));
     std::fs::write(&cert_path, cert.pem())?;
     write_private(&key_path, &key.serialize_pem())?;
     Ok((cert_path, key_path))
@@ -72,6 +133,9 @@ fn write_private(path: &Path, pem: &str) -> Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    // The mode above applies only to a new file: an existing one is tightened too.
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     file.write_all(pem.as_bytes())?;
     Ok(())
 }
@@ -135,4 +199,60 @@ impl Identity {
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
+}
+
+/// A peer's certificate, as the TLS handshake verified it against the cluster CA.
+#[derive(Clone, Debug)]
+pub struct PeerCert(CertificateDer<'static>);
+
+impl PeerCert {
+    /// The verified end-entity certificate of a peer's chain.
+    pub fn new(chain: &[CertificateDer<'static>]) -> Option<Self> {
+        chain.first().map(|c| Self(c.clone()))
+    }
+
+    fn valid_for(&self, dns: String) -> bool {
+        let (Ok(cert), Ok(name)) = (webpki::EndEntityCert::try_from(&self.0), rustls::pki_types::ServerName::try_from(dns)) else {
+            return false;
+        };
+        cert.verify_is_valid_for_subject_name(&name).is_ok()
+    }
+
+    /// The role the certificate was enrolled with (`None` for a certificate from an older
+    /// enrolment, which carries none).
+    pub fn role(&self) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| self.valid_for(role_dns(*r)))
+    }
+
+    /// Whether the certificate names node `name`.
+    pub fn is_named(&self, name: &str) -> bool {
+        valid_name(name) && self.valid_for(node_dns(name))
+    }
+}
+
+/// The names in `revoked.txt`: nodes every server refuses.
+pub fn revoked_names(dir: &Path) -> Result<Vec<String>> {
+    match std::fs::read_to_string(dir.join(REVOKED)) {
+        Ok(text) => Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dir.join(REVOKED).display())),
+    }
+}
+
+/// The deny-list file in a cluster directory.
+pub const REVOKED: &str = "revoked.txt";
+
+/// Adds `name` to the cluster's deny list; servers that read the list refuse it from then on.
+pub fn revoke(dir: &Path, name: &str) -> Result<()> {
+    if !valid_name(name) {
+        bail!("'{name}' is not a node name");
+    }
+    let mut names = revoked_names(dir)?;
+    if !names.iter().any(|n| n == name) {
+        names.push(name.to_string());
+    }
+    let text = names.iter().map(|n| format!("{n}\n")).collect::<String>();
+    let tmp = dir.join(format!("{REVOKED}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(REVOKED)).with_context(|| format!("cannot update {}", dir.join(REVOKED).display()))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use super::pki::{Identity, SERVER_NAME};
+use super::pki::{Identity, PeerCert, node_dns};
 use scission_core::link::Link;
 use scission_core::policy::{Probe, estimate_link};
 use scission_core::wire::WireError;
@@ -65,13 +65,20 @@ pub fn client_with_links(
     Ok(endpoint)
 }
 
-/// Connects to a cluster node at `addr`.
-pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<quinn::Connection> {
-    let connecting = endpoint.connect(addr, SERVER_NAME).with_context(|| format!("cannot connect to {addr}"))?;
+/// Connects to cluster node `name` at `addr` (its certificate must name it).
+pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, name: &str) -> Result<quinn::Connection> {
+    let connecting = endpoint.connect(addr, &node_dns(name)).with_context(|| format!("cannot connect to {name} at {addr}"))?;
     tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
         .with_context(|| format!("{addr} did not answer within 5 s"))?
         .with_context(|| format!("QUIC handshake with {addr} failed"))
+}
+
+/// The verified certificate of the peer on `connection`.
+pub fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
+    PeerCert::new(chain)
 }
 
 /// Why reading a frame failed.

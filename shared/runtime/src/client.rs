@@ -62,11 +62,20 @@ pub enum PlanRequestError {
     Failed(#[from] anyhow::Error),
 }
 
+/// Where a tier's server is, and the name its certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its enrolled name.
+    pub name: String,
+}
+
 /// Sends a device's requests along routes.
 pub struct DeviceClient {
     node: Arc<Node>,
     endpoint: quinn::Endpoint,
-    peers: HashMap<u8, SocketAddr>,
+    peers: HashMap<u8, Peer>,
     connections: Mutex<HashMap<u8, quinn::Connection>>,
     max_frame: u32,
     timeout: Duration,
@@ -74,7 +83,7 @@ pub struct DeviceClient {
 
 impl DeviceClient {
     /// A client for `node` that reaches tier `t` at `peers[t]`.
-    pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, SocketAddr>, max_frame: u32, timeout: Duration) -> Self {
+    pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, Peer>, max_frame: u32, timeout: Duration) -> Self {
         Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame, timeout }
     }
 
@@ -83,8 +92,8 @@ impl DeviceClient {
         if let Some(c) = cache.get(&tier).filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
-        let addr = *self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
-        let c = connect(&self.endpoint, addr).await?;
+        let peer = self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
+        let c = connect(&self.endpoint, peer.addr, &peer.name).await?;
         cache.insert(tier, c.clone());
         Ok(c)
     }

@@ -5,7 +5,6 @@
 //! nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +23,7 @@ use scission_engine::input::synthetic_inputs;
 use scission_engine::{Model, with_threads};
 use scission_net::{emulator, pki, quic};
 
-use crate::client::{DeviceClient, Outcome, RequestError};
+use crate::client::{DeviceClient, Outcome, Peer, RequestError};
 use crate::node::Node;
 
 /// Routes asked of the solver or the cloud.
@@ -77,10 +76,10 @@ pub struct DeviceConfig {
     pub cluster: PathBuf,
     /// This device's enrolled name.
     pub name: String,
-    /// The edge server's address.
-    pub edge: Option<SocketAddr>,
-    /// The cloud server's address.
-    pub cloud: Option<SocketAddr>,
+    /// The edge server.
+    pub edge: Option<Peer>,
+    /// The cloud server.
+    pub cloud: Option<Peer>,
     /// Where plans come from.
     pub planning: Planning,
     /// Failover, recovery and re-planning tunables.
@@ -247,12 +246,12 @@ pub fn run(config: &DeviceConfig, model: Model, mut on_event: impl FnMut(DeviceE
 }
 
 /// Tier index -> address, for the tiers given.
-fn peers(config: &DeviceConfig) -> HashMap<u8, SocketAddr> {
-    [(1u8, config.edge), (2, config.cloud)].into_iter().filter_map(|(t, a)| a.map(|a| (t, a))).collect()
+fn peers(config: &DeviceConfig) -> HashMap<u8, Peer> {
+    [(1u8, &config.edge), (2, &config.cloud)].into_iter().filter_map(|(t, p)| p.clone().map(|p| (t, p))).collect()
 }
 
 /// Every tier the best route uses must have an address.
-fn check_addresses(routes: &[Route], peers: &HashMap<u8, SocketAddr>) -> Result<()> {
+fn check_addresses(routes: &[Route], peers: &HashMap<u8, Peer>) -> Result<()> {
     if let Some(first) = routes.first() {
         for stage in first.stages.iter().filter(|s| s.tier > 0) {
             if !peers.contains_key(&stage.tier) {
@@ -268,16 +267,16 @@ fn check_addresses(routes: &[Route], peers: &HashMap<u8, SocketAddr>) -> Result<
 fn endpoint(
     config: &DeviceConfig,
     identity: &pki::Identity,
-    peers: &HashMap<u8, SocketAddr>,
+    peers: &HashMap<u8, Peer>,
     uplinks: &HashMap<u8, Link>,
 ) -> Result<(quinn::Endpoint, HashMap<u8, Arc<emulator::Shaper>>)> {
     let (mut by_addr, mut by_tier) = (HashMap::new(), HashMap::new());
     if config.emulate {
-        for (tier, addr) in peers {
+        for (tier, peer) in peers {
             if let Some(link) = uplinks.get(tier) {
                 let shaper = emulator::Shaper::new(*link);
                 by_tier.insert(*tier, shaper.clone());
-                by_addr.insert(*addr, shaper);
+                by_addr.insert(peer.addr, shaper);
             }
         }
     }
@@ -320,7 +319,7 @@ impl Planner {
     }
 
     /// The first ranking (the cloud is asked with freshly measured uplinks).
-    async fn initial(&mut self, client: &DeviceClient, peers: &HashMap<u8, SocketAddr>) -> Result<Vec<Route>> {
+    async fn initial(&mut self, client: &DeviceClient, peers: &HashMap<u8, Peer>) -> Result<Vec<Route>> {
         let links = match self.kind {
             PlannerKind::Cloud { .. } => measure_uplinks(client, peers.keys().copied()).await,
             _ => Vec::new(),

@@ -4,7 +4,6 @@
 //! renamed only once complete and verified, and removed on any failure.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -12,6 +11,8 @@ use sha2::{Digest, Sha256};
 
 use scission_core::wire::message::{Body, decode, encode};
 use scission_net::quic::{connect, exchange};
+
+use crate::client::Peer;
 
 /// Bytes asked for per chunk.
 const CHUNK: u32 = 4 << 20;
@@ -51,13 +52,13 @@ impl Drop for Partial {
 /// Downloads the model served at `addr` into `path`; `progress(done, total)` follows the bytes.
 pub async fn fetch_model(
     endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
+    from: &Peer,
     path: &Path,
     max_frame: u32,
     expected: Expected,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let connection = connect(endpoint, addr).await?;
+    let connection = connect(endpoint, from.addr, &from.name).await?;
     let mut partial = Partial { path: path.with_extension(format!("part{}", std::process::id())), kept: false };
     // create_new never follows a link planted at the temporary name.
     let mut file = std::fs::OpenOptions::new()
@@ -129,7 +130,7 @@ fn check_announced(total: u64, sha256: [u8; 32], expected: Expected) -> Result<(
 pub fn fetch_model_blocking(
     cluster: &Path,
     name: &str,
-    addr: SocketAddr,
+    from: &Peer,
     path: &Path,
     max_frame: u32,
     expected: Expected,
@@ -137,7 +138,7 @@ pub fn fetch_model_blocking(
 ) -> Result<()> {
     let identity = scission_net::pki::Identity::load(cluster, name)?;
     crate::async_runtime()?
-        .block_on(async { fetch_model(&scission_net::quic::client(&identity)?, addr, path, max_frame, expected, progress).await })
+        .block_on(async { fetch_model(&scission_net::quic::client(&identity)?, from, path, max_frame, expected, progress).await })
 }
 
 /// Parses a SHA-256 written as 64 hex digits.

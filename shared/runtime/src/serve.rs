@@ -11,6 +11,7 @@ use scission_core::wire::message::{Body, decode, encode};
 use scission_engine::Model;
 use scission_net::{pki, quic};
 
+use crate::client::Peer;
 use crate::node::Node;
 use crate::planner::{ModelFile, Planner};
 pub use crate::server::Limits;
@@ -28,7 +29,7 @@ pub struct ServeConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
     /// The next tier (the edge's cloud).
-    pub upstream: Option<SocketAddr>,
+    pub upstream: Option<Peer>,
     /// Engine threads.
     pub threads: usize,
     /// What the server takes on at once.
@@ -61,22 +62,24 @@ pub fn tier_index(tier: TierKind) -> u8 {
 pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let identity = pki::Identity::load(&config.cluster, &config.name)?;
     let node = Arc::new(Node::new(model, tier_index(config.tier), config.threads)?);
-    let mut server = StageServer::new(node.clone(), config.limits).with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
+    let mut server = StageServer::new(node.clone(), config.limits)
+        .with_revocations(&config.cluster)
+        .with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
     if let (TierKind::Cloud, Some(p)) = (config.tier, &config.profile) {
         server = server.with_planner(Planner::new(p.clone()));
     }
     crate::async_runtime()?.block_on(async move {
         let endpoint = quic::server(&identity, config.listen)?;
-        if let Some(addr) = config.upstream {
+        if let Some(cloud) = &config.upstream {
             let client = quic::client(&identity)?;
             if let Some(p) = &config.profile {
                 let json = serde_json::to_vec(p)?;
-                if let Err(e) = register_once(&client, addr, &config.name, &json, config.limits.max_frame).await {
+                if let Err(e) = register_once(&client, cloud, &config.name, &json, config.limits.max_frame).await {
                     tracing::warn!("registration with the cloud failed ({e:#}); retrying in the background");
-                    tokio::spawn(register(client.clone(), addr, config.name.clone(), json, config.limits.max_frame));
+                    tokio::spawn(register(client.clone(), cloud.clone(), config.name.clone(), json, config.limits.max_frame));
                 }
             }
-            server = server.with_upstream(Upstream::new(client, addr));
+            server = server.with_upstream(Upstream::new(client, cloud.addr, &cloud.name));
         }
         on_ready(&Ready { addr: endpoint.local_addr()?, model: node.model.name.clone() });
         Arc::new(server).serve(endpoint).await;
@@ -85,8 +88,8 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
 }
 
 /// Registers an edge with the cloud: measures the link, sends the profile.
-async fn register_once(client: &quinn::Endpoint, cloud: SocketAddr, name: &str, profile: &[u8], max_frame: u32) -> Result<()> {
-    let connection = quic::connect(client, cloud).await?;
+async fn register_once(client: &quinn::Endpoint, cloud: &Peer, name: &str, profile: &[u8], max_frame: u32) -> Result<()> {
+    let connection = quic::connect(client, cloud.addr, &cloud.name).await?;
     let link = quic::measure(&connection, 64 * 1024, std::time::Duration::from_secs(10), max_frame).await?;
     let mut label = heapless::String::new();
     for c in name.chars() {
@@ -108,10 +111,10 @@ async fn register_once(client: &quinn::Endpoint, cloud: SocketAddr, name: &str, 
 }
 
 /// Retries the registration every second for a minute (the cloud may start later).
-async fn register(client: quinn::Endpoint, cloud: SocketAddr, name: String, profile: Vec<u8>, max_frame: u32) {
+async fn register(client: quinn::Endpoint, cloud: Peer, name: String, profile: Vec<u8>, max_frame: u32) {
     for attempt in 0..60 {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        match register_once(&client, cloud, &name, &profile, max_frame).await {
+        match register_once(&client, &cloud, &name, &profile, max_frame).await {
             Ok(()) => return,
             Err(e) => tracing::warn!("registration attempt {} failed: {e:#}", attempt + 2),
         }

@@ -5,9 +5,10 @@
 //! queue, and a full queue answers `Busy` at once.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tokio::sync::{Mutex, Semaphore};
@@ -22,19 +23,25 @@ use scission_core::wire::message::{
     Body, FailureCode, FailureDetail, NamedTensor, Stage, StageTiming, bounded_text, decode, encode, failure_text,
 };
 use scission_engine::pipeline::Activations;
-use scission_net::quic::{FrameError, connect, exchange, read_frame, write_frame};
+use scission_net::pki::{self, PeerCert, Role};
+use scission_net::quic::{FrameError, connect, exchange, peer_cert, read_frame, write_frame};
+
+/// Application close code for a connection the server will not serve.
+const REFUSED: u32 = 403;
 
 /// The next tier a server forwards to (the edge's cloud).
 pub struct Upstream {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
+    name: String,
     connection: Mutex<Option<quinn::Connection>>,
 }
 
 impl Upstream {
-    /// Forwards through `endpoint` to `addr`, connecting on first use and again after a loss.
-    pub fn new(endpoint: quinn::Endpoint, addr: SocketAddr) -> Self {
-        Self { endpoint, addr, connection: Mutex::new(None) }
+    /// Forwards through `endpoint` to node `name` at `addr`, connecting on first use and again
+    /// after a loss.
+    pub fn new(endpoint: quinn::Endpoint, addr: SocketAddr, name: &str) -> Self {
+        Self { endpoint, addr, name: name.to_string(), connection: Mutex::new(None) }
     }
 
     async fn connection(&self) -> Result<quinn::Connection> {
@@ -42,7 +49,7 @@ impl Upstream {
         if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
-        let c = connect(&self.endpoint, self.addr).await?;
+        let c = connect(&self.endpoint, self.addr, &self.name).await?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -108,6 +115,9 @@ pub enum StageError {
     /// Every worker is busy and the queue is full.
     #[error("busy: {0} inferences are waiting")]
     Busy(usize),
+    /// The peer's role may not ask this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl StageError {
@@ -123,7 +133,7 @@ impl StageError {
             Self::Engine(_) => FailureCode::Engine,
             Self::Plan(PlanError::Infeasible { .. }) => FailureCode::Infeasible,
             Self::Plan(_) => FailureCode::BadRequest,
-            Self::NotOffered(_) => FailureCode::Forbidden,
+            Self::NotOffered(_) | Self::Forbidden(_) => FailureCode::Forbidden,
             Self::Busy(_) => FailureCode::Busy,
         }
     }
@@ -163,6 +173,52 @@ pub struct StageServer {
     connections: Arc<AtomicUsize>,
     planner: Option<Arc<Planner>>,
     model_file: Option<ModelFile>,
+    revocations: Option<Revocations>,
+}
+
+/// The cluster's deny list, read again at most once a second.
+struct Revocations {
+    dir: PathBuf,
+    cache: std::sync::Mutex<(Option<Instant>, Vec<String>)>,
+}
+
+impl Revocations {
+    /// How long a read of the deny list is trusted.
+    const FRESH: Duration = Duration::from_secs(1);
+
+    fn is_revoked(&self, peer: &PeerCert) -> bool {
+        let Ok(mut cache) = self.cache.lock() else { return true };
+        if cache.0.is_none_or(|read| read.elapsed() >= Self::FRESH) {
+            match pki::revoked_names(&self.dir) {
+                Ok(names) => cache.1 = names,
+                Err(e) => tracing::warn!("keeping the previous deny list: {e:#}"),
+            }
+            cache.0 = Some(Instant::now());
+        }
+        cache.1.iter().any(|name| peer.is_named(name))
+    }
+}
+
+/// Whether a peer of `role` may send `body` (an edge registers only under its own name).
+fn authorize(body: &Body<'_>, peer: &PeerCert) -> Result<(), StageError> {
+    let role = peer.role();
+    let allowed = match body {
+        Body::Infer { .. } => matches!(role, Some(Role::Device | Role::Edge)),
+        Body::PlanRequest { .. } => role == Some(Role::Device),
+        Body::Register { name, .. } => role == Some(Role::Edge) && peer.is_named(name),
+        _ => true,
+    };
+    if allowed {
+        return Ok(());
+    }
+    let who = role.map_or("a certificate without a role", Role::as_str);
+    let what = match body {
+        Body::Infer { .. } => "send stage requests",
+        Body::PlanRequest { .. } => "ask for plans",
+        Body::Register { .. } => "register (only an edge, under its own enrolled name)",
+        _ => "ask this",
+    };
+    Err(StageError::Forbidden(format!("{who} may not {what}")))
 }
 
 impl StageServer {
@@ -177,7 +233,18 @@ impl StageServer {
             connections: Arc::new(AtomicUsize::new(0)),
             planner: None,
             model_file: None,
+            revocations: None,
         }
+    }
+
+    /// Refuses the nodes named in the deny list of cluster directory `dir`.
+    pub fn with_revocations(mut self, dir: &std::path::Path) -> Self {
+        self.revocations = Some(Revocations { dir: dir.to_path_buf(), cache: std::sync::Mutex::new((None, Vec::new())) });
+        self
+    }
+
+    fn revoked(&self, peer: &PeerCert) -> bool {
+        self.revocations.as_ref().is_some_and(|r| r.is_revoked(peer))
     }
 
     /// Forwards later stages to `upstream`.
@@ -217,17 +284,24 @@ impl StageServer {
                         return;
                     }
                 };
-                while let Ok((send, recv)) = connection.accept_bi().await {
-                    let server = server.clone();
-                    tokio::spawn(async move { server.handle_stream(send, recv).await });
+                let Some(peer) = peer_cert(&connection) else {
+                    connection.close(quinn::VarInt::from_u32(REFUSED), b"no verified certificate");
+                    return;
+                };
+                while !server.revoked(&peer) {
+                    let Ok((send, recv)) = connection.accept_bi().await else { return };
+                    let (server, peer) = (server.clone(), peer.clone());
+                    tokio::spawn(async move { server.handle_stream(send, recv, &peer).await });
                 }
+                tracing::warn!("closing a connection from a revoked node ({})", connection.remote_address());
+                connection.close(quinn::VarInt::from_u32(REFUSED), b"revoked");
             });
         }
     }
 
-    async fn handle_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn handle_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: &PeerCert) {
         let reply = match tokio::time::timeout(self.limits.read_deadline, read_frame(&mut recv, self.limits.max_frame)).await {
-            Ok(Ok(bytes)) => self.answer(&bytes).await,
+            Ok(Ok(bytes)) => self.answer(&bytes, peer).await,
             Ok(Err(FrameError::Wire(WireError::TooLarge { len, limit }))) => StageError::TooLarge { len, limit }.to_frame(0),
             Ok(Err(e)) => StageError::BadRequest(e.to_string()).to_frame(0),
             Err(_) => {
@@ -242,7 +316,7 @@ impl StageServer {
         }
     }
 
-    async fn answer(&self, bytes: &[u8]) -> Vec<u8> {
+    async fn answer(&self, bytes: &[u8], peer: &PeerCert) -> Vec<u8> {
         let body = match decode(bytes) {
             Ok(body) => body,
             Err(e) => return StageError::BadRequest(e.to_string()).to_frame(0),
@@ -251,6 +325,9 @@ impl StageServer {
             Body::Infer { request, .. } => *request,
             _ => 0,
         };
+        if let Err(e) = authorize(&body, peer) {
+            return e.to_frame(request);
+        }
         match self.dispatch(body).await {
             Ok(reply) => reply,
             Err(e) => e.to_frame(request),
