@@ -134,6 +134,33 @@ fn a_failed_replan_fails_the_waiting_requests_explicitly() {
 }
 
 #[test]
+fn a_busy_tier_is_avoided_by_that_request_but_stays_up() {
+    let mut p = policy(vec![three_tier(10), device_cloud(20), device_only(50)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Busy { request: 1, tier: 1 });
+    let actions = drain(&mut p);
+    assert_eq!(sent(&actions), vec![(1, device_cloud(20).stages)], "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::TierDown { .. })), "back-pressure is not death: {actions:?}");
+    assert!(p.is_up(1));
+    // The next request tries the edge again.
+    p.handle(at(2), Event::Submit { request: 2 });
+    assert_eq!(sent(&drain(&mut p)), vec![(2, three_tier(10).stages)]);
+}
+
+#[test]
+fn busy_everywhere_fails_the_request_as_busy() {
+    let mut p = policy(vec![three_tier(10), device_cloud(20)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Busy { request: 1, tier: 1 });
+    drain(&mut p);
+    p.handle(at(2), Event::Busy { request: 1, tier: 2 });
+    assert_eq!(drain(&mut p), vec![Action::Fail { request: 1, failure: RequestFailure::Busy { tiers: vec![1, 2] } }]);
+    assert!(p.down_tiers().is_empty());
+}
+
+#[test]
 fn a_rejected_request_fails_without_marking_any_tier_down() {
     let mut p = policy(vec![three_tier(10), device_only(50)]);
     p.handle(at(0), Event::Submit { request: 1 });
@@ -297,7 +324,7 @@ struct Obligations {
 enum Op {
     Submit,
     /// Answer the n-th outstanding send: 0 answered, 1 unreachable on one of its tiers,
-    /// 2 timed out, 3 rejected, 4 unreachable naming a random tier.
+    /// 2 timed out, 3 rejected, 4 unreachable naming a random tier, 5 busy.
     Resolve {
         index: usize,
         kind: u8,
@@ -319,7 +346,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => Just(Op::Submit),
-        4 => (any::<usize>(), 0u8..5, 0u8..4).prop_map(|(index, kind, tier)| Op::Resolve { index, kind, tier }),
+        4 => (any::<usize>(), 0u8..6, 0u8..4).prop_map(|(index, kind, tier)| Op::Resolve { index, kind, tier }),
         2 => (any::<usize>(), any::<bool>(), any::<u8>(), any::<usize>()).prop_map(|(index, ok, ranking, rotate)| Op::Aux { index, ok, ranking, rotate }),
         1 => (0u64..3000).prop_map(|ms| Op::Tick { ms }),
     ]
@@ -416,6 +443,7 @@ proptest! {
                         1 => Event::Unreachable { request, tier: on_route, reason: "x".into() },
                         2 => Event::TimedOut { request, tier: on_route },
                         3 => Event::Rejected { request, reason: "x".into() },
+                        5 => Event::Busy { request, tier: on_route },
                         _ => Event::Unreachable { request, tier, reason: "x".into() },
                     })
                 }

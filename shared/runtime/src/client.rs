@@ -41,6 +41,12 @@ pub enum RequestError {
         /// What happened.
         reason: String,
     },
+    /// A tier on the route is at capacity; another route may avoid it.
+    #[error("tier {tier} is busy")]
+    Busy {
+        /// The tier.
+        tier: u8,
+    },
     /// The request failed for another reason (bad input, engine error).
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
@@ -195,6 +201,9 @@ impl DeviceClient {
                 if rest.iter().skip(1).any(|s| s.tier == tier) =>
             {
                 Err(RequestError::Unreachable { tier, reason: message.to_string() })
+            }
+            Body::Failure { code: FailureCode::Busy, detail: FailureDetail::Busy { tier }, .. } if rest.iter().any(|s| s.tier == tier) => {
+                Err(RequestError::Busy { tier })
             }
             Body::Failure { code, message, .. } => Err(anyhow!("request {id} failed ({code:?}): {message}").into()),
             _ => Err(anyhow!("unexpected answer to request {id}").into()),

@@ -523,6 +523,7 @@ impl Run<'_> {
                 Event::Answered { request, elapsed_ns }
             }
             Err(RequestError::Unreachable { tier, reason }) => Event::Unreachable { request, tier, reason },
+            Err(RequestError::Busy { tier }) => Event::Busy { request, tier },
             Err(RequestError::Failed(e)) => Event::Rejected { request, reason: format!("{e:#}") },
         };
         self.feed(event);
@@ -579,6 +580,7 @@ fn describe_failure(failure: &RequestFailure) -> String {
     match failure {
         RequestFailure::NoRoute { down } => format!("no plan avoids the unreachable tier(s) {down:?}"),
         RequestFailure::TooManyAttempts { attempts } => format!("gave up after {attempts} tries, each met an unreachable tier"),
+        RequestFailure::Busy { tiers } => format!("every plan left goes through a busy tier {tiers:?}; try again later"),
         RequestFailure::Rejected { reason } => reason.clone(),
     }
 }

@@ -113,8 +113,13 @@ pub enum StageError {
     #[error("this node does not {0}")]
     NotOffered(&'static str),
     /// Every worker is busy and the queue is full.
-    #[error("busy: {0} inferences are waiting")]
-    Busy(usize),
+    #[error("tier {tier} is busy: {waiting} inferences are waiting")]
+    Busy {
+        /// This node's tier.
+        tier: u8,
+        /// Inferences queued or running.
+        waiting: usize,
+    },
     /// The peer's role may not ask this.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -134,7 +139,7 @@ impl StageError {
             Self::Plan(PlanError::Infeasible { .. }) => FailureCode::Infeasible,
             Self::Plan(_) => FailureCode::BadRequest,
             Self::NotOffered(_) | Self::Forbidden(_) => FailureCode::Forbidden,
-            Self::Busy(_) => FailureCode::Busy,
+            Self::Busy { .. } => FailureCode::Busy,
         }
     }
 
@@ -142,6 +147,7 @@ impl StageError {
         match self {
             Self::Unreachable { tier, .. } => FailureDetail::Unreachable { tier: *tier },
             Self::TooLarge { len, limit } => FailureDetail::TooLarge { len: *len, limit: *limit },
+            Self::Busy { tier, .. } => FailureDetail::Busy { tier: *tier },
             Self::Plan(PlanError::Infeasible { culprits }) => {
                 let mut names = heapless::Vec::new();
                 for c in culprits {
@@ -398,7 +404,7 @@ impl StageServer {
         let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _queued = QueueSlot(&self.waiting);
         if waiting >= self.limits.queue.saturating_add(self.limits.workers) {
-            return Err(StageError::Busy(waiting));
+            return Err(StageError::Busy { tier: self.node.tier, waiting });
         }
         let permit = self.workers.clone().acquire_owned().await.map_err(StageError::engine)?;
         let node = self.node.clone();

@@ -101,6 +101,11 @@ pub enum RequestFailure {
         /// How many times it was sent.
         attempts: u32,
     },
+    /// Every route left for the request goes through a tier that said it is busy.
+    Busy {
+        /// The busy tiers.
+        tiers: Vec<u8>,
+    },
     /// A tier refused or failed the request itself (bad input, engine error): retrying
     /// elsewhere would not help.
     Rejected {
@@ -138,6 +143,14 @@ pub enum Event {
         /// The request's id.
         request: u64,
         /// The tier that did not answer.
+        tier: u8,
+    },
+    /// `tier` is at capacity (back-pressure): the request tries a route without it, but the
+    /// tier stays up for other requests.
+    Busy {
+        /// The request's id.
+        request: u64,
+        /// The busy tier.
         tier: u8,
     },
     /// A tier answered with a failure that another route would not fix.
@@ -263,17 +276,32 @@ struct Down {
 
 /// Where one request stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Pending {
-    /// Waiting for a ranking (a re-plan or a measurement is out).
-    Parked { attempts: u32 },
-    /// Sent along `route`.
-    InFlight { attempts: u32, route: Route },
+struct Pending {
+    /// Tries so far.
+    attempts: u32,
+    /// Tiers that answered this request `Busy`.
+    busy: Vec<u8>,
+    /// Where it stands.
+    state: State,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for a route (a re-plan or a measurement is out).
+    Parked,
+    /// Sent along this route.
+    InFlight(Route),
 }
 
 impl Pending {
-    fn attempts(&self) -> u32 {
-        match self {
-            Pending::Parked { attempts } | Pending::InFlight { attempts, .. } => *attempts,
+    fn new() -> Self {
+        Self { attempts: 0, busy: Vec::new(), state: State::Parked }
+    }
+
+    fn route(&self) -> Option<&Route> {
+        match &self.state {
+            State::InFlight(route) => Some(route),
+            State::Parked => None,
         }
     }
 }
@@ -357,6 +385,7 @@ impl DevicePolicy {
             Event::Answered { request, elapsed_ns } => self.answered(request, elapsed_ns),
             Event::Unreachable { request, tier, reason } => self.unreachable(now, request, tier, reason),
             Event::TimedOut { request, tier } => self.unreachable(now, request, tier, String::from("no answer in time")),
+            Event::Busy { request, tier } => self.busy(request, tier),
             Event::Rejected { request, reason } => self.finish_failed(request, RequestFailure::Rejected { reason }),
             Event::LinksMeasured(links) => self.links_measured(links),
             Event::Plans(ranked) => self.plans(ranked),
@@ -377,7 +406,7 @@ impl DevicePolicy {
         }
         let due = self.config.replan_every > 0 && self.submitted > 0 && self.submitted % u64::from(self.config.replan_every) == 0;
         self.submitted = self.submitted.saturating_add(1);
-        self.requests.insert(request, Pending::Parked { attempts: 0 });
+        self.requests.insert(request, Pending::new());
         if due && self.waiting == Waiting::Nothing {
             self.waiting = Waiting::Links;
             let tiers = self.tiers_in_routes().into_iter().filter(|&t| self.is_up(t)).collect();
@@ -397,25 +426,40 @@ impl DevicePolicy {
     /// Sends a parked request on the best route whose tiers are all up, or asks for a plan
     /// that avoids the down tiers, or (when already re-planned) fails it.
     fn dispatch(&mut self, request: u64) {
-        let Some(attempts) = self.requests.get(&request).map(Pending::attempts) else { return };
+        let Some(pending) = self.requests.get(&request) else { return };
+        let (attempts, busy) = (pending.attempts, pending.busy.clone());
         if attempts >= self.config.max_attempts {
             self.finish_failed(request, RequestFailure::TooManyAttempts { attempts });
             return;
         }
-        match self.best_available() {
+        let chosen = self.best_available_avoiding(&busy).map(|(rank, route)| (rank, route.clone()));
+        match chosen {
             Some((rank, route)) => {
-                let route = route.clone();
                 let stages = route.stages.clone();
-                self.requests.insert(request, Pending::InFlight { attempts: attempts.saturating_add(1), route });
+                if let Some(pending) = self.requests.get_mut(&request) {
+                    pending.attempts = attempts.saturating_add(1);
+                    pending.state = State::InFlight(route);
+                }
                 self.actions.push_back(Action::Send { request, rank, stages });
             }
+            None if !busy.is_empty() && self.best_available().is_some() => {
+                // Routes exist, but only through tiers that are busy for this request.
+                self.finish_failed(request, RequestFailure::Busy { tiers: busy });
+            }
             None => {
-                self.requests.insert(request, Pending::Parked { attempts });
+                if let Some(pending) = self.requests.get_mut(&request) {
+                    pending.state = State::Parked;
+                }
                 if self.waiting == Waiting::Nothing {
                     self.ask_for_plans(ReplanReason::NoRouteAvoidingDown);
                 }
             }
         }
+    }
+
+    /// The best route whose tiers are all up and none in `busy`.
+    fn best_available_avoiding(&self, busy: &[u8]) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, r)| r.stages.iter().all(|s| self.is_up(s.tier) && !busy.contains(&s.tier)))
     }
 
     fn ask_for_plans(&mut self, reason: ReplanReason) {
@@ -424,25 +468,47 @@ impl DevicePolicy {
     }
 
     fn answered(&mut self, request: u64, elapsed_ns: u64) {
-        if let Some(Pending::InFlight { route, .. }) = self.requests.get(&request) {
-            let route = route.clone();
+        if let Some(route) = self.requests.get(&request).and_then(Pending::route).cloned() {
             self.requests.remove(&request);
             self.actions.push_back(Action::Done { request, route, elapsed_ns });
         }
     }
 
-    fn unreachable(&mut self, now: Instant, request: u64, tier: u8, reason: String) {
-        let Some(Pending::InFlight { attempts, route }) = self.requests.get(&request) else { return };
-        let attempts = *attempts;
+    /// The in-flight request's route, when `tier` is on it (only a tier on the route can fail
+    /// it; anything else is a shell bug or a lying peer, and fails the request).
+    fn route_through(&mut self, request: u64, tier: u8, what: &str) -> Option<Route> {
+        let route = self.requests.get(&request).and_then(Pending::route)?.clone();
         if tier == DEVICE_TIER || !route.uses(tier) {
-            // Only a tier on the route can fail it; anything else is a shell bug or a lying peer.
-            let reason = alloc::format!("tier {tier} reported unreachable, but the route does not use it: {reason}");
+            let reason = alloc::format!("tier {tier} reported {what}, but the route does not use it");
             self.finish_failed(request, RequestFailure::Rejected { reason });
+            return None;
+        }
+        Some(route)
+    }
+
+    fn unreachable(&mut self, now: Instant, request: u64, tier: u8, reason: String) {
+        if self.route_through(request, tier, "unreachable").is_none() {
             return;
         }
         self.mark_down(now, tier);
         self.actions.push_back(Action::FailedOver { request, tier, reason });
-        self.requests.insert(request, Pending::Parked { attempts });
+        self.park_and_retry(request);
+    }
+
+    fn busy(&mut self, request: u64, tier: u8) {
+        if self.route_through(request, tier, "busy").is_none() {
+            return;
+        }
+        if let Some(pending) = self.requests.get_mut(&request) {
+            pending.busy.push(tier);
+        }
+        self.park_and_retry(request);
+    }
+
+    fn park_and_retry(&mut self, request: u64) {
+        if let Some(pending) = self.requests.get_mut(&request) {
+            pending.state = State::Parked;
+        }
         if self.waiting == Waiting::Nothing {
             self.dispatch(request);
         }
@@ -495,7 +561,7 @@ impl DevicePolicy {
     /// After a (failed or successful) re-plan: every parked request goes out, or fails when no
     /// route avoids the down tiers even now.
     fn resume_parked(&mut self) {
-        let parked: Vec<u64> = self.requests.iter().filter(|(_, p)| matches!(p, Pending::Parked { .. })).map(|(id, _)| *id).collect();
+        let parked: Vec<u64> = self.requests.iter().filter(|(_, p)| p.state == State::Parked).map(|(id, _)| *id).collect();
         for request in parked {
             if self.best_available().is_some() {
                 self.dispatch(request);

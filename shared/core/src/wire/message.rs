@@ -95,6 +95,11 @@ pub enum FailureDetail {
         /// The receiver's limit.
         limit: u64,
     },
+    /// This tier is at capacity.
+    Busy {
+        /// The tier.
+        tier: u8,
+    },
 }
 
 /// `text` cut to fit the wire's [`MAX_TEXT`] (at a character boundary), for failure messages.
