@@ -188,7 +188,7 @@ fn distributed(
     let cluster = dir.path().join("cluster");
     pki::init_cluster(&cluster)?;
     for role in pki::Role::ALL {
-        pki::enroll(&cluster, role.as_str(), role, false)?;
+        pki::enroll(&cluster, role.as_str(), role, false, 1)?;
     }
     let cloud = start_tier(model_path, &cluster, "cloud", None)?;
     let edge = start_tier(model_path, &cluster, "edge", Some(cloud.addr))?;

@@ -48,14 +48,8 @@ fn main() -> ExitCode {
 
 /// Prints a command's text, or its error on one line; the exit code says which.
 fn finish(result: anyhow::Result<String>) -> ExitCode {
-    match result {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {}", cli::one_line(&e));
-            ExitCode::FAILURE
-        }
-    }
+    let ending = cli::Ending::of(result);
+    print!("{}", ending.out);
+    eprint!("{}", ending.err);
+    ending.code
 }

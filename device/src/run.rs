@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use scission_cli::{ClusterArgs, EncodingArg, FetchBar, ModelArgs};
 use scission_core::link::Link;
 use scission_core::policy::PolicyConfig;
+use scission_core::profile::parse_sha256;
 use scission_core::solver::linkspec::{parse_bandwidth, parse_latency};
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_core::wire::message::Stage;
@@ -14,7 +15,7 @@ use scission_engine::profile_file::read_profile;
 use scission_engine::tract::prelude::*;
 use scission_runtime::client::Peer;
 use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
-use scission_runtime::fetch::{Expected, fetch_model_blocking, parse_sha256};
+use scission_runtime::fetch::{Expected, fetch_model_blocking};
 
 /// Arguments of the device's `run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -208,7 +209,7 @@ fn pinned_model(planning: &Planning) -> Result<Option<[u8; 32]>> {
         Planning::Profiles { profiles, .. } => profiles.first().map(|p| p.model.sha256.clone()),
         Planning::Cloud { profile_json, .. } => Some(scission_engine::profile_file::parse_profile(profile_json)?.model.sha256),
     };
-    hex.map(|h| parse_sha256(&h)).transpose()
+    Ok(hex.map(|h| parse_sha256(&h)).transpose()?)
 }
 
 fn describe(route: &[Stage]) -> String {

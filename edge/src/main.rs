@@ -43,7 +43,7 @@ enum Command {
 }
 
 /// `zoo:NAME` models, written on first use.
-const ZOO: Option<ZooLookup> = Some(|name| scission_zoo::cached(name, 1));
+const ZOO: Option<ZooLookup> = Some(|name| Ok(scission_zoo::cached(name, 1)?));
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,21 +60,14 @@ fn main() -> ExitCode {
 
 /// Prints a command's text, or its error on one line; the exit code says which.
 fn finish(result: anyhow::Result<String>) -> ExitCode {
-    match result {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {}", cli::one_line(&e));
-            ExitCode::FAILURE
-        }
-    }
+    let ending = cli::Ending::of(result);
+    print!("{}", ending.out);
+    eprint!("{}", ending.err);
+    ending.code
 }
 
 /// Prints the line a server announces itself with, at once (harnesses wait for it).
 fn announce(line: &str) {
-    use std::io::Write;
     println!("{line}");
-    let _ = std::io::stdout().flush();
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }

@@ -109,12 +109,13 @@ fn stage_requests_without_their_inputs_are_refused_before_anything_is_built() {
 
 fn sha256_of(model: &Path) -> [u8; 32] {
     let m = scission_engine::Model::load_path(model, &scission_engine::LoadOptions::default()).unwrap();
-    scission_runtime::fetch::parse_sha256(&m.sha256).unwrap()
+    scission_core::profile::parse_sha256(&m.sha256).unwrap()
 }
 
 #[test]
 fn frames_that_never_finish_lose_their_streams_not_the_server() {
-    const CONNECTIONS: usize = 16;
+    // As many connections as one node may hold by default (`--max-connections-per-node`).
+    const CONNECTIONS: usize = 8;
     let c = Cluster::new();
     let cluster = c.cluster();
     let cloud = start("scission-cloud", &["serve", c.model.to_str().unwrap(), "--cluster", &cluster, "--read-deadline-ms", "500"]);
@@ -136,8 +137,13 @@ fn frames_that_never_finish_lose_their_streams_not_the_server() {
             }
             connections.push(conn);
         }
-        // An honest ping on a stalled connection is answered while they stall.
+        // One more connection from the same node is closed.
+        let extra = quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap();
         let ping = encode(&Body::Ping { nonce: 7, padding: &[] }).unwrap();
+        let refused =
+            tokio::time::timeout(Duration::from_secs(5), quic::exchange(&extra, &ping, 1 << 20)).await.expect("answered or closed");
+        assert!(refused.is_err(), "a ninth connection from one node is refused");
+        // An honest ping on a stalled connection is answered while they stall.
         let pong = tokio::time::timeout(Duration::from_secs(5), quic::exchange(&connections[0], &ping, 1 << 20))
             .await
             .expect("ping answered")

@@ -154,7 +154,7 @@ fn a_live_cloud_survives_random_and_mutated_messages_from_enrolled_peers() {
     );
     let profile = Arc::new(std::fs::read(&profile_path).unwrap());
     let model = Model::load_path(&c.model, &LoadOptions::default()).unwrap();
-    let sha = scission_runtime::fetch::parse_sha256(&model.sha256).unwrap();
+    let sha = scission_core::profile::parse_sha256(&model.sha256).unwrap();
     let nodes = model.summary.len() as u32;
     // The honest request: the whole model on the cloud, on a real input.
     let live = graph_inputs(&model, synthetic_inputs(&model, 1).unwrap()).unwrap();

@@ -7,11 +7,12 @@ use anyhow::{Context, Result};
 
 use scission_core::link::Encoding;
 use scission_core::profile::TierKind;
+use scission_core::profile::parse_sha256;
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_engine::profile_file::read_profile;
 use scission_net::pki;
 use scission_runtime::client::Peer;
-use scission_runtime::fetch::{Expected, fetch_model_blocking, parse_sha256};
+use scission_runtime::fetch::{Expected, fetch_model_blocking};
 use scission_runtime::serve::{Limits, ServeConfig, serve};
 
 use crate::model::{ModelArgs, ZooLookup};
@@ -40,6 +41,9 @@ pub struct EnrollArgs {
     /// revoked).
     #[arg(long)]
     pub replace: bool,
+    /// Days the certificate is valid; enroll the node again before they run out.
+    #[arg(long, default_value_t = pki::DEFAULT_VALID_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub valid_days: u32,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterArgs,
@@ -78,7 +82,7 @@ pub fn run_init(args: &ClusterArgs) -> Result<String> {
 /// Runs `enroll`: a key and certificate for one node.
 pub fn run_enroll(args: &EnrollArgs) -> Result<String> {
     let role = pki::Role::parse(&args.tier).with_context(|| format!("'{}' is not a role", args.tier))?;
-    let (cert, key) = pki::enroll(&args.cluster.cluster, &args.name, role, args.replace)?;
+    let (cert, key) = pki::enroll(&args.cluster.cluster, &args.name, role, args.replace, args.valid_days)?;
     Ok(format!(
         "enrolled {} ({}): {} and {}; copy them with ca.cert.pem to the node\n",
         args.name,
@@ -127,6 +131,9 @@ pub struct ServeArgs {
     /// Connections open at once; more are refused.
     #[arg(long, default_value_t = 256)]
     pub max_connections: u16,
+    /// Connections one node may hold at once; more are closed.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_connections_per_node: u16,
     /// Milliseconds a peer has to deliver a whole request frame once it opened a stream.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_deadline_ms: u64,
@@ -140,6 +147,7 @@ impl ServeArgs {
             workers,
             queue: self.queue.map_or(workers.saturating_mul(4), usize::from),
             connections: usize::from(self.max_connections),
+            per_peer: usize::from(self.max_connections_per_node),
             read_deadline: std::time::Duration::from_millis(self.read_deadline_ms),
             ..defaults
         }

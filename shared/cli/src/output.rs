@@ -27,3 +27,24 @@ pub fn one_line(error: &anyhow::Error) -> String {
     }
     parts.join(": ")
 }
+
+/// How a command ended: what to show on stdout and stderr, and the exit code. The binaries print
+/// it; this crate never does.
+pub struct Ending {
+    /// Text for stdout.
+    pub out: String,
+    /// Text for stderr (the error, on one line).
+    pub err: String,
+    /// The process's exit code.
+    pub code: std::process::ExitCode,
+}
+
+impl Ending {
+    /// The ending of a command that returned `result`.
+    pub fn of(result: anyhow::Result<String>) -> Self {
+        match result {
+            Ok(out) => Self { out, err: String::new(), code: std::process::ExitCode::SUCCESS },
+            Err(e) => Self { out: String::new(), err: format!("error: {}\n", one_line(&e)), code: std::process::ExitCode::FAILURE },
+        }
+    }
+}

@@ -124,8 +124,8 @@ pub fn inspect_report(model: &Model, max_crossing: usize, all_nodes: bool) -> St
         out,
         "cut points (<= {max_crossing} crossing tensor(s)): {} inner, {} blocks; the original Scission's rule finds {} blocks",
         points.len().saturating_sub(2),
-        points.len() - 1,
-        cuts.legacy_cut_points(s).len() - 1
+        points.len().saturating_sub(1),
+        cuts.legacy_cut_points(s).len().saturating_sub(1)
     );
     let _ = writeln!(out, "{:>5}  {:>12}  {:<32}  crossing tensors", "pos", "bytes", "next node");
     for k in 0..cuts.positions() {

@@ -126,3 +126,23 @@ pub struct CutProfile {
     /// Names of the crossing tensors.
     pub tensors: Vec<String>,
 }
+
+/// Why text is not a SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a SHA-256 (64 hex digits)")]
+pub struct BadSha256(pub String);
+
+/// Parses a SHA-256 written as 64 hex digits (as profiles record the model's).
+pub fn parse_sha256(hex: &str) -> Result<[u8; 32], BadSha256> {
+    let bad = || BadSha256(String::from(hex));
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let digit = |c: u8| char::from(c).to_digit(16).ok_or_else(bad);
+        *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).map_err(|_| bad())?;
+    }
+    Ok(out)
+}

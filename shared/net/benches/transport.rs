@@ -32,8 +32,8 @@ fn request(values: &[f32]) -> Vec<u8> {
 fn quic_pair(rt: &tokio::runtime::Runtime) -> (quinn::Endpoint, quinn::Connection, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     pki::init_cluster(dir.path()).expect("CA");
-    pki::enroll(dir.path(), "a", pki::Role::Cloud, false).expect("enroll");
-    pki::enroll(dir.path(), "b", pki::Role::Device, false).expect("enroll");
+    pki::enroll(dir.path(), "a", pki::Role::Cloud, false, 1).expect("enroll");
+    pki::enroll(dir.path(), "b", pki::Role::Device, false, 1).expect("enroll");
     let server_id = pki::Identity::load(dir.path(), "a").expect("identity");
     let client_id = pki::Identity::load(dir.path(), "b").expect("identity");
     rt.block_on(async {

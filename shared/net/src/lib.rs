@@ -1,9 +1,12 @@
 //! Scission's network shell: the cluster's certificates ([`pki`]), QUIC endpoints with mutual
 //! TLS, framed exchanges and link probes ([`quic`]), and a link emulator on the client's UDP
-//! socket ([`emulator`]). One bidirectional QUIC stream carries one request and its answer, so requests
+//! socket ([`emulator`]); failures are [`NetError`](error::NetError)s by kind. One bidirectional QUIC stream carries one request and its answer, so requests
 //! never block each other.
 #![warn(missing_docs)]
 
 pub mod emulator;
+pub mod error;
 pub mod pki;
 pub mod quic;
+
+pub use error::NetError;

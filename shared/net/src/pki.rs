@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Doing, NetError, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -75,7 +75,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn ca_params(name: &str) -> Result<CertificateParams> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).certificate(|| "the CA's parameters".into())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
@@ -84,44 +84,59 @@ fn ca_params(name: &str) -> Result<CertificateParams> {
 
 /// Creates a new cluster CA in `dir` (refuses to overwrite one).
 pub fn init_cluster(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).io(|| format!("cannot create {}", dir.display()))?;
     if dir.join("ca.key.pem").exists() {
-        bail!("{} already holds a cluster CA; remove it first to start a new cluster", dir.display());
+        return Err(NetError::Invalid(format!("{} already holds a cluster CA; remove it first to start a new cluster", dir.display())));
     }
-    let key = KeyPair::generate()?;
+    let key = KeyPair::generate().certificate(|| "generating the CA key".into())?;
     let name = format!(
         "Scission cluster CA {:016x}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     );
-    let cert = ca_params(&name)?.self_signed(&key)?;
+    let cert = ca_params(&name)?.self_signed(&key).certificate(|| "signing the CA certificate".into())?;
     write_private(&dir.join("ca.key.pem"), &key.serialize_pem())?;
-    std::fs::write(dir.join("ca.cert.pem"), cert.pem())?;
-    std::fs::write(dir.join("ca.name"), &name)?;
+    std::fs::write(dir.join("ca.cert.pem"), cert.pem()).io(|| format!("cannot write {}", dir.join("ca.cert.pem").display()))?;
+    std::fs::write(dir.join("ca.name"), &name).io(|| format!("cannot write {}", dir.join("ca.name").display()))?;
     Ok(())
 }
 
-/// Issues a key and certificate for node `name` with `role` from the CA in `dir`. Refuses to
-/// replace an existing key unless `replace`.
-pub fn enroll(dir: &Path, name: &str, role: Role, replace: bool) -> Result<(PathBuf, PathBuf)> {
+/// How long a node certificate is valid unless `enroll` is told otherwise.
+pub const DEFAULT_VALID_DAYS: u32 = 365;
+
+/// Validity from a day ago (clock skew between nodes) to `days` days from now.
+fn validity(days: u32) -> Result<(time::OffsetDateTime, time::OffsetDateTime)> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).certificate(|| "the clock is before 1970".into())?;
+    let now = i64::try_from(now.as_secs()).certificate(|| "the clock is out of range".into())?;
+    let day = 86_400i64;
+    let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).certificate(|| "a certificate date out of range".into());
+    Ok((at(now.saturating_sub(day))?, at(now.saturating_add(i64::from(days).saturating_mul(day)))?))
+}
+
+/// Issues a key and certificate for node `name` with `role` from the CA in `dir`, valid for
+/// `days` days. Refuses to replace an existing key unless `replace`.
+pub fn enroll(dir: &Path, name: &str, role: Role, replace: bool, days: u32) -> Result<(PathBuf, PathBuf)> {
+    if days == 0 || days > 36_500 {
+        return Err(NetError::Invalid(format!("a certificate is valid for 1 to 36500 days, not {days}")));
+    }
     if !valid_name(name) {
-        bail!("node name '{name}' must be 1 to 63 letters, digits or '-' (not first)");
+        return Err(NetError::Invalid(format!("node name '{name}' must be 1 to 63 letters, digits or '-' (not first)")));
     }
     let (cert_path, key_path) = (dir.join(format!("{name}.cert.pem")), dir.join(format!("{name}.key.pem")));
     if !replace && (key_path.exists() || cert_path.exists()) {
-        bail!("'{name}' is enrolled already ({}); pass --replace to issue a new key", key_path.display());
+        return Err(NetError::Invalid(format!("'{name}' is enrolled already ({}); pass --replace to issue a new key", key_path.display())));
     }
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f)).with_context(|| format!("{} has no {f}: run `scission-cloud init` first", dir.display()))
-    };
-    let ca_key = KeyPair::from_pem(&read("ca.key.pem")?).context("ca.key.pem is not a private key")?;
+    let read =
+        |f: &str| std::fs::read_to_string(dir.join(f)).io(|| format!("{} has no {f}: run `scission-cloud init` first", dir.display()));
+    let ca_key = KeyPair::from_pem(&read("ca.key.pem")?).certificate(|| "ca.key.pem is not a private key".into())?;
     let issuer = Issuer::new(ca_params(read("ca.name")?.trim())?, ca_key);
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![node_dns(name), role_dns(role)])?;
+    let key = KeyPair::generate().certificate(|| format!("generating {name}'s key"))?;
+    let mut params = CertificateParams::new(vec![node_dns(name), role_dns(role)]).certificate(|| format!("{name}'s names"))?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
     params.extended_key_usages = role.usages();
-    let cert = params.signed_by(&key, &issuer)?;
-    std::fs::write(&cert_path, cert.pem())?;
+    (params.not_before, params.not_after) = validity(days)?;
+    let cert = params.signed_by(&key, &issuer).certificate(|| format!("signing {name}'s certificate"))?;
+    std::fs::write(&cert_path, cert.pem()).io(|| format!("cannot write {}", cert_path.display()))?;
     write_private(&key_path, &key.serialize_pem())?;
     Ok((cert_path, key_path))
 }
@@ -132,11 +147,12 @@ fn write_private(path: &Path, pem: &str) -> Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options.open(path).io(|| format!("cannot write {}", path.display()))?;
     // The mode above applies only to a new file: an existing one is tightened too.
     #[cfg(unix)]
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    file.write_all(pem.as_bytes())?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .io(|| format!("cannot restrict {}", path.display()))?;
+    file.write_all(pem.as_bytes()).io(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -153,23 +169,23 @@ impl Identity {
     pub fn load(dir: &Path, name: &str) -> Result<Self> {
         let ca_path = dir.join("ca.cert.pem");
         let ca = CertificateDer::pem_file_iter(&ca_path)
-            .with_context(|| format!("cannot read {}", ca_path.display()))?
+            .certificate(|| format!("cannot read {}", ca_path.display()))?
             .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{} is not a PEM certificate", ca_path.display()))?;
+            .certificate(|| format!("{} is not a PEM certificate", ca_path.display()))?;
         let cert_path = dir.join(format!("{name}.cert.pem"));
         let chain = CertificateDer::pem_file_iter(&cert_path)
-            .with_context(|| format!("cannot read {}: enroll the node with `scission-cloud enroll {name}`", cert_path.display()))?
+            .certificate(|| format!("cannot read {}: enroll the node with `scission-cloud enroll {name}`", cert_path.display()))?
             .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{} is not a PEM certificate", cert_path.display()))?;
+            .certificate(|| format!("{} is not a PEM certificate", cert_path.display()))?;
         let key_path = dir.join(format!("{name}.key.pem"));
-        let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("cannot read the key {}", key_path.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&key_path).certificate(|| format!("cannot read the key {}", key_path.display()))?;
         Ok(Self { ca, chain, key: Arc::new(key) })
     }
 
     fn roots(&self) -> Result<Arc<rustls::RootCertStore>> {
         let mut roots = rustls::RootCertStore::empty();
         for c in &self.ca {
-            roots.add(c.clone()).context("the cluster CA certificate is invalid")?;
+            roots.add(c.clone()).certificate(|| "the cluster CA certificate is invalid".into())?;
         }
         Ok(Arc::new(roots))
     }
@@ -180,11 +196,15 @@ impl Identity {
 
     /// TLS 1.3 server configuration that requires a client certificate from the cluster CA.
     pub fn server_config(&self) -> Result<rustls::ServerConfig> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, Self::provider()).build()?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, Self::provider())
+            .build()
+            .transport(|| "the client certificate check".into())?;
         let mut config = rustls::ServerConfig::builder_with_provider(Self::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .transport(|| "TLS 1.3".into())?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .certificate(|| "this node's certificate and key".into())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -193,9 +213,11 @@ impl Identity {
     /// cluster CA.
     pub fn client_config(&self) -> Result<rustls::ClientConfig> {
         let mut config = rustls::ClientConfig::builder_with_provider(Self::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .transport(|| "TLS 1.3".into())?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .certificate(|| "this node's certificate and key".into())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -224,6 +246,11 @@ impl PeerCert {
         Role::ALL.into_iter().find(|r| self.valid_for(role_dns(*r)))
     }
 
+    /// The certificate's DER bytes (to tell peers apart).
+    pub fn der(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+
     /// Whether the certificate names node `name`.
     pub fn is_named(&self, name: &str) -> bool {
         valid_name(name) && self.valid_for(node_dns(name))
@@ -235,7 +262,7 @@ pub fn revoked_names(dir: &Path) -> Result<Vec<String>> {
     match std::fs::read_to_string(dir.join(REVOKED)) {
         Ok(text) => Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", dir.join(REVOKED).display())),
+        Err(e) => Err(NetError::Io { what: format!("cannot read {}", dir.join(REVOKED).display()), source: e }),
     }
 }
 
@@ -245,7 +272,7 @@ pub const REVOKED: &str = "revoked.txt";
 /// Adds `name` to the cluster's deny list; servers that read the list refuse it from then on.
 pub fn revoke(dir: &Path, name: &str) -> Result<()> {
     if !valid_name(name) {
-        bail!("'{name}' is not a node name");
+        return Err(NetError::Invalid(format!("'{name}' is not a node name")));
     }
     let mut names = revoked_names(dir)?;
     if !names.iter().any(|n| n == name) {
@@ -253,6 +280,6 @@ pub fn revoke(dir: &Path, name: &str) -> Result<()> {
     }
     let text = names.iter().map(|n| format!("{n}\n")).collect::<String>();
     let tmp = dir.join(format!("{REVOKED}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(REVOKED)).with_context(|| format!("cannot update {}", dir.join(REVOKED).display()))
+    std::fs::write(&tmp, text).io(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(REVOKED)).io(|| format!("cannot update {}", dir.join(REVOKED).display()))
 }

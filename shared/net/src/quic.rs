@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Doing, NetError, Result};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use super::pki::{Identity, PeerCert, node_dns};
@@ -34,10 +34,10 @@ fn transport() -> Arc<quinn::TransportConfig> {
 
 /// A server endpoint on `bind` that accepts only clients with a certificate from the cluster CA.
 pub fn server(identity: &Identity, bind: SocketAddr) -> Result<quinn::Endpoint> {
-    let crypto = QuicServerConfig::try_from(identity.server_config()?).context("TLS configuration unusable for QUIC")?;
+    let crypto = QuicServerConfig::try_from(identity.server_config()?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
-    quinn::Endpoint::server(config, bind).with_context(|| format!("cannot listen on {bind}"))
+    quinn::Endpoint::server(config, bind).transport(|| format!("cannot listen on {bind}"))
 }
 
 /// A client endpoint presenting this node's certificate.
@@ -51,27 +51,27 @@ pub fn client_with_links(
     identity: &Identity,
     shapers: std::collections::HashMap<SocketAddr, Arc<super::emulator::Shaper>>,
 ) -> Result<quinn::Endpoint> {
-    let crypto = QuicClientConfig::try_from(identity.client_config()?).context("TLS configuration unusable for QUIC")?;
+    let crypto = QuicClientConfig::try_from(identity.client_config()?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("cannot open a UDP socket")?;
-    let runtime = quinn::default_runtime().context("no async runtime")?;
-    let inner = runtime.wrap_udp_socket(socket)?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").transport(|| "cannot open a UDP socket".into())?;
+    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Invalid("a QUIC endpoint needs a tokio runtime".into()))?;
+    let inner = runtime.wrap_udp_socket(socket).transport(|| "cannot use the UDP socket".into())?;
     let socket: Arc<dyn quinn::AsyncUdpSocket> =
         if shapers.is_empty() { inner } else { super::emulator::EmulatedSocket::new(inner, shapers) };
     let mut endpoint = quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), None, socket, runtime)
-        .context("cannot open a QUIC endpoint")?;
+        .transport(|| "cannot open a QUIC endpoint".into())?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
 
 /// Connects to cluster node `name` at `addr` (its certificate must name it).
 pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, name: &str) -> Result<quinn::Connection> {
-    let connecting = endpoint.connect(addr, &node_dns(name)).with_context(|| format!("cannot connect to {name} at {addr}"))?;
+    let connecting = endpoint.connect(addr, &node_dns(name)).transport(|| format!("cannot connect to {name} at {addr}"))?;
     tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
-        .with_context(|| format!("{addr} did not answer within 5 s"))?
-        .with_context(|| format!("QUIC handshake with {addr} failed"))
+        .map_err(|_| NetError::Timeout(format!("{addr} did not answer within 5 s")))?
+        .transport(|| format!("QUIC handshake with {addr} failed"))
 }
 
 /// The verified certificate of the peer on `connection`.
@@ -121,14 +121,14 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, max_frame: u32) -> Result<
 
 /// Writes one frame and finishes the sending side.
 pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result<()> {
-    send.write_all(&framed(payload)?).await.context("sending a frame")?;
-    send.finish().context("finishing a stream")?;
+    send.write_all(&framed(payload)?).await.transport(|| "sending a frame".into())?;
+    send.finish().transport(|| "finishing a stream".into())?;
     Ok(())
 }
 
 /// Sends `payload` on a new stream and waits for the one-frame answer.
 pub async fn exchange(connection: &quinn::Connection, payload: &[u8], max_frame: u32) -> Result<Vec<u8>> {
-    let (mut send, mut recv) = connection.open_bi().await.context("cannot open a stream")?;
+    let (mut send, mut recv) = connection.open_bi().await.transport(|| "cannot open a stream".into())?;
     write_frame(&mut send, payload).await?;
     Ok(read_frame(&mut recv, max_frame).await?)
 }
@@ -140,15 +140,17 @@ pub async fn measure(connection: &quinn::Connection, probe_bytes: usize, timeout
     for padding in [vec![0u8; 256], vec![0u8; probe_bytes.max(4096)]] {
         let ping = encode(&Body::Ping { nonce: padding.len() as u64, padding: &padding })?;
         let started = tokio::time::Instant::now();
-        let answer = tokio::time::timeout(timeout, exchange(connection, &ping, max_frame)).await.context("probe timed out")??;
+        let answer = tokio::time::timeout(timeout, exchange(connection, &ping, max_frame))
+            .await
+            .map_err(|_| NetError::Timeout("the probe timed out".into()))??;
         let round_trip_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         probes.push(Probe { bytes: ping.len() as u64, round_trip_ns });
         if !matches!(decode(&answer), Ok(Body::Pong { .. })) {
-            anyhow::bail!("the peer did not answer the probe");
+            return Err(NetError::Protocol("the peer did not answer the probe".into()));
         }
     }
     match probes[..] {
         [small, large] => Ok(estimate_link(small, large)),
-        _ => anyhow::bail!("a probe went missing"),
+        _ => Err(NetError::Protocol("a probe went missing".into())),
     }
 }

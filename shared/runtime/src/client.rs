@@ -2,7 +2,6 @@
 //! to the next tier, and turn the answer into outputs or an explicit error.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use tokio::sync::Mutex;
 
 use super::convert::{bounded, decode as decode_tensor, infer_message};
 use super::node::Node;
+pub use crate::peer::Peer;
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 use scission_core::solver::Encoding;
@@ -66,15 +66,6 @@ pub enum PlanRequestError {
     /// The cloud could not be asked or answered with something else.
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
-}
-
-/// Where a tier's server is, and the name its certificate must carry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Peer {
-    /// Its address.
-    pub addr: SocketAddr,
-    /// Its enrolled name.
-    pub name: String,
 }
 
 /// Sends a device's requests along routes.
@@ -133,7 +124,7 @@ impl DeviceClient {
         let unreachable = |reason: String| RequestError::Unreachable { tier, reason };
         let attempt = async {
             let connection = self.connection(tier).await?;
-            exchange(&connection, message, self.max_frame).await
+            anyhow::Ok(exchange(&connection, message, self.max_frame).await?)
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -151,7 +142,7 @@ impl DeviceClient {
     /// Measures the link to `tier` (see [`quic::measure`](scission_net::quic::measure)).
     pub async fn measure_link(&self, tier: u8, probe_bytes: usize) -> Result<scission_core::solver::Link> {
         let connection = self.connection(tier).await?;
-        scission_net::quic::measure(&connection, probe_bytes, self.timeout, self.max_frame).await
+        Ok(scission_net::quic::measure(&connection, probe_bytes, self.timeout, self.max_frame).await?)
     }
 
     /// Asks the cloud (tier `cloud`) for `count` ranked plans, given this device's profile JSON

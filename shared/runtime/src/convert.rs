@@ -96,3 +96,24 @@ pub fn bounded<T, const N: usize>(items: Vec<T>, what: &str) -> Result<heapless:
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_items_than_the_wire_holds_are_an_error_not_a_panic() {
+        // 17 crossing tensors used to panic in heapless' collect before the length check.
+        let error = bounded::<u32, 16>((0..17).collect(), "tensors crossing a cut").unwrap_err();
+        assert!(error.to_string().contains("17 tensors crossing a cut, more than the wire allows (16)"), "{error}");
+        assert_eq!(bounded::<u32, 16>((0..16).collect(), "x").unwrap().len(), 16);
+    }
+
+    #[test]
+    fn a_tensor_of_rank_nine_is_an_error_not_a_panic() {
+        let value = Tensor::zero::<f32>(&[1; 9]).unwrap().into_tvalue();
+        let outgoing = Outgoing::encode(0, &value, Encoding::F32).unwrap();
+        let error = outgoing.frame().unwrap_err();
+        assert!(format!("{error:#}").contains("dimensions"), "{error:#}");
+    }
+}

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use scission_core::wire::message::{Body, decode, encode};
 use scission_net::quic::{connect, exchange};
 
-use crate::client::Peer;
+use crate::peer::Peer;
 
 /// Bytes asked for per chunk.
 const CHUNK: u32 = 4 << 20;
@@ -139,17 +139,4 @@ pub fn fetch_model_blocking(
     let identity = scission_net::pki::Identity::load(cluster, name)?;
     crate::async_runtime()?
         .block_on(async { fetch_model(&scission_net::quic::client(&identity)?, from, path, max_frame, expected, progress).await })
-}
-
-/// Parses a SHA-256 written as 64 hex digits.
-pub fn parse_sha256(hex: &str) -> Result<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if hex.len() != 64 || !hex.is_ascii() {
-        bail!("'{hex}' is not a SHA-256 (64 hex digits)");
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        let pair = hex.get(2 * i..2 * i + 2).context("not a SHA-256")?;
-        *byte = u8::from_str_radix(pair, 16).with_context(|| format!("'{hex}' is not a SHA-256 (64 hex digits)"))?;
-    }
-    Ok(out)
 }

@@ -8,7 +8,8 @@
 //! - [`client`]: the device side of one request;
 //! - [`device`]: the device's run, carrying out the core's [`DevicePolicy`](scission_core::policy::DevicePolicy);
 //! - [`serve`]: starting an edge or cloud server;
-//! - [`fetch`]: downloading the model file from the cloud.
+//! - [`fetch`]: downloading the model file from the cloud;
+//! - [`peer`]: where another node is.
 //!
 //! A request carries its whole remaining route (tier and node range per stage) and the
 //! activations crossing into the first of them, so servers keep no per-request state: the
@@ -21,6 +22,7 @@ pub mod convert;
 pub mod device;
 pub mod fetch;
 pub mod node;
+pub mod peer;
 pub mod planner;
 pub mod serve;
 pub mod server;

@@ -53,7 +53,7 @@ impl SliceCache {
 impl Node {
     /// Wraps a loaded model.
     pub fn new(model: Model, tier: u8, threads: usize) -> Result<Self> {
-        let sha256 = crate::fetch::parse_sha256(&model.sha256)?;
+        let sha256 = scission_core::profile::parse_sha256(&model.sha256)?;
         Ok(Self { model, sha256, tier, threads, slices: Mutex::new(SliceCache::default()) })
     }
 

@@ -11,8 +11,8 @@ use scission_core::wire::message::{Body, decode, encode};
 use scission_engine::Model;
 use scission_net::{pki, quic};
 
-use crate::client::Peer;
 use crate::node::Node;
+use crate::peer::Peer;
 use crate::planner::{ModelFile, Planner};
 pub use crate::server::Limits;
 use crate::server::{StageServer, Upstream};

@@ -69,6 +69,8 @@ pub struct Limits {
     pub queue: usize,
     /// Connections open at once; more are refused.
     pub connections: usize,
+    /// Connections one peer (one certificate) may hold at once; more are closed.
+    pub per_peer: usize,
     /// Time a peer has to deliver a whole request frame once it opened the stream.
     pub read_deadline: Duration,
 }
@@ -77,7 +79,7 @@ impl Limits {
     /// Defaults for a machine with `cores` cores: a worker per core, four waiting per worker.
     pub fn for_cores(cores: usize, max_frame: u32) -> Self {
         let workers = cores.max(1);
-        Self { max_frame, workers, queue: workers.saturating_mul(4), connections: 256, read_deadline: Duration::from_secs(30) }
+        Self { max_frame, workers, queue: workers.saturating_mul(4), connections: 256, per_peer: 8, read_deadline: Duration::from_secs(30) }
     }
 }
 
@@ -177,6 +179,7 @@ pub struct StageServer {
     workers: Arc<Semaphore>,
     waiting: AtomicUsize,
     connections: Arc<AtomicUsize>,
+    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>,
     planner: Option<Arc<Planner>>,
     model_file: Option<ModelFile>,
     revocations: Option<Revocations>,
@@ -237,6 +240,7 @@ impl StageServer {
             limits,
             waiting: AtomicUsize::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
+            per_peer: Arc::default(),
             planner: None,
             model_file: None,
             revocations: None,
@@ -292,6 +296,15 @@ impl StageServer {
                 };
                 let Some(peer) = peer_cert(&connection) else {
                     connection.close(quinn::VarInt::from_u32(REFUSED), b"no verified certificate");
+                    return;
+                };
+                let Some(_slot) = PeerSlot::take(&server.per_peer, peer.der(), server.limits.per_peer) else {
+                    tracing::warn!(
+                        "closing a connection from {}: its node holds {} already",
+                        connection.remote_address(),
+                        server.limits.per_peer
+                    );
+                    connection.close(quinn::VarInt::from_u32(REFUSED), b"too many connections from this node");
                     return;
                 };
                 while !server.revoked(&peer) {
@@ -474,5 +487,53 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One of a peer's connections, counted while it lives.
+struct PeerSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>,
+    peer: Vec<u8>,
+}
+
+impl PeerSlot {
+    /// A slot for `peer`, unless it holds `limit` already.
+    fn take(counts: &Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>, peer: &[u8], limit: usize) -> Option<Self> {
+        let mut map = counts.lock().ok()?;
+        let count = map.entry(peer.to_vec()).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Self { counts: counts.clone(), peer: peer.to_vec() })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.counts.lock()
+            && let Some(count) = map.get_mut(&self.peer)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_gets_its_connections_back_when_they_close() {
+        let counts = Arc::default();
+        let held: Vec<PeerSlot> = (0..3).filter_map(|_| PeerSlot::take(&counts, b"a", 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(PeerSlot::take(&counts, b"a", 3).is_none(), "a fourth is refused");
+        assert!(PeerSlot::take(&counts, b"b", 3).is_some(), "another peer is not");
+        drop(held);
+        assert!(PeerSlot::take(&counts, b"a", 3).is_some());
     }
 }

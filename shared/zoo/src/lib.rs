@@ -113,23 +113,42 @@ pub fn cache_dir() -> std::path::PathBuf {
     }
 }
 
+/// Why a zoo model could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ZooError {
+    /// No model of that name.
+    #[error("'{0}' is not in the zoo; `scission-cloud zoo list` shows the models")]
+    Unknown(String),
+    /// The file could not be written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> ZooError {
+    move |source| ZooError::Io { what: what(), source }
+}
+
 /// Writes `model` with `seed` to `path` (through a temporary file, so a crash never leaves a
 /// truncated model behind).
-pub fn write(model: &ZooModel, seed: u64, path: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
+pub fn write(model: &ZooModel, seed: u64, path: &std::path::Path) -> Result<(), ZooError> {
     let (proto, _) = model.build(seed);
     let bytes = crate::onnx::builder::encode(&proto);
     let tmp = path.with_extension(format!("onnx.tmp{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    std::fs::write(&tmp, &bytes).map_err(io(|| format!("cannot write {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(|| format!("cannot move {} to {}", tmp.display(), path.display())))
 }
 
 /// The cached ONNX file of `name` with `seed`, written on first use.
-pub fn cached(name: &str, seed: u64) -> anyhow::Result<std::path::PathBuf> {
-    use anyhow::Context;
-    let model = find(name).with_context(|| format!("'{name}' is not in the zoo; `scission-cloud zoo list` shows the models"))?;
+pub fn cached(name: &str, seed: u64) -> Result<std::path::PathBuf, ZooError> {
+    let model = find(name).ok_or_else(|| ZooError::Unknown(name.to_string()))?;
     let dir = cache_dir().join("zoo");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(io(|| format!("cannot create {}", dir.display())))?;
     let path = dir.join(format!("{}-seed{seed}.onnx", model.name));
     if !path.exists() {
         tracing::info!("writing {} to {}", model.name, path.display());
