@@ -22,11 +22,11 @@ use scission_runtime::fetch::{Expected, fetch_model_blocking};
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The edge server's address.
-    #[arg(long)]
+    /// The edge server, as HOST:PORT (resolved at start).
+    #[arg(long, value_parser = scission_cli::parse_host_port, value_name = "HOST:PORT")]
     edge: Option<std::net::SocketAddr>,
-    /// The cloud server's address.
-    #[arg(long)]
+    /// The cloud server, as HOST:PORT (resolved at start).
+    #[arg(long, value_parser = scission_cli::parse_host_port, value_name = "HOST:PORT")]
     cloud: Option<std::net::SocketAddr>,
     /// The edge's enrolled name (its certificate must carry it).
     #[arg(long, default_value = "edge")]

@@ -33,8 +33,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         serve: cli::ServeArgs,
-        /// The cloud server's address.
-        #[arg(long)]
+        /// The cloud server, as HOST:PORT (resolved at start).
+        #[arg(long, value_parser = cli::parse_host_port, value_name = "HOST:PORT")]
         cloud: std::net::SocketAddr,
         /// The cloud's enrolled name (its certificate must carry it).
         #[arg(long, default_value = "cloud")]

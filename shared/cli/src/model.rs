@@ -57,3 +57,10 @@ pub fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
         _ => Err(format!("'{text}' is not a shape: expected positive integers separated by commas, e.g. 1,3,224,224")),
     }
 }
+
+/// Parses `HOST:PORT` (a name such as `edge.local:4434`, or an address), resolving the name now.
+pub fn parse_host_port(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = text.to_socket_addrs().map_err(|e| format!("'{text}' is not HOST:PORT, or the host does not resolve: {e}"))?;
+    addrs.next().ok_or_else(|| format!("'{text}' resolves to no address"))
+}
