@@ -134,9 +134,14 @@ pub struct ServeArgs {
     /// Connections one node may hold at once; more are closed.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_connections_per_node: u16,
-    /// Milliseconds a peer has to deliver a whole request frame once it opened a stream.
+    /// Milliseconds a peer has to deliver a whole request frame once it opened a stream (and
+    /// to read its answer).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub read_deadline_ms: u64,
+    /// Milliseconds the next tier has to answer a forwarded request before it counts as
+    /// unreachable; keep it below the devices' --timeout-ms so they blame the right tier.
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub forward_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -149,6 +154,7 @@ impl ServeArgs {
             connections: usize::from(self.max_connections),
             per_peer: usize::from(self.max_connections_per_node),
             read_deadline: std::time::Duration::from_millis(self.read_deadline_ms),
+            forward_timeout: std::time::Duration::from_millis(self.forward_timeout_ms),
             ..defaults
         }
     }

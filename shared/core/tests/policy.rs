@@ -234,6 +234,28 @@ fn a_down_tier_is_probed_after_its_backoff_and_comes_back_when_it_answers() {
 }
 
 #[test]
+fn a_tier_that_comes_back_while_plans_are_out_gets_a_ranking_that_knows_it() {
+    let mut p = edge_down();
+    // Take the cloud down too: no ranked route is left, so plans are asked for.
+    p.handle(at(1), Event::Submit { request: 2 });
+    drain(&mut p);
+    p.handle(at(1), Event::Unreachable { request: 2, tier: 2, reason: "gone".into() });
+    assert!(drain(&mut p).iter().any(|a| matches!(a, Action::Replan { .. })));
+    // The edge answers its probe before the plans arrive.
+    p.handle(at(1000), Event::Tick);
+    assert_eq!(drain(&mut p), vec![Action::Probe { tier: 1 }]);
+    p.handle(at(1001), Event::ProbeAnswered { tier: 1 });
+    assert_eq!(drain(&mut p), vec![Action::TierUp { tier: 1 }], "no second re-plan while one is out");
+    // The plans that arrive were made without the edge: one more ranking is asked for.
+    p.handle(at(1002), Event::Plans(vec![device_only(50)]));
+    let actions = drain(&mut p);
+    assert!(actions.iter().any(|a| matches!(a, Action::Replan { reason: ReplanReason::TierRecovered, .. })), "{actions:?}");
+    assert!(sent(&actions).is_empty(), "request 2 waits for that ranking");
+    p.handle(at(1003), Event::Plans(vec![device_edge(30), device_only(50)]));
+    assert_eq!(sent(&drain(&mut p)), vec![(2, device_edge(30).stages)]);
+}
+
+#[test]
 fn failed_probes_back_off_exponentially_up_to_the_cap() {
     let mut p = edge_down();
     let mut now = 1000;

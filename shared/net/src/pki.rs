@@ -69,9 +69,14 @@ pub fn role_dns(role: Role) -> String {
     format!("{}.role.scission", role.as_str())
 }
 
-/// Whether `name` can be a node name (a DNS label: letters, digits and '-').
+/// Whether `name` can be a node name: a lower-case DNS label (letters, digits and '-'). Lower
+/// case only, because certificates match names case-insensitively: `Edge` and `edge` must not
+/// be two nodes.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !name.starts_with('-')
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
 }
 
 fn ca_params(name: &str) -> Result<CertificateParams> {
@@ -119,7 +124,7 @@ pub fn enroll(dir: &Path, name: &str, role: Role, replace: bool, days: u32) -> R
         return Err(NetError::Invalid(format!("a certificate is valid for 1 to 36500 days, not {days}")));
     }
     if !valid_name(name) {
-        return Err(NetError::Invalid(format!("node name '{name}' must be 1 to 63 letters, digits or '-' (not first)")));
+        return Err(NetError::Invalid(format!("node name '{name}' must be 1 to 63 lower-case letters, digits or '-' (not first)")));
     }
     let (cert_path, key_path) = (dir.join(format!("{name}.cert.pem")), dir.join(format!("{name}.key.pem")));
     if !replace && (key_path.exists() || cert_path.exists()) {

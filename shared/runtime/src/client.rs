@@ -85,13 +85,14 @@ impl DeviceClient {
     }
 
     async fn connection(&self, tier: u8) -> Result<quinn::Connection> {
-        let mut cache = self.connections.lock().await;
-        if let Some(c) = cache.get(&tier).filter(|c| c.close_reason().is_none()) {
+        if let Some(c) = self.connections.lock().await.get(&tier).filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
+        // Connect without holding the cache: a tier that hangs (a probe of a dead one) must not
+        // hold up requests to the others.
         let peer = self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
         let c = connect(&self.endpoint, peer.addr, &peer.name).await?;
-        cache.insert(tier, c.clone());
+        self.connections.lock().await.insert(tier, c.clone());
         Ok(c)
     }
 
@@ -185,7 +186,12 @@ impl DeviceClient {
                     return Err(anyhow!("answer for request {request} arrived on the stream of request {id}").into());
                 }
                 timings.extend(remote);
-                Ok(tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect::<Result<_>>()?)
+                let outputs: Vec<(TensorId, TValue)> = tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect::<Result<_>>()?;
+                // Exactly the model's outputs, in order: anything else is a lying or broken peer.
+                if !outputs.iter().map(|(id, _)| *id).eq(self.node.model.summary.outputs.iter().copied()) {
+                    return Err(anyhow!("the answer to request {id} does not carry the model's outputs").into());
+                }
+                Ok(outputs)
             }
             // A tier further along could not reach the next; only a tier on the route counts.
             Body::Failure { code: FailureCode::Unreachable, message, detail: FailureDetail::Unreachable { tier }, .. }

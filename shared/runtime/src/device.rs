@@ -209,7 +209,7 @@ pub fn run(config: &DeviceConfig, model: Model, mut on_event: impl FnMut(DeviceE
         let peers = peers(config);
         let (endpoint, shapers) = endpoint(config, &identity, &peers, &planner.uplinks)?;
         let client = Arc::new(DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout));
-        let routes = planner.initial(&client, &peers).await?;
+        let (routes, links) = planner.initial(&client, &peers).await?;
         check_addresses(&routes, &peers)?;
         let mut run = Run {
             config,
@@ -217,7 +217,7 @@ pub fn run(config: &DeviceConfig, model: Model, mut on_event: impl FnMut(DeviceE
             whole: whole.as_ref(),
             client,
             planner,
-            policy: DevicePolicy::new(config.policy, routes, Vec::new()),
+            policy: DevicePolicy::new(config.policy, routes, links),
             probes: mpsc::unbounded_channel(),
             outcomes: HashMap::new(),
             inputs: HashMap::new(),
@@ -318,13 +318,18 @@ impl Planner {
         }
     }
 
-    /// The first ranking (the cloud is asked with freshly measured uplinks).
-    async fn initial(&mut self, client: &DeviceClient, peers: &HashMap<u8, Peer>) -> Result<Vec<Route>> {
+    /// The first ranking (the cloud is asked with freshly measured uplinks), and the uplink
+    /// figures it assumed (later re-plans start from them).
+    async fn initial(&mut self, client: &DeviceClient, peers: &HashMap<u8, Peer>) -> Result<(Vec<Route>, Vec<(u8, Link)>)> {
         let links = match self.kind {
             PlannerKind::Cloud { .. } => measure_uplinks(client, peers.keys().copied()).await,
-            _ => Vec::new(),
+            _ => {
+                let mut links: Vec<(u8, Link)> = self.uplinks.iter().map(|(t, l)| (*t, *l)).collect();
+                links.sort_by_key(|(t, _)| *t);
+                links
+            }
         };
-        self.rank(client, &[], &links).await
+        Ok((self.rank(client, &[], &links).await?, links))
     }
 
     /// Routes avoiding `avoid`, with the device's uplinks set to `links`.

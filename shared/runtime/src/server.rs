@@ -55,6 +55,9 @@ impl Upstream {
     }
 }
 
+/// Registrations and plan requests worked on at once; more are answered `Busy`.
+const PLANNING_AT_ONCE: usize = 2;
+
 /// Most bytes of the model file sent in one chunk, whatever the reader asks for.
 pub const MAX_CHUNK: u32 = 4 << 20;
 
@@ -71,15 +74,27 @@ pub struct Limits {
     pub connections: usize,
     /// Connections one peer (one certificate) may hold at once; more are closed.
     pub per_peer: usize,
-    /// Time a peer has to deliver a whole request frame once it opened the stream.
+    /// Time a peer has to deliver a whole request frame once it opened the stream, and to read
+    /// its answer.
     pub read_deadline: Duration,
+    /// Time the next tier has to answer a forwarded request; then it counts as unreachable (keep
+    /// it below the devices' own timeout, so they blame the right tier).
+    pub forward_timeout: Duration,
 }
 
 impl Limits {
     /// Defaults for a machine with `cores` cores: a worker per core, four waiting per worker.
     pub fn for_cores(cores: usize, max_frame: u32) -> Self {
         let workers = cores.max(1);
-        Self { max_frame, workers, queue: workers.saturating_mul(4), connections: 256, per_peer: 8, read_deadline: Duration::from_secs(30) }
+        Self {
+            max_frame,
+            workers,
+            queue: workers.saturating_mul(4),
+            connections: 256,
+            per_peer: 8,
+            read_deadline: Duration::from_secs(30),
+            forward_timeout: Duration::from_secs(4),
+        }
     }
 }
 
@@ -180,6 +195,7 @@ pub struct StageServer {
     waiting: AtomicUsize,
     connections: Arc<AtomicUsize>,
     per_peer: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>,
+    planning: Semaphore,
     planner: Option<Arc<Planner>>,
     model_file: Option<ModelFile>,
     revocations: Option<Revocations>,
@@ -241,6 +257,7 @@ impl StageServer {
             waiting: AtomicUsize::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
             per_peer: Arc::default(),
+            planning: Semaphore::new(PLANNING_AT_ONCE),
             planner: None,
             model_file: None,
             revocations: None,
@@ -309,6 +326,9 @@ impl StageServer {
                 };
                 while !server.revoked(&peer) {
                     let Ok((send, recv)) = connection.accept_bi().await else { return };
+                    if server.revoked(&peer) {
+                        break;
+                    }
                     let (server, peer) = (server.clone(), peer.clone());
                     tokio::spawn(async move { server.handle_stream(send, recv, &peer).await });
                 }
@@ -330,8 +350,14 @@ impl StageServer {
                     .to_frame(0)
             }
         };
-        if let Err(e) = write_frame(&mut send, &reply).await {
-            tracing::debug!("could not answer: {e:#}");
+        // A peer that does not read its answer loses the stream, not the server's memory.
+        match tokio::time::timeout(self.limits.read_deadline, write_frame(&mut send, &reply)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("could not answer: {e:#}"),
+            Err(_) => {
+                let _ = send.reset(quinn::VarInt::from_u32(1));
+                tracing::debug!("a peer did not read its answer within {} s", self.limits.read_deadline.as_secs());
+            }
         }
     }
 
@@ -359,12 +385,14 @@ impl StageServer {
             Body::Infer { request, model, stages, encoding, tensors } => self.infer(request, model, &stages, encoding, &tensors).await,
             Body::Register { name, tier, profile, link_to_cloud } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan"))?;
+                let _permit = self.planning_permit()?;
                 let (name, profile) = (name.to_string(), profile.to_vec());
                 blocking(move || planner.register(&name, tier, &profile, link_to_cloud)).await??;
                 encode(&Body::Registered).map_err(StageError::engine)
             }
             Body::PlanRequest { profile, uplinks, count, avoid } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan (start the cloud with --profile)"))?;
+                let _permit = self.planning_permit()?;
                 let (profile, uplinks, avoid) = (profile.to_vec(), uplinks.to_vec(), avoid.to_vec());
                 let routes = blocking(move || planner.plan(&profile, &uplinks, &avoid, usize::from(count))).await??;
                 let routes = bounded(routes, "routes").map_err(StageError::engine)?;
@@ -372,12 +400,18 @@ impl StageServer {
             }
             Body::FetchModel { offset, max_len } => {
                 let file = self.model_file.as_ref().ok_or(StageError::NotOffered("serve its model file"))?;
-                let data =
-                    file.chunk(offset, max_len.min(self.limits.max_frame / 2)).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
+                let data = file
+                    .chunk(offset, max_len.min(MAX_CHUNK).min(self.limits.max_frame / 2))
+                    .map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
                 encode(&Body::ModelChunk { total: file.total, sha256: file.sha256, offset, data: &data }).map_err(StageError::engine)
             }
             _ => Err(StageError::BadRequest("expected a request".into())),
         }
+    }
+
+    /// A place among the registrations and plans being worked on, or `Busy`.
+    fn planning_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StageError> {
+        self.planning.try_acquire().map_err(|_| StageError::Busy { tier: self.node.tier, waiting: PLANNING_AT_ONCE })
     }
 
     async fn infer(
@@ -443,8 +477,15 @@ impl StageServer {
         let unreachable = |reason: String| StageError::Unreachable { tier: next, reason };
         let upstream = self.upstream.as_ref().ok_or_else(|| unreachable("this node has no next tier to forward to".into()))?;
         let message = infer_message(request, model, rest, encoding, live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
-        let connection = upstream.connection().await.map_err(|e| unreachable(format!("{e:#}")))?;
-        let answer = exchange(&connection, &message, self.limits.max_frame).await.map_err(|e| unreachable(format!("{e:#}")))?;
+        let deadline = self.limits.forward_timeout;
+        let attempt = async {
+            let connection = upstream.connection().await?;
+            anyhow::Ok(exchange(&connection, &message, self.limits.max_frame).await?)
+        };
+        let answer = match tokio::time::timeout(deadline, attempt).await {
+            Ok(answer) => answer.map_err(|e| unreachable(format!("{e:#}")))?,
+            Err(_) => return Err(unreachable(format!("no answer within {} ms", deadline.as_millis()))),
+        };
         match decode(&answer) {
             Ok(Body::Output { request: answered, tensors, timings }) if answered == request => {
                 let all = bounded(core::iter::once(mine).chain(timings).collect(), "stage timings").map_err(StageError::engine)?;

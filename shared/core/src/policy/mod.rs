@@ -323,6 +323,8 @@ pub struct DevicePolicy {
     links: BTreeMap<u8, Link>,
     requests: BTreeMap<u64, Pending>,
     waiting: Waiting,
+    /// A re-plan that became due while another was out (asked for as soon as it returns).
+    replan_again: Option<ReplanReason>,
     submitted: u64,
     actions: VecDeque<Action>,
 }
@@ -338,6 +340,7 @@ impl DevicePolicy {
             links: links.into_iter().collect(),
             requests: BTreeMap::new(),
             waiting: Waiting::Nothing,
+            replan_again: None,
             submitted: 0,
             actions: VecDeque::new(),
         }
@@ -521,6 +524,9 @@ impl DevicePolicy {
         let backoff = self.config.backoff_initial;
         self.down.insert(tier, Down { retry_at: now.saturating_add(backoff), backoff, probing: false });
         self.actions.push_back(Action::TierDown { tier });
+        if self.waiting == Waiting::Plans {
+            self.replan_again = Some(ReplanReason::NoRouteAvoidingDown);
+        }
     }
 
     fn finish_failed(&mut self, request: u64, failure: RequestFailure) {
@@ -547,7 +553,16 @@ impl DevicePolicy {
         if !ranked.is_empty() {
             self.adopt(ranked);
         }
-        self.resume_parked();
+        self.resume_or_replan_again();
+    }
+
+    /// Parked requests go out, unless something changed while the plans were out (a tier went
+    /// down or came back): then they wait for one more ranking that knows it.
+    fn resume_or_replan_again(&mut self) {
+        match self.replan_again.take() {
+            Some(reason) => self.ask_for_plans(reason),
+            None => self.resume_parked(),
+        }
     }
 
     fn plan_failed(&mut self) {
@@ -555,6 +570,9 @@ impl DevicePolicy {
             return;
         }
         self.waiting = Waiting::Nothing;
+        // A failed re-plan is not retried at once (it would likely fail again): the parked
+        // requests are decided on the ranking at hand.
+        self.replan_again = None;
         self.resume_parked();
     }
 
@@ -575,10 +593,12 @@ impl DevicePolicy {
     /// least `hysteresis_percent` faster than it (or the current best is gone or unusable).
     fn adopt(&mut self, mut ranked: Vec<Route>) {
         let before = self.best_available().map(|(_, r)| r.clone());
+        let usable = |r: &Route| r.stages.iter().all(|s| self.is_up(s.tier));
         if let Some(current) = before.as_ref()
             && let Some(position) = ranked.iter().position(|r| r.stages == current.stages)
-            && position > 0
-            && !self.clearly_faster(&ranked[0], &ranked[position])
+            && let Some(best) = ranked.iter().position(usable)
+            && best < position
+            && !self.clearly_faster(&ranked[best], &ranked[position])
         {
             let kept = ranked.remove(position);
             ranked.insert(0, kept);
@@ -610,6 +630,8 @@ impl DevicePolicy {
             self.actions.push_back(Action::TierUp { tier });
             if self.waiting == Waiting::Nothing {
                 self.ask_for_plans(ReplanReason::TierRecovered);
+            } else {
+                self.replan_again.get_or_insert(ReplanReason::TierRecovered);
             }
         }
     }
