@@ -45,12 +45,12 @@ impl Upstream {
     }
 
     async fn connection(&self) -> Result<quinn::Connection> {
-        let mut guard = self.connection.lock().await;
-        if let Some(c) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
+        if let Some(c) = self.connection.lock().await.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
+        // Connect without holding the lock: forwards do not queue behind one slow handshake.
         let c = connect(&self.endpoint, self.addr, &self.name).await?;
-        *guard = Some(c.clone());
+        *self.connection.lock().await = Some(c.clone());
         Ok(c)
     }
 }

@@ -70,6 +70,11 @@ pub struct Problem {
 
 /// Most tiers in a chain.
 pub const MAX_TIERS: usize = 16;
+/// Most blocks in a model.
+pub const MAX_BLOCKS: usize = 1 << 20;
+/// Most candidate machines. With [`MAX_BLOCKS`], every (machine, boundary) state fits the
+/// solver's 32-bit state ids, and every memory sum fits 64 bits.
+pub const MAX_MACHINES: usize = 1 << 10;
 /// Largest one-way link latency accepted: one hour.
 pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
 /// Largest byte count accepted for an input, an activation or a message overhead: 1 TiB.
@@ -193,6 +198,13 @@ impl Problem {
         let out = |text: String| Err(ProblemError::OutOfRange(text));
         if self.tiers.len() > MAX_TIERS {
             return out(alloc::format!("{} tiers; a chain has at most {MAX_TIERS}", self.tiers.len()));
+        }
+        if self.blocks() > MAX_BLOCKS || self.machines.len() > MAX_MACHINES {
+            return out(alloc::format!(
+                "{} blocks on {} machines; the planner takes at most {MAX_BLOCKS} blocks and {MAX_MACHINES} machines",
+                self.blocks(),
+                self.machines.len()
+            ));
         }
         let byte_figures = [self.input_bytes, self.options.message_overhead].into_iter().chain(self.boundary_bytes.iter().copied());
         let figures = byte_figures.chain(self.block_weight_bytes.iter().copied()).chain(self.block_activation_bytes.iter().copied());
