@@ -240,7 +240,7 @@ fn read_csv(path: &Path) -> Result<Vec<legacy::NetworkRow>> {
 }
 
 fn profile_planning(args: &PlanArgs) -> Result<Planning> {
-    let profiles: Vec<Profile> = args.inputs.iter().map(|p| read_profile(p)).collect::<Result<_>>()?;
+    let profiles: Vec<Profile> = args.inputs.iter().map(|p| read_profile(p)).collect::<Result<_, _>>()?;
     let options = CostOptions { return_result: !args.no_return, encoding: args.encoding.into(), message_overhead: args.overhead };
     let input_bytes = args.input_mb.map(|mb| megabytes(mb, "--input-mb")).transpose()?;
     let placement = args

@@ -139,7 +139,7 @@ impl RunArgs {
             let profile_json = std::fs::read(profile)?;
             return Ok(Planning::Cloud { profile_json, links: self.links.clone() });
         }
-        let profiles = self.profiles.iter().map(|p| read_profile(p)).collect::<Result<Vec<_>>>()?;
+        let profiles = self.profiles.iter().map(|p| read_profile(p)).collect::<Result<Vec<_>, _>>()?;
         Ok(Planning::Profiles { profiles, links: self.links.clone() })
     }
 

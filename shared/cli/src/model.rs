@@ -29,7 +29,7 @@ pub type ZooLookup = fn(&str) -> Result<PathBuf>;
 impl ModelArgs {
     /// Loads the model.
     pub fn load(&self, zoo: Option<ZooLookup>) -> Result<Model> {
-        Model::load_path(&self.path(zoo)?, &self.load_options())
+        Ok(Model::load_path(&self.path(zoo)?, &self.load_options())?)
     }
 
     /// How to load it.

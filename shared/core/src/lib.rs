@@ -13,7 +13,8 @@
 //!   as a sans-I/O state machine;
 //! - [`wire`]: the protocol between tiers (postcard messages, tensor frames, framing);
 //! - [`compat`]: readers for the original Scission's benchmark and network files;
-//! - [`rng`]: the deterministic generator behind synthetic inputs and weights.
+//! - [`rng`]: the deterministic generator behind synthetic inputs and weights;
+//! - [`context`]: the error-context trait the std crates define for their own error types.
 #![no_std]
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod compat;
+pub mod context;
 pub mod cut;
 pub mod graph;
 pub mod link;

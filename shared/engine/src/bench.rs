@@ -1,7 +1,7 @@
 //! Per-block benchmarking: real activations flow block to block, each block is timed alone
 //! under a [`Budget`], and the unsplit model is timed the same way for comparison.
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use embassy_time::Instant;
 use tract_onnx::prelude::*;
 
@@ -101,7 +101,7 @@ fn time_blocks(model: &Model, budget: Budget, blocks: &[Block], inputs: TVec<TVa
         let mut outputs = TVec::new();
         let samples = measure(budget, || {
             outputs = state.run(inputs.clone())?;
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, crate::error::EngineError>(())
         })
         .with_context(|| format!("running block [{}, {})", block.start, block.end))?;
         live = advance(model, &slice, live, outputs);

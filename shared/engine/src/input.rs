@@ -1,6 +1,6 @@
 //! Deterministic synthetic inputs for benchmarks and checks.
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 use tract_onnx::prelude::*;
 
 use super::Model;

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod error;
 pub mod host;
 pub mod input;
 pub mod load;
@@ -24,6 +25,7 @@ pub mod profile_file;
 pub mod slice;
 pub mod summary;
 
+pub use error::EngineError;
 pub use load::{LoadOptions, Model};
 pub use pipeline::Pipeline;
 pub use slice::Slice;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use tract_onnx::prelude::*;
 
 const MAGIC: &[u8] = b"\x93NUMPY";

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use tract_onnx::prelude::*;
 
 use scission_core::cut::Block;
@@ -75,7 +75,7 @@ pub fn advance(model: &Model, slice: &Slice, mut live: Activations, outputs: TVe
 /// Largest absolute difference between two f32 tensors of the same shape.
 pub fn max_abs_diff(a: &TValue, b: &TValue) -> Result<f32> {
     if a.shape() != b.shape() {
-        anyhow::bail!("shapes differ: {:?} and {:?}", a.shape(), b.shape());
+        crate::error::bail!("shapes differ: {:?} and {:?}", a.shape(), b.shape());
     }
     let (a, b) = (a.try_as_plain_ram()?.as_slice::<f32>()?, b.try_as_plain_ram()?.as_slice::<f32>()?);
     Ok(a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max))

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 
 use scission_core::profile::{PROFILE_FORMAT, PROFILE_VERSION, Profile};
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
 
@@ -42,12 +42,12 @@ impl Slice {
 
     /// A fresh execution state; keep one per worker and reuse it across runs.
     pub fn spawn(&self) -> Result<TypedSimpleState> {
-        self.plan.spawn()
+        Ok(self.plan.spawn()?)
     }
 
     /// Runs the slice once on `inputs` (ordered as `io.inputs`).
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        self.plan.run(inputs)
+        Ok(self.plan.run(inputs)?)
     }
 }
 

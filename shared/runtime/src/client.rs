@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use crate::error::{Context, Result, error as anyhow};
 use scission_engine::tract::prelude::*;
 use tokio::sync::Mutex;
 
@@ -49,7 +49,7 @@ pub enum RequestError {
     },
     /// The request failed for another reason (bad input, engine error).
     #[error(transparent)]
-    Failed(#[from] anyhow::Error),
+    Failed(#[from] crate::error::RuntimeError),
 }
 
 /// Why the cloud gave no plans.
@@ -65,7 +65,7 @@ pub enum PlanRequestError {
     },
     /// The cloud could not be asked or answered with something else.
     #[error(transparent)]
-    Failed(#[from] anyhow::Error),
+    Failed(#[from] crate::error::RuntimeError),
 }
 
 /// Sends a device's requests along routes.
@@ -99,13 +99,14 @@ impl DeviceClient {
     /// Runs request `id` on `inputs` along `route` (stages in tier order, covering every node).
     pub async fn infer(&self, id: u64, route: &[Stage], inputs: TVec<TValue>, encoding: Encoding) -> Result<Outcome, RequestError> {
         let started = Instant::now();
-        let mut live = graph_inputs(&self.node.model, inputs)?;
+        let mut live = graph_inputs(&self.node.model, inputs).map_err(crate::error::RuntimeError::from)?;
         let mut timings = Vec::new();
         let mut rest = route;
         if let Some(first) = route.first().filter(|s| s.tier == self.node.tier) {
             let node = self.node.clone();
             let block = Block { start: first.start as usize, end: first.end as usize };
-            let (after, ns) = tokio::task::spawn_blocking(move || node.run_stage(block, live)).await.map_err(anyhow::Error::from)??;
+            let (after, ns) =
+                tokio::task::spawn_blocking(move || node.run_stage(block, live)).await.map_err(crate::error::RuntimeError::from)??;
             live = after;
             timings.push(StageTiming { tier: self.node.tier, compute_ns: ns });
             rest = &route[1..];
@@ -125,7 +126,7 @@ impl DeviceClient {
         let unreachable = |reason: String| RequestError::Unreachable { tier, reason };
         let attempt = async {
             let connection = self.connection(tier).await?;
-            anyhow::Ok(exchange(&connection, message, self.max_frame).await?)
+            Ok::<_, crate::error::RuntimeError>(exchange(&connection, message, self.max_frame).await?)
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -158,8 +159,8 @@ impl DeviceClient {
     ) -> Result<Vec<(Vec<Stage>, u64)>, PlanRequestError> {
         let uplinks = bounded(uplinks.iter().map(|(t, l)| (*t, *l)).collect(), "uplinks")?;
         let avoid = bounded(avoid.to_vec(), "tiers to avoid")?;
-        let message =
-            scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid }).map_err(anyhow::Error::from)?;
+        let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })
+            .map_err(crate::error::RuntimeError::from)?;
         let answer = self.send(cloud, &message).await.map_err(|e| anyhow!("{e}"))?;
         match decode(&answer).map_err(|e| anyhow!("malformed plan answer: {e}"))? {
             Body::Plans { routes } if routes.is_empty() => Err(anyhow!("the cloud answered with no plan").into()),

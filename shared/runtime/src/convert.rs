@@ -1,7 +1,7 @@
 //! Between tract tensors and wire tensors. Incoming tensors are checked against the shape the
 //! model expects for that tensor id, so a peer cannot feed a slice a wrongly shaped input.
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use scission_engine::tract::prelude::*;
 
 use scission_core::graph::TensorId;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::error::{Context, Result, bail, error as anyhow};
 use scission_engine::tract::prelude::*;
 use tokio::sync::mpsc;
 
@@ -24,6 +24,7 @@ use scission_engine::{Model, with_threads};
 use scission_net::{emulator, pki, quic};
 
 use crate::client::{DeviceClient, Outcome, Peer, RequestError};
+use crate::error::RuntimeError;
 use crate::node::Node;
 
 /// Routes asked of the solver or the cloud.
@@ -300,12 +301,14 @@ impl Planner {
     fn new(planning: &Planning, encoding: Encoding, nodes: usize) -> Result<Self> {
         match planning {
             Planning::Split { device_end, edge_end } => {
-                Ok(Self { kind: PlannerKind::Fixed(split_route(*device_end, *edge_end, nodes)?), uplinks: HashMap::new() })
+                let route = split_route(*device_end, *edge_end, nodes).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+                Ok(Self { kind: PlannerKind::Fixed(route), uplinks: HashMap::new() })
             }
             Planning::Profiles { profiles, links } => {
                 let [device, ..] = profiles.as_slice() else { bail!("no profiles to plan with") };
                 let options = CostOptions { encoding, ..CostOptions::default() };
-                let mut problem = problem_from_profiles(profiles, &Topology::default(), None, options)?;
+                let mut problem =
+                    problem_from_profiles(profiles, &Topology::default(), None, options).context("planning from the profiles")?;
                 for text in links {
                     apply_link_spec(&mut problem, text, true).map_err(|e| anyhow!("--link {e}"))?;
                 }

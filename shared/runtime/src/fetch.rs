@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use scission_core::wire::message::{Body, decode, encode};
@@ -71,7 +71,7 @@ pub async fn fetch_model(
     loop {
         let request = encode(&Body::FetchModel { offset, max_len: CHUNK })?;
         let answer = exchange(&connection, &request, max_frame).await?;
-        match decode(&answer).map_err(|e| anyhow::anyhow!("malformed chunk: {e}"))? {
+        match decode(&answer).map_err(|e| crate::error::error!("malformed chunk: {e}"))? {
             Body::ModelChunk { total, sha256, offset: at, data } => {
                 if at != offset || announced.is_some_and(|a| a != (total, sha256)) {
                     bail!("the model changed while it was being fetched");

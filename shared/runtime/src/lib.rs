@@ -20,6 +20,7 @@
 pub mod client;
 pub mod convert;
 pub mod device;
+pub mod error;
 pub mod fetch;
 pub mod node;
 pub mod peer;
@@ -27,8 +28,10 @@ pub mod planner;
 pub mod serve;
 pub mod server;
 
+pub use error::RuntimeError;
+
 /// A multi-threaded async runtime for one command.
-pub fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    use anyhow::Context;
+pub fn async_runtime() -> crate::error::Result<tokio::runtime::Runtime> {
+    use crate::error::Context;
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }

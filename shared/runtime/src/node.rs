@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use scission_engine::tract::prelude::*;
 
 use scission_core::cut::Block;
@@ -60,11 +60,11 @@ impl Node {
     /// The slice for `block`, built on first use.
     pub fn slice(&self, block: Block) -> Result<Arc<Slice>> {
         self.check_range(block)?;
-        if let Some(s) = self.slices.lock().map_err(|_| anyhow::anyhow!("slice cache poisoned"))?.get(block) {
+        if let Some(s) = self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?.get(block) {
             return Ok(s);
         }
         let slice = Arc::new(Slice::build(&self.model, block)?);
-        self.slices.lock().map_err(|_| anyhow::anyhow!("slice cache poisoned"))?.insert(block, slice.clone());
+        self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?.insert(block, slice.clone());
         Ok(slice)
     }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::error::Context;
 
 use scission_core::link::Link;
 use scission_core::policy::plan_route;
@@ -181,17 +181,17 @@ pub struct ModelFile {
 
 impl ModelFile {
     /// Serves `path`, whose SHA-256 is `sha256`.
-    pub fn new(path: PathBuf, sha256: [u8; 32]) -> anyhow::Result<Self> {
+    pub fn new(path: PathBuf, sha256: [u8; 32]) -> crate::error::Result<Self> {
         let total = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?.len();
         Ok(Self { path, total, sha256 })
     }
 
     /// Up to `max_len` bytes from `offset` (never more than the file holds from there).
-    pub fn chunk(&self, offset: u64, max_len: u32) -> anyhow::Result<Vec<u8>> {
+    pub fn chunk(&self, offset: u64, max_len: u32) -> crate::error::Result<Vec<u8>> {
         if offset > self.total {
-            anyhow::bail!("offset {offset} is past the end of the {}-byte model", self.total);
+            crate::error::bail!("offset {offset} is past the end of the {}-byte model", self.total);
         }
-        let len = usize::try_from((self.total - offset).min(u64::from(max_len)))?;
+        let len = usize::try_from((self.total - offset).min(u64::from(max_len))).context("chunk length")?;
         let mut file = std::fs::File::open(&self.path)?;
         file.seek(SeekFrom::Start(offset))?;
         let mut data = vec![0u8; len];

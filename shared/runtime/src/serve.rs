@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use crate::error::{Result, bail};
 
 use scission_core::profile::{Profile, TierKind};
 use scission_core::wire::message::{Body, decode, encode};
@@ -93,7 +93,7 @@ async fn register_once(client: &quinn::Endpoint, cloud: &Peer, name: &str, profi
     let link = quic::measure(&connection, 64 * 1024, std::time::Duration::from_secs(10), max_frame).await?;
     let mut label = heapless::String::new();
     for c in name.chars() {
-        label.push(c).map_err(|_| anyhow::anyhow!("node name '{name}' is too long for the wire"))?;
+        label.push(c).map_err(|_| crate::error::error!("node name '{name}' is too long for the wire"))?;
     }
     let message = encode(&Body::Register { name: label, tier: 1, profile, link_to_cloud: Some(link) })?;
     match decode(&quic::exchange(&connection, &message, max_frame).await?) {

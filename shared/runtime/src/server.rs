@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use crate::error::Result;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::convert::{bounded, decode as decode_tensor, infer_message, output_message};
@@ -480,7 +480,7 @@ impl StageServer {
         let deadline = self.limits.forward_timeout;
         let attempt = async {
             let connection = upstream.connection().await?;
-            anyhow::Ok(exchange(&connection, &message, self.limits.max_frame).await?)
+            Ok::<_, crate::error::RuntimeError>(exchange(&connection, &message, self.limits.max_frame).await?)
         };
         let answer = match tokio::time::timeout(deadline, attempt).await {
             Ok(answer) => answer.map_err(|e| unreachable(format!("{e:#}")))?,
