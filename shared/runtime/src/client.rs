@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Context, Result, error as anyhow};
+use crate::error::{Context, Result, error as invalid};
 use scission_engine::tract::prelude::*;
 use tokio::sync::Mutex;
 
@@ -161,16 +161,16 @@ impl DeviceClient {
         let avoid = bounded(avoid.to_vec(), "tiers to avoid")?;
         let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })
             .map_err(crate::error::RuntimeError::from)?;
-        let answer = self.send(cloud, &message).await.map_err(|e| anyhow!("{e}"))?;
-        match decode(&answer).map_err(|e| anyhow!("malformed plan answer: {e}"))? {
-            Body::Plans { routes } if routes.is_empty() => Err(anyhow!("the cloud answered with no plan").into()),
+        let answer = self.send(cloud, &message).await.map_err(|e| invalid!("{e}"))?;
+        match decode(&answer).map_err(|e| invalid!("malformed plan answer: {e}"))? {
+            Body::Plans { routes } if routes.is_empty() => Err(invalid!("the cloud answered with no plan").into()),
             Body::Plans { routes } => Ok(routes.into_iter().map(|r| (r.stages.to_vec(), r.predicted_ns)).collect()),
             Body::Failure { detail: FailureDetail::Infeasible { culprits }, message, .. } => Err(PlanRequestError::Infeasible {
                 culprits: culprits.iter().map(|c| c.to_string()).collect(),
                 message: message.to_string(),
             }),
-            Body::Failure { code, message, .. } => Err(anyhow!("the cloud could not plan ({code:?}): {message}").into()),
-            _ => Err(anyhow!("unexpected answer to a plan request").into()),
+            Body::Failure { code, message, .. } => Err(invalid!("the cloud could not plan ({code:?}): {message}").into()),
+            _ => Err(invalid!("unexpected answer to a plan request").into()),
         }
     }
 
@@ -181,16 +181,16 @@ impl DeviceClient {
         rest: &[Stage],
         timings: &mut Vec<StageTiming>,
     ) -> Result<Vec<(TensorId, TValue)>, RequestError> {
-        match decode(answer).map_err(|e| anyhow!("malformed answer: {e}"))? {
+        match decode(answer).map_err(|e| invalid!("malformed answer: {e}"))? {
             Body::Output { request, tensors, timings: remote } => {
                 if request != id {
-                    return Err(anyhow!("answer for request {request} arrived on the stream of request {id}").into());
+                    return Err(invalid!("answer for request {request} arrived on the stream of request {id}").into());
                 }
                 timings.extend(remote);
                 let outputs: Vec<(TensorId, TValue)> = tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect::<Result<_>>()?;
                 // Exactly the model's outputs, in order: anything else is a lying or broken peer.
                 if !outputs.iter().map(|(id, _)| *id).eq(self.node.model.summary.outputs.iter().copied()) {
-                    return Err(anyhow!("the answer to request {id} does not carry the model's outputs").into());
+                    return Err(invalid!("the answer to request {id} does not carry the model's outputs").into());
                 }
                 Ok(outputs)
             }
@@ -203,8 +203,8 @@ impl DeviceClient {
             Body::Failure { code: FailureCode::Busy, detail: FailureDetail::Busy { tier }, .. } if rest.iter().any(|s| s.tier == tier) => {
                 Err(RequestError::Busy { tier })
             }
-            Body::Failure { code, message, .. } => Err(anyhow!("request {id} failed ({code:?}): {message}").into()),
-            _ => Err(anyhow!("unexpected answer to request {id}").into()),
+            Body::Failure { code, message, .. } => Err(invalid!("request {id} failed ({code:?}): {message}").into()),
+            _ => Err(invalid!("unexpected answer to request {id}").into()),
         }
     }
 }

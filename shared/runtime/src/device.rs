@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Context, Result, bail, error as anyhow};
+use crate::error::{Context, Result, bail, error as invalid};
 use scission_engine::tract::prelude::*;
 use tokio::sync::mpsc;
 
@@ -310,7 +310,7 @@ impl Planner {
                 let mut problem =
                     problem_from_profiles(profiles, &Topology::default(), None, options).context("planning from the profiles")?;
                 for text in links {
-                    apply_link_spec(&mut problem, text, true).map_err(|e| anyhow!("--link {e}"))?;
+                    apply_link_spec(&mut problem, text, true).map_err(|e| invalid!("--link {e}"))?;
                 }
                 let uplinks = device_uplinks(&problem);
                 Ok(Self { kind: PlannerKind::Local { problem: Box::new(problem), blocks: device.blocks.clone() }, uplinks })
@@ -391,7 +391,7 @@ fn uplinks_from_specs(specs: &[String]) -> Result<HashMap<u8, Link>> {
     let mut uplinks = HashMap::new();
     for text in specs {
         let spec = scission_core::solver::linkspec::parse_link_spec(text, |n| ["device", "edge", "cloud"].contains(&n))
-            .map_err(|e| anyhow!("--link {e}"))?;
+            .map_err(|e| invalid!("--link {e}"))?;
         match (spec.from.as_str(), spec.to.as_str()) {
             ("device", "edge") => drop(uplinks.insert(1, spec.link)),
             ("device", "cloud") => drop(uplinks.insert(2, spec.link)),
