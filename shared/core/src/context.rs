@@ -6,6 +6,33 @@
 /// Any underlying error.
 pub type Cause = alloc::boxed::Box<dyn core::error::Error + Send + Sync>;
 
+/// An error type that can say "this is not usable" in its own words (its `Invalid` variant).
+pub trait FromMessage {
+    /// The error for `message`.
+    fn from_message(message: alloc::string::String) -> Self;
+}
+
+/// Formats a message (for [`bail!`](crate::bail) and [`invalid!`](crate::invalid)).
+pub fn message(args: core::fmt::Arguments<'_>) -> alloc::string::String {
+    alloc::fmt::format(args)
+}
+
+/// Returns early with the enclosing function's error type, built from a formatted message.
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return ::core::result::Result::Err($crate::context::FromMessage::from_message($crate::context::message(format_args!($($arg)*))))
+    };
+}
+
+/// An error of the type the context asks for, built from a formatted message.
+#[macro_export]
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        $crate::context::FromMessage::from_message($crate::context::message(format_args!($($arg)*)))
+    };
+}
+
 /// Defines `Context`, `Result` and `bail!`-style early returns for error type `$error`.
 #[macro_export]
 macro_rules! context_trait {
@@ -28,6 +55,12 @@ macro_rules! context_trait {
 
             fn with_context<S: ::core::fmt::Display>(self, what: impl FnOnce() -> S) -> Result<T> {
                 self.map_err(|e| $error::Context { what: what().to_string(), source: e.into() })
+            }
+        }
+
+        impl $crate::context::FromMessage for $error {
+            fn from_message(message: String) -> Self {
+                $error::Invalid(message)
             }
         }
 

@@ -38,13 +38,4 @@ impl From<anyhow::Error> for EngineError {
 
 scission_core::context_trait!(EngineError);
 
-/// Returns an [`EngineError::Invalid`] with a formatted message.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! invalid {
-    ($($arg:tt)*) => {
-        return Err($crate::error::EngineError::Invalid(format!($($arg)*)))
-    };
-}
-
-pub use crate::invalid as bail;
+pub use scission_core::bail;

@@ -68,16 +68,7 @@ impl From<scission_core::profile::BadSha256> for RuntimeError {
 
 scission_core::context_trait!(RuntimeError);
 
-/// Returns a [`RuntimeError::Invalid`] with a formatted message.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! runtime_invalid {
-    ($($arg:tt)*) => {
-        return Err($crate::error::RuntimeError::Invalid(format!($($arg)*)))
-    };
-}
-
-pub use crate::runtime_invalid as bail;
+pub use scission_core::bail;
 
 /// A [`RuntimeError::Invalid`] with a formatted message, as a value.
 #[macro_export]
