@@ -68,6 +68,12 @@ pub enum PlanRequestError {
     Failed(#[from] crate::error::RuntimeError),
 }
 
+impl From<PlanRequestError> for crate::error::RuntimeError {
+    fn from(e: PlanRequestError) -> Self {
+        crate::error::RuntimeError::Invalid(e.to_string())
+    }
+}
+
 /// Sends a device's requests along routes.
 pub struct DeviceClient {
     node: Arc<Node>,

@@ -54,12 +54,6 @@ impl From<tokio::task::JoinError> for RuntimeError {
     }
 }
 
-impl From<crate::client::PlanRequestError> for RuntimeError {
-    fn from(e: crate::client::PlanRequestError) -> Self {
-        RuntimeError::Invalid(e.to_string())
-    }
-}
-
 impl From<scission_core::profile::BadSha256> for RuntimeError {
     fn from(e: scission_core::profile::BadSha256) -> Self {
         RuntimeError::Invalid(e.to_string())
