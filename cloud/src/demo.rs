@@ -196,7 +196,7 @@ fn distributed(
     let route = plans.first().and_then(|p| plan_route(p, &device.blocks)).context("no plan to run")?;
     let node = std::sync::Arc::new(Node::new(model, 0, 1)?);
     let whole = node.model.whole()?;
-    let peer = |addr, name: &str| Peer { addr, name: name.to_string() };
+    let peer = |addr, name: &str| Peer::new(addr, name);
     let peers: std::collections::HashMap<u8, Peer> = [(1u8, peer(edge.addr, "edge")), (2u8, peer(cloud.addr, "cloud"))].into();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {

@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::run_serve(args, TierKind::Cloud, None, ZOO, announce),
         Command::Stage { serve, tier, upstream } => {
             let tier = if tier == "edge" { TierKind::Edge } else { TierKind::Cloud };
-            cli::run_serve(serve, tier, upstream.map(|addr| Peer { addr, name: "cloud".into() }), ZOO, announce)
+            cli::run_serve(serve, tier, upstream.map(|addr| Peer::new(addr, "cloud")), ZOO, announce)
         }
     })
 }

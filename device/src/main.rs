@@ -1,8 +1,11 @@
-//! `scission-device`: the device tier of Scission. It benchmarks its blocks of a DNN on this machine
-//! (`bench`), shows where a model can be cut (`inspect`), and runs its slice of partitioned
-//! inferences against edge and cloud servers (`run`).
+//! `scission-device`: the device tier of Scission. It serves the board's applications with
+//! partitioned inference (`serve`, the Open Inference Protocol over HTTP; `infer`, one input from
+//! the command line), benchmarks its blocks of a DNN on this machine (`bench`), shows where a
+//! model can be cut (`inspect`), and measures plans end to end (`run`).
 
+mod config;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -10,10 +13,11 @@ use clap::{Parser, Subcommand};
 use scission_cli::{self as cli, BenchArgs, InspectArgs};
 use scission_core::profile::TierKind;
 
-/// The device tier of Scission: benchmark DNN blocks on this machine.
+/// The device tier of Scission: partitioned DNN inference for the applications on this board.
 ///
-/// Typical use: `scission-device bench model.onnx --out device.json`, then give device.json to
-/// `scission-cloud plan`.
+/// Typical use: `scission-device bench model.onnx --out device.json` once; then
+/// `scission-device serve --config device.toml`, and applications POST inputs (or images) to
+/// http://127.0.0.1:8080/v2/models/NAME/infer (the KServe v2 / Open Inference Protocol).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -26,12 +30,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the board's applications: the Open Inference Protocol (KServe v2) over HTTP, each
+    /// request split between this device, the edge and the cloud by the current plan; re-plans
+    /// on failures and on schedule, falls back to local inference when both servers are gone,
+    /// Prometheus metrics at /metrics. Stops on SIGTERM after the requests in flight.
+    Serve(Box<serve::ServeArgs>),
+    /// Run one image (JPEG, PNG) or `.npy` array through the partitioned pipeline and print the
+    /// route, the time and the top classes.
+    Infer(Box<serve::InferArgs>),
+    /// Check a service configuration and say what is missing.
+    CheckConfig(Box<serve::CheckArgs>),
     /// Benchmark every block of a model on this machine and write a JSON profile.
     Bench(BenchArgs),
     /// Show a model's cut points, the tensors crossing them and their sizes.
     Inspect(InspectArgs),
-    /// Run inferences split between this device, an edge and a cloud server (over QUIC with
-    /// mutual TLS), checking every result against the unsplit model.
+    /// Measure a plan: run N inferences split between this device, an edge and a cloud server
+    /// (over QUIC with mutual TLS), checking every result against the unsplit model.
     Run(Box<run::RunArgs>),
 }
 
@@ -43,6 +57,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::run_bench(args, TierKind::Device, None),
         Command::Inspect(args) => cli::run_inspect(args, None),
         Command::Run(args) => run::run(args).map(|()| String::new()),
+        Command::Serve(args) => serve::serve(args),
+        Command::Infer(args) => serve::infer(args),
+        Command::CheckConfig(args) => serve::check_config(args),
     })
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use scission_cli::{ClusterArgs, EncodingArg, FetchBar, ModelArgs};
+use scission_cli::{ClusterArgs, EncodingArg, FetchBar, HostPort, ModelArgs};
 use scission_core::link::Link;
 use scission_core::policy::PolicyConfig;
 use scission_core::profile::parse_sha256;
@@ -13,8 +13,9 @@ use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_core::wire::message::Stage;
 use scission_engine::profile_file::read_profile;
 use scission_engine::tract::prelude::*;
-use scission_runtime::client::Peer;
 use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
+use scission_runtime::peer::Peer;
+use scission_runtime::session::SessionConfig;
 use scission_runtime::fetch::{Expected, fetch_model_blocking};
 
 /// Arguments of the device's `run`.
@@ -22,12 +23,12 @@ use scission_runtime::fetch::{Expected, fetch_model_blocking};
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The edge server, as HOST:PORT (resolved at start).
-    #[arg(long, value_parser = scission_cli::parse_host_port, value_name = "HOST:PORT")]
-    edge: Option<std::net::SocketAddr>,
-    /// The cloud server, as HOST:PORT (resolved at start).
-    #[arg(long, value_parser = scission_cli::parse_host_port, value_name = "HOST:PORT")]
-    cloud: Option<std::net::SocketAddr>,
+    /// The edge server, as HOST:PORT (a name is resolved again on every reconnect).
+    #[arg(long, value_name = "HOST:PORT")]
+    edge: Option<HostPort>,
+    /// The cloud server, as HOST:PORT (a name is resolved again on every reconnect).
+    #[arg(long, value_name = "HOST:PORT")]
+    cloud: Option<HostPort>,
     /// The edge's enrolled name (its certificate must carry it).
     #[arg(long, default_value = "edge")]
     edge_name: String,
@@ -127,7 +128,7 @@ fn parse_change(text: &str) -> Result<LinkChange, String> {
 
 impl RunArgs {
     fn cloud(&self) -> Option<Peer> {
-        self.cloud.map(|addr| Peer { addr, name: self.cloud_name.clone() })
+        self.cloud.as_ref().map(|c| c.peer(&self.cloud_name))
     }
 
     fn planning(&self) -> Result<Planning> {
@@ -145,10 +146,10 @@ impl RunArgs {
 
     fn config(&self, planning: Planning, inputs: Vec<TValue>) -> Result<DeviceConfig> {
         let requests = self.requests.unwrap_or(if inputs.is_empty() { 10 } else { u32::try_from(inputs.len()).unwrap_or(u32::MAX) });
-        Ok(DeviceConfig {
+        let session = SessionConfig {
             cluster: self.cluster.cluster.clone(),
             name: self.name.clone(),
-            edge: self.edge.map(|addr| Peer { addr, name: self.edge_name.clone() }),
+            edge: self.edge.as_ref().map(|e| e.peer(&self.edge_name)),
             cloud: self.cloud(),
             planning,
             policy: PolicyConfig {
@@ -156,17 +157,24 @@ impl RunArgs {
                 backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms),
                 ..PolicyConfig::default()
             },
-            interval: Duration::from_millis(self.interval_ms),
             emulate: self.emulate,
-            emulate_change: self.emulate_change,
             timeout: Duration::from_millis(self.timeout_ms),
-            requests,
-            inputs,
             encoding: self.encoding.into(),
             threads: self.threads,
+            max_frame: DEFAULT_MAX_FRAME,
+            // A what-if tool runs the plans it is given: no silent local fallback.
+            local_fallback: false,
+            require_plan: true,
+            max_outstanding: 1,
+        };
+        Ok(DeviceConfig {
+            session,
+            interval: Duration::from_millis(self.interval_ms),
+            emulate_change: self.emulate_change,
+            requests,
+            inputs,
             seed: self.seed,
             check: !self.no_check,
-            max_frame: DEFAULT_MAX_FRAME,
         })
     }
 }
@@ -220,9 +228,9 @@ fn mbit(link: &Link) -> String {
     format!("{:.1} Mbit/s, {:.1} ms", link.bits_per_sec as f64 * 1e-6, link.latency_ns as f64 * 1e-6)
 }
 
-fn print_event(event: DeviceEvent<'_>) {
+fn print_event(event: DeviceEvent) {
     match event {
-        DeviceEvent::Plan { route } => println!("plan #1: {}", describe(route)),
+        DeviceEvent::Plan { route } => println!("plan #1: {}", describe(&route)),
         DeviceEvent::LinkChanged { tier, link, after_request } => {
             println!("emulated link to tier {tier} now {} (after request {after_request})", mbit(&link))
         }
@@ -240,9 +248,10 @@ fn print_event(event: DeviceEvent<'_>) {
                 SwitchCause::Recovered => "a tier came back".to_string(),
                 SwitchCause::FirstPlan => "first plan".to_string(),
             };
-            println!("plan switch: {why}; best plan was {}, now {}", from.map_or_else(String::new, describe), describe(to));
+            println!("plan switch: {why}; best plan was {}, now {}", from.as_deref().map_or_else(String::new, describe), describe(&to));
         }
-        DeviceEvent::Completed { request, rank, total_ns, predicted_ns, timings, difference } => {
+        DeviceEvent::TierDown { tier } => println!("tier {tier} stopped answering; probing it again after a back-off"),
+        DeviceEvent::Completed { request, rank, total_ns, predicted_ns, timings, difference, .. } => {
             let stages: Vec<String> = timings.iter().map(|t| format!("tier {} {:.2} ms", t.tier, t.compute_ns as f64 * 1e-6)).collect();
             let predicted = predicted_ns.map_or(String::new(), |p| format!(", predicted {:.2} ms", p as f64 * 1e-6));
             let checked = difference.map_or(String::new(), |d| format!("; max |difference| from the unsplit model {d:e}"));

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::run_bench(args, TierKind::Edge, ZOO),
         Command::Inspect(args) => cli::run_inspect(args, ZOO),
         Command::Serve { serve, cloud, cloud_name } => {
-            let upstream = Peer { addr: *cloud, name: cloud_name.clone() };
+            let upstream = Peer::new(*cloud, cloud_name.clone());
             cli::run_serve(serve, TierKind::Edge, Some(upstream), ZOO, announce)
         }
     })

@@ -12,7 +12,7 @@ pub mod progress;
 pub mod tools;
 
 pub use cluster::{ClusterArgs, EncodingArg, EnrollArgs, RevokeArgs, ServeArgs, run_enroll, run_init, run_revoke, run_serve};
-pub use model::{ModelArgs, ZooLookup, parse_host_port, parse_shape};
+pub use model::{HostPort, ModelArgs, ZooLookup, parse_host_port, parse_shape};
 pub use output::{Ending, init_tracing, one_line};
 pub use progress::{BenchBar, FetchBar};
 pub use tools::{BenchArgs, InspectArgs, inspect_report, profile_summary, run_bench, run_inspect};

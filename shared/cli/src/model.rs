@@ -58,6 +58,34 @@ pub fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
     }
 }
 
+/// A server given as `HOST:PORT`: the text (resolved again on each connection) and the address
+/// it resolved to first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    /// As given.
+    pub text: String,
+    /// Its first address.
+    pub addr: std::net::SocketAddr,
+}
+
+impl HostPort {
+    /// The peer there with enrolled name `name` (a name is resolved again on reconnects).
+    pub fn peer(&self, name: &str) -> scission_runtime::peer::Peer {
+        match self.text.parse::<std::net::SocketAddr>() {
+            Ok(addr) => scission_runtime::peer::Peer::new(addr, name),
+            Err(_) => scission_runtime::peer::Peer::at_host(self.text.clone(), self.addr, name),
+        }
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(Self { text: text.to_string(), addr: parse_host_port(text)? })
+    }
+}
+
 /// Parses `HOST:PORT` (a name such as `edge.local:4434`, or an address), resolving the name now.
 pub fn parse_host_port(text: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;

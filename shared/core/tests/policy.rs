@@ -499,3 +499,43 @@ proptest! {
         prop_assert_eq!(ends.len() as u64, next_id);
     }
 }
+
+#[test]
+fn a_tier_unreachable_at_start_is_probed_and_brings_a_ranking_when_it_answers() {
+    // The service starts with only the device's own route: the cloud did not answer.
+    let mut p = policy(vec![device_only(50)]);
+    p.handle(at(0), Event::TierUnreachable { tier: 2 });
+    assert_eq!(drain(&mut p), vec![Action::TierDown { tier: 2 }]);
+    p.handle(at(0), Event::TierUnreachable { tier: 0 });
+    assert!(drain(&mut p).is_empty(), "the device itself never goes down");
+    p.handle(at(1), Event::Submit { request: 1 });
+    assert_eq!(sent(&drain(&mut p)), vec![(1, device_only(50).stages)], "served locally meanwhile");
+    p.handle(at(1000), Event::Tick);
+    assert_eq!(drain(&mut p), vec![Action::Probe { tier: 2 }]);
+    p.handle(at(1001), Event::ProbeAnswered { tier: 2 });
+    let actions = drain(&mut p);
+    assert!(actions.iter().any(|a| matches!(a, Action::Replan { reason: ReplanReason::TierRecovered, .. })), "{actions:?}");
+    p.handle(at(1002), Event::Plans(vec![device_cloud(20), device_only(50)]));
+    assert!(drain(&mut p).iter().any(|a| matches!(a, Action::Switched { to, .. } if *to == device_cloud(20))));
+}
+
+#[test]
+fn a_periodic_replan_measures_the_links_on_schedule_and_not_before() {
+    let config = PolicyConfig { replan_period: embassy_time::Duration::from_secs(30), ..PolicyConfig::default() };
+    let mut p = DevicePolicy::new(config, vec![three_tier(10), device_only(50)], Vec::new());
+    p.handle(at(0), Event::Tick);
+    p.handle(at(29_999), Event::Tick);
+    assert!(drain(&mut p).is_empty(), "nothing before the period");
+    p.handle(at(30_000), Event::Tick);
+    assert_eq!(drain(&mut p), vec![Action::MeasureLinks { tiers: vec![1, 2] }]);
+    p.handle(at(30_001), Event::Tick);
+    assert!(drain(&mut p).is_empty(), "one measurement at a time");
+    p.handle(at(30_010), Event::LinksMeasured(vec![(1, Link { bits_per_sec: 1_000_000, latency_ns: 1_000_000 })]));
+    assert!(matches!(drain(&mut p)[..], [Action::Replan { reason: ReplanReason::Scheduled, .. }]));
+    p.handle(at(30_020), Event::Plans(vec![three_tier(10), device_only(50)]));
+    drain(&mut p);
+    p.handle(at(59_999), Event::Tick);
+    assert!(drain(&mut p).is_empty(), "the next is a period after the last");
+    p.handle(at(60_000), Event::Tick);
+    assert_eq!(drain(&mut p), vec![Action::MeasureLinks { tiers: vec![1, 2] }]);
+}

@@ -30,3 +30,31 @@ pub fn synthetic_inputs(model: &Model, seed: u64) -> Result<TVec<TValue>> {
         })
         .collect()
 }
+
+/// The element type and shape graph input `index` takes.
+pub fn input_fact(model: &Model, index: usize) -> Result<(DatumType, Vec<usize>)> {
+    let Some(&t) = model.summary.inputs.get(index) else { bail!("the model has no input {index}") };
+    let fact = model.typed.outlet_fact(model.outlets[t])?;
+    Ok((fact.datum_type, model.summary.tensors[t].shape.iter().map(|&d| d as usize).collect()))
+}
+
+/// Checks that `inputs` are exactly what the model takes: one per graph input, each of its
+/// element type and shape. The error names the input and both sides.
+pub fn check_inputs(model: &Model, inputs: &[TValue]) -> Result<()> {
+    let expected = model.summary.inputs.len();
+    if inputs.len() != expected {
+        bail!("the model takes {expected} input(s), got {}", inputs.len());
+    }
+    for (index, value) in inputs.iter().enumerate() {
+        let (datum_type, shape) = input_fact(model, index)?;
+        if value.datum_type() != datum_type || value.shape() != shape.as_slice() {
+            let name = &model.summary.tensors[model.summary.inputs[index]].name;
+            bail!(
+                "input '{name}' takes {datum_type:?} of shape {shape:?}, got {:?} of shape {:?}",
+                value.datum_type(),
+                value.shape()
+            );
+        }
+    }
+    Ok(())
+}

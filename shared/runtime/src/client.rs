@@ -28,6 +28,8 @@ pub struct Outcome {
     pub timings: Vec<StageTiming>,
     /// Wall time of the whole request.
     pub total_ns: u64,
+    /// Bytes sent to the first remote tier, and received back from it.
+    pub bytes: (u64, u64),
 }
 
 /// Why a request did not complete.
@@ -97,7 +99,7 @@ impl DeviceClient {
         // Connect without holding the cache: a tier that hangs (a probe of a dead one) must not
         // hold up requests to the others.
         let peer = self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
-        let c = connect(&self.endpoint, peer.addr, &peer.name).await?;
+        let c = connect(&self.endpoint, peer.current_addr().await, &peer.name).await?;
         self.connections.lock().await.insert(tier, c.clone());
         Ok(c)
     }
@@ -117,15 +119,17 @@ impl DeviceClient {
             timings.push(StageTiming { tier: self.node.tier, compute_ns: ns });
             rest = &route[1..];
         }
-        let outputs = match rest.first() {
-            None => self.node.outputs(&live)?,
+        let (outputs, bytes) = match rest.first() {
+            None => (self.node.outputs(&live)?, (0, 0)),
             Some(next) => {
                 let message = infer_message(id, self.node.sha256, rest, encoding, &live)?;
                 let answer = self.send(next.tier, &message).await?;
-                self.read_answer(id, &answer, rest, &mut timings)?
+                let bytes = (message.len() as u64, answer.len() as u64);
+                (self.read_answer(id, &answer, rest, &mut timings)?, bytes)
             }
         };
-        Ok(Outcome { outputs, timings, total_ns: started.elapsed().as_nanos() as u64 })
+        let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Ok(Outcome { outputs, timings, total_ns, bytes })
     }
 
     async fn send(&self, tier: u8, message: &[u8]) -> Result<Vec<u8>, RequestError> {

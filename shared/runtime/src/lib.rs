@@ -6,7 +6,10 @@
 //! - [`server`]: serving stages over QUIC (edge and cloud), forwarding the rest of a route;
 //! - [`planner`]: the cloud's planning service and model file;
 //! - [`client`]: the device side of one request;
-//! - [`device`]: the device's run, carrying out the core's [`DevicePolicy`](scission_core::policy::DevicePolicy);
+//! - [`session`]: the device's library API, a driver carrying out the core's
+//!   [`DevicePolicy`](scission_core::policy::DevicePolicy) for many requests at once;
+//! - [`ranking`]: where a device's ranked routes come from (a split, the solver, the cloud);
+//! - [`device`]: the device's `run` (a benchmark over a session);
 //! - [`serve`]: starting an edge or cloud server;
 //! - [`fetch`]: downloading the model file from the cloud;
 //! - [`peer`]: where another node is.
@@ -25,8 +28,10 @@ pub mod fetch;
 pub mod node;
 pub mod peer;
 pub mod planner;
+pub mod ranking;
 pub mod serve;
 pub mod server;
+pub mod session;
 
 pub use error::RuntimeError;
 

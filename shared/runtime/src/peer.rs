@@ -1,12 +1,41 @@
-//! Where another node is: its address and the enrolled name its certificate must carry.
+//! Where another node is: its address (and the host name it came from, resolved again on each
+//! connection) and the enrolled name its certificate must carry.
 
 use std::net::SocketAddr;
 
 /// Where a tier's server is, and the name its certificate must carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
-    /// Its address.
+    /// Its address as last resolved.
     pub addr: SocketAddr,
+    /// The `HOST:PORT` it was given as, when that was a name: resolved again on every new
+    /// connection (a board's DHCP-assigned edge moves).
+    pub host: Option<String>,
     /// Its enrolled name.
     pub name: String,
+}
+
+impl Peer {
+    /// A peer at a fixed address.
+    pub fn new(addr: SocketAddr, name: impl Into<String>) -> Self {
+        Self { addr, host: None, name: name.into() }
+    }
+
+    /// A peer known by `host` (`HOST:PORT`), first resolved as `addr`.
+    pub fn at_host(host: impl Into<String>, addr: SocketAddr, name: impl Into<String>) -> Self {
+        Self { addr, host: Some(host.into()), name: name.into() }
+    }
+
+    /// The address to connect to now: `host` resolved again (the first address), or the last
+    /// known one when there is no name or it does not resolve.
+    pub async fn current_addr(&self) -> SocketAddr {
+        let Some(host) = &self.host else { return self.addr };
+        match tokio::net::lookup_host(host.as_str()).await.map(|mut addrs| addrs.next()) {
+            Ok(Some(addr)) => addr,
+            Ok(None) | Err(_) => {
+                tracing::warn!("{host} does not resolve now; using {}", self.addr);
+                self.addr
+            }
+        }
+    }
 }

@@ -55,6 +55,9 @@ pub struct PolicyConfig {
     pub hysteresis_percent: u32,
     /// Re-measure the links and re-plan before every N-th request (0: never).
     pub replan_every: u32,
+    /// Re-measure the links and re-plan this often, on [`Event::Tick`] (zero: never): a
+    /// long-running service follows its network even when requests are rare.
+    pub replan_period: Duration,
     /// First wait before a down tier is probed again; doubled after each failed probe.
     pub backoff_initial: Duration,
     /// Longest wait between probes of a down tier.
@@ -68,6 +71,7 @@ impl Default for PolicyConfig {
         Self {
             hysteresis_percent: 10,
             replan_every: 0,
+            replan_period: Duration::from_ticks(0),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             max_attempts: 8,
@@ -182,7 +186,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// Time passed (down tiers whose back-off ran out are probed).
+    /// `tier` could not be reached outside any request (at start, or a connection the shell
+    /// keeps warm broke): it is marked down and probed after the back-off.
+    TierUnreachable {
+        /// The tier.
+        tier: u8,
+    },
+    /// Time passed (down tiers whose back-off ran out are probed; a scheduled re-plan that is
+    /// due starts).
     Tick,
 }
 
@@ -326,6 +337,8 @@ pub struct DevicePolicy {
     /// A re-plan that became due while another was out (asked for as soon as it returns).
     replan_again: Option<ReplanReason>,
     submitted: u64,
+    /// When the next scheduled re-plan is due (set on the first tick).
+    next_scheduled: Option<Instant>,
     actions: VecDeque<Action>,
 }
 
@@ -342,6 +355,7 @@ impl DevicePolicy {
             waiting: Waiting::Nothing,
             replan_again: None,
             submitted: 0,
+            next_scheduled: None,
             actions: VecDeque::new(),
         }
     }
@@ -395,6 +409,7 @@ impl DevicePolicy {
             Event::PlanFailed { .. } => self.plan_failed(),
             Event::ProbeAnswered { tier } => self.probe_answered(tier),
             Event::ProbeFailed { tier, .. } => self.probe_failed(now, tier),
+            Event::TierUnreachable { tier } => self.tier_unreachable(now, tier),
             Event::Tick => self.tick(now),
         }
     }
@@ -411,9 +426,7 @@ impl DevicePolicy {
         self.submitted = self.submitted.saturating_add(1);
         self.requests.insert(request, Pending::new());
         if due && self.waiting == Waiting::Nothing {
-            self.waiting = Waiting::Links;
-            let tiers = self.tiers_in_routes().into_iter().filter(|&t| self.is_up(t)).collect();
-            self.actions.push_back(Action::MeasureLinks { tiers });
+            self.measure_links();
             return;
         }
         if self.waiting != Waiting::Nothing {
@@ -646,12 +659,39 @@ impl DevicePolicy {
         }
     }
 
+    /// Asks for the links to the tiers that are up (a re-plan follows their measurement).
+    fn measure_links(&mut self) {
+        self.waiting = Waiting::Links;
+        let tiers = self.tiers_in_routes().into_iter().filter(|&t| self.is_up(t)).collect();
+        self.actions.push_back(Action::MeasureLinks { tiers });
+    }
+
+    fn tier_unreachable(&mut self, now: Instant, tier: u8) {
+        if tier != DEVICE_TIER {
+            self.mark_down(now, tier);
+        }
+    }
+
     fn tick(&mut self, now: Instant) {
         for (tier, down) in self.down.iter_mut() {
             if !down.probing && down.retry_at <= now {
                 down.probing = true;
                 self.actions.push_back(Action::Probe { tier: *tier });
             }
+        }
+        self.scheduled_replan(now);
+    }
+
+    /// Starts the periodic re-plan when it is due and nothing else is out.
+    fn scheduled_replan(&mut self, now: Instant) {
+        let period = self.config.replan_period;
+        if period.as_ticks() == 0 {
+            return;
+        }
+        let due = *self.next_scheduled.get_or_insert(now.saturating_add(period));
+        if due <= now && self.waiting == Waiting::Nothing {
+            self.next_scheduled = Some(now.saturating_add(period));
+            self.measure_links();
         }
     }
 

@@ -1,0 +1,423 @@
+//! The device service's configuration: one TOML file (every field has a default; see
+//! `cross/image/device.toml` for a documented example), with command-line flags over it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use scission_cli::{EncodingArg, HostPort};
+use scission_core::policy::PolicyConfig;
+use scission_core::wire::frame::DEFAULT_MAX_FRAME;
+use scission_engine::profile_file::read_profile;
+use scission_runtime::device::Planning;
+use scission_runtime::session::SessionConfig;
+use scission_serving::image::{Preprocess, Preset, Resize};
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This device's enrolled name.
+    pub name: String,
+    /// The cluster directory (CA, this device's certificate and key).
+    pub cluster: PathBuf,
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Fetch the model from the cloud when the file is missing.
+    pub fetch_model: bool,
+    /// Engine threads for the device's stages.
+    pub threads: usize,
+    /// The edge server.
+    pub edge: Option<Server>,
+    /// The cloud server.
+    pub cloud: Option<Server>,
+    /// Where plans come from, and how the device reacts to failures.
+    pub planning: PlanningConfig,
+    /// The local API.
+    pub api: ApiConfig,
+    /// Image inputs.
+    pub image: ImageConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "device".into(),
+            cluster: PathBuf::from("cluster"),
+            model: PathBuf::from("model.onnx"),
+            fetch_model: false,
+            threads: 1,
+            edge: None,
+            cloud: None,
+            planning: PlanningConfig::default(),
+            api: ApiConfig::default(),
+            image: ImageConfig::default(),
+        }
+    }
+}
+
+/// An edge or cloud server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// `HOST:PORT` (a name is resolved again on every reconnect).
+    pub address: String,
+    /// Its enrolled name (its certificate must carry it); defaults to `edge` or `cloud`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Planning and failure handling.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanningConfig {
+    /// This device's benchmark profile: the cloud plans with it and the measured uplinks.
+    pub profile: Option<PathBuf>,
+    /// Device, edge and cloud profiles: the device plans by itself (with `links`).
+    pub profiles: Vec<PathBuf>,
+    /// A fixed split `[device_end, edge_end]` instead of planning.
+    pub split: Option<[usize; 2]>,
+    /// Link figures `FROM-TO=BANDWIDTH,LATENCY` for planning from `profiles`.
+    pub links: Vec<String>,
+    /// Re-measure the links and re-plan this often, in seconds (0: only on failures).
+    pub replan_every_s: u64,
+    /// First wait before a tier that stopped answering is probed again, in milliseconds
+    /// (doubling up to a minute).
+    pub retry_after_ms: u64,
+    /// Give up on a tier that has not answered within this many milliseconds.
+    pub timeout_ms: u64,
+    /// Activation encoding on the wire: `f32`, `f16` or `int8`.
+    pub encoding: String,
+    /// With edge and cloud unreachable, run the whole model here (degraded) instead of failing.
+    /// Turn off where the board cannot hold the whole model.
+    pub local_fallback: bool,
+}
+
+impl Default for PlanningConfig {
+    fn default() -> Self {
+        Self {
+            profile: None,
+            profiles: Vec::new(),
+            split: None,
+            links: Vec::new(),
+            replan_every_s: 60,
+            retry_after_ms: 1000,
+            timeout_ms: 5000,
+            encoding: "f32".into(),
+            local_fallback: true,
+        }
+    }
+}
+
+/// The local inference API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address (loopback: only the board's own applications); empty: no TCP listener.
+    pub listen: String,
+    /// A Unix socket path, besides or instead of TCP.
+    pub unix_socket: Option<PathBuf>,
+    /// The model's name in URLs (default: the model file's stem).
+    pub model_name: Option<String>,
+    /// Largest request body, in MiB.
+    pub max_body_mib: usize,
+    /// Most requests in flight through the pipeline at once; more wait.
+    pub max_outstanding: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), unix_socket: None, model_name: None, max_body_mib: 64, max_outstanding: 64 }
+    }
+}
+
+/// Image inputs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Scaling and normalisation: `imagenet`, `torch`, `keras-caffe`, `keras-tf`, `unit`, `raw`.
+    pub preset: Preset,
+    /// `crop` (centre crop) or `stretch`; default: what the preset's framework does.
+    pub resize: Option<Resize>,
+    /// A labels file, one class name per line.
+    pub labels: Option<PathBuf>,
+    /// How many of the best classes answers list.
+    pub top_k: usize,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self { preset: Preset::Imagenet, resize: None, labels: None, top_k: 5 }
+    }
+}
+
+/// Flags that override the file (`serve` and `infer`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// The configuration file (TOML). Without it, the defaults and these flags.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The ONNX model (overrides `model`).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// This device's enrolled name (overrides `name`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The cluster directory (overrides `cluster`).
+    #[arg(long, value_name = "DIR")]
+    pub cluster: Option<PathBuf>,
+    /// The edge server, HOST:PORT (overrides `[edge] address`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub edge: Option<String>,
+    /// The cloud server, HOST:PORT (overrides `[cloud] address`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cloud: Option<String>,
+    /// This device's profile, for the cloud's planner (overrides `[planning] profile`).
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// The API's TCP address (overrides `[api] listen`; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The API's Unix socket (overrides `[api] unix_socket`).
+    #[arg(long, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
+    /// Probe a tier that stopped answering after this many milliseconds (overrides
+    /// `[planning] retry_after_ms`).
+    #[arg(long, value_name = "MS")]
+    pub retry_after_ms: Option<u64>,
+    /// Never run the whole model here when edge and cloud are gone.
+    #[arg(long)]
+    pub no_local_fallback: bool,
+}
+
+impl Overrides {
+    /// The file's configuration (or the defaults) with these flags over it.
+    pub fn load(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => read(path)?,
+            None => Config::default(),
+        };
+        let set = |slot: &mut Option<Server>, address: &Option<String>| {
+            if let Some(address) = address {
+                let name = slot.as_ref().and_then(|s| s.name.clone());
+                *slot = Some(Server { address: address.clone(), name });
+            }
+        };
+        set(&mut config.edge, &self.edge);
+        set(&mut config.cloud, &self.cloud);
+        if let Some(v) = &self.model {
+            config.model = v.clone();
+        }
+        if let Some(v) = &self.name {
+            config.name = v.clone();
+        }
+        if let Some(v) = &self.cluster {
+            config.cluster = v.clone();
+        }
+        if let Some(v) = &self.profile {
+            config.planning.profile = Some(v.clone());
+        }
+        if let Some(v) = &self.listen {
+            config.api.listen = v.clone();
+        }
+        if let Some(v) = &self.unix_socket {
+            config.api.unix_socket = Some(v.clone());
+        }
+        if let Some(v) = self.retry_after_ms {
+            config.planning.retry_after_ms = v;
+        }
+        if self.no_local_fallback {
+            config.planning.local_fallback = false;
+        }
+        Ok(config)
+    }
+}
+
+/// Reads and parses a configuration file; relative paths in it are relative to the file.
+pub fn read(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the configuration {}", path.display()))?;
+    let mut config: Config = toml::from_str(&text).with_context(|| format!("{} is not a valid configuration", path.display()))?;
+    if let Some(dir) = path.parent() {
+        config.anchor(dir);
+    }
+    Ok(config)
+}
+
+impl Config {
+    /// Makes relative paths relative to `dir`.
+    fn anchor(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.cluster);
+        fix(&mut self.model);
+        self.planning.profile.iter_mut().for_each(fix);
+        self.planning.profiles.iter_mut().for_each(fix);
+        self.image.labels.iter_mut().for_each(fix);
+        self.api.unix_socket.iter_mut().for_each(fix);
+    }
+
+    /// What is missing or wrong, one line each (empty when the configuration can start).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let ca = self.cluster.join("ca.cert.pem");
+        for (what, path) in [
+            ("the cluster's CA certificate", ca),
+            ("this device's certificate", self.cluster.join(format!("{}.cert.pem", self.name))),
+            ("this device's key", self.cluster.join(format!("{}.key.pem", self.name))),
+        ] {
+            if !path.exists() {
+                problems.push(format!("{what} {} is missing (enrol the device: scission-cloud enroll {} --tier device)", path.display(), self.name));
+            }
+        }
+        if !self.model.exists() && !(self.fetch_model && self.cloud.is_some()) {
+            problems.push(format!("the model {} is missing (copy it, or set fetch_model = true with a [cloud])", self.model.display()));
+        }
+        for profile in self.planning.profile.iter().chain(&self.planning.profiles) {
+            if let Err(e) = read_profile(profile) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        if self.planning.profile.is_some() && self.cloud.is_none() {
+            problems.push("[planning] profile asks the cloud to plan, but there is no [cloud] address".into());
+        }
+        if self.planning.profile.is_none() && self.planning.profiles.is_empty() && self.planning.split.is_none() {
+            problems.push("no planning: set [planning] profile (the cloud plans), profiles (this device plans) or split".into());
+        }
+        for (what, server) in [("edge", &self.edge), ("cloud", &self.cloud)] {
+            if let Some(s) = server
+                && let Err(e) = s.address.parse::<HostPort>()
+            {
+                problems.push(format!("[{what}] address: {e}"));
+            }
+        }
+        if let Err(e) = self.encoding() {
+            problems.push(format!("{e:#}"));
+        }
+        if let Some(labels) = &self.image.labels
+            && !labels.exists()
+        {
+            problems.push(format!("the labels file {} is missing", labels.display()));
+        }
+        if !self.api.listen.is_empty()
+            && let Err(e) = self.api.listen.parse::<SocketAddr>()
+        {
+            problems.push(format!("[api] listen '{}': {e}", self.api.listen));
+        }
+        if self.api.listen.is_empty() && self.api.unix_socket.is_none() {
+            problems.push("[api] has neither a listen address nor a unix_socket: applications could not reach the service".into());
+        }
+        problems
+    }
+
+    fn encoding(&self) -> Result<EncodingArg> {
+        clap::ValueEnum::from_str(&self.planning.encoding, true)
+            .map_err(|_| anyhow::anyhow!("[planning] encoding '{}' is not one of f32, f16, int8", self.planning.encoding))
+    }
+
+    /// Where plans come from.
+    pub fn planning(&self) -> Result<Planning> {
+        let p = &self.planning;
+        if let Some([device_end, edge_end]) = p.split {
+            return Ok(Planning::Split { device_end, edge_end });
+        }
+        if let Some(profile) = &p.profile {
+            read_profile(profile)?;
+            let profile_json = std::fs::read(profile)?;
+            return Ok(Planning::Cloud { profile_json, links: p.links.clone() });
+        }
+        if p.profiles.is_empty() {
+            bail!("no planning: set [planning] profile (the cloud plans), profiles (this device plans) or split");
+        }
+        let profiles = p.profiles.iter().map(|f| read_profile(f)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Planning::Profiles { profiles, links: p.links.clone() })
+    }
+
+    /// The session this configuration opens.
+    pub fn session(&self) -> Result<SessionConfig> {
+        let peer = |server: &Option<Server>, default: &str| -> Result<Option<scission_runtime::peer::Peer>> {
+            let Some(s) = server else { return Ok(None) };
+            let host: HostPort = s.address.parse().map_err(|e: String| anyhow::anyhow!("{default} address: {e}"))?;
+            Ok(Some(host.peer(s.name.as_deref().unwrap_or(default))))
+        };
+        let p = &self.planning;
+        Ok(SessionConfig {
+            cluster: self.cluster.clone(),
+            name: self.name.clone(),
+            edge: peer(&self.edge, "edge")?,
+            cloud: peer(&self.cloud, "cloud")?,
+            planning: self.planning()?,
+            policy: PolicyConfig {
+                replan_period: embassy_time::Duration::from_secs(p.replan_every_s),
+                backoff_initial: embassy_time::Duration::from_millis(p.retry_after_ms.max(1)),
+                ..PolicyConfig::default()
+            },
+            emulate: false,
+            timeout: Duration::from_millis(p.timeout_ms.max(1)),
+            encoding: self.encoding()?.into(),
+            threads: self.threads.max(1),
+            max_frame: DEFAULT_MAX_FRAME,
+            local_fallback: p.local_fallback,
+            require_plan: false,
+            max_outstanding: self.api.max_outstanding.max(1),
+        })
+    }
+
+    /// Preprocessing of image inputs.
+    pub fn preprocess(&self) -> Preprocess {
+        Preprocess { preset: self.image.preset, resize: self.image.resize.unwrap_or(self.image.preset.default_resize()) }
+    }
+
+    /// The labels, one per line (none without a labels file).
+    pub fn labels(&self) -> Result<Vec<String>> {
+        let Some(path) = &self.image.labels else { return Ok(Vec::new()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the labels {}", path.display()))?;
+        Ok(text.lines().map(|l| l.trim().to_string()).collect())
+    }
+
+    /// The model's name in URLs.
+    pub fn model_name(&self) -> String {
+        self.api.model_name.clone().unwrap_or_else(|| {
+            self.model.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_has_a_default_and_unknown_fields_are_errors() {
+        let empty: Config = toml::from_str("").unwrap();
+        assert_eq!(empty.api.listen, "127.0.0.1:8080");
+        assert!(empty.planning.local_fallback);
+        let err = toml::from_str::<Config>("[api]\nlisten_on = '1.2.3.4:5'").unwrap_err().to_string();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn the_example_in_the_image_parses_and_flags_override_it() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../cross/image/device.toml");
+        let config = read(Path::new(example)).unwrap();
+        assert_eq!(config.edge.as_ref().unwrap().address, "edge.local:4434");
+        let flags = Overrides { config: Some(example.into()), edge: Some("127.0.0.1:9".into()), no_local_fallback: true, ..Overrides::default() };
+        let config = flags.load().unwrap();
+        assert_eq!(config.edge.unwrap().address, "127.0.0.1:9");
+        assert!(!config.planning.local_fallback);
+    }
+
+    #[test]
+    fn problems_say_what_is_missing() {
+        let config = Config { cluster: "/nonexistent".into(), model: "/nonexistent/m.onnx".into(), ..Config::default() };
+        let problems = config.problems().join("\n");
+        assert!(problems.contains("ca.cert.pem is missing"), "{problems}");
+        assert!(problems.contains("the model /nonexistent/m.onnx is missing"), "{problems}");
+        assert!(problems.contains("no planning"), "{problems}");
+    }
+}

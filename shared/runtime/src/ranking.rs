@@ -1,0 +1,183 @@
+//! Where a device's ranked routes come from: one fixed split, the solver here (from the tiers'
+//! profiles and link figures), or the cloud's planner (sent this device's profile and its
+//! measured uplinks). Also measures the device's uplinks.
+
+use std::collections::HashMap;
+
+use crate::error::{Context, Result, bail, error as invalid};
+use scission_core::link::{Encoding, Link};
+use scission_core::policy::{Route, plan_route, split_route};
+use scission_core::profile::Profile;
+use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
+use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem};
+use scission_core::wire::message::Stage;
+
+use crate::client::{DeviceClient, Peer};
+use crate::error::RuntimeError;
+
+/// Routes asked of the solver or the cloud.
+const RANKED: u16 = 16;
+/// Bytes of the large link probe.
+pub(crate) const PROBE_BYTES: usize = 64 * 1024;
+
+/// Where the device's plans come from.
+#[derive(Clone, Debug)]
+pub enum Planning {
+    /// One fixed route: the device runs `[0, device_end)`, the edge up to `edge_end`, the cloud
+    /// the rest.
+    Split {
+        /// End of the device's range.
+        device_end: usize,
+        /// End of the edge's range.
+        edge_end: usize,
+    },
+    /// The solver, here, from the three tiers' profiles and link figures (`FROM-TO=BW,LAT`).
+    Profiles {
+        /// Device, edge and cloud profiles.
+        profiles: Vec<Profile>,
+        /// Link figures.
+        links: Vec<String>,
+    },
+    /// The cloud's planner, sent this device's profile and its measured uplinks.
+    Cloud {
+        /// This device's profile, as JSON.
+        profile_json: Vec<u8>,
+        /// Link figures (used only to emulate the uplinks).
+        links: Vec<String>,
+    },
+}
+
+/// Ranks routes: one fixed split, the local solver, or the cloud.
+pub(crate) struct Planner {
+    kind: PlannerKind,
+    /// The device's uplinks as the plan assumes them (and as `--emulate` shapes them).
+    pub(crate) uplinks: HashMap<u8, Link>,
+}
+
+enum PlannerKind {
+    Fixed(Vec<Stage>),
+    Local { problem: Box<Problem>, blocks: Vec<scission_core::profile::BlockProfile> },
+    Cloud { profile_json: Vec<u8> },
+}
+
+impl Planner {
+    pub(crate) fn new(planning: &Planning, encoding: Encoding, nodes: usize) -> Result<Self> {
+        match planning {
+            Planning::Split { device_end, edge_end } => {
+                let route = split_route(*device_end, *edge_end, nodes).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+                Ok(Self { kind: PlannerKind::Fixed(route), uplinks: HashMap::new() })
+            }
+            Planning::Profiles { profiles, links } => {
+                let [device, ..] = profiles.as_slice() else { bail!("no profiles to plan with") };
+                let options = CostOptions { encoding, ..CostOptions::default() };
+                let mut problem =
+                    problem_from_profiles(profiles, &Topology::default(), None, options).context("planning from the profiles")?;
+                for text in links {
+                    apply_link_spec(&mut problem, text, true).map_err(|e| invalid!("--link {e}"))?;
+                }
+                let uplinks = device_uplinks(&problem);
+                Ok(Self { kind: PlannerKind::Local { problem: Box::new(problem), blocks: device.blocks.clone() }, uplinks })
+            }
+            Planning::Cloud { profile_json, links } => {
+                Ok(Self { kind: PlannerKind::Cloud { profile_json: profile_json.clone() }, uplinks: uplinks_from_specs(links)? })
+            }
+        }
+    }
+
+    /// The uplink figures the first ranking assumes: measured when the cloud plans (tiers
+    /// that do not answer are left out), else as configured.
+    pub(crate) async fn initial_links(&self, client: &DeviceClient, peers: &HashMap<u8, Peer>) -> Vec<(u8, Link)> {
+        match self.kind {
+            PlannerKind::Cloud { .. } => measure_uplinks(client, peers.keys().copied()).await,
+            _ => {
+                let mut links: Vec<(u8, Link)> = self.uplinks.iter().map(|(t, l)| (*t, *l)).collect();
+                links.sort_by_key(|(t, _)| *t);
+                links
+            }
+        }
+    }
+
+    /// Whether rankings come from the cloud (so none can be had while it is down).
+    pub(crate) fn asks_the_cloud(&self) -> bool {
+        matches!(self.kind, PlannerKind::Cloud { .. })
+    }
+
+    /// Routes avoiding `avoid`, with the device's uplinks set to `links`.
+    pub(crate) async fn rank(&mut self, client: &DeviceClient, avoid: &[u8], links: &[(u8, Link)]) -> Result<Vec<Route>> {
+        match &mut self.kind {
+            PlannerKind::Fixed(stages) => Ok(vec![Route { stages: stages.clone(), predicted_ns: None }]
+                .into_iter()
+                .filter(|r| avoid.iter().all(|t| !r.uses(*t)))
+                .collect()),
+            PlannerKind::Local { problem, blocks } => {
+                set_device_uplinks(problem, links);
+                let constraints = Constraints { must_not_use: avoid.iter().map(|&t| usize::from(t)).collect(), ..Constraints::default() };
+                let plans = solver::solve(problem, &constraints, Objective::Latency, usize::from(RANKED))?;
+                plans
+                    .iter()
+                    .map(|p| {
+                        let stages = plan_route(p, blocks).context("the plan does not fit the profiled blocks")?;
+                        Ok(Route { stages, predicted_ns: Some(p.cost.latency_ns) })
+                    })
+                    .collect()
+            }
+            PlannerKind::Cloud { profile_json } => {
+                let links: HashMap<u8, Link> = links.iter().copied().collect();
+                let ranked = client.request_plans(2, profile_json, &links, avoid, RANKED).await?;
+                Ok(ranked.into_iter().map(|(stages, predicted)| Route { stages, predicted_ns: Some(predicted) }).collect())
+            }
+        }
+    }
+}
+
+/// The device's uplinks in a problem, by tier.
+fn device_uplinks(problem: &Problem) -> HashMap<u8, Link> {
+    let device = problem.machines.iter().position(|m| m.tier == 0);
+    let mut uplinks = HashMap::new();
+    for (m, machine) in problem.machines.iter().enumerate().filter(|(_, m)| m.tier > 0) {
+        if let (Some(link), Ok(tier)) = (device.and_then(|d| problem.link(d, m)), u8::try_from(machine.tier)) {
+            uplinks.insert(tier, link);
+        }
+    }
+    uplinks
+}
+
+/// Sets the device's uplink to every machine of each measured tier.
+fn set_device_uplinks(problem: &mut Problem, links: &[(u8, Link)]) {
+    let Some(device) = problem.machines.iter().position(|m| m.tier == 0) else { return };
+    let targets: Vec<(usize, usize)> = problem.machines.iter().enumerate().map(|(m, machine)| (m, machine.tier)).collect();
+    for (m, tier) in targets {
+        if let Some((_, link)) = links.iter().find(|(t, _)| usize::from(*t) == tier && tier > 0) {
+            set_link(problem, device, m, *link);
+        }
+    }
+}
+
+/// The device -> edge and device -> cloud figures among `--link` specs.
+fn uplinks_from_specs(specs: &[String]) -> Result<HashMap<u8, Link>> {
+    let mut uplinks = HashMap::new();
+    for text in specs {
+        let spec = scission_core::solver::linkspec::parse_link_spec(text, |n| ["device", "edge", "cloud"].contains(&n))
+            .map_err(|e| invalid!("--link {e}"))?;
+        match (spec.from.as_str(), spec.to.as_str()) {
+            ("device", "edge") => drop(uplinks.insert(1, spec.link)),
+            ("device", "cloud") => drop(uplinks.insert(2, spec.link)),
+            _ => {}
+        }
+    }
+    Ok(uplinks)
+}
+
+/// Measures the links to `tiers`, leaving out those that do not answer.
+pub(crate) async fn measure_uplinks(client: &DeviceClient, tiers: impl Iterator<Item = u8>) -> Vec<(u8, Link)> {
+    let mut measured = Vec::new();
+    for tier in tiers {
+        match client.measure_link(tier, PROBE_BYTES).await {
+            Ok(link) => measured.push((tier, link)),
+            Err(e) => tracing::warn!("could not measure the link to tier {tier}: {e:#}"),
+        }
+    }
+    measured.sort_by_key(|(t, _)| *t);
+    measured
+}
+

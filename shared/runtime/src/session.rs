@@ -1,0 +1,663 @@
+//! A device's inference session: the library API that `scission-device serve` and `run` (and
+//! any Rust program on the board) use. [`Session::open`] loads the plan, connects to edge and
+//! cloud and starts a driver task that owns the core's [`DevicePolicy`]; [`Session::infer`]
+//! hands it one request's inputs and waits for the outputs (or an explicit error). Many requests
+//! are in flight at once: the driver sends each along the policy's route, fails over, probes
+//! tiers that went down, re-measures links and re-plans, all without blocking the others.
+//!
+//! When every remote route is down and the session may run the whole model here
+//! ([`SessionConfig::local_fallback`]), requests are answered locally and marked degraded; the
+//! planner's routes come back as soon as their tiers answer a probe again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scission_core::graph::TensorId;
+use scission_core::link::{Encoding, Link};
+use scission_core::policy::{Action, DevicePolicy, Event, PolicyConfig, ReplanReason, RequestFailure, Route};
+use scission_core::wire::message::{Stage, StageTiming};
+use scission_engine::Model;
+use scission_engine::tract::prelude::*;
+use scission_net::{emulator, pki, quic};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot, watch};
+
+use crate::client::{DeviceClient, Outcome, Peer, RequestError};
+use crate::error::{Result, bail};
+use crate::node::Node;
+use crate::ranking::{Planner, Planning, measure_uplinks};
+
+/// How often the driver gives the policy the time (probes of down tiers, scheduled re-plans).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Everything a session needs besides its model.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// The cluster directory (CA and certificates).
+    pub cluster: std::path::PathBuf,
+    /// This device's enrolled name.
+    pub name: String,
+    /// The edge server.
+    pub edge: Option<Peer>,
+    /// The cloud server.
+    pub cloud: Option<Peer>,
+    /// Where plans come from.
+    pub planning: Planning,
+    /// Failover, recovery and re-planning tunables.
+    pub policy: PolicyConfig,
+    /// Emulate the planned uplinks on this device's socket.
+    pub emulate: bool,
+    /// Give up on a tier after this long without an answer.
+    pub timeout: Duration,
+    /// Activation encoding on the wire.
+    pub encoding: Encoding,
+    /// Engine threads on the device.
+    pub threads: usize,
+    /// Largest frame accepted.
+    pub max_frame: u32,
+    /// When no planned route is usable, run the whole model on the device (degraded) instead of
+    /// failing. Off where the device cannot hold the whole model.
+    pub local_fallback: bool,
+    /// Fail to open when no first ranking can be had (a tool); otherwise start without one, mark
+    /// the tiers that did not answer down and re-plan when they do (a service).
+    pub require_plan: bool,
+    /// Most requests in the session at once; more wait for a slot.
+    pub max_outstanding: usize,
+}
+
+/// Why the best route changed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SwitchCause {
+    /// The links were re-measured as these figures.
+    Measured(Vec<(u8, Link)>),
+    /// These tiers went down.
+    Down(Vec<u8>),
+    /// A tier came back.
+    Recovered,
+    /// The first plan arrived.
+    FirstPlan,
+}
+
+/// What happens in a session, for the caller to show or count.
+#[derive(Clone, Debug)]
+pub enum DeviceEvent {
+    /// The best route at the start.
+    Plan {
+        /// Its stages.
+        route: Vec<Stage>,
+    },
+    /// An emulated uplink changed.
+    LinkChanged {
+        /// The tier.
+        tier: u8,
+        /// The new figures.
+        link: Link,
+        /// The request it changed after.
+        after_request: u32,
+    },
+    /// A request's route failed at `tier`; it is retried on another.
+    FailedOver {
+        /// The request.
+        request: u64,
+        /// The tier.
+        tier: u8,
+        /// What happened.
+        reason: String,
+    },
+    /// A tier stopped answering; it is probed again after a back-off.
+    TierDown {
+        /// The tier.
+        tier: u8,
+    },
+    /// A tier answered a probe after being down, and is used again.
+    TierUp {
+        /// The tier.
+        tier: u8,
+    },
+    /// The best route changed.
+    Switched {
+        /// Why.
+        cause: SwitchCause,
+        /// The route before.
+        from: Option<Vec<Stage>>,
+        /// The route now.
+        to: Vec<Stage>,
+    },
+    /// A request completed.
+    Completed {
+        /// The request.
+        request: u64,
+        /// Its route's rank when it was sent (0 = best).
+        rank: usize,
+        /// End-to-end time.
+        total_ns: u64,
+        /// The planner's prediction for its route.
+        predicted_ns: Option<u64>,
+        /// Compute time of each stage.
+        timings: Vec<StageTiming>,
+        /// Largest absolute difference from the unsplit model, when checked.
+        difference: Option<f32>,
+        /// Served by the local fallback, not a planned route.
+        degraded: bool,
+        /// Bytes sent to the first remote tier and received back.
+        bytes: (u64, u64),
+    },
+    /// A request failed for good.
+    Failed {
+        /// The request.
+        request: u64,
+        /// Why.
+        error: InferError,
+    },
+}
+
+/// Called with every event, from the session's driver task: keep it quick.
+pub type Observer = Arc<dyn Fn(&DeviceEvent) + Send + Sync>;
+
+/// One request's result.
+#[derive(Debug)]
+pub struct Answer {
+    /// The session's id of the request.
+    pub request: u64,
+    /// Graph outputs, in model order.
+    pub outputs: Vec<(TensorId, TValue)>,
+    /// Compute time of each stage, device first.
+    pub timings: Vec<StageTiming>,
+    /// The route that served it.
+    pub route: Route,
+    /// Its rank when sent (0 = best).
+    pub rank: usize,
+    /// End-to-end time of the successful try.
+    pub total_ns: u64,
+    /// Served by the local fallback because no planned route was usable.
+    pub degraded: bool,
+    /// Bytes sent to the first remote tier and received back.
+    pub bytes: (u64, u64),
+}
+
+/// Why a request did not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InferError {
+    /// The inputs are not what the model takes.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// No route can serve the request now (tiers down, no plan); it may work later.
+    #[error("no route can serve the request now: {0}")]
+    Unavailable(String),
+    /// Every route left goes through a tier at capacity.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// A tier failed the request itself (engine error, refusal).
+    #[error("the request failed: {0}")]
+    Failed(String),
+    /// The session is shutting down.
+    #[error("the session is closed")]
+    Closed,
+}
+
+impl InferError {
+    fn of(failure: &RequestFailure) -> Self {
+        match failure {
+            RequestFailure::NoRoute { down } => Self::Unavailable(format!("no plan avoids the unreachable tier(s) {down:?}")),
+            RequestFailure::TooManyAttempts { attempts } => {
+                Self::Unavailable(format!("gave up after {attempts} tries, each met an unreachable tier"))
+            }
+            RequestFailure::Busy { tiers } => Self::Busy(format!("every plan left goes through a busy tier {tiers:?}; try again later")),
+            RequestFailure::Rejected { reason } => Self::Failed(reason.clone()),
+        }
+    }
+
+    /// A short name of the kind, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadInput(_) => "bad_input",
+            Self::Unavailable(_) => "unavailable",
+            Self::Busy(_) => "busy",
+            Self::Failed(_) => "failed",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// What the session is doing now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Status {
+    /// The route a new request would take.
+    pub route: Option<Route>,
+    /// That route is the local fallback, not a planned one.
+    pub degraded: bool,
+    /// Tiers that are down.
+    pub down: Vec<u8>,
+    /// The latest link estimate per tier.
+    pub links: Vec<(u8, Link)>,
+    /// Why no request can be served now, when none can.
+    pub not_ready: Option<String>,
+    /// Requests in flight.
+    pub outstanding: usize,
+}
+
+enum Command {
+    Infer { inputs: TVec<TValue>, reply: oneshot::Sender<std::result::Result<Answer, InferError>> },
+}
+
+/// An open session. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Session {
+    commands: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<Status>,
+    slots: Arc<Semaphore>,
+    node: Arc<Node>,
+    shapers: HashMap<u8, Arc<emulator::Shaper>>,
+}
+
+impl Session {
+    /// Loads the plan, connects and starts the driver (on the current tokio runtime).
+    pub async fn open(config: SessionConfig, model: Model, observer: Option<Observer>) -> Result<Self> {
+        let identity = pki::Identity::load(&config.cluster, &config.name)?;
+        let node = Arc::new(Node::new(model, 0, config.threads)?);
+        let nodes = node.model.summary.len();
+        let planner = Planner::new(&config.planning, config.encoding, nodes)?;
+        let peers = peers(&config);
+        let (endpoint, shapers) = endpoint(&config, &identity, &peers, &planner.uplinks)?;
+        let client = Arc::new(DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout));
+        let fallback = config.local_fallback.then(|| local_route(nodes)).transpose()?;
+        let mut driver = Driver::new(&config, client, planner, fallback, observer);
+        driver.start(&config, &peers).await?;
+        let (status_tx, status) = watch::channel(driver.status());
+        driver.status_tx = Some(status_tx);
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(driver.drive(receiver));
+        let slots = Arc::new(Semaphore::new(config.max_outstanding.max(1)));
+        Ok(Self { commands, status, slots, node, shapers })
+    }
+
+    /// Runs one request: `inputs` (one per graph input, each of the model's type and shape)
+    /// through the current route. Ends in outputs or an explicit error, whatever the peers do.
+    pub async fn infer(&self, inputs: TVec<TValue>) -> std::result::Result<Answer, InferError> {
+        scission_engine::input::check_inputs(&self.node.model, &inputs).map_err(|e| InferError::BadInput(format!("{e:#}")))?;
+        let _slot = self.slots.acquire().await.map_err(|_| InferError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Infer { inputs, reply }).map_err(|_| InferError::Closed)?;
+        answer.await.map_err(|_| InferError::Closed)?
+    }
+
+    /// What the session is doing now.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until the status changes (or the session closes).
+    pub async fn status_changed(&mut self) -> bool {
+        self.status.changed().await.is_ok()
+    }
+
+    /// The model the session serves.
+    pub fn model(&self) -> &Model {
+        &self.node.model
+    }
+
+    /// The shaper of the emulated uplink to `tier`, when emulating.
+    pub fn shaper(&self, tier: u8) -> Option<&Arc<emulator::Shaper>> {
+        self.shapers.get(&tier)
+    }
+}
+
+/// The route that runs every node on the device.
+fn local_route(nodes: usize) -> Result<Route> {
+    let Ok(end) = u32::try_from(nodes) else { bail!("a model of {nodes} nodes is too large") };
+    Ok(Route { stages: vec![Stage { tier: 0, start: 0, end }], predicted_ns: None })
+}
+
+/// Tier index -> address, for the tiers given.
+fn peers(config: &SessionConfig) -> HashMap<u8, Peer> {
+    [(1u8, &config.edge), (2, &config.cloud)].into_iter().filter_map(|(t, p)| p.clone().map(|p| (t, p))).collect()
+}
+
+/// The client endpoint, with emulated uplinks when asked for; also the shapers by tier.
+fn endpoint(
+    config: &SessionConfig,
+    identity: &pki::Identity,
+    peers: &HashMap<u8, Peer>,
+    uplinks: &HashMap<u8, Link>,
+) -> Result<(quinn::Endpoint, HashMap<u8, Arc<emulator::Shaper>>)> {
+    let (mut by_addr, mut by_tier) = (HashMap::new(), HashMap::new());
+    if config.emulate {
+        for (tier, peer) in peers {
+            if let Some(link) = uplinks.get(tier) {
+                let shaper = emulator::Shaper::new(*link);
+                by_tier.insert(*tier, shaper.clone());
+                by_addr.insert(peer.addr, shaper);
+            }
+        }
+    }
+    Ok((quic::client_with_links(identity, by_addr)?, by_tier))
+}
+
+/// Every tier the best route uses must have an address.
+fn check_addresses(routes: &[Route], peers: &HashMap<u8, Peer>) -> Result<()> {
+    if let Some(first) = routes.first() {
+        for stage in first.stages.iter().filter(|s| s.tier > 0) {
+            if !peers.contains_key(&stage.tier) {
+                let flag = if stage.tier == 1 { "edge" } else { "cloud" };
+                bail!("the plan gives tier {} work, but its address (--{flag}) is missing", stage.tier);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the driver's own tasks report back.
+enum Feedback {
+    /// A try of request `request` on the route of rank `rank` ended.
+    Tried { request: u64, rank: usize, result: std::result::Result<Outcome, RequestError> },
+    /// Anything else the policy asked for (links, plans, probes).
+    Event(Event),
+}
+
+/// A request the driver holds until the policy decides it.
+struct Waiter {
+    inputs: TVec<TValue>,
+    reply: oneshot::Sender<std::result::Result<Answer, InferError>>,
+    /// The successful try's outcome and rank, until the policy reports the request done.
+    outcome: Option<(Outcome, usize)>,
+}
+
+/// Owns the policy and carries out its actions; the only task that touches it.
+struct Driver {
+    policy: DevicePolicy,
+    client: Arc<DeviceClient>,
+    planner: Arc<Mutex<Planner>>,
+    fallback: Option<Route>,
+    observer: Option<Observer>,
+    encoding: Encoding,
+    waiters: HashMap<u64, Waiter>,
+    feedback: (mpsc::UnboundedSender<Feedback>, mpsc::UnboundedReceiver<Feedback>),
+    status_tx: Option<watch::Sender<Status>>,
+    /// Why the last ranking could not be had, while there is none.
+    no_plan: Option<String>,
+    last_cause: SwitchCause,
+    next_id: u64,
+    started: Instant,
+}
+
+impl Driver {
+    fn new(config: &SessionConfig, client: Arc<DeviceClient>, planner: Planner, fallback: Option<Route>, observer: Option<Observer>) -> Self {
+        Self {
+            policy: DevicePolicy::new(config.policy, Vec::new(), Vec::new()),
+            client,
+            planner: Arc::new(Mutex::new(planner)),
+            fallback,
+            observer,
+            encoding: config.encoding,
+            waiters: HashMap::new(),
+            feedback: mpsc::unbounded_channel(),
+            status_tx: None,
+            no_plan: None,
+            last_cause: SwitchCause::FirstPlan,
+            next_id: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> embassy_time::Instant {
+        embassy_time::Instant::from_micros(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn emit(&self, event: DeviceEvent) {
+        if let Some(observer) = &self.observer {
+            observer(&event);
+        }
+    }
+
+    /// The first ranking. Without one, a tool fails here; a service starts on the local
+    /// fallback (or not ready) with the unanswering tiers down, to be probed and re-planned.
+    async fn start(&mut self, config: &SessionConfig, peers: &HashMap<u8, Peer>) -> Result<()> {
+        let mut planner = self.planner.lock().await;
+        let links = planner.initial_links(&self.client, peers).await;
+        let ranked = planner.rank(&self.client, &[], &links).await;
+        let cloud_planning = planner.asks_the_cloud();
+        drop(planner);
+        let routes = match ranked {
+            Ok(routes) => {
+                check_addresses(&routes, peers)?;
+                routes
+            }
+            // Only the cloud's planner can be away; a local ranking that fails is a mistake.
+            Err(e) if config.require_plan || !cloud_planning => return Err(e),
+            Err(e) => {
+                tracing::warn!("no plan yet: {e:#}");
+                self.no_plan = Some(format!("no plan yet: {e:#}"));
+                Vec::new()
+            }
+        };
+        self.policy = DevicePolicy::new(config.policy, self.with_fallback(routes), links.clone());
+        if self.no_plan.is_some() {
+            let now = self.now();
+            for tier in peers.keys().copied().filter(|t| !links.iter().any(|(l, _)| l == t) || (cloud_planning && *t == 2)) {
+                self.policy.handle(now, Event::TierUnreachable { tier });
+            }
+            self.carry_out_all();
+        }
+        if let Some((_, route)) = self.policy.best_available() {
+            self.emit(DeviceEvent::Plan { route: route.stages.clone() });
+        }
+        Ok(())
+    }
+
+    /// The planner's ranking, with the local fallback last when the ranking has no route that
+    /// runs on the device alone.
+    fn with_fallback(&self, mut routes: Vec<Route>) -> Vec<Route> {
+        if let Some(fallback) = &self.fallback
+            && !routes.iter().any(|r| r.stages.iter().all(|s| s.tier == 0))
+        {
+            routes.push(fallback.clone());
+        }
+        routes
+    }
+
+    fn is_fallback(&self, route: &Route) -> bool {
+        self.fallback.as_ref().is_some_and(|f| f == route)
+    }
+
+    async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        while open || !self.waiters.is_empty() {
+            tokio::select! {
+                command = commands.recv(), if open => match command {
+                    Some(Command::Infer { inputs, reply }) => self.submit(inputs, reply),
+                    None => open = false,
+                },
+                Some(feedback) = self.feedback.1.recv() => self.take(feedback),
+                _ = tick.tick() => self.feed(Event::Tick),
+            }
+            self.carry_out_all();
+            self.publish();
+        }
+    }
+
+    fn feed(&mut self, event: Event) {
+        let now = self.now();
+        self.policy.handle(now, event);
+    }
+
+    fn submit(&mut self, inputs: TVec<TValue>, reply: oneshot::Sender<std::result::Result<Answer, InferError>>) {
+        let request = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.waiters.insert(request, Waiter { inputs, reply, outcome: None });
+        self.feed(Event::Submit { request });
+    }
+
+    fn take(&mut self, feedback: Feedback) {
+        let event = match feedback {
+            Feedback::Tried { request, rank, result } => match result {
+                Ok(outcome) => {
+                    let elapsed_ns = outcome.total_ns;
+                    if let Some(waiter) = self.waiters.get_mut(&request) {
+                        waiter.outcome = Some((outcome, rank));
+                    }
+                    Event::Answered { request, elapsed_ns }
+                }
+                Err(RequestError::Unreachable { tier, reason }) => Event::Unreachable { request, tier, reason },
+                Err(RequestError::Busy { tier }) => Event::Busy { request, tier },
+                Err(RequestError::Failed(e)) => Event::Rejected { request, reason: format!("{e:#}") },
+            },
+            Feedback::Event(event) => event,
+        };
+        self.feed(event);
+    }
+
+    fn carry_out_all(&mut self) {
+        while let Some(action) = self.policy.poll() {
+            self.carry_out(action);
+        }
+    }
+
+    fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::Send { request, rank, stages } => self.send(request, rank, stages),
+            Action::Probe { tier } => self.probe(tier),
+            Action::MeasureLinks { tiers } => self.measure(tiers),
+            Action::Replan { avoid, links, reason } => self.replan(avoid, links, reason),
+            Action::Done { request, route, elapsed_ns } => self.done(request, route, elapsed_ns),
+            Action::Fail { request, failure } => self.fail(request, InferError::of(&failure)),
+            Action::FailedOver { request, tier, reason } => self.emit(DeviceEvent::FailedOver { request, tier, reason }),
+            Action::TierDown { tier } => {
+                tracing::warn!(tier, "tier is down; probing it again after a back-off");
+                self.emit(DeviceEvent::TierDown { tier });
+            }
+            Action::TierUp { tier } => {
+                tracing::info!(tier, "tier answers again");
+                self.emit(DeviceEvent::TierUp { tier });
+            }
+            Action::Switched { from, to } => {
+                tracing::info!(route = ?to.stages, "best route switched");
+                self.emit(DeviceEvent::Switched {
+                    cause: self.last_cause.clone(),
+                    from: from.map(|r| r.stages),
+                    to: to.stages,
+                });
+            }
+        }
+    }
+
+    /// Runs one try in its own task; its end comes back as feedback.
+    fn send(&mut self, request: u64, rank: usize, stages: Vec<Stage>) {
+        let Some(inputs) = self.waiters.get(&request).map(|w| w.inputs.clone()) else { return };
+        let (client, sender, encoding) = (self.client.clone(), self.feedback.0.clone(), self.encoding);
+        tokio::spawn(async move {
+            let result = client.infer(request, &stages, inputs, encoding).await;
+            let _ = sender.send(Feedback::Tried { request, rank, result });
+        });
+    }
+
+    fn probe(&mut self, tier: u8) {
+        let (client, sender) = (self.client.clone(), self.feedback.0.clone());
+        tokio::spawn(async move {
+            let event = match client.measure_link(tier, 4096).await {
+                Ok(_) => Event::ProbeAnswered { tier },
+                Err(e) => Event::ProbeFailed { tier, reason: format!("{e:#}") },
+            };
+            let _ = sender.send(Feedback::Event(event));
+        });
+    }
+
+    fn measure(&mut self, tiers: Vec<u8>) {
+        let (client, sender) = (self.client.clone(), self.feedback.0.clone());
+        tokio::spawn(async move {
+            let links = measure_uplinks(&client, tiers.into_iter()).await;
+            let _ = sender.send(Feedback::Event(Event::LinksMeasured(links)));
+        });
+    }
+
+    fn replan(&mut self, avoid: Vec<u8>, links: Vec<(u8, Link)>, reason: ReplanReason) {
+        self.last_cause = match reason {
+            ReplanReason::NoRouteAvoidingDown => SwitchCause::Down(avoid.clone()),
+            ReplanReason::TierRecovered => SwitchCause::Recovered,
+            ReplanReason::Scheduled => SwitchCause::Measured(links.clone()),
+            ReplanReason::NoPlan => SwitchCause::FirstPlan,
+        };
+        let (client, planner, sender, fallback) = (self.client.clone(), self.planner.clone(), self.feedback.0.clone(), self.fallback.clone());
+        tokio::spawn(async move {
+            let ranked = planner.lock().await.rank(&client, &avoid, &links).await;
+            let event = match ranked {
+                Ok(mut routes) => {
+                    if let Some(fallback) = fallback
+                        && !routes.iter().any(|r| r.stages.iter().all(|s| s.tier == 0))
+                    {
+                        routes.push(fallback);
+                    }
+                    Event::Plans(routes)
+                }
+                Err(e) => {
+                    tracing::warn!("re-planning without tiers {avoid:?} failed: {e:#}");
+                    Event::PlanFailed { reason: format!("{e:#}") }
+                }
+            };
+            let _ = sender.send(Feedback::Event(event));
+        });
+    }
+
+    fn done(&mut self, request: u64, route: Route, elapsed_ns: u64) {
+        let Some(waiter) = self.waiters.remove(&request) else { return };
+        let Some((outcome, rank)) = waiter.outcome else {
+            let _ = waiter.reply.send(Err(InferError::Failed(format!("request {request} completed without an outcome"))));
+            return;
+        };
+        self.no_plan = None;
+        let degraded = self.is_fallback(&route);
+        self.emit(DeviceEvent::Completed {
+            request,
+            rank,
+            total_ns: elapsed_ns,
+            predicted_ns: route.predicted_ns,
+            timings: outcome.timings.clone(),
+            difference: None,
+            degraded,
+            bytes: outcome.bytes,
+        });
+        let answer =
+            Answer { request, outputs: outcome.outputs, timings: outcome.timings, route, rank, total_ns: elapsed_ns, degraded, bytes: outcome.bytes };
+        let _ = waiter.reply.send(Ok(answer));
+    }
+
+    fn fail(&mut self, request: u64, error: InferError) {
+        self.emit(DeviceEvent::Failed { request, error: error.clone() });
+        if let Some(waiter) = self.waiters.remove(&request) {
+            let _ = waiter.reply.send(Err(error));
+        }
+    }
+
+    fn status(&self) -> Status {
+        let best = self.policy.best_available();
+        let down = self.policy.down_tiers();
+        let not_ready = match best {
+            Some(_) => None,
+            None if self.policy.routes().is_empty() => {
+                Some(self.no_plan.clone().unwrap_or_else(|| "no plan yet, and the device cannot run the model alone".to_string()))
+            }
+            None => Some(format!("every planned route goes through an unreachable tier {down:?}, and the device cannot run the model alone")),
+        };
+        Status {
+            route: best.map(|(_, r)| r.clone()),
+            degraded: best.is_some_and(|(_, r)| self.is_fallback(r)),
+            down,
+            links: self.policy.links(),
+            not_ready,
+            outstanding: self.waiters.len(),
+        }
+    }
+
+    fn publish(&self) {
+        if let Some(tx) = &self.status_tx {
+            let status = self.status();
+            tx.send_if_modified(|old| {
+                let changed = *old != status;
+                if changed {
+                    *old = status;
+                }
+                changed
+            });
+        }
+    }
+}

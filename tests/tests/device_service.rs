@@ -1,0 +1,364 @@
+//! `scission-device serve` as applications on the board see it: cloud, edge and the device
+//! service as processes, driven over HTTP by clients that share no code with it (curl, and
+//! Python's standard library for the binary extension). Results are compared with the unsplit
+//! model run by tract directly, not through the project's slicing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Server, start};
+use common::{bin, run, stderr};
+use scission_engine::tract::prelude::*;
+use serde_json::{Value, json};
+
+/// The device service, stopped (SIGKILL) when dropped unless it was shut down.
+struct Service {
+    child: Option<Child>,
+    url: String,
+    stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Service {
+    fn start(config: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin("scission-device"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the service announces its address");
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no URL in {line:?}")).to_string();
+        Self { child: Some(child), url, stdout: rx }
+    }
+}
+
+/// `curl` with `args`; returns (HTTP status, body).
+fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+    let out = Command::new("curl").args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"]).args(args).output().expect("curl runs");
+    assert!(out.status.success(), "curl {args:?}: {}", stderr(&out));
+    let text = out.stdout;
+    let split = text.iter().rposition(|&b| b == b'\n').unwrap();
+    let code = std::str::from_utf8(&text[split + 1..]).unwrap().trim().parse().unwrap();
+    (code, text[..split].to_vec())
+}
+
+fn curl_json(args: &[&str]) -> (u16, Value) {
+    let (code, body) = curl(args);
+    (code, serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body))))
+}
+
+fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    curl_json(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &body.to_string(), url])
+}
+
+/// The unsplit model, by tract alone (the project's loading and slicing play no part).
+struct Reference {
+    plan: std::sync::Arc<TypedRunnableModel>,
+    shape: Vec<usize>,
+}
+
+impl Reference {
+    fn new(model: &Path) -> Self {
+        let typed = scission_engine::tract::onnx().model_for_path(model).unwrap().into_optimized().unwrap();
+        let shape = typed.input_fact(0).unwrap().shape.as_concrete().unwrap().to_vec();
+        Self { plan: typed.into_runnable().unwrap(), shape }
+    }
+
+    fn input(&self, seed: u32) -> Vec<f32> {
+        let n: usize = self.shape.iter().product();
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) % 2000) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    fn output(&self, input: &[f32]) -> Vec<f32> {
+        let t = Tensor::from_shape(&self.shape, input).unwrap();
+        let out = self.plan.run(tvec![t.into_tvalue()]).unwrap();
+        out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+    }
+}
+
+fn floats(data: &Value) -> Vec<f32> {
+    data.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
+}
+
+/// A JSON inference request for `input`.
+fn json_request(name: &str, shape: &[usize], input: &[f32]) -> Value {
+    json!({ "id": "r1", "inputs": [{ "name": name, "shape": shape, "datatype": "FP32", "data": input }] })
+}
+
+/// The same request through Python's urllib with the binary-data extension both ways.
+fn python_binary(url: &str, name: &str, shape: &[usize], input: &[f32]) -> Value {
+    const SCRIPT: &str = r#"
+import json, struct, sys, urllib.request
+url, name, shape, values = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), [float(v) for v in sys.stdin.read().split()]
+header = json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": "FP32",
+                                 "parameters": {"binary_data_size": 4 * len(values)}}],
+                     "parameters": {"binary_data_output": True}}).encode()
+body = header + struct.pack("<%df" % len(values), *values)
+request = urllib.request.Request(url, data=body, method="POST",
+    headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+with urllib.request.urlopen(request, timeout=30) as response:
+    length = int(response.headers["Inference-Header-Content-Length"])
+    data = response.read()
+meta = json.loads(data[:length])
+out = meta["outputs"][0]
+size = out["parameters"]["binary_data_size"]
+print(json.dumps({"shape": out["shape"], "data": list(struct.unpack("<%df" % (size // 4), data[length:length + size])),
+                  "parameters": meta["parameters"]}))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT, url, name, &serde_json::to_string(shape).unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let text: Vec<String> = input.iter().map(|v| format!("{v:e}")).collect();
+    child.stdin.take().unwrap().write_all(text.join(" ").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python client: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A service configuration: a fixed split through all three tiers, quick retries.
+fn write_config(dir: &Path, c: &Cluster, edge: SocketAddr, cloud: SocketAddr, split: (usize, usize), fallback: bool, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "name = \"device\"\ncluster = \"{}\"\nmodel = \"{}\"\n\n[edge]\naddress = \"{edge}\"\n\n[cloud]\naddress = \"{cloud}\"\n\n\
+         [planning]\nsplit = [{}, {}]\nretry_after_ms = 200\ntimeout_ms = 1500\nreplan_every_s = 0\nlocal_fallback = {fallback}\n\n\
+         [api]\nlisten = \"127.0.0.1:0\"\nunix_socket = \"{name}.sock\"\nmax_body_mib = 1\n",
+        c.cluster(),
+        c.model.display(),
+        split.0,
+        split.1
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Node positions that give each tier part of the model.
+fn three_way_split(model: &Path) -> (usize, usize) {
+    let m = scission_engine::Model::load_path(model, &Default::default()).unwrap();
+    let n = m.summary.len();
+    (n / 3, 2 * n / 3)
+}
+
+fn restart(bin_name: &str, args: &[&str], addr: SocketAddr) -> Server {
+    let mut all: Vec<&str> = args.to_vec();
+    let listen = addr.to_string();
+    all.extend(["--listen", &listen]);
+    start(bin_name, &all)
+}
+
+/// Polls `/status` until `done` holds; returns how long that took.
+fn wait_for(url: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (_, status) = curl_json(&[&format!("{url}/status")]);
+        if done(&status) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "status never got there: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_device_service_answers_applications_and_survives_its_servers() {
+    let c = Cluster::new();
+    let reference = Reference::new(&c.model);
+    let (cloud, edge) = c.servers();
+    let (cloud_addr, edge_addr) = (cloud.addr, edge.addr);
+    let split = three_way_split(&c.model);
+    let config = write_config(c.dir.path(), &c, edge_addr, cloud_addr, split, true, "device");
+    let checked = run("scission-device", &["check-config", "--config", config.to_str().unwrap()]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let service = Service::start(&config, &[]);
+    let model_name = c.model.file_stem().unwrap().to_str().unwrap();
+    let base = format!("{}/v2/models/{model_name}", service.url);
+
+    // Health and metadata, as any Open Inference Protocol client reads them.
+    assert_eq!(curl(&[&format!("{}/v2/health/live", service.url)]).0, 200);
+    assert_eq!(curl(&[&format!("{}/v2/health/ready", service.url)]).0, 200);
+    let (code, meta) = curl_json(&[&base]);
+    assert_eq!(code, 200);
+    let input_name = meta["inputs"][0]["name"].as_str().unwrap().to_string();
+    assert_eq!(meta["inputs"][0]["datatype"], "FP32");
+    let shape: Vec<usize> = meta["inputs"][0]["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    assert_eq!(shape, reference.shape);
+
+    // JSON tensors through curl: the split result equals the unsplit model, bit for bit.
+    let input = reference.input(1);
+    let want = reference.output(&input);
+    let (code, answer) = post_json(&format!("{base}/infer"), &json_request(&input_name, &shape, &input));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["id"], "r1");
+    assert_eq!(floats(&answer["outputs"][0]["data"]), want);
+    let route = answer["parameters"]["scission_route"].as_str().unwrap().to_string();
+    assert!(route.contains("device[") && route.contains("edge[") && route.contains("cloud["), "{route}");
+    assert_eq!(answer["parameters"]["scission_degraded"], false);
+    assert!(answer["parameters"]["scission_compute_ms"].as_str().unwrap().contains("tier2="), "{answer}");
+
+    // Binary tensors both ways, from Python's standard library.
+    let input2 = reference.input(2);
+    let answer = python_binary(&format!("{base}/infer"), &input_name, &shape, &input2);
+    assert_eq!(floats(&answer["data"]), reference.output(&input2));
+
+    // The Unix socket serves the same API.
+    let socket = c.dir.path().join("device.sock");
+    let (code, _) = curl(&["--unix-socket", socket.to_str().unwrap(), "http://localhost/v2/health/ready"]);
+    assert_eq!(code, 200);
+
+    // Several applications at once.
+    let handles: Vec<_> = (10..18u32)
+        .map(|seed| {
+            let (base, name, shape, input) = (base.clone(), input_name.clone(), shape.clone(), reference.input(seed));
+            std::thread::spawn(move || (post_json(&format!("{base}/infer"), &json_request(&name, &shape, &input)), input))
+        })
+        .collect();
+    for handle in handles {
+        let ((code, answer), input) = handle.join().unwrap();
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(floats(&answer["outputs"][0]["data"]), reference.output(&input));
+    }
+
+    // Bad requests get the protocol's error object and a 4xx, and the service keeps serving.
+    let bad: [(&str, Value, u16, &str); 3] = [
+        ("wrong shape", json!({"inputs": [{"name": input_name, "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}), 400, "takes shape"),
+        ("wrong type", json!({"inputs": [{"name": input_name, "shape": shape, "datatype": "INT64", "data": [1]}]}), 400, "takes FP32"),
+        ("no such input", json!({"inputs": [{"name": "nope", "shape": [1], "datatype": "FP32", "data": [1]}]}), 400, "no input 'nope'"),
+    ];
+    for (what, body, status, words) in bad {
+        let (code, answer) = post_json(&format!("{base}/infer"), &body);
+        assert_eq!(code, status, "{what}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(words), "{what}: {answer}");
+    }
+    let (code, answer) = curl_json(&["-X", "POST", "--data-binary", "{\"inputs\": [", &format!("{base}/infer")]);
+    assert!(code == 400 && answer["error"].as_str().unwrap().contains("malformed"), "{answer}");
+    let (code, answer) = curl_json(&["-X", "POST", "--data-binary", "{}", &format!("{}/v2/models/other/infer", service.url)]);
+    assert!(code == 404 && answer["error"].as_str().unwrap().contains("unknown model"), "{answer}");
+    let big = c.dir.path().join("big.bin");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    let (code, _) = curl(&["-X", "POST", "--data-binary", &format!("@{}", big.display()), &format!("{base}/infer")]);
+    assert_eq!(code, 413, "a body over max_body_mib is refused");
+    let (code, answer) = curl_json(&["-X", "POST", "-H", "Content-Type: image/png", "--data-binary", "not a png", &format!("{base}/infer")]);
+    assert_eq!(code, 400, "{answer}");
+
+    // Edge and cloud gone: requests are still answered, by the device alone, marked degraded.
+    drop(edge);
+    drop(cloud);
+    let input3 = reference.input(3);
+    let (code, answer) = post_json(&format!("{base}/infer"), &json_request(&input_name, &shape, &input3));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["parameters"]["scission_degraded"], true, "{answer}");
+    assert_eq!(floats(&answer["outputs"][0]["data"]), reference.output(&input3));
+    let (_, status) = curl_json(&[&format!("{}/status", service.url)]);
+    assert_eq!(status["degraded"], true, "{status}");
+    assert_eq!(curl(&[&format!("{}/v2/health/ready", service.url)]).0, 200, "degraded is still ready");
+
+    // They come back on the same addresses: the split is used again, without a restart.
+    let model = c.model.to_str().unwrap();
+    let cluster = c.cluster();
+    let _cloud = restart("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1"], cloud_addr);
+    let cloud_text = cloud_addr.to_string();
+    let _edge = restart("scission-edge", &["serve", model, "--cluster", &cluster, "--cloud", &cloud_text, "--threads", "1"], edge_addr);
+    let back = wait_for(&service.url, Duration::from_secs(60), |s| s["degraded"] == false && s["route"].as_str() == Some(&route));
+    eprintln!("the split was back in use {:.1} s after edge and cloud restarted", back.as_secs_f64());
+    let (code, answer) = post_json(&format!("{base}/infer"), &json_request(&input_name, &shape, &input3));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["parameters"]["scission_route"], route.as_str());
+    assert_eq!(floats(&answer["outputs"][0]["data"]), reference.output(&input3));
+
+    // The metrics saw all of it.
+    let (code, metrics) = curl(&[&format!("{}/metrics", service.url)]);
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in ["scission_requests_total 12", "scission_degraded_requests_total 1", "scission_failures_total{kind=\"bad_input\"} 6"] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert!(metrics.contains("scission_plan{route="), "{metrics}");
+
+    // SIGTERM: a clean stop.
+    let mut service = service;
+    let mut child = service.child.take().unwrap();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    let said: Vec<String> = service.stdout.try_iter().collect();
+    assert!(said.iter().any(|l| l.contains("stopped")), "{said:?}");
+}
+
+#[test]
+fn without_a_local_fallback_health_says_why_until_a_tier_returns() {
+    let c = Cluster::new();
+    let (cloud, edge) = c.servers();
+    let (cloud_addr, edge_addr) = (cloud.addr, edge.addr);
+    let split = three_way_split(&c.model);
+    let config = write_config(c.dir.path(), &c, edge_addr, cloud_addr, split, false, "strict");
+    let service = Service::start(&config, &[]);
+    let model_name = c.model.file_stem().unwrap().to_str().unwrap();
+    let infer = format!("{}/v2/models/{model_name}/infer", service.url);
+    let reference = Reference::new(&c.model);
+    let (_, meta) = curl_json(&[&format!("{}/v2/models/{model_name}", service.url)]);
+    let input_name = meta["inputs"][0]["name"].as_str().unwrap().to_string();
+    let request = json_request(&input_name, &reference.shape, &reference.input(4));
+    assert_eq!(post_json(&infer, &request).0, 200);
+
+    drop(edge);
+    drop(cloud);
+    let (code, answer) = post_json(&infer, &request);
+    assert_eq!(code, 503, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("unreachable"), "{answer}");
+    let (code, ready) = curl_json(&[&format!("{}/v2/health/ready", service.url)]);
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready["error"].as_str().unwrap().contains("cannot run the model alone"), "{ready}");
+    assert_eq!(curl(&[&format!("{}/v2/health/live", service.url)]).0, 200, "not ready, but alive");
+
+    let model = c.model.to_str().unwrap();
+    let cluster = c.cluster();
+    let _cloud = restart("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1"], cloud_addr);
+    let cloud_text = cloud_addr.to_string();
+    let _edge = restart("scission-edge", &["serve", model, "--cluster", &cluster, "--cloud", &cloud_text, "--threads", "1"], edge_addr);
+    wait_for(&service.url, Duration::from_secs(60), |s| s["ready"] == true);
+    let (code, answer) = post_json(&infer, &request);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(floats(&answer["outputs"][0]["data"]), reference.output(&reference.input(4)));
+}
+
+#[test]
+fn check_config_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("device.toml");
+    std::fs::write(&config, "model = \"missing.onnx\"\n[planning]\nprofile = \"nope.json\"\n").unwrap();
+    let out = run("scission-device", &["check-config", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for words in ["ca.cert.pem is missing", "missing.onnx is missing", "nope.json", "no [cloud] address"] {
+        assert!(err.contains(words), "{words}: {err}");
+    }
+    std::fs::write(&config, "[api]\nlisen = \"x\"\n").unwrap();
+    let out = run("scission-device", &["serve", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("lisen"), "{}", stderr(&out));
+}
