@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes the device image: a tarball with the stripped scission-device binary for TARGET, a
-# default configuration, a systemd unit, the enrolment instructions and an install script.
+# documented configuration (device.toml), a systemd unit running `serve`, an example image, the enrolment instructions and an install script.
 #   cross/package-device.sh aarch64-unknown-linux-gnu [path/to/scission-device]
 # Without a path, the binary is taken from target/TARGET/device (build it first with
 # `cross build --profile device -p scission-device --target TARGET`, or cross/check-arm.sh here).
@@ -21,7 +21,8 @@ name=scission-device-$target
 mkdir -p "$stage/$name/bin"
 cp "$binary" "$stage/$name/bin/scission-device"
 "$strip" "$stage/$name/bin/scission-device" 2>/dev/null || echo "note: $strip could not strip the binary; shipping it as is"
-cp "$root/cross/image/"{install.sh,device.env,scission-device.service,enroll.txt} "$stage/$name/"
+cp "$root/cross/image/"{install.sh,device.toml,scission-device.service,enroll.txt} "$stage/$name/"
+cp "$root/assets/example.png" "$stage/$name/"
 out=${OUT_DIR:-$root/target/images}
 mkdir -p "$out"
 tar -C "$stage" -czf "$out/$name.tar.gz" "$name"

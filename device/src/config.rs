@@ -178,6 +178,9 @@ pub struct Overrides {
     /// This device's profile, for the cloud's planner (overrides `[planning] profile`).
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
+    /// A fixed split DEVICE_END,EDGE_END (node positions, see `inspect`; overrides `[planning]`).
+    #[arg(long, value_name = "DEVICE_END,EDGE_END", value_parser = parse_split)]
+    pub split: Option<[usize; 2]>,
     /// The API's TCP address (overrides `[api] listen`; port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -220,6 +223,9 @@ impl Overrides {
         if let Some(v) = &self.profile {
             config.planning.profile = Some(v.clone());
         }
+        if let Some(v) = self.split {
+            config.planning.split = Some(v);
+        }
         if let Some(v) = &self.listen {
             config.api.listen = v.clone();
         }
@@ -234,6 +240,13 @@ impl Overrides {
         }
         Ok(config)
     }
+}
+
+/// Parses `DEVICE_END,EDGE_END`.
+fn parse_split(text: &str) -> Result<[usize; 2], String> {
+    let bad = || format!("'{text}': expected two node positions DEVICE_END,EDGE_END, e.g. 40,120");
+    let (a, b) = text.split_once(',').ok_or_else(bad)?;
+    Ok([a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?])
 }
 
 /// Reads and parses a configuration file; relative paths in it are relative to the file.
@@ -272,10 +285,15 @@ impl Config {
             ("this device's key", self.cluster.join(format!("{}.key.pem", self.name))),
         ] {
             if !path.exists() {
-                problems.push(format!("{what} {} is missing (enrol the device: scission-cloud enroll {} --tier device)", path.display(), self.name));
+                problems.push(format!(
+                    "{what} {} is missing (enrol the device: scission-cloud enroll {} --tier device)",
+                    path.display(),
+                    self.name
+                ));
             }
         }
-        if !self.model.exists() && !(self.fetch_model && self.cloud.is_some()) {
+        let fetched = self.fetch_model && self.cloud.is_some();
+        if !self.model.exists() && !fetched {
             problems.push(format!("the model {} is missing (copy it, or set fetch_model = true with a [cloud])", self.model.display()));
         }
         for profile in self.planning.profile.iter().chain(&self.planning.profiles) {
@@ -382,9 +400,10 @@ impl Config {
 
     /// The model's name in URLs.
     pub fn model_name(&self) -> String {
-        self.api.model_name.clone().unwrap_or_else(|| {
-            self.model.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
-        })
+        self.api
+            .model_name
+            .clone()
+            .unwrap_or_else(|| self.model.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned()))
     }
 }
 
@@ -406,7 +425,8 @@ mod tests {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../cross/image/device.toml");
         let config = read(Path::new(example)).unwrap();
         assert_eq!(config.edge.as_ref().unwrap().address, "edge.local:4434");
-        let flags = Overrides { config: Some(example.into()), edge: Some("127.0.0.1:9".into()), no_local_fallback: true, ..Overrides::default() };
+        let flags =
+            Overrides { config: Some(example.into()), edge: Some("127.0.0.1:9".into()), no_local_fallback: true, ..Overrides::default() };
         let config = flags.load().unwrap();
         assert_eq!(config.edge.unwrap().address, "127.0.0.1:9");
         assert!(!config.planning.local_fallback);

@@ -14,9 +14,9 @@ use scission_core::wire::message::Stage;
 use scission_engine::profile_file::read_profile;
 use scission_engine::tract::prelude::*;
 use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
+use scission_runtime::fetch::{Expected, fetch_model_blocking};
 use scission_runtime::peer::Peer;
 use scission_runtime::session::SessionConfig;
-use scission_runtime::fetch::{Expected, fetch_model_blocking};
 
 /// Arguments of the device's `run`.
 #[derive(Clone, Debug, clap::Args)]

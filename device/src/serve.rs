@@ -52,7 +52,15 @@ pub fn check_config(args: &CheckArgs) -> Result<String> {
     if problems.is_empty() {
         return Ok(format!("the configuration can start: model {}, API on {}\n", config.model.display(), api_places(&config)));
     }
-    bail!("the configuration cannot start yet:\n  - {}", problems.join("\n  - "))
+    refuse(&problems, " yet")
+}
+
+/// Lists the problems on stderr, one per line, and fails.
+fn refuse(problems: &[String], when: &str) -> Result<String> {
+    for problem in problems {
+        eprintln!("  - {problem}");
+    }
+    bail!("the configuration cannot start{when}: {} problem(s), listed above", problems.len())
 }
 
 fn api_places(config: &Config) -> String {
@@ -67,7 +75,7 @@ fn prepare(overrides: &Overrides) -> Result<(Config, scission_engine::Model)> {
     let config = overrides.load()?;
     let problems = config.problems();
     if !problems.is_empty() {
-        bail!("the configuration cannot start:\n  - {}", problems.join("\n  - "));
+        refuse(&problems, "")?;
     }
     if config.fetch_model && !config.model.exists() {
         fetch(&config)?;
@@ -124,7 +132,10 @@ pub fn serve(args: &ServeArgs) -> Result<String> {
         http::serve(service, &listen, shutdown_signal(), |bound| {
             let place = bound.map_or_else(|| api_places(&config), |addr| format!("http://{addr}"));
             let plan = status.route.as_ref().map_or_else(|| "none yet".to_string(), |r| describe_route(&r.stages));
-            let state = status.not_ready.as_deref().map_or_else(|| if status.degraded { "degraded" } else { "ready" }.to_string(), |r| format!("not ready: {r}"));
+            let state = status
+                .not_ready
+                .as_deref()
+                .map_or_else(|| if status.degraded { "degraded" } else { "ready" }.to_string(), |r| format!("not ready: {r}"));
             println!("serving model '{name}' on {place} ({state}; plan: {plan})");
             let _ = std::io::stdout().flush();
         })

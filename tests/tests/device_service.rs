@@ -142,7 +142,15 @@ print(json.dumps({"shape": out["shape"], "data": list(struct.unpack("<%df" % (si
 }
 
 /// A service configuration: a fixed split through all three tiers, quick retries.
-fn write_config(dir: &Path, c: &Cluster, edge: SocketAddr, cloud: SocketAddr, split: (usize, usize), fallback: bool, name: &str) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    c: &Cluster,
+    edge: SocketAddr,
+    cloud: SocketAddr,
+    split: (usize, usize),
+    fallback: bool,
+    name: &str,
+) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         "name = \"device\"\ncluster = \"{}\"\nmodel = \"{}\"\n\n[edge]\naddress = \"{edge}\"\n\n[cloud]\naddress = \"{cloud}\"\n\n\
@@ -262,7 +270,8 @@ fn the_device_service_answers_applications_and_survives_its_servers() {
     std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
     let (code, _) = curl(&["-X", "POST", "--data-binary", &format!("@{}", big.display()), &format!("{base}/infer")]);
     assert_eq!(code, 413, "a body over max_body_mib is refused");
-    let (code, answer) = curl_json(&["-X", "POST", "-H", "Content-Type: image/png", "--data-binary", "not a png", &format!("{base}/infer")]);
+    let (code, answer) =
+        curl_json(&["-X", "POST", "-H", "Content-Type: image/png", "--data-binary", "not a png", &format!("{base}/infer")]);
     assert_eq!(code, 400, "{answer}");
 
     // Edge and cloud gone: requests are still answered, by the device alone, marked degraded.

@@ -49,11 +49,7 @@ pub fn check_inputs(model: &Model, inputs: &[TValue]) -> Result<()> {
         let (datum_type, shape) = input_fact(model, index)?;
         if value.datum_type() != datum_type || value.shape() != shape.as_slice() {
             let name = &model.summary.tensors[model.summary.inputs[index]].name;
-            bail!(
-                "input '{name}' takes {datum_type:?} of shape {shape:?}, got {:?} of shape {:?}",
-                value.datum_type(),
-                value.shape()
-            );
+            bail!("input '{name}' takes {datum_type:?} of shape {shape:?}, got {:?} of shape {:?}", value.datum_type(), value.shape());
         }
     }
     Ok(())

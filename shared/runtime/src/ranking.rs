@@ -180,4 +180,3 @@ pub(crate) async fn measure_uplinks(client: &DeviceClient, tiers: impl Iterator<
     measured.sort_by_key(|(t, _)| *t);
     measured
 }
-

@@ -380,7 +380,13 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(config: &SessionConfig, client: Arc<DeviceClient>, planner: Planner, fallback: Option<Route>, observer: Option<Observer>) -> Self {
+    fn new(
+        config: &SessionConfig,
+        client: Arc<DeviceClient>,
+        planner: Planner,
+        fallback: Option<Route>,
+        observer: Option<Observer>,
+    ) -> Self {
         Self {
             policy: DevicePolicy::new(config.policy, Vec::new(), Vec::new()),
             client,
@@ -532,11 +538,7 @@ impl Driver {
             }
             Action::Switched { from, to } => {
                 tracing::info!(route = ?to.stages, "best route switched");
-                self.emit(DeviceEvent::Switched {
-                    cause: self.last_cause.clone(),
-                    from: from.map(|r| r.stages),
-                    to: to.stages,
-                });
+                self.emit(DeviceEvent::Switched { cause: self.last_cause.clone(), from: from.map(|r| r.stages), to: to.stages });
             }
         }
     }
@@ -577,7 +579,8 @@ impl Driver {
             ReplanReason::Scheduled => SwitchCause::Measured(links.clone()),
             ReplanReason::NoPlan => SwitchCause::FirstPlan,
         };
-        let (client, planner, sender, fallback) = (self.client.clone(), self.planner.clone(), self.feedback.0.clone(), self.fallback.clone());
+        let (client, planner, sender, fallback) =
+            (self.client.clone(), self.planner.clone(), self.feedback.0.clone(), self.fallback.clone());
         tokio::spawn(async move {
             let ranked = planner.lock().await.rank(&client, &avoid, &links).await;
             let event = match ranked {
@@ -616,8 +619,16 @@ impl Driver {
             degraded,
             bytes: outcome.bytes,
         });
-        let answer =
-            Answer { request, outputs: outcome.outputs, timings: outcome.timings, route, rank, total_ns: elapsed_ns, degraded, bytes: outcome.bytes };
+        let answer = Answer {
+            request,
+            outputs: outcome.outputs,
+            timings: outcome.timings,
+            route,
+            rank,
+            total_ns: elapsed_ns,
+            degraded,
+            bytes: outcome.bytes,
+        };
         let _ = waiter.reply.send(Ok(answer));
     }
 
@@ -636,7 +647,9 @@ impl Driver {
             None if self.policy.routes().is_empty() => {
                 Some(self.no_plan.clone().unwrap_or_else(|| "no plan yet, and the device cannot run the model alone".to_string()))
             }
-            None => Some(format!("every planned route goes through an unreachable tier {down:?}, and the device cannot run the model alone")),
+            None => {
+                Some(format!("every planned route goes through an unreachable tier {down:?}, and the device cannot run the model alone"))
+            }
         };
         Status {
             route: best.map(|(_, r)| r.clone()),

@@ -86,8 +86,16 @@ impl Service {
             name: self.options.model_name.clone(),
             versions: vec![self.session.model().sha256.chars().take(12).collect()],
             platform: "scission_partitioned_onnx".into(),
-            inputs: self.inputs.iter().map(|i| TensorMetadata { name: i.name.clone(), datatype: name(i.datum_type), shape: shape(&i.shape) }).collect(),
-            outputs: self.outputs.iter().map(|(n, dt, s)| TensorMetadata { name: n.clone(), datatype: name(*dt), shape: shape(s) }).collect(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|i| TensorMetadata { name: i.name.clone(), datatype: name(i.datum_type), shape: shape(&i.shape) })
+                .collect(),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|(n, dt, s)| TensorMetadata { name: n.clone(), datatype: name(*dt), shape: shape(s) })
+                .collect(),
         }
     }
 
@@ -148,7 +156,10 @@ fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response 
 }
 
 async fn server_metadata() -> Response {
-    json_response(StatusCode::OK, &json!({ "name": "scission-device", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"] }))
+    json_response(
+        StatusCode::OK,
+        &json!({ "name": "scission-device", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"] }),
+    )
 }
 
 async fn ready(State(service): State<Arc<Service>>) -> Response {
@@ -158,22 +169,21 @@ async fn ready(State(service): State<Arc<Service>>) -> Response {
     }
 }
 
-fn known_model(service: &Service, name: &str) -> Result<(), Response> {
-    if name == service.options.model_name {
-        return Ok(());
-    }
-    Err(error(StatusCode::NOT_FOUND, &format!("unknown model '{name}' (this device serves '{}')", service.options.model_name)))
+/// A 404 when `name` is not the served model.
+fn unknown_model(service: &Service, name: &str) -> Option<Response> {
+    (name != service.options.model_name)
+        .then(|| error(StatusCode::NOT_FOUND, &format!("unknown model '{name}' (this device serves '{}')", service.options.model_name)))
 }
 
 async fn model_metadata(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
-    if let Err(response) = known_model(&service, &name) {
+    if let Some(response) = unknown_model(&service, &name) {
         return response;
     }
     json_response(StatusCode::OK, &service.metadata())
 }
 
 async fn model_ready(State(service): State<Arc<Service>>, Path(name): Path<String>) -> Response {
-    if let Err(response) = known_model(&service, &name) {
+    if let Some(response) = unknown_model(&service, &name) {
         return response;
     }
     ready(State(service)).await
@@ -217,7 +227,7 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(response) = known_model(&service, &name) {
+    if let Some(response) = unknown_model(&service, &name) {
         return response;
     }
     let body = match body {
@@ -273,7 +283,8 @@ fn parse(service: &Service, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, 
         let tensor = image_tensor(image.bytes, &service.inputs[image.index], service.options.preprocess).map_err(|e| e.0)?;
         tensors[image.index] = Some(tensor);
     }
-    let inputs = tensors.into_iter().map(|t| t.map(Tensor::into_tvalue).ok_or("an input is missing".to_string())).collect::<Result<_, _>>()?;
+    let inputs =
+        tensors.into_iter().map(|t| t.map(Tensor::into_tvalue).ok_or("an input is missing".to_string())).collect::<Result<_, _>>()?;
     Ok(Parsed { inputs, request: Some(request), from_image })
 }
 
@@ -318,7 +329,11 @@ fn respond(service: &Service, request: Option<&InferRequest>, from_image: bool, 
     let length = json.len().to_string();
     let mut body = json;
     body.extend_from_slice(&binary);
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::HeaderName::from_static(HEADER_LENGTH), length)], body)
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::HeaderName::from_static(HEADER_LENGTH), length)],
+        body,
+    )
         .into_response()
 }
 
@@ -354,7 +369,12 @@ pub(crate) fn top_line(service: &Service, answer: &Answer) -> Option<String> {
     }
     let scores = first.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?;
     let best = top_k(scores, service.options.top_k.max(1), &service.options.labels);
-    Some(best.iter().map(|(i, s, l)| format!("{} ({s:.4})", l.map_or_else(|| format!("class {i}"), str::to_string))).collect::<Vec<_>>().join(", "))
+    Some(
+        best.iter()
+            .map(|(i, s, l)| format!("{} ({s:.4})", l.map_or_else(|| format!("class {i}"), str::to_string)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// Where the service listens.

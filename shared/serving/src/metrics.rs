@@ -78,7 +78,7 @@ impl Metrics {
             degraded_requests: Counter::default(),
             stage_compute: Family::new_with_constructor(latency_histogram),
             hop_bytes: Family::default(),
-            prediction_ratio: Histogram::new([0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 4.0].into_iter()),
+            prediction_ratio: Histogram::new([0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 4.0]),
             switches: Counter::default(),
             tier_up: Family::default(),
             plan: Family::default(),

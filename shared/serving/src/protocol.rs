@@ -246,7 +246,8 @@ fn image_bytes<'a>(input: &'a RequestInput, binary: Option<&'a [u8]>) -> Result<
     }
     match (binary, &input.data) {
         (Some(bytes), _) => {
-            let (length, image) = bytes.split_at_checked(4).ok_or_else(|| invalid!("input '{}': BYTES data shorter than its length", input.name))?;
+            let (length, image) =
+                bytes.split_at_checked(4).ok_or_else(|| invalid!("input '{}': BYTES data shorter than its length", input.name))?;
             let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]);
             if usize::try_from(length).ok() != Some(image.len()) {
                 return Err(invalid!("input '{}': BYTES element says {length} bytes, {} follow", input.name, image.len()));
@@ -279,7 +280,12 @@ fn tensor_of(input: &RequestInput, binary: Option<&[u8]>, spec: &InputSpec) -> R
             let mut flat = Vec::new();
             flatten(data, &mut flat, elements, 0).map_err(|e| invalid!("input '{}': {e}", input.name))?;
             if flat.len() != elements {
-                return Err(invalid!("input '{}' of shape {:?} needs {elements} elements, the data has {}", input.name, spec.shape, flat.len()));
+                return Err(invalid!(
+                    "input '{}' of shape {:?} needs {elements} elements, the data has {}",
+                    input.name,
+                    spec.shape,
+                    flat.len()
+                ));
             }
             from_json(spec.datum_type, &spec.shape, &flat, &input.name)
         }
@@ -431,7 +437,11 @@ fn from_le_bytes(dt: DatumType, shape: &[usize], bytes: &[u8], name: &str) -> Re
     fn typed<T: Element>(shape: &[usize], bytes: &[u8], name: &str) -> Result<Tensor, ProtocolError> {
         let elements: usize = shape.iter().product();
         if elements.checked_mul(T::SIZE) != Some(bytes.len()) {
-            return Err(invalid!("input '{name}' of shape {shape:?} needs {elements} x {} bytes, the binary data has {}", T::SIZE, bytes.len()));
+            return Err(invalid!(
+                "input '{name}' of shape {shape:?} needs {elements} x {} bytes, the binary data has {}",
+                T::SIZE,
+                bytes.len()
+            ));
         }
         let values: Vec<T> = bytes.chunks_exact(T::SIZE).map(T::from_le).collect();
         Tensor::from_shape(shape, &values).map_err(|e| invalid!("input '{name}': {e}"))
@@ -449,15 +459,12 @@ fn from_le_bytes(dt: DatumType, shape: &[usize], bytes: &[u8], name: &str) -> Re
 pub fn binary_outputs(request: &InferRequest) -> impl Fn(&str) -> bool + '_ {
     let all = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
     move |name: &str| {
-        all || request
-            .outputs
-            .iter()
-            .any(|o| o.name == name && o.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(false))
+        all || request.outputs.iter().any(|o| o.name == name && o.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(false))
     }
 }
 
 /// The outputs the request asks for (all when it names none); an unknown name is an error.
-pub fn wanted_outputs<'a>(request: &InferRequest, names: &'a [String]) -> Result<Vec<usize>, ProtocolError> {
+pub fn wanted_outputs(request: &InferRequest, names: &[String]) -> Result<Vec<usize>, ProtocolError> {
     if request.outputs.is_empty() {
         return Ok((0..names.len()).collect());
     }
