@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Server, start};
-use common::{bin, run, stderr};
+use common::{bin, quick_bench, run, stderr};
 use scission_engine::tract::prelude::*;
 use serde_json::{Value, json};
 
@@ -274,6 +274,13 @@ fn the_device_service_answers_applications_and_survives_its_servers() {
         curl_json(&["-X", "POST", "-H", "Content-Type: image/png", "--data-binary", "not a png", &format!("{base}/infer")]);
     assert_eq!(code, 400, "{answer}");
 
+    // One image from the command line, through the same kind of session.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/example.png");
+    let out = run("scission-device", &["infer", example, "--config", config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains(&format!("route: {route}")) && text.contains(" 1. class "), "{text}");
+
     // Edge and cloud gone: requests are still answered, by the device alone, marked degraded.
     drop(edge);
     drop(cloud);
@@ -370,4 +377,64 @@ fn check_config_says_what_is_missing() {
     let out = run("scission-device", &["serve", "-c", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("lisen"), "{}", stderr(&out));
+}
+
+/// A loopback address nothing listens on yet.
+fn free_udp_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[test]
+fn a_service_started_before_its_servers_answers_locally_then_takes_the_clouds_plan() {
+    let c = Cluster::new();
+    let dir = c.dir.path();
+    let mut files = Vec::new();
+    for (bin_name, name) in [("scission-device", "device"), ("scission-edge", "edge"), ("scission-cloud", "cloud")] {
+        files.push(quick_bench(bin_name, &c.model, &dir.join(format!("{name}.json")), name));
+    }
+    // The device is made 50x slower, so the cloud's plan offloads.
+    let mut device: scission_core::profile::Profile = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    device.blocks.iter_mut().for_each(|b| b.time.median_ns *= 50);
+    std::fs::write(&files[0], serde_json::to_vec(&device).unwrap()).unwrap();
+    let (edge_addr, cloud_addr) = (free_udp_addr(), free_udp_addr());
+    let config = dir.join("cloud-planned.toml");
+    let text = format!(
+        "cluster = \"{}\"\nmodel = \"{}\"\n[edge]\naddress = \"{edge_addr}\"\n[cloud]\naddress = \"{cloud_addr}\"\n\
+         [planning]\nprofile = \"{}\"\nretry_after_ms = 200\ntimeout_ms = 1000\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        c.cluster(),
+        c.model.display(),
+        files[0].display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let service = Service::start(&config, &[]);
+    let (_, status) = curl_json(&[&format!("{}/status", service.url)]);
+    assert_eq!(status["degraded"], true, "no cloud to plan yet: {status}");
+    assert_eq!(status["ready"], true, "{status}");
+
+    let reference = Reference::new(&c.model);
+    let model_name = c.model.file_stem().unwrap().to_str().unwrap();
+    let infer = format!("{}/v2/models/{model_name}/infer", service.url);
+    let (_, meta) = curl_json(&[&format!("{}/v2/models/{model_name}", service.url)]);
+    let input_name = meta["inputs"][0]["name"].as_str().unwrap().to_string();
+    let request = json_request(&input_name, &reference.shape, &reference.input(5));
+    let (code, answer) = post_json(&infer, &request);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["parameters"]["scission_degraded"], true);
+
+    let (model, cluster) = (c.model.to_str().unwrap(), c.cluster());
+    let cloud_profile = files[2].to_str().unwrap();
+    let _cloud =
+        restart("scission-cloud", &["serve", model, "--cluster", &cluster, "--profile", cloud_profile, "--threads", "1"], cloud_addr);
+    let cloud_text = cloud_addr.to_string();
+    let edge_profile = files[1].to_str().unwrap();
+    let edge_args = ["serve", model, "--cluster", &cluster, "--cloud", &cloud_text, "--profile", edge_profile, "--threads", "1"];
+    let _edge = restart("scission-edge", &edge_args, edge_addr);
+    let took = wait_for(&service.url, Duration::from_secs(60), |s| s["degraded"] == false && !s["predicted_ms"].is_null());
+    eprintln!("the cloud's plan was in use {:.1} s after the servers started", took.as_secs_f64());
+    let (code, answer) = post_json(&infer, &request);
+    assert_eq!(code, 200, "{answer}");
+    let route = answer["parameters"]["scission_route"].as_str().unwrap();
+    assert!(route.contains("edge[") || route.contains("cloud["), "the cloud's plan offloads the slow device: {answer}");
+    assert!(answer["parameters"]["scission_predicted_ms"].is_number(), "{answer}");
+    assert_eq!(floats(&answer["outputs"][0]["data"]), reference.output(&reference.input(5)));
 }

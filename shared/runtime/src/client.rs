@@ -99,9 +99,19 @@ impl DeviceClient {
         // Connect without holding the cache: a tier that hangs (a probe of a dead one) must not
         // hold up requests to the others.
         let peer = self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
-        let c = connect(&self.endpoint, peer.current_addr().await, &peer.name).await?;
+        let addr = peer.current_addr().await;
+        let c = tokio::time::timeout(self.timeout, connect(&self.endpoint, addr, &peer.name))
+            .await
+            .map_err(|_| invalid!("{} at {addr} did not answer within {} ms", peer.name, self.timeout.as_millis()))??;
         self.connections.lock().await.insert(tier, c.clone());
         Ok(c)
+    }
+
+    /// The tiers this client has addresses for, in order.
+    pub fn tiers(&self) -> Vec<u8> {
+        let mut tiers: Vec<u8> = self.peers.keys().copied().collect();
+        tiers.sort_unstable();
+        tiers
     }
 
     /// Runs request `id` on `inputs` along `route` (stages in tier order, covering every node).

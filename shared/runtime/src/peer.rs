@@ -39,3 +39,20 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_named_peer_is_resolved_again_and_a_fixed_one_is_not() {
+        let stale: SocketAddr = "192.0.2.1:4434".parse().unwrap_or_else(|_| unreachable!());
+        let named = Peer::at_host("localhost:4434", stale, "edge");
+        let now = named.current_addr().await;
+        assert!(now.ip().is_loopback() && now.port() == 4434, "{now}");
+        assert_eq!(Peer::new(stale, "edge").current_addr().await, stale);
+        // A name that no longer resolves keeps the last address rather than failing.
+        let gone = Peer::at_host("no-such-host.invalid:1", stale, "edge");
+        assert_eq!(gone.current_addr().await, stale);
+    }
+}

@@ -122,7 +122,11 @@ impl Planner {
                     .collect()
             }
             PlannerKind::Cloud { profile_json } => {
-                let links: HashMap<u8, Link> = links.iter().copied().collect();
+                // The cloud plans only with measured uplinks: measure those not known yet (a
+                // tier that was down at start and has come back).
+                let mut links: HashMap<u8, Link> = links.iter().copied().collect();
+                let missing: Vec<u8> = client.tiers().into_iter().filter(|t| !links.contains_key(t) && !avoid.contains(t)).collect();
+                links.extend(measure_uplinks(client, missing.into_iter()).await);
                 let ranked = client.request_plans(2, profile_json, &links, avoid, RANKED).await?;
                 Ok(ranked.into_iter().map(|(stages, predicted)| Route { stages, predicted_ns: Some(predicted) }).collect())
             }
