@@ -343,6 +343,9 @@ fn without_a_local_fallback_health_says_why_until_a_tier_returns() {
 
     drop(edge);
     drop(cloud);
+    // No request needed to notice: the warm connections time out (QUIC idle timeout, 10 s).
+    let noticed = wait_for(&service.url, Duration::from_secs(40), |s| s["ready"] == false);
+    eprintln!("not ready {:.1} s after edge and cloud died, with no request sent", noticed.as_secs_f64());
     let (code, answer) = post_json(&infer, &request);
     assert_eq!(code, 503, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("unreachable"), "{answer}");

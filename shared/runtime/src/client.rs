@@ -84,12 +84,37 @@ pub struct DeviceClient {
     connections: Mutex<HashMap<u8, quinn::Connection>>,
     max_frame: u32,
     timeout: Duration,
+    /// Told the tier of every connection the peer's side ended (it went away, timed out or
+    /// closed), so a service notices a dead tier without a request failing on it.
+    lost: Option<tokio::sync::mpsc::UnboundedSender<u8>>,
 }
 
 impl DeviceClient {
     /// A client for `node` that reaches tier `t` at `peers[t]`.
     pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, Peer>, max_frame: u32, timeout: Duration) -> Self {
-        Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame, timeout }
+        Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame, timeout, lost: None }
+    }
+
+    /// Reports lost connections on `lost` (see [`DeviceClient::lost`]).
+    pub fn reporting_lost(mut self, lost: tokio::sync::mpsc::UnboundedSender<u8>) -> Self {
+        self.lost = Some(lost);
+        self
+    }
+
+    /// Watches `connection` to `tier`: when the peer's side ends it, says so.
+    fn watch(&self, tier: u8, connection: &quinn::Connection) {
+        let Some(lost) = self.lost.clone() else { return };
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            match connection.closed().await {
+                // Closed here (dropped from the cache, or the endpoint shut down): not the peer.
+                quinn::ConnectionError::LocallyClosed => {}
+                reason => {
+                    tracing::info!(tier, "connection lost: {reason}");
+                    let _ = lost.send(tier);
+                }
+            }
+        });
     }
 
     async fn connection(&self, tier: u8) -> Result<quinn::Connection> {
@@ -103,6 +128,7 @@ impl DeviceClient {
         let c = tokio::time::timeout(self.timeout, connect(&self.endpoint, addr, &peer.name))
             .await
             .map_err(|_| invalid!("{} at {addr} did not answer within {} ms", peer.name, self.timeout.as_millis()))??;
+        self.watch(tier, &c);
         self.connections.lock().await.insert(tier, c.clone());
         Ok(c)
     }

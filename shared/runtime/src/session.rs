@@ -258,14 +258,16 @@ impl Session {
         let planner = Planner::new(&config.planning, config.encoding, nodes)?;
         let peers = peers(&config);
         let (endpoint, shapers) = endpoint(&config, &identity, &peers, &planner.uplinks)?;
-        let client = Arc::new(DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout));
+        let (lost_tx, lost) = mpsc::unbounded_channel();
+        let client =
+            Arc::new(DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout).reporting_lost(lost_tx));
         let fallback = config.local_fallback.then(|| local_route(nodes)).transpose()?;
         let mut driver = Driver::new(&config, client, planner, fallback, observer);
         driver.start(&config, &peers).await?;
         let (status_tx, status) = watch::channel(driver.status());
         driver.status_tx = Some(status_tx);
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(driver.drive(receiver));
+        tokio::spawn(driver.drive(receiver, lost));
         let slots = Arc::new(Semaphore::new(config.max_outstanding.max(1)));
         Ok(Self { commands, status, slots, node, shapers })
     }
@@ -464,7 +466,7 @@ impl Driver {
         self.fallback.as_ref().is_some_and(|f| f == route)
     }
 
-    async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut lost: mpsc::UnboundedReceiver<u8>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
@@ -475,6 +477,8 @@ impl Driver {
                     None => open = false,
                 },
                 Some(feedback) = self.feedback.1.recv() => self.take(feedback),
+                // A warm connection the peer ended: the tier is down until a probe says otherwise.
+                Some(tier) = lost.recv() => self.feed(Event::TierUnreachable { tier }),
                 _ = tick.tick() => self.feed(Event::Tick),
             }
             self.carry_out_all();
