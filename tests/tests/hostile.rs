@@ -291,6 +291,15 @@ fn a_revoked_device_is_refused_without_restarting_the_server() {
         }
     });
     eprintln!("the revoked device was refused {:.2} s after `revoke`", refused_after.as_secs_f64());
+    // At the handshake: the TLS alert says why, before any stream is opened.
+    let refusal = rt.block_on(async {
+        let endpoint = quic::client(&identity).unwrap();
+        match quic::connect(&endpoint, cloud.addr, "cloud").await {
+            Err(e) => format!("{e:#}"),
+            Ok(conn) => format!("{}", conn.closed().await),
+        }
+    });
+    assert!(refusal.to_lowercase().contains("revoked"), "{refusal}");
     // The edge is still served.
     let edge = pki::Identity::load(&c.dir.path().join("cluster"), "edge").unwrap();
     rt.block_on(async {

@@ -1,5 +1,6 @@
 //! The cluster's commands: `init` and `enroll` (certificates) and `serve` (edge and cloud).
 
+use clap::builder::TypedValueParser as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -142,6 +143,19 @@ pub struct ServeArgs {
     /// unreachable; keep it below the devices' --timeout-ms so they blame the right tier.
     #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub forward_timeout_ms: u64,
+    /// Streams one connection may have open at once (more wait for QUIC flow control).
+    #[arg(long, default_value_t = scission_net::quic::MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_streams: u32,
+    /// Slices kept built at once (each holds its weights; least recently used dropped first).
+    #[arg(long, default_value_t = scission_runtime::node::MAX_CACHED_SLICES, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub slice_cache: usize,
+    /// The cloud's planner: edges kept registered at once (more are refused).
+    #[arg(long, default_value_t = scission_runtime::planner::MAX_REGISTERED, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub max_registrations: usize,
+    /// The cloud's planner: seconds a registration lasts without renewal (edges renew on restart
+    /// and on reconnect).
+    #[arg(long, default_value_t = scission_runtime::planner::REGISTRATION_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub registration_ttl_s: u64,
 }
 
 impl ServeArgs {
@@ -155,6 +169,10 @@ impl ServeArgs {
             per_peer: usize::from(self.max_connections_per_node),
             read_deadline: std::time::Duration::from_millis(self.read_deadline_ms),
             forward_timeout: std::time::Duration::from_millis(self.forward_timeout_ms),
+            streams_per_connection: self.max_streams,
+            slice_cache: self.slice_cache,
+            registrations: self.max_registrations,
+            registration_ttl: std::time::Duration::from_secs(self.registration_ttl_s),
             ..defaults
         }
     }

@@ -37,7 +37,7 @@ fn quic_pair(rt: &tokio::runtime::Runtime) -> (quinn::Endpoint, quinn::Connectio
     let server_id = pki::Identity::load(dir.path(), "a").expect("identity");
     let client_id = pki::Identity::load(dir.path(), "b").expect("identity");
     rt.block_on(async {
-        let server = quic::server(&server_id, "127.0.0.1:0".parse().expect("addr")).expect("server");
+        let server = quic::server(&server_id, "127.0.0.1:0".parse().expect("addr"), None).expect("server");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Some(incoming) = server.accept().await {

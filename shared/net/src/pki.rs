@@ -199,11 +199,16 @@ impl Identity {
         Arc::new(rustls::crypto::ring::default_provider())
     }
 
-    /// TLS 1.3 server configuration that requires a client certificate from the cluster CA.
-    pub fn server_config(&self) -> Result<rustls::ServerConfig> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, Self::provider())
+    /// TLS 1.3 server configuration that requires a client certificate from the cluster CA
+    /// and, with a deny list, refuses revoked nodes during the handshake.
+    pub fn server_config(&self, deny: Option<Arc<DenyList>>) -> Result<rustls::ServerConfig> {
+        let webpki = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, Self::provider())
             .build()
             .transport(|| "the client certificate check".into())?;
+        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match deny {
+            Some(deny) => Arc::new(RefusingRevoked { inner: webpki, deny }),
+            None => webpki,
+        };
         let mut config = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .transport(|| "TLS 1.3".into())?
@@ -259,6 +264,96 @@ impl PeerCert {
     /// Whether the certificate names node `name`.
     pub fn is_named(&self, name: &str) -> bool {
         valid_name(name) && self.valid_for(node_dns(name))
+    }
+}
+
+/// The cluster's deny list (`revoked.txt`), read again at most once a second, so `revoke`
+/// takes effect on running servers without a restart.
+#[derive(Debug)]
+pub struct DenyList {
+    dir: PathBuf,
+    cache: std::sync::Mutex<(Option<std::time::Instant>, Vec<String>)>,
+}
+
+impl DenyList {
+    /// How long a read of the list is trusted.
+    pub const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The deny list of the cluster directory `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf(), cache: std::sync::Mutex::new((None, Vec::new())) }
+    }
+
+    /// Whether the certificate names a revoked node (an unreadable list keeps the last one read).
+    pub fn is_revoked(&self, peer: &PeerCert) -> bool {
+        let Ok(mut cache) = self.cache.lock() else { return true };
+        if cache.0.is_none_or(|read| read.elapsed() >= Self::FRESH) {
+            match revoked_names(&self.dir) {
+                Ok(names) => cache.1 = names,
+                Err(e) => tracing::warn!("keeping the previous deny list: {e:#}"),
+            }
+            cache.0 = Some(std::time::Instant::now());
+        }
+        cache.1.iter().any(|name| peer.is_named(name))
+    }
+}
+
+/// The cluster CA's client check, then the deny list: a revoked node fails the handshake.
+#[derive(Debug)]
+struct RefusingRevoked {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    deny: Arc<DenyList>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for RefusingRevoked {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(peer) = PeerCert::new(&[end_entity.clone().into_owned()])
+            && self.deny.is_revoked(&peer)
+        {
+            tracing::warn!("refused a revoked node at the handshake");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

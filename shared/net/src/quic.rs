@@ -21,22 +21,37 @@ pub const MAX_STREAMS: u32 = 32;
 pub const RECEIVE_WINDOW: u32 = 32 << 20;
 
 fn transport() -> Arc<quinn::TransportConfig> {
+    transport_with(MAX_STREAMS)
+}
+
+fn transport_with(streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
     t.keep_alive_interval(Some(Duration::from_secs(2)));
     // One request per bidirectional stream: a peer gets this many at once, and this many bytes
     // in flight per connection, whatever it announces.
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     Arc::new(t)
 }
 
-/// A server endpoint on `bind` that accepts only clients with a certificate from the cluster CA.
-pub fn server(identity: &Identity, bind: SocketAddr) -> Result<quinn::Endpoint> {
-    let crypto = QuicServerConfig::try_from(identity.server_config()?).transport(|| "TLS configuration unusable for QUIC".into())?;
+/// A server endpoint on `bind` that accepts only clients with a certificate from the cluster CA
+/// (and, with a deny list, none of a revoked node), each with at most [`MAX_STREAMS`] streams.
+pub fn server(identity: &Identity, bind: SocketAddr, deny: Option<Arc<super::pki::DenyList>>) -> Result<quinn::Endpoint> {
+    server_with_streams(identity, bind, deny, MAX_STREAMS)
+}
+
+/// [`server`] with at most `streams` concurrent streams per connection.
+pub fn server_with_streams(
+    identity: &Identity,
+    bind: SocketAddr,
+    deny: Option<Arc<super::pki::DenyList>>,
+    streams: u32,
+) -> Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(identity.server_config(deny)?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport_with(streams.max(1)));
     quinn::Endpoint::server(config, bind).transport(|| format!("cannot listen on {bind}"))
 }
 

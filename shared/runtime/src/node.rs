@@ -23,13 +23,13 @@ pub struct Node {
     slices: Mutex<SliceCache>,
 }
 
-/// Most slices kept built at once; the least recently used goes first.
+/// Most slices kept built at once by default; the least recently used goes first.
 pub const MAX_CACHED_SLICES: usize = 32;
 
 /// Built slices, most recently used last.
-#[derive(Default)]
 struct SliceCache {
     entries: Vec<(Block, Arc<Slice>)>,
+    capacity: usize,
 }
 
 impl SliceCache {
@@ -43,7 +43,7 @@ impl SliceCache {
 
     fn insert(&mut self, block: Block, slice: Arc<Slice>) {
         self.entries.retain(|(b, _)| *b != block);
-        if self.entries.len() >= MAX_CACHED_SLICES {
+        if self.entries.len() >= self.capacity {
             self.entries.remove(0);
         }
         self.entries.push((block, slice));
@@ -54,7 +54,16 @@ impl Node {
     /// Wraps a loaded model.
     pub fn new(model: Model, tier: u8, threads: usize) -> Result<Self> {
         let sha256 = scission_core::profile::parse_sha256(&model.sha256)?;
-        Ok(Self { model, sha256, tier, threads, slices: Mutex::new(SliceCache::default()) })
+        let slices = Mutex::new(SliceCache { entries: Vec::new(), capacity: MAX_CACHED_SLICES });
+        Ok(Self { model, sha256, tier, threads, slices })
+    }
+
+    /// Keeps at most `capacity` slices built (at least one).
+    pub fn with_slice_cache(self, capacity: usize) -> Self {
+        if let Ok(mut cache) = self.slices.lock() {
+            cache.capacity = capacity.max(1);
+        }
+        self
     }
 
     /// The slice for `block`, built on first use.

@@ -48,8 +48,8 @@ pub enum PlanError {
     #[error("only edge nodes (tier 1) register; devices ask for plans")]
     NotAnEdge,
     /// The registry is full.
-    #[error("the registry is full ({MAX_REGISTERED} edges)")]
-    RegistryFull,
+    #[error("the registry is full ({0} edges)")]
+    RegistryFull(usize),
     /// A plan request must ask for at least one plan.
     #[error("a plan request must ask for at least one plan")]
     NoPlansAsked,
@@ -87,13 +87,22 @@ struct Registration {
 pub struct Planner {
     own: Profile,
     registry: Mutex<HashMap<String, Registration>>,
+    capacity: usize,
+    ttl: Duration,
 }
 
 impl Planner {
     /// A planner whose cloud machine has profile `own`.
     pub fn new(mut own: Profile) -> Self {
         own.machine.tier = TierKind::Cloud;
-        Self { own, registry: Mutex::new(HashMap::new()) }
+        Self { own, registry: Mutex::new(HashMap::new()), capacity: MAX_REGISTERED, ttl: REGISTRATION_TTL }
+    }
+
+    /// Keeps at most `capacity` edges registered, each for `ttl` after its last renewal.
+    pub fn with_registry(mut self, capacity: usize, ttl: Duration) -> Self {
+        self.capacity = capacity;
+        self.ttl = ttl;
+        self
     }
 
     /// Records (or renews) node `name`'s profile and measured link to the cloud.
@@ -116,9 +125,9 @@ impl Planner {
         profile.machine.tier = TierKind::Edge;
         let mut registry = self.registry.lock().map_err(|_| PlanError::Poisoned)?;
         let now = Instant::now();
-        registry.retain(|_, r| now.duration_since(r.renewed) < REGISTRATION_TTL);
-        if !registry.contains_key(name) && registry.len() >= MAX_REGISTERED {
-            return Err(PlanError::RegistryFull);
+        registry.retain(|_, r| now.duration_since(r.renewed) < self.ttl);
+        if !registry.contains_key(name) && registry.len() >= self.capacity {
+            return Err(PlanError::RegistryFull(self.capacity));
         }
         registry.insert(name.to_string(), Registration { profile, link_to_cloud, renewed: now });
         tracing::info!("registered edge '{name}'");
@@ -136,7 +145,7 @@ impl Planner {
         let edges: Vec<Registration> = {
             let registry = self.registry.lock().map_err(|_| PlanError::Poisoned)?;
             let now = Instant::now();
-            registry.values().filter(|r| now.duration_since(r.renewed) < REGISTRATION_TTL).cloned().collect()
+            registry.values().filter(|r| now.duration_since(r.renewed) < self.ttl).cloned().collect()
         };
         let mut profiles = vec![device.clone()];
         profiles.extend(edges.iter().map(|r| r.profile.clone()));

@@ -61,15 +61,16 @@ pub fn tier_index(tier: TierKind) -> u8 {
 /// Serves `model` until the process ends; `on_ready` is called once the endpoint is bound.
 pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let identity = pki::Identity::load(&config.cluster, &config.name)?;
-    let node = Arc::new(Node::new(model, tier_index(config.tier), config.threads)?);
+    let node = Arc::new(Node::new(model, tier_index(config.tier), config.threads)?.with_slice_cache(config.limits.slice_cache));
+    let deny = Arc::new(pki::DenyList::new(&config.cluster));
     let mut server = StageServer::new(node.clone(), config.limits)
-        .with_revocations(&config.cluster)
+        .with_revocations(deny.clone())
         .with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
     if let (TierKind::Cloud, Some(p)) = (config.tier, &config.profile) {
-        server = server.with_planner(Planner::new(p.clone()));
+        server = server.with_planner(Planner::new(p.clone()).with_registry(config.limits.registrations, config.limits.registration_ttl));
     }
     crate::async_runtime()?.block_on(async move {
-        let endpoint = quic::server(&identity, config.listen)?;
+        let endpoint = quic::server_with_streams(&identity, config.listen, Some(deny), config.limits.streams_per_connection)?;
         if let Some(cloud) = &config.upstream {
             let client = quic::client(&identity)?;
             if let Some(p) = &config.profile {

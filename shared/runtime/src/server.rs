@@ -5,10 +5,9 @@
 //! queue, and a full queue answers `Busy` at once.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::Result;
 use tokio::sync::{Mutex, Semaphore};
@@ -80,6 +79,14 @@ pub struct Limits {
     /// Time the next tier has to answer a forwarded request; then it counts as unreachable (keep
     /// it below the devices' own timeout, so they blame the right tier).
     pub forward_timeout: Duration,
+    /// Streams one connection may have open at once (QUIC flow control: more wait).
+    pub streams_per_connection: u32,
+    /// Slices kept built at once (least recently used dropped first).
+    pub slice_cache: usize,
+    /// Edges the cloud's planner keeps registered at once.
+    pub registrations: usize,
+    /// A registration not renewed within this long is forgotten.
+    pub registration_ttl: Duration,
 }
 
 impl Limits {
@@ -94,6 +101,10 @@ impl Limits {
             per_peer: 8,
             read_deadline: Duration::from_secs(30),
             forward_timeout: Duration::from_secs(4),
+            streams_per_connection: scission_net::quic::MAX_STREAMS,
+            slice_cache: crate::node::MAX_CACHED_SLICES,
+            registrations: crate::planner::MAX_REGISTERED,
+            registration_ttl: crate::planner::REGISTRATION_TTL,
         }
     }
 }
@@ -198,30 +209,7 @@ pub struct StageServer {
     planning: Semaphore,
     planner: Option<Arc<Planner>>,
     model_file: Option<ModelFile>,
-    revocations: Option<Revocations>,
-}
-
-/// The cluster's deny list, read again at most once a second.
-struct Revocations {
-    dir: PathBuf,
-    cache: std::sync::Mutex<(Option<Instant>, Vec<String>)>,
-}
-
-impl Revocations {
-    /// How long a read of the deny list is trusted.
-    const FRESH: Duration = Duration::from_secs(1);
-
-    fn is_revoked(&self, peer: &PeerCert) -> bool {
-        let Ok(mut cache) = self.cache.lock() else { return true };
-        if cache.0.is_none_or(|read| read.elapsed() >= Self::FRESH) {
-            match pki::revoked_names(&self.dir) {
-                Ok(names) => cache.1 = names,
-                Err(e) => tracing::warn!("keeping the previous deny list: {e:#}"),
-            }
-            cache.0 = Some(Instant::now());
-        }
-        cache.1.iter().any(|name| peer.is_named(name))
-    }
+    revocations: Option<Arc<pki::DenyList>>,
 }
 
 /// Whether a peer of `role` may send `body` (an edge registers only under its own name).
@@ -264,9 +252,9 @@ impl StageServer {
         }
     }
 
-    /// Refuses the nodes named in the deny list of cluster directory `dir`.
-    pub fn with_revocations(mut self, dir: &std::path::Path) -> Self {
-        self.revocations = Some(Revocations { dir: dir.to_path_buf(), cache: std::sync::Mutex::new((None, Vec::new())) });
+    /// Refuses, on every stream, the nodes `deny` names (connections opened before a revocation).
+    pub fn with_revocations(mut self, deny: Arc<pki::DenyList>) -> Self {
+        self.revocations = Some(deny);
         self
     }
 
