@@ -441,3 +441,41 @@ fn a_service_started_before_its_servers_answers_locally_then_takes_the_clouds_pl
     assert!(answer["parameters"]["scission_predicted_ms"].is_number(), "{answer}");
     assert_eq!(floats(&answer["outputs"][0]["data"]), reference.output(&reference.input(5)));
 }
+
+#[test]
+fn a_busy_edge_is_back_pressure_requests_go_around_it_and_it_stays_up() {
+    let c = Cluster::new();
+    let (model, cluster) = (c.model.to_str().unwrap(), c.cluster());
+    let cloud = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1"]);
+    let cloud_text = cloud.addr.to_string();
+    // One worker and no queue: a second request at the same time is answered Busy.
+    let edge_args = ["serve", model, "--cluster", &cluster, "--cloud", &cloud_text, "--threads", "1", "--workers", "1", "--queue", "0"];
+    let edge = start("scission-edge", &edge_args);
+    let config = write_config(c.dir.path(), &c, edge.addr, cloud.addr, three_way_split(&c.model), true, "busy");
+    let service = Service::start(&config, &[]);
+    let reference = Reference::new(&c.model);
+    let model_name = c.model.file_stem().unwrap().to_str().unwrap();
+    let (_, meta) = curl_json(&[&format!("{}/v2/models/{model_name}", service.url)]);
+    let input_name = meta["inputs"][0]["name"].as_str().unwrap().to_string();
+    let infer = format!("{}/v2/models/{model_name}/infer", service.url);
+    let (_, first) = post_json(&infer, &json_request(&input_name, &reference.shape, &reference.input(0)));
+    let split = first["parameters"]["scission_route"].as_str().unwrap().to_string();
+    let handles: Vec<_> = (20..36u32)
+        .map(|seed| {
+            let (infer, name, shape, input) = (infer.clone(), input_name.clone(), reference.shape.clone(), reference.input(seed));
+            std::thread::spawn(move || (post_json(&infer, &json_request(&name, &shape, &input)), input))
+        })
+        .collect();
+    let mut around = 0;
+    for handle in handles {
+        let ((code, answer), input) = handle.join().unwrap();
+        assert_eq!(code, 200, "every request ends in a result: {answer}");
+        assert_eq!(floats(&answer["outputs"][0]["data"]), reference.output(&input));
+        around += usize::from(answer["parameters"]["scission_route"] != split.as_str());
+    }
+    eprintln!("{around} of 16 concurrent requests went around the busy edge");
+    assert!(around > 0, "with one edge worker and no queue, some of 16 concurrent requests are turned away");
+    let (_, status) = curl_json(&[&format!("{}/status", service.url)]);
+    assert_eq!(status["down"], json!([]), "busy is not down: {status}");
+    assert_eq!(status["route"].as_str(), Some(split.as_str()), "{status}");
+}

@@ -308,3 +308,30 @@ fn a_revoked_device_is_refused_without_restarting_the_server() {
         quic::exchange(&conn, &ping, 1 << 20).await.expect("other nodes are still served");
     });
 }
+
+#[test]
+fn a_revoked_edge_leaves_the_plans_at_once_not_when_its_registration_expires() {
+    let c = Cluster::new();
+    let (cloud, profile) = planning_cloud(&c, &[]);
+    let fast = Link { latency_ns: 1_000, bits_per_sec: 10_000_000_000 };
+    as_node(&c, "edge", cloud.addr, async |conn| {
+        let register =
+            Body::Register { name: heapless::String::try_from("edge").unwrap(), tier: 1, profile: &profile, link_to_cloud: Some(fast) };
+        assert_eq!(failure_code(&conn, &register).await.0, None);
+    });
+    let tiers_planned = || {
+        let mut tiers = Vec::new();
+        as_device(&c, cloud.addr, async |conn| {
+            let answer =
+                quic::exchange(&conn, &encode(&plan_request(&profile, 16, &[(1, fast), (2, fast)])).unwrap(), 64 << 20).await.unwrap();
+            let Body::Plans { routes } = decode(&answer).unwrap() else { panic!("no plans") };
+            tiers = routes.iter().flat_map(|r| r.stages.iter().map(|s| s.tier)).collect();
+        });
+        tiers
+    };
+    assert!(tiers_planned().contains(&1), "the registered edge is planned with");
+    let out = run("scission-cloud", &["revoke", "edge", "--cluster", &c.cluster()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(pki::DenyList::FRESH + Duration::from_millis(200));
+    assert!(!tiers_planned().contains(&1), "a revoked edge gets no work, though its registration has 10 minutes left");
+}

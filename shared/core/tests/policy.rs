@@ -539,3 +539,49 @@ fn a_periodic_replan_measures_the_links_on_schedule_and_not_before() {
     p.handle(at(60_000), Event::Tick);
     assert_eq!(drain(&mut p), vec![Action::MeasureLinks { tiers: vec![1, 2] }]);
 }
+
+#[test]
+fn a_tier_that_fails_again_soon_after_coming_back_waits_longer_each_time() {
+    // The edge answers probes but fails every request (its own upstream is broken): each time
+    // it comes back and fails at once, the next probe waits twice as long, up to the cap.
+    let mut p = edge_down();
+    let mut now = 0;
+    let mut waits = Vec::new();
+    for request in 10..16u64 {
+        // Probe when due, answered: the edge is up again and the ranking comes back with it.
+        let due = (now..).step_by(100).find(|&t| {
+            p.handle(at(t), Event::Tick);
+            drain(&mut p).contains(&Action::Probe { tier: 1 })
+        });
+        let probed = due.unwrap_or_else(|| unreachable!());
+        waits.push(probed - now);
+        p.handle(at(probed), Event::ProbeAnswered { tier: 1 });
+        drain(&mut p);
+        p.handle(at(probed), Event::Plans(vec![three_tier(10), device_cloud(20)]));
+        drain(&mut p);
+        // The next request fails on it at once.
+        p.handle(at(probed), Event::Submit { request });
+        drain(&mut p);
+        p.handle(at(probed), Event::Unreachable { request, tier: 1, reason: "its upstream is gone".into() });
+        p.handle(at(probed), Event::Answered { request, elapsed_ns: 20 });
+        drain(&mut p);
+        now = probed;
+    }
+    assert_eq!(waits, vec![1000, 2000, 4000, 8000, 16000, 32000], "back-offs double across recoveries");
+    // Long after its last recovery, a failure starts from the first back-off again.
+    let later = now + 3_600_000;
+    p.handle(at(later), Event::Tick);
+    p.handle(at(later), Event::ProbeAnswered { tier: 1 });
+    drain(&mut p);
+    p.handle(at(later), Event::Plans(vec![three_tier(10), device_cloud(20)]));
+    drain(&mut p);
+    let quiet = later + 3_600_000;
+    p.handle(at(quiet), Event::Submit { request: 99 });
+    drain(&mut p);
+    p.handle(at(quiet), Event::Unreachable { request: 99, tier: 1, reason: "gone".into() });
+    drain(&mut p);
+    p.handle(at(quiet + 999), Event::Tick);
+    assert!(drain(&mut p).is_empty());
+    p.handle(at(quiet + 1000), Event::Tick);
+    assert_eq!(drain(&mut p), vec![Action::Probe { tier: 1 }]);
+}

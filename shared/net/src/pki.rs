@@ -286,6 +286,15 @@ impl DenyList {
 
     /// Whether the certificate names a revoked node (an unreadable list keeps the last one read).
     pub fn is_revoked(&self, peer: &PeerCert) -> bool {
+        self.any(|name| peer.is_named(name))
+    }
+
+    /// Whether node `name` is revoked.
+    pub fn is_name_revoked(&self, name: &str) -> bool {
+        self.any(|revoked| revoked.eq_ignore_ascii_case(name))
+    }
+
+    fn any(&self, matches: impl Fn(&str) -> bool) -> bool {
         let Ok(mut cache) = self.cache.lock() else { return true };
         if cache.0.is_none_or(|read| read.elapsed() >= Self::FRESH) {
             match revoked_names(&self.dir) {
@@ -294,7 +303,7 @@ impl DenyList {
             }
             cache.0 = Some(std::time::Instant::now());
         }
-        cache.1.iter().any(|name| peer.is_named(name))
+        cache.1.iter().any(|name| matches(name))
     }
 }
 

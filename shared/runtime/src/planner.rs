@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Context;
@@ -89,19 +89,26 @@ pub struct Planner {
     registry: Mutex<HashMap<String, Registration>>,
     capacity: usize,
     ttl: Duration,
+    deny: Option<Arc<scission_net::pki::DenyList>>,
 }
 
 impl Planner {
     /// A planner whose cloud machine has profile `own`.
     pub fn new(mut own: Profile) -> Self {
         own.machine.tier = TierKind::Cloud;
-        Self { own, registry: Mutex::new(HashMap::new()), capacity: MAX_REGISTERED, ttl: REGISTRATION_TTL }
+        Self { own, registry: Mutex::new(HashMap::new()), capacity: MAX_REGISTERED, ttl: REGISTRATION_TTL, deny: None }
     }
 
     /// Keeps at most `capacity` edges registered, each for `ttl` after its last renewal.
     pub fn with_registry(mut self, capacity: usize, ttl: Duration) -> Self {
         self.capacity = capacity;
         self.ttl = ttl;
+        self
+    }
+
+    /// Leaves edges the deny list names out of every plan from the moment they are revoked.
+    pub fn with_deny_list(mut self, deny: Arc<scission_net::pki::DenyList>) -> Self {
+        self.deny = Some(deny);
         self
     }
 
@@ -145,7 +152,8 @@ impl Planner {
         let edges: Vec<Registration> = {
             let registry = self.registry.lock().map_err(|_| PlanError::Poisoned)?;
             let now = Instant::now();
-            registry.values().filter(|r| now.duration_since(r.renewed) < self.ttl).cloned().collect()
+            let revoked = |name: &str| self.deny.as_ref().is_some_and(|d| d.is_name_revoked(name));
+            registry.values().filter(|r| now.duration_since(r.renewed) < self.ttl && !revoked(&r.profile.machine.name)).cloned().collect()
         };
         let mut profiles = vec![device.clone()];
         profiles.extend(edges.iter().map(|r| r.profile.clone()));

@@ -67,7 +67,9 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
         .with_revocations(deny.clone())
         .with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
     if let (TierKind::Cloud, Some(p)) = (config.tier, &config.profile) {
-        server = server.with_planner(Planner::new(p.clone()).with_registry(config.limits.registrations, config.limits.registration_ttl));
+        server = server.with_planner(
+            Planner::new(p.clone()).with_registry(config.limits.registrations, config.limits.registration_ttl).with_deny_list(deny.clone()),
+        );
     }
     crate::async_runtime()?.block_on(async move {
         let endpoint = quic::server_with_streams(&identity, config.listen, Some(deny), config.limits.streams_per_connection)?;

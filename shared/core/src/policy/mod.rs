@@ -331,6 +331,10 @@ pub struct DevicePolicy {
     config: PolicyConfig,
     routes: Vec<Route>,
     down: BTreeMap<u8, Down>,
+    /// Tiers that came back: when, and the back-off they had reached. A tier that goes down
+    /// again soon after starts from the next back-off, not the first (no flapping at the first
+    /// back-off's pace when a tier answers probes but fails requests).
+    recovered: BTreeMap<u8, (Instant, Duration)>,
     links: BTreeMap<u8, Link>,
     requests: BTreeMap<u64, Pending>,
     waiting: Waiting,
@@ -350,6 +354,7 @@ impl DevicePolicy {
             config,
             routes,
             down: BTreeMap::new(),
+            recovered: BTreeMap::new(),
             links: links.into_iter().collect(),
             requests: BTreeMap::new(),
             waiting: Waiting::Nothing,
@@ -407,7 +412,7 @@ impl DevicePolicy {
             Event::LinksMeasured(links) => self.links_measured(links),
             Event::Plans(ranked) => self.plans(ranked),
             Event::PlanFailed { .. } => self.plan_failed(),
-            Event::ProbeAnswered { tier } => self.probe_answered(tier),
+            Event::ProbeAnswered { tier } => self.probe_answered(now, tier),
             Event::ProbeFailed { tier, .. } => self.probe_failed(now, tier),
             Event::TierUnreachable { tier } => self.tier_unreachable(now, tier),
             Event::Tick => self.tick(now),
@@ -534,7 +539,7 @@ impl DevicePolicy {
         if self.down.contains_key(&tier) {
             return;
         }
-        let backoff = self.config.backoff_initial;
+        let backoff = self.backoff_after_recovery(now, tier);
         self.down.insert(tier, Down { retry_at: now.saturating_add(backoff), backoff, probing: false });
         self.actions.push_back(Action::TierDown { tier });
         if self.waiting == Waiting::Plans {
@@ -637,15 +642,29 @@ impl DevicePolicy {
         }
     }
 
-    fn probe_answered(&mut self, tier: u8) {
-        if self.down.get(&tier).is_some_and(|d| d.probing) {
+    fn probe_answered(&mut self, now: Instant, tier: u8) {
+        if let Some(down) = self.down.get(&tier).filter(|d| d.probing).copied() {
             self.down.remove(&tier);
+            self.recovered.insert(tier, (now, down.backoff));
             self.actions.push_back(Action::TierUp { tier });
             if self.waiting == Waiting::Nothing {
                 self.ask_for_plans(ReplanReason::TierRecovered);
             } else {
                 self.replan_again.get_or_insert(ReplanReason::TierRecovered);
             }
+        }
+    }
+
+    /// The first back-off of a tier going down at `now`: the initial one, or, when it came back
+    /// less than the longest back-off ago, double the back-off it had reached then.
+    fn backoff_after_recovery(&mut self, now: Instant, tier: u8) -> Duration {
+        let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
+        match self.recovered.remove(&tier) {
+            Some((at, reached)) if now.checked_duration_since(at).is_none_or(|since| since < max) => {
+                let doubled = Duration::from_ticks(reached.as_ticks().saturating_mul(2));
+                if doubled > max { max } else { doubled }
+            }
+            _ => initial,
         }
     }
 
