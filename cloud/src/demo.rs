@@ -1,9 +1,10 @@
-//! The built-in demo: a zoo model (ResNet50 by default), benchmarked as a single-threaded
-//! device and as a multi-threaded server, planned over device -> edge -> cloud with emulated
-//! link figures; every top plan's split checked against the unsplit model; then edge and cloud
-//! started as separate processes on loopback (mutual TLS from a throw-away cluster CA) and a
-//! batch of requests run from this process as the device, over emulated uplinks, each result
-//! checked against the unsplit model, with predicted against measured latency.
+//! The built-in demo: a zoo model (MobileNetV2 by default), benchmarked as a small board (one
+//! thread under a CPU quota, see [`crate::cpulimit`]) and as a multi-threaded server, planned over
+//! device -> edge -> cloud with emulated link figures; every top plan's split checked against the
+//! unsplit model; then edge and cloud started as separate processes on loopback (mutual TLS from
+//! a throw-away cluster CA) and each top plan run for real from this process as the device
+//! (under the same quota, over emulated uplinks), each result checked against the unsplit model,
+//! with predicted against measured latency per plan.
 
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
@@ -13,28 +14,35 @@ use scission_core::solver::{self, Constraints, CostOptions, Objective, Plan, Pro
 use scission_core::timing::Budget;
 use scission_engine::bench::{BenchOptions, benchmark};
 use scission_engine::pipeline::max_abs_diff;
+use scission_engine::tract::prelude::*;
 use scission_engine::{LoadOptions, Model, Pipeline, input::synthetic_inputs, with_threads};
 use scission_zoo::onnx::builder::encode;
 use scission_zoo::onnx::testmodels::TestModel;
+
+use crate::cpulimit::CpuLimit;
 
 /// Arguments of `demo`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
     /// A zoo model (`scission-cloud zoo list`) or a test model (`chain-cnn`, `branched-cnn`).
-    #[arg(long, default_value = "resnet50")]
+    #[arg(long, default_value = "mobilenet_v2")]
     model: String,
+    /// The device's share of one core, in percent, for its benchmark and its inference alike
+    /// (a Linux cgroup CPU quota; 0 or 100: unlimited). The default plays a Pi-class board.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100))]
+    device_cpu: u32,
     /// Largest number of tensors that may cross a cut point.
     #[arg(long, default_value_t = 2)]
     max_crossing: usize,
     /// Link figures FROM-TO=BANDWIDTH,LATENCY between the tiers (directed; the reverse
     /// direction gets the same figures unless given).
-    #[arg(long = "link", value_name = "SPEC", default_values_t = ["device-edge=300mbit,2ms".to_string(), "edge-cloud=1gbit,15ms".to_string(), "device-cloud=50mbit,30ms".to_string()])]
+    #[arg(long = "link", value_name = "SPEC", default_values_t = ["device-edge=10mbit,3ms".to_string(), "edge-cloud=1gbit,10ms".to_string(), "device-cloud=5mbit,30ms".to_string()])]
     links: Vec<String>,
     /// How many plans to show and check.
     #[arg(short = 'n', long, default_value_t = 5)]
     plans: usize,
-    /// Requests to run through the distributed runtime (0 skips it).
-    #[arg(long, default_value_t = 50)]
+    /// Requests to run through the distributed runtime on each of the top plans (0 skips it).
+    #[arg(long, default_value_t = 10)]
     requests: u32,
 }
 
@@ -51,7 +59,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         model.cuts.legacy_cut_points(&model.summary).len().saturating_sub(2)
     );
     let cores = scission_engine::host::available_cores();
-    let device = bench_as(&model, args, "device-1t", TierKind::Device, 1)?;
+    let limit = device_limit(args.device_cpu);
+    let device_name = limit.as_ref().map_or_else(|| "device-1t".to_string(), |l| format!("device-1t-{}pct", l.percent));
+    let mut device = as_device(limit.as_ref(), || bench_as(&model, args, &device_name, TierKind::Device, 1))?;
+    if limit.is_some() {
+        calibrate_to_whole(&mut device);
+    }
     let edge = bench_as(&model, args, &format!("edge-{cores}t"), TierKind::Edge, cores)?;
     let mut cloud = edge.clone();
     cloud.machine.name = format!("cloud-{cores}t");
@@ -60,9 +73,61 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let (problem, plans) = plan(&[device.clone(), edge, cloud], &args.links, args.plans)?;
     check_plans(&model, &device, &plans)?;
     if args.requests > 0 {
-        distributed(model, &model_path, &device, &problem, &plans, args.requests)?;
+        distributed(model, &model_path, &device, &problem, &plans, args.requests, limit.as_ref())?;
     }
     Ok(())
+}
+
+/// The CPU quota for the device, or a note on why it runs unlimited.
+fn device_limit(percent: u32) -> Option<CpuLimit> {
+    if percent == 0 || percent >= 100 {
+        return None;
+    }
+    match CpuLimit::new(percent) {
+        Ok(limit) => {
+            println!("the device runs on {percent}% of one core (a cgroup CPU quota), like a small board");
+            Some(limit)
+        }
+        Err(e) => {
+            println!("note: the device runs unlimited ({e:#}); on one host its plans then rarely split");
+            None
+        }
+    }
+}
+
+/// Scales the block times so they sum to the unsplit model's time. Under a CPU quota the
+/// kernel lets short work run at full speed until the period's budget is spent, so a block's
+/// median misses the throttling that a whole inference (many periods long) pays.
+fn calibrate_to_whole(profile: &mut Profile) {
+    let (whole, sum) = (profile.whole_model.median_ns, profile.sum_of_blocks_ns);
+    if whole == 0 || sum == 0 {
+        return;
+    }
+    let factor = whole as f64 / sum as f64;
+    for block in &mut profile.blocks {
+        let t = &mut block.time;
+        for v in [&mut t.median_ns, &mut t.p10_ns, &mut t.p90_ns, &mut t.min_ns, &mut t.max_ns] {
+            *v = (*v as f64 * factor).round() as u64;
+        }
+    }
+    profile.sum_of_blocks_ns = profile.blocks.iter().map(|b| b.time.median_ns).sum();
+    profile.sum_over_whole = profile.sum_of_blocks_ns as f64 / whole as f64;
+    println!(
+        "device blocks scaled by {factor:.2}x to sum to its unsplit time (a CPU quota runs short blocks at full speed until the period's budget is spent)"
+    );
+}
+
+/// Runs `work` on a thread inside the device's CPU quota (threads it starts inherit it).
+fn as_device<T: Send>(limit: Option<&CpuLimit>, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            if let Some(limit) = limit {
+                limit.enter()?;
+            }
+            work()
+        });
+        thread.join().map_err(|_| anyhow::anyhow!("the device thread panicked"))?
+    })
 }
 
 /// The model and its file (zoo models from the cache; test models written next to them).
@@ -171,7 +236,8 @@ fn start_tier(model: &std::path::Path, cluster: &std::path::Path, tier: &str, up
     Ok(Tier { child, addr })
 }
 
-/// Runs `requests` through real edge and cloud processes, this process acting as the device.
+/// Runs each top plan for `requests` requests through real edge and cloud processes, this
+/// process acting as the device (under its CPU quota), and prints predicted against measured.
 fn distributed(
     model: Model,
     model_path: &std::path::Path,
@@ -179,26 +245,95 @@ fn distributed(
     problem: &Problem,
     plans: &[Plan],
     requests: u32,
+    limit: Option<&CpuLimit>,
 ) -> Result<()> {
-    use scission_core::policy::plan_route;
-    use scission_net::{emulator::Shaper, pki, quic};
-    use scission_runtime::client::{DeviceClient, Peer};
-    use scission_runtime::node::Node;
+    use scission_net::pki;
     let dir = tempfile::tempdir()?;
     let cluster = dir.path().join("cluster");
     pki::init_cluster(&cluster)?;
     for role in pki::Role::ALL {
         pki::enroll(&cluster, role.as_str(), role, false, 1)?;
     }
+    // The servers start from this (unlimited) thread: a child inherits its parent's cgroup.
     let cloud = start_tier(model_path, &cluster, "cloud", None)?;
     let edge = start_tier(model_path, &cluster, "edge", Some(cloud.addr))?;
-    let identity = pki::Identity::load(&cluster, "device")?;
-    let route = plans.first().and_then(|p| plan_route(p, &device.blocks)).context("no plan to run")?;
+    // Inputs and the unsplit model's outputs, computed at full speed.
+    let whole = model.whole()?;
+    let cases = (0..requests)
+        .map(|i| {
+            let inputs = synthetic_inputs(&model, 100 + u64::from(i))?;
+            let reference = with_threads(1, || whole.run(inputs.clone()))?;
+            Ok((inputs, reference))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let servers = Servers { edge: edge.addr, cloud: cloud.addr, cluster: &cluster };
+    let ran = as_device(limit, || run_plans(model, device, problem, plans, &cases, &servers))?;
+    println!("{:>4}  {:>12}  {:>12}  {:>7}  route", "plan", "predicted ms", "measured ms", "error");
+    let mut errors = Vec::new();
+    for (rank, (plan, measured, route)) in plans.iter().zip(&ran.medians).zip(&ran.routes).map(|((p, m), r)| (p, m, r)).enumerate() {
+        let predicted = plan.cost.latency_ns as f64;
+        let error = measured / predicted - 1.0;
+        errors.push(error.abs());
+        println!(
+            "{:>4}  {:>12.1}  {:>12.1}  {:>+6.1}%  {route}",
+            format!("#{}", rank + 1),
+            predicted * 1e-6,
+            measured * 1e-6,
+            error * 100.0
+        );
+    }
+    errors.sort_by(f64::total_cmp);
+    println!(
+        "{} requests on {} plans through 3 processes: every output equals the unsplit model's (max |difference| {:e}); \
+         median |measured / predicted - 1| {:.1}% (medians of each plan's requests after its first, which pays the handshakes)",
+        ran.count,
+        plans.len(),
+        ran.worst,
+        errors.get(errors.len() / 2).copied().unwrap_or(0.0) * 100.0
+    );
+    if ran.worst > 1e-5 {
+        bail!("the distributed result differs from the unsplit model by {:e}", ran.worst);
+    }
+    Ok(())
+}
+
+/// Where the demo's servers are.
+struct Servers<'a> {
+    edge: std::net::SocketAddr,
+    cloud: std::net::SocketAddr,
+    cluster: &'a std::path::Path,
+}
+
+/// What running the plans measured.
+struct Ran {
+    /// Median end-to-end time of each plan, in ns.
+    medians: Vec<f64>,
+    /// Each plan's route, as one line.
+    routes: Vec<String>,
+    /// Largest difference from the unsplit model.
+    worst: f32,
+    /// Requests run.
+    count: usize,
+}
+
+/// The device's side: each plan's route, `cases.len()` requests each.
+fn run_plans(
+    model: Model,
+    device: &Profile,
+    problem: &Problem,
+    plans: &[Plan],
+    cases: &[(TVec<TValue>, TVec<TValue>)],
+    servers: &Servers<'_>,
+) -> Result<Ran> {
+    use scission_core::policy::plan_route;
+    use scission_net::{emulator::Shaper, pki, quic};
+    use scission_runtime::client::{DeviceClient, Peer};
+    use scission_runtime::node::Node;
+    let identity = pki::Identity::load(servers.cluster, "device")?;
     let node = std::sync::Arc::new(Node::new(model, 0, 1)?);
-    let whole = node.model.whole()?;
-    let peer = |addr, name: &str| Peer::new(addr, name);
-    let peers: std::collections::HashMap<u8, Peer> = [(1u8, peer(edge.addr, "edge")), (2u8, peer(cloud.addr, "cloud"))].into();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let peers: std::collections::HashMap<u8, Peer> =
+        [(1u8, Peer::new(servers.edge, "edge")), (2u8, Peer::new(servers.cloud, "cloud"))].into();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(async {
         let mut shapers = std::collections::HashMap::new();
         for (tier, peer) in &peers {
@@ -207,34 +342,43 @@ fn distributed(
             shapers.insert(peer.addr, Shaper::new(link));
         }
         let endpoint = quic::client_with_links(&identity, shapers)?;
-        let client = DeviceClient::new(node.clone(), endpoint, peers, scission_core::wire::frame::DEFAULT_MAX_FRAME, std::time::Duration::from_secs(10));
-        let mut errors = Vec::new();
-        let mut worst = 0f32;
-        println!("running {requests} requests: device (this process, emulated uplinks) -> edge -> cloud");
-        for i in 0..u64::from(requests) {
-            let inputs = synthetic_inputs(&node.model, 100 + i)?;
-            let reference = with_threads(1, || whole.run(inputs.clone()))?;
-            let outcome = client.infer(i, &route, inputs, CostOptions::default().encoding).await?;
-            for ((_, got), want) in outcome.outputs.iter().zip(&reference) {
-                worst = worst.max(max_abs_diff(got, want)?);
-            }
-            let predicted = plans[0].cost.latency_ns as f64;
-            if i > 0 {
-                errors.push((outcome.total_ns as f64 - predicted) / predicted);
-            }
-            if i < 3 || i + 1 == u64::from(requests) {
-                println!("request {i}: plan #1 measured {:.1} ms, predicted {:.1} ms", outcome.total_ns as f64 * 1e-6, predicted * 1e-6);
-            }
-        }
-        errors.sort_by(f64::total_cmp);
-        let median = errors.get(errors.len() / 2).copied().unwrap_or(0.0);
-        println!(
-            "{requests} requests through 3 processes: every output equals the unsplit model's (max |difference| {worst:e}); measured vs predicted latency, median error {:+.1}% (first request, which pays the handshakes, left out)",
-            median * 100.0
+        let client = DeviceClient::new(
+            node.clone(),
+            endpoint,
+            peers,
+            scission_core::wire::frame::DEFAULT_MAX_FRAME,
+            std::time::Duration::from_secs(30),
         );
-        if worst > 1e-5 {
-            bail!("the distributed result differs from the unsplit model by {worst:e}");
+        let mut ran = Ran { medians: Vec::new(), routes: Vec::new(), worst: 0.0, count: 0 };
+        println!(
+            "running {} requests on each of the top {} plans: device (this process, its CPU quota, emulated uplinks) -> edge -> cloud",
+            cases.len(),
+            plans.len()
+        );
+        for (rank, plan) in plans.iter().enumerate() {
+            let route = plan_route(plan, &device.blocks).with_context(|| format!("plan #{} does not fit the profile", rank + 1))?;
+            let mut times = Vec::new();
+            for (i, (inputs, reference)) in cases.iter().enumerate() {
+                let id = u64::try_from(rank * cases.len() + i).unwrap_or(u64::MAX);
+                let outcome = client.infer(id, &route, inputs.clone(), CostOptions::default().encoding).await?;
+                for ((_, got), want) in outcome.outputs.iter().zip(reference) {
+                    ran.worst = ran.worst.max(max_abs_diff(got, want)?);
+                }
+                if i > 0 || cases.len() == 1 {
+                    times.push(outcome.total_ns as f64);
+                }
+                ran.count += 1;
+            }
+            times.sort_by(f64::total_cmp);
+            ran.medians.push(times.get(times.len() / 2).copied().unwrap_or(0.0));
+            ran.routes.push(
+                route
+                    .iter()
+                    .map(|s| format!("{}[{},{})", ["device", "edge", "cloud"].get(usize::from(s.tier)).unwrap_or(&"?"), s.start, s.end))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
         }
-        Ok(())
+        Ok(ran)
     })
 }

@@ -2,6 +2,7 @@
 //! model's cut points (`inspect`) and runs the built-in demo (`demo`).
 
 mod chart;
+mod cpulimit;
 mod demo;
 mod plan;
 mod report;
