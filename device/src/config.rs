@@ -243,7 +243,7 @@ impl Overrides {
 }
 
 /// Parses `DEVICE_END,EDGE_END`.
-fn parse_split(text: &str) -> Result<[usize; 2], String> {
+pub fn parse_split(text: &str) -> Result<[usize; 2], String> {
     let bad = || format!("'{text}': expected two node positions DEVICE_END,EDGE_END, e.g. 40,120");
     let (a, b) = text.split_once(',').ok_or_else(bad)?;
     Ok([a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?])

@@ -43,8 +43,8 @@ pub struct RunArgs {
     /// A fixed split, as node positions DEVICE_END,EDGE_END: the device runs [0, DEVICE_END),
     /// the edge [DEVICE_END, EDGE_END), the cloud the rest (`scission-device inspect` lists the
     /// positions). Without it, plans come from --profiles.
-    #[arg(long, value_parser = parse_split, value_name = "DEVICE_END,EDGE_END", conflicts_with = "profiles")]
-    split: Option<(usize, usize)>,
+    #[arg(long, value_parser = crate::config::parse_split, value_name = "DEVICE_END,EDGE_END", conflicts_with = "profiles")]
+    split: Option<[usize; 2]>,
     /// Benchmark profiles of device, edge and cloud (from `bench`): the solver ranks plans from
     /// them and --link figures; requests use the best plan and fail over down the ranking when
     /// a tier becomes unreachable.
@@ -105,17 +105,6 @@ pub struct RunArgs {
     no_check: bool,
 }
 
-fn parse_split(text: &str) -> Result<(usize, usize), String> {
-    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
-    match parts[..] {
-        [a, b] => match (a.parse(), b.parse()) {
-            (Ok(a), Ok(b)) => Ok((a, b)),
-            _ => Err(format!("'{text}': expected two node positions, e.g. 40,120")),
-        },
-        _ => Err(format!("'{text}': expected DEVICE_END,EDGE_END, e.g. 40,120")),
-    }
-}
-
 /// Parses `AFTER:TIER=BANDWIDTH,LATENCY`, e.g. `10:1=2mbit,5ms`.
 fn parse_change(text: &str) -> Result<LinkChange, String> {
     let bad = || format!("'{text}': expected REQUEST:TIER=BANDWIDTH,LATENCY, e.g. 10:1=2mbit,5ms");
@@ -132,7 +121,7 @@ impl RunArgs {
     }
 
     fn planning(&self) -> Result<Planning> {
-        if let Some((device_end, edge_end)) = self.split {
+        if let Some([device_end, edge_end]) = self.split {
             return Ok(Planning::Split { device_end, edge_end });
         }
         if let Some(profile) = &self.profile {
