@@ -124,10 +124,14 @@ impl DeviceClient {
         // Connect without holding the cache: a tier that hangs (a probe of a dead one) must not
         // hold up requests to the others.
         let peer = self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
-        let addr = peer.current_addr().await;
-        let c = tokio::time::timeout(self.timeout, connect(&self.endpoint, addr, &peer.name))
+        // Resolving the name counts against the timeout too (a DNS server that hangs).
+        let attempt = async {
+            let addr = peer.current_addr().await;
+            connect(&self.endpoint, addr, &peer.name).await
+        };
+        let c = tokio::time::timeout(self.timeout, attempt)
             .await
-            .map_err(|_| invalid!("{} at {addr} did not answer within {} ms", peer.name, self.timeout.as_millis()))??;
+            .map_err(|_| invalid!("{} did not answer within {} ms", peer.name, self.timeout.as_millis()))??;
         self.watch(tier, &c);
         self.connections.lock().await.insert(tier, c.clone());
         Ok(c)

@@ -241,7 +241,8 @@ fn binary_part<'a>(input: &RequestInput, rest: &mut &'a [u8]) -> Result<Option<&
 /// The encoded image of a `BYTES` input: one element, as binary (4-byte little-endian length
 /// then the bytes) or as a JSON string.
 fn image_bytes<'a>(input: &'a RequestInput, binary: Option<&'a [u8]>) -> Result<&'a [u8], ProtocolError> {
-    if input.shape.iter().product::<i64>() != 1 {
+    // Every dimension 1 (a product of hostile dimensions could wrap to 1).
+    if input.shape.is_empty() || input.shape.iter().any(|&d| d != 1) {
         return Err(invalid!("input '{}': a BYTES input holds one encoded image (shape [1]), not {:?}", input.name, input.shape));
     }
     match (binary, &input.data) {
@@ -554,6 +555,9 @@ mod tests {
             assert!(err.0.contains(expected), "{json}: {err}");
         }
         assert!(parse_request(b"{not json").unwrap_err().0.contains("malformed"));
+        // Dimensions whose product wraps to 1 are not one image.
+        let wrapping = r#"{"inputs":[{"name":"x","shape":[3,-6148914691236517205],"datatype":"BYTES","data":["abc"]}]}"#;
+        assert!(request_tensors(&request(wrapping), &[], &spec()).err().unwrap().0.contains("one encoded image"));
         assert!(split_body(b"{}", Some("9")).unwrap_err().0.contains("only 2 bytes"));
     }
 
