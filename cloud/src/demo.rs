@@ -147,7 +147,7 @@ fn load(name: &str) -> Result<(Model, std::path::PathBuf)> {
 
 fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads: usize) -> Result<Profile> {
     let options = BenchOptions {
-        budget: Budget { warmup: 1, min_runs: 3, max_runs: 20, max_time: Duration::from_millis(100) },
+        budget: Budget { warmup: 1, min_runs: 3, max_runs: 20, max_time: Duration::from_millis(100), precision_permille: 20 },
         max_crossing: args.max_crossing,
         threads,
         machine: name.to_string(),

@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Time budget per block in milliseconds, after the minimum runs.
     #[arg(long, default_value_t = 500)]
     pub max_time_ms: u64,
+    /// Stop timing a block once its median is known within this many percent either side (95 %
+    /// confidence); 0 times every block for --max-runs or --max-time-ms.
+    #[arg(long, default_value_t = 2.0)]
+    pub precision: f64,
     /// Seed of the synthetic input.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -50,6 +54,9 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     fn options(&self, tier: TierKind) -> Result<BenchOptions> {
+        if !(0.0..=100.0).contains(&self.precision) {
+            bail!("--precision {} is not a percentage from 0 to 100", self.precision);
+        }
         if self.min_runs > self.max_runs {
             bail!("--min-runs {} is larger than --max-runs {}", self.min_runs, self.max_runs);
         }
@@ -60,6 +67,7 @@ impl BenchArgs {
                 min_runs: self.min_runs,
                 max_runs: self.max_runs,
                 max_time: Duration::from_millis(self.max_time_ms),
+                precision_permille: (self.precision * 10.0).round() as u32,
             },
             max_crossing: usize::from(self.model.max_crossing),
             threads: self.threads.map_or(default_threads, usize::from),

@@ -6,8 +6,9 @@
 use alloc::vec::Vec;
 use embassy_time::{Duration, Instant};
 
-/// How long to measure: `warmup` untimed runs, then timed runs until `max_runs` are done or
-/// `max_time` has passed, but never fewer than `min_runs`.
+/// How long to measure: `warmup` untimed runs, then timed runs until the median is known
+/// within `precision_permille` (a 95 % confidence interval, see [`median_known_within`]), or
+/// `max_runs` are done, or `max_time` has passed; never fewer than `min_runs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     /// Untimed runs first (caches, allocator, lazy initialisation).
@@ -18,11 +19,14 @@ pub struct Budget {
     pub max_runs: u32,
     /// Time after which no new timed run starts once `min_runs` are done.
     pub max_time: Duration,
+    /// Stop once the median's 95 % confidence interval is within this many thousandths of it,
+    /// either side (20: ±2 %); 0 measures until `max_runs` or `max_time`.
+    pub precision_permille: u32,
 }
 
 impl Default for Budget {
     fn default() -> Self {
-        Self { warmup: 2, min_runs: 5, max_runs: 200, max_time: Duration::from_millis(1000) }
+        Self { warmup: 2, min_runs: 5, max_runs: 200, max_time: Duration::from_millis(1000), precision_permille: 20 }
     }
 }
 
@@ -39,10 +43,18 @@ pub fn measure<E>(budget: Budget, mut work: impl FnMut() -> Result<(), E>) -> Re
     let repeat = repetitions(&mut work)?;
     let started = Instant::now();
     let mut samples = Vec::new();
+    let mut sorted = Vec::new();
     while samples.len() < budget.max_runs as usize {
         let enough = samples.len() >= budget.min_runs as usize;
         if enough && started.elapsed() >= budget.max_time {
             break;
+        }
+        if enough && budget.precision_permille > 0 {
+            sorted.clone_from(&samples);
+            sorted.sort_unstable();
+            if median_known_within(&sorted, budget.precision_permille) {
+                break;
+            }
         }
         let t0 = Instant::now();
         for _ in 0..repeat {
@@ -53,10 +65,43 @@ pub fn measure<E>(budget: Budget, mut work: impl FnMut() -> Result<(), E>) -> Re
     Ok(samples)
 }
 
+/// Whether the median of `sorted` (ascending) is known within `permille` thousandths either
+/// side at 95 % confidence: the distribution-free interval between the order statistics
+/// `n/2 - 0.98 sqrt(n)` and `n/2 + 1 + 0.98 sqrt(n)` (the binomial's normal approximation),
+/// rounded outwards, lies within `median x (1 ± permille / 1000)`. Needs about 8 samples
+/// before it can hold at all.
+pub fn median_known_within(sorted: &[u64], permille: u32) -> bool {
+    let n = sorted.len();
+    // 0.98 sqrt(n) = sqrt(0.9604 n), rounded up.
+    let half_width = (n.saturating_mul(9604) / 10_000).isqrt().saturating_add(1);
+    let (Some(low), Some(high)) = ((n / 2).checked_sub(half_width), (n / 2).checked_add(half_width)) else { return false };
+    let (Some(&lo), Some(&hi), Some(&median)) = (sorted.get(low), sorted.get(high), sorted.get(n / 2)) else { return false };
+    let allowed = u128::from(median) * u128::from(permille);
+    (u128::from(median - lo.min(median)) * 1000 <= allowed) && (u128::from(hi.max(median) - median) * 1000 <= allowed)
+}
+
 /// How many runs of `work` one sample needs to span at least [`MIN_SAMPLE`] (at most 1000).
 fn repetitions<E>(work: &mut impl FnMut() -> Result<(), E>) -> Result<u32, E> {
     let t0 = Instant::now();
     work()?;
     let once = t0.elapsed().as_nanos().max(1);
     Ok(MIN_SAMPLE.as_nanos().div_ceil(once).clamp(1, 1000) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_median_is_known_after_a_few_samples_a_noisy_one_is_not() {
+        let steady: Vec<u64> = (0..10).map(|i| 1_000 + i).collect();
+        assert!(median_known_within(&steady, 20));
+        assert!(!median_known_within(&steady[..5], 20), "too few samples for any interval");
+        let mut noisy: Vec<u64> = (0..40).map(|i| if i % 2 == 0 { 1_000 } else { 1_300 }).collect();
+        noisy.sort_unstable();
+        assert!(!median_known_within(&noisy, 20), "half the samples 30 % off");
+        assert!(median_known_within(&noisy, 400), "within ±40 % it is known");
+        assert!(!median_known_within(&[], 20));
+        assert!(median_known_within(&[u64::MAX; 16], 1), "no overflow at the top");
+    }
 }
