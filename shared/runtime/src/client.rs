@@ -95,7 +95,7 @@ impl DeviceClient {
         Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame, timeout, lost: None }
     }
 
-    /// Reports lost connections on `lost` (see [`DeviceClient::lost`]).
+    /// Reports on `lost` the tier of every cached connection the peer's side ends.
     pub fn reporting_lost(mut self, lost: tokio::sync::mpsc::UnboundedSender<u8>) -> Self {
         self.lost = Some(lost);
         self
@@ -135,6 +135,14 @@ impl DeviceClient {
         self.watch(tier, &c);
         self.connections.lock().await.insert(tier, c.clone());
         Ok(c)
+    }
+
+    /// Drops the cached connection to `tier` after a failure, closing it (its watcher, which
+    /// holds a handle, would otherwise keep it alive on keep-alives).
+    async fn forget(&self, tier: u8) {
+        if let Some(connection) = self.connections.lock().await.remove(&tier) {
+            connection.close(quinn::VarInt::from_u32(0), b"failed");
+        }
     }
 
     /// The tiers this client has addresses for, in order.
@@ -181,11 +189,11 @@ impl DeviceClient {
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
-                self.connections.lock().await.remove(&tier);
+                self.forget(tier).await;
                 Err(unreachable(format!("{e:#}")))
             }
             Err(_) => {
-                self.connections.lock().await.remove(&tier);
+                self.forget(tier).await;
                 Err(unreachable(format!("no answer within {} ms", self.timeout.as_millis())))
             }
         }
