@@ -242,6 +242,21 @@ impl Overrides {
     }
 }
 
+/// Plans from a fixed split, else from the cloud (with this device's `profile`), else from the
+/// solver here (with every tier's `profiles`), each file read and checked now.
+pub fn planning(split: Option<[usize; 2]>, profile: Option<&Path>, profiles: &[PathBuf], links: &[String]) -> Result<Planning> {
+    if let Some([device_end, edge_end]) = split {
+        return Ok(Planning::Split { device_end, edge_end });
+    }
+    if let Some(profile) = profile {
+        read_profile(profile)?;
+        let profile_json = std::fs::read(profile).with_context(|| format!("cannot read {}", profile.display()))?;
+        return Ok(Planning::Cloud { profile_json, links: links.to_vec() });
+    }
+    let profiles = profiles.iter().map(|p| read_profile(p)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Planning::Profiles { profiles, links: links.to_vec() })
+}
+
 /// Parses `DEVICE_END,EDGE_END`.
 pub fn parse_split(text: &str) -> Result<[usize; 2], String> {
     let bad = || format!("'{text}': expected two node positions DEVICE_END,EDGE_END, e.g. 40,120");
@@ -341,19 +356,10 @@ impl Config {
     /// Where plans come from.
     pub fn planning(&self) -> Result<Planning> {
         let p = &self.planning;
-        if let Some([device_end, edge_end]) = p.split {
-            return Ok(Planning::Split { device_end, edge_end });
-        }
-        if let Some(profile) = &p.profile {
-            read_profile(profile)?;
-            let profile_json = std::fs::read(profile)?;
-            return Ok(Planning::Cloud { profile_json, links: p.links.clone() });
-        }
-        if p.profiles.is_empty() {
+        if p.split.is_none() && p.profile.is_none() && p.profiles.is_empty() {
             bail!("no planning: set [planning] profile (the cloud plans), profiles (this device plans) or split");
         }
-        let profiles = p.profiles.iter().map(|f| read_profile(f)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Planning::Profiles { profiles, links: p.links.clone() })
+        planning(p.split, p.profile.as_deref(), &p.profiles, &p.links)
     }
 
     /// The session this configuration opens.

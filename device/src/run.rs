@@ -11,7 +11,6 @@ use scission_core::profile::parse_sha256;
 use scission_core::solver::linkspec::{parse_bandwidth, parse_latency};
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_core::wire::message::Stage;
-use scission_engine::profile_file::read_profile;
 use scission_engine::tract::prelude::*;
 use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
 use scission_runtime::fetch::{Expected, fetch_model_blocking};
@@ -121,16 +120,7 @@ impl RunArgs {
     }
 
     fn planning(&self) -> Result<Planning> {
-        if let Some([device_end, edge_end]) = self.split {
-            return Ok(Planning::Split { device_end, edge_end });
-        }
-        if let Some(profile) = &self.profile {
-            read_profile(profile)?;
-            let profile_json = std::fs::read(profile)?;
-            return Ok(Planning::Cloud { profile_json, links: self.links.clone() });
-        }
-        let profiles = self.profiles.iter().map(|p| read_profile(p)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Planning::Profiles { profiles, links: self.links.clone() })
+        crate::config::planning(self.split, self.profile.as_deref(), &self.profiles, &self.links)
     }
 
     fn config(&self, planning: Planning, inputs: Vec<TValue>) -> Result<DeviceConfig> {
