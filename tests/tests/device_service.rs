@@ -383,9 +383,10 @@ fn check_config_says_what_is_missing() {
     assert!(stderr(&out).contains("lisen"), "{}", stderr(&out));
 }
 
-/// A loopback address nothing listens on yet.
-fn free_udp_addr() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// Two distinct loopback addresses nothing listens on yet (both bound at once, then freed).
+fn free_udp_addrs() -> (SocketAddr, SocketAddr) {
+    let (a, b) = (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
 }
 
 #[test]
@@ -400,7 +401,7 @@ fn a_service_started_before_its_servers_answers_locally_then_takes_the_clouds_pl
     let mut device: scission_core::profile::Profile = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
     device.blocks.iter_mut().for_each(|b| b.time.median_ns *= 50);
     std::fs::write(&files[0], serde_json::to_vec(&device).unwrap()).unwrap();
-    let (edge_addr, cloud_addr) = (free_udp_addr(), free_udp_addr());
+    let (edge_addr, cloud_addr) = free_udp_addrs();
     let config = dir.join("cloud-planned.toml");
     let text = format!(
         "cluster = \"{}\"\nmodel = \"{}\"\n[edge]\naddress = \"{edge_addr}\"\n[cloud]\naddress = \"{cloud_addr}\"\n\
