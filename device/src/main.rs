@@ -24,6 +24,9 @@ struct Cli {
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Log as one JSON object per line on stderr (for a log collector), not text.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +54,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing(cli.verbose);
+    cli::init_tracing_as(cli.verbose, cli.log_json);
     // The device image carries no model zoo: models come as files (or from the cloud).
     finish(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Device, None),

@@ -168,8 +168,8 @@ fn log_event(event: &DeviceEvent) {
         DeviceEvent::Plan { route } => tracing::info!(route = %describe_route(route), "first plan"),
         DeviceEvent::Switched { cause, to, .. } => tracing::info!(route = %describe_route(to), ?cause, "plan switch"),
         DeviceEvent::FailedOver { request, tier, reason } => tracing::warn!(request, tier, %reason, "failing over"),
-        DeviceEvent::TierDown { tier } => tracing::warn!(tier, "tier down"),
-        DeviceEvent::TierUp { tier } => tracing::info!(tier, "tier up"),
+        // The session logs these itself.
+        DeviceEvent::TierDown { .. } | DeviceEvent::TierUp { .. } => {}
         DeviceEvent::Completed { request, total_ns, degraded, .. } => {
             tracing::debug!(request, ms = *total_ns as f64 * 1e-6, degraded, "request done")
         }

@@ -13,6 +13,6 @@ pub mod tools;
 
 pub use cluster::{ClusterArgs, EncodingArg, EnrollArgs, RevokeArgs, ServeArgs, run_enroll, run_init, run_revoke, run_serve};
 pub use model::{HostPort, ModelArgs, ZooLookup, parse_host_port, parse_shape};
-pub use output::{Ending, init_tracing, one_line};
+pub use output::{Ending, init_tracing, init_tracing_as, one_line};
 pub use progress::{BenchBar, FetchBar};
 pub use tools::{BenchArgs, InspectArgs, inspect_report, profile_summary, run_bench, run_inspect};

@@ -2,6 +2,12 @@
 
 /// Sets up `tracing` output on stderr: warnings by default, more with each `-v`.
 pub fn init_tracing(verbose: u8) {
+    init_tracing_as(verbose, false);
+}
+
+/// [`init_tracing`], as one JSON object per line when `json` (for a service's log collector:
+/// journald, Loki, an ELK stack).
+pub fn init_tracing_as(verbose: u8, json: bool) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -9,7 +15,8 @@ pub fn init_tracing(verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber_filter(level);
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
 fn tracing_subscriber_filter(level: &str) -> tracing_subscriber::EnvFilter {

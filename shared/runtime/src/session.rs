@@ -541,7 +541,6 @@ impl Driver {
                 self.emit(DeviceEvent::TierUp { tier });
             }
             Action::Switched { from, to } => {
-                tracing::info!(route = ?to.stages, "best route switched");
                 self.emit(DeviceEvent::Switched { cause: self.last_cause.clone(), from: from.map(|r| r.stages), to: to.stages });
             }
         }
