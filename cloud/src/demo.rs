@@ -121,8 +121,10 @@ fn calibrate_to_whole(profile: &mut Profile) {
 fn as_device<T: Send>(limit: Option<&CpuLimit>, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
         let thread = scope.spawn(|| {
-            if let Some(limit) = limit {
-                limit.enter()?;
+            if let Some(limit) = limit
+                && let Err(e) = limit.enter()
+            {
+                println!("note: the device runs unlimited ({e:#})");
             }
             work()
         });

@@ -69,8 +69,35 @@ fn curl_json(args: &[&str]) -> (u16, Value) {
     (code, serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body))))
 }
 
+/// POSTs `body` as JSON (through curl's stdin: large tensors exceed the argument limit).
 fn post_json(url: &str, body: &Value) -> (u16, Value) {
-    curl_json(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", &body.to_string(), url])
+    let mut child = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+            url,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    child.stdin.take().unwrap().write_all(body.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "curl POST {url}: {}", stderr(&out));
+    let text = out.stdout;
+    let split = text.iter().rposition(|&b| b == b'\n').unwrap();
+    let code = std::str::from_utf8(&text[split + 1..]).unwrap().trim().parse().unwrap();
+    (code, serde_json::from_slice(&text[..split]).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&text[..split]))))
 }
 
 /// The unsplit model, by tract alone (the project's loading and slicing play no part).
@@ -446,7 +473,9 @@ fn a_service_started_before_its_servers_answers_locally_then_takes_the_clouds_pl
 
 #[test]
 fn a_busy_edge_is_back_pressure_requests_go_around_it_and_it_stays_up() {
-    let c = Cluster::new();
+    let mut c = Cluster::new();
+    // A larger input, so the edge's stage takes long enough for concurrent requests to overlap.
+    c.model = common::write_model(c.dir.path(), scission_zoo::onnx::testmodels::TestModel::Branched, 96);
     let (model, cluster) = (c.model.to_str().unwrap(), c.cluster());
     let cloud = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1"]);
     let cloud_text = cloud.addr.to_string();
