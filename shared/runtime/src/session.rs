@@ -421,8 +421,13 @@ impl Driver {
     async fn start(&mut self, config: &SessionConfig, peers: &HashMap<u8, Peer>) -> Result<()> {
         let mut planner = self.planner.lock().await;
         let links = planner.initial_links(&self.client, peers).await;
-        let ranked = planner.rank(&self.client, &[], &links).await;
         let cloud_planning = planner.asks_the_cloud();
+        let ranked = if cloud_planning && !links.iter().any(|(t, _)| *t == 2) {
+            // It did not answer its probe: asking it to plan would only wait out more timeouts.
+            Err(crate::error::RuntimeError::Invalid("the cloud did not answer its link probe, so it cannot plan".into()))
+        } else {
+            planner.rank(&self.client, &[], &links).await
+        };
         drop(planner);
         let routes = match ranked {
             Ok(routes) => {
