@@ -373,13 +373,7 @@ fn run_plans(
             }
             times.sort_by(f64::total_cmp);
             ran.medians.push(times.get(times.len() / 2).copied().unwrap_or(0.0));
-            ran.routes.push(
-                route
-                    .iter()
-                    .map(|s| format!("{}[{},{})", ["device", "edge", "cloud"].get(usize::from(s.tier)).unwrap_or(&"?"), s.start, s.end))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
+            ran.routes.push(scission_core::policy::describe_route(&route));
         }
         Ok(ran)
     })

@@ -8,16 +8,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use scission_cli::FetchBar;
+use scission_core::policy::describe_route;
 use scission_core::profile::parse_sha256;
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_engine::profile_file::parse_profile;
 use scission_engine::tract::prelude::*;
 use scission_runtime::device::Planning;
 use scission_runtime::fetch::{Expected, fetch_model_blocking};
-use scission_runtime::session::{DeviceEvent, Observer, Session};
+use scission_runtime::session::{DeviceEvent, Observer, Session, SessionConfig};
 use scission_serving::http::{self, Listen, Service, ServiceOptions};
 use scission_serving::image::{image_tensor, top_k};
-use scission_serving::metrics::{Metrics, describe_route};
+use scission_serving::metrics::Metrics;
 use scission_serving::protocol::InputSpec;
 
 use crate::config::{Config, Overrides};
@@ -69,24 +70,24 @@ fn api_places(config: &Config) -> String {
     tcp.into_iter().chain(unix).collect::<Vec<_>>().join(" and ")
 }
 
-/// Loads the configuration, refusing to start while something is missing, and the model
-/// (fetched from the cloud first when configured so).
-fn prepare(overrides: &Overrides) -> Result<(Config, scission_engine::Model)> {
+/// Loads the configuration, refusing to start while something is missing; the session it opens;
+/// and the model (fetched from the cloud first when configured so).
+fn prepare(overrides: &Overrides) -> Result<(Config, SessionConfig, scission_engine::Model)> {
     let config = overrides.load()?;
     let problems = config.problems();
     if !problems.is_empty() {
         refuse(&problems, "")?;
     }
+    let session = config.session()?;
     if config.fetch_model && !config.model.exists() {
-        fetch(&config)?;
+        fetch(&config, &session)?;
     }
     let model = scission_engine::Model::load_path(&config.model, &Default::default())
         .with_context(|| format!("cannot load the model {}", config.model.display()))?;
-    Ok((config, model))
+    Ok((config, session, model))
 }
 
-fn fetch(config: &Config) -> Result<()> {
-    let session = config.session()?;
+fn fetch(config: &Config, session: &SessionConfig) -> Result<()> {
     let Some(cloud) = &session.cloud else { bail!("fetch_model needs a [cloud]") };
     let sha256 = match &session.planning {
         Planning::Cloud { profile_json, .. } => Some(parse_sha256(&parse_profile(profile_json)?.model.sha256)?),
@@ -101,8 +102,7 @@ fn fetch(config: &Config) -> Result<()> {
 
 /// Runs the service until SIGTERM or Ctrl-C; requests in flight then finish.
 pub fn serve(args: &ServeArgs) -> Result<String> {
-    let (config, model) = prepare(&args.overrides)?;
-    let session_config = config.session()?;
+    let (config, session_config, model) = prepare(&args.overrides)?;
     let tiers: Vec<u8> = [(1u8, session_config.edge.is_some()), (2, session_config.cloud.is_some())]
         .into_iter()
         .filter_map(|(t, given)| given.then_some(t))
@@ -180,8 +180,7 @@ fn log_event(event: &DeviceEvent) {
 
 /// Runs one input through the session and prints the route, the times and the top classes.
 pub fn infer(args: &InferArgs) -> Result<String> {
-    let (config, model) = prepare(&args.overrides)?;
-    let session_config = config.session()?;
+    let (config, session_config, model) = prepare(&args.overrides)?;
     let input = read_input(&config, &model, &args.input)?;
     let labels = config.labels()?;
     scission_runtime::async_runtime()?.block_on(async move {

@@ -34,6 +34,16 @@ pub fn synthetic_inputs(model: &Model, seed: u64) -> Result<TVec<TValue>> {
 /// The element type and shape graph input `index` takes.
 pub fn input_fact(model: &Model, index: usize) -> Result<(DatumType, Vec<usize>)> {
     let Some(&t) = model.summary.inputs.get(index) else { bail!("the model has no input {index}") };
+    tensor_fact(model, t)
+}
+
+/// The element type and shape of graph output `index`.
+pub fn output_fact(model: &Model, index: usize) -> Result<(DatumType, Vec<usize>)> {
+    let Some(&t) = model.summary.outputs.get(index) else { bail!("the model has no output {index}") };
+    tensor_fact(model, t)
+}
+
+fn tensor_fact(model: &Model, t: usize) -> Result<(DatumType, Vec<usize>)> {
     let fact = model.typed.outlet_fact(model.outlets[t])?;
     Ok((fact.datum_type, model.summary.tensors[t].shape.iter().map(|&d| d as usize).collect()))
 }

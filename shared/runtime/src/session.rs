@@ -309,6 +309,17 @@ fn local_route(nodes: usize) -> Result<Route> {
     Ok(Route { stages: vec![Stage { tier: 0, start: 0, end }], predicted_ns: None })
 }
 
+/// The planner's ranking, with the local fallback last when the ranking has no route that
+/// runs on the device alone.
+fn with_fallback(mut routes: Vec<Route>, fallback: Option<&Route>) -> Vec<Route> {
+    if let Some(fallback) = fallback
+        && !routes.iter().any(|r| r.stages.iter().all(|s| s.tier == 0))
+    {
+        routes.push(fallback.clone());
+    }
+    routes
+}
+
 /// Tier index -> address, for the tiers given.
 fn peers(config: &SessionConfig) -> HashMap<u8, Peer> {
     [(1u8, &config.edge), (2, &config.cloud)].into_iter().filter_map(|(t, p)| p.clone().map(|p| (t, p))).collect()
@@ -442,7 +453,7 @@ impl Driver {
                 Vec::new()
             }
         };
-        self.policy = DevicePolicy::new(config.policy, self.with_fallback(routes), links.clone());
+        self.policy = DevicePolicy::new(config.policy, with_fallback(routes, self.fallback.as_ref()), links.clone());
         if self.no_plan.is_some() {
             let now = self.now();
             for tier in peers.keys().copied().filter(|t| !links.iter().any(|(l, _)| l == t) || (cloud_planning && *t == 2)) {
@@ -454,17 +465,6 @@ impl Driver {
             self.emit(DeviceEvent::Plan { route: route.stages.clone() });
         }
         Ok(())
-    }
-
-    /// The planner's ranking, with the local fallback last when the ranking has no route that
-    /// runs on the device alone.
-    fn with_fallback(&self, mut routes: Vec<Route>) -> Vec<Route> {
-        if let Some(fallback) = &self.fallback
-            && !routes.iter().any(|r| r.stages.iter().all(|s| s.tier == 0))
-        {
-            routes.push(fallback.clone());
-        }
-        routes
     }
 
     fn is_fallback(&self, route: &Route) -> bool {
@@ -592,14 +592,7 @@ impl Driver {
         tokio::spawn(async move {
             let ranked = planner.lock().await.rank(&client, &avoid, &links).await;
             let event = match ranked {
-                Ok(mut routes) => {
-                    if let Some(fallback) = fallback
-                        && !routes.iter().any(|r| r.stages.iter().all(|s| s.tier == 0))
-                    {
-                        routes.push(fallback);
-                    }
-                    Event::Plans(routes)
-                }
+                Ok(routes) => Event::Plans(with_fallback(routes, fallback.as_ref())),
                 Err(e) => {
                     tracing::warn!("re-planning without tiers {avoid:?} failed: {e:#}");
                     Event::PlanFailed { reason: format!("{e:#}") }

@@ -20,15 +20,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
-use scission_engine::input::input_fact;
+use scission_engine::input::{input_fact, output_fact};
 use scission_engine::tract::prelude::*;
 use scission_runtime::session::{Answer, InferError, Session};
 
 use crate::image::{Preprocess, image_layout, image_tensor, top_k};
-use crate::metrics::{Metrics, describe_route};
+use crate::metrics::Metrics;
 use crate::protocol::{
     self, HEADER_LENGTH, InferRequest, InputSpec, ModelMetadata, TensorMetadata, datatype_name, error_body, request_tensors,
 };
+use scission_core::policy::describe_route;
 
 /// How the service answers, besides its session.
 #[derive(Clone, Debug)]
@@ -65,16 +66,12 @@ impl Service {
                 Ok(InputSpec { name: model.summary.tensors[model.summary.inputs[i]].name.clone(), datum_type, shape })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let outputs = model
-            .summary
-            .outputs
-            .iter()
-            .map(|&t| {
-                let info = &model.summary.tensors[t];
-                let dt = output_type(&info.dtype);
-                (info.name.clone(), dt, info.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect())
+        let outputs = (0..model.summary.outputs.len())
+            .map(|i| {
+                let (datum_type, shape) = output_fact(model, i).map_err(|e| format!("{e:#}"))?;
+                Ok((model.summary.tensors[model.summary.outputs[i]].name.clone(), datum_type, shape))
             })
-            .collect();
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Self { session, metrics, options, inputs, outputs, tiers })
     }
 
@@ -103,27 +100,6 @@ impl Service {
     pub fn refresh_metrics(&self) {
         self.metrics.show(&self.session.status(), &self.tiers);
     }
-}
-
-/// The summary's element type name back as an engine type (F32 when unknown).
-fn output_type(name: &str) -> DatumType {
-    [
-        DatumType::Bool,
-        DatumType::U8,
-        DatumType::U16,
-        DatumType::U32,
-        DatumType::U64,
-        DatumType::I8,
-        DatumType::I16,
-        DatumType::I32,
-        DatumType::I64,
-        DatumType::F16,
-        DatumType::F32,
-        DatumType::F64,
-    ]
-    .into_iter()
-    .find(|dt| format!("{dt:?}") == name)
-    .unwrap_or(DatumType::F32)
 }
 
 /// The routes of the service.

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use scission_core::wire::message::Stage;
+use scission_core::policy::describe_route;
 use scission_runtime::session::{DeviceEvent, Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,15 +178,4 @@ impl Metrics {
 
 fn seconds(ns: u64) -> f64 {
     ns as f64 * 1e-9
-}
-
-/// A route as one line: `device[0,12) edge[12,40) cloud[40,58)`.
-pub fn describe_route(stages: &[Stage]) -> String {
-    let tier = |t: u8| match t {
-        0 => "device".to_string(),
-        1 => "edge".to_string(),
-        2 => "cloud".to_string(),
-        other => format!("tier{other}"),
-    };
-    stages.iter().map(|s| format!("{}[{},{})", tier(s.tier), s.start, s.end)).collect::<Vec<_>>().join(" ")
 }

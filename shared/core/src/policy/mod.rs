@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use embassy_time::{Duration, Instant};
 
 pub use estimate::{Probe, estimate_link};
-pub use routes::{BadSplit, plan_route, split_route};
+pub use routes::{BadSplit, describe_route, plan_route, split_route};
 
 use crate::link::Link;
 use crate::wire::message::Stage;

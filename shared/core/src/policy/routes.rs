@@ -1,10 +1,28 @@
 //! Routes from plans: a fixed split, or a solver plan's segments as node ranges per tier.
 
+use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt::Write;
 
 use crate::profile::BlockProfile;
 use crate::solver::Plan;
 use crate::wire::message::Stage;
+
+/// A route as one line: `device[0,12) edge[12,40) cloud[40,58)` (tiers past the cloud as
+/// `tierN`).
+pub fn describe_route(stages: &[Stage]) -> String {
+    let mut line = String::new();
+    for (i, s) in stages.iter().enumerate() {
+        let separator = if i == 0 { "" } else { " " };
+        let _ = match s.tier {
+            0 => write!(line, "{separator}device[{},{})", s.start, s.end),
+            1 => write!(line, "{separator}edge[{},{})", s.start, s.end),
+            2 => write!(line, "{separator}cloud[{},{})", s.start, s.end),
+            t => write!(line, "{separator}tier{t}[{},{})", s.start, s.end),
+        };
+    }
+    line
+}
 
 /// Why a fixed split is not a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
