@@ -36,6 +36,12 @@ enum Command {
     Bench(BenchArgs),
     /// Show a model's cut points, the tensors crossing them and their sizes.
     Inspect(InspectArgs),
+    /// Write each tier's slice of a model as a standalone artifact (only that range's operators
+    /// and weights, its interface, the model's hash): what a tier loads instead of the model.
+    Slice(cli::SliceArgs),
+    /// Load one slice (an artifact, or cut out of the whole model), run it, and report load
+    /// time, run time and peak memory.
+    RunSlice(cli::RunSliceArgs),
     /// Rank the ways to split a model over device, edge and cloud (from profiles, or from
     /// the original Scission's benchmark files).
     Plan(plan::PlanArgs),
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
     finish(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Cloud, ZOO),
         Command::Inspect(args) => cli::run_inspect(args, ZOO),
+        Command::Slice(args) => cli::run_slice(args, ZOO),
+        Command::RunSlice(args) => cli::run_run_slice(args, ZOO),
         Command::Plan(args) => plan::run(args).map(|()| String::new()),
         Command::Demo(args) => demo::run(args).map(|()| String::new()),
         Command::Zoo(args) => zoo::run(args).map(|()| String::new()),

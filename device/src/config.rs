@@ -13,6 +13,7 @@ use scission_core::policy::PolicyConfig;
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_engine::profile_file::read_profile;
 use scission_runtime::device::Planning;
+use scission_runtime::node::Slices;
 use scission_runtime::session::SessionConfig;
 use scission_serving::image::{Preprocess, Preset, Resize};
 
@@ -24,7 +25,8 @@ pub struct Config {
     pub name: String,
     /// The cluster directory (CA, this device's certificate and key).
     pub cluster: PathBuf,
-    /// The ONNX model.
+    /// The ONNX model, or a directory of its slice artifacts (`scission-cloud slice`): then only
+    /// those slices are loaded, and only plans whose device part is among them are used.
     pub model: PathBuf,
     /// Fetch the model from the cloud when the file is missing.
     pub fetch_model: bool,
@@ -160,8 +162,8 @@ pub struct Overrides {
     /// The configuration file (TOML). Without it, the defaults and these flags.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The ONNX model (overrides `model`).
-    #[arg(long, value_name = "FILE")]
+    /// The ONNX model, or a directory of its slice artifacts (overrides `model`).
+    #[arg(long, value_name = "FILE|DIR")]
     pub model: Option<PathBuf>,
     /// This device's enrolled name (overrides `name`).
     #[arg(long)]
@@ -262,6 +264,30 @@ pub fn parse_split(text: &str) -> Result<[usize; 2], String> {
     let bad = || format!("'{text}': expected two node positions DEVICE_END,EDGE_END, e.g. 40,120");
     let (a, b) = text.split_once(',').ok_or_else(bad)?;
     Ok([a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?])
+}
+
+/// The model's SHA-256 as the device's own profile records it, when there is one.
+pub fn pinned_model(planning: &Planning) -> Result<Option<[u8; 32]>> {
+    let hex = match planning {
+        Planning::Split { .. } => return Ok(None),
+        Planning::Profiles { profiles, .. } => profiles.first().map(|p| p.model.sha256.clone()),
+        Planning::Cloud { profile_json, .. } => Some(scission_engine::profile_file::parse_profile(profile_json)?.model.sha256),
+    };
+    Ok(hex.map(|h| scission_core::profile::parse_sha256(&h)).transpose()?)
+}
+
+/// The device's slices: a directory of slice artifacts (from `scission-cloud slice`; only
+/// those are loaded, never the whole model), or an ONNX file loaded whole. `pinned` is the
+/// model's SHA-256 from the device's profile, when it has one: artifacts of another model are
+/// refused.
+pub fn open_slices(path: &Path, options: &scission_engine::LoadOptions, pinned: Option<[u8; 32]>) -> Result<Slices> {
+    if path.is_dir() {
+        let pinned = pinned.map(|p| p.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let dir = scission_engine::artifact::ArtifactDir::open(path, pinned.as_deref())?;
+        tracing::info!(dir = %path.display(), slices = ?dir.blocks(), "running from slice artifacts");
+        return Ok(Slices::Artifacts(dir));
+    }
+    Ok(Slices::Whole(scission_engine::Model::load_path(path, options)?))
 }
 
 /// Reads and parses a configuration file; relative paths in it are relative to the file.

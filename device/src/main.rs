@@ -47,8 +47,15 @@ enum Command {
     Bench(BenchArgs),
     /// Show a model's cut points, the tensors crossing them and their sizes.
     Inspect(InspectArgs),
+    /// Load one slice (an artifact from `scission-cloud slice`, or cut out of the whole model),
+    /// run it, and report load time, run time and peak memory.
+    RunSlice(cli::RunSliceArgs),
     /// Measure a plan: run N inferences split between this device, an edge and a cloud server
     /// (over QUIC with mutual TLS), checking every result against the unsplit model.
+    ///
+    /// MODEL may also be a directory of slice artifacts (`scission-cloud slice`): the device
+    /// then loads only the slices it runs, never the whole model (use --no-check: the check
+    /// needs the whole model).
     Run(Box<run::RunArgs>),
 }
 
@@ -59,6 +66,7 @@ fn main() -> ExitCode {
     finish(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Device, None),
         Command::Inspect(args) => cli::run_inspect(args, None),
+        Command::RunSlice(args) => cli::run_run_slice(args, None),
         Command::Run(args) => run::run(args).map(|()| String::new()),
         Command::Serve(args) => serve::serve(args),
         Command::Infer(args) => serve::infer(args),

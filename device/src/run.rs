@@ -7,7 +7,6 @@ use anyhow::{Result, bail};
 use scission_cli::{ClusterArgs, EncodingArg, FetchBar, HostPort, ModelArgs};
 use scission_core::link::Link;
 use scission_core::policy::PolicyConfig;
-use scission_core::profile::parse_sha256;
 use scission_core::solver::linkspec::{parse_bandwidth, parse_latency};
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_core::wire::message::Stage;
@@ -164,15 +163,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let planning = args.planning()?;
     if args.fetch_model && !path.exists() {
         let Some(cloud) = args.cloud() else { bail!("--fetch-model needs --cloud") };
-        let expected = Expected { sha256: pinned_model(&planning)?, ..Expected::default() };
+        let expected = Expected { sha256: crate::config::pinned_model(&planning)?, ..Expected::default() };
         let mut bar = FetchBar::new("the model");
         fetch_model_blocking(&args.cluster.cluster, &args.name, &cloud, &path, DEFAULT_MAX_FRAME, expected, &mut |d, t| bar.update(d, t))?;
     }
-    let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
-    let inputs = load_inputs(&model, &args.inputs)?;
+    let slices = crate::config::open_slices(&path, &args.model.load_options(), crate::config::pinned_model(&planning)?)?;
+    let inputs = load_inputs(slices.graph(), &args.inputs)?;
     let config = args.config(planning, inputs)?;
     let requests = config.requests;
-    let summary = device::run(&config, model, print_event)?;
+    let summary = device::run(&config, slices, print_event)?;
     if let Some((count, median)) = summary.prediction_error {
         println!("measured vs predicted end-to-end latency over {count} requests: median error {:+.1}%", median * 100.0);
     }
@@ -183,20 +182,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None if config.check => println!("requests: {} ok, {} failed", summary.ok, summary.failed),
         None => println!("requests: {} ok, {} failed (results not checked)", summary.ok, summary.failed),
     }
+    if let Some(digest) = &summary.last_outputs_sha256 {
+        println!("last request's outputs: SHA-256 {digest}");
+    }
     if summary.failed > 0 {
         bail!("{} of {requests} requests failed", summary.failed);
     }
     Ok(())
-}
-
-/// The model's SHA-256 as the device's own profile records it, when there is one.
-fn pinned_model(planning: &Planning) -> Result<Option<[u8; 32]>> {
-    let hex = match planning {
-        Planning::Split { .. } => return Ok(None),
-        Planning::Profiles { profiles, .. } => profiles.first().map(|p| p.model.sha256.clone()),
-        Planning::Cloud { profile_json, .. } => Some(scission_engine::profile_file::parse_profile(profile_json)?.model.sha256),
-    };
-    Ok(hex.map(|h| parse_sha256(&h)).transpose()?)
 }
 
 fn describe(route: &[Stage]) -> String {
@@ -246,7 +238,7 @@ fn print_event(event: DeviceEvent) {
 }
 
 /// Reads the `--inputs` arrays, checking each against the model's (single) input.
-fn load_inputs(model: &scission_engine::Model, files: &[PathBuf]) -> Result<Vec<TValue>> {
+fn load_inputs(model: &scission_engine::ModelGraph, files: &[PathBuf]) -> Result<Vec<TValue>> {
     if files.is_empty() {
         return Ok(Vec::new());
     }

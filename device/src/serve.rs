@@ -9,12 +9,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use scission_cli::FetchBar;
 use scission_core::policy::describe_route;
-use scission_core::profile::parse_sha256;
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
-use scission_engine::profile_file::parse_profile;
 use scission_engine::tract::prelude::*;
-use scission_runtime::device::Planning;
 use scission_runtime::fetch::{Expected, fetch_model_blocking};
+use scission_runtime::node::Slices;
 use scission_runtime::session::{DeviceEvent, Observer, Session, SessionConfig};
 use scission_serving::http::{self, Listen, Service, ServiceOptions};
 use scission_serving::image::{image_tensor, top_k};
@@ -72,7 +70,7 @@ fn api_places(config: &Config) -> String {
 
 /// Loads the configuration, refusing to start while something is missing; the session it opens;
 /// and the model (fetched from the cloud first when configured so).
-fn prepare(overrides: &Overrides) -> Result<(Config, SessionConfig, scission_engine::Model)> {
+fn prepare(overrides: &Overrides) -> Result<(Config, SessionConfig, Slices)> {
     let config = overrides.load()?;
     let problems = config.problems();
     if !problems.is_empty() {
@@ -82,18 +80,15 @@ fn prepare(overrides: &Overrides) -> Result<(Config, SessionConfig, scission_eng
     if config.fetch_model && !config.model.exists() {
         fetch(&config, &session)?;
     }
-    let model = scission_engine::Model::load_path(&config.model, &Default::default())
+    let pinned = crate::config::pinned_model(&session.planning)?;
+    let slices = crate::config::open_slices(&config.model, &Default::default(), pinned)
         .with_context(|| format!("cannot load the model {}", config.model.display()))?;
-    Ok((config, session, model))
+    Ok((config, session, slices))
 }
 
 fn fetch(config: &Config, session: &SessionConfig) -> Result<()> {
     let Some(cloud) = &session.cloud else { bail!("fetch_model needs a [cloud]") };
-    let sha256 = match &session.planning {
-        Planning::Cloud { profile_json, .. } => Some(parse_sha256(&parse_profile(profile_json)?.model.sha256)?),
-        Planning::Profiles { profiles, .. } => profiles.first().map(|p| parse_sha256(&p.model.sha256)).transpose()?,
-        Planning::Split { .. } => None,
-    };
+    let sha256 = crate::config::pinned_model(&session.planning)?;
     let mut bar = FetchBar::new("the model");
     let expected = Expected { sha256, ..Expected::default() };
     fetch_model_blocking(&config.cluster, &config.name, cloud, &config.model, DEFAULT_MAX_FRAME, expected, &mut |d, t| bar.update(d, t))?;
@@ -181,7 +176,7 @@ fn log_event(event: &DeviceEvent) {
 /// Runs one input through the session and prints the route, the times and the top classes.
 pub fn infer(args: &InferArgs) -> Result<String> {
     let (config, session_config, model) = prepare(&args.overrides)?;
-    let input = read_input(&config, &model, &args.input)?;
+    let input = read_input(&config, model.graph(), &args.input)?;
     let labels = config.labels()?;
     scission_runtime::async_runtime()?.block_on(async move {
         let session = Session::open(session_config, model, None).await?;
@@ -206,7 +201,7 @@ pub fn infer(args: &InferArgs) -> Result<String> {
 }
 
 /// An image or a `.npy` array as the model's (single) input.
-fn read_input(config: &Config, model: &scission_engine::Model, path: &Path) -> Result<Tensor> {
+fn read_input(config: &Config, model: &scission_engine::ModelGraph, path: &Path) -> Result<Tensor> {
     let [_] = model.summary.inputs[..] else { bail!("`infer` takes one input, but the model has {}", model.summary.inputs.len()) };
     let (datum_type, shape) = scission_engine::input::input_fact(model, 0)?;
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {

@@ -9,10 +9,12 @@ pub mod cluster;
 pub mod model;
 pub mod output;
 pub mod progress;
+pub mod slicing;
 pub mod tools;
 
 pub use cluster::{ClusterArgs, EncodingArg, EnrollArgs, RevokeArgs, ServeArgs, run_enroll, run_init, run_revoke, run_serve};
 pub use model::{HostPort, ModelArgs, ZooLookup, parse_host_port, parse_shape};
 pub use output::{Ending, init_tracing, init_tracing_as, one_line};
 pub use progress::{BenchBar, FetchBar};
+pub use slicing::{RunSliceArgs, SliceArgs, run_run_slice, run_slice};
 pub use tools::{BenchArgs, InspectArgs, inspect_report, profile_summary, run_bench, run_inspect};

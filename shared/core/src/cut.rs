@@ -39,7 +39,7 @@ impl CutAnalysis {
             let (from, to) = (graph.available_from(t), graph.last_use(t));
             for k in from..=to.min(n) {
                 crossing[k].push(t);
-                bytes[k] += graph.tensors[t].bytes;
+                bytes[k] = bytes[k].saturating_add(graph.tensors[t].bytes);
             }
         }
         Self { crossing, bytes }

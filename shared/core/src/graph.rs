@@ -69,6 +69,10 @@ pub enum GraphError {
     /// A tensor id is out of range.
     #[error("tensor id {0} is out of range")]
     UnknownTensor(TensorId),
+    /// A tensor names a producing or consuming position outside the graph, or consumers out of
+    /// order.
+    #[error("tensor {0} names a node position outside the graph or out of order")]
+    BadPosition(TensorId),
 }
 
 impl GraphSummary {
@@ -87,9 +91,17 @@ impl GraphSummary {
         self.nodes[a..b].iter().map(|n| n.weight_bytes).sum()
     }
 
-    /// Checks that every id is in range and that the order is topological.
+    /// Checks that every id and position is in range and that the order is topological (a
+    /// summary read from a file or a peer is validated before anything indexes with it).
     pub fn validate(&self) -> Result<(), GraphError> {
         let check = |t: TensorId| self.tensors.get(t).ok_or(GraphError::UnknownTensor(t));
+        for (t, tensor) in self.tensors.iter().enumerate() {
+            let producer_ok = tensor.producer.is_none_or(|p| p < self.len());
+            let consumers_ok = tensor.consumers.windows(2).all(|w| w[0] <= w[1]) && tensor.consumers.iter().all(|&c| c < self.len());
+            if !producer_ok || !consumers_ok {
+                return Err(GraphError::BadPosition(t));
+            }
+        }
         for t in self.inputs.iter().chain(&self.outputs) {
             check(*t)?;
         }

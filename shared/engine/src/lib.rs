@@ -1,5 +1,6 @@
 //! Scission's tract shell: loads ONNX into a typed graph ([`load`]), summarises it for the core
-//! ([`summary`]), builds runnable slices for node ranges ([`slice`]), runs chains of slices
+//! ([`summary`]), builds runnable slices for node ranges ([`slice`]) and writes and loads them
+//! as standalone files ([`artifact`]), runs chains of slices
 //! the way separate machines would ([`pipeline`]), benchmarks every block ([`bench`]) and
 //! reads and writes the profiles ([`profile_file`]); [`host`] describes this machine, [`input`]
 //! and [`npy`] make and read inputs. It logs and returns values; it never prints.
@@ -14,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod artifact;
 pub mod bench;
 pub mod error;
 pub mod host;
@@ -26,7 +28,7 @@ pub mod slice;
 pub mod summary;
 
 pub use error::EngineError;
-pub use load::{LoadOptions, Model};
+pub use load::{LoadOptions, Model, ModelGraph};
 pub use pipeline::Pipeline;
 pub use slice::Slice;
 /// The tract-onnx version the engine is built on, re-exported so callers name the same types.

@@ -20,20 +20,47 @@ pub struct LoadOptions {
     pub input_shapes: Vec<Vec<usize>>,
 }
 
-/// A loaded model: the typed tract graph, portably decluttered, and its summary.
+/// What every tier knows of a model, whether it holds the whole model or only slices of it
+/// (a slice artifact carries it): its name, hash, summary and crossing sets.
 #[derive(Clone, Debug)]
-pub struct Model {
+pub struct ModelGraph {
     /// Display name (file name).
     pub name: String,
     /// Hex SHA-256 of the ONNX bytes.
     pub sha256: String,
-    /// The typed graph after [`declutter_portable`] (the same on every architecture);
-    /// positions refer to its compute nodes.
-    pub typed: TypedModel,
     /// Framework-neutral summary (what the core works on).
     pub summary: GraphSummary,
     /// Crossing sets of every position.
     pub cuts: CutAnalysis,
+}
+
+impl ModelGraph {
+    /// Checks `summary` (it may come from a file) and computes its crossing sets.
+    pub fn new(name: String, sha256: String, summary: GraphSummary) -> Result<Self> {
+        summary.validate().with_context(|| format!("{name}: inconsistent graph"))?;
+        scission_core::profile::parse_sha256(&sha256).with_context(|| format!("{name}: bad model hash"))?;
+        let cuts = CutAnalysis::new(&summary);
+        Ok(Self { name, sha256, summary, cuts })
+    }
+
+    /// The element type and shape of tensor `t`, from the summary.
+    pub fn tensor_fact(&self, t: usize) -> Result<(DatumType, Vec<usize>)> {
+        let Some(info) = self.summary.tensors.get(t) else { bail!("{}: no tensor {t}", self.name) };
+        let datum_type = info.dtype.parse::<DatumType>().with_context(|| format!("tensor '{}' has unknown type {}", info.name, info.dtype))?;
+        let shape = info.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().with_context(|| format!("tensor '{}' is too large", info.name))?;
+        Ok((datum_type, shape))
+    }
+}
+
+/// A loaded model: its [`ModelGraph`] (reached through `Deref`: `model.summary`) and the typed
+/// tract graph it was made from, which slices are cut out of.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// Name, hash, summary and cuts.
+    pub graph: ModelGraph,
+    /// The typed graph after [`declutter_portable`] (the same on every architecture);
+    /// positions refer to its compute nodes.
+    pub typed: TypedModel,
     /// For each tensor id, its outlet in `typed`.
     pub(crate) outlets: Vec<OutletId>,
     /// For each position, the node id in `typed`.
@@ -60,9 +87,13 @@ impl Model {
         let typed = inference.into_typed().and_then(declutter_portable).with_context(|| format!("{name}: tract cannot run this model"))?;
         check_concrete_inputs(&typed, &name)?;
         let Summarised { summary, outlets, node_ids } = summarise(&typed).with_context(|| format!("{name}: cannot analyse the graph"))?;
-        summary.validate().with_context(|| format!("{name}: inconsistent graph"))?;
-        let cuts = CutAnalysis::new(&summary);
-        Ok(Self { name, sha256, typed, summary, cuts, outlets, node_ids })
+        let graph = ModelGraph::new(name, sha256, summary)?;
+        Ok(Self { graph, typed, outlets, node_ids })
+    }
+
+    /// The typed tract graph's outlet for tensor `t`.
+    pub(crate) fn outlet(&self, t: usize) -> Result<OutletId> {
+        self.outlets.get(t).copied().with_context(|| format!("{}: no tensor {t}", self.name))
     }
 
     /// Concrete input shapes.
@@ -117,5 +148,18 @@ fn check_concrete_inputs(model: &TypedModel, name: &str) -> Result<()> {
 
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl std::ops::Deref for Model {
+    type Target = ModelGraph;
+
+    fn deref(&self) -> &ModelGraph {
+        &self.graph
+    }
 }

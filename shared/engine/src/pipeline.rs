@@ -9,7 +9,7 @@ use tract_onnx::prelude::*;
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 
-use super::{Model, Slice};
+use super::{Model, ModelGraph, Slice};
 
 /// Consecutive slices covering a whole model.
 #[derive(Clone, Debug)]
@@ -38,7 +38,7 @@ impl Pipeline {
     }
 
     /// Runs every slice in turn on the graph inputs and returns the graph outputs.
-    pub fn run(&self, model: &Model, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+    pub fn run(&self, model: &ModelGraph, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
         let mut live = graph_inputs(model, inputs)?;
         for slice in &self.slices {
             live = run_slice(model, slice, live)?;
@@ -48,7 +48,7 @@ impl Pipeline {
 }
 
 /// Pairs the graph inputs with their tensor ids.
-pub fn graph_inputs(model: &Model, inputs: TVec<TValue>) -> Result<Activations> {
+pub fn graph_inputs(model: &ModelGraph, inputs: TVec<TValue>) -> Result<Activations> {
     let expected = model.summary.inputs.len();
     if inputs.len() != expected {
         bail!("the model takes {expected} input(s), got {}", inputs.len());
@@ -57,7 +57,7 @@ pub fn graph_inputs(model: &Model, inputs: TVec<TValue>) -> Result<Activations> 
 }
 
 /// Runs `slice` on the tensors in `live`, then keeps only what crosses its end.
-pub fn run_slice(model: &Model, slice: &Slice, live: Activations) -> Result<Activations> {
+pub fn run_slice(model: &ModelGraph, slice: &Slice, live: Activations) -> Result<Activations> {
     let inputs = collect(&live, &slice.io.inputs, "slice input", model)?;
     let outputs = slice.run(inputs).with_context(|| block_label(slice.block))?;
     Ok(advance(model, slice, live, outputs))
@@ -65,7 +65,7 @@ pub fn run_slice(model: &Model, slice: &Slice, live: Activations) -> Result<Acti
 
 /// Adds a slice's `outputs` to `live` and keeps only the tensors crossing the slice's end: what
 /// the next machine receives.
-pub fn advance(model: &Model, slice: &Slice, mut live: Activations, outputs: TVec<TValue>) -> Activations {
+pub fn advance(model: &ModelGraph, slice: &Slice, mut live: Activations, outputs: TVec<TValue>) -> Activations {
     live.extend(slice.io.outputs.iter().copied().zip(outputs));
     let crossing = model.cuts.crossing(slice.block.end);
     live.retain(|t, _| crossing.contains(t));
@@ -82,7 +82,7 @@ pub fn max_abs_diff(a: &TValue, b: &TValue) -> Result<f32> {
 }
 
 /// Picks `ids` out of `live`, in order.
-pub fn collect(live: &Activations, ids: &[TensorId], what: &str, model: &Model) -> Result<TVec<TValue>> {
+pub fn collect(live: &Activations, ids: &[TensorId], what: &str, model: &ModelGraph) -> Result<TVec<TValue>> {
     ids.iter().map(|t| live.get(t).cloned().with_context(|| format!("{what} '{}' is missing", model.summary.tensors[*t].name))).collect()
 }
 

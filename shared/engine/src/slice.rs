@@ -32,7 +32,12 @@ impl Slice {
             bail!("invalid slice [{}, {}) of a model with {} nodes", block.start, block.end, model.summary.len());
         }
         let io = SliceIo::new(&model.summary, &model.cuts, block);
-        let sub = extract(model, block, &io).with_context(|| format!("cannot extract slice [{}, {})", block.start, block.end))?;
+        let sub = extract(model, block, &io)?;
+        Self::optimise(block, io, sub)
+    }
+
+    /// Optimises `sub`, the extracted (decluttered) graph of `block` with interface `io`.
+    pub(crate) fn optimise(block: Block, io: SliceIo, sub: TypedModel) -> Result<Self> {
         let plan = sub
             .into_optimized()
             .and_then(|m| m.into_runnable())
@@ -45,18 +50,38 @@ impl Slice {
         Ok(self.plan.spawn()?)
     }
 
+    /// Deterministic inputs of the slice's input types and shapes (see
+    /// [`synthetic_inputs`](crate::input::synthetic_inputs)).
+    pub fn synthetic_inputs(&self, seed: u64) -> Result<TVec<TValue>> {
+        let model = self.plan.model();
+        let mut rng = scission_core::rng::WeightRng::new(seed);
+        let mut inputs = TVec::new();
+        for (ix, outlet) in model.input_outlets()?.iter().enumerate() {
+            let fact = model.outlet_fact(*outlet)?;
+            let Some(shape) = fact.shape.as_concrete() else { bail!("slice input {ix} has a symbolic shape") };
+            inputs.push(crate::input::synthetic_tensor(&mut rng, fact.datum_type, shape, &model.node(outlet.node).name)?);
+        }
+        Ok(inputs)
+    }
+
     /// Runs the slice once on `inputs` (ordered as `io.inputs`).
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
         Ok(self.plan.run(inputs)?)
     }
 }
 
-fn extract(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
+/// The decluttered graph of `block` alone: a source per tensor of `io.inputs`, the constants
+/// its nodes read, its nodes, and `io.outputs` as outputs.
+pub(crate) fn extract(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
+    extract_unchecked(model, block, io).with_context(|| format!("cannot extract slice [{}, {})", block.start, block.end))
+}
+
+fn extract_unchecked(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
     let source = &model.typed;
     let mut sub = TypedModel { symbols: source.symbols.clone(), ..TypedModel::default() };
     let mut wired: HashMap<OutletId, OutletId> = HashMap::new();
     for &t in &io.inputs {
-        let outlet = model.outlets[t];
+        let outlet = model.outlet(t)?;
         let fact = source.outlet_fact(outlet)?;
         let clean = TypedFact::dt_shape(fact.datum_type, fact.shape.clone());
         wired.insert(outlet, sub.add_source(format!("scission.input.{t}"), clean)?);
@@ -97,5 +122,5 @@ fn wire_input(
 }
 
 fn wired_output(model: &Model, wired: &HashMap<OutletId, OutletId>, t: TensorId) -> Result<OutletId> {
-    wired.get(&model.outlets[t]).copied().with_context(|| format!("slice output '{}' was not produced", model.summary.tensors[t].name))
+    wired.get(&model.outlet(t)?).copied().with_context(|| format!("slice output '{}' was not produced", model.summary.tensors[t].name))
 }

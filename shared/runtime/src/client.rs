@@ -78,7 +78,8 @@ impl From<PlanRequestError> for crate::error::RuntimeError {
 
 /// Sends a device's requests along routes.
 pub struct DeviceClient {
-    node: Arc<Node>,
+    /// The device node whose stages it runs.
+    pub node: Arc<Node>,
     endpoint: quinn::Endpoint,
     peers: HashMap<u8, Peer>,
     connections: Mutex<HashMap<u8, quinn::Connection>>,
@@ -155,7 +156,7 @@ impl DeviceClient {
     /// Runs request `id` on `inputs` along `route` (stages in tier order, covering every node).
     pub async fn infer(&self, id: u64, route: &[Stage], inputs: TVec<TValue>, encoding: Encoding) -> Result<Outcome, RequestError> {
         let started = Instant::now();
-        let mut live = graph_inputs(&self.node.model, inputs).map_err(crate::error::RuntimeError::from)?;
+        let mut live = graph_inputs(self.node.graph(), inputs).map_err(crate::error::RuntimeError::from)?;
         let mut timings = Vec::new();
         let mut rest = route;
         if let Some(first) = route.first().filter(|s| s.tier == self.node.tier) {
@@ -245,9 +246,9 @@ impl DeviceClient {
                     return Err(invalid!("answer for request {request} arrived on the stream of request {id}").into());
                 }
                 timings.extend(remote);
-                let outputs: Vec<(TensorId, TValue)> = tensors.iter().map(|t| decode_tensor(&self.node.model, t)).collect::<Result<_>>()?;
+                let outputs: Vec<(TensorId, TValue)> = tensors.iter().map(|t| decode_tensor(self.node.graph(), t)).collect::<Result<_>>()?;
                 // Exactly the model's outputs, in order: anything else is a lying or broken peer.
-                if !outputs.iter().map(|(id, _)| *id).eq(self.node.model.summary.outputs.iter().copied()) {
+                if !outputs.iter().map(|(id, _)| *id).eq(self.node.graph().summary.outputs.iter().copied()) {
                     return Err(invalid!("the answer to request {id} does not carry the model's outputs").into());
                 }
                 Ok(outputs)

@@ -8,7 +8,7 @@ use scission_core::graph::TensorId;
 use scission_core::solver::Encoding;
 use scission_core::wire::message::{Body, NamedTensor, Stage, StageTiming, encode};
 use scission_core::wire::tensor::{Elements, TensorFrame, encode_f32};
-use scission_engine::Model;
+use scission_engine::ModelGraph;
 use scission_engine::pipeline::Activations;
 
 /// A tensor ready to be framed: id, encoding, shape, payload.
@@ -45,7 +45,7 @@ impl Outgoing {
 }
 
 /// Decodes a wire tensor into tract, checking it against the model's fact for its id.
-pub fn decode(model: &Model, named: &NamedTensor<'_>) -> Result<(TensorId, TValue)> {
+pub fn decode(model: &ModelGraph, named: &NamedTensor<'_>) -> Result<(TensorId, TValue)> {
     let id = named.id as usize;
     let info = model.summary.tensors.get(id).with_context(|| format!("tensor id {id} does not exist in the model"))?;
     let shape: Vec<usize> = named.tensor.shape.iter().map(|&d| d as usize).collect();

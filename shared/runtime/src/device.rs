@@ -14,7 +14,9 @@ use scission_engine::tract::prelude::*;
 use scission_core::link::Link;
 use scission_core::wire::message::Stage;
 use scission_engine::input::synthetic_inputs;
-use scission_engine::{Model, with_threads};
+use scission_engine::{ModelGraph, with_threads};
+
+use crate::node::Slices;
 
 pub use crate::ranking::Planning;
 pub use crate::session::{DeviceEvent, SwitchCause};
@@ -62,11 +64,21 @@ pub struct RunSummary {
     /// Median relative error of measured against predicted latency, and how many requests it
     /// is over (the first request on each route is left out: it pays the handshake).
     pub prediction_error: Option<(usize, f64)>,
+    /// Hex SHA-256 of the last answered request's outputs (their bytes in order): equal
+    /// digests mean bit-equal results, e.g. between a run from slice artifacts and a checked one.
+    pub last_outputs_sha256: Option<String>,
 }
 
 /// Runs `config.requests` requests of `model` through the pipeline.
-pub fn run(config: &DeviceConfig, model: Model, mut on_event: impl FnMut(DeviceEvent)) -> Result<RunSummary> {
-    let whole = if config.check { Some(model.whole()?) } else { None };
+/// `slices` is the whole model or the device's slice artifacts; checking results needs the
+/// whole model.
+pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl FnMut(DeviceEvent)) -> Result<RunSummary> {
+    let slices = slices.into();
+    let whole = match (&slices, config.check) {
+        (Slices::Whole(model), true) => Some(model.whole()?),
+        (Slices::Artifacts(_), true) => crate::error::bail!("checking results needs the whole model; from slice artifacts, run without the check"),
+        (_, false) => None,
+    };
     crate::async_runtime()?.block_on(async {
         let (events, received) = std::sync::mpsc::channel();
         // Completions and failures are reported below, with the check against the unsplit model.
@@ -76,8 +88,8 @@ pub fn run(config: &DeviceConfig, model: Model, mut on_event: impl FnMut(DeviceE
             }
         });
         let session_config = SessionConfig { require_plan: true, ..config.session.clone() };
-        let session = Session::open(session_config, model, Some(observer)).await?;
-        let mut summary = RunSummary { ok: 0, failed: 0, largest_difference: None, prediction_error: None };
+        let session = Session::open(session_config, slices, Some(observer)).await?;
+        let mut summary = RunSummary { ok: 0, failed: 0, largest_difference: None, prediction_error: None, last_outputs_sha256: None };
         let mut measured = Vec::new();
         for i in 0..config.requests {
             if i > 0 && !config.interval.is_zero() {
@@ -103,6 +115,7 @@ pub fn run(config: &DeviceConfig, model: Model, mut on_event: impl FnMut(DeviceE
                         summary.largest_difference = Some(summary.largest_difference.map_or(d, |w| w.max(d)));
                     }
                     summary.ok = summary.ok.saturating_add(1);
+                    summary.last_outputs_sha256 = Some(outputs_sha256(&answer.outputs)?);
                     measured.push((answer.route.stages.clone(), answer.total_ns, answer.route.predicted_ns));
                     on_event(DeviceEvent::Completed {
                         request: answer.request,
@@ -127,7 +140,7 @@ pub fn run(config: &DeviceConfig, model: Model, mut on_event: impl FnMut(DeviceE
 }
 
 /// Request `i`'s inputs: the given ones in turn, or deterministic random ones.
-fn request_inputs(config: &DeviceConfig, model: &Model, i: u32) -> Result<TVec<TValue>> {
+fn request_inputs(config: &DeviceConfig, model: &ModelGraph, i: u32) -> Result<TVec<TValue>> {
     if config.inputs.is_empty() {
         return Ok(synthetic_inputs(model, config.seed.wrapping_add(u64::from(i)))?);
     }
@@ -149,6 +162,16 @@ fn prediction_error(measured: &[(Vec<Stage>, u64, Option<u64>)]) -> Option<(usiz
     }
     errors.sort_by(f64::total_cmp);
     Some((errors.len(), errors[errors.len() / 2]))
+}
+
+/// Hex SHA-256 of the outputs' bytes, in order.
+fn outputs_sha256(outputs: &[(usize, TValue)]) -> Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for (_, value) in outputs {
+        hasher.update(value.try_as_plain_ram()?.as_bytes());
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn max_diff(outputs: &[(usize, TValue)], reference: &TVec<TValue>) -> Result<f32> {

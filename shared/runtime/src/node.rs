@@ -1,4 +1,5 @@
-//! A node of the cluster: a loaded model, its tier, and a bounded cache of built slices.
+//! A node of the cluster: the model it serves slices of (the whole model, or only slice
+//! artifacts), its tier, and a bounded cache of built slices.
 
 use std::sync::{Arc, Mutex};
 
@@ -7,19 +8,43 @@ use scission_engine::tract::prelude::*;
 
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
+use scission_engine::artifact::ArtifactDir;
 use scission_engine::pipeline::{Activations, advance, collect};
-use scission_engine::{Model, Slice, with_threads};
+use scission_engine::{Model, ModelGraph, Slice, with_threads};
 
-/// A loaded model serving stages for one tier.
+/// Where a node's slices come from.
+pub enum Slices {
+    /// The whole model: any range is cut out of it on first use.
+    Whole(Model),
+    /// Slice artifacts only: a range runs when its artifact is in the directory.
+    Artifacts(ArtifactDir),
+}
+
+impl From<Model> for Slices {
+    fn from(model: Model) -> Self {
+        Slices::Whole(model)
+    }
+}
+
+impl Slices {
+    /// The model the slices belong to.
+    pub fn graph(&self) -> &ModelGraph {
+        match self {
+            Slices::Whole(model) => model,
+            Slices::Artifacts(dir) => dir.graph(),
+        }
+    }
+}
+
+/// A node serving stages for one tier.
 pub struct Node {
-    /// The model.
-    pub model: Model,
     /// SHA-256 of the model file, as bytes.
     pub sha256: [u8; 32],
     /// This node's tier index.
     pub tier: u8,
     /// Engine threads.
     pub threads: usize,
+    source: Slices,
     slices: Mutex<SliceCache>,
 }
 
@@ -51,11 +76,12 @@ impl SliceCache {
 }
 
 impl Node {
-    /// Wraps a loaded model.
-    pub fn new(model: Model, tier: u8, threads: usize) -> Result<Self> {
-        let sha256 = scission_core::profile::parse_sha256(&model.sha256)?;
+    /// A node running slices from `source` (a loaded [`Model`] converts into one).
+    pub fn new(source: impl Into<Slices>, tier: u8, threads: usize) -> Result<Self> {
+        let source = source.into();
+        let sha256 = scission_core::profile::parse_sha256(&source.graph().sha256)?;
         let slices = Mutex::new(SliceCache { entries: Vec::new(), capacity: MAX_CACHED_SLICES });
-        Ok(Self { model, sha256, tier, threads, slices })
+        Ok(Self { sha256, tier, threads, source, slices })
     }
 
     /// Keeps at most `capacity` slices built (at least one).
@@ -66,13 +92,37 @@ impl Node {
         self
     }
 
-    /// The slice for `block`, built on first use.
+    /// The model this node serves slices of.
+    pub fn graph(&self) -> &ModelGraph {
+        self.source.graph()
+    }
+
+    /// The slice artifacts this node runs from, when it holds no whole model.
+    pub fn artifacts(&self) -> Option<&ArtifactDir> {
+        match &self.source {
+            Slices::Whole(_) => None,
+            Slices::Artifacts(dir) => Some(dir),
+        }
+    }
+
+    /// Whether this node can run `block` without fetching anything.
+    pub fn can_run(&self, block: Block) -> bool {
+        match &self.source {
+            Slices::Whole(_) => true,
+            Slices::Artifacts(dir) => dir.has(block),
+        }
+    }
+
+    /// The slice for `block`, built (or loaded from its artifact) on first use.
     pub fn slice(&self, block: Block) -> Result<Arc<Slice>> {
         self.check_range(block)?;
         if let Some(s) = self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?.get(block) {
             return Ok(s);
         }
-        let slice = Arc::new(Slice::build(&self.model, block)?);
+        let slice = Arc::new(match &self.source {
+            Slices::Whole(model) => Slice::build(model, block)?,
+            Slices::Artifacts(dir) => dir.load(block)?,
+        });
         self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?.insert(block, slice.clone());
         Ok(slice)
     }
@@ -82,17 +132,18 @@ impl Node {
     pub fn run_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64)> {
         self.check_stage_inputs(block, &live)?;
         let slice = self.slice(block)?;
-        let inputs = collect(&live, &slice.io.inputs, "stage input", &self.model)?;
+        let inputs = collect(&live, &slice.io.inputs, "stage input", self.graph())?;
         let started = std::time::Instant::now();
         let outputs =
             with_threads(self.threads, || slice.run(inputs)).with_context(|| format!("running stage [{}, {})", block.start, block.end))?;
         let compute_ns = started.elapsed().as_nanos() as u64;
-        Ok((advance(&self.model, &slice, live, outputs), compute_ns))
+        Ok((advance(self.graph(), &slice, live, outputs), compute_ns))
     }
 
     fn check_range(&self, block: Block) -> Result<()> {
-        if block.start >= block.end || block.end > self.model.summary.len() {
-            bail!("stage [{}, {}) is outside the model's {} nodes", block.start, block.end, self.model.summary.len());
+        let nodes = self.graph().summary.len();
+        if block.start >= block.end || block.end > nodes {
+            bail!("stage [{}, {}) is outside the model's {nodes} nodes", block.start, block.end);
         }
         Ok(())
     }
@@ -101,9 +152,10 @@ impl Node {
     /// any slice is built for it, so a request cannot make a node build slices it cannot feed.
     pub fn check_stage_inputs(&self, block: Block, live: &Activations) -> Result<()> {
         self.check_range(block)?;
-        let crossing_in = self.model.cuts.crossing(block.start);
+        let graph = self.graph();
+        let crossing_in = graph.cuts.crossing(block.start);
         if let Some(missing) = crossing_in.iter().find(|t| !live.contains_key(t)) {
-            let name = self.model.summary.tensors.get(*missing).map_or("?", |t| t.name.as_str());
+            let name = graph.summary.tensors.get(*missing).map_or("?", |t| t.name.as_str());
             bail!("stage [{}, {}) needs tensor '{name}', which the request lacks", block.start, block.end);
         }
         if let Some(extra) = live.keys().find(|t| !crossing_in.contains(t)) {
@@ -114,7 +166,7 @@ impl Node {
 
     /// Graph outputs from the final activations.
     pub fn outputs(&self, live: &Activations) -> Result<Vec<(TensorId, TValue)>> {
-        self.model
+        self.graph()
             .summary
             .outputs
             .iter()

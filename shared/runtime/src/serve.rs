@@ -84,7 +84,7 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
             }
             server = server.with_upstream(Upstream::new(client, cloud.addr, &cloud.name));
         }
-        on_ready(&Ready { addr: endpoint.local_addr()?, model: node.model.name.clone() });
+        on_ready(&Ready { addr: endpoint.local_addr()?, model: node.graph().name.clone() });
         Arc::new(server).serve(endpoint).await;
         Ok(())
     })

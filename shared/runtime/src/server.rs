@@ -419,7 +419,7 @@ impl StageServer {
         }
         let mut live = Activations::new();
         for t in tensors {
-            let (id, value) = decode_tensor(&self.node.model, t).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
+            let (id, value) = decode_tensor(self.node.graph(), t).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
             live.insert(id, value);
         }
         let block = Block { start: stage.start as usize, end: stage.end as usize };

@@ -17,14 +17,15 @@ use scission_core::graph::TensorId;
 use scission_core::link::{Encoding, Link};
 use scission_core::policy::{Action, DevicePolicy, Event, PolicyConfig, ReplanReason, RequestFailure, Route};
 use scission_core::wire::message::{Stage, StageTiming};
-use scission_engine::Model;
+use scission_core::cut::Block;
+use scission_engine::ModelGraph;
 use scission_engine::tract::prelude::*;
 use scission_net::{emulator, pki, quic};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot, watch};
 
 use crate::client::{DeviceClient, Outcome, Peer, RequestError};
 use crate::error::{Result, bail};
-use crate::node::Node;
+use crate::node::{Node, Slices};
 use crate::ranking::{Planner, Planning, measure_uplinks};
 
 /// How often the driver gives the policy the time (probes of down tiers, scheduled re-plans).
@@ -251,17 +252,20 @@ pub struct Session {
 
 impl Session {
     /// Loads the plan, connects and starts the driver (on the current tokio runtime).
-    pub async fn open(config: SessionConfig, model: Model, observer: Option<Observer>) -> Result<Self> {
+    /// `slices` is the whole model, or the slice artifacts the device holds: then only routes
+    /// whose device stages it has are used.
+    pub async fn open(config: SessionConfig, slices: impl Into<Slices>, observer: Option<Observer>) -> Result<Self> {
         let identity = pki::Identity::load(&config.cluster, &config.name)?;
-        let node = Arc::new(Node::new(model, 0, config.threads)?);
-        let nodes = node.model.summary.len();
+        let node = Arc::new(Node::new(slices, 0, config.threads)?);
+        let nodes = node.graph().summary.len();
         let planner = Planner::new(&config.planning, config.encoding, nodes)?;
         let peers = peers(&config);
         let (endpoint, shapers) = endpoint(&config, &identity, &peers, &planner.uplinks)?;
         let (lost_tx, lost) = mpsc::unbounded_channel();
         let client =
             Arc::new(DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout).reporting_lost(lost_tx));
-        let fallback = config.local_fallback.then(|| local_route(nodes)).transpose()?;
+        let whole = Block { start: 0, end: nodes };
+        let fallback = (config.local_fallback && node.can_run(whole)).then(|| local_route(nodes)).transpose()?;
         let mut driver = Driver::new(&config, client, planner, fallback, observer);
         driver.start(&config, &peers).await?;
         let (status_tx, status) = watch::channel(driver.status());
@@ -275,7 +279,7 @@ impl Session {
     /// Runs one request: `inputs` (one per graph input, each of the model's type and shape)
     /// through the current route. Ends in outputs or an explicit error, whatever the peers do.
     pub async fn infer(&self, inputs: TVec<TValue>) -> std::result::Result<Answer, InferError> {
-        scission_engine::input::check_inputs(&self.node.model, &inputs).map_err(|e| InferError::BadInput(format!("{e:#}")))?;
+        scission_engine::input::check_inputs(self.node.graph(), &inputs).map_err(|e| InferError::BadInput(format!("{e:#}")))?;
         let _slot = self.slots.acquire().await.map_err(|_| InferError::Closed)?;
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Infer { inputs, reply }).map_err(|_| InferError::Closed)?;
@@ -293,8 +297,8 @@ impl Session {
     }
 
     /// The model the session serves.
-    pub fn model(&self) -> &Model {
-        &self.node.model
+    pub fn model(&self) -> &ModelGraph {
+        self.node.graph()
     }
 
     /// The shaper of the emulated uplink to `tier`, when emulating.
@@ -309,9 +313,16 @@ fn local_route(nodes: usize) -> Result<Route> {
     Ok(Route { stages: vec![Stage { tier: 0, start: 0, end }], predicted_ns: None })
 }
 
-/// The planner's ranking, with the local fallback last when the ranking has no route that
-/// runs on the device alone.
-fn with_fallback(mut routes: Vec<Route>, fallback: Option<&Route>) -> Vec<Route> {
+/// The planner's ranking without the routes whose device stages this device does not hold (it
+/// runs from slice artifacts), with the local fallback last when no route left runs on the
+/// device alone.
+fn with_fallback(mut routes: Vec<Route>, fallback: Option<&Route>, node: &Node) -> Vec<Route> {
+    let runnable = |s: &Stage| s.tier != 0 || node.can_run(Block { start: s.start as usize, end: s.end as usize });
+    let before = routes.len();
+    routes.retain(|r| r.stages.iter().all(runnable));
+    if routes.len() < before {
+        tracing::info!("{} of {before} planned routes need device slices this device does not hold", before - routes.len());
+    }
     if let Some(fallback) = fallback
         && !routes.iter().any(|r| r.stages.iter().all(|s| s.tier == 0))
     {
@@ -453,7 +464,7 @@ impl Driver {
                 Vec::new()
             }
         };
-        self.policy = DevicePolicy::new(config.policy, with_fallback(routes, self.fallback.as_ref()), links.clone());
+        self.policy = DevicePolicy::new(config.policy, with_fallback(routes, self.fallback.as_ref(), &self.client.node), links.clone());
         if self.no_plan.is_some() {
             let now = self.now();
             for tier in peers.keys().copied().filter(|t| !links.iter().any(|(l, _)| l == t) || (cloud_planning && *t == 2)) {
@@ -592,7 +603,7 @@ impl Driver {
         tokio::spawn(async move {
             let ranked = planner.lock().await.rank(&client, &avoid, &links).await;
             let event = match ranked {
-                Ok(routes) => Event::Plans(with_fallback(routes, fallback.as_ref())),
+                Ok(routes) => Event::Plans(with_fallback(routes, fallback.as_ref(), &client.node)),
                 Err(e) => {
                     tracing::warn!("re-planning without tiers {avoid:?} failed: {e:#}");
                     Event::PlanFailed { reason: format!("{e:#}") }

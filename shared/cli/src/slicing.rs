@@ -1,0 +1,130 @@
+//! `slice` (write one tier's slice of a model as a standalone artifact) and `run-slice` (load
+//! one slice, from its artifact or cut out of the whole model, run it, and say what it cost).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use scission_core::cut::Block;
+use scission_engine::artifact;
+use scission_engine::{Slice, with_threads};
+
+use crate::model::{ModelArgs, ZooLookup};
+
+/// Arguments of `slice`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SliceArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// The plan's boundaries DEVICE_END,EDGE_END (node positions, as `plan` and `inspect`
+    /// print them): writes the device's [0, DEVICE_END), the edge's [DEVICE_END, EDGE_END) and
+    /// the cloud's [EDGE_END, end), leaving out empty ranges.
+    #[arg(long, value_name = "A,B", value_parser = parse_pair, conflicts_with = "range")]
+    pub split: Option<(usize, usize)>,
+    /// A node range START,END to write; repeat for several.
+    #[arg(long, value_name = "START,END", value_parser = parse_pair)]
+    pub range: Vec<(usize, usize)>,
+    /// Directory the artifacts go to (created if missing), one `START-END.slice` per range.
+    #[arg(long, short, default_value = "slices")]
+    pub out: PathBuf,
+}
+
+/// Parses `40,120`.
+pub fn parse_pair(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{text}': expected two node positions A,B, e.g. 40,120");
+    let (a, b) = text.split_once(',').ok_or_else(bad)?;
+    Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
+}
+
+/// Writes the artifacts and returns a table of what was written.
+pub fn run_slice(args: &SliceArgs, zoo: Option<ZooLookup>) -> Result<String> {
+    let model = args.model.load(zoo)?;
+    let n = model.summary.len();
+    let ranges: Vec<(&str, Block)> = match args.split {
+        Some((a, b)) => {
+            if a > b || b > n {
+                bail!("--split {a},{b} is not 0 <= DEVICE_END <= EDGE_END <= {n} (the model's node count)");
+            }
+            [("device", 0, a), ("edge", a, b), ("cloud", b, n)]
+                .into_iter()
+                .filter(|(_, s, e)| s < e)
+                .map(|(tier, start, end)| (tier, Block { start, end }))
+                .collect()
+        }
+        None => args.range.iter().map(|&(start, end)| ("", Block { start, end })).collect(),
+    };
+    if ranges.is_empty() {
+        bail!("nothing to write: give --split A,B or at least one --range START,END");
+    }
+    if let Some((_, bad)) = ranges.iter().find(|(_, b)| b.start >= b.end || b.end > n) {
+        bail!("[{}, {}) is not a node range of a model with {n} nodes", bad.start, bad.end);
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut table = format!("{:<7} {:>13} {:>12} {:>12}  file (SHA-256)\n", "tier", "nodes", "bytes", "weights");
+    for (tier, block) in ranges {
+        let path = args.out.join(artifact::file_name(block));
+        let written = artifact::write_file(&model, block, &path)?;
+        let weights = model.summary.weight_bytes(block.start, block.end);
+        let range = format!("[{}, {})", block.start, block.end);
+        table += &format!("{tier:<7} {range:>13} {:>12} {weights:>12}  {} ({})\n", written.bytes, path.display(), &written.sha256[..16]);
+    }
+    Ok(table)
+}
+
+/// Arguments of `run-slice`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunSliceArgs {
+    /// A slice artifact (`scission-cloud slice` writes them). With `--model`, the ONNX model
+    /// to cut the slice out of instead (the whole model is loaded: the comparison point).
+    pub artifact: Option<PathBuf>,
+    /// Cut the slice out of this model (file or `zoo:NAME`) instead of loading an artifact.
+    #[arg(long, conflicts_with = "artifact", requires = "range")]
+    pub model: Option<PathBuf>,
+    /// With `--model`: the node range START,END.
+    #[arg(long, value_name = "START,END", value_parser = parse_pair)]
+    pub range: Option<(usize, usize)>,
+    /// Timed runs (on synthetic inputs of the slice's input shapes).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Engine threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+}
+
+/// Loads the slice, runs it, and reports load time, run time and the process's peak memory.
+pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<String> {
+    let started = Instant::now();
+    let (slice, source) = match (&args.artifact, &args.model, args.range) {
+        (Some(path), None, _) => (artifact::load(path, None)?.slice, format!("artifact {}", path.display())),
+        (None, Some(model), Some((start, end))) => {
+            let model_args = ModelArgs { model: model.clone(), input_shapes: Vec::new(), max_crossing: 1 };
+            let model = model_args.load(zoo)?;
+            (Slice::build(&model, Block { start, end })?, format!("cut out of {}", model.name))
+        }
+        _ => bail!("give an artifact, or --model MODEL --range START,END"),
+    };
+    let load_s = started.elapsed().as_secs_f64();
+    let inputs = slice.synthetic_inputs(1)?;
+    let threads = usize::from(args.threads);
+    let mut times = Vec::new();
+    for _ in 0..args.runs {
+        let run = Instant::now();
+        with_threads(threads, || slice.run(inputs.clone()))?;
+        times.push(run.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median_ms = times[times.len() / 2] * 1e3;
+    let peak = peak_rss_kib().map_or_else(|| "unknown".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    Ok(format!(
+        "slice [{}, {}) ({source}): loaded and optimised in {load_s:.3} s, median run {median_ms:.2} ms over {} runs, peak RSS {peak}\n",
+        slice.block.start, slice.block.end, args.runs
+    ))
+}
+
+/// The process's peak resident set (`VmHWM`), in KiB, where `/proc` has it.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

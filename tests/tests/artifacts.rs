@@ -1,0 +1,201 @@
+//! Slice artifacts: written once, loaded alone (no ONNX), they compute bit for bit what the
+//! unsplit model computes; the same model and range always give the same file; a damaged,
+//! altered or foreign artifact is refused with a clear error, never run.
+
+use std::path::{Path, PathBuf};
+
+use scission_core::cut::Block;
+use scission_engine::artifact::{self, ArtifactDir};
+use scission_engine::pipeline::{graph_inputs, run_slice};
+use scission_engine::tract::prelude::*;
+use scission_engine::{LoadOptions, Model, ModelGraph, Slice, input::synthetic_inputs};
+use scission_zoo::onnx::builder::encode;
+use scission_zoo::onnx::testmodels::TestModel;
+
+fn load(kind: TestModel) -> Model {
+    Model::load_bytes(kind.name(), &encode(&kind.build(32, 3)), &LoadOptions::default()).unwrap()
+}
+
+/// Writes the artifacts of the consecutive ranges between `cuts` into `dir`.
+fn write_chain(model: &Model, cuts: &[usize], dir: &Path) -> Vec<PathBuf> {
+    cuts.windows(2)
+        .map(|w| {
+            let block = Block { start: w[0], end: w[1] };
+            let path = dir.join(artifact::file_name(block));
+            artifact::write_file(model, block, &path).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Runs the chain of loaded slices as separate machines would and returns the graph outputs.
+fn run_chain(graph: &ModelGraph, slices: &[Slice], inputs: TVec<TValue>) -> Vec<Tensor> {
+    let mut live = graph_inputs(graph, inputs).unwrap();
+    for slice in slices {
+        live = run_slice(graph, slice, live).unwrap();
+    }
+    graph.summary.outputs.iter().map(|t| live[t].clone().into_tensor()).collect()
+}
+
+fn bits(tensors: &[Tensor]) -> Vec<Vec<u32>> {
+    tensors.iter().map(|t| t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()).collect()
+}
+
+fn check_chain(model: &Model, cuts: &[usize], dir: &Path) {
+    let reference = model.whole().unwrap().run(synthetic_inputs(model, 4).unwrap()).unwrap();
+    let reference: Vec<Tensor> = reference.into_iter().map(|v| v.into_tensor()).collect();
+    let loaded: Vec<_> = write_chain(model, cuts, dir).iter().map(|p| artifact::load(p, None).unwrap()).collect();
+    let graph = loaded[0].graph.clone();
+    assert_eq!(graph.sha256, model.sha256);
+    assert_eq!(graph.summary, model.summary);
+    let slices: Vec<Slice> = loaded.into_iter().map(|l| l.slice).collect();
+    let got = run_chain(&graph, &slices, synthetic_inputs(&graph, 4).unwrap());
+    assert_eq!(bits(&got), bits(&reference), "{}: chain {cuts:?} of artifacts differs from the unsplit model", model.name);
+}
+
+#[test]
+fn chains_of_artifacts_compute_exactly_the_unsplit_model() {
+    for kind in TestModel::ALL {
+        let model = load(kind);
+        let n = model.summary.len();
+        let points = model.cuts.cut_points(usize::MAX);
+        let dir = tempfile::tempdir().unwrap();
+        // Every two-way split, and the model as a single artifact.
+        for &k in &points[1..points.len() - 1] {
+            check_chain(&model, &[0, k, n], dir.path());
+        }
+        check_chain(&model, &[0, n], dir.path());
+        check_chain(&model, &[0, points[1], points[points.len() / 2], n], dir.path());
+    }
+}
+
+#[test]
+fn zoo_exports_run_from_artifacts_bit_exactly() {
+    // Depthwise convs, ReLU6 as Clip, padding as Pad (MobileNetV2); concatenations (DenseNet121).
+    for name in ["mobilenet_v2", "densenet121"] {
+        let path = scission_zoo::cached(name, 1).unwrap();
+        let model = Model::load_path(&path, &LoadOptions::default()).unwrap();
+        let points = model.cuts.cut_points(1);
+        let n = model.summary.len();
+        let dir = tempfile::tempdir().unwrap();
+        check_chain(&model, &[0, points[points.len() / 3], points[2 * points.len() / 3], n], dir.path());
+    }
+}
+
+#[test]
+fn the_same_model_and_range_always_give_the_same_bytes() {
+    let model = load(TestModel::Branched);
+    let block = Block { start: 3, end: model.summary.len() - 2 };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let first = artifact::write(&model, block, &mut a).unwrap();
+    let second = artifact::write(&model, block, &mut b).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(first, second);
+    assert_eq!(first.bytes, a.len() as u64);
+    let manifest = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.slice");
+        std::fs::write(&path, &a).unwrap();
+        assert_eq!(artifact::file_sha256(&path).unwrap(), first.sha256);
+        artifact::read_manifest(&path).unwrap()
+    };
+    assert_eq!(manifest.block(), block);
+    assert_eq!(manifest.model_sha256, model.sha256);
+    assert_eq!(manifest.weight_bytes, model.summary.weight_bytes(block.start, block.end));
+    assert!(!manifest.inputs.is_empty() && !manifest.outputs.is_empty());
+}
+
+/// The entries of an artifact: (name, bytes).
+fn entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut archive = tar::Archive::new(bytes);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+fn pack(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, name, &data[..]).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn load_err(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.slice");
+    std::fs::write(&path, bytes).unwrap();
+    format!("{:#}", artifact::load(&path, None).unwrap_err())
+}
+
+#[test]
+fn damaged_altered_or_foreign_artifacts_are_refused() {
+    let model = load(TestModel::Chain);
+    let block = Block { start: 2, end: 6 };
+    let mut good = Vec::new();
+    let written = artifact::write(&model, block, &mut good).unwrap();
+    let parts = entries(&good);
+
+    // One weight byte changed inside the NNEF archive.
+    let mut tampered = parts.clone();
+    let last = tampered[1].1.len() - 1024 - 100;
+    tampered[1].1[last] ^= 0x40;
+    assert!(load_err(&pack(&tampered)).contains("SHA-256"), "{}", load_err(&pack(&tampered)));
+
+    // The manifest claims another range than its graph computes.
+    let mut manifest: artifact::Manifest = serde_json::from_slice(&parts[0].1).unwrap();
+    manifest.end += 1;
+    let altered = vec![(parts[0].0.clone(), serde_json::to_vec(&manifest).unwrap()), parts[1].clone()];
+    assert!(load_err(&pack(&altered)).contains("inputs and outputs"), "{}", load_err(&pack(&altered)));
+
+    // A summary that indexes outside itself.
+    let mut manifest: artifact::Manifest = serde_json::from_slice(&parts[0].1).unwrap();
+    manifest.summary.tensors[1].producer = Some(usize::MAX);
+    let hostile = vec![(parts[0].0.clone(), serde_json::to_vec(&manifest).unwrap()), parts[1].clone()];
+    assert!(load_err(&pack(&hostile)).contains("outside the graph"), "{}", load_err(&pack(&hostile)));
+
+    // Another format version, entries swapped, truncated, not a tar at all, empty.
+    let mut manifest: artifact::Manifest = serde_json::from_slice(&parts[0].1).unwrap();
+    manifest.version = 99;
+    let future = vec![(parts[0].0.clone(), serde_json::to_vec(&manifest).unwrap()), parts[1].clone()];
+    assert!(load_err(&pack(&future)).contains("version 99"));
+    let swapped = vec![parts[1].clone(), parts[0].clone()];
+    assert!(load_err(&pack(&swapped)).contains("not scission-slice.json"));
+    for cut in [good.len() / 2, 600, 10] {
+        let message = load_err(&good[..cut]);
+        assert!(message.contains("not a usable slice artifact"), "truncated at {cut}: {message}");
+    }
+    assert!(load_err(b"definitely not a tar archive, just text").contains("not a usable slice artifact"));
+    assert!(load_err(b"").contains("not a usable slice artifact"));
+
+    // A pinned whole-file hash that does not match.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(artifact::file_name(block));
+    std::fs::write(&path, &good).unwrap();
+    assert!(artifact::load(&path, Some(&written.sha256)).is_ok());
+    let wrong = "0".repeat(64);
+    assert!(format!("{:#}", artifact::load(&path, Some(&wrong)).unwrap_err()).contains("is not the expected"));
+
+    // A directory mixing two models, or pinned to another model.
+    let other = load(TestModel::Branched);
+    artifact::write_file(&other, Block { start: 0, end: 3 }, &dir.path().join("0-3.slice")).unwrap();
+    assert!(format!("{:#}", ArtifactDir::open(dir.path(), None).unwrap_err()).contains("another model"));
+    std::fs::remove_file(dir.path().join("0-3.slice")).unwrap();
+    assert!(format!("{:#}", ArtifactDir::open(dir.path(), Some(&other.sha256)).unwrap_err()).contains("another model"));
+    let held = ArtifactDir::open(dir.path(), Some(&model.sha256)).unwrap();
+    assert_eq!(held.blocks(), vec![block]);
+    assert!(held.load(Block { start: 0, end: 2 }).is_err());
+    let empty = tempfile::tempdir().unwrap();
+    assert!(format!("{:#}", ArtifactDir::open(empty.path(), None).unwrap_err()).contains("holds no slice artifact"));
+}
