@@ -95,12 +95,17 @@ pub struct RunSliceArgs {
 /// Loads the slice, runs it, and reports load time, run time and the process's peak memory.
 pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<String> {
     let started = Instant::now();
-    let (slice, source) = match (&args.artifact, &args.model, args.range) {
-        (Some(path), None, _) => (artifact::load(path, None)?.slice, format!("artifact {}", path.display())),
+    let (slice, source, memory) = match (&args.artifact, &args.model, args.range) {
+        (Some(path), None, _) => {
+            let loaded = artifact::load(path, None)?;
+            let memory = SliceMemory::of(&loaded.graph, loaded.slice.block);
+            (loaded.slice, format!("artifact {}", path.display()), memory)
+        }
         (None, Some(model), Some((start, end))) => {
             let model_args = ModelArgs { model: model.clone(), input_shapes: Vec::new(), max_crossing: 1 };
             let model = model_args.load(zoo)?;
-            (Slice::build(&model, Block { start, end })?, format!("cut out of {}", model.name))
+            let block = Block { start, end };
+            (Slice::build(&model, block)?, format!("cut out of {}", model.name), SliceMemory::of(&model, block))
         }
         _ => bail!("give an artifact, or --model MODEL --range START,END"),
     };
@@ -116,10 +121,38 @@ pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<Stri
     times.sort_by(f64::total_cmp);
     let median_ms = times[times.len() / 2] * 1e3;
     let peak = peak_rss_kib().map_or_else(|| "unknown".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
     Ok(format!(
-        "slice [{}, {}) ({source}): loaded and optimised in {load_s:.3} s, median run {median_ms:.2} ms over {} runs, peak RSS {peak}\n",
-        slice.block.start, slice.block.end, args.runs
+        "slice [{}, {}) ({source}): loaded and optimised in {load_s:.3} s, median run {median_ms:.2} ms over {} runs, peak RSS {peak}; \
+         weights {:.1} MiB, largest activation {:.1} MiB\n",
+        slice.block.start,
+        slice.block.end,
+        args.runs,
+        mib(memory.weights),
+        mib(memory.largest_activation)
     ))
+}
+
+/// What a slice holds by the summary: its weights and its largest activation (a tensor it
+/// reads or produces).
+struct SliceMemory {
+    weights: u64,
+    largest_activation: u64,
+}
+
+impl SliceMemory {
+    fn of(graph: &scission_engine::ModelGraph, block: Block) -> Self {
+        let summary = &graph.summary;
+        let inside = |p: usize| (block.start..block.end).contains(&p);
+        let largest_activation = summary
+            .tensors
+            .iter()
+            .filter(|t| t.producer.is_some_and(inside) || t.consumers.iter().any(|&c| inside(c)))
+            .map(|t| t.bytes)
+            .max()
+            .unwrap_or(0);
+        Self { weights: summary.weight_bytes(block.start, block.end.min(summary.len())), largest_activation }
+    }
 }
 
 /// The process's peak resident set (`VmHWM`), in KiB, where `/proc` has it.

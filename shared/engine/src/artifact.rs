@@ -235,8 +235,25 @@ pub fn load_from(reader: impl Read) -> Result<Loaded> {
     drop(proto);
     check_facts(&typed, &manifest)?;
     let io = SliceIo { inputs: manifest.inputs.iter().map(|p| p.id).collect(), outputs: manifest.outputs.iter().map(|p| p.id).collect() };
-    let slice = Slice::optimise(block, io, typed)?;
+    let slice = optimise_loaded(block, io, typed)?;
     Ok(Loaded { graph, slice })
+}
+
+/// Optimises a slice read back from NNEF the way [`Slice::build`] does (declutter, then
+/// codegen). tract 0.23.9's declutter can fail on some reloaded graphs: after the NNEF round
+/// trip a 1x1 EinSum is rewritten into a matmul with a reshape first, and pulling a stride-2
+/// `Downsample` over that reshape errors ("Invalid axis") instead of stopping (ResNet50's
+/// shortcut convolutions). The graph written is already decluttered, so codegen alone runs it.
+fn optimise_loaded(block: Block, io: SliceIo, typed: TypedModel) -> Result<Slice> {
+    match Slice::optimise(block, io.clone(), typed.clone()) {
+        Ok(slice) => Ok(slice),
+        Err(error) => {
+            tracing::debug!("slice [{}, {}): declutter failed after loading ({error:#}); codegen only", block.start, block.end);
+            let mut typed = typed;
+            typed.optimize().with_context(|| format!("cannot optimise slice [{}, {})", block.start, block.end))?;
+            Slice::from_optimised(block, io, typed)
+        }
+    }
 }
 
 /// Reads and checks the first entry: the manifest, and the model graph its summary describes.

@@ -113,7 +113,7 @@ impl Model {
 /// and an x86 server. Everything else (constant folding, batch-norm folding into convs) stays,
 /// so a cut never separates what the unsplit model fuses at this stage, and f32 splits remain
 /// bit-exact. Each slice gets the full declutter when it is optimised.
-fn declutter_portable(mut model: TypedModel) -> TractResult<TypedModel> {
+pub(crate) fn declutter_portable(mut model: TypedModel) -> TractResult<TypedModel> {
     let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
     optimizer.passes.retain(|pass| !format!("{pass:?}").starts_with("ChangeAxes"));
     optimizer.optimize(&mut model)?;

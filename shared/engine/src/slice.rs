@@ -36,6 +36,12 @@ impl Slice {
         Self::optimise(block, io, sub)
     }
 
+    /// Wraps an already optimised graph.
+    pub(crate) fn from_optimised(block: Block, io: SliceIo, optimised: TypedModel) -> Result<Self> {
+        let plan = optimised.into_runnable().with_context(|| format!("cannot prepare slice [{}, {})", block.start, block.end))?;
+        Ok(Self { block, io, plan })
+    }
+
     /// Optimises `sub`, the extracted (decluttered) graph of `block` with interface `io`.
     pub(crate) fn optimise(block: Block, io: SliceIo, sub: TypedModel) -> Result<Self> {
         let plan = sub
