@@ -280,10 +280,20 @@ pub fn pinned_model(planning: &Planning) -> Result<Option<[u8; 32]>> {
 /// those are loaded, never the whole model), or an ONNX file loaded whole. `pinned` is the
 /// model's SHA-256 from the device's profile, when it has one: artifacts of another model are
 /// refused.
-pub fn open_slices(path: &Path, options: &scission_engine::LoadOptions, pinned: Option<[u8; 32]>) -> Result<Slices> {
+///
+/// A directory with no artifact yet is filled from `session`'s cloud (the one-node slice that
+/// describes the model first; the session fetches the slices its plans need after).
+pub fn open_slices(path: &Path, options: &scission_engine::LoadOptions, pinned: Option<[u8; 32]>, session: &SessionConfig) -> Result<Slices> {
     if path.is_dir() {
         let pinned = pinned.map(|p| p.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let dir = scission_engine::artifact::ArtifactDir::open(path, pinned.as_deref())?;
+        let dir = scission_runtime::fetch::open_artifacts_blocking(
+            &session.cluster,
+            &session.name,
+            session.cloud.as_ref(),
+            path,
+            pinned.as_deref(),
+            session.max_frame,
+        )?;
         tracing::info!(dir = %path.display(), slices = ?dir.blocks(), "running from slice artifacts");
         return Ok(Slices::Artifacts(dir));
     }

@@ -167,9 +167,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let mut bar = FetchBar::new("the model");
         fetch_model_blocking(&args.cluster.cluster, &args.name, &cloud, &path, DEFAULT_MAX_FRAME, expected, &mut |d, t| bar.update(d, t))?;
     }
-    let slices = crate::config::open_slices(&path, &args.model.load_options(), crate::config::pinned_model(&planning)?)?;
-    let inputs = load_inputs(slices.graph(), &args.inputs)?;
-    let config = args.config(planning, inputs)?;
+    let pinned = crate::config::pinned_model(&planning)?;
+    let mut config = args.config(planning, Vec::new())?;
+    let slices = crate::config::open_slices(&path, &args.model.load_options(), pinned, &config.session)?;
+    config.inputs = load_inputs(slices.graph(), &args.inputs)?;
+    if args.requests.is_none() && !config.inputs.is_empty() {
+        config.requests = u32::try_from(config.inputs.len()).unwrap_or(u32::MAX);
+    }
     let requests = config.requests;
     let summary = device::run(&config, slices, print_event)?;
     if let Some((count, median)) = summary.prediction_error {

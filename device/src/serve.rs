@@ -81,7 +81,7 @@ fn prepare(overrides: &Overrides) -> Result<(Config, SessionConfig, Slices)> {
         fetch(&config, &session)?;
     }
     let pinned = crate::config::pinned_model(&session.planning)?;
-    let slices = crate::config::open_slices(&config.model, &Default::default(), pinned)
+    let slices = crate::config::open_slices(&config.model, &Default::default(), pinned, &session)
         .with_context(|| format!("cannot load the model {}", config.model.display()))?;
     Ok((config, session, slices))
 }

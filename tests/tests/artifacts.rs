@@ -2,7 +2,12 @@
 //! unsplit model computes; the same model and range always give the same file; a damaged,
 //! altered or foreign artifact is refused with a clear error, never run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::cluster::Cluster;
+use common::{run, stderr};
 
 use scission_core::cut::Block;
 use scission_engine::artifact::{self, ArtifactDir};
@@ -199,4 +204,43 @@ fn damaged_altered_or_foreign_artifacts_are_refused() {
     assert!(held.load(Block { start: 0, end: 2 }).is_err());
     let empty = tempfile::tempdir().unwrap();
     assert!(format!("{:#}", ArtifactDir::open(empty.path(), None).unwrap_err()).contains("holds no slice artifact"));
+}
+
+/// The last line starting with `prefix` in a run's output.
+fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines().rev().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' line in {text}"))
+}
+
+#[test]
+fn a_device_starting_with_no_slice_offloads_to_the_cloud_fetches_its_slice_and_switches() {
+    let c = Cluster::new();
+    let (cloud, edge) = c.servers();
+    let model = Model::load_path(&c.model, &LoadOptions::default()).unwrap();
+    let n = model.summary.len();
+    let k = model.cuts.cut_points(1)[model.cuts.cut_points(1).len() / 2];
+    let split = format!("{k},{k}");
+    // The reference: the whole model on the device, each result checked against the unsplit model.
+    let args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "6"]);
+    let checked = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let checked_text = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert!(line(&checked_text, "requests:").contains("6 ok, 0 failed; largest difference from the unsplit model 0e0"), "{checked_text}");
+    // The same requests from an empty directory of slice artifacts.
+    let slices = c.dir.path().join("slices");
+    std::fs::create_dir(&slices).unwrap();
+    let mut args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "6", "--no-check", "--interval-ms", "100"]);
+    args[1] = slices.to_string_lossy().into_owned();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("scission-device", &refs);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(line(&text, "requests:").starts_with("requests: 6 ok, 0 failed"), "{text}");
+    assert_eq!(line(&text, "last request's outputs:"), line(&checked_text, "last request's outputs:"), "bit-equal results");
+    // First the cloud alone, then the planned split once the slice arrived.
+    assert!(text.contains(&format!("plan #1: tier 2 [0, {n})")), "{text}");
+    assert!(text.contains(&format!("now tier 0 [0, {k}) -> tier 2 [{k}, {n})")), "{text}");
+    let held = ArtifactDir::open(&slices, Some(&model.sha256)).unwrap();
+    assert_eq!(held.blocks(), vec![Block { start: 0, end: 1 }, Block { start: 0, end: k }]);
+    // The device fetched its slice, not the model.
+    let fetched: u64 = held.blocks().iter().map(|b| std::fs::metadata(slices.join(artifact::file_name(*b))).unwrap().len()).sum();
+    assert!(fetched < std::fs::metadata(&c.model).unwrap().len(), "fetched {fetched} bytes");
 }

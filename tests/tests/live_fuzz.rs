@@ -99,7 +99,12 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
             let avoid = (0..pick(rng, 4)).map(|_| pick(rng, 4) as u8).collect();
             Body::PlanRequest { profile: &junk_profile, uplinks, count: wild(rng) as u16, avoid }
         }
-        7 => Body::FetchModel { offset: wild(rng), max_len: wild(rng) as u32 },
+        7 if pick(rng, 2) == 0 => Body::FetchModel { offset: wild(rng), max_len: wild(rng) as u32 },
+        7 => {
+            // Ranges inside the model most of the time (each one written as an artifact once).
+            let start = pick(rng, nodes as u64 + 2) as u32;
+            Body::FetchSlice { start, end: start + pick(rng, 4) as u32, offset: wild(rng), max_len: wild(rng) as u32 }
+        }
         8 => Body::Output {
             request: wild(rng),
             tensors: heapless::Vec::new(),

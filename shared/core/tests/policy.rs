@@ -585,3 +585,29 @@ fn a_tier_that_fails_again_soon_after_coming_back_waits_longer_each_time() {
     p.handle(at(quiet + 1000), Event::Tick);
     assert_eq!(drain(&mut p), vec![Action::Probe { tier: 1 }]);
 }
+
+#[test]
+fn an_offered_ranking_is_adopted_at_once_and_requests_in_flight_keep_their_route() {
+    // The device starts offloading everything to the cloud while its own slice downloads.
+    let cloud_only = Route { stages: vec![stage(2, 0, 10)], predicted_ns: None };
+    let mut p = policy(vec![cloud_only.clone()]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    assert_eq!(sent(&drain(&mut p)), vec![(1, cloud_only.stages.clone())]);
+    // The slice arrived: the shell offers the ranking that needs it, unasked.
+    p.handle(at(5), Event::Offered(vec![device_cloud(20), cloud_only.clone()]));
+    let switched = drain(&mut p);
+    assert!(switched.iter().any(|a| matches!(a, Action::Switched { to, .. } if *to == device_cloud(20))), "{switched:?}");
+    assert_eq!(p.best_available().map(|(_, r)| r.clone()), Some(device_cloud(20)));
+    p.handle(at(6), Event::Submit { request: 2 });
+    assert_eq!(sent(&drain(&mut p)), vec![(2, device_cloud(20).stages)]);
+    // Request 1 ends on the route it was sent on; nothing is lost or sent twice.
+    p.handle(at(9), Event::Answered { request: 1, elapsed_ns: 40 });
+    assert_eq!(drain(&mut p), vec![Action::Done { request: 1, route: cloud_only, elapsed_ns: 40 }]);
+    p.handle(at(10), Event::Answered { request: 2, elapsed_ns: 20 });
+    assert_eq!(drain(&mut p), vec![Action::Done { request: 2, route: device_cloud(20), elapsed_ns: 20 }]);
+    assert_eq!(p.outstanding(), 0);
+    // An empty offer changes nothing.
+    p.handle(at(11), Event::Offered(Vec::new()));
+    assert!(drain(&mut p).is_empty());
+    assert_eq!(p.best_available().map(|(_, r)| r.clone()), Some(device_cloud(20)));
+}

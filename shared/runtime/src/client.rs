@@ -91,6 +91,21 @@ pub struct DeviceClient {
 }
 
 impl DeviceClient {
+    /// The endpoint requests leave through (emulated uplinks included).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// The peer serving tier `tier`, when given.
+    pub fn peer(&self, tier: u8) -> Option<&Peer> {
+        self.peers.get(&tier)
+    }
+
+    /// The largest frame accepted.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
     /// A client for `node` that reaches tier `t` at `peers[t]`.
     pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, Peer>, max_frame: u32, timeout: Duration) -> Self {
         Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame, timeout, lost: None }

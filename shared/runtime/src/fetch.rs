@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+use scission_core::cut::Block;
 use scission_core::wire::message::{Body, decode, encode};
+use scission_engine::artifact::ArtifactDir;
 use scission_net::quic::{connect, exchange};
 
 use crate::peer::Peer;
@@ -56,7 +58,49 @@ pub async fn fetch_model(
     path: &Path,
     max_frame: u32,
     expected: Expected,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<()> {
+    let ask = |offset| Body::FetchModel { offset, max_len: CHUNK };
+    fetch_file(endpoint, from, path, max_frame, expected, &ask, progress).await
+}
+
+/// Downloads the artifact of slice `block` of the model `from` serves into the directory of
+/// `artifacts` and adds it there (it must be a slice of the same model).
+pub async fn fetch_slice(
+    endpoint: &quinn::Endpoint,
+    from: &Peer,
+    artifacts: &ArtifactDir,
+    block: Block,
+    max_frame: u32,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<PathBuf> {
+    let (Ok(start), Ok(end)) = (u32::try_from(block.start), u32::try_from(block.end)) else { bail!("slice range too large") };
+    let path = artifacts.dir().join(scission_engine::artifact::file_name(block));
+    let ask = move |offset| Body::FetchSlice { start, end, offset, max_len: CHUNK };
+    let expected = Expected { sha256: None, max_bytes: DEFAULT_MAX_MODEL_BYTES };
+    fetch_file(endpoint, from, &path, max_frame, expected, &ask, progress).await?;
+    match artifacts.insert(&path) {
+        Ok(got) if got == block => Ok(path),
+        Ok(got) => {
+            let _ = std::fs::remove_file(&path);
+            bail!("asked for slice [{}, {}) and got [{}, {})", block.start, block.end, got.start, got.end)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e.into())
+        }
+    }
+}
+
+/// Downloads the file whose chunks `ask(offset)` requests into `path`.
+async fn fetch_file(
+    endpoint: &quinn::Endpoint,
+    from: &Peer,
+    path: &Path,
+    max_frame: u32,
+    expected: Expected,
+    ask: &(dyn Fn(u64) -> Body<'static> + Sync),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<()> {
     let connection = connect(endpoint, from.addr, &from.name).await?;
     let mut partial = Partial { path: path.with_extension(format!("part{}", std::process::id())), kept: false };
@@ -69,12 +113,12 @@ pub async fn fetch_model(
     let mut hasher = Sha256::new();
     let (mut offset, mut announced): (u64, Option<(u64, [u8; 32])>) = (0, None);
     loop {
-        let request = encode(&Body::FetchModel { offset, max_len: CHUNK })?;
+        let request = encode(&ask(offset))?;
         let answer = exchange(&connection, &request, max_frame).await?;
         match decode(&answer).map_err(|e| crate::error::error!("malformed chunk: {e}"))? {
             Body::ModelChunk { total, sha256, offset: at, data } => {
                 if at != offset || announced.is_some_and(|a| a != (total, sha256)) {
-                    bail!("the model changed while it was being fetched");
+                    bail!("the file changed while it was being fetched");
                 }
                 if announced.is_none() {
                     check_announced(total, sha256, expected)?;
@@ -134,9 +178,27 @@ pub fn fetch_model_blocking(
     path: &Path,
     max_frame: u32,
     expected: Expected,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<()> {
     let identity = scission_net::pki::Identity::load(cluster, name)?;
     crate::async_runtime()?
         .block_on(async { fetch_model(&scission_net::quic::client(&identity)?, from, path, max_frame, expected, progress).await })
+}
+
+/// Opens the slice artifacts in `dir`; when it holds none yet, first fetches the one-node
+/// artifact `[0, 1)` from `from` (the smallest one; its manifest describes the whole model), so
+/// a device can start from an empty directory. Connects as `name` of the cluster in `cluster`.
+pub fn open_artifacts_blocking(cluster: &Path, name: &str, from: Option<&Peer>, dir: &Path, pinned: Option<&str>, max_frame: u32) -> Result<ArtifactDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let empty = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).all(|e| e.path().extension().is_none_or(|x| x != "slice"));
+    if let (true, Some(from)) = (empty, from) {
+        let identity = scission_net::pki::Identity::load(cluster, name)?;
+        let path = dir.join(scission_engine::artifact::file_name(Block { start: 0, end: 1 }));
+        let ask = |offset| Body::FetchSlice { start: 0, end: 1, offset, max_len: CHUNK };
+        crate::async_runtime()?.block_on(async {
+            let endpoint = scission_net::quic::client(&identity)?;
+            fetch_file(&endpoint, from, &path, max_frame, Expected { sha256: None, max_bytes: DEFAULT_MAX_MODEL_BYTES }, &ask, &mut |_, _| {}).await
+        })?;
+    }
+    Ok(ArtifactDir::open(dir, pinned)?)
 }

@@ -97,6 +97,14 @@ impl Node {
         self.source.graph()
     }
 
+    /// The whole model, when this node holds it.
+    pub fn whole_model(&self) -> Option<&Model> {
+        match &self.source {
+            Slices::Whole(model) => Some(model),
+            Slices::Artifacts(_) => None,
+        }
+    }
+
     /// The slice artifacts this node runs from, when it holds no whole model.
     pub fn artifacts(&self) -> Option<&ArtifactDir> {
         match &self.source {

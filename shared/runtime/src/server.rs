@@ -210,7 +210,24 @@ pub struct StageServer {
     planner: Option<Arc<Planner>>,
     model_file: Option<ModelFile>,
     revocations: Option<Arc<pki::DenyList>>,
+    artifacts: Mutex<ArtifactCache>,
 }
+
+/// Slice artifacts written for peers that fetch them, most recently used last; at most
+/// [`CACHED_ARTIFACTS`], and about the model's weights in bytes together.
+#[derive(Default)]
+struct ArtifactCache {
+    entries: Vec<(Block, Arc<Artifact>)>,
+}
+
+/// One artifact's bytes and hash.
+struct Artifact {
+    bytes: Vec<u8>,
+    sha256: [u8; 32],
+}
+
+/// Slice artifacts kept in memory for fetching peers (the least recently used goes first).
+const CACHED_ARTIFACTS: usize = 4;
 
 /// Whether a peer of `role` may send `body` (an edge registers only under its own name).
 fn authorize(body: &Body<'_>, peer: &PeerCert) -> Result<(), StageError> {
@@ -249,6 +266,7 @@ impl StageServer {
             planner: None,
             model_file: None,
             revocations: None,
+            artifacts: Mutex::new(ArtifactCache::default()),
         }
     }
 
@@ -393,8 +411,55 @@ impl StageServer {
                     .map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
                 encode(&Body::ModelChunk { total: file.total, sha256: file.sha256, offset, data: &data }).map_err(StageError::engine)
             }
+            Body::FetchSlice { start, end, offset, max_len } => {
+                let artifact = self.artifact(Block { start: start as usize, end: end as usize }).await?;
+                let total = artifact.bytes.len() as u64;
+                let Some(from) = usize::try_from(offset).ok().filter(|&o| o <= artifact.bytes.len()) else {
+                    return Err(StageError::BadRequest(format!("offset {offset} is past the end of the {total}-byte artifact")));
+                };
+                let len = (max_len.min(MAX_CHUNK).min(self.limits.max_frame / 2) as usize).min(artifact.bytes.len() - from);
+                let data = &artifact.bytes[from..from + len];
+                encode(&Body::ModelChunk { total, sha256: artifact.sha256, offset, data }).map_err(StageError::engine)
+            }
             _ => Err(StageError::BadRequest("expected a request".into())),
         }
+    }
+
+    /// The artifact of `block`, written on first request (one at a time: the cache's lock is
+    /// held while writing, so concurrent fetches of one slice write it once).
+    async fn artifact(&self, block: Block) -> Result<Arc<Artifact>, StageError> {
+        let Some(model) = self.node.whole_model() else { return Err(StageError::NotOffered("serve slice artifacts (it holds no whole model)")) };
+        if block.start >= block.end || block.end > model.summary.len() {
+            return Err(StageError::BadRequest(format!("[{}, {}) is not a range of the model's {} nodes", block.start, block.end, model.summary.len())));
+        }
+        let mut cache = self.artifacts.lock().await;
+        if let Some(at) = cache.entries.iter().position(|(b, _)| *b == block) {
+            let entry = cache.entries.remove(at);
+            let artifact = entry.1.clone();
+            cache.entries.push(entry);
+            return Ok(artifact);
+        }
+        let node = self.node.clone();
+        let artifact = blocking(move || -> Result<Artifact> {
+            let model = node.whole_model().ok_or_else(|| crate::error::error!("no whole model"))?;
+            let mut bytes = Vec::new();
+            let written = scission_engine::artifact::write(model, block, &mut bytes)?;
+            Ok(Artifact { bytes, sha256: scission_core::profile::parse_sha256(&written.sha256)? })
+        })
+        .await?
+        .map_err(StageError::engine)?;
+        let artifact = Arc::new(artifact);
+        // At most a few artifacts, and together no more than about the model's own weights: a
+        // peer asking for many ranges costs CPU, not unbounded memory.
+        let cap = model.summary.weight_bytes(0, model.summary.len()).saturating_add(64 << 20);
+        let held = |c: &ArtifactCache| c.entries.iter().map(|(_, a)| a.bytes.len() as u64).sum::<u64>();
+        while !cache.entries.is_empty()
+            && (cache.entries.len() >= CACHED_ARTIFACTS || held(&cache).saturating_add(artifact.bytes.len() as u64) > cap)
+        {
+            cache.entries.remove(0);
+        }
+        cache.entries.push((block, artifact.clone()));
+        Ok(artifact)
     }
 
     /// A place among the registrations and plans being worked on, or `Busy`.

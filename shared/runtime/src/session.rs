@@ -9,7 +9,7 @@
 //! ([`SessionConfig::local_fallback`]), requests are answered locally and marked degraded; the
 //! planner's routes come back as soon as their tiers answer a probe again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc, oneshot, watch};
 
 use crate::client::{DeviceClient, Outcome, Peer, RequestError};
 use crate::error::{Result, bail};
+use crate::fetch::fetch_slice;
 use crate::node::{Node, Slices};
 use crate::ranking::{Planner, Planning, measure_uplinks};
 
@@ -266,7 +267,10 @@ impl Session {
             Arc::new(DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout).reporting_lost(lost_tx));
         let whole = Block { start: 0, end: nodes };
         let fallback = (config.local_fallback && node.can_run(whole)).then(|| local_route(nodes)).transpose()?;
-        let mut driver = Driver::new(&config, client, planner, fallback, observer);
+        // A device that runs from slice artifacts and lacks some offloads whole requests to the
+        // cloud (which holds the model) while it fetches them.
+        let offload = (node.artifacts().is_some() && config.cloud.is_some()).then(|| cloud_route(nodes)).transpose()?;
+        let mut driver = Driver::new(&config, client, planner, Appended { offload, fallback }, observer);
         driver.start(&config, &peers).await?;
         let (status_tx, status) = watch::channel(driver.status());
         driver.status_tx = Some(status_tx);
@@ -309,21 +313,44 @@ impl Session {
 
 /// The route that runs every node on the device.
 fn local_route(nodes: usize) -> Result<Route> {
+    whole_on(0, nodes)
+}
+
+/// The route that runs every node in the cloud.
+fn cloud_route(nodes: usize) -> Result<Route> {
+    whole_on(2, nodes)
+}
+
+fn whole_on(tier: u8, nodes: usize) -> Result<Route> {
     let Ok(end) = u32::try_from(nodes) else { bail!("a model of {nodes} nodes is too large") };
-    Ok(Route { stages: vec![Stage { tier: 0, start: 0, end }], predicted_ns: None })
+    Ok(Route { stages: vec![Stage { tier, start: 0, end }], predicted_ns: None })
+}
+
+/// Routes the session adds to every ranking.
+#[derive(Clone, Debug, Default)]
+struct Appended {
+    /// Everything in the cloud, for a device that lacks the slices of the planned routes.
+    offload: Option<Route>,
+    /// Everything on the device (degraded), when every remote route is down.
+    fallback: Option<Route>,
 }
 
 /// The planner's ranking without the routes whose device stages this device does not hold (it
 /// runs from slice artifacts), with the local fallback last when no route left runs on the
 /// device alone.
-fn with_fallback(mut routes: Vec<Route>, fallback: Option<&Route>, node: &Node) -> Vec<Route> {
+fn with_fallback(mut routes: Vec<Route>, appended: &Appended, node: &Node) -> Vec<Route> {
     let runnable = |s: &Stage| s.tier != 0 || node.can_run(Block { start: s.start as usize, end: s.end as usize });
     let before = routes.len();
     routes.retain(|r| r.stages.iter().all(runnable));
     if routes.len() < before {
         tracing::info!("{} of {before} planned routes need device slices this device does not hold", before - routes.len());
     }
-    if let Some(fallback) = fallback
+    if let Some(offload) = &appended.offload
+        && !routes.contains(offload)
+    {
+        routes.push(offload.clone());
+    }
+    if let Some(fallback) = &appended.fallback
         && !routes.iter().any(|r| r.stages.iter().all(|s| s.tier == 0))
     {
         routes.push(fallback.clone());
@@ -369,8 +396,15 @@ fn check_addresses(routes: &[Route], peers: &HashMap<u8, Peer>) -> Result<()> {
     Ok(())
 }
 
+/// How many of the best ranked routes get their device slices fetched.
+const FETCHED_ROUTES: usize = 3;
+
 /// What the driver's own tasks report back.
 enum Feedback {
+    /// The planner's ranking (as ranked, before the routes the device cannot run are left out).
+    Ranked(Vec<Route>),
+    /// A device slice was fetched (or not).
+    SliceFetched { block: Block, result: std::result::Result<(), String> },
     /// A try of request `request` on the route of rank `rank` ended.
     Tried { request: u64, rank: usize, result: std::result::Result<Outcome, RequestError> },
     /// Anything else the policy asked for (links, plans, probes).
@@ -390,9 +424,13 @@ struct Driver {
     policy: DevicePolicy,
     client: Arc<DeviceClient>,
     planner: Arc<Mutex<Planner>>,
-    fallback: Option<Route>,
+    appended: Appended,
     observer: Option<Observer>,
     encoding: Encoding,
+    /// The planner's last ranking, before the routes this device cannot run yet are left out.
+    ranking: Vec<Route>,
+    /// Device slices being fetched.
+    fetching: HashSet<Block>,
     waiters: HashMap<u64, Waiter>,
     feedback: (mpsc::UnboundedSender<Feedback>, mpsc::UnboundedReceiver<Feedback>),
     status_tx: Option<watch::Sender<Status>>,
@@ -408,16 +446,18 @@ impl Driver {
         config: &SessionConfig,
         client: Arc<DeviceClient>,
         planner: Planner,
-        fallback: Option<Route>,
+        appended: Appended,
         observer: Option<Observer>,
     ) -> Self {
         Self {
             policy: DevicePolicy::new(config.policy, Vec::new(), Vec::new()),
             client,
             planner: Arc::new(Mutex::new(planner)),
-            fallback,
+            appended,
             observer,
             encoding: config.encoding,
+            ranking: Vec::new(),
+            fetching: HashSet::new(),
             waiters: HashMap::new(),
             feedback: mpsc::unbounded_channel(),
             status_tx: None,
@@ -464,7 +504,9 @@ impl Driver {
                 Vec::new()
             }
         };
-        self.policy = DevicePolicy::new(config.policy, with_fallback(routes, self.fallback.as_ref(), &self.client.node), links.clone());
+        self.ranking = routes.clone();
+        self.policy = DevicePolicy::new(config.policy, with_fallback(routes, &self.appended, &self.client.node), links.clone());
+        self.fetch_missing_slices();
         if self.no_plan.is_some() {
             let now = self.now();
             for tier in peers.keys().copied().filter(|t| !links.iter().any(|(l, _)| l == t) || (cloud_planning && *t == 2)) {
@@ -479,7 +521,37 @@ impl Driver {
     }
 
     fn is_fallback(&self, route: &Route) -> bool {
-        self.fallback.as_ref().is_some_and(|f| f == route)
+        self.appended.fallback.as_ref().is_some_and(|f| f == route)
+    }
+
+    /// Fetches from the cloud, in the background, the device slices of the best ranked routes
+    /// that this device (running from slice artifacts) lacks; each one offered to the policy
+    /// as it arrives.
+    fn fetch_missing_slices(&mut self) {
+        let (Some(_), Some(_)) = (self.client.node.artifacts(), self.client.peer(2)) else { return };
+        let wanted: Vec<Block> = self
+            .ranking
+            .iter()
+            .take(FETCHED_ROUTES)
+            .flat_map(|r| r.stages.iter().filter(|s| s.tier == 0).map(|s| Block { start: s.start as usize, end: s.end as usize }))
+            .filter(|b| !self.client.node.can_run(*b))
+            .collect();
+        for block in wanted {
+            if !self.fetching.insert(block) {
+                continue;
+            }
+            tracing::info!("fetching the device slice [{}, {}) from the cloud", block.start, block.end);
+            let (client, sender) = (self.client.clone(), self.feedback.0.clone());
+            tokio::spawn(async move {
+                let result = match (client.node.artifacts(), client.peer(2)) {
+                    (Some(dir), Some(cloud)) => {
+                        fetch_slice(client.endpoint(), cloud, dir, block, client.max_frame(), &mut |_, _| {}).await.map(|_| ())
+                    }
+                    _ => Err(crate::error::RuntimeError::Invalid("no artifact directory or cloud".into())),
+                };
+                let _ = sender.send(Feedback::SliceFetched { block, result: result.map_err(|e| format!("{e:#}")) });
+            });
+        }
     }
 
     async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut lost: mpsc::UnboundedReceiver<u8>) {
@@ -528,6 +600,24 @@ impl Driver {
                 Err(RequestError::Busy { tier }) => Event::Busy { request, tier },
                 Err(RequestError::Failed(e)) => Event::Rejected { request, reason: format!("{e:#}") },
             },
+            Feedback::Ranked(routes) => {
+                self.ranking = routes.clone();
+                self.fetch_missing_slices();
+                Event::Plans(with_fallback(routes, &self.appended, &self.client.node))
+            }
+            Feedback::SliceFetched { block, result } => {
+                self.fetching.remove(&block);
+                match result {
+                    Ok(()) => {
+                        tracing::info!("device slice [{}, {}) fetched; routes using it are usable now", block.start, block.end);
+                        Event::Offered(with_fallback(self.ranking.clone(), &self.appended, &self.client.node))
+                    }
+                    Err(reason) => {
+                        tracing::warn!("cannot fetch the device slice [{}, {}): {reason}", block.start, block.end);
+                        return;
+                    }
+                }
+            }
             Feedback::Event(event) => event,
         };
         self.feed(event);
@@ -598,18 +688,17 @@ impl Driver {
             ReplanReason::Scheduled => SwitchCause::Measured(links.clone()),
             ReplanReason::NoPlan => SwitchCause::FirstPlan,
         };
-        let (client, planner, sender, fallback) =
-            (self.client.clone(), self.planner.clone(), self.feedback.0.clone(), self.fallback.clone());
+        let (client, planner, sender) = (self.client.clone(), self.planner.clone(), self.feedback.0.clone());
         tokio::spawn(async move {
             let ranked = planner.lock().await.rank(&client, &avoid, &links).await;
-            let event = match ranked {
-                Ok(routes) => Event::Plans(with_fallback(routes, fallback.as_ref(), &client.node)),
+            let feedback = match ranked {
+                Ok(routes) => Feedback::Ranked(routes),
                 Err(e) => {
                     tracing::warn!("re-planning without tiers {avoid:?} failed: {e:#}");
-                    Event::PlanFailed { reason: format!("{e:#}") }
+                    Feedback::Event(Event::PlanFailed { reason: format!("{e:#}") })
                 }
             };
-            let _ = sender.send(Feedback::Event(event));
+            let _ = sender.send(feedback);
         });
     }
 

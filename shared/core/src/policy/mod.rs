@@ -169,6 +169,10 @@ pub enum Event {
     LinksMeasured(Vec<(u8, Link)>),
     /// The ranking asked for by [`Action::Replan`], best first.
     Plans(Vec<Route>),
+    /// A ranking the shell has without having asked (the device just got a slice some routes
+    /// need, so they are usable now), best first: adopted like a re-plan's, with the same
+    /// hysteresis; requests in flight keep their routes.
+    Offered(Vec<Route>),
     /// The re-planning asked for by [`Action::Replan`] failed.
     PlanFailed {
         /// Why.
@@ -411,6 +415,11 @@ impl DevicePolicy {
             Event::Rejected { request, reason } => self.finish_failed(request, RequestFailure::Rejected { reason }),
             Event::LinksMeasured(links) => self.links_measured(links),
             Event::Plans(ranked) => self.plans(ranked),
+            Event::Offered(ranked) => {
+                if !ranked.is_empty() {
+                    self.adopt(ranked);
+                }
+            }
             Event::PlanFailed { .. } => self.plan_failed(),
             Event::ProbeAnswered { tier } => self.probe_answered(now, tier),
             Event::ProbeFailed { tier, .. } => self.probe_failed(now, tier),

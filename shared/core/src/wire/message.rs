@@ -223,7 +223,7 @@ pub enum Body<'a> {
         /// Most bytes wanted.
         max_len: u32,
     },
-    /// A piece of the model file.
+    /// A piece of the file asked for (the model file, or a slice artifact).
     ModelChunk {
         /// Size of the whole file.
         total: u64,
@@ -234,6 +234,18 @@ pub enum Body<'a> {
         /// The bytes.
         #[serde(borrow)]
         data: &'a [u8],
+    },
+    /// Asks for a piece of the slice artifact of node range `[start, end)` of the model the
+    /// receiver serves (answered with [`Body::ModelChunk`]s of that artifact).
+    FetchSlice {
+        /// First node position.
+        start: u32,
+        /// One past the last node position.
+        end: u32,
+        /// First byte wanted.
+        offset: u64,
+        /// Most bytes wanted.
+        max_len: u32,
     },
 }
 
@@ -292,6 +304,7 @@ fn validate(body: &Body<'_>) -> Result<(), WireError> {
             let end = offset.checked_add(data.len() as u64);
             if end.is_some_and(|e| e <= *total) { Ok(()) } else { Err(WireError::Malformed("model chunk outside the file")) }
         }
+        Body::FetchSlice { start, end, .. } if start >= end => Err(WireError::Malformed("an empty or reversed slice range")),
         _ => Ok(()),
     }
 }
