@@ -336,8 +336,8 @@ struct Appended {
 }
 
 /// The planner's ranking without the routes whose device stages this device does not hold (it
-/// runs from slice artifacts), with the local fallback last when no route left runs on the
-/// device alone.
+/// runs from slice artifacts), then the cloud-only offload route (for such a device), then the
+/// local fallback when no route left runs on the device alone.
 fn with_fallback(mut routes: Vec<Route>, appended: &Appended, node: &Node) -> Vec<Route> {
     let runnable = |s: &Stage| s.tier != 0 || node.can_run(Block { start: s.start as usize, end: s.end as usize });
     let before = routes.len();
