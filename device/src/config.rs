@@ -297,7 +297,16 @@ pub fn open_slices(path: &Path, options: &scission_engine::LoadOptions, pinned: 
         tracing::info!(dir = %path.display(), slices = ?dir.blocks(), "running from slice artifacts");
         return Ok(Slices::Artifacts(dir));
     }
-    Ok(Slices::Whole(scission_engine::Model::load_path(path, options)?))
+    #[cfg(feature = "full")]
+    return Ok(Slices::Whole(scission_engine::Model::load_path(path, options)?));
+    #[cfg(not(feature = "full"))]
+    {
+        let _ = options;
+        anyhow::bail!(
+            "{} is not a directory of slice artifacts; this lean build runs slices only (`scission-cloud slice` writes them)",
+            path.display()
+        )
+    }
 }
 
 /// Reads and parses a configuration file; relative paths in it are relative to the file.

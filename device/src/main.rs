@@ -10,7 +10,10 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use scission_cli::{self as cli, BenchArgs, InspectArgs};
+use scission_cli as cli;
+#[cfg(feature = "full")]
+use scission_cli::{BenchArgs, InspectArgs};
+#[cfg(feature = "full")]
 use scission_core::profile::TierKind;
 
 /// The device tier of Scission: partitioned DNN inference for the applications on this board.
@@ -44,8 +47,10 @@ enum Command {
     /// Check a service configuration and say what is missing.
     CheckConfig(Box<serve::CheckArgs>),
     /// Benchmark every block of a model on this machine and write a JSON profile.
+    #[cfg(feature = "full")]
     Bench(BenchArgs),
     /// Show a model's cut points, the tensors crossing them and their sizes.
+    #[cfg(feature = "full")]
     Inspect(InspectArgs),
     /// Load one slice (an artifact from `scission-cloud slice`, or cut out of the whole model),
     /// run it, and report load time, run time and peak memory.
@@ -64,7 +69,9 @@ fn main() -> ExitCode {
     cli::init_tracing_as(cli.verbose, cli.log_json);
     // The device image carries no model zoo: models come as files (or from the cloud).
     finish(match &cli.command {
+        #[cfg(feature = "full")]
         Command::Bench(args) => cli::run_bench(args, TierKind::Device, None),
+        #[cfg(feature = "full")]
         Command::Inspect(args) => cli::run_inspect(args, None),
         Command::RunSlice(args) => cli::run_run_slice(args, None),
         Command::Run(args) => run::run(args).map(|()| String::new()),

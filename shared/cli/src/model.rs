@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use scission_engine::{LoadOptions, Model};
+#[cfg(feature = "onnx")]
+use scission_engine::Model;
+use scission_engine::LoadOptions;
 
 /// Which model to load and how.
 #[derive(Clone, Debug, clap::Args)]
@@ -28,6 +30,7 @@ pub type ZooLookup = fn(&str) -> Result<PathBuf>;
 
 impl ModelArgs {
     /// Loads the model.
+    #[cfg(feature = "onnx")]
     pub fn load(&self, zoo: Option<ZooLookup>) -> Result<Model> {
         Ok(Model::load_path(&self.path(zoo)?, &self.load_options())?)
     }

@@ -1,11 +1,14 @@
 //! Progress bars on the terminal (stderr) for long work: benchmarks and model downloads.
 
 use indicatif::{ProgressBar, ProgressStyle};
+#[cfg(feature = "onnx")]
 use scission_engine::bench::Progress;
 
 /// A bar of benchmarked blocks.
+#[cfg(feature = "onnx")]
 pub struct BenchBar(ProgressBar);
 
+#[cfg(feature = "onnx")]
 impl BenchBar {
     /// A bar, drawn only when `visible`.
     pub fn new(visible: bool) -> Self {
@@ -20,6 +23,7 @@ impl BenchBar {
     }
 }
 
+#[cfg(feature = "onnx")]
 impl Progress for BenchBar {
     fn start(&self, steps: u64) {
         self.0.set_length(steps);

@@ -4,14 +4,21 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+#[cfg(feature = "onnx")]
+use anyhow::Context;
+use anyhow::{Result, bail};
 use scission_core::cut::Block;
 use scission_engine::artifact;
-use scission_engine::{Slice, with_threads};
+#[cfg(feature = "onnx")]
+use scission_engine::Slice;
+use scission_engine::with_threads;
 
-use crate::model::{ModelArgs, ZooLookup};
+#[cfg(feature = "onnx")]
+use crate::model::ModelArgs;
+use crate::model::ZooLookup;
 
 /// Arguments of `slice`.
+#[cfg(feature = "onnx")]
 #[derive(Clone, Debug, clap::Args)]
 pub struct SliceArgs {
     #[command(flatten)]
@@ -38,6 +45,7 @@ pub fn parse_pair(text: &str) -> Result<(usize, usize), String> {
 }
 
 /// Writes the artifacts and returns a table of what was written.
+#[cfg(feature = "onnx")]
 pub fn run_slice(args: &SliceArgs, zoo: Option<ZooLookup>) -> Result<String> {
     let model = args.model.load(zoo)?;
     let n = model.summary.len();
@@ -101,11 +109,17 @@ pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<Stri
             let memory = SliceMemory::of(&loaded.graph, loaded.slice.block);
             (loaded.slice, format!("artifact {}", path.display()), memory)
         }
+        #[cfg(feature = "onnx")]
         (None, Some(model), Some((start, end))) => {
             let model_args = ModelArgs { model: model.clone(), input_shapes: Vec::new(), max_crossing: 1 };
             let model = model_args.load(zoo)?;
             let block = Block { start, end };
             (Slice::build(&model, block)?, format!("cut out of {}", model.name), SliceMemory::of(&model, block))
+        }
+        #[cfg(not(feature = "onnx"))]
+        (None, Some(_), _) => {
+            let _ = zoo;
+            bail!("this build runs slice artifacts only; --model needs the full build")
         }
         _ => bail!("give an artifact, or --model MODEL --range START,END"),
     };

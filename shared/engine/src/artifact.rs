@@ -16,20 +16,25 @@
 //! and the same hash, on every machine.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
+#[cfg(feature = "onnx")]
+use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::framework::Framework;
+use tract_core::framework::Framework;
+use tract_core::prelude::*;
+use tract_onnx_opl::WithOnnx;
 
 use scission_core::cut::{Block, SliceIo};
 use scission_core::graph::{GraphSummary, TensorId};
 
-use super::load::{ModelGraph, hex};
-use super::{Model, Slice};
+#[cfg(feature = "onnx")]
+use super::Model;
+use super::Slice;
+use super::model_graph::{ModelGraph, hex};
 
 /// The manifest's `format` field.
 pub const FORMAT: &str = "scission-slice";
@@ -42,6 +47,7 @@ pub const GRAPH_ENTRY: &str = "slice.nnef.tar";
 /// Largest manifest read (the summary of a model of many thousand nodes fits well below).
 const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 /// Timestamp of every entry: the MS-DOS epoch, as tract's deterministic NNEF writer uses.
+#[cfg(feature = "onnx")]
 const MTIME: u64 = 315_532_800;
 
 /// A tensor crossing the slice's boundary.
@@ -113,11 +119,12 @@ pub struct Loaded {
     pub slice: Slice,
 }
 
-fn nnef() -> tract_onnx::tract_core::prelude::TractResult<tract_nnef::framework::Nnef> {
+fn nnef() -> TractResult<tract_nnef::framework::Nnef> {
     Ok(tract_nnef::nnef().with_onnx())
 }
 
 /// Writes the artifact of `block` of `model` to `out`.
+#[cfg(feature = "onnx")]
 pub fn write(model: &Model, block: Block, out: impl Write) -> Result<Written> {
     if block.start >= block.end || block.end > model.summary.len() {
         bail!("invalid slice [{}, {}) of a model with {} nodes", block.start, block.end, model.summary.len());
@@ -152,6 +159,7 @@ pub fn write(model: &Model, block: Block, out: impl Write) -> Result<Written> {
 
 /// Writes the artifact of `block` of `model` to the file `path` (through a temporary file
 /// renamed once complete).
+#[cfg(feature = "onnx")]
 pub fn write_file(model: &Model, block: Block, path: &Path) -> Result<Written> {
     let partial = path.with_extension(format!("part{}", std::process::id()));
     let result = File::create(&partial)
@@ -172,12 +180,14 @@ pub fn write_file(model: &Model, block: Block, path: &Path) -> Result<Written> {
     result
 }
 
+#[cfg_attr(not(feature = "onnx"), allow(dead_code))]
 fn ports(summary: &GraphSummary, ids: &[TensorId]) -> Vec<Port> {
     ids.iter()
         .filter_map(|&id| summary.tensors.get(id).map(|t| Port { id, name: t.name.clone(), dtype: t.dtype.clone(), shape: t.shape.clone() }))
         .collect()
 }
 
+#[cfg(feature = "onnx")]
 fn append<W: Write>(archive: &mut tar::Builder<W>, name: &str, data: &[u8]) -> Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);
@@ -330,12 +340,14 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+#[cfg(feature = "onnx")]
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     bytes: u64,
 }
 
+#[cfg(feature = "onnx")]
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;

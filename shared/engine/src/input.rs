@@ -1,7 +1,7 @@
 //! Deterministic synthetic inputs for benchmarks and checks.
 
 use crate::error::{Result, bail};
-use tract_onnx::prelude::*;
+use tract_core::prelude::*;
 
 use super::ModelGraph;
 use scission_core::rng::WeightRng;

@@ -3,54 +3,11 @@
 use std::path::Path;
 
 use crate::error::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use scission_core::cut::CutAnalysis;
-use scission_core::graph::GraphSummary;
-
+use super::model_graph::{LoadOptions, ModelGraph, sha256_hex};
 use super::summary::{Summarised, summarise};
-
-/// How to load a model.
-#[derive(Clone, Debug, Default)]
-pub struct LoadOptions {
-    /// Concrete shape per input, in model order. Needed when the model has symbolic dims
-    /// (e.g. a dynamic batch); when empty, the shapes recorded in the model are used.
-    pub input_shapes: Vec<Vec<usize>>,
-}
-
-/// What every tier knows of a model, whether it holds the whole model or only slices of it
-/// (a slice artifact carries it): its name, hash, summary and crossing sets.
-#[derive(Clone, Debug)]
-pub struct ModelGraph {
-    /// Display name (file name).
-    pub name: String,
-    /// Hex SHA-256 of the ONNX bytes.
-    pub sha256: String,
-    /// Framework-neutral summary (what the core works on).
-    pub summary: GraphSummary,
-    /// Crossing sets of every position.
-    pub cuts: CutAnalysis,
-}
-
-impl ModelGraph {
-    /// Checks `summary` (it may come from a file) and computes its crossing sets.
-    pub fn new(name: String, sha256: String, summary: GraphSummary) -> Result<Self> {
-        summary.validate().with_context(|| format!("{name}: inconsistent graph"))?;
-        scission_core::profile::parse_sha256(&sha256).with_context(|| format!("{name}: bad model hash"))?;
-        let cuts = CutAnalysis::new(&summary);
-        Ok(Self { name, sha256, summary, cuts })
-    }
-
-    /// The element type and shape of tensor `t`, from the summary.
-    pub fn tensor_fact(&self, t: usize) -> Result<(DatumType, Vec<usize>)> {
-        let Some(info) = self.summary.tensors.get(t) else { bail!("{}: no tensor {t}", self.name) };
-        let datum_type = info.dtype.parse::<DatumType>().with_context(|| format!("tensor '{}' has unknown type {}", info.name, info.dtype))?;
-        let shape = info.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().with_context(|| format!("tensor '{}' is too large", info.name))?;
-        Ok((datum_type, shape))
-    }
-}
 
 /// A loaded model: its [`ModelGraph`] (reached through `Deref`: `model.summary`) and the typed
 /// tract graph it was made from, which slices are cut out of.
@@ -113,7 +70,7 @@ impl Model {
 /// and an x86 server. Everything else (constant folding, batch-norm folding into convs) stays,
 /// so a cut never separates what the unsplit model fuses at this stage, and f32 splits remain
 /// bit-exact. Each slice gets the full declutter when it is optimised.
-pub(crate) fn declutter_portable(mut model: TypedModel) -> TractResult<TypedModel> {
+fn declutter_portable(mut model: TypedModel) -> TractResult<TypedModel> {
     let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
     optimizer.passes.retain(|pass| !format!("{pass:?}").starts_with("ChangeAxes"));
     optimizer.optimize(&mut model)?;
@@ -144,16 +101,6 @@ fn check_concrete_inputs(model: &TypedModel, name: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::ops::Deref for Model {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::error::{Context, Result, bail};
-use tract_onnx::prelude::*;
+use tract_core::prelude::*;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 
 use crate::error::{Context, Result, bail};
-use tract_onnx::prelude::*;
+use tract_core::prelude::*;
 
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 
-use super::{Model, ModelGraph, Slice};
+#[cfg(feature = "onnx")]
+use super::Model;
+use super::{ModelGraph, Slice};
 
 /// Consecutive slices covering a whole model.
 #[derive(Clone, Debug)]
@@ -23,6 +25,7 @@ pub type Activations = HashMap<TensorId, TValue>;
 impl Pipeline {
     /// Builds the slices between consecutive `cuts` (ascending positions, 0 and the end
     /// included).
+    #[cfg(feature = "onnx")]
     pub fn build(model: &Model, cuts: &[usize]) -> Result<Self> {
         let n = model.summary.len();
         if cuts.first() != Some(&0) || cuts.last() != Some(&n) || cuts.windows(2).any(|w| w[0] >= w[1]) {

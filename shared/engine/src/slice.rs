@@ -4,16 +4,12 @@
 //! nodes read, and the nodes themselves, rewired with `wire_node` (which re-derives every
 //! output fact, so a wrong rewiring fails loudly). It is then optimised on its own.
 
-use std::collections::HashMap;
 
 use crate::error::{Context, Result, bail};
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::konst::Const;
+use tract_core::prelude::*;
 
 use scission_core::cut::{Block, SliceIo};
-use scission_core::graph::TensorId;
 
-use super::Model;
 
 /// A runnable slice of a model.
 #[derive(Clone, Debug)]
@@ -27,7 +23,8 @@ pub struct Slice {
 
 impl Slice {
     /// Builds and optimises the slice `block` of `model`.
-    pub fn build(model: &Model, block: Block) -> Result<Self> {
+    #[cfg(feature = "onnx")]
+    pub fn build(model: &crate::Model, block: Block) -> Result<Self> {
         if block.start >= block.end || block.end > model.summary.len() {
             bail!("invalid slice [{}, {}) of a model with {} nodes", block.start, block.end, model.summary.len());
         }
@@ -76,57 +73,73 @@ impl Slice {
     }
 }
 
-/// The decluttered graph of `block` alone: a source per tensor of `io.inputs`, the constants
-/// its nodes read, its nodes, and `io.outputs` as outputs.
-pub(crate) fn extract(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
-    extract_unchecked(model, block, io).with_context(|| format!("cannot extract slice [{}, {})", block.start, block.end))
-}
+#[cfg(feature = "onnx")]
+pub(crate) use cut_out::extract;
 
-fn extract_unchecked(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
-    let source = &model.typed;
-    let mut sub = TypedModel { symbols: source.symbols.clone(), ..TypedModel::default() };
-    let mut wired: HashMap<OutletId, OutletId> = HashMap::new();
-    for &t in &io.inputs {
-        let outlet = model.outlet(t)?;
-        let fact = source.outlet_fact(outlet)?;
-        let clean = TypedFact::dt_shape(fact.datum_type, fact.shape.clone());
-        wired.insert(outlet, sub.add_source(format!("scission.input.{t}"), clean)?);
+/// Cutting a slice out of a whole model (where the engine reads ONNX).
+#[cfg(feature = "onnx")]
+mod cut_out {
+    use std::collections::HashMap;
+
+    use crate::Model;
+    use crate::error::{Context, Result, bail};
+    use scission_core::cut::{Block, SliceIo};
+    use scission_core::graph::TensorId;
+    use tract_core::ops::konst::Const;
+    use tract_core::prelude::*;
+
+    /// The decluttered graph of `block` alone: a source per tensor of `io.inputs`, the constants
+    /// its nodes read, its nodes, and `io.outputs` as outputs.
+    pub(crate) fn extract(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
+        extract_unchecked(model, block, io).with_context(|| format!("cannot extract slice [{}, {})", block.start, block.end))
     }
-    for &node_id in &model.node_ids[block.start..block.end] {
-        let node = source.node(node_id);
-        let mut wires = TVec::new();
-        for input in &node.inputs {
-            wires.push(wire_input(source, &mut sub, &mut wired, *input, &node.name)?);
+
+    fn extract_unchecked(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
+        let source = &model.typed;
+        let mut sub = TypedModel { symbols: source.symbols.clone(), ..TypedModel::default() };
+        let mut wired: HashMap<OutletId, OutletId> = HashMap::new();
+        for &t in &io.inputs {
+            let outlet = model.outlet(t)?;
+            let fact = source.outlet_fact(outlet)?;
+            let clean = TypedFact::dt_shape(fact.datum_type, fact.shape.clone());
+            wired.insert(outlet, sub.add_source(format!("scission.input.{t}"), clean)?);
         }
-        let outputs = sub.wire_node(&node.name, node.op.clone(), &wires)?;
-        for (slot, outlet) in outputs.into_iter().enumerate() {
-            wired.insert(OutletId::new(node_id, slot), outlet);
+        for &node_id in &model.node_ids[block.start..block.end] {
+            let node = source.node(node_id);
+            let mut wires = TVec::new();
+            for input in &node.inputs {
+                wires.push(wire_input(source, &mut sub, &mut wired, *input, &node.name)?);
+            }
+            let outputs = sub.wire_node(&node.name, node.op.clone(), &wires)?;
+            for (slot, outlet) in outputs.into_iter().enumerate() {
+                wired.insert(OutletId::new(node_id, slot), outlet);
+            }
         }
+        let outputs = io.outputs.iter().map(|&t| wired_output(model, &wired, t)).collect::<Result<Vec<_>>>()?;
+        sub.select_output_outlets(&outputs)?;
+        Ok(sub)
     }
-    let outputs = io.outputs.iter().map(|&t| wired_output(model, &wired, t)).collect::<Result<Vec<_>>>()?;
-    sub.select_output_outlets(&outputs)?;
-    Ok(sub)
-}
 
-fn wire_input(
-    source: &TypedModel,
-    sub: &mut TypedModel,
-    wired: &mut HashMap<OutletId, OutletId>,
-    input: OutletId,
-    reader: &str,
-) -> Result<OutletId> {
-    if let Some(&w) = wired.get(&input) {
-        return Ok(w);
+    fn wire_input(
+        source: &TypedModel,
+        sub: &mut TypedModel,
+        wired: &mut HashMap<OutletId, OutletId>,
+        input: OutletId,
+        reader: &str,
+    ) -> Result<OutletId> {
+        if let Some(&w) = wired.get(&input) {
+            return Ok(w);
+        }
+        let producer = source.node(input.node);
+        if !producer.op_is::<Const>() {
+            bail!("node '{reader}' reads '{}', which is neither a slice input nor computed inside the slice", producer.name);
+        }
+        let w = sub.wire_node(&producer.name, producer.op.clone(), &[])?[0];
+        wired.insert(input, w);
+        Ok(w)
     }
-    let producer = source.node(input.node);
-    if !producer.op_is::<Const>() {
-        bail!("node '{reader}' reads '{}', which is neither a slice input nor computed inside the slice", producer.name);
-    }
-    let w = sub.wire_node(&producer.name, producer.op.clone(), &[])?[0];
-    wired.insert(input, w);
-    Ok(w)
-}
 
-fn wired_output(model: &Model, wired: &HashMap<OutletId, OutletId>, t: TensorId) -> Result<OutletId> {
-    wired.get(&model.outlet(t)?).copied().with_context(|| format!("slice output '{}' was not produced", model.summary.tensors[t].name))
+    fn wired_output(model: &Model, wired: &HashMap<OutletId, OutletId>, t: TensorId) -> Result<OutletId> {
+        wired.get(&model.outlet(t)?).copied().with_context(|| format!("slice output '{}' was not produced", model.summary.tensors[t].name))
+    }
 }

@@ -74,7 +74,8 @@ pub struct RunSummary {
 /// whole model.
 pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl FnMut(DeviceEvent)) -> Result<RunSummary> {
     let slices = slices.into();
-    let whole = match (&slices, config.check) {
+    let whole: Option<Arc<TypedRunnableModel>> = match (&slices, config.check) {
+        #[cfg(feature = "onnx")]
         (Slices::Whole(model), true) => Some(model.whole()?),
         (Slices::Artifacts(_), true) => crate::error::bail!("checking results needs the whole model; from slice artifacts, run without the check"),
         (_, false) => None,

@@ -29,6 +29,7 @@ pub mod node;
 pub mod peer;
 pub mod planner;
 pub mod ranking;
+#[cfg(feature = "onnx")]
 pub mod serve;
 pub mod server;
 pub mod session;

@@ -10,16 +10,20 @@ use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 use scission_engine::artifact::ArtifactDir;
 use scission_engine::pipeline::{Activations, advance, collect};
-use scission_engine::{Model, ModelGraph, Slice, with_threads};
+#[cfg(feature = "onnx")]
+use scission_engine::Model;
+use scission_engine::{ModelGraph, Slice, with_threads};
 
 /// Where a node's slices come from.
 pub enum Slices {
     /// The whole model: any range is cut out of it on first use.
+    #[cfg(feature = "onnx")]
     Whole(Model),
     /// Slice artifacts only: a range runs when its artifact is in the directory.
     Artifacts(ArtifactDir),
 }
 
+#[cfg(feature = "onnx")]
 impl From<Model> for Slices {
     fn from(model: Model) -> Self {
         Slices::Whole(model)
@@ -30,6 +34,7 @@ impl Slices {
     /// The model the slices belong to.
     pub fn graph(&self) -> &ModelGraph {
         match self {
+            #[cfg(feature = "onnx")]
             Slices::Whole(model) => model,
             Slices::Artifacts(dir) => dir.graph(),
         }
@@ -98,6 +103,7 @@ impl Node {
     }
 
     /// The whole model, when this node holds it.
+    #[cfg(feature = "onnx")]
     pub fn whole_model(&self) -> Option<&Model> {
         match &self.source {
             Slices::Whole(model) => Some(model),
@@ -108,6 +114,7 @@ impl Node {
     /// The slice artifacts this node runs from, when it holds no whole model.
     pub fn artifacts(&self) -> Option<&ArtifactDir> {
         match &self.source {
+            #[cfg(feature = "onnx")]
             Slices::Whole(_) => None,
             Slices::Artifacts(dir) => Some(dir),
         }
@@ -116,6 +123,7 @@ impl Node {
     /// Whether this node can run `block` without fetching anything.
     pub fn can_run(&self, block: Block) -> bool {
         match &self.source {
+            #[cfg(feature = "onnx")]
             Slices::Whole(_) => true,
             Slices::Artifacts(dir) => dir.has(block),
         }
@@ -128,6 +136,7 @@ impl Node {
             return Ok(s);
         }
         let slice = Arc::new(match &self.source {
+            #[cfg(feature = "onnx")]
             Slices::Whole(model) => Slice::build(model, block)?,
             Slices::Artifacts(dir) => dir.load(block)?,
         });

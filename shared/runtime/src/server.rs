@@ -210,23 +210,27 @@ pub struct StageServer {
     planner: Option<Arc<Planner>>,
     model_file: Option<ModelFile>,
     revocations: Option<Arc<pki::DenyList>>,
+    #[cfg_attr(not(feature = "onnx"), allow(dead_code))]
     artifacts: Mutex<ArtifactCache>,
 }
 
 /// Slice artifacts written for peers that fetch them, most recently used last; at most
 /// [`CACHED_ARTIFACTS`], and about the model's weights in bytes together.
 #[derive(Default)]
+#[cfg_attr(not(feature = "onnx"), allow(dead_code))]
 struct ArtifactCache {
     entries: Vec<(Block, Arc<Artifact>)>,
 }
 
 /// One artifact's bytes and hash.
+#[cfg_attr(not(feature = "onnx"), allow(dead_code))]
 struct Artifact {
     bytes: Vec<u8>,
     sha256: [u8; 32],
 }
 
 /// Slice artifacts kept in memory for fetching peers (the least recently used goes first).
+#[cfg_attr(not(feature = "onnx"), allow(dead_code))]
 const CACHED_ARTIFACTS: usize = 4;
 
 /// Whether a peer of `role` may send `body` (an edge registers only under its own name).
@@ -427,6 +431,14 @@ impl StageServer {
 
     /// The artifact of `block`, written on first request (one at a time: the cache's lock is
     /// held while writing, so concurrent fetches of one slice write it once).
+    #[cfg(not(feature = "onnx"))]
+    async fn artifact(&self, _: Block) -> Result<Arc<Artifact>, StageError> {
+        Err(StageError::NotOffered("serve slice artifacts (built without ONNX support)"))
+    }
+
+    /// The artifact of `block`, written on first request (one at a time: the cache's lock is
+    /// held while writing, so concurrent fetches of one slice write it once).
+    #[cfg(feature = "onnx")]
     async fn artifact(&self, block: Block) -> Result<Arc<Artifact>, StageError> {
         let Some(model) = self.node.whole_model() else { return Err(StageError::NotOffered("serve slice artifacts (it holds no whole model)")) };
         if block.start >= block.end || block.end > model.summary.len() {

@@ -1,0 +1,139 @@
+//! `serve` for edge and cloud: a whole model's stages over QUIC (where the CLI reads ONNX).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::builder::TypedValueParser as _;
+use scission_core::profile::TierKind;
+use scission_core::profile::parse_sha256;
+use scission_core::wire::frame::DEFAULT_MAX_FRAME;
+use scission_engine::profile_file::read_profile;
+use scission_runtime::client::Peer;
+use scission_runtime::fetch::{Expected, fetch_model_blocking};
+use scission_runtime::serve::{Limits, ServeConfig, serve};
+
+use crate::cluster::ClusterArgs;
+use crate::model::{ModelArgs, ZooLookup};
+use crate::progress::FetchBar;
+
+/// Arguments of `serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    /// UDP address to listen on (port 0 picks a free one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterArgs,
+    /// This node's enrolled name (default: its tier).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Engine threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Largest frame accepted, in MiB.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME >> 20)]
+    pub max_frame_mib: u32,
+    /// This machine's benchmark profile (from `bench`). The cloud plans with it; an edge sends
+    /// it to the cloud with its measured link when it starts.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// When the model file is missing, fetch it from the next tier (chunked, SHA-256 checked
+    /// against --profile's when given).
+    #[arg(long)]
+    pub fetch_model: bool,
+    /// Inferences run at once (default: one per core); each holds its activations in memory.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+    /// Inferences that may wait for a worker (default: four per worker); one more is answered
+    /// `Busy` at once.
+    #[arg(long)]
+    pub queue: Option<u16>,
+    /// Connections open at once; more are refused.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: u16,
+    /// Connections one node may hold at once; more are closed.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_connections_per_node: u16,
+    /// Milliseconds a peer has to deliver a whole request frame once it opened a stream (and
+    /// to read its answer).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_deadline_ms: u64,
+    /// Milliseconds the next tier has to answer a forwarded request before it counts as
+    /// unreachable; keep it below the devices' --timeout-ms so they blame the right tier.
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub forward_timeout_ms: u64,
+    /// Streams one connection may have open at once (more wait for QUIC flow control).
+    #[arg(long, default_value_t = scission_net::quic::MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_streams: u32,
+    /// Slices kept built at once (each holds its weights; least recently used dropped first).
+    #[arg(long, default_value_t = scission_runtime::node::MAX_CACHED_SLICES, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub slice_cache: usize,
+    /// The cloud's planner: edges kept registered at once (more are refused).
+    #[arg(long, default_value_t = scission_runtime::planner::MAX_REGISTERED, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub max_registrations: usize,
+    /// The cloud's planner: seconds a registration lasts without renewal (edges renew on restart
+    /// and on reconnect).
+    #[arg(long, default_value_t = scission_runtime::planner::REGISTRATION_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub registration_ttl_s: u64,
+}
+
+impl ServeArgs {
+    fn limits(&self, max_frame: u32) -> Limits {
+        let defaults = Limits::for_cores(scission_engine::host::available_cores(), max_frame);
+        let workers = self.workers.map_or(defaults.workers, usize::from);
+        Limits {
+            workers,
+            queue: self.queue.map_or(workers.saturating_mul(4), usize::from),
+            connections: usize::from(self.max_connections),
+            per_peer: usize::from(self.max_connections_per_node),
+            read_deadline: std::time::Duration::from_millis(self.read_deadline_ms),
+            forward_timeout: std::time::Duration::from_millis(self.forward_timeout_ms),
+            streams_per_connection: self.max_streams,
+            slice_cache: self.slice_cache,
+            registrations: self.max_registrations,
+            registration_ttl: std::time::Duration::from_secs(self.registration_ttl_s),
+            ..defaults
+        }
+    }
+}
+
+/// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud); `announce`
+/// gets the line that says where it listens (test harnesses and the demo read it).
+pub fn run_serve(
+    args: &ServeArgs,
+    tier: TierKind,
+    upstream: Option<Peer>,
+    zoo: Option<ZooLookup>,
+    announce: impl FnOnce(&str),
+) -> Result<String> {
+    let name = args.name.clone().unwrap_or_else(|| tier.as_str().to_string());
+    let max_frame = args.max_frame_mib.saturating_mul(1 << 20);
+    let path = args.model.path(zoo)?;
+    let profile = args.profile.as_deref().map(read_profile).transpose()?;
+    if args.fetch_model && !path.exists() {
+        let from = upstream.as_ref().context("--fetch-model needs a next tier to fetch from")?;
+        let expected = Expected { sha256: profile.as_ref().map(|p| parse_sha256(&p.model.sha256)).transpose()?, ..Expected::default() };
+        let mut bar = FetchBar::new("the model");
+        fetch_model_blocking(&args.cluster.cluster, &name, from, &path, max_frame, expected, &mut |done, total| bar.update(done, total))?;
+    }
+    let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
+    let config = ServeConfig {
+        cluster: args.cluster.cluster.clone(),
+        name: name.clone(),
+        tier,
+        listen: args.listen,
+        upstream,
+        threads: args.threads.unwrap_or_else(scission_engine::host::available_cores),
+        limits: args.limits(max_frame),
+        profile,
+        model_file: path,
+    };
+    serve(&config, model, |ready| announce(&format!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr)))?;
+    Ok(String::new())
+}
+
