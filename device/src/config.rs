@@ -30,6 +30,8 @@ pub struct Config {
     pub model: PathBuf,
     /// Fetch the model from the cloud when the file is missing.
     pub fetch_model: bool,
+    /// With `model` a directory of slice artifacts: the most MiB of them kept on disk.
+    pub slice_cache_mib: u64,
     /// Engine threads for the device's stages.
     pub threads: usize,
     /// The edge server.
@@ -51,6 +53,7 @@ impl Default for Config {
             cluster: PathBuf::from("cluster"),
             model: PathBuf::from("model.onnx"),
             fetch_model: false,
+            slice_cache_mib: 1024,
             threads: 1,
             edge: None,
             cloud: None,
@@ -434,6 +437,7 @@ impl Config {
             local_fallback: p.local_fallback,
             require_plan: false,
             max_outstanding: self.api.max_outstanding.max(1),
+            max_slice_bytes: self.slice_cache_mib.saturating_mul(1 << 20),
         })
     }
 

@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// Seed of the synthetic inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Running from a directory of slice artifacts: the most MiB of them kept on disk (the least
+    /// recently used are removed once a fetched slice passes it).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    slice_cache_mib: u64,
     /// Skip checking each result against the unsplit model (which the device otherwise builds
     /// and runs too: a second copy of the model in memory and a full inference per request).
     #[arg(long)]
@@ -144,6 +148,7 @@ impl RunArgs {
             local_fallback: false,
             require_plan: true,
             max_outstanding: 1,
+            max_slice_bytes: self.slice_cache_mib.saturating_mul(1 << 20),
         };
         Ok(DeviceConfig {
             session,

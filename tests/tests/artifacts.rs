@@ -244,3 +244,28 @@ fn a_device_starting_with_no_slice_offloads_to_the_cloud_fetches_its_slice_and_s
     let fetched: u64 = held.blocks().iter().map(|b| std::fs::metadata(slices.join(artifact::file_name(*b))).unwrap().len()).sum();
     assert!(fetched < std::fs::metadata(&c.model).unwrap().len(), "fetched {fetched} bytes");
 }
+
+#[test]
+fn the_artifact_directory_stays_within_its_budget_keeping_what_the_plans_need() {
+    let model = load(TestModel::Chain);
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = [Block { start: 0, end: 1 }, Block { start: 0, end: 4 }, Block { start: 0, end: 6 }, Block { start: 0, end: 8 }];
+    for block in blocks {
+        artifact::write_file(&model, block, &dir.path().join(artifact::file_name(block))).unwrap();
+    }
+    let held = ArtifactDir::open(dir.path(), None).unwrap();
+    // [0, 4) was used last: it is the last to go.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    held.load(Block { start: 0, end: 4 }).unwrap();
+    let keep = [Block { start: 0, end: 8 }];
+    assert!(held.evict_to(u64::MAX, &keep).is_empty());
+    let size = |b: Block| std::fs::metadata(dir.path().join(artifact::file_name(b))).unwrap().len();
+    let budget = size(blocks[0]) + size(blocks[1]) + size(blocks[3]);
+    assert_eq!(held.evict_to(budget, &keep), vec![Block { start: 0, end: 6 }]);
+    assert_eq!(held.blocks(), vec![blocks[0], blocks[1], blocks[3]]);
+    // Nothing below the kept slices and the model's descriptor.
+    assert_eq!(held.evict_to(0, &keep), vec![Block { start: 0, end: 4 }]);
+    assert_eq!(held.blocks(), vec![blocks[0], blocks[3]]);
+    assert!(!dir.path().join(artifact::file_name(blocks[1])).exists());
+    assert!(held.load(blocks[3]).is_ok());
+}

@@ -441,12 +441,44 @@ impl ArtifactDir {
         Ok(block)
     }
 
+    /// Removes the least recently used artifacts (by file time; loading one renews it) until
+    /// the directory's artifacts take at most `max_bytes`, never one of `keep` nor the
+    /// one-node artifact `[0, 1)` that describes the model. Returns the ranges removed.
+    pub fn evict_to(&self, max_bytes: u64, keep: &[Block]) -> Vec<Block> {
+        let Ok(mut entries) = self.entries.lock() else { return Vec::new() };
+        let stat = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+        let mut held: Vec<(Block, u64, Option<std::time::SystemTime>)> =
+            entries.iter().filter_map(|(b, p)| stat(p).map(|(len, at)| (*b, len, at))).collect();
+        let mut total: u64 = held.iter().map(|(_, len, _)| *len).fold(0, u64::saturating_add);
+        held.sort_by_key(|(_, _, at)| *at);
+        let mut removed = Vec::new();
+        for (block, len, _) in held {
+            if total <= max_bytes {
+                break;
+            }
+            if keep.contains(&block) || block == (Block { start: 0, end: 1 }) {
+                continue;
+            }
+            if let Some(path) = entries.remove(&block)
+                && std::fs::remove_file(&path).is_ok()
+            {
+                total = total.saturating_sub(len);
+                removed.push(block);
+            }
+        }
+        removed
+    }
+
     /// Loads the slice of `block`.
     pub fn load(&self, block: Block) -> Result<Slice> {
         let path = self.entries.lock().ok().and_then(|e| e.get(&block).cloned());
         let Some(path) = path else {
             bail!("no slice artifact for [{}, {}) in {}", block.start, block.end, self.dir.display());
         };
+        // Recently used for eviction.
+        if let Ok(file) = File::options().append(true).open(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
         let loaded = load(&path, None)?;
         if loaded.graph.sha256 != self.graph.sha256 {
             bail!("{} changed: it is now a slice of another model", path.display());

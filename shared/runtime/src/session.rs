@@ -65,6 +65,9 @@ pub struct SessionConfig {
     pub require_plan: bool,
     /// Most requests in the session at once; more wait for a slot.
     pub max_outstanding: usize,
+    /// Running from slice artifacts: the most bytes of them the device keeps on disk (the least
+    /// recently used go first once a fetch passes it; the best routes' slices are kept).
+    pub max_slice_bytes: u64,
 }
 
 /// Why the best route changed.
@@ -431,6 +434,7 @@ struct Driver {
     ranking: Vec<Route>,
     /// Device slices being fetched.
     fetching: HashSet<Block>,
+    max_slice_bytes: u64,
     waiters: HashMap<u64, Waiter>,
     feedback: (mpsc::UnboundedSender<Feedback>, mpsc::UnboundedReceiver<Feedback>),
     status_tx: Option<watch::Sender<Status>>,
@@ -458,6 +462,7 @@ impl Driver {
             encoding: config.encoding,
             ranking: Vec::new(),
             fetching: HashSet::new(),
+            max_slice_bytes: config.max_slice_bytes,
             waiters: HashMap::new(),
             feedback: mpsc::unbounded_channel(),
             status_tx: None,
@@ -522,6 +527,21 @@ impl Driver {
 
     fn is_fallback(&self, route: &Route) -> bool {
         self.appended.fallback.as_ref().is_some_and(|f| f == route)
+    }
+
+    /// Keeps the device's artifacts within their byte budget, never dropping a slice of the
+    /// best ranked routes.
+    fn evict_slices(&self) {
+        let Some(dir) = self.client.node.artifacts() else { return };
+        let keep: Vec<Block> = self
+            .ranking
+            .iter()
+            .take(FETCHED_ROUTES)
+            .flat_map(|r| r.stages.iter().filter(|s| s.tier == 0).map(|s| Block { start: s.start as usize, end: s.end as usize }))
+            .collect();
+        for block in dir.evict_to(self.max_slice_bytes, &keep) {
+            tracing::info!("dropped the device slice [{}, {}) to stay within the slice cache", block.start, block.end);
+        }
     }
 
     /// Fetches from the cloud, in the background, the device slices of the best ranked routes
@@ -610,6 +630,7 @@ impl Driver {
                 match result {
                     Ok(()) => {
                         tracing::info!("device slice [{}, {}) fetched; routes using it are usable now", block.start, block.end);
+                        self.evict_slices();
                         Event::Offered(with_fallback(self.ranking.clone(), &self.appended, &self.client.node))
                     }
                     Err(reason) => {
