@@ -32,6 +32,9 @@ pub struct Config {
     pub fetch_model: bool,
     /// With `model` a directory of slice artifacts: the most MiB of them kept on disk.
     pub slice_cache_mib: u64,
+    /// Memory the service may use, in MiB (default: its cgroup limit or the system's available
+    /// memory); plans whose device slice would need more are not used.
+    pub memory_mib: Option<u64>,
     /// Engine threads for the device's stages.
     pub threads: usize,
     /// The edge server.
@@ -54,6 +57,7 @@ impl Default for Config {
             model: PathBuf::from("model.onnx"),
             fetch_model: false,
             slice_cache_mib: 1024,
+            memory_mib: None,
             threads: 1,
             edge: None,
             cloud: None,
@@ -438,6 +442,7 @@ impl Config {
             require_plan: false,
             max_outstanding: self.api.max_outstanding.max(1),
             max_slice_bytes: self.slice_cache_mib.saturating_mul(1 << 20),
+            device_memory: self.memory_mib.map(|m| m.saturating_mul(1 << 20)).or_else(scission_engine::host::available_memory),
         })
     }
 

@@ -97,6 +97,11 @@ pub struct RunArgs {
     /// Seed of the synthetic inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Memory this device may use, in MiB (default: its cgroup limit or the system's available
+    /// memory): plans whose device slice would need more (twice its weights and largest
+    /// activation, plus 40 MiB) are not used.
+    #[arg(long, value_name = "MIB")]
+    memory_mib: Option<u64>,
     /// Running from a directory of slice artifacts: the most MiB of them kept on disk (the least
     /// recently used are removed once a fetched slice passes it).
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
@@ -149,6 +154,7 @@ impl RunArgs {
             require_plan: true,
             max_outstanding: 1,
             max_slice_bytes: self.slice_cache_mib.saturating_mul(1 << 20),
+            device_memory: self.memory_mib.map(|m| m.saturating_mul(1 << 20)).or_else(scission_engine::host::available_memory),
         };
         Ok(DeviceConfig {
             session,

@@ -269,3 +269,34 @@ fn the_artifact_directory_stays_within_its_budget_keeping_what_the_plans_need() 
     assert!(!dir.path().join(artifact::file_name(blocks[1])).exists());
     assert!(held.load(blocks[3]).is_ok());
 }
+
+#[test]
+fn plans_whose_device_slice_would_not_fit_the_device_memory_are_not_used() {
+    let c = Cluster::new();
+    let (cloud, edge) = c.servers();
+    let model = Model::load_path(&c.model, &LoadOptions::default()).unwrap();
+    let k = model.cuts.cut_points(1)[model.cuts.cut_points(1).len() / 2];
+    let n = model.summary.len();
+    let split = format!("{k},{k}");
+    // Every slice counts at least the 40 MiB runtime overhead: 10 MiB fits none.
+    let args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "2", "--memory-mib", "10"]);
+    let out = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(message.contains("no planned route fits the device's memory") && message.contains("has 10.0 MiB"), "{message}");
+    // From slice artifacts, the device offloads to the cloud and fetches nothing it cannot hold.
+    let slices = c.dir.path().join("slices");
+    std::fs::create_dir(&slices).unwrap();
+    let mut args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "3", "--no-check", "--memory-mib", "10"]);
+    args[1] = slices.to_string_lossy().into_owned();
+    let out = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(line(&text, "requests:").starts_with("requests: 3 ok, 0 failed"), "{text}");
+    assert!(text.contains(&format!("plan #1: tier 2 [0, {n})")) && !text.contains("now tier 0"), "{text}");
+    assert_eq!(ArtifactDir::open(&slices, None).unwrap().blocks(), vec![Block { start: 0, end: 1 }]);
+    // With memory enough, the same run uses the split.
+    let args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "2", "--memory-mib", "200"]);
+    let out = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+}

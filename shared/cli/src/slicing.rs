@@ -138,34 +138,32 @@ pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<Stri
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     Ok(format!(
         "slice [{}, {}) ({source}): loaded and optimised in {load_s:.3} s, median run {median_ms:.2} ms over {} runs, peak RSS {peak}; \
-         weights {:.1} MiB, largest activation {:.1} MiB\n",
+         weights {:.1} MiB, largest activation {:.1} MiB, counted as needing {:.1} MiB\n",
         slice.block.start,
         slice.block.end,
         args.runs,
         mib(memory.weights),
-        mib(memory.largest_activation)
+        mib(memory.largest_activation),
+        mib(memory.need)
     ))
 }
 
-/// What a slice holds by the summary: its weights and its largest activation (a tensor it
-/// reads or produces).
+/// What a slice holds by the summary: its weights, its largest activation, and the memory the
+/// runtime counts it as needing (`scission_core::memory::slice_need`).
 struct SliceMemory {
     weights: u64,
     largest_activation: u64,
+    need: u64,
 }
 
 impl SliceMemory {
     fn of(graph: &scission_engine::ModelGraph, block: Block) -> Self {
         let summary = &graph.summary;
-        let inside = |p: usize| (block.start..block.end).contains(&p);
-        let largest_activation = summary
-            .tensors
-            .iter()
-            .filter(|t| t.producer.is_some_and(inside) || t.consumers.iter().any(|&c| inside(c)))
-            .map(|t| t.bytes)
-            .max()
-            .unwrap_or(0);
-        Self { weights: summary.weight_bytes(block.start, block.end.min(summary.len())), largest_activation }
+        Self {
+            weights: summary.weight_bytes(block.start, block.end.min(summary.len())),
+            largest_activation: scission_core::memory::largest_activation(summary, block),
+            need: scission_core::memory::slice_need(summary, block),
+        }
     }
 }
 

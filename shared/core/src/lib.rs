@@ -27,6 +27,7 @@ pub mod context;
 pub mod cut;
 pub mod graph;
 pub mod link;
+pub mod memory;
 pub mod policy;
 pub mod profile;
 pub mod rng;

@@ -20,6 +20,34 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Memory this process may use, in bytes: the smallest of its cgroup's limit (v1 or v2) and
+/// the system's available memory (`MemAvailable`); `None` where neither can be read.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib.saturating_mul(1024))
+    });
+    [meminfo, cgroup_memory_limit()].into_iter().flatten().min()
+}
+
+/// This process's cgroup memory limit, v1 (`memory.limit_in_bytes`) or v2 (`memory.max`).
+fn cgroup_memory_limit() -> Option<u64> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    groups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else {
+            return None;
+        };
+        // "max" (v2) and the v1 "no limit" value (about 2^63) are no limit.
+        std::fs::read_to_string(file).ok()?.trim().parse::<u64>().ok().filter(|&b| b < 1 << 62)
+    })
+}
+
 /// The CPU model from `/proc/cpuinfo` (`model name` on x86, `Model` or `Hardware` on ARM boards).
 fn cpu_model() -> Option<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;

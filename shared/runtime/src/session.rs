@@ -68,6 +68,9 @@ pub struct SessionConfig {
     /// Running from slice artifacts: the most bytes of them the device keeps on disk (the least
     /// recently used go first once a fetch passes it; the best routes' slices are kept).
     pub max_slice_bytes: u64,
+    /// Bytes the device may use (`host::available_memory`); plans whose device slice would
+    /// need more are not used. `None`: no check.
+    pub device_memory: Option<u64>,
 }
 
 /// Why the best route changed.
@@ -269,11 +272,12 @@ impl Session {
         let client =
             Arc::new(DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout).reporting_lost(lost_tx));
         let whole = Block { start: 0, end: nodes };
-        let fallback = (config.local_fallback && node.can_run(whole)).then(|| local_route(nodes)).transpose()?;
+        let fits_whole = config.device_memory.is_none_or(|m| scission_core::memory::slice_need(&node.graph().summary, whole) <= m);
+        let fallback = (config.local_fallback && node.can_run(whole) && fits_whole).then(|| local_route(nodes)).transpose()?;
         // A device that runs from slice artifacts and lacks some offloads whole requests to the
         // cloud (which holds the model) while it fetches them.
         let offload = (node.artifacts().is_some() && config.cloud.is_some()).then(|| cloud_route(nodes)).transpose()?;
-        let mut driver = Driver::new(&config, client, planner, Appended { offload, fallback }, observer);
+        let mut driver = Driver::new(&config, client, planner, RouteRules { memory: config.device_memory, offload, fallback }, observer);
         driver.start(&config, &peers).await?;
         let (status_tx, status) = watch::channel(driver.status());
         driver.status_tx = Some(status_tx);
@@ -329,9 +333,13 @@ fn whole_on(tier: u8, nodes: usize) -> Result<Route> {
     Ok(Route { stages: vec![Stage { tier, start: 0, end }], predicted_ns: None })
 }
 
-/// Routes the session adds to every ranking.
+/// What the session does to every ranking: the routes it adds, and the device memory that
+/// planned device slices must fit in.
 #[derive(Clone, Debug, Default)]
-struct Appended {
+struct RouteRules {
+    /// Bytes the device may use; device stages that need more (`memory::slice_need`) rule
+    /// their routes out.
+    memory: Option<u64>,
     /// Everything in the cloud, for a device that lacks the slices of the planned routes.
     offload: Option<Route>,
     /// Everything on the device (degraded), when every remote route is down.
@@ -341,24 +349,58 @@ struct Appended {
 /// The planner's ranking without the routes whose device stages this device does not hold (it
 /// runs from slice artifacts), then the cloud-only offload route (for such a device), then the
 /// local fallback when no route left runs on the device alone.
-fn with_fallback(mut routes: Vec<Route>, appended: &Appended, node: &Node) -> Vec<Route> {
+fn with_fallback(mut routes: Vec<Route>, rules: &RouteRules, node: &Node) -> Vec<Route> {
     let runnable = |s: &Stage| s.tier != 0 || node.can_run(Block { start: s.start as usize, end: s.end as usize });
     let before = routes.len();
     routes.retain(|r| r.stages.iter().all(runnable));
     if routes.len() < before {
         tracing::info!("{} of {before} planned routes need device slices this device does not hold", before - routes.len());
     }
-    if let Some(offload) = &appended.offload
+    let fitting = routes.len();
+    routes.retain(|r| fits(r, rules.memory, node));
+    if routes.len() < fitting {
+        tracing::warn!("{} planned routes need more memory on the device than its {:?} bytes", fitting - routes.len(), rules.memory);
+    }
+    if let Some(offload) = &rules.offload
         && !routes.contains(offload)
     {
         routes.push(offload.clone());
     }
-    if let Some(fallback) = &appended.fallback
+    if let Some(fallback) = &rules.fallback
         && !routes.iter().any(|r| r.stages.iter().all(|s| s.tier == 0))
     {
         routes.push(fallback.clone());
     }
     routes
+}
+
+/// Whether every device stage of `route` fits in `memory` bytes.
+fn fits(route: &Route, memory: Option<u64>, node: &Node) -> bool {
+    let Some(memory) = memory else { return true };
+    let summary = &node.graph().summary;
+    route
+        .stages
+        .iter()
+        .filter(|s| s.tier == 0)
+        .all(|s| scission_core::memory::slice_need(summary, Block { start: s.start as usize, end: s.end as usize }) <= memory)
+}
+
+/// Why no route of `routes` fits the device's `memory`: the tier and the bytes.
+fn memory_refusal(routes: &[Route], memory: u64, node: &Node) -> Option<String> {
+    if routes.is_empty() || routes.iter().any(|r| fits(r, Some(memory), node)) {
+        return None;
+    }
+    let summary = &node.graph().summary;
+    let smallest = routes
+        .iter()
+        .flat_map(|r| r.stages.iter().filter(|s| s.tier == 0))
+        .map(|s| scission_core::memory::slice_need(summary, Block { start: s.start as usize, end: s.end as usize }))
+        .min()?;
+    Some(format!(
+        "no planned route fits the device's memory: its smallest device slice needs {:.1} MiB, the device (tier 0) has {:.1} MiB",
+        smallest as f64 / f64::from(1 << 20),
+        memory as f64 / f64::from(1 << 20)
+    ))
 }
 
 /// Tier index -> address, for the tiers given.
@@ -427,7 +469,7 @@ struct Driver {
     policy: DevicePolicy,
     client: Arc<DeviceClient>,
     planner: Arc<Mutex<Planner>>,
-    appended: Appended,
+    rules: RouteRules,
     observer: Option<Observer>,
     encoding: Encoding,
     /// The planner's last ranking, before the routes this device cannot run yet are left out.
@@ -440,6 +482,8 @@ struct Driver {
     status_tx: Option<watch::Sender<Status>>,
     /// Why the last ranking could not be had, while there is none.
     no_plan: Option<String>,
+    /// Why no planned route fits the device's memory, when none does.
+    memory_refusal: Option<String>,
     last_cause: SwitchCause,
     next_id: u64,
     started: Instant,
@@ -450,14 +494,14 @@ impl Driver {
         config: &SessionConfig,
         client: Arc<DeviceClient>,
         planner: Planner,
-        appended: Appended,
+        rules: RouteRules,
         observer: Option<Observer>,
     ) -> Self {
         Self {
             policy: DevicePolicy::new(config.policy, Vec::new(), Vec::new()),
             client,
             planner: Arc::new(Mutex::new(planner)),
-            appended,
+            rules,
             observer,
             encoding: config.encoding,
             ranking: Vec::new(),
@@ -467,6 +511,7 @@ impl Driver {
             feedback: mpsc::unbounded_channel(),
             status_tx: None,
             no_plan: None,
+            memory_refusal: None,
             last_cause: SwitchCause::FirstPlan,
             next_id: 0,
             started: Instant::now(),
@@ -499,6 +544,13 @@ impl Driver {
         let routes = match ranked {
             Ok(routes) => {
                 check_addresses(&routes, peers)?;
+                if let Some(refusal) = self.rules.memory.and_then(|m| memory_refusal(&routes, m, &self.client.node)) {
+                    if config.require_plan && self.rules.offload.is_none() {
+                        bail!("{refusal}");
+                    }
+                    tracing::warn!("{refusal}");
+                    self.memory_refusal = Some(refusal);
+                }
                 routes
             }
             // Only the cloud's planner can be away; a local ranking that fails is a mistake.
@@ -510,7 +562,7 @@ impl Driver {
             }
         };
         self.ranking = routes.clone();
-        self.policy = DevicePolicy::new(config.policy, with_fallback(routes, &self.appended, &self.client.node), links.clone());
+        self.policy = DevicePolicy::new(config.policy, with_fallback(routes, &self.rules, &self.client.node), links.clone());
         self.fetch_missing_slices();
         if self.no_plan.is_some() {
             let now = self.now();
@@ -526,7 +578,7 @@ impl Driver {
     }
 
     fn is_fallback(&self, route: &Route) -> bool {
-        self.appended.fallback.as_ref().is_some_and(|f| f == route)
+        self.rules.fallback.as_ref().is_some_and(|f| f == route)
     }
 
     /// Keeps the device's artifacts within their byte budget, never dropping a slice of the
@@ -549,9 +601,11 @@ impl Driver {
     /// as it arrives.
     fn fetch_missing_slices(&mut self) {
         let (Some(_), Some(_)) = (self.client.node.artifacts(), self.client.peer(2)) else { return };
+        let node = &self.client.node;
         let wanted: Vec<Block> = self
             .ranking
             .iter()
+            .filter(|r| fits(r, self.rules.memory, node))
             .take(FETCHED_ROUTES)
             .flat_map(|r| r.stages.iter().filter(|s| s.tier == 0).map(|s| Block { start: s.start as usize, end: s.end as usize }))
             .filter(|b| !self.client.node.can_run(*b))
@@ -623,7 +677,7 @@ impl Driver {
             Feedback::Ranked(routes) => {
                 self.ranking = routes.clone();
                 self.fetch_missing_slices();
-                Event::Plans(with_fallback(routes, &self.appended, &self.client.node))
+                Event::Plans(with_fallback(routes, &self.rules, &self.client.node))
             }
             Feedback::SliceFetched { block, result } => {
                 self.fetching.remove(&block);
@@ -631,7 +685,7 @@ impl Driver {
                     Ok(()) => {
                         tracing::info!("device slice [{}, {}) fetched; routes using it are usable now", block.start, block.end);
                         self.evict_slices();
-                        Event::Offered(with_fallback(self.ranking.clone(), &self.appended, &self.client.node))
+                        Event::Offered(with_fallback(self.ranking.clone(), &self.rules, &self.client.node))
                     }
                     Err(reason) => {
                         tracing::warn!("cannot fetch the device slice [{}, {}): {reason}", block.start, block.end);
@@ -767,7 +821,7 @@ impl Driver {
         let not_ready = match best {
             Some(_) => None,
             None if self.policy.routes().is_empty() => {
-                Some(self.no_plan.clone().unwrap_or_else(|| "no plan yet, and the device cannot run the model alone".to_string()))
+                Some(self.no_plan.clone().or_else(|| self.memory_refusal.clone()).unwrap_or_else(|| "no plan yet, and the device cannot run the model alone".to_string()))
             }
             None => {
                 Some(format!("every planned route goes through an unreachable tier {down:?}, and the device cannot run the model alone"))

@@ -44,6 +44,7 @@ fn main() {
         require_plan: true,
         max_outstanding: 64,
         max_slice_bytes: u64::MAX,
+        device_memory: None,
     };
     let session = Arc::new(runtime.block_on(Session::open(config, model, None)).expect("session"));
     let input = scission_engine::input::synthetic_inputs(session.model(), 1).expect("input");
