@@ -88,7 +88,8 @@ impl GraphSummary {
 
     /// Total weight bytes of nodes in positions `[a, b)`.
     pub fn weight_bytes(&self, a: usize, b: usize) -> u64 {
-        self.nodes[a..b].iter().map(|n| n.weight_bytes).sum()
+        // Saturating: a summary read from a file or a peer may carry absurd figures.
+        self.nodes[a..b].iter().map(|n| n.weight_bytes).fold(0, u64::saturating_add)
     }
 
     /// Checks that every id and position is in range and that the order is topological (a
