@@ -290,7 +290,12 @@ pub fn pinned_model(planning: &Planning) -> Result<Option<[u8; 32]>> {
 ///
 /// A directory with no artifact yet is filled from `session`'s cloud (the one-node slice that
 /// describes the model first; the session fetches the slices its plans need after).
-pub fn open_slices(path: &Path, options: &scission_engine::LoadOptions, pinned: Option<[u8; 32]>, session: &SessionConfig) -> Result<Slices> {
+pub fn open_slices(
+    path: &Path,
+    options: &scission_engine::LoadOptions,
+    pinned: Option<[u8; 32]>,
+    session: &SessionConfig,
+) -> Result<Slices> {
     if path.is_dir() {
         let pinned = pinned.map(|p| p.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let dir = scission_runtime::fetch::open_artifacts_blocking(

@@ -227,7 +227,8 @@ fn a_device_starting_with_no_slice_offloads_to_the_cloud_fetches_its_slice_and_s
     // The same requests from an empty directory of slice artifacts.
     let slices = c.dir.path().join("slices");
     std::fs::create_dir(&slices).unwrap();
-    let mut args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "6", "--no-check", "--interval-ms", "100"]);
+    let mut args =
+        c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "6", "--no-check", "--interval-ms", "100"]);
     args[1] = slices.to_string_lossy().into_owned();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run("scission-device", &refs);
@@ -287,7 +288,8 @@ fn plans_whose_device_slice_would_not_fit_the_device_memory_are_not_used() {
     // From slice artifacts, the device offloads to the cloud and fetches nothing it cannot hold.
     let slices = c.dir.path().join("slices");
     std::fs::create_dir(&slices).unwrap();
-    let mut args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "3", "--no-check", "--memory-mib", "10"]);
+    let mut args =
+        c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "3", "--no-check", "--memory-mib", "10"]);
     args[1] = slices.to_string_lossy().into_owned();
     let out = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use scission_core::link::Encoding;
 use scission_net::pki;
 
-
 /// Where the cluster's certificates live.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClusterArgs {

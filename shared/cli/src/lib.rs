@@ -19,9 +19,9 @@ pub mod tools;
 pub use cluster::{ClusterArgs, EncodingArg, EnrollArgs, RevokeArgs, run_enroll, run_init, run_revoke};
 pub use model::{HostPort, ModelArgs, ZooLookup, parse_host_port, parse_shape};
 pub use output::{Ending, init_tracing, init_tracing_as, one_line};
-pub use progress::FetchBar;
 #[cfg(feature = "onnx")]
 pub use progress::BenchBar;
+pub use progress::FetchBar;
 #[cfg(feature = "onnx")]
 pub use serving::{ServeArgs, run_serve};
 pub use slicing::{RunSliceArgs, run_run_slice};

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use scission_engine::LoadOptions;
 #[cfg(feature = "onnx")]
 use scission_engine::Model;
-use scission_engine::LoadOptions;
 
 /// Which model to load and how.
 #[derive(Clone, Debug, clap::Args)]

@@ -136,4 +136,3 @@ pub fn run_serve(
     serve(&config, model, |ready| announce(&format!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr)))?;
     Ok(String::new())
 }
-

@@ -8,9 +8,9 @@ use std::time::Instant;
 use anyhow::Context;
 use anyhow::{Result, bail};
 use scission_core::cut::Block;
-use scission_engine::artifact;
 #[cfg(feature = "onnx")]
 use scission_engine::Slice;
+use scission_engine::artifact;
 use scission_engine::with_threads;
 
 #[cfg(feature = "onnx")]

@@ -52,7 +52,13 @@ mod tests {
         };
         GraphSummary {
             nodes: (0..3)
-                .map(|i| NodeInfo { name: i.to_string(), op: "Conv".into(), inputs: vec![i], outputs: vec![i + 1], weight_bytes: (i as u64 + 1) << 20 })
+                .map(|i| NodeInfo {
+                    name: i.to_string(),
+                    op: "Conv".into(),
+                    inputs: vec![i],
+                    outputs: vec![i + 1],
+                    weight_bytes: (i as u64 + 1) << 20,
+                })
                 .collect(),
             tensors: vec![tensor(0, 100), tensor(1, 4000), tensor(2, 300), tensor(3, 8)],
             inputs: vec![0],

@@ -16,9 +16,9 @@
 //! and the same hash, on every machine.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
 #[cfg(feature = "onnx")]
 use std::io::Write;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use crate::error::{Context, Result, bail};
@@ -183,7 +183,9 @@ pub fn write_file(model: &Model, block: Block, path: &Path) -> Result<Written> {
 #[cfg_attr(not(feature = "onnx"), allow(dead_code))]
 fn ports(summary: &GraphSummary, ids: &[TensorId]) -> Vec<Port> {
     ids.iter()
-        .filter_map(|&id| summary.tensors.get(id).map(|t| Port { id, name: t.name.clone(), dtype: t.dtype.clone(), shape: t.shape.clone() }))
+        .filter_map(|&id| {
+            summary.tensors.get(id).map(|t| Port { id, name: t.name.clone(), dtype: t.dtype.clone(), shape: t.shape.clone() })
+        })
         .collect()
 }
 
@@ -382,10 +384,8 @@ impl ArtifactDir {
         let mut entries = std::collections::BTreeMap::new();
         let mut graph: Option<ModelGraph> = None;
         let listing = std::fs::read_dir(dir).with_context(|| format!("cannot list the slice artifacts in {}", dir.display()))?;
-        let mut paths: Vec<std::path::PathBuf> = listing
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "slice"))
-            .collect();
+        let mut paths: Vec<std::path::PathBuf> =
+            listing.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "slice")).collect();
         paths.sort();
         for path in paths {
             let manifest = read_manifest(&path)?;
@@ -437,7 +437,10 @@ impl ArtifactDir {
             bail!("{} is a slice of another model", path.display());
         }
         let block = manifest.block();
-        self.entries.lock().map_err(|_| crate::error::EngineError::Invalid("artifact index poisoned".into()))?.insert(block, path.to_path_buf());
+        self.entries
+            .lock()
+            .map_err(|_| crate::error::EngineError::Invalid("artifact index poisoned".into()))?
+            .insert(block, path.to_path_buf());
         Ok(block)
     }
 

@@ -39,13 +39,13 @@ pub use load::Model;
 pub use model_graph::{LoadOptions, ModelGraph};
 pub use pipeline::Pipeline;
 pub use slice::Slice;
+/// The tract the engine is built on (tract-core: this build runs slice artifacts only).
+#[cfg(not(feature = "onnx"))]
+pub use tract_core as tract;
 /// The tract the engine is built on, re-exported so callers name the same types: tract-onnx
 /// (a superset of tract-core's prelude) where the engine reads ONNX, tract-core otherwise.
 #[cfg(feature = "onnx")]
 pub use tract_onnx as tract;
-/// The tract the engine is built on (tract-core: this build runs slice artifacts only).
-#[cfg(not(feature = "onnx"))]
-pub use tract_core as tract;
 
 /// Runs `work` with tract's matrix products on `threads` threads (1 = single-threaded).
 /// Without the `multithread` feature everything runs on one thread (and a request for more is

@@ -42,8 +42,14 @@ impl ModelGraph {
     /// The element type and shape of tensor `t`, from the summary.
     pub fn tensor_fact(&self, t: usize) -> Result<(DatumType, Vec<usize>)> {
         let Some(info) = self.summary.tensors.get(t) else { bail!("{}: no tensor {t}", self.name) };
-        let datum_type = info.dtype.parse::<DatumType>().with_context(|| format!("tensor '{}' has unknown type {}", info.name, info.dtype))?;
-        let shape = info.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().with_context(|| format!("tensor '{}' is too large", info.name))?;
+        let datum_type =
+            info.dtype.parse::<DatumType>().with_context(|| format!("tensor '{}' has unknown type {}", info.name, info.dtype))?;
+        let shape = info
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("tensor '{}' is too large", info.name))?;
         Ok((datum_type, shape))
     }
 }

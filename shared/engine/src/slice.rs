@@ -4,12 +4,10 @@
 //! nodes read, and the nodes themselves, rewired with `wire_node` (which re-derives every
 //! output fact, so a wrong rewiring fails loudly). It is then optimised on its own.
 
-
 use crate::error::{Context, Result, bail};
 use tract_core::prelude::*;
 
 use scission_core::cut::{Block, SliceIo};
-
 
 /// A runnable slice of a model.
 #[derive(Clone, Debug)]

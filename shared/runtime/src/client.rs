@@ -261,7 +261,8 @@ impl DeviceClient {
                     return Err(invalid!("answer for request {request} arrived on the stream of request {id}").into());
                 }
                 timings.extend(remote);
-                let outputs: Vec<(TensorId, TValue)> = tensors.iter().map(|t| decode_tensor(self.node.graph(), t)).collect::<Result<_>>()?;
+                let outputs: Vec<(TensorId, TValue)> =
+                    tensors.iter().map(|t| decode_tensor(self.node.graph(), t)).collect::<Result<_>>()?;
                 // Exactly the model's outputs, in order: anything else is a lying or broken peer.
                 if !outputs.iter().map(|(id, _)| *id).eq(self.node.graph().summary.outputs.iter().copied()) {
                     return Err(invalid!("the answer to request {id} does not carry the model's outputs").into());

@@ -77,7 +77,9 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
     let whole: Option<Arc<TypedRunnableModel>> = match (&slices, config.check) {
         #[cfg(feature = "onnx")]
         (Slices::Whole(model), true) => Some(model.whole()?),
-        (Slices::Artifacts(_), true) => crate::error::bail!("checking results needs the whole model; from slice artifacts, run without the check"),
+        (Slices::Artifacts(_), true) => {
+            crate::error::bail!("checking results needs the whole model; from slice artifacts, run without the check")
+        }
         (_, false) => None,
     };
     crate::async_runtime()?.block_on(async {

@@ -188,7 +188,14 @@ pub fn fetch_model_blocking(
 /// Opens the slice artifacts in `dir`; when it holds none yet, first fetches the one-node
 /// artifact `[0, 1)` from `from` (the smallest one; its manifest describes the whole model), so
 /// a device can start from an empty directory. Connects as `name` of the cluster in `cluster`.
-pub fn open_artifacts_blocking(cluster: &Path, name: &str, from: Option<&Peer>, dir: &Path, pinned: Option<&str>, max_frame: u32) -> Result<ArtifactDir> {
+pub fn open_artifacts_blocking(
+    cluster: &Path,
+    name: &str,
+    from: Option<&Peer>,
+    dir: &Path,
+    pinned: Option<&str>,
+    max_frame: u32,
+) -> Result<ArtifactDir> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let empty = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).all(|e| e.path().extension().is_none_or(|x| x != "slice"));
     if let (true, Some(from)) = (empty, from) {
@@ -197,7 +204,16 @@ pub fn open_artifacts_blocking(cluster: &Path, name: &str, from: Option<&Peer>, 
         let ask = |offset| Body::FetchSlice { start: 0, end: 1, offset, max_len: CHUNK };
         crate::async_runtime()?.block_on(async {
             let endpoint = scission_net::quic::client(&identity)?;
-            fetch_file(&endpoint, from, &path, max_frame, Expected { sha256: None, max_bytes: DEFAULT_MAX_MODEL_BYTES }, &ask, &mut |_, _| {}).await
+            fetch_file(
+                &endpoint,
+                from,
+                &path,
+                max_frame,
+                Expected { sha256: None, max_bytes: DEFAULT_MAX_MODEL_BYTES },
+                &ask,
+                &mut |_, _| {},
+            )
+            .await
         })?;
     }
     Ok(ArtifactDir::open(dir, pinned)?)

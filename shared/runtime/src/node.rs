@@ -8,10 +8,10 @@ use scission_engine::tract::prelude::*;
 
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
-use scission_engine::artifact::ArtifactDir;
-use scission_engine::pipeline::{Activations, advance, collect};
 #[cfg(feature = "onnx")]
 use scission_engine::Model;
+use scission_engine::artifact::ArtifactDir;
+use scission_engine::pipeline::{Activations, advance, collect};
 use scission_engine::{ModelGraph, Slice, with_threads};
 
 /// Where a node's slices come from.

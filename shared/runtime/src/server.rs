@@ -440,9 +440,16 @@ impl StageServer {
     /// held while writing, so concurrent fetches of one slice write it once).
     #[cfg(feature = "onnx")]
     async fn artifact(&self, block: Block) -> Result<Arc<Artifact>, StageError> {
-        let Some(model) = self.node.whole_model() else { return Err(StageError::NotOffered("serve slice artifacts (it holds no whole model)")) };
+        let Some(model) = self.node.whole_model() else {
+            return Err(StageError::NotOffered("serve slice artifacts (it holds no whole model)"));
+        };
         if block.start >= block.end || block.end > model.summary.len() {
-            return Err(StageError::BadRequest(format!("[{}, {}) is not a range of the model's {} nodes", block.start, block.end, model.summary.len())));
+            return Err(StageError::BadRequest(format!(
+                "[{}, {}) is not a range of the model's {} nodes",
+                block.start,
+                block.end,
+                model.summary.len()
+            )));
         }
         let mut cache = self.artifacts.lock().await;
         if let Some(at) = cache.entries.iter().position(|(b, _)| *b == block) {

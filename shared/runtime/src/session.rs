@@ -13,11 +13,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 use scission_core::link::{Encoding, Link};
 use scission_core::policy::{Action, DevicePolicy, Event, PolicyConfig, ReplanReason, RequestFailure, Route};
 use scission_core::wire::message::{Stage, StageTiming};
-use scission_core::cut::Block;
 use scission_engine::ModelGraph;
 use scission_engine::tract::prelude::*;
 use scission_net::{emulator, pki, quic};
@@ -490,13 +490,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(
-        config: &SessionConfig,
-        client: Arc<DeviceClient>,
-        planner: Planner,
-        rules: RouteRules,
-        observer: Option<Observer>,
-    ) -> Self {
+    fn new(config: &SessionConfig, client: Arc<DeviceClient>, planner: Planner, rules: RouteRules, observer: Option<Observer>) -> Self {
         Self {
             policy: DevicePolicy::new(config.policy, Vec::new(), Vec::new()),
             client,
@@ -820,9 +814,12 @@ impl Driver {
         let down = self.policy.down_tiers();
         let not_ready = match best {
             Some(_) => None,
-            None if self.policy.routes().is_empty() => {
-                Some(self.no_plan.clone().or_else(|| self.memory_refusal.clone()).unwrap_or_else(|| "no plan yet, and the device cannot run the model alone".to_string()))
-            }
+            None if self.policy.routes().is_empty() => Some(
+                self.no_plan
+                    .clone()
+                    .or_else(|| self.memory_refusal.clone())
+                    .unwrap_or_else(|| "no plan yet, and the device cannot run the model alone".to_string()),
+            ),
             None => {
                 Some(format!("every planned route goes through an unreachable tier {down:?}, and the device cannot run the model alone"))
             }
