@@ -297,7 +297,7 @@ pub fn open_slices(
     session: &SessionConfig,
 ) -> Result<Slices> {
     if path.is_dir() {
-        let pinned = pinned.map(|p| p.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let pinned = pinned.map(|p| scission_engine::model_graph::hex(&p));
         let dir = scission_runtime::fetch::open_artifacts_blocking(
             &session.cluster,
             &session.name,

@@ -174,7 +174,7 @@ fn outputs_sha256(outputs: &[(usize, TValue)]) -> Result<String> {
     for (_, value) in outputs {
         hasher.update(value.try_as_plain_ram()?.as_bytes());
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(scission_engine::model_graph::hex(&hasher.finalize()))
 }
 
 fn max_diff(outputs: &[(usize, TValue)], reference: &TVec<TValue>) -> Result<f32> {

@@ -74,11 +74,7 @@ pub async fn fetch_slice(
     max_frame: u32,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<PathBuf> {
-    let (Ok(start), Ok(end)) = (u32::try_from(block.start), u32::try_from(block.end)) else { bail!("slice range too large") };
-    let path = artifacts.dir().join(scission_engine::artifact::file_name(block));
-    let ask = move |offset| Body::FetchSlice { start, end, offset, max_len: CHUNK };
-    let expected = Expected { sha256: None, max_bytes: DEFAULT_MAX_MODEL_BYTES };
-    fetch_file(endpoint, from, &path, max_frame, expected, &ask, progress).await?;
+    let path = fetch_slice_file(endpoint, from, artifacts.dir(), block, max_frame, progress).await?;
     match artifacts.insert(&path) {
         Ok(got) if got == block => Ok(path),
         Ok(got) => {
@@ -90,6 +86,23 @@ pub async fn fetch_slice(
             Err(e.into())
         }
     }
+}
+
+/// Downloads the artifact of slice `block` into `dir`, under its usual file name.
+async fn fetch_slice_file(
+    endpoint: &quinn::Endpoint,
+    from: &Peer,
+    dir: &Path,
+    block: Block,
+    max_frame: u32,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<PathBuf> {
+    let (Ok(start), Ok(end)) = (u32::try_from(block.start), u32::try_from(block.end)) else { bail!("slice range too large") };
+    let path = dir.join(scission_engine::artifact::file_name(block));
+    let ask = move |offset| Body::FetchSlice { start, end, offset, max_len: CHUNK };
+    let expected = Expected { sha256: None, max_bytes: DEFAULT_MAX_MODEL_BYTES };
+    fetch_file(endpoint, from, &path, max_frame, expected, &ask, progress).await?;
+    Ok(path)
 }
 
 /// Downloads the file whose chunks `ask(offset)` requests into `path`.
@@ -200,20 +213,9 @@ pub fn open_artifacts_blocking(
     let empty = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).all(|e| e.path().extension().is_none_or(|x| x != "slice"));
     if let (true, Some(from)) = (empty, from) {
         let identity = scission_net::pki::Identity::load(cluster, name)?;
-        let path = dir.join(scission_engine::artifact::file_name(Block { start: 0, end: 1 }));
-        let ask = |offset| Body::FetchSlice { start: 0, end: 1, offset, max_len: CHUNK };
         crate::async_runtime()?.block_on(async {
             let endpoint = scission_net::quic::client(&identity)?;
-            fetch_file(
-                &endpoint,
-                from,
-                &path,
-                max_frame,
-                Expected { sha256: None, max_bytes: DEFAULT_MAX_MODEL_BYTES },
-                &ask,
-                &mut |_, _| {},
-            )
-            .await
+            fetch_slice_file(&endpoint, from, dir, Block { start: 0, end: 1 }, max_frame, &mut |_, _| {}).await
         })?;
     }
     Ok(ArtifactDir::open(dir, pinned)?)

@@ -56,28 +56,41 @@ pub struct Node {
 /// Most slices kept built at once by default; the least recently used goes first.
 pub const MAX_CACHED_SLICES: usize = 32;
 
-/// Built slices, most recently used last.
-struct SliceCache {
-    entries: Vec<(Block, Arc<Slice>)>,
-    capacity: usize,
+/// Values by node range, most recently used last (built slices here, artifacts written for
+/// peers in the server).
+pub(crate) struct RecentlyUsed<V> {
+    entries: Vec<(Block, V)>,
 }
 
-impl SliceCache {
-    fn get(&mut self, block: Block) -> Option<Arc<Slice>> {
-        let at = self.entries.iter().position(|(b, _)| *b == block)?;
-        let entry = self.entries.remove(at);
-        let slice = entry.1.clone();
-        self.entries.push(entry);
-        Some(slice)
+impl<V: Clone> RecentlyUsed<V> {
+    pub(crate) fn new() -> Self {
+        Self { entries: Vec::new() }
     }
 
-    fn insert(&mut self, block: Block, slice: Arc<Slice>) {
+    /// The value of `block`, now the most recently used.
+    pub(crate) fn get(&mut self, block: Block) -> Option<V> {
+        let at = self.entries.iter().position(|(b, _)| *b == block)?;
+        let entry = self.entries.remove(at);
+        let value = entry.1.clone();
+        self.entries.push(entry);
+        Some(value)
+    }
+
+    /// Adds `value` for `block`, first dropping the least recently used entries while
+    /// `too_full(entries)` says there is no room.
+    pub(crate) fn insert(&mut self, block: Block, value: V, too_full: impl Fn(&[(Block, V)]) -> bool) {
         self.entries.retain(|(b, _)| *b != block);
-        if self.entries.len() >= self.capacity {
+        while !self.entries.is_empty() && too_full(&self.entries) {
             self.entries.remove(0);
         }
-        self.entries.push((block, slice));
+        self.entries.push((block, value));
     }
+}
+
+/// Built slices, and how many may be kept.
+struct SliceCache {
+    recent: RecentlyUsed<Arc<Slice>>,
+    capacity: usize,
 }
 
 impl Node {
@@ -85,7 +98,7 @@ impl Node {
     pub fn new(source: impl Into<Slices>, tier: u8, threads: usize) -> Result<Self> {
         let source = source.into();
         let sha256 = scission_core::profile::parse_sha256(&source.graph().sha256)?;
-        let slices = Mutex::new(SliceCache { entries: Vec::new(), capacity: MAX_CACHED_SLICES });
+        let slices = Mutex::new(SliceCache { recent: RecentlyUsed::new(), capacity: MAX_CACHED_SLICES });
         Ok(Self { sha256, tier, threads, source, slices })
     }
 
@@ -132,7 +145,7 @@ impl Node {
     /// The slice for `block`, built (or loaded from its artifact) on first use.
     pub fn slice(&self, block: Block) -> Result<Arc<Slice>> {
         self.check_range(block)?;
-        if let Some(s) = self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?.get(block) {
+        if let Some(s) = self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?.recent.get(block) {
             return Ok(s);
         }
         let slice = Arc::new(match &self.source {
@@ -140,7 +153,9 @@ impl Node {
             Slices::Whole(model) => Slice::build(model, block)?,
             Slices::Artifacts(dir) => dir.load(block)?,
         });
-        self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?.insert(block, slice.clone());
+        let mut cache = self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?;
+        let capacity = cache.capacity;
+        cache.recent.insert(block, slice.clone(), |entries| entries.len() >= capacity);
         Ok(slice)
     }
 

@@ -13,7 +13,7 @@ use crate::error::Result;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::convert::{bounded, decode as decode_tensor, infer_message, output_message};
-use super::node::Node;
+use super::node::{Node, RecentlyUsed};
 use super::planner::{ModelFile, PlanError, Planner};
 use scission_core::cut::Block;
 use scission_core::link::Encoding;
@@ -214,13 +214,9 @@ pub struct StageServer {
     artifacts: Mutex<ArtifactCache>,
 }
 
-/// Slice artifacts written for peers that fetch them, most recently used last; at most
-/// [`CACHED_ARTIFACTS`], and about the model's weights in bytes together.
-#[derive(Default)]
-#[cfg_attr(not(feature = "onnx"), allow(dead_code))]
-struct ArtifactCache {
-    entries: Vec<(Block, Arc<Artifact>)>,
-}
+/// Slice artifacts written for peers that fetch them; at most [`CACHED_ARTIFACTS`], and about
+/// the model's weights in bytes together.
+type ArtifactCache = RecentlyUsed<Arc<Artifact>>;
 
 /// One artifact's bytes and hash.
 #[cfg_attr(not(feature = "onnx"), allow(dead_code))]
@@ -270,7 +266,7 @@ impl StageServer {
             planner: None,
             model_file: None,
             revocations: None,
-            artifacts: Mutex::new(ArtifactCache::default()),
+            artifacts: Mutex::new(RecentlyUsed::new()),
         }
     }
 
@@ -452,10 +448,7 @@ impl StageServer {
             )));
         }
         let mut cache = self.artifacts.lock().await;
-        if let Some(at) = cache.entries.iter().position(|(b, _)| *b == block) {
-            let entry = cache.entries.remove(at);
-            let artifact = entry.1.clone();
-            cache.entries.push(entry);
+        if let Some(artifact) = cache.get(block) {
             return Ok(artifact);
         }
         let node = self.node.clone();
@@ -471,13 +464,11 @@ impl StageServer {
         // At most a few artifacts, and together no more than about the model's own weights: a
         // peer asking for many ranges costs CPU, not unbounded memory.
         let cap = model.summary.weight_bytes(0, model.summary.len()).saturating_add(64 << 20);
-        let held = |c: &ArtifactCache| c.entries.iter().map(|(_, a)| a.bytes.len() as u64).sum::<u64>();
-        while !cache.entries.is_empty()
-            && (cache.entries.len() >= CACHED_ARTIFACTS || held(&cache).saturating_add(artifact.bytes.len() as u64) > cap)
-        {
-            cache.entries.remove(0);
-        }
-        cache.entries.push((block, artifact.clone()));
+        let new = artifact.bytes.len() as u64;
+        cache.insert(block, artifact.clone(), |entries| {
+            let held = entries.iter().map(|(_, a)| a.bytes.len() as u64).fold(0, u64::saturating_add);
+            entries.len() >= CACHED_ARTIFACTS || held.saturating_add(new) > cap
+        });
         Ok(artifact)
     }
 

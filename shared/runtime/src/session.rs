@@ -350,9 +350,8 @@ struct RouteRules {
 /// runs from slice artifacts), then the cloud-only offload route (for such a device), then the
 /// local fallback when no route left runs on the device alone.
 fn with_fallback(mut routes: Vec<Route>, rules: &RouteRules, node: &Node) -> Vec<Route> {
-    let runnable = |s: &Stage| s.tier != 0 || node.can_run(Block { start: s.start as usize, end: s.end as usize });
     let before = routes.len();
-    routes.retain(|r| r.stages.iter().all(runnable));
+    routes.retain(|r| device_blocks(r).all(|b| node.can_run(b)));
     if routes.len() < before {
         tracing::info!("{} of {before} planned routes need device slices this device does not hold", before - routes.len());
     }
@@ -374,15 +373,16 @@ fn with_fallback(mut routes: Vec<Route>, rules: &RouteRules, node: &Node) -> Vec
     routes
 }
 
+/// The node ranges `route` gives the device.
+fn device_blocks(route: &Route) -> impl Iterator<Item = Block> + '_ {
+    route.stages.iter().filter(|s| s.tier == 0).map(|s| Block { start: s.start as usize, end: s.end as usize })
+}
+
 /// Whether every device stage of `route` fits in `memory` bytes.
 fn fits(route: &Route, memory: Option<u64>, node: &Node) -> bool {
     let Some(memory) = memory else { return true };
     let summary = &node.graph().summary;
-    route
-        .stages
-        .iter()
-        .filter(|s| s.tier == 0)
-        .all(|s| scission_core::memory::slice_need(summary, Block { start: s.start as usize, end: s.end as usize }) <= memory)
+    device_blocks(route).all(|b| scission_core::memory::slice_need(summary, b) <= memory)
 }
 
 /// Why no route of `routes` fits the device's `memory`: the tier and the bytes.
@@ -391,11 +391,7 @@ fn memory_refusal(routes: &[Route], memory: u64, node: &Node) -> Option<String> 
         return None;
     }
     let summary = &node.graph().summary;
-    let smallest = routes
-        .iter()
-        .flat_map(|r| r.stages.iter().filter(|s| s.tier == 0))
-        .map(|s| scission_core::memory::slice_need(summary, Block { start: s.start as usize, end: s.end as usize }))
-        .min()?;
+    let smallest = routes.iter().flat_map(device_blocks).map(|b| scission_core::memory::slice_need(summary, b)).min()?;
     Some(format!(
         "no planned route fits the device's memory: its smallest device slice needs {:.1} MiB, the device (tier 0) has {:.1} MiB",
         smallest as f64 / f64::from(1 << 20),
@@ -579,12 +575,7 @@ impl Driver {
     /// best ranked routes.
     fn evict_slices(&self) {
         let Some(dir) = self.client.node.artifacts() else { return };
-        let keep: Vec<Block> = self
-            .ranking
-            .iter()
-            .take(FETCHED_ROUTES)
-            .flat_map(|r| r.stages.iter().filter(|s| s.tier == 0).map(|s| Block { start: s.start as usize, end: s.end as usize }))
-            .collect();
+        let keep: Vec<Block> = self.ranking.iter().take(FETCHED_ROUTES).flat_map(device_blocks).collect();
         for block in dir.evict_to(self.max_slice_bytes, &keep) {
             tracing::info!("dropped the device slice [{}, {}) to stay within the slice cache", block.start, block.end);
         }
@@ -601,7 +592,7 @@ impl Driver {
             .iter()
             .filter(|r| fits(r, self.rules.memory, node))
             .take(FETCHED_ROUTES)
-            .flat_map(|r| r.stages.iter().filter(|s| s.tier == 0).map(|s| Block { start: s.start as usize, end: s.end as usize }))
+            .flat_map(device_blocks)
             .filter(|b| !self.client.node.can_run(*b))
             .collect();
         for block in wanted {
