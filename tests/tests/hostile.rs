@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, Server, start};
 use common::{quick_bench, run, stderr};
 use scission_core::link::Link;
-use scission_core::wire::message::{Body, FailureCode, Stage, decode, encode};
+use scission_core::wire::message::{Body, FailureCode, Load, MAX_WAIT_NS, PlannedRoute, Stage, decode, encode};
 use scission_net::{pki, quic};
 
 /// A cloud that plans (with `extra` flags), and the device's profile JSON.
@@ -229,6 +229,7 @@ fn roles_in_certificates_decide_who_may_register_plan_and_serve() {
         tier: 1,
         profile: &profile,
         link_to_cloud: Some(Link { latency_ns: 1_000_000, bits_per_sec: 1_000_000_000 }),
+        load: Load::default(),
     };
     // A device may not pose as an edge (it used to replace the real edge's profile).
     as_device(&c, cloud.addr, async |conn| {
@@ -315,8 +316,13 @@ fn a_revoked_edge_leaves_the_plans_at_once_not_when_its_registration_expires() {
     let (cloud, profile) = planning_cloud(&c, &[]);
     let fast = Link { latency_ns: 1_000, bits_per_sec: 10_000_000_000 };
     as_node(&c, "edge", cloud.addr, async |conn| {
-        let register =
-            Body::Register { name: heapless::String::try_from("edge").unwrap(), tier: 1, profile: &profile, link_to_cloud: Some(fast) };
+        let register = Body::Register {
+            name: heapless::String::try_from("edge").unwrap(),
+            tier: 1,
+            profile: &profile,
+            link_to_cloud: Some(fast),
+            load: Load::default(),
+        };
         assert_eq!(failure_code(&conn, &register).await.0, None);
     });
     let tiers_planned = || {
@@ -334,4 +340,72 @@ fn a_revoked_edge_leaves_the_plans_at_once_not_when_its_registration_expires() {
     assert!(out.status.success(), "{}", stderr(&out));
     std::thread::sleep(pki::DenyList::FRESH + Duration::from_millis(200));
     assert!(!tiers_planned().contains(&1), "a revoked edge gets no work, though its registration has 10 minutes left");
+}
+
+/// The routes the cloud plans for a device with `profile` over `link` to both tiers.
+fn routes_planned(c: &Cluster, cloud: SocketAddr, profile: &[u8], link: Link) -> Vec<PlannedRoute> {
+    let mut routes = Vec::new();
+    as_device(c, cloud, async |conn| {
+        let answer = quic::exchange(&conn, &encode(&plan_request(profile, 16, &[(1, link), (2, link)])).unwrap(), 64 << 20).await.unwrap();
+        let Body::Plans { routes: planned } = decode(&answer).unwrap() else { panic!("no plans") };
+        routes = planned.to_vec();
+    });
+    routes
+}
+
+#[test]
+fn an_edge_that_reports_a_long_queue_gets_no_work_until_it_drains_and_absurd_reports_are_capped() {
+    let c = Cluster::new();
+    let (cloud, profile) = planning_cloud(&c, &[]);
+    let fast = Link { latency_ns: 1_000, bits_per_sec: 10_000_000_000 };
+    let report = |load: Load| {
+        as_node(&c, "edge", cloud.addr, async |conn| {
+            let register = Body::Register {
+                name: heapless::String::try_from("edge").unwrap(),
+                tier: 1,
+                profile: &profile,
+                link_to_cloud: Some(fast),
+                load,
+            };
+            assert_eq!(failure_code(&conn, &register).await.0, None);
+        })
+    };
+    let uses_edge = |r: &PlannedRoute| r.stages.iter().any(|s| s.tier == 1);
+    report(Load::default());
+    let idle = routes_planned(&c, cloud.addr, &profile, fast);
+    assert!(idle.iter().any(uses_edge), "an idle edge is planned with: {idle:?}");
+    // 1 001 requests ahead of a new one, a second each, on 2 workers: 500 s, far longer than any route.
+    report(Load { queued: 1_000, running: 2, workers: 2, service_ns: 1_000_000_000 });
+    let busy = routes_planned(&c, cloud.addr, &profile, fast);
+    assert!(!uses_edge(&busy[0]), "the best route avoids the queued edge: {busy:?}");
+    let waits: Vec<u64> = busy.iter().filter(|r| uses_edge(r)).map(|r| r.predicted_ns).collect();
+    assert!(waits.iter().all(|&ns| ns >= 500_000_000_000), "routes through it are charged its queue: {waits:?}");
+    // A report that would overflow any sum is capped, and the planner keeps planning.
+    report(Load { queued: u32::MAX, running: u32::MAX, workers: 0, service_ns: u64::MAX });
+    let absurd = routes_planned(&c, cloud.addr, &profile, fast);
+    assert!(absurd.iter().filter(|r| uses_edge(r)).all(|r| r.predicted_ns >= MAX_WAIT_NS), "{absurd:?}");
+    report(Load::default());
+    assert_eq!(routes_planned(&c, cloud.addr, &profile, fast), idle, "drained: the same plans as before");
+}
+
+#[test]
+fn an_edge_keeps_its_registration_alive_with_heartbeats() {
+    let c = Cluster::new();
+    let (cloud, profile) = planning_cloud(&c, &["--registration-ttl-s", "2"]);
+    let edge_profile = quick_bench("scission-edge", &c.model, &c.dir.path().join("edge.json"), "edge");
+    let cloud_addr = cloud.addr.to_string();
+    let cluster = c.cluster();
+    let model = c.model.to_str().unwrap();
+    let args = ["serve", model, "--cluster", &cluster, "--cloud", &cloud_addr, "--profile", edge_profile.to_str().unwrap()];
+    let edge = start("scission-edge", &[&args[..], &["--threads", "1", "--heartbeat-s", "1"]].concat());
+    let fast = Link { latency_ns: 1_000, bits_per_sec: 10_000_000_000 };
+    let uses_edge = |routes: &[PlannedRoute]| routes.iter().any(|r| r.stages.iter().any(|s| s.tier == 1));
+    assert!(uses_edge(&routes_planned(&c, cloud.addr, &profile, fast)), "registered before it announced its address");
+    // Three TTLs later the edge is still planned with: it renewed, more than once.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(uses_edge(&routes_planned(&c, cloud.addr, &profile, fast)), "the edge's registration lapsed");
+    drop(edge);
+    // A stopped edge stops renewing, and leaves the plans when its registration expires.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!uses_edge(&routes_planned(&c, cloud.addr, &profile, fast)), "a dead edge is still planned with");
 }

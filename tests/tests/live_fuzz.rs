@@ -16,7 +16,7 @@ use common::cluster::{Cluster, start};
 use common::quick_bench;
 use scission_core::link::{Encoding, Link};
 use scission_core::rng::WeightRng;
-use scission_core::wire::message::{Body, FailureCode, FailureDetail, NamedTensor, PlannedRoute, Stage, StageTiming, decode, encode};
+use scission_core::wire::message::{Body, FailureCode, FailureDetail, Load, NamedTensor, PlannedRoute, Stage, StageTiming, decode, encode};
 use scission_core::wire::tensor::{Elements, TensorFrame};
 use scission_engine::input::synthetic_inputs;
 use scission_engine::pipeline::graph_inputs;
@@ -90,6 +90,7 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
             tier: pick(rng, 4) as u8,
             profile: &junk_profile,
             link_to_cloud: Some(link(rng)),
+            load: Load { queued: wild(rng) as u32, running: wild(rng) as u32, workers: wild(rng) as u32, service_ns: wild(rng) },
         },
         5 | 6 => {
             let mut uplinks = heapless::Vec::new();

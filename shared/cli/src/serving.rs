@@ -76,10 +76,15 @@ pub struct ServeArgs {
     /// The cloud's planner: edges kept registered at once (more are refused).
     #[arg(long, default_value_t = scission_runtime::planner::MAX_REGISTERED, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub max_registrations: usize,
-    /// The cloud's planner: seconds a registration lasts without renewal (edges renew on restart
-    /// and on reconnect).
+    /// The cloud's planner: seconds a registration lasts without renewal (edges renew every
+    /// --heartbeat-s).
     #[arg(long, default_value_t = scission_runtime::planner::REGISTRATION_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub registration_ttl_s: u64,
+    /// An edge: seconds between renewals of its registration with the cloud; each renewal
+    /// re-measures the link and reports the edge's queue, which the planner plans with. Keep it
+    /// well below the cloud's --registration-ttl-s.
+    #[arg(long, default_value_t = scission_runtime::serve::HEARTBEAT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub heartbeat_s: u64,
 }
 
 impl ServeArgs {
@@ -132,6 +137,7 @@ pub fn run_serve(
         limits: args.limits(max_frame),
         profile,
         model_file: path,
+        heartbeat: std::time::Duration::from_secs(args.heartbeat_s),
     };
     serve(&config, model, |ready| announce(&format!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr)))?;
     Ok(String::new())

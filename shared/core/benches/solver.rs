@@ -20,6 +20,7 @@ fn instance(blocks: usize) -> Problem {
             name: format!("m{i}"),
             tier: i / 3,
             block_ns: (0..blocks).map(|_| (50_000 + next(2_000_000)) * speed[i] / 10).collect(),
+            queue_ns: 0,
         })
         .collect();
     let mut links = Vec::new();

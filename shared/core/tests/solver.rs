@@ -12,18 +12,20 @@ fn problem() -> impl Strategy<Value = Problem> {
         (Just(tiers), Just(n), per_tier).prop_flat_map(|(tiers, n, per_tier)| {
             let count: usize = per_tier.iter().sum();
             let times = proptest::collection::vec(proptest::collection::vec(0u64..6, n), count);
+            // Mostly idle machines, some with a queue (ties between a queue and a slower machine).
+            let queues = proptest::collection::vec(prop_oneof![3 => Just(0u64), 1 => 0u64..8], count);
             let links = proptest::collection::vec((0u64..4, 1u64..5), count * count);
             let bytes = proptest::collection::vec(0u64..40, n + 1);
             let weights = proptest::collection::vec(0u64..20, n);
             let acts = proptest::collection::vec(0u64..20, n);
             let options = (any::<bool>(), 0usize..3, 0u64..3);
-            (Just(tiers), Just(per_tier), times, links, bytes, 0u64..60, weights, acts, options).prop_map(
-                |(tiers, per_tier, times, links, bytes, input, weights, acts, (ret, enc, overhead))| {
+            (Just(tiers), Just(per_tier), (times, queues), links, bytes, 0u64..60, weights, acts, options).prop_map(
+                |(tiers, per_tier, (times, queues), links, bytes, input, weights, acts, (ret, enc, overhead))| {
                     let mut machines = Vec::new();
                     for (tier, &count) in per_tier.iter().enumerate() {
                         for i in 0..count {
-                            let block_ns = times[machines.len()].clone();
-                            machines.push(Machine { name: format!("t{tier}m{i}"), tier, block_ns });
+                            let (block_ns, queue_ns) = (times[machines.len()].clone(), queues[machines.len()]);
+                            machines.push(Machine { name: format!("t{tier}m{i}"), tier, block_ns, queue_ns });
                         }
                     }
                     let m = machines.len();
@@ -136,4 +138,34 @@ fn random_instances_exercise_both_feasible_and_infeasible_cases() {
     eprintln!("{rich} of {total} instances have >= 3 plans, {infeasible} are infeasible");
     assert!(rich * 4 >= total, "only {rich} of {total} instances have 3 or more plans");
     assert!(infeasible * 10 >= total, "only {infeasible} of {total} instances are infeasible");
+}
+
+/// A cloud whose queue outweighs the edge's slower compute loses the plan to the edge; when the
+/// queue drains, the cloud wins again. The queue is charged once, in the plan's breakdown too.
+#[test]
+fn a_queue_on_the_cloud_moves_the_plan_to_the_edge() {
+    let machine = |name: &str, tier, per_block, queue_ns| Machine { name: name.into(), tier, block_ns: vec![per_block; 4], queue_ns };
+    let fast = Link { latency_ns: 0, bits_per_sec: 8_000_000_000 };
+    let problem = |cloud_queue| Problem {
+        tiers: vec!["device".into(), "edge".into(), "cloud".into()],
+        machines: vec![machine("device", 0, 1_000, 0), machine("edge", 1, 300, 0), machine("cloud", 2, 100, cloud_queue)],
+        boundary_bytes: vec![8; 5],
+        input_bytes: 8,
+        block_weight_bytes: vec![0; 4],
+        block_activation_bytes: vec![0; 4],
+        links: (0..3).flat_map(|a| (0..3).filter(move |&b| b != a).map(move |b| (a, b, fast))).collect(),
+        options: CostOptions::default(),
+    };
+    let best = |queue| solver::solve(&problem(queue), &Constraints::default(), Objective::Latency, 1).unwrap().remove(0);
+    let idle = best(0);
+    assert_eq!(idle.segments.last().map(|s| s.tier), Some(2), "an idle cloud runs everything: {idle:?}");
+    assert_eq!(idle.cost.queue_ns, 0);
+    let busy = best(5_000);
+    assert_eq!(busy.segments.iter().map(|s| s.tier).collect::<Vec<_>>(), [0, 1], "a queued cloud is skipped: {busy:?}");
+    let through_cloud = solver::brute::top_k(&problem(5_000), &Constraints::default(), Objective::Latency, 16)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.segments.iter().any(|s| s.tier == 2))
+        .unwrap();
+    assert_eq!(through_cloud.cost.queue_ns, 5_000, "charged once: {through_cloud:?}");
 }

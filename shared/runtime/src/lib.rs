@@ -4,6 +4,7 @@
 //! - [`convert`]: tract tensors to wire tensors and messages, and back;
 //! - [`node`]: a loaded model that runs stages;
 //! - [`server`]: serving stages over QUIC (edge and cloud), forwarding the rest of a route;
+//! - [`load`]: a server's queue and service times, as it reports them to the planner;
 //! - [`planner`]: the cloud's planning service and model file;
 //! - [`client`]: the device side of one request;
 //! - [`session`]: the device's library API, a driver carrying out the core's
@@ -25,6 +26,7 @@ pub mod convert;
 pub mod device;
 pub mod error;
 pub mod fetch;
+pub mod load;
 pub mod node;
 pub mod peer;
 pub mod planner;

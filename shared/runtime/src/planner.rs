@@ -2,8 +2,10 @@
 //! ask for ranked plans, the solver answers. Also serves the model file in chunks to a tier
 //! that does not have it.
 //!
-//! The registry is bounded and registrations expire unless renewed; the solver runs on a
-//! snapshot taken under the lock, never while holding it.
+//! The registry is bounded and registrations expire unless renewed (edges renew with a
+//! heartbeat that carries their load); the solver runs on a snapshot taken under the lock,
+//! never while holding it. Each machine's reported queue becomes the waiting time the solver
+//! charges a plan that hands work to it, so plans move away from a loaded machine.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -18,10 +20,11 @@ use scission_core::policy::plan_route;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::solver::profiles::{Topology, problem_from_profiles, set_link};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, SolveError};
-use scission_core::wire::message::{MAX_ROUTES, PlannedRoute};
+use scission_core::wire::message::{Load, MAX_ROUTES, PlannedRoute};
 use scission_engine::profile_file::parse_profile;
 
 use crate::convert::bounded;
+use crate::load::LoadMeter;
 
 /// Most edges registered at once.
 pub const MAX_REGISTERED: usize = 64;
@@ -80,6 +83,7 @@ impl From<SolveError> for PlanError {
 struct Registration {
     profile: Profile,
     link_to_cloud: Option<Link>,
+    load: Load,
     renewed: Instant,
 }
 
@@ -90,13 +94,14 @@ pub struct Planner {
     capacity: usize,
     ttl: Duration,
     deny: Option<Arc<scission_net::pki::DenyList>>,
+    own_load: Option<Arc<LoadMeter>>,
 }
 
 impl Planner {
     /// A planner whose cloud machine has profile `own`.
     pub fn new(mut own: Profile) -> Self {
         own.machine.tier = TierKind::Cloud;
-        Self { own, registry: Mutex::new(HashMap::new()), capacity: MAX_REGISTERED, ttl: REGISTRATION_TTL, deny: None }
+        Self { own, registry: Mutex::new(HashMap::new()), capacity: MAX_REGISTERED, ttl: REGISTRATION_TTL, deny: None, own_load: None }
     }
 
     /// Keeps at most `capacity` edges registered, each for `ttl` after its last renewal.
@@ -112,8 +117,14 @@ impl Planner {
         self
     }
 
-    /// Records (or renews) node `name`'s profile and measured link to the cloud.
-    pub fn register(&self, name: &str, tier: u8, profile_json: &[u8], link_to_cloud: Option<Link>) -> Result<(), PlanError> {
+    /// Counts the cloud's own queue (`load`, its stage server's) in every plan.
+    pub fn with_own_load(mut self, load: Arc<LoadMeter>) -> Self {
+        self.own_load = Some(load);
+        self
+    }
+
+    /// Records (or renews) node `name`'s profile, measured link to the cloud and load.
+    pub fn register(&self, name: &str, tier: u8, profile_json: &[u8], link_to_cloud: Option<Link>, load: Load) -> Result<(), PlanError> {
         if tier != 1 {
             return Err(PlanError::NotAnEdge);
         }
@@ -136,8 +147,11 @@ impl Planner {
         if !registry.contains_key(name) && registry.len() >= self.capacity {
             return Err(PlanError::RegistryFull(self.capacity));
         }
-        registry.insert(name.to_string(), Registration { profile, link_to_cloud, renewed: now });
-        tracing::info!("registered edge '{name}'");
+        let renewal = registry.insert(name.to_string(), Registration { profile, link_to_cloud, load, renewed: now }).is_some();
+        match renewal {
+            true => tracing::debug!("edge '{name}' renewed its registration ({} queued)", load.queued),
+            false => tracing::info!("registered edge '{name}'"),
+        }
         Ok(())
     }
 
@@ -168,11 +182,13 @@ impl Planner {
             }
         }
         for (i, r) in edges.iter().enumerate() {
+            problem.machines[i + 1].queue_ns = r.load.expected_wait_ns();
             if let Some(link) = r.link_to_cloud {
                 set_link(&mut problem, i + 1, cloud, link);
                 set_link(&mut problem, cloud, i + 1, link);
             }
         }
+        problem.machines[cloud].queue_ns = self.own_load.as_ref().map_or(0, |l| l.snapshot().expected_wait_ns());
         let constraints = Constraints { must_not_use: avoid.iter().map(|&t| usize::from(t)).collect(), ..Constraints::default() };
         let plans = solver::solve(&problem, &constraints, Objective::Latency, count.min(MAX_ROUTES))?;
         plans

@@ -1,8 +1,10 @@
 //! An edge or cloud server: loads the model, serves its stages over QUIC, forwards later
-//! stages upstream, and (an edge with a profile) registers with the cloud's planner.
+//! stages upstream, and (an edge with a profile) registers with the cloud's planner and keeps
+//! the registration alive with a heartbeat that reports its link and load.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Result, bail};
 
@@ -11,6 +13,7 @@ use scission_core::wire::message::{Body, decode, encode};
 use scission_engine::Model;
 use scission_net::{pki, quic};
 
+use crate::load::LoadMeter;
 use crate::node::Node;
 use crate::peer::Peer;
 use crate::planner::{ModelFile, Planner};
@@ -38,7 +41,13 @@ pub struct ServeConfig {
     pub profile: Option<Profile>,
     /// The model file, served to tiers that lack it.
     pub model_file: std::path::PathBuf,
+    /// How often an edge renews its registration (and reports its load); keep it well below
+    /// the cloud's registration TTL.
+    pub heartbeat: Duration,
 }
+
+/// How often an edge renews its registration unless told otherwise.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// The server is up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,11 +85,23 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
         if let Some(cloud) = &config.upstream {
             let client = quic::client(&identity)?;
             if let Some(p) = &config.profile {
-                let json = serde_json::to_vec(p)?;
-                if let Err(e) = register_once(&client, cloud, &config.name, &json, config.limits.max_frame).await {
-                    tracing::warn!("registration with the cloud failed ({e:#}); retrying in the background");
-                    tokio::spawn(register(client.clone(), cloud.clone(), config.name.clone(), json, config.limits.max_frame));
-                }
+                let registrar = Registrar {
+                    client: client.clone(),
+                    cloud: cloud.clone(),
+                    name: config.name.clone(),
+                    profile: serde_json::to_vec(p)?,
+                    max_frame: config.limits.max_frame,
+                    load: server.load(),
+                };
+                // The first registration is done before the server says it is ready.
+                let registered = match registrar.register().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("registration with the cloud failed ({e:#}); retrying in the background");
+                        false
+                    }
+                };
+                tokio::spawn(registrar.keep(config.heartbeat, registered));
             }
             server = server.with_upstream(Upstream::new(client, cloud.addr, &cloud.name));
         }
@@ -90,36 +111,65 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
     })
 }
 
-/// Registers an edge with the cloud: measures the link, sends the profile.
-async fn register_once(client: &quinn::Endpoint, cloud: &Peer, name: &str, profile: &[u8], max_frame: u32) -> Result<()> {
-    let connection = quic::connect(client, cloud.addr, &cloud.name).await?;
-    let link = quic::measure(&connection, 64 * 1024, std::time::Duration::from_secs(10), max_frame).await?;
-    let mut label = heapless::String::new();
-    for c in name.chars() {
-        label.push(c).map_err(|_| crate::error::error!("node name '{name}' is too long for the wire"))?;
-    }
-    let message = encode(&Body::Register { name: label, tier: 1, profile, link_to_cloud: Some(link) })?;
-    match decode(&quic::exchange(&connection, &message, max_frame).await?) {
-        Ok(Body::Registered) => {
-            tracing::info!(
-                "registered with the cloud; link {:.1} Mbit/s, {:.2} ms",
-                link.bits_per_sec as f64 * 1e-6,
-                link.latency_ns as f64 * 1e-6
-            );
-            Ok(())
-        }
-        Ok(Body::Failure { message, .. }) => bail!("the cloud refused the registration: {message}"),
-        _ => bail!("unexpected answer to a registration"),
-    }
+/// An edge's registration with the cloud's planner.
+struct Registrar {
+    client: quinn::Endpoint,
+    cloud: Peer,
+    name: String,
+    profile: Vec<u8>,
+    max_frame: u32,
+    load: Arc<LoadMeter>,
 }
 
-/// Retries the registration every second for a minute (the cloud may start later).
-async fn register(client: quinn::Endpoint, cloud: Peer, name: String, profile: Vec<u8>, max_frame: u32) {
-    for attempt in 0..60 {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        match register_once(&client, &cloud, &name, &profile, max_frame).await {
-            Ok(()) => return,
-            Err(e) => tracing::warn!("registration attempt {} failed: {e:#}", attempt + 2),
+/// First wait after a failed registration; it doubles up to the heartbeat.
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Registrar {
+    /// Registers (or renews): measures the link to the cloud, sends the profile and the load now.
+    async fn register(&self) -> Result<()> {
+        let connection = quic::connect(&self.client, self.cloud.addr, &self.cloud.name).await?;
+        let link = quic::measure(&connection, 64 * 1024, Duration::from_secs(10), self.max_frame).await?;
+        let mut label = heapless::String::new();
+        for c in self.name.chars() {
+            label.push(c).map_err(|_| crate::error::error!("node name '{}' is too long for the wire", self.name))?;
+        }
+        let load = self.load.snapshot();
+        let message = encode(&Body::Register { name: label, tier: 1, profile: &self.profile, link_to_cloud: Some(link), load })?;
+        match decode(&quic::exchange(&connection, &message, self.max_frame).await?) {
+            Ok(Body::Registered) => {
+                tracing::debug!(
+                    "registered with the cloud; link {:.1} Mbit/s, {:.2} ms; {} queued, {} running",
+                    link.bits_per_sec as f64 * 1e-6,
+                    link.latency_ns as f64 * 1e-6,
+                    load.queued,
+                    load.running
+                );
+                Ok(())
+            }
+            Ok(Body::Failure { message, .. }) => bail!("the cloud refused the registration: {message}"),
+            _ => bail!("unexpected answer to a registration"),
+        }
+    }
+
+    /// Renews the registration every `heartbeat` while the server runs; after a failure
+    /// (the cloud restarted, or is not up yet) retries sooner, backing off from [`RETRY`].
+    async fn keep(self, heartbeat: Duration, mut registered: bool) {
+        let mut retry = RETRY.min(heartbeat);
+        loop {
+            tokio::time::sleep(if registered { heartbeat } else { retry }).await;
+            match self.register().await {
+                Ok(()) => {
+                    if !registered {
+                        tracing::info!("registered with the cloud");
+                    }
+                    registered = true;
+                }
+                Err(e) => {
+                    retry = if registered { RETRY.min(heartbeat) } else { retry.saturating_mul(2).min(heartbeat) };
+                    registered = false;
+                    tracing::warn!("registration with the cloud failed ({e:#}); retrying in {} s", retry.as_secs_f64());
+                }
+            }
         }
     }
 }

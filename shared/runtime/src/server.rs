@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::load::LoadMeter;
 use std::time::Duration;
 
 use crate::error::Result;
@@ -203,7 +205,7 @@ pub struct StageServer {
     upstream: Option<Upstream>,
     limits: Limits,
     workers: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    load: Arc<LoadMeter>,
     connections: Arc<AtomicUsize>,
     per_peer: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>,
     planning: Semaphore,
@@ -259,7 +261,7 @@ impl StageServer {
             upstream: None,
             workers: Arc::new(Semaphore::new(limits.workers.max(1))),
             limits,
-            waiting: AtomicUsize::new(0),
+            load: Arc::new(LoadMeter::new(limits.workers)),
             connections: Arc::new(AtomicUsize::new(0)),
             per_peer: Arc::default(),
             planning: Semaphore::new(PLANNING_AT_ONCE),
@@ -286,10 +288,16 @@ impl StageServer {
         self
     }
 
-    /// Also answers registrations and plan requests.
+    /// Also answers registrations and plan requests; the planner counts this server's own
+    /// queue in the plans it makes.
     pub fn with_planner(mut self, planner: Planner) -> Self {
-        self.planner = Some(Arc::new(planner));
+        self.planner = Some(Arc::new(planner.with_own_load(self.load.clone())));
         self
+    }
+
+    /// This server's load, as its heartbeat reports it.
+    pub fn load(&self) -> Arc<LoadMeter> {
+        self.load.clone()
     }
 
     /// Also serves the model file.
@@ -389,11 +397,11 @@ impl StageServer {
         match body {
             Body::Ping { nonce, .. } => encode(&Body::Pong { nonce }).map_err(StageError::engine),
             Body::Infer { request, model, stages, encoding, tensors } => self.infer(request, model, &stages, encoding, &tensors).await,
-            Body::Register { name, tier, profile, link_to_cloud } => {
+            Body::Register { name, tier, profile, link_to_cloud, load } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan"))?;
                 let _permit = self.planning_permit()?;
                 let (name, profile) = (name.to_string(), profile.to_vec());
-                blocking(move || planner.register(&name, tier, &profile, link_to_cloud)).await??;
+                blocking(move || planner.register(&name, tier, &profile, link_to_cloud, load)).await??;
                 encode(&Body::Registered).map_err(StageError::engine)
             }
             Body::PlanRequest { profile, uplinks, count, avoid } => {
@@ -511,15 +519,15 @@ impl StageServer {
 
     /// Runs a stage on a worker, waiting in the bounded queue; a full queue is `Busy`.
     async fn run_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64), StageError> {
-        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _queued = QueueSlot(&self.waiting);
+        let (waiting, _admitted) = self.load.admit();
         if waiting >= self.limits.queue.saturating_add(self.limits.workers) {
             return Err(StageError::Busy { tier: self.node.tier, waiting });
         }
         let permit = self.workers.clone().acquire_owned().await.map_err(StageError::engine)?;
-        let node = self.node.clone();
+        let (node, load) = (self.node.clone(), self.load.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _running = load.start();
             node.run_stage(block, live)
         })
         .await
@@ -567,15 +575,6 @@ impl StageServer {
 /// Runs blocking work (planning, registration) off the async workers.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, StageError> {
     tokio::task::spawn_blocking(work).await.map_err(StageError::engine)
-}
-
-/// One place in the inference queue, given back when dropped.
-struct QueueSlot<'a>(&'a AtomicUsize);
-
-impl Drop for QueueSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// One open connection, counted while it lives.

@@ -2,8 +2,8 @@
 //!
 //! State `(machine m, boundary p)`: m's tier has run blocks up to `p` and is the last tier used
 //! so far. Each state keeps the K best plan prefixes reaching it. Moving on to machine `m'` of a
-//! later tier for blocks `[p, q)` costs `hop(m, m', p) + S_m'(q) - S_m'(p)` (S: prefix sums of
-//! block times), which splits into a part that depends on `p` only and a part that depends on
+//! later tier for blocks `[p, q)` costs `hop(m, m', p) + W_m' + S_m'(q) - S_m'(p)` (W: the
+//! machine's queueing delay; S: prefix sums of block times), which splits into a part that depends on `p` only and a part that depends on
 //! `q` only. So for each target machine one sweep over `q` suffices: the candidates for `q` are
 //! the entries every source machine has at each valid `p` in a window `[lo(q), q)` whose left
 //! end only moves right (forbidden blocks, compute and memory caps all shrink it monotonically).
@@ -220,7 +220,7 @@ impl<'a> Dp<'a> {
             return None;
         }
         let primary = if self.objective == Objective::DeviceUpload && t == 0 { bytes as i64 } else { 0 };
-        Some((primary, ns as i64))
+        Some((primary, (ns + self.problem.machines[m2].queue_ns) as i64))
     }
 
     /// The entries of `source` shifted into `out` (cleared first), if the handover from `m` to

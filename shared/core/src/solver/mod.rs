@@ -9,7 +9,9 @@
 //!
 //! The cost of a plan: the compute time of every segment on its machine, plus every hop's
 //! latency and serialisation time (`latency + bytes × 8 / bandwidth`), plus, when enabled, the
-//! hop that brings the result back to the device. Everything is integer nanoseconds and bytes.
+//! hop that brings the result back to the device, plus the expected queueing delay each machine
+//! after the device reported (`Machine::queue_ns`, charged once per machine a plan hands work
+//! to). Everything is integer nanoseconds and bytes.
 
 pub mod brute;
 pub mod constraints;

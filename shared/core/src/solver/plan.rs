@@ -48,8 +48,11 @@ pub struct Breakdown {
     pub hops: Vec<Hop>,
     /// The result sent back to the device, if charged.
     pub result_hop: Option<Hop>,
-    /// End-to-end latency: all compute, all hops.
+    /// End-to-end latency: all compute, all hops, all queueing.
     pub latency_ns: u64,
+    /// Expected queueing delay on the machines the plan hands work to.
+    #[serde(default)]
+    pub queue_ns: u64,
     /// The device's compute time.
     pub device_ns: u64,
     /// Bytes that leave the device.
@@ -130,7 +133,8 @@ pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
         false => None,
     };
     let hop_ns = hops.iter().chain(&result_hop).map(|h| h.ns);
-    let latency_ns = compute_ns.iter().sum::<u64>() + hop_ns.clone().sum::<u64>();
+    let queue_ns: u64 = segments.iter().skip(1).map(|s| problem.machines[s.machine].queue_ns).sum();
+    let latency_ns = compute_ns.iter().sum::<u64>() + hop_ns.clone().sum::<u64>() + queue_ns;
     let bottleneck_ns = compute_ns.iter().copied().chain(hop_ns).max().unwrap_or(0);
     let last_tier = problem.tiers.len() - 1;
     let cloud_bytes =
@@ -143,6 +147,7 @@ pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
         hops,
         result_hop,
         latency_ns,
+        queue_ns,
         cloud_bytes,
         bottleneck_ns,
     })

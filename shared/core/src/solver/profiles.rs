@@ -76,6 +76,7 @@ pub fn problem_from_profiles(
                 name: p.machine.name.clone(),
                 tier: topology.tier_of(p)?,
                 block_ns: p.blocks.iter().map(|b| b.time.median_ns).collect(),
+                queue_ns: 0,
             })
         })
         .collect::<Result<Vec<_>, ProblemError>>()?;

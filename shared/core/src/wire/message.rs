@@ -9,9 +9,9 @@ use super::tensor::TensorFrame;
 use crate::link::{Encoding, Link};
 
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// ALPN token naming the protocol version in the TLS handshake.
-pub const ALPN: &[u8] = b"scission/2";
+pub const ALPN: &[u8] = b"scission/3";
 /// Most tensors one message may carry.
 pub const MAX_TENSORS: usize = 16;
 /// Most stages a route may have.
@@ -47,6 +47,35 @@ pub struct StageTiming {
     pub tier: u8,
     /// Nanoseconds of compute.
     pub compute_ns: u64,
+}
+
+/// How loaded a server is, as it reports with its registration heartbeat: the planner turns
+/// it into the queueing delay a new request should expect there ([`Load::expected_wait_ns`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    /// Inferences waiting for a worker.
+    pub queued: u32,
+    /// Inferences running.
+    pub running: u32,
+    /// Workers (inferences run at once).
+    pub workers: u32,
+    /// Recent time one inference holds a worker, nanoseconds (a running average).
+    pub service_ns: u64,
+}
+
+/// Longest queueing delay a load report can stand for: one hour (absurd reports are capped).
+pub const MAX_WAIT_NS: u64 = 3_600_000_000_000;
+
+impl Load {
+    /// Expected wait before a new request gets a worker: every request ahead of it beyond the
+    /// free workers takes `service_ns / workers` of the pool's time. At most [`MAX_WAIT_NS`].
+    pub fn expected_wait_ns(&self) -> u64 {
+        let workers = u64::from(self.workers.max(1));
+        let busy = u64::from(self.queued).saturating_add(u64::from(self.running));
+        let ahead = busy.saturating_add(1).saturating_sub(workers);
+        let wait = u128::from(ahead) * u128::from(self.service_ns) / u128::from(workers);
+        u64::try_from(wait).unwrap_or(u64::MAX).min(MAX_WAIT_NS)
+    }
 }
 
 /// Why a request failed: the kind a peer acts on.
@@ -196,6 +225,8 @@ pub enum Body<'a> {
         profile: &'a [u8],
         /// Measured link from this node to the cloud.
         link_to_cloud: Option<Link>,
+        /// Its load now (renewals are heartbeats).
+        load: Load,
     },
     /// The cloud's answer to [`Body::Register`].
     Registered,
@@ -323,6 +354,17 @@ mod tests {
             encoding: Encoding::F16,
             tensors: [NamedTensor { id: 4, tensor }].into_iter().collect(),
         }
+    }
+
+    #[test]
+    fn expected_wait_counts_the_requests_ahead_beyond_the_free_workers() {
+        let load = |queued, running| Load { queued, running, workers: 2, service_ns: 100 }.expected_wait_ns();
+        assert_eq!(load(0, 0), 0, "idle");
+        assert_eq!(load(0, 1), 0, "a worker is free");
+        assert_eq!(load(0, 2), 50, "both busy: half a service time on average");
+        assert_eq!(load(6, 2), 350);
+        let absurd = Load { queued: u32::MAX, running: u32::MAX, workers: 0, service_ns: u64::MAX };
+        assert_eq!(absurd.expected_wait_ns(), MAX_WAIT_NS, "an absurd report is capped, not overflowed");
     }
 
     #[test]

@@ -1,0 +1,391 @@
+//! Load generator: N simulated devices against real edge and cloud server processes, and the
+//! figures a capacity plan needs: throughput, p50/p99 latency, failures by kind, the servers'
+//! peak RSS and CPU, and which plans the cloud's planner handed out as the load grew.
+//!
+//! Each simulated device is a device of the cluster: its own certificate, its own QUIC
+//! endpoint and connections (all in this one process), its own plan request. The devices start
+//! one after another over the ramp, so later ones are planned against the queues the earlier
+//! ones built (edges report theirs with their heartbeat, the cloud counts its own). A device
+//! profile 1000x slower than this machine makes every plan offload the whole model, so the
+//! servers, not the generator, do the work.
+//!
+//! ```text
+//! cargo build --workspace && cargo run -p scission-tests --example load -- --devices 1,8,64,256
+//! cargo run -p scission-tests --example load -- --devices 64 --edge      # two server machines
+//! ```
+//! Without `--model` it writes the zoo's ResNet50. Every request ends in a result or an
+//! explicit failure, counted by kind; nothing is retried (a busy answer is back-pressure, and
+//! the device waits `--backoff-ms` before its next request).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use common::cluster::{Server, start};
+use common::{quick_bench, run, stderr};
+use scission_core::link::{Encoding, Link};
+use scission_core::profile::Profile;
+use scission_core::wire::message::Stage;
+use scission_engine::input::synthetic_inputs;
+use scission_engine::{LoadOptions, Model};
+use scission_net::{pki, quic};
+use scission_runtime::client::{DeviceClient, Peer, RequestError};
+use scission_runtime::node::Node;
+
+/// Simulated devices against real servers.
+#[derive(Parser, Debug)]
+struct Args {
+    /// ONNX model (default: the zoo's ResNet50, written into the work directory).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Device counts to run, one after another, each against fresh servers.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
+    devices: Vec<usize>,
+    /// Seconds each device count runs (the ramp included).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Seconds over which the devices start, one after another.
+    #[arg(long, default_value_t = 5)]
+    ramp: u64,
+    /// Also run an edge, registered with the cloud (heartbeat 1 s): devices are planned over both.
+    #[arg(long)]
+    edge: bool,
+    /// Workers per server (inferences run at once); default: the servers' own (a worker per core).
+    #[arg(long)]
+    workers: Option<u16>,
+    /// Queue per server (inferences waiting); default: the servers' own (4 per worker).
+    #[arg(long)]
+    queue: Option<u16>,
+    /// Milliseconds a device waits after a busy answer before its next request.
+    #[arg(long, default_value_t = 100)]
+    backoff_ms: u64,
+    /// Seconds a device waits for an answer.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ending {
+    Ok,
+    Busy,
+    Unreachable,
+    Failed,
+}
+
+/// One finished request: when, how, how long.
+struct Sample {
+    at: Instant,
+    ending: Ending,
+    ns: u64,
+}
+
+/// What one simulated device did.
+struct DeviceRun {
+    plan: String,
+    samples: Vec<Sample>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let work = tempfile::tempdir()?;
+    let model = match &args.model {
+        Some(path) => path.clone(),
+        None => write_zoo_resnet50(work.path())?,
+    };
+    let most = args.devices.iter().copied().max().unwrap_or(1);
+    let cluster = make_cluster(work.path(), most)?;
+    eprintln!("benchmarking the servers' profiles (3 runs per block)...");
+    let cloud_profile = quick_bench("scission-cloud", &model, &work.path().join("cloud.json"), "cloud");
+    let edge_profile = quick_bench("scission-edge", &model, &work.path().join("edge.json"), "edge");
+    let device_profile = slow_device_profile(&cloud_profile, 1000)?;
+    let loaded = Model::load_path(&model, &LoadOptions::default())?;
+    let inputs = synthetic_inputs(&loaded.graph, 1)?;
+    let node = Arc::new(Node::new(loaded, 0, 1)?);
+    println!(
+        "model {}, {} s per count ({} s ramp), {}, backoff {} ms",
+        model.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+        args.seconds,
+        args.ramp,
+        if args.edge { "edge + cloud" } else { "cloud only" },
+        args.backoff_ms
+    );
+    println!(
+        "{:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>10} {:>10} {:>6} {:>6}  plans",
+        "devices", "req/s", "p50 ms", "p99 ms", "ok", "busy", "unrch", "other", "cloud MB", "edge MB", "cloud%", "edge%"
+    );
+    for &n in &args.devices {
+        let servers = Servers::start(&args, &cluster, &model, &cloud_profile, &edge_profile)?;
+        let runs = drive(&args, n, &cluster, &servers, node.clone(), &inputs, &device_profile)?;
+        let usage = servers.usage();
+        print_row(&args, n, &runs, &usage);
+    }
+    Ok(())
+}
+
+/// Writes the zoo's ResNet50 with the cloud binary.
+fn write_zoo_resnet50(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("resnet50.onnx");
+    let out = run("scission-cloud", &["zoo", "write", "resnet50", "--out", path.to_str().context("path")?]);
+    if !out.status.success() {
+        bail!("zoo write failed: {}", stderr(&out));
+    }
+    Ok(path)
+}
+
+/// A cluster with a cloud, an edge and `devices` devices (`sim-0`, `sim-1`, ...).
+fn make_cluster(dir: &Path, devices: usize) -> Result<PathBuf> {
+    let cluster = dir.join("cluster");
+    pki::init_cluster(&cluster)?;
+    pki::enroll(&cluster, "cloud", pki::Role::Cloud, false, 1)?;
+    pki::enroll(&cluster, "edge", pki::Role::Edge, false, 1)?;
+    for i in 0..devices {
+        pki::enroll(&cluster, &format!("sim-{i}"), pki::Role::Device, false, 1)?;
+    }
+    Ok(cluster)
+}
+
+/// The cloud's profile made `slowdown` times slower and renamed: a device that offloads.
+fn slow_device_profile(cloud: &Path, slowdown: u64) -> Result<Vec<u8>> {
+    let mut profile: Profile = serde_json::from_slice(&std::fs::read(cloud)?)?;
+    profile.machine.name = "sim".into();
+    for b in &mut profile.blocks {
+        b.time.median_ns = b.time.median_ns.saturating_mul(slowdown);
+    }
+    Ok(serde_json::to_vec(&profile)?)
+}
+
+/// The server processes of one run.
+struct Servers {
+    cloud: Server,
+    edge: Option<Server>,
+    started: Instant,
+    cpu_at_start: (f64, f64),
+}
+
+/// Peak RSS (MiB) and mean CPU use (cores) of each server over a run.
+struct Usage {
+    cloud_mib: f64,
+    edge_mib: Option<f64>,
+    cloud_cores: f64,
+    edge_cores: Option<f64>,
+}
+
+impl Servers {
+    fn start(args: &Args, cluster: &Path, model: &Path, cloud_profile: &Path, edge_profile: &Path) -> Result<Self> {
+        let (cluster, model) = (cluster.to_str().context("path")?, model.to_str().context("path")?);
+        let mut limits = Vec::new();
+        if let Some(w) = args.workers {
+            limits.extend(["--workers".to_string(), w.to_string()]);
+        }
+        if let Some(q) = args.queue {
+            limits.extend(["--queue".to_string(), q.to_string()]);
+        }
+        let limits: Vec<&str> = limits.iter().map(String::as_str).collect();
+        let common = ["serve", model, "--cluster", cluster, "--threads", "1"];
+        let cloud_profile = cloud_profile.to_str().context("path")?;
+        let cloud = start("scission-cloud", &[&common[..], &["--profile", cloud_profile], &limits].concat());
+        let cloud_addr = cloud.addr.to_string();
+        let edge = match args.edge {
+            true => {
+                let edge_profile = edge_profile.to_str().context("path")?;
+                let edge_args = ["--cloud", &cloud_addr, "--profile", edge_profile, "--heartbeat-s", "1"];
+                Some(start("scission-edge", &[&common[..], &edge_args, &limits].concat()))
+            }
+            false => None,
+        };
+        let cpu_at_start = (cpu_seconds(&cloud), edge.as_ref().map_or(0.0, cpu_seconds));
+        Ok(Self { cloud, edge, started: Instant::now(), cpu_at_start })
+    }
+
+    fn usage(&self) -> Usage {
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
+        Usage {
+            cloud_mib: peak_rss_mib(&self.cloud),
+            edge_mib: self.edge.as_ref().map(peak_rss_mib),
+            cloud_cores: (cpu_seconds(&self.cloud) - self.cpu_at_start.0) / elapsed,
+            edge_cores: self.edge.as_ref().map(|e| (cpu_seconds(e) - self.cpu_at_start.1) / elapsed),
+        }
+    }
+}
+
+/// A process's peak resident set (VmHWM), MiB.
+fn peak_rss_mib(server: &Server) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    kib.map_or(f64::NAN, |k: f64| k / 1024.0)
+}
+
+/// A process's user + system CPU seconds so far.
+fn cpu_seconds(server: &Server) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.child.id())).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `n` devices against `servers` for the run's duration.
+fn drive(
+    args: &Args,
+    n: usize,
+    cluster: &Path,
+    servers: &Servers,
+    node: Arc<Node>,
+    inputs: &scission_engine::tract::prelude::TVec<scission_engine::tract::prelude::TValue>,
+    profile: &[u8],
+) -> Result<Vec<DeviceRun>> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut peers = std::collections::HashMap::from([(2u8, Peer::new(servers.cloud.addr, "cloud"))]);
+    if let Some(edge) = &servers.edge {
+        peers.insert(1, Peer::new(edge.addr, "edge"));
+        // The edge registers before it announces its address; one heartbeat more for its load.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let identity = pki::Identity::load(cluster, &format!("sim-{i}"))?;
+            let delay = Duration::from_secs(args.ramp).mul_f64(i as f64 / n as f64);
+            let device = SimulatedDevice {
+                id: i,
+                identity,
+                node: node.clone(),
+                peers: peers.clone(),
+                inputs: inputs.clone(),
+                profile: profile.to_vec(),
+                timeout: Duration::from_secs(args.timeout),
+                backoff: Duration::from_millis(args.backoff_ms),
+                has_edge: servers.edge.is_some(),
+            };
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                device.run(end).await
+            }));
+        }
+        let mut runs = Vec::new();
+        for t in tasks {
+            runs.push(t.await??);
+        }
+        Ok(runs)
+    })
+}
+
+/// One simulated device.
+struct SimulatedDevice {
+    id: usize,
+    identity: pki::Identity,
+    node: Arc<Node>,
+    peers: std::collections::HashMap<u8, Peer>,
+    inputs: scission_engine::tract::prelude::TVec<scission_engine::tract::prelude::TValue>,
+    profile: Vec<u8>,
+    timeout: Duration,
+    backoff: Duration,
+    has_edge: bool,
+}
+
+impl SimulatedDevice {
+    /// Asks for plans, then sends requests along the best one that offloads until `end`.
+    async fn run(self, end: Instant) -> Result<DeviceRun> {
+        let endpoint = quic::client(&self.identity)?;
+        let client = DeviceClient::new(self.node.clone(), endpoint, self.peers.clone(), 256 << 20, self.timeout);
+        // Loopback is far faster than any real link; plan as if each tier were a 1 Gbit/s, 1 ms hop.
+        let link = Link { latency_ns: 1_000_000, bits_per_sec: 1_000_000_000 };
+        let mut uplinks = std::collections::HashMap::from([(2u8, link)]);
+        if self.has_edge {
+            uplinks.insert(1, link);
+        }
+        let plans =
+            client.request_plans(2, &self.profile, &uplinks, &[], 4).await.map_err(|e| anyhow::anyhow!("device {}: {e}", self.id))?;
+        let offloads = |stages: &[Stage]| stages.iter().all(|s| s.tier != 0 || s.start == s.end);
+        let route: Vec<Stage> = plans
+            .into_iter()
+            .map(|(stages, _)| stages.into_iter().filter(|s| s.start < s.end).collect::<Vec<_>>())
+            .find(|s| offloads(s))
+            .context("no plan offloads the whole model")?;
+        let plan = describe(&route);
+        let mut samples = Vec::new();
+        let mut request = (self.id as u64) << 32;
+        while Instant::now() < end {
+            request += 1;
+            let started = Instant::now();
+            let ending = match client.infer(request, &route, self.inputs.clone(), Encoding::F32).await {
+                Ok(_) => Ending::Ok,
+                Err(RequestError::Busy { .. }) => Ending::Busy,
+                Err(RequestError::Unreachable { .. }) => Ending::Unreachable,
+                Err(RequestError::Failed(e)) => {
+                    tracing_line(self.id, &e.to_string());
+                    Ending::Failed
+                }
+            };
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            samples.push(Sample { at: Instant::now(), ending, ns });
+            if ending != Ending::Ok {
+                tokio::time::sleep(self.backoff).await;
+            }
+        }
+        Ok(DeviceRun { plan, samples })
+    }
+}
+
+/// Reports one unexpected failure (the first few only).
+fn tracing_line(device: usize, message: &str) {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+        eprintln!("device {device}: {message}");
+    }
+}
+
+/// A route as the tiers that run it: "cloud", "edge", "edge+cloud".
+fn describe(route: &[Stage]) -> String {
+    let names: Vec<&str> = route.iter().map(|s| ["device", "edge", "cloud"].get(usize::from(s.tier)).copied().unwrap_or("?")).collect();
+    names.join("+")
+}
+
+fn print_row(args: &Args, n: usize, runs: &[DeviceRun], usage: &Usage) {
+    // Steady state: completions after the ramp.
+    let first = runs.iter().flat_map(|r| r.samples.first()).map(|s| s.at).min();
+    let steady_from = first.map(|f| f + Duration::from_secs(args.ramp));
+    let steady: Vec<&Sample> = runs.iter().flat_map(|r| &r.samples).filter(|s| steady_from.is_some_and(|from| s.at >= from)).collect();
+    let window = args.seconds.saturating_sub(args.ramp).max(1) as f64;
+    let mut ok_ns: Vec<u64> = steady.iter().filter(|s| s.ending == Ending::Ok).map(|s| s.ns).collect();
+    ok_ns.sort_unstable();
+    let quantile =
+        |q: f64| ok_ns.get(((ok_ns.len() as f64 * q) as usize).min(ok_ns.len().saturating_sub(1))).map_or(f64::NAN, |&ns| ns as f64 * 1e-6);
+    let mut endings: BTreeMap<Ending, usize> = BTreeMap::new();
+    for s in runs.iter().flat_map(|r| &r.samples) {
+        *endings.entry(s.ending).or_default() += 1;
+    }
+    let count = |e| endings.get(&e).copied().unwrap_or(0);
+    let mut plans: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in runs {
+        *plans.entry(r.plan.as_str()).or_default() += 1;
+    }
+    let plans: Vec<String> = plans.iter().map(|(p, c)| format!("{c}x {p}")).collect();
+    let mib = |m: Option<f64>| m.map_or("-".to_string(), |m| format!("{m:.0}"));
+    let cores = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{:.0}", c * 100.0));
+    println!(
+        "{:>7} {:>9.2} {:>8.1} {:>8.1} {:>6} {:>6} {:>6} {:>6} {:>10} {:>10} {:>6} {:>6}  {}",
+        n,
+        ok_ns.len() as f64 / window,
+        quantile(0.5),
+        quantile(0.99),
+        count(Ending::Ok),
+        count(Ending::Busy),
+        count(Ending::Unreachable),
+        count(Ending::Failed),
+        mib(Some(usage.cloud_mib)),
+        mib(usage.edge_mib),
+        cores(Some(usage.cloud_cores)),
+        cores(usage.edge_cores),
+        plans.join(", ")
+    );
+}
