@@ -14,8 +14,9 @@
 //! cargo run -p scission-tests --example load -- --devices 64 --edge      # two server machines
 //! ```
 //! Without `--model` it writes the zoo's ResNet50. Every request ends in a result or an
-//! explicit failure, counted by kind; nothing is retried (a busy answer is back-pressure, and
-//! the device waits `--backoff-ms` before its next request).
+//! explicit failure, counted by kind; nothing is retried (a busy or late answer is
+//! back-pressure: the device waits `--backoff-ms` before its next request, twice as long after
+//! each further failure in a row, up to 16 times as long).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -62,7 +63,8 @@ struct Args {
     /// Queue per server (inferences waiting); default: the servers' own (4 per worker).
     #[arg(long)]
     queue: Option<u16>,
-    /// Milliseconds a device waits after a busy answer before its next request.
+    /// Milliseconds a device waits after a failed request before its next one (doubling with
+    /// each failure in a row, up to 16x).
     #[arg(long, default_value_t = 100)]
     backoff_ms: u64,
     /// Seconds a device waits for an answer.
@@ -75,8 +77,11 @@ struct Args {
 enum Ending {
     Ok,
     Busy,
+    Expired,
     Unreachable,
     Failed,
+    /// The plan request itself failed (the cloud too loaded to answer it in time).
+    NoPlan,
 }
 
 /// One finished request: when, how, how long.
@@ -117,8 +122,8 @@ fn main() -> Result<()> {
         args.backoff_ms
     );
     println!(
-        "{:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>10} {:>10} {:>6} {:>6}  plans",
-        "devices", "req/s", "p50 ms", "p99 ms", "ok", "busy", "unrch", "other", "cloud MB", "edge MB", "cloud%", "edge%"
+        "{:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>11} {:>10} {:>10} {:>6} {:>6}  plans",
+        "devices", "req/s", "p50 ms", "p99 ms", "ok", "busy", "late", "unrch", "fail+noplan", "cloud MB", "edge MB", "cloud%", "edge%"
     );
     for &n in &args.devices {
         let servers = Servers::start(&args, &cluster, &model, &cloud_profile, &edge_profile)?;
@@ -303,8 +308,22 @@ impl SimulatedDevice {
         if self.has_edge {
             uplinks.insert(1, link);
         }
-        let plans =
-            client.request_plans(2, &self.profile, &uplinks, &[], 4).await.map_err(|e| anyhow::anyhow!("device {}: {e}", self.id))?;
+        let mut samples = Vec::new();
+        // A device keeps asking for plans (backing off) until it gets some or the run ends.
+        let mut plans = None;
+        while plans.is_none() && Instant::now() < end {
+            let started = Instant::now();
+            match client.request_plans(2, &self.profile, &uplinks, &[], 4).await {
+                Ok(p) => plans = Some(p),
+                Err(e) => {
+                    tracing_line(self.id, &format!("plan request: {e}"));
+                    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    samples.push(Sample { at: Instant::now(), ending: Ending::NoPlan, ns });
+                    tokio::time::sleep(self.backoff * 4).await;
+                }
+            }
+        }
+        let Some(plans) = plans else { return Ok(DeviceRun { plan: "no plan".into(), samples }) };
         let offloads = |stages: &[Stage]| stages.iter().all(|s| s.tier != 0 || s.start == s.end);
         let route: Vec<Stage> = plans
             .into_iter()
@@ -312,14 +331,15 @@ impl SimulatedDevice {
             .find(|s| offloads(s))
             .context("no plan offloads the whole model")?;
         let plan = describe(&route);
-        let mut samples = Vec::new();
         let mut request = (self.id as u64) << 32;
+        let mut failures_in_a_row = 0u32;
         while Instant::now() < end {
             request += 1;
             let started = Instant::now();
             let ending = match client.infer(request, &route, self.inputs.clone(), Encoding::F32).await {
                 Ok(_) => Ending::Ok,
                 Err(RequestError::Busy { .. }) => Ending::Busy,
+                Err(RequestError::Expired { .. }) => Ending::Expired,
                 Err(RequestError::Unreachable { .. }) => Ending::Unreachable,
                 Err(RequestError::Failed(e)) => {
                     tracing_line(self.id, &e.to_string());
@@ -328,8 +348,9 @@ impl SimulatedDevice {
             };
             let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             samples.push(Sample { at: Instant::now(), ending, ns });
-            if ending != Ending::Ok {
-                tokio::time::sleep(self.backoff).await;
+            failures_in_a_row = if ending == Ending::Ok { 0 } else { failures_in_a_row.saturating_add(1) };
+            if failures_in_a_row > 0 {
+                tokio::time::sleep(self.backoff * (1 << (failures_in_a_row - 1).min(4))).await;
             }
         }
         Ok(DeviceRun { plan, samples })
@@ -373,15 +394,16 @@ fn print_row(args: &Args, n: usize, runs: &[DeviceRun], usage: &Usage) {
     let mib = |m: Option<f64>| m.map_or("-".to_string(), |m| format!("{m:.0}"));
     let cores = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{:.0}", c * 100.0));
     println!(
-        "{:>7} {:>9.2} {:>8.1} {:>8.1} {:>6} {:>6} {:>6} {:>6} {:>10} {:>10} {:>6} {:>6}  {}",
+        "{:>7} {:>9.2} {:>8.1} {:>8.1} {:>6} {:>6} {:>6} {:>6} {:>11} {:>10} {:>10} {:>6} {:>6}  {}",
         n,
         ok_ns.len() as f64 / window,
         quantile(0.5),
         quantile(0.99),
         count(Ending::Ok),
         count(Ending::Busy),
+        count(Ending::Expired),
         count(Ending::Unreachable),
-        count(Ending::Failed),
+        format!("{}+{}", count(Ending::Failed), count(Ending::NoPlan)),
         mib(Some(usage.cloud_mib)),
         mib(usage.edge_mib),
         cores(Some(usage.cloud_cores)),

@@ -97,7 +97,14 @@ fn stage_requests_without_their_inputs_are_refused_before_anything_is_built() {
         for start in 0..12u32 {
             for end in start + 1..=12 {
                 let stages = [Stage { tier: 2, start, end }].into_iter().collect();
-                let body = Body::Infer { request: 1, model: sha, stages, encoding: Default::default(), tensors: heapless::Vec::new() };
+                let body = Body::Infer {
+                    request: 1,
+                    model: sha,
+                    stages,
+                    encoding: Default::default(),
+                    tensors: heapless::Vec::new(),
+                    deadline_ms: 0,
+                };
                 let (code, message) = failure_code(&conn, &body).await;
                 assert_eq!(code, Some(FailureCode::BadRequest), "[{start}, {end}): {message}");
                 refused += 1;
@@ -408,4 +415,51 @@ fn an_edge_keeps_its_registration_alive_with_heartbeats() {
     // A stopped edge stops renewing, and leaves the plans when its registration expires.
     std::thread::sleep(Duration::from_secs(3));
     assert!(!uses_edge(&routes_planned(&c, cloud.addr, &profile, fast)), "a dead edge is still planned with");
+}
+
+/// Sends `count` whole-model requests at once, each with `deadline_ms`, and returns how many
+/// came back as outputs and how many as `Expired` (anything else fails the test).
+fn flood(c: &Cluster, cloud: SocketAddr, count: u64, deadline_ms: u32) -> (usize, usize) {
+    use scission_engine::input::synthetic_inputs;
+    use scission_engine::pipeline::graph_inputs;
+    let model = scission_engine::Model::load_path(&c.model, &scission_engine::LoadOptions::default()).unwrap();
+    let sha = scission_core::profile::parse_sha256(&model.sha256).unwrap();
+    let route = [Stage { tier: 2, start: 0, end: model.summary.len() as u32 }];
+    let live = graph_inputs(&model, synthetic_inputs(&model, 1).unwrap()).unwrap();
+    let encoding = scission_core::link::Encoding::F32;
+    let messages: Vec<Vec<u8>> =
+        (0..count).map(|id| scission_runtime::convert::infer_message(id, sha, &route, encoding, deadline_ms, &live).unwrap()).collect();
+    let (mut outputs, mut expired) = (0, 0);
+    as_device(c, cloud, async |conn| {
+        let mut answers = tokio::task::JoinSet::new();
+        for message in messages {
+            let conn = conn.clone();
+            answers.spawn(async move { quic::exchange(&conn, &message, 64 << 20).await.unwrap() });
+        }
+        while let Some(answer) = answers.join_next().await {
+            match decode(&answer.unwrap()).unwrap() {
+                Body::Output { .. } => outputs += 1,
+                Body::Failure { code: FailureCode::Expired, message, .. } => {
+                    assert!(message.contains("deadline of 1 ms"), "{message}");
+                    expired += 1;
+                }
+                other => panic!("neither an output nor an expired deadline: {other:?}"),
+            }
+        }
+    });
+    (outputs, expired)
+}
+
+#[test]
+fn requests_still_waiting_for_a_worker_at_their_deadline_fail_expired_and_leave_the_queue() {
+    let c = Cluster::new();
+    let (cloud, _) = planning_cloud(&c, &["--workers", "1", "--queue", "64"]);
+    // Without a deadline, 32 requests at once on one worker all wait their turn.
+    assert_eq!(flood(&c, cloud.addr, 32, 0), (32, 0));
+    // With 1 ms, the first gets the worker and those still queued behind it expire.
+    let (outputs, expired) = flood(&c, cloud.addr, 32, 1);
+    assert_eq!(outputs + expired, 32, "every request ends in an output or an explicit failure");
+    assert!(outputs >= 1 && expired >= 1, "{outputs} outputs, {expired} expired");
+    // The expired ones left the queue: the server answers at once afterwards.
+    assert_eq!(flood(&c, cloud.addr, 4, 0), (4, 0));
 }

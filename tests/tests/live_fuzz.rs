@@ -82,7 +82,14 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
             for _ in 0..pick(rng, 4) {
                 let _ = tensors.push(tensor(rng, &data));
             }
-            Body::Infer { request: wild(rng), model, stages: stages(rng, nodes), encoding: Encoding::F32, tensors }
+            Body::Infer {
+                request: wild(rng),
+                model,
+                stages: stages(rng, nodes),
+                encoding: Encoding::F32,
+                tensors,
+                deadline_ms: wild(rng) as u32,
+            }
         }
         3 => Body::Ping { nonce: wild(rng), padding: &data },
         4 => Body::Register {
@@ -165,7 +172,7 @@ fn a_live_cloud_survives_random_and_mutated_messages_from_enrolled_peers() {
     // The honest request: the whole model on the cloud, on a real input.
     let live = graph_inputs(&model, synthetic_inputs(&model, 1).unwrap()).unwrap();
     let honest =
-        scission_runtime::convert::infer_message(9, sha, &[Stage { tier: 2, start: 0, end: nodes }], Encoding::F32, &live).unwrap();
+        scission_runtime::convert::infer_message(9, sha, &[Stage { tier: 2, start: 0, end: nodes }], Encoding::F32, 0, &live).unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let started = Instant::now();

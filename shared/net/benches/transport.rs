@@ -24,6 +24,7 @@ fn request(values: &[f32]) -> Vec<u8> {
         stages: [Stage { tier: 1, start: 0, end: 1 }].into_iter().collect(),
         encoding: Encoding::F32,
         tensors: [NamedTensor { id: 0, tensor }].into_iter().collect(),
+        deadline_ms: 0,
     };
     encode(&body).expect("encodes")
 }

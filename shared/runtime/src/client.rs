@@ -49,6 +49,15 @@ pub enum RequestError {
         /// The tier.
         tier: u8,
     },
+    /// A tier on the route could not answer within the request's deadline (it is overloaded,
+    /// not down); another route may avoid it.
+    #[error("tier {tier} could not answer in time: {reason}")]
+    Expired {
+        /// The tier.
+        tier: u8,
+        /// Its words.
+        reason: String,
+    },
     /// The request failed for another reason (bad input, engine error).
     #[error(transparent)]
     Failed(#[from] crate::error::RuntimeError),
@@ -186,7 +195,7 @@ impl DeviceClient {
         let (outputs, bytes) = match rest.first() {
             None => (self.node.outputs(&live)?, (0, 0)),
             Some(next) => {
-                let message = infer_message(id, self.node.sha256, rest, encoding, &live)?;
+                let message = infer_message(id, self.node.sha256, rest, encoding, self.deadline_ms(), &live)?;
                 let answer = self.send(next.tier, &message).await?;
                 let bytes = (message.len() as u64, answer.len() as u64);
                 (self.read_answer(id, &answer, rest, &mut timings)?, bytes)
@@ -194,6 +203,12 @@ impl DeviceClient {
         };
         let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Ok(Outcome { outputs, timings, total_ns, bytes })
+    }
+
+    /// The deadline a request carries: a tenth less than this client waits, so a tier that
+    /// cannot make it says so before the client gives up on it.
+    fn deadline_ms(&self) -> u32 {
+        u32::try_from(self.timeout.as_millis().saturating_mul(9) / 10).unwrap_or(u32::MAX).max(1)
     }
 
     async fn send(&self, tier: u8, message: &[u8]) -> Result<Vec<u8>, RequestError> {
@@ -277,6 +292,11 @@ impl DeviceClient {
             }
             Body::Failure { code: FailureCode::Busy, detail: FailureDetail::Busy { tier }, .. } if rest.iter().any(|s| s.tier == tier) => {
                 Err(RequestError::Busy { tier })
+            }
+            Body::Failure { code: FailureCode::Expired, detail: FailureDetail::Expired { tier }, message, .. }
+                if rest.iter().any(|s| s.tier == tier) =>
+            {
+                Err(RequestError::Expired { tier, reason: message.to_string() })
             }
             Body::Failure { code, message, .. } => Err(invalid!("request {id} failed ({code:?}): {message}").into()),
             _ => Err(invalid!("unexpected answer to request {id}").into()),

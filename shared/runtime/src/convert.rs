@@ -65,15 +65,23 @@ pub fn decode(model: &ModelGraph, named: &NamedTensor<'_>) -> Result<(TensorId, 
     Ok((id, tensor.into_tvalue()))
 }
 
-/// Encodes a request for `stages` carrying `live`.
-pub fn infer_message(request: u64, model: [u8; 32], stages: &[Stage], encoding: Encoding, live: &Activations) -> Result<Vec<u8>> {
+/// Encodes a request for `stages` carrying `live`, to be answered within `deadline_ms` of its
+/// arrival (0: no deadline).
+pub fn infer_message(
+    request: u64,
+    model: [u8; 32],
+    stages: &[Stage],
+    encoding: Encoding,
+    deadline_ms: u32,
+    live: &Activations,
+) -> Result<Vec<u8>> {
     let mut ids: Vec<_> = live.keys().copied().collect();
     ids.sort_unstable();
     let outgoing = ids.iter().map(|&id| Outgoing::encode(id, &live[&id], encoding)).collect::<Result<Vec<_>>>()?;
     let tensors = outgoing.iter().map(Outgoing::frame).collect::<Result<Vec<_>>>()?;
     let tensors = bounded(tensors, "tensors crossing a cut")?;
     let stages = bounded(stages.to_vec(), "stages in a route")?;
-    Ok(encode(&Body::Infer { request, model, stages, encoding, tensors })?)
+    Ok(encode(&Body::Infer { request, model, stages, encoding, tensors, deadline_ms })?)
 }
 
 /// Encodes the final outputs of request `request` (always f32: they are small, and the device

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::load::LoadMeter;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use tokio::sync::{Mutex, Semaphore};
@@ -153,6 +153,35 @@ pub enum StageError {
     /// The peer's role may not ask this.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The request's deadline passed before this tier (or the next) could answer.
+    #[error("tier {tier} could not answer within the request's deadline of {deadline_ms} ms ({waiting_for})")]
+    Expired {
+        /// The tier that gave up.
+        tier: u8,
+        /// The deadline the request carried.
+        deadline_ms: u32,
+        /// What it was waiting for.
+        waiting_for: &'static str,
+    },
+}
+
+/// When a request must be answered: its arrival plus the deadline it carried.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Instant,
+    ms: u32,
+}
+
+impl Deadline {
+    /// The deadline of a request that arrived now carrying `ms` (0: none).
+    fn from_arrival(ms: u32) -> Option<Self> {
+        (ms > 0).then(|| Self { at: Instant::now() + Duration::from_millis(u64::from(ms)), ms })
+    }
+
+    /// What is left of it, in whole milliseconds (0 once passed).
+    fn remaining_ms(&self) -> u32 {
+        u32::try_from(self.at.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(u32::MAX)
+    }
 }
 
 impl StageError {
@@ -170,6 +199,7 @@ impl StageError {
             Self::Plan(_) => FailureCode::BadRequest,
             Self::NotOffered(_) | Self::Forbidden(_) => FailureCode::Forbidden,
             Self::Busy { .. } => FailureCode::Busy,
+            Self::Expired { .. } => FailureCode::Expired,
         }
     }
 
@@ -178,6 +208,7 @@ impl StageError {
             Self::Unreachable { tier, .. } => FailureDetail::Unreachable { tier: *tier },
             Self::TooLarge { len, limit } => FailureDetail::TooLarge { len: *len, limit: *limit },
             Self::Busy { tier, .. } => FailureDetail::Busy { tier: *tier },
+            Self::Expired { tier, .. } => FailureDetail::Expired { tier: *tier },
             Self::Plan(PlanError::Infeasible { culprits }) => {
                 let mut names = heapless::Vec::new();
                 for c in culprits {
@@ -396,7 +427,10 @@ impl StageServer {
     async fn dispatch(&self, body: Body<'_>) -> Result<Vec<u8>, StageError> {
         match body {
             Body::Ping { nonce, .. } => encode(&Body::Pong { nonce }).map_err(StageError::engine),
-            Body::Infer { request, model, stages, encoding, tensors } => self.infer(request, model, &stages, encoding, &tensors).await,
+            Body::Infer { request, model, stages, encoding, tensors, deadline_ms } => {
+                let request = Request { id: request, model, encoding, deadline: Deadline::from_arrival(deadline_ms) };
+                self.infer(request, &stages, &tensors).await
+            }
             Body::Register { name, tier, profile, link_to_cloud, load } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan"))?;
                 let _permit = self.planning_permit()?;
@@ -485,15 +519,8 @@ impl StageServer {
         self.planning.try_acquire().map_err(|_| StageError::Busy { tier: self.node.tier, waiting: PLANNING_AT_ONCE })
     }
 
-    async fn infer(
-        &self,
-        request: u64,
-        model: [u8; 32],
-        stages: &[Stage],
-        encoding: Encoding,
-        tensors: &[NamedTensor<'_>],
-    ) -> Result<Vec<u8>, StageError> {
-        if model != self.node.sha256 {
+    async fn infer(&self, request: Request, stages: &[Stage], tensors: &[NamedTensor<'_>]) -> Result<Vec<u8>, StageError> {
+        if request.model != self.node.sha256 {
             return Err(StageError::BadRequest("the request is for another model than this node serves".into()));
         }
         let Some((stage, rest)) = stages.split_first() else { return Err(StageError::BadRequest("a request with no stage".into())) };
@@ -508,22 +535,32 @@ impl StageServer {
         let block = Block { start: stage.start as usize, end: stage.end as usize };
         // Refuse a request whose inputs cannot feed the stage before building anything for it.
         self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
-        let (live, compute_ns) = self.run_stage(block, live).await?;
+        let (live, compute_ns) = self.run_stage(block, live, request.deadline).await?;
         let mine = StageTiming { tier: self.node.tier, compute_ns };
         if rest.is_empty() {
             let outputs = self.node.outputs(&live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
-            return output_message(request, &outputs, &[mine]).map_err(|e| StageError::Engine(format!("{e:#}")));
+            return output_message(request.id, &outputs, &[mine]).map_err(|e| StageError::Engine(format!("{e:#}")));
         }
-        self.forward(request, model, rest, encoding, &live, mine).await
+        self.forward(request, rest, &live, mine).await
     }
 
-    /// Runs a stage on a worker, waiting in the bounded queue; a full queue is `Busy`.
-    async fn run_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64), StageError> {
+    fn expired(&self, deadline: Deadline, waiting_for: &'static str) -> StageError {
+        StageError::Expired { tier: self.node.tier, deadline_ms: deadline.ms, waiting_for }
+    }
+
+    /// Runs a stage on a worker, waiting in the bounded queue; a full queue is `Busy`, and a
+    /// request still waiting for a worker at its deadline is `Expired` (it leaves the queue).
+    async fn run_stage(&self, block: Block, live: Activations, deadline: Option<Deadline>) -> Result<(Activations, u64), StageError> {
         let (waiting, _admitted) = self.load.admit();
         if waiting >= self.limits.queue.saturating_add(self.limits.workers) {
             return Err(StageError::Busy { tier: self.node.tier, waiting });
         }
-        let permit = self.workers.clone().acquire_owned().await.map_err(StageError::engine)?;
+        let acquire = self.workers.clone().acquire_owned();
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d.at.into(), acquire).await.map_err(|_| self.expired(d, "a worker"))?,
+            None => acquire.await,
+        }
+        .map_err(StageError::engine)?;
         let (node, load) = (self.node.clone(), self.load.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -535,28 +572,34 @@ impl StageServer {
         .map_err(|e| StageError::Engine(format!("{e:#}")))
     }
 
-    async fn forward(
-        &self,
-        request: u64,
-        model: [u8; 32],
-        rest: &[Stage],
-        encoding: Encoding,
-        live: &Activations,
-        mine: StageTiming,
-    ) -> Result<Vec<u8>, StageError> {
+    /// Sends the rest of the route to the next tier, with what is left of the deadline, and
+    /// relays its answer. The next tier is unreachable when it does not answer within
+    /// `forward_timeout`; the request expired when its own deadline comes first.
+    async fn forward(&self, request: Request, rest: &[Stage], live: &Activations, mine: StageTiming) -> Result<Vec<u8>, StageError> {
         let next = rest.first().map_or(0, |s| s.tier);
         let unreachable = |reason: String| StageError::Unreachable { tier: next, reason };
         let upstream = self.upstream.as_ref().ok_or_else(|| unreachable("this node has no next tier to forward to".into()))?;
-        let message = infer_message(request, model, rest, encoding, live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
-        let deadline = self.limits.forward_timeout;
+        let left_ms = match request.deadline {
+            Some(d) if d.remaining_ms() == 0 => return Err(self.expired(d, "its own stage")),
+            Some(d) => d.remaining_ms(),
+            None => 0,
+        };
+        let message = infer_message(request.id, request.model, rest, request.encoding, left_ms, live)
+            .map_err(|e| StageError::Engine(format!("{e:#}")))?;
+        let timeout = self.limits.forward_timeout;
+        let wait = request.deadline.map_or(timeout, |d| timeout.min(d.at.saturating_duration_since(Instant::now())));
         let attempt = async {
             let connection = upstream.connection().await?;
             Ok::<_, crate::error::RuntimeError>(exchange(&connection, &message, self.limits.max_frame).await?)
         };
-        let answer = match tokio::time::timeout(deadline, attempt).await {
+        let answer = match tokio::time::timeout(wait, attempt).await {
             Ok(answer) => answer.map_err(|e| unreachable(format!("{e:#}")))?,
-            Err(_) => return Err(unreachable(format!("no answer within {} ms", deadline.as_millis()))),
+            Err(_) => match request.deadline {
+                Some(d) if wait < timeout => return Err(self.expired(d, "the next tier")),
+                _ => return Err(unreachable(format!("no answer within {} ms", timeout.as_millis()))),
+            },
         };
+        let request = request.id;
         match decode(&answer) {
             Ok(Body::Output { request: answered, tensors, timings }) if answered == request => {
                 let all = bounded(core::iter::once(mine).chain(timings).collect(), "stage timings").map_err(StageError::engine)?;
@@ -570,6 +613,15 @@ impl StageServer {
             Err(e) => Err(unreachable(format!("the next tier sent a malformed answer: {e}"))),
         }
     }
+}
+
+/// One inference request as the server handles it.
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    id: u64,
+    model: [u8; 32],
+    encoding: Encoding,
+    deadline: Option<Deadline>,
 }
 
 /// Runs blocking work (planning, registration) off the async workers.

@@ -656,7 +656,8 @@ impl Driver {
                     Event::Answered { request, elapsed_ns }
                 }
                 Err(RequestError::Unreachable { tier, reason }) => Event::Unreachable { request, tier, reason },
-                Err(RequestError::Busy { tier }) => Event::Busy { request, tier },
+                // Too slow now is overloaded, not down: another route, and no probing.
+                Err(RequestError::Busy { tier } | RequestError::Expired { tier, .. }) => Event::Busy { request, tier },
                 Err(RequestError::Failed(e)) => Event::Rejected { request, reason: format!("{e:#}") },
             },
             Feedback::Ranked(routes) => {

@@ -95,6 +95,9 @@ pub enum FailureCode {
     Forbidden,
     /// The receiver is at capacity; try again later or elsewhere (back-pressure, not death).
     Busy,
+    /// The request's deadline passed before a tier on the route could answer (it waited too
+    /// long for a worker, or for the next tier): the tier is overloaded now, not down.
+    Expired,
 }
 
 /// Most constraint groups an infeasible answer names.
@@ -126,6 +129,11 @@ pub enum FailureDetail {
     },
     /// This tier is at capacity.
     Busy {
+        /// The tier.
+        tier: u8,
+    },
+    /// This tier could not answer within the request's deadline.
+    Expired {
         /// The tier.
         tier: u8,
     },
@@ -178,6 +186,10 @@ pub enum Body<'a> {
         /// The activations crossing into the first remaining stage.
         #[serde(borrow)]
         tensors: heapless::Vec<NamedTensor<'a>, MAX_TENSORS>,
+        /// Milliseconds, from its arrival, within which the receiver must answer (the answer of
+        /// the rest of the route included), or fail it `Expired` rather than keep it queued;
+        /// 0: no deadline. A server forwards what is left of it.
+        deadline_ms: u32,
     },
     /// The model's outputs.
     Output {
@@ -353,6 +365,7 @@ mod tests {
             stages: [Stage { tier: 1, start: 3, end: 10 }, Stage { tier: 2, start: 10, end: 12 }].into_iter().collect(),
             encoding: Encoding::F16,
             tensors: [NamedTensor { id: 4, tensor }].into_iter().collect(),
+            deadline_ms: 2_000,
         }
     }
 
@@ -399,6 +412,7 @@ mod tests {
             stages: [Stage { tier: 2, start: 3, end: 4 }, Stage { tier: 1, start: 4, end: 5 }].into_iter().collect(),
             encoding: Encoding::F32,
             tensors,
+            deadline_ms: 0,
         };
         assert!(decode(&encode(&backwards).unwrap()).is_err());
     }
