@@ -41,6 +41,9 @@ pub struct Config {
     pub edge: Option<Server>,
     /// The cloud server.
     pub cloud: Option<Server>,
+    /// The cloud's planner, when it runs apart from the cloud's stage servers (a scaled-out
+    /// cloud); default: the cloud answers plan requests itself.
+    pub planner: Option<Server>,
     /// Where plans come from, and how the device reacts to failures.
     pub planning: PlanningConfig,
     /// The local API.
@@ -61,6 +64,7 @@ impl Default for Config {
             threads: 1,
             edge: None,
             cloud: None,
+            planner: None,
             planning: PlanningConfig::default(),
             api: ApiConfig::default(),
             image: ImageConfig::default(),
@@ -184,6 +188,10 @@ pub struct Overrides {
     /// The cloud server, HOST:PORT (overrides `[cloud] address`).
     #[arg(long, value_name = "HOST:PORT")]
     pub cloud: Option<String>,
+    /// The cloud's planner, HOST:PORT, when apart from the cloud's stage servers (overrides
+    /// `[planner] address`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub planner: Option<String>,
     /// This device's profile, for the cloud's planner (overrides `[planning] profile`).
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
@@ -220,6 +228,7 @@ impl Overrides {
         };
         set(&mut config.edge, &self.edge);
         set(&mut config.cloud, &self.cloud);
+        set(&mut config.planner, &self.planner);
         if let Some(v) = &self.model {
             config.model = v.clone();
         }
@@ -379,7 +388,7 @@ impl Config {
         if self.planning.profile.is_none() && self.planning.profiles.is_empty() && self.planning.split.is_none() {
             problems.push("no planning: set [planning] profile (the cloud plans), profiles (this device plans) or split".into());
         }
-        for (what, server) in [("edge", &self.edge), ("cloud", &self.cloud)] {
+        for (what, server) in [("edge", &self.edge), ("cloud", &self.cloud), ("planner", &self.planner)] {
             if let Some(s) = server
                 && let Err(e) = s.address.parse::<HostPort>()
             {
@@ -432,6 +441,7 @@ impl Config {
             name: self.name.clone(),
             edge: peer(&self.edge, "edge")?,
             cloud: peer(&self.cloud, "cloud")?,
+            planner: peer(&self.planner, "cloud")?,
             planning: self.planning()?,
             policy: PolicyConfig {
                 replan_period: embassy_time::Duration::from_secs(p.replan_every_s),

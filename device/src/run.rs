@@ -27,6 +27,11 @@ pub struct RunArgs {
     /// The cloud server, as HOST:PORT (a name is resolved again on every reconnect).
     #[arg(long, value_name = "HOST:PORT")]
     cloud: Option<HostPort>,
+    /// The cloud's planner, as HOST:PORT, when it runs apart from the cloud's stage servers (a
+    /// scaled-out cloud); default: plans are asked of --cloud. Its certificate carries
+    /// --cloud-name.
+    #[arg(long, value_name = "HOST:PORT", requires = "cloud")]
+    planner: Option<HostPort>,
     /// The edge's enrolled name (its certificate must carry it).
     #[arg(long, default_value = "edge")]
     edge_name: String,
@@ -138,6 +143,7 @@ impl RunArgs {
             name: self.name.clone(),
             edge: self.edge.as_ref().map(|e| e.peer(&self.edge_name)),
             cloud: self.cloud(),
+            planner: self.planner.as_ref().map(|p| p.peer(&self.cloud_name)),
             planning,
             policy: PolicyConfig {
                 replan_every: self.replan_every,

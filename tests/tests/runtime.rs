@@ -300,3 +300,41 @@ fn the_cloud_plans_and_serves_the_model_to_tiers_without_it() {
     assert!(first.contains("tier 1") || first.contains("tier 2"), "the cloud's plan offloads the 50x slower device: {text}");
     assert!(text.contains("requests: 6 ok, 0 failed; largest difference from the unsplit model 0e0"), "{text}");
 }
+
+/// A scaled-out cloud: stage servers without a planner behind --cloud, one planner apart
+/// (--planner). The edge registers with the planner and forwards to the stage server; the
+/// device asks the planner for plans and sends its stages to the edge and the stage server.
+#[test]
+fn a_planner_apart_from_the_cloud_stage_servers_plans_while_they_serve() {
+    let c = Cluster::new();
+    let profiles = profiles(c.dir.path(), &c.model, 50);
+    let files: Vec<&str> = profiles.split(',').collect();
+    let (cluster, model) = (c.cluster(), c.model.to_str().unwrap());
+    let planner = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--profile", files[2], "--threads", "1"]);
+    // Without a profile a cloud serves stages and does not plan.
+    let stages = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1"]);
+    let (planner_addr, stages_addr) = (planner.addr.to_string(), stages.addr.to_string());
+    let edge_args = ["serve", model, "--cluster", &cluster, "--cloud", &stages_addr, "--planner", &planner_addr];
+    let edge = start("scission-edge", &[&edge_args[..], &["--profile", files[1], "--threads", "1"]].concat());
+    let edge_addr = edge.addr.to_string();
+    let device = |cloud: &str, extra: &[&str]| {
+        let args = ["run", model, "--cluster", &cluster, "--edge", &edge_addr, "--cloud", cloud, "--requests", "6"];
+        let out = run("scission-device", &[&args[..], extra].concat());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+        text
+    };
+    // Plans come from the planner (the stage server would refuse to plan).
+    let refused = run("scission-device", &["run", model, "--cluster", &cluster, "--cloud", &stages_addr, "--profile", files[0]]);
+    assert!(!refused.status.success() && stderr(&refused).contains("plan"), "{}", stderr(&refused));
+    let text = device(&stages_addr, &["--planner", &planner_addr, "--profile", files[0]]);
+    assert!(text.contains("requests: 6 ok, 0 failed; largest difference from the unsplit model 0e0"), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.contains("tier 1") || first.contains("tier 2"), "the 50x slower device offloads: {text}");
+    // The stage server serves tier 2 by itself, with the planner gone.
+    drop(planner);
+    let nodes = Model::load_path(&c.model, &LoadOptions::default()).unwrap().summary.len();
+    let split = format!("0,{}", nodes / 2);
+    let text = device(&stages_addr, &["--split", &split]);
+    assert!(text.contains("requests: 6 ok, 0 failed"), "{text}");
+}

@@ -107,12 +107,14 @@ impl ServeArgs {
     }
 }
 
-/// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud); `announce`
-/// gets the line that says where it listens (test harnesses and the demo read it).
+/// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud) and
+/// registering with `planner` (default: `upstream`); `announce` gets the line that says where it
+/// listens (test harnesses and the demo read it).
 pub fn run_serve(
     args: &ServeArgs,
     tier: TierKind,
     upstream: Option<Peer>,
+    planner: Option<Peer>,
     zoo: Option<ZooLookup>,
     announce: impl FnOnce(&str),
 ) -> Result<String> {
@@ -133,6 +135,7 @@ pub fn run_serve(
         tier,
         listen: args.listen,
         upstream,
+        planner,
         threads: args.threads.unwrap_or_else(scission_engine::host::available_cores),
         limits: args.limits(max_frame),
         profile,

@@ -85,12 +85,17 @@ impl From<PlanRequestError> for crate::error::RuntimeError {
     }
 }
 
+/// The connection-cache key of the planner, when it is not the cloud (no tier uses it).
+const PLANNER: u8 = u8::MAX;
+
 /// Sends a device's requests along routes.
 pub struct DeviceClient {
     /// The device node whose stages it runs.
     pub node: Arc<Node>,
     endpoint: quinn::Endpoint,
     peers: HashMap<u8, Peer>,
+    /// Where plans are asked for, when not the cloud (a planner apart from its stage servers).
+    planner: Option<Peer>,
     connections: Mutex<HashMap<u8, quinn::Connection>>,
     max_frame: u32,
     timeout: Duration,
@@ -117,7 +122,13 @@ impl DeviceClient {
 
     /// A client for `node` that reaches tier `t` at `peers[t]`.
     pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, Peer>, max_frame: u32, timeout: Duration) -> Self {
-        Self { node, endpoint, peers, connections: Mutex::new(HashMap::new()), max_frame, timeout, lost: None }
+        Self { node, endpoint, peers, planner: None, connections: Mutex::new(HashMap::new()), max_frame, timeout, lost: None }
+    }
+
+    /// Asks `planner` for plans instead of the cloud's stage server.
+    pub fn with_planner(mut self, planner: Option<Peer>) -> Self {
+        self.planner = planner;
+        self
     }
 
     /// Reports on `lost` the tier of every cached connection the peer's side ends.
@@ -148,7 +159,10 @@ impl DeviceClient {
         }
         // Connect without holding the cache: a tier that hangs (a probe of a dead one) must not
         // hold up requests to the others.
-        let peer = self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?;
+        let peer = match tier {
+            PLANNER => self.planner.as_ref().context("no planner address")?,
+            _ => self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?,
+        };
         // Resolving the name counts against the timeout too (a DNS server that hangs).
         let attempt = async {
             let addr = peer.current_addr().await;
@@ -157,7 +171,9 @@ impl DeviceClient {
         let c = tokio::time::timeout(self.timeout, attempt)
             .await
             .map_err(|_| invalid!("{} did not answer within {} ms", peer.name, self.timeout.as_millis()))??;
-        self.watch(tier, &c);
+        if tier != PLANNER {
+            self.watch(tier, &c);
+        }
         self.connections.lock().await.insert(tier, c.clone());
         Ok(c)
     }
@@ -236,8 +252,8 @@ impl DeviceClient {
         Ok(scission_net::quic::measure(&connection, probe_bytes, self.timeout, self.max_frame).await?)
     }
 
-    /// Asks the cloud (tier `cloud`) for `count` ranked plans, given this device's profile JSON
-    /// and measured uplinks.
+    /// Asks the planner (the cloud, tier `cloud`, unless [`DeviceClient::with_planner`] named
+    /// another) for `count` ranked plans, given this device's profile JSON and measured uplinks.
     pub async fn request_plans(
         &self,
         cloud: u8,
@@ -250,7 +266,13 @@ impl DeviceClient {
         let avoid = bounded(avoid.to_vec(), "tiers to avoid")?;
         let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })
             .map_err(crate::error::RuntimeError::from)?;
-        let answer = self.send(cloud, &message).await.map_err(|e| invalid!("{e}"))?;
+        let answer = match &self.planner {
+            Some(planner) => self.send(PLANNER, &message).await.map_err(|e| match e {
+                RequestError::Unreachable { reason, .. } => invalid!("the planner {} is unreachable: {reason}", planner.name),
+                other => invalid!("{other}"),
+            })?,
+            None => self.send(cloud, &message).await.map_err(|e| invalid!("{e}"))?,
+        };
         match decode(&answer).map_err(|e| invalid!("malformed plan answer: {e}"))? {
             Body::Plans { routes } if routes.is_empty() => Err(invalid!("the cloud answered with no plan").into()),
             Body::Plans { routes } => Ok(routes.into_iter().map(|r| (r.stages.to_vec(), r.predicted_ns)).collect()),

@@ -33,6 +33,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The next tier (the edge's cloud).
     pub upstream: Option<Peer>,
+    /// Where an edge registers (the cloud's planner), when not `upstream` (a cloud whose stage
+    /// servers are scaled out apart from its one planner).
+    pub planner: Option<Peer>,
     /// Engine threads.
     pub threads: usize,
     /// What the server takes on at once.
@@ -87,7 +90,7 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
             if let Some(p) = &config.profile {
                 let registrar = Registrar {
                     client: client.clone(),
-                    cloud: cloud.clone(),
+                    planner: config.planner.clone().unwrap_or_else(|| cloud.clone()),
                     name: config.name.clone(),
                     profile: serde_json::to_vec(p)?,
                     max_frame: config.limits.max_frame,
@@ -114,7 +117,7 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
 /// An edge's registration with the cloud's planner.
 struct Registrar {
     client: quinn::Endpoint,
-    cloud: Peer,
+    planner: Peer,
     name: String,
     profile: Vec<u8>,
     max_frame: u32,
@@ -127,7 +130,7 @@ const RETRY: Duration = Duration::from_secs(1);
 impl Registrar {
     /// Registers (or renews): measures the link to the cloud, sends the profile and the load now.
     async fn register(&self) -> Result<()> {
-        let connection = quic::connect(&self.client, self.cloud.addr, &self.cloud.name).await?;
+        let connection = quic::connect(&self.client, self.planner.addr, &self.planner.name).await?;
         let link = quic::measure(&connection, 64 * 1024, Duration::from_secs(10), self.max_frame).await?;
         let mut label = heapless::String::new();
         for c in self.name.chars() {

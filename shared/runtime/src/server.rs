@@ -527,6 +527,11 @@ impl StageServer {
         if stage.tier != self.node.tier {
             return Err(StageError::BadRequest(format!("stage for tier {} sent to tier {}", stage.tier, self.node.tier)));
         }
+        // A full queue answers at once, before the request's tensors are decoded.
+        let (waiting, admitted) = self.load.admit();
+        if waiting >= self.limits.queue.saturating_add(self.limits.workers) {
+            return Err(StageError::Busy { tier: self.node.tier, waiting });
+        }
         let mut live = Activations::new();
         for t in tensors {
             let (id, value) = decode_tensor(self.node.graph(), t).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
@@ -536,6 +541,7 @@ impl StageServer {
         // Refuse a request whose inputs cannot feed the stage before building anything for it.
         self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
         let (live, compute_ns) = self.run_stage(block, live, request.deadline).await?;
+        drop(admitted);
         let mine = StageTiming { tier: self.node.tier, compute_ns };
         if rest.is_empty() {
             let outputs = self.node.outputs(&live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
@@ -548,13 +554,9 @@ impl StageServer {
         StageError::Expired { tier: self.node.tier, deadline_ms: deadline.ms, waiting_for }
     }
 
-    /// Runs a stage on a worker, waiting in the bounded queue; a full queue is `Busy`, and a
-    /// request still waiting for a worker at its deadline is `Expired` (it leaves the queue).
+    /// Runs an admitted stage on a worker, waiting in the bounded queue; a request still waiting
+    /// for a worker at its deadline is `Expired` (it leaves the queue).
     async fn run_stage(&self, block: Block, live: Activations, deadline: Option<Deadline>) -> Result<(Activations, u64), StageError> {
-        let (waiting, _admitted) = self.load.admit();
-        if waiting >= self.limits.queue.saturating_add(self.limits.workers) {
-            return Err(StageError::Busy { tier: self.node.tier, waiting });
-        }
         let acquire = self.workers.clone().acquire_owned();
         let permit = match deadline {
             Some(d) => tokio::time::timeout_at(d.at.into(), acquire).await.map_err(|_| self.expired(d, "a worker"))?,

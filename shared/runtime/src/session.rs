@@ -43,6 +43,8 @@ pub struct SessionConfig {
     pub edge: Option<Peer>,
     /// The cloud server.
     pub cloud: Option<Peer>,
+    /// The cloud's planner, when it is apart from the cloud's stage servers (default: the cloud).
+    pub planner: Option<Peer>,
     /// Where plans come from.
     pub planning: Planning,
     /// Failover, recovery and re-planning tunables.
@@ -269,8 +271,11 @@ impl Session {
         let peers = peers(&config);
         let (endpoint, shapers) = endpoint(&config, &identity, &peers, &planner.uplinks)?;
         let (lost_tx, lost) = mpsc::unbounded_channel();
-        let client =
-            Arc::new(DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout).reporting_lost(lost_tx));
+        let client = Arc::new(
+            DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout)
+                .with_planner(config.planner.clone())
+                .reporting_lost(lost_tx),
+        );
         let whole = Block { start: 0, end: nodes };
         let fits_whole = config.device_memory.is_none_or(|m| scission_core::memory::slice_need(&node.graph().summary, whole) <= m);
         let fallback = (config.local_fallback && node.can_run(whole) && fits_whole).then(|| local_route(nodes)).transpose()?;

@@ -33,6 +33,7 @@ fn main() {
         name: "device".into(),
         edge: None,
         cloud: None,
+        planner: None,
         planning: Planning::Split { device_end: nodes, edge_end: nodes },
         policy: PolicyConfig::default(),
         emulate: false,
