@@ -358,7 +358,7 @@ fn run_plans(
             plans.len()
         );
         for (rank, plan) in plans.iter().enumerate() {
-            let route = plan_route(plan, &device.blocks).with_context(|| format!("plan #{} does not fit the profile", rank + 1))?;
+            let route = plan_route(plan, &device.blocks, |_| 0).with_context(|| format!("plan #{} does not fit the profile", rank + 1))?;
             let mut times = Vec::new();
             for (i, (inputs, reference)) in cases.iter().enumerate() {
                 let id = u64::try_from(rank * cases.len() + i).unwrap_or(u64::MAX);

@@ -88,10 +88,10 @@ fn main() -> ExitCode {
         Command::Init(args) => cli::run_init(args),
         Command::Enroll(args) => cli::run_enroll(args),
         Command::Revoke(args) => cli::run_revoke(args),
-        Command::Serve(args) => cli::run_serve(args, TierKind::Cloud, None, None, ZOO, announce),
+        Command::Serve(args) => cli::run_serve(args, TierKind::Cloud, None, ZOO, announce),
         Command::Stage { serve, tier, upstream } => {
             let tier = if tier == "edge" { TierKind::Edge } else { TierKind::Cloud };
-            cli::run_serve(serve, tier, upstream.map(|addr| Peer::new(addr, "cloud")), None, ZOO, announce)
+            cli::run_serve(serve, tier, upstream.map(|addr| Peer::new(addr, "cloud")), ZOO, announce)
         }
     })
 }

@@ -39,11 +39,6 @@ enum Command {
         /// The cloud's enrolled name (its certificate must carry it).
         #[arg(long, default_value = "cloud")]
         cloud_name: String,
-        /// The cloud's planner, as HOST:PORT, when it runs apart from the cloud's stage servers
-        /// (a scaled-out cloud): the edge registers there and forwards to --cloud. Default: it
-        /// registers with --cloud. Its certificate carries --cloud-name.
-        #[arg(long, value_parser = cli::parse_host_port, value_name = "HOST:PORT")]
-        planner: Option<std::net::SocketAddr>,
     },
 }
 
@@ -56,10 +51,9 @@ fn main() -> ExitCode {
     finish(match &cli.command {
         Command::Bench(args) => cli::run_bench(args, TierKind::Edge, ZOO),
         Command::Inspect(args) => cli::run_inspect(args, ZOO),
-        Command::Serve { serve, cloud, cloud_name, planner } => {
+        Command::Serve { serve, cloud, cloud_name } => {
             let upstream = Peer::new(*cloud, cloud_name.clone());
-            let planner = planner.map(|addr| Peer::new(addr, cloud_name.clone()));
-            cli::run_serve(serve, TierKind::Edge, Some(upstream), planner, ZOO, announce)
+            cli::run_serve(serve, TierKind::Edge, Some(upstream), ZOO, announce)
         }
     })
 }

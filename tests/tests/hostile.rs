@@ -96,7 +96,7 @@ fn stage_requests_without_their_inputs_are_refused_before_anything_is_built() {
         let mut refused = 0;
         for start in 0..12u32 {
             for end in start + 1..=12 {
-                let stages = [Stage { tier: 2, start, end }].into_iter().collect();
+                let stages = [Stage { tier: 2, machine: 0, start, end }].into_iter().collect();
                 let body = Body::Infer {
                     request: 1,
                     model: sha,
@@ -237,6 +237,7 @@ fn roles_in_certificates_decide_who_may_register_plan_and_serve() {
         profile: &profile,
         link_to_cloud: Some(Link { latency_ns: 1_000_000, bits_per_sec: 1_000_000_000 }),
         load: Load::default(),
+        addr: heapless::String::try_from("127.0.0.1:9").unwrap(),
     };
     // A device may not pose as an edge (it used to replace the real edge's profile).
     as_device(&c, cloud.addr, async |conn| {
@@ -329,6 +330,7 @@ fn a_revoked_edge_leaves_the_plans_at_once_not_when_its_registration_expires() {
             profile: &profile,
             link_to_cloud: Some(fast),
             load: Load::default(),
+            addr: heapless::String::try_from("127.0.0.1:9").unwrap(),
         };
         assert_eq!(failure_code(&conn, &register).await.0, None);
     });
@@ -337,7 +339,7 @@ fn a_revoked_edge_leaves_the_plans_at_once_not_when_its_registration_expires() {
         as_device(&c, cloud.addr, async |conn| {
             let answer =
                 quic::exchange(&conn, &encode(&plan_request(&profile, 16, &[(1, fast), (2, fast)])).unwrap(), 64 << 20).await.unwrap();
-            let Body::Plans { routes } = decode(&answer).unwrap() else { panic!("no plans") };
+            let Body::Plans { routes, .. } = decode(&answer).unwrap() else { panic!("no plans") };
             tiers = routes.iter().flat_map(|r| r.stages.iter().map(|s| s.tier)).collect();
         });
         tiers
@@ -354,7 +356,7 @@ fn routes_planned(c: &Cluster, cloud: SocketAddr, profile: &[u8], link: Link) ->
     let mut routes = Vec::new();
     as_device(c, cloud, async |conn| {
         let answer = quic::exchange(&conn, &encode(&plan_request(profile, 16, &[(1, link), (2, link)])).unwrap(), 64 << 20).await.unwrap();
-        let Body::Plans { routes: planned } = decode(&answer).unwrap() else { panic!("no plans") };
+        let Body::Plans { routes: planned, .. } = decode(&answer).unwrap() else { panic!("no plans") };
         routes = planned.to_vec();
     });
     routes
@@ -373,6 +375,7 @@ fn an_edge_that_reports_a_long_queue_gets_no_work_until_it_drains_and_absurd_rep
                 profile: &profile,
                 link_to_cloud: Some(fast),
                 load,
+                addr: heapless::String::try_from("127.0.0.1:9").unwrap(),
             };
             assert_eq!(failure_code(&conn, &register).await.0, None);
         })
@@ -424,7 +427,7 @@ fn flood(c: &Cluster, cloud: SocketAddr, count: u64, deadline_ms: u32) -> (usize
     use scission_engine::pipeline::graph_inputs;
     let model = scission_engine::Model::load_path(&c.model, &scission_engine::LoadOptions::default()).unwrap();
     let sha = scission_core::profile::parse_sha256(&model.sha256).unwrap();
-    let route = [Stage { tier: 2, start: 0, end: model.summary.len() as u32 }];
+    let route = [Stage { tier: 2, machine: 0, start: 0, end: model.summary.len() as u32 }];
     let live = graph_inputs(&model, synthetic_inputs(&model, 1).unwrap()).unwrap();
     let encoding = scission_core::link::Encoding::F32;
     let messages: Vec<Vec<u8>> =

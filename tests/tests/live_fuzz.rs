@@ -16,7 +16,9 @@ use common::cluster::{Cluster, start};
 use common::quick_bench;
 use scission_core::link::{Encoding, Link};
 use scission_core::rng::WeightRng;
-use scission_core::wire::message::{Body, FailureCode, FailureDetail, Load, NamedTensor, PlannedRoute, Stage, StageTiming, decode, encode};
+use scission_core::wire::message::{
+    Body, FailureCode, FailureDetail, Load, MachineEntry, NamedTensor, PlannedRoute, Stage, StageTiming, decode, encode,
+};
 use scission_core::wire::tensor::{Elements, TensorFrame};
 use scission_engine::input::synthetic_inputs;
 use scission_engine::pipeline::graph_inputs;
@@ -43,7 +45,8 @@ fn stages(rng: &mut WeightRng, nodes: u32) -> heapless::Vec<Stage, 8> {
     let mut start = pick(rng, u64::from(nodes) + 2) as u32;
     for tier in 0..pick(rng, 4) as u8 {
         let end = start.saturating_add(pick(rng, u64::from(nodes) + 2) as u32);
-        let _ = out.push(Stage { tier: if pick(rng, 5) == 0 { pick(rng, 256) as u8 } else { tier }, start, end });
+        let _ =
+            out.push(Stage { tier: if pick(rng, 5) == 0 { pick(rng, 256) as u8 } else { tier }, machine: pick(rng, 4) as u8, start, end });
         start = end;
     }
     out
@@ -98,6 +101,8 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
             profile: &junk_profile,
             link_to_cloud: Some(link(rng)),
             load: Load { queued: wild(rng) as u32, running: wild(rng) as u32, workers: wild(rng) as u32, service_ns: wild(rng) },
+            addr: heapless::String::try_from(["127.0.0.1:1", "0.0.0.0:4434", "[::1]:0", "edge.local:4434", "x"][pick(rng, 5) as usize])
+                .unwrap_or_default(),
         },
         5 | 6 => {
             let mut uplinks = heapless::Vec::new();
@@ -116,9 +121,14 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
         8 => Body::Output {
             request: wild(rng),
             tensors: heapless::Vec::new(),
-            timings: [StageTiming { tier: 1, compute_ns: wild(rng) }].into_iter().collect(),
+            timings: [StageTiming { tier: 1, machine: 0, compute_ns: wild(rng) }].into_iter().collect(),
         },
-        9 => Body::Plans { routes: [PlannedRoute { stages: stages(rng, nodes), predicted_ns: wild(rng) }].into_iter().collect() },
+        9 => Body::Plans {
+            routes: [PlannedRoute { stages: stages(rng, nodes), predicted_ns: wild(rng) }].into_iter().collect(),
+            machines: [MachineEntry { id: pick(rng, 4) as u8, tier: pick(rng, 3) as u8, name: "cloud", addr: "127.0.0.1:1" }]
+                .into_iter()
+                .collect(),
+        },
         _ => Body::Failure { request: wild(rng), code: FailureCode::Busy, message: Default::default(), detail: FailureDetail::None },
     };
     let mut bytes = encode(&body).unwrap_or_default();
@@ -172,7 +182,8 @@ fn a_live_cloud_survives_random_and_mutated_messages_from_enrolled_peers() {
     // The honest request: the whole model on the cloud, on a real input.
     let live = graph_inputs(&model, synthetic_inputs(&model, 1).unwrap()).unwrap();
     let honest =
-        scission_runtime::convert::infer_message(9, sha, &[Stage { tier: 2, start: 0, end: nodes }], Encoding::F32, 0, &live).unwrap();
+        scission_runtime::convert::infer_message(9, sha, &[Stage { tier: 2, machine: 0, start: 0, end: nodes }], Encoding::F32, 0, &live)
+            .unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let started = Instant::now();

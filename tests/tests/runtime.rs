@@ -338,3 +338,83 @@ fn a_planner_apart_from_the_cloud_stage_servers_plans_while_they_serve() {
     let text = device(&stages_addr, &["--split", &split]);
     assert!(text.contains("requests: 6 ok, 0 failed"), "{text}");
 }
+
+/// A benchmark profile of `model` for `name` whose every block takes `block_us` microseconds
+/// (so which machine a plan picks does not depend on this machine's noise).
+fn set_profile(dir: &Path, model: &Path, name: &str, block_us: u64) -> String {
+    let path = dir.join(format!("{name}.json"));
+    let bin_name = if name.starts_with("cloud") { "scission-cloud" } else { "scission-edge" };
+    quick_bench(bin_name, model, &path, name);
+    let mut p: scission_core::profile::Profile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for b in &mut p.blocks {
+        b.time.median_ns = block_us * 1_000;
+    }
+    std::fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Two edges and two clouds, each its own process: the plan chooses the second edge and the
+/// second cloud (the fast ones), and the requests run there: they keep being answered, equal to
+/// the unsplit model, after the first edge and the first cloud (the planner) are killed.
+#[test]
+fn plans_choose_among_registered_edges_and_clouds_and_requests_run_on_the_chosen_machines() {
+    use scission_core::link::{Encoding, Link};
+    use scission_engine::input::synthetic_inputs;
+    use scission_runtime::client::{DeviceClient, Peer};
+    let c = Cluster::new();
+    let (cluster, model, dir) = (c.cluster(), c.model.to_str().unwrap(), c.dir.path());
+    for (name, tier) in [("edge-b", "edge"), ("cloud-b", "cloud")] {
+        assert!(run("scission-cloud", &["enroll", name, "--tier", tier, "--cluster", &cluster]).status.success());
+    }
+    // The planner's own cloud and the first edge are slow; the second edge is fast, the second
+    // cloud ten times faster still.
+    let profile = |name: &str, us| set_profile(dir, &c.model, name, us);
+    let (cloud_a, edge_a, edge_b, cloud_b) =
+        (profile("cloud", 5_000), profile("edge", 5_000), profile("edge-b", 1_000), profile("cloud-b", 100));
+    let device_profile = set_profile(dir, &c.model, "device", 10_000);
+    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| {
+        let args = ["serve", model, "--cluster", &cluster, "--name", name, "--profile", profile, "--threads", "1", "--heartbeat-s", "1"];
+        start(bin, &[&args[..], extra].concat())
+    };
+    let planner = serve("scission-cloud", "cloud", &cloud_a, &[]);
+    let planner_addr = planner.addr.to_string();
+    let second_cloud = serve("scission-cloud", "cloud-b", &cloud_b, &["--planner", &planner_addr]);
+    let first_edge = serve("scission-edge", "edge", &edge_a, &["--cloud", &planner_addr]);
+    let second_edge = serve("scission-edge", "edge-b", &edge_b, &["--cloud", &planner_addr]);
+    let loaded = Model::load_path(&c.model, &LoadOptions::default()).unwrap();
+    let inputs = synthetic_inputs(&loaded.graph, 1).unwrap();
+    let unsplit = loaded.whole().unwrap().run(inputs.clone()).unwrap();
+    let node = Arc::new(scission_runtime::node::Node::new(loaded, 0, 1).unwrap());
+    let identity = pki::Identity::load(&dir.join("cluster"), "device").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let endpoint = quic::client(&identity).unwrap();
+        let peers = std::collections::HashMap::from([(1u8, Peer::new(first_edge.addr, "edge")), (2u8, Peer::new(planner.addr, "cloud"))]);
+        let client = DeviceClient::new(node, endpoint, peers, 64 << 20, std::time::Duration::from_secs(10));
+        // A fast link to the edges, a slow one to the clouds: the input goes through an edge.
+        let (fast, slow) =
+            (Link { latency_ns: 10_000, bits_per_sec: 10_000_000_000 }, Link { latency_ns: 10_000, bits_per_sec: 1_000_000 });
+        let uplinks = std::collections::HashMap::from([(1u8, fast), (2u8, slow)]);
+        let profile = std::fs::read(&device_profile).unwrap();
+        let plans = client.request_plans(2, &profile, &uplinks, &[], 4).await.unwrap();
+        let (route, _) = &plans[0];
+        let name_of = |s: &scission_core::wire::message::Stage| client.directory().name(s.machine);
+        let names: Vec<Option<String>> = route.iter().filter(|s| s.tier > 0).map(name_of).collect();
+        assert_eq!(names, [Some("edge-b".to_string()), Some("cloud-b".to_string())], "the best route: {route:?}");
+        // The first edge and the planner go; the route does not need them.
+        drop((first_edge, planner));
+        for id in 0..5 {
+            let outcome = client.infer(id, route, inputs.clone(), Encoding::F32).await.unwrap();
+            let ran: Vec<(u8, u8)> = outcome.timings.iter().map(|t| (t.tier, t.machine)).collect();
+            let named: Vec<(u8, u8)> = route.iter().map(|s| (s.tier, s.machine)).collect();
+            assert_eq!(ran, named, "every stage reports the machine it ran on");
+            assert!(!unsplit.is_empty() && outcome.outputs.len() == unsplit.len(), "every output came back");
+            for ((_, got), want) in outcome.outputs.iter().zip(&unsplit) {
+                let plain = |t: &scission_engine::tract::prelude::Tensor| t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+                let (got, want) = (plain(got), plain(want));
+                assert!(got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "equal to the unsplit model");
+            }
+        }
+    });
+    drop((second_edge, second_cloud));
+}

@@ -85,6 +85,19 @@ pub struct ServeArgs {
     /// well below the cloud's --registration-ttl-s.
     #[arg(long, default_value_t = scission_runtime::serve::HEARTBEAT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub heartbeat_s: u64,
+    /// The cloud's planner, HOST:PORT, when this server registers there rather than with
+    /// --cloud: an edge of a cloud whose planner runs apart from its stage servers, or a
+    /// further cloud (with --profile) joining another cloud's plans. Resolved at start.
+    #[arg(long, value_parser = crate::model::parse_host_port, value_name = "HOST:PORT")]
+    pub planner: Option<SocketAddr>,
+    /// The planner's enrolled name (its certificate must carry it).
+    #[arg(long, default_value = "cloud")]
+    pub planner_name: String,
+    /// The address registered with the planner, where devices and other servers reach this one
+    /// (default: the bound --listen address; a 0.0.0.0 host stands for the address the planner
+    /// sees the registration come from).
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -108,13 +121,12 @@ impl ServeArgs {
 }
 
 /// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud) and
-/// registering with `planner` (default: `upstream`); `announce` gets the line that says where it
-/// listens (test harnesses and the demo read it).
+/// registering with `--planner` (default: `upstream`); `announce` gets the line that says where
+/// it listens (test harnesses and the demo read it).
 pub fn run_serve(
     args: &ServeArgs,
     tier: TierKind,
     upstream: Option<Peer>,
-    planner: Option<Peer>,
     zoo: Option<ZooLookup>,
     announce: impl FnOnce(&str),
 ) -> Result<String> {
@@ -135,7 +147,8 @@ pub fn run_serve(
         tier,
         listen: args.listen,
         upstream,
-        planner,
+        planner: args.planner.map(|addr| Peer::new(addr, args.planner_name.clone())),
+        advertise: args.advertise.map(|a| a.to_string()),
         threads: args.threads.unwrap_or_else(scission_engine::host::available_cores),
         limits: args.limits(max_frame),
         profile,

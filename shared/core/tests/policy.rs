@@ -9,7 +9,7 @@ use scission_core::policy::{Action, DevicePolicy, Event, PolicyConfig, ReplanRea
 use scission_core::wire::message::Stage;
 
 fn stage(tier: u8, start: u32, end: u32) -> Stage {
-    Stage { tier, start, end }
+    Stage { tier, machine: 0, start, end }
 }
 
 /// Device, edge and cloud.

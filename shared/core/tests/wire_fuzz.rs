@@ -15,7 +15,7 @@ fn valid_message(values: &[f32], dims: (u32, u32), encoding: Encoding) -> Vec<u8
     let body = Body::Infer {
         request: 1,
         model: [3; 32],
-        stages: [Stage { tier: 1, start: 0, end: 5 }, Stage { tier: 2, start: 5, end: 9 }].into_iter().collect(),
+        stages: [Stage { tier: 1, machine: 0, start: 0, end: 5 }, Stage { tier: 2, machine: 0, start: 5, end: 9 }].into_iter().collect(),
         encoding,
         tensors: [NamedTensor { id: 2, tensor }].into_iter().collect(),
         deadline_ms: 1_000,

@@ -21,7 +21,7 @@ fn request(values: &[f32]) -> Vec<u8> {
     let body = Body::Infer {
         request: 1,
         model: [0; 32],
-        stages: [Stage { tier: 1, start: 0, end: 1 }].into_iter().collect(),
+        stages: [Stage { tier: 1, machine: 0, start: 0, end: 1 }].into_iter().collect(),
         encoding: Encoding::F32,
         tensors: [NamedTensor { id: 0, tensor }].into_iter().collect(),
         deadline_ms: 0,

@@ -7,8 +7,8 @@
 //!
 //! **Names and roles.** A node's certificate names it (`NAME.node.scission`, the server name
 //! clients check when they connect to it) and its role (`ROLE.role.scission`), and its extended
-//! key usage follows the role: a device may only be a client, a cloud only a server, an edge
-//! both (it forwards to the cloud). So a device key cannot serve, and a server reads who a peer
+//! key usage follows the role: a device may only be a client; an edge and a cloud are both
+//! (an edge forwards to the cloud, a further cloud registers with the planner). So a device key cannot serve, and a server reads who a peer
 //! is and what it may ask from the verified certificate, not from the peer's messages.
 
 use std::path::{Path, PathBuf};
@@ -54,7 +54,8 @@ impl Role {
         match self {
             Role::Device => vec![ExtendedKeyUsagePurpose::ClientAuth],
             Role::Edge => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-            Role::Cloud => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            // A client too: a further cloud registers with the planner.
+            Role::Cloud => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         }
     }
 }

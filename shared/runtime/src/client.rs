@@ -11,11 +11,12 @@ use tokio::sync::Mutex;
 
 use super::convert::{bounded, decode as decode_tensor, infer_message};
 use super::node::Node;
+use crate::directory::Directory;
 pub use crate::peer::Peer;
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 use scission_core::solver::Encoding;
-use scission_core::wire::message::{Body, FailureCode, FailureDetail, Stage, StageTiming, decode};
+use scission_core::wire::message::{Body, CONFIGURED, FailureCode, FailureDetail, MachineId, Stage, StageTiming, decode};
 use scission_engine::pipeline::graph_inputs;
 use scission_net::quic::{connect, exchange};
 
@@ -96,7 +97,10 @@ pub struct DeviceClient {
     peers: HashMap<u8, Peer>,
     /// Where plans are asked for, when not the cloud (a planner apart from its stage servers).
     planner: Option<Peer>,
-    connections: Mutex<HashMap<u8, quinn::Connection>>,
+    /// The registered machines the planner listed with the last plans.
+    directory: Directory,
+    /// Open connections by (tier, machine).
+    connections: Mutex<HashMap<(u8, MachineId), quinn::Connection>>,
     max_frame: u32,
     timeout: Duration,
     /// Told the tier of every connection the peer's side ended (it went away, timed out or
@@ -115,6 +119,11 @@ impl DeviceClient {
         self.peers.get(&tier)
     }
 
+    /// The registered machines the planner listed with its last plans.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
     /// The largest frame accepted.
     pub fn max_frame(&self) -> u32 {
         self.max_frame
@@ -122,7 +131,17 @@ impl DeviceClient {
 
     /// A client for `node` that reaches tier `t` at `peers[t]`.
     pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, Peer>, max_frame: u32, timeout: Duration) -> Self {
-        Self { node, endpoint, peers, planner: None, connections: Mutex::new(HashMap::new()), max_frame, timeout, lost: None }
+        Self {
+            node,
+            endpoint,
+            peers,
+            planner: None,
+            directory: Directory::default(),
+            connections: Mutex::new(HashMap::new()),
+            max_frame,
+            timeout,
+            lost: None,
+        }
     }
 
     /// Asks `planner` for plans instead of the cloud's stage server.
@@ -153,16 +172,26 @@ impl DeviceClient {
         });
     }
 
-    async fn connection(&self, tier: u8) -> Result<quinn::Connection> {
-        if let Some(c) = self.connections.lock().await.get(&tier).filter(|c| c.close_reason().is_none()) {
+    /// The peer that runs `machine` of `tier`: the configured one, or the directory's.
+    fn peer_of(&self, tier: u8, machine: MachineId) -> Result<Peer> {
+        match (tier, machine) {
+            (PLANNER, _) => self.planner.clone().context("no planner address"),
+            (_, CONFIGURED) => self.peers.get(&tier).cloned().with_context(|| format!("no address for tier {tier}")),
+            _ => self
+                .directory
+                .machine(tier, machine)
+                .map(|m| m.peer)
+                .with_context(|| format!("machine {machine} of tier {tier} is not in the directory the planner sent with its plans")),
+        }
+    }
+
+    async fn connection(&self, tier: u8, machine: MachineId) -> Result<quinn::Connection> {
+        if let Some(c) = self.connections.lock().await.get(&(tier, machine)).filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
         // Connect without holding the cache: a tier that hangs (a probe of a dead one) must not
         // hold up requests to the others.
-        let peer = match tier {
-            PLANNER => self.planner.as_ref().context("no planner address")?,
-            _ => self.peers.get(&tier).with_context(|| format!("no address for tier {tier}"))?,
-        };
+        let peer = self.peer_of(tier, machine)?;
         // Resolving the name counts against the timeout too (a DNS server that hangs).
         let attempt = async {
             let addr = peer.current_addr().await;
@@ -171,17 +200,19 @@ impl DeviceClient {
         let c = tokio::time::timeout(self.timeout, attempt)
             .await
             .map_err(|_| invalid!("{} did not answer within {} ms", peer.name, self.timeout.as_millis()))??;
-        if tier != PLANNER {
+        // Only a configured tier's loss says the tier is down (a registered machine's loss
+        // shows on the requests it fails).
+        if tier != PLANNER && machine == CONFIGURED {
             self.watch(tier, &c);
         }
-        self.connections.lock().await.insert(tier, c.clone());
+        self.connections.lock().await.insert((tier, machine), c.clone());
         Ok(c)
     }
 
-    /// Drops the cached connection to `tier` after a failure, closing it (its watcher, which
-    /// holds a handle, would otherwise keep it alive on keep-alives).
-    async fn forget(&self, tier: u8) {
-        if let Some(connection) = self.connections.lock().await.remove(&tier) {
+    /// Drops the cached connection to `machine` of `tier` after a failure, closing it (its
+    /// watcher, which holds a handle, would otherwise keep it alive on keep-alives).
+    async fn forget(&self, tier: u8, machine: MachineId) {
+        if let Some(connection) = self.connections.lock().await.remove(&(tier, machine)) {
             connection.close(quinn::VarInt::from_u32(0), b"failed");
         }
     }
@@ -205,14 +236,14 @@ impl DeviceClient {
             let (after, ns) =
                 tokio::task::spawn_blocking(move || node.run_stage(block, live)).await.map_err(crate::error::RuntimeError::from)??;
             live = after;
-            timings.push(StageTiming { tier: self.node.tier, compute_ns: ns });
+            timings.push(StageTiming { tier: self.node.tier, machine: 0, compute_ns: ns });
             rest = &route[1..];
         }
         let (outputs, bytes) = match rest.first() {
             None => (self.node.outputs(&live)?, (0, 0)),
             Some(next) => {
                 let message = infer_message(id, self.node.sha256, rest, encoding, self.deadline_ms(), &live)?;
-                let answer = self.send(next.tier, &message).await?;
+                let answer = self.send(next.tier, next.machine, &message).await?;
                 let bytes = (message.len() as u64, answer.len() as u64);
                 (self.read_answer(id, &answer, rest, &mut timings)?, bytes)
             }
@@ -227,20 +258,20 @@ impl DeviceClient {
         u32::try_from(self.timeout.as_millis().saturating_mul(9) / 10).unwrap_or(u32::MAX).max(1)
     }
 
-    async fn send(&self, tier: u8, message: &[u8]) -> Result<Vec<u8>, RequestError> {
+    async fn send(&self, tier: u8, machine: MachineId, message: &[u8]) -> Result<Vec<u8>, RequestError> {
         let unreachable = |reason: String| RequestError::Unreachable { tier, reason };
         let attempt = async {
-            let connection = self.connection(tier).await?;
+            let connection = self.connection(tier, machine).await?;
             Ok::<_, crate::error::RuntimeError>(exchange(&connection, message, self.max_frame).await?)
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
-                self.forget(tier).await;
+                self.forget(tier, machine).await;
                 Err(unreachable(format!("{e:#}")))
             }
             Err(_) => {
-                self.forget(tier).await;
+                self.forget(tier, machine).await;
                 Err(unreachable(format!("no answer within {} ms", self.timeout.as_millis())))
             }
         }
@@ -248,7 +279,7 @@ impl DeviceClient {
 
     /// Measures the link to `tier` (see [`quic::measure`](scission_net::quic::measure)).
     pub async fn measure_link(&self, tier: u8, probe_bytes: usize) -> Result<scission_core::solver::Link> {
-        let connection = self.connection(tier).await?;
+        let connection = self.connection(tier, CONFIGURED).await?;
         Ok(scission_net::quic::measure(&connection, probe_bytes, self.timeout, self.max_frame).await?)
     }
 
@@ -267,15 +298,20 @@ impl DeviceClient {
         let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })
             .map_err(crate::error::RuntimeError::from)?;
         let answer = match &self.planner {
-            Some(planner) => self.send(PLANNER, &message).await.map_err(|e| match e {
+            Some(planner) => self.send(PLANNER, CONFIGURED, &message).await.map_err(|e| match e {
                 RequestError::Unreachable { reason, .. } => invalid!("the planner {} is unreachable: {reason}", planner.name),
                 other => invalid!("{other}"),
             })?,
-            None => self.send(cloud, &message).await.map_err(|e| invalid!("{e}"))?,
+            None => self.send(cloud, CONFIGURED, &message).await.map_err(|e| invalid!("{e}"))?,
         };
         match decode(&answer).map_err(|e| invalid!("malformed plan answer: {e}"))? {
-            Body::Plans { routes } if routes.is_empty() => Err(invalid!("the cloud answered with no plan").into()),
-            Body::Plans { routes } => Ok(routes.into_iter().map(|r| (r.stages.to_vec(), r.predicted_ns)).collect()),
+            Body::Plans { routes, .. } if routes.is_empty() => Err(invalid!("the cloud answered with no plan").into()),
+            Body::Plans { routes, machines } => {
+                for bad in self.directory.learn(&machines) {
+                    tracing::warn!("the planner's directory lists an unusable machine: {bad}");
+                }
+                Ok(routes.into_iter().map(|r| (r.stages.to_vec(), r.predicted_ns)).collect())
+            }
             Body::Failure { detail: FailureDetail::Infeasible { culprits }, message, .. } => Err(PlanRequestError::Infeasible {
                 culprits: culprits.iter().map(|c| c.to_string()).collect(),
                 message: message.to_string(),

@@ -4,6 +4,7 @@
 //! - [`convert`]: tract tensors to wire tensors and messages, and back;
 //! - [`node`]: a loaded model that runs stages;
 //! - [`server`]: serving stages over QUIC (edge and cloud), forwarding the rest of a route;
+//! - [`directory`]: the registered machines a node routes to, as the planner lists them;
 //! - [`load`]: a server's queue and service times, as it reports them to the planner;
 //! - [`planner`]: the cloud's planning service and model file;
 //! - [`client`]: the device side of one request;
@@ -24,6 +25,7 @@
 pub mod client;
 pub mod convert;
 pub mod device;
+pub mod directory;
 pub mod error;
 pub mod fetch;
 pub mod load;

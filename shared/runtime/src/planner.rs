@@ -20,14 +20,14 @@ use scission_core::policy::plan_route;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::solver::profiles::{Topology, problem_from_profiles, set_link};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, SolveError};
-use scission_core::wire::message::{Load, MAX_ROUTES, PlannedRoute};
+use scission_core::wire::message::{CONFIGURED, Load, MAX_DIRECTORY, MAX_ROUTES, MachineEntry, MachineId, PlannedRoute};
 use scission_engine::profile_file::parse_profile;
 
 use crate::convert::bounded;
 use crate::load::LoadMeter;
 
-/// Most edges registered at once.
-pub const MAX_REGISTERED: usize = 64;
+/// Most machines registered at once (each gets a place in the directory).
+pub const MAX_REGISTERED: usize = MAX_DIRECTORY;
 /// A registration not renewed within this long is forgotten.
 pub const REGISTRATION_TTL: Duration = Duration::from_secs(600);
 
@@ -47,9 +47,12 @@ pub enum PlanError {
         /// Ours.
         ours: String,
     },
-    /// Only edges register.
-    #[error("only edge nodes (tier 1) register; devices ask for plans")]
-    NotAnEdge,
+    /// Only edges (tier 1) and further clouds (tier 2) register.
+    #[error("only edges (tier 1) and clouds (tier 2) register; devices ask for plans")]
+    NotAServerTier,
+    /// The registry has no id left, or the name is the planner's own.
+    #[error("cannot register '{0}': {1}")]
+    Refused(String, &'static str),
     /// The registry is full.
     #[error("the registry is full ({0} edges)")]
     RegistryFull(usize),
@@ -81,6 +84,9 @@ impl From<SolveError> for PlanError {
 
 #[derive(Clone)]
 struct Registration {
+    id: MachineId,
+    tier: u8,
+    addr: String,
     profile: Profile,
     link_to_cloud: Option<Link>,
     load: Load,
@@ -106,7 +112,7 @@ impl Planner {
 
     /// Keeps at most `capacity` edges registered, each for `ttl` after its last renewal.
     pub fn with_registry(mut self, capacity: usize, ttl: Duration) -> Self {
-        self.capacity = capacity;
+        self.capacity = capacity.min(MAX_DIRECTORY);
         self.ttl = ttl;
         self
     }
@@ -123,11 +129,29 @@ impl Planner {
         self
     }
 
-    /// Records (or renews) node `name`'s profile, measured link to the cloud and load.
-    pub fn register(&self, name: &str, tier: u8, profile_json: &[u8], link_to_cloud: Option<Link>, load: Load) -> Result<(), PlanError> {
-        if tier != 1 {
-            return Err(PlanError::NotAnEdge);
+    /// Records (or renews) node `name` of `tier`, reachable at `addr` (an unspecified host
+    /// stands for `seen_from`, the address the registration came from), with its profile,
+    /// measured link to the cloud and load. Returns its id (kept on renewal) and the directory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register(
+        &self,
+        name: &str,
+        tier: u8,
+        addr: &str,
+        seen_from: std::net::IpAddr,
+        profile_json: &[u8],
+        link_to_cloud: Option<Link>,
+        load: Load,
+    ) -> Result<(MachineId, Vec<Listed>), PlanError> {
+        let kind = match tier {
+            1 => TierKind::Edge,
+            2 => TierKind::Cloud,
+            _ => return Err(PlanError::NotAServerTier),
+        };
+        if name == self.own.machine.name {
+            return Err(PlanError::Refused(name.to_string(), "it is the planner's own name"));
         }
+        let addr = advertised(addr, seen_from)?;
         let mut profile = parse_profile(profile_json).map_err(|e| PlanError::Profile(format!("{e:#}")))?;
         if profile.model.sha256 != self.own.model.sha256 {
             return Err(PlanError::OtherModel {
@@ -140,35 +164,57 @@ impl Planner {
             return Err(PlanError::Profile("its blocks differ from the cloud's (benchmark both with the same --max-crossing)".into()));
         }
         profile.machine.name = name.to_string();
-        profile.machine.tier = TierKind::Edge;
+        profile.machine.tier = kind;
         let mut registry = self.registry.lock().map_err(|_| PlanError::Poisoned)?;
         let now = Instant::now();
         registry.retain(|_, r| now.duration_since(r.renewed) < self.ttl);
         if !registry.contains_key(name) && registry.len() >= self.capacity {
             return Err(PlanError::RegistryFull(self.capacity));
         }
-        let renewal = registry.insert(name.to_string(), Registration { profile, link_to_cloud, load, renewed: now }).is_some();
+        let id = match registry.get(name) {
+            Some(r) => r.id,
+            None => (1..=MachineId::MAX)
+                .find(|id| registry.values().all(|r| r.id != *id))
+                .ok_or(PlanError::Refused(name.to_string(), "no machine id is free"))?,
+        };
+        let renewal =
+            registry.insert(name.to_string(), Registration { id, tier, addr, profile, link_to_cloud, load, renewed: now }).is_some();
         match renewal {
-            true => tracing::debug!("edge '{name}' renewed its registration ({} queued)", load.queued),
-            false => tracing::info!("registered edge '{name}'"),
+            true => tracing::debug!("'{name}' renewed its registration ({} queued)", load.queued),
+            false => tracing::info!("registered '{name}' (tier {tier}) as machine {id}"),
         }
-        Ok(())
+        let listed = listing(registry.values());
+        Ok((id, listed))
+    }
+
+    /// The registrations still current and not revoked.
+    fn current(&self) -> Result<Vec<Registration>, PlanError> {
+        let registry = self.registry.lock().map_err(|_| PlanError::Poisoned)?;
+        let now = Instant::now();
+        let revoked = |name: &str| self.deny.as_ref().is_some_and(|d| d.is_name_revoked(name));
+        let mut current: Vec<Registration> =
+            registry.values().filter(|r| now.duration_since(r.renewed) < self.ttl && !revoked(&r.profile.machine.name)).cloned().collect();
+        current.sort_by_key(|r| r.id);
+        Ok(current)
     }
 
     /// The `count` best routes for a device with `profile_json` and measured `uplinks`
-    /// (device -> tier). Tiers in `avoid` get no work.
-    pub fn plan(&self, profile_json: &[u8], uplinks: &[(u8, Link)], avoid: &[u8], count: usize) -> Result<Vec<PlannedRoute>, PlanError> {
+    /// (device -> tier, taken for every machine of the tier), and the directory of the machines
+    /// they name. Tiers in `avoid` get no work. Two registered machines' link is taken to be
+    /// the one the first measured to the planner (they are not measured against each other).
+    pub fn plan(
+        &self,
+        profile_json: &[u8],
+        uplinks: &[(u8, Link)],
+        avoid: &[u8],
+        count: usize,
+    ) -> Result<(Vec<PlannedRoute>, Vec<Listed>), PlanError> {
         if count == 0 {
             return Err(PlanError::NoPlansAsked);
         }
         let mut device = parse_profile(profile_json).map_err(|e| PlanError::Profile(format!("{e:#}")))?;
         device.machine.tier = TierKind::Device;
-        let edges: Vec<Registration> = {
-            let registry = self.registry.lock().map_err(|_| PlanError::Poisoned)?;
-            let now = Instant::now();
-            let revoked = |name: &str| self.deny.as_ref().is_some_and(|d| d.is_name_revoked(name));
-            registry.values().filter(|r| now.duration_since(r.renewed) < self.ttl && !revoked(&r.profile.machine.name)).cloned().collect()
-        };
+        let edges = self.current()?;
         let mut profiles = vec![device.clone()];
         profiles.extend(edges.iter().map(|r| r.profile.clone()));
         profiles.push(self.own.clone());
@@ -186,6 +232,12 @@ impl Planner {
             if let Some(link) = r.link_to_cloud {
                 set_link(&mut problem, i + 1, cloud, link);
                 set_link(&mut problem, cloud, i + 1, link);
+                for (j, other) in edges.iter().enumerate().filter(|(_, o)| o.tier != r.tier) {
+                    set_link(&mut problem, i + 1, j + 1, link);
+                    if other.link_to_cloud.is_none() {
+                        set_link(&mut problem, j + 1, i + 1, link);
+                    }
+                }
             }
         }
         problem.machines[cloud].queue_ns = self.own_load.as_ref().map_or(0, |l| l.snapshot().expected_wait_ns());
@@ -194,13 +246,52 @@ impl Planner {
         plans
             .iter()
             .map(|p| {
-                let stages =
-                    plan_route(p, &device.blocks).ok_or_else(|| PlanError::Profile("a plan does not fit the device's blocks".into()))?;
+                let machine_of = |m: usize| edges.get(m.wrapping_sub(1)).map_or(CONFIGURED, |r| r.id);
+                let stages = plan_route(p, &device.blocks, machine_of)
+                    .ok_or_else(|| PlanError::Profile("a plan does not fit the device's blocks".into()))?;
                 let stages = bounded(stages, "stages in a route").map_err(|e| PlanError::Problem(format!("{e:#}")))?;
                 Ok(PlannedRoute { stages, predicted_ns: p.cost.latency_ns })
             })
-            .collect()
+            .collect::<Result<Vec<_>, PlanError>>()
+            .map(|routes| (routes, listing(edges.iter())))
     }
+}
+
+/// A registered machine as the directory lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its id.
+    pub id: MachineId,
+    /// Its tier.
+    pub tier: u8,
+    /// Its enrolled name.
+    pub name: String,
+    /// Where it listens.
+    pub addr: String,
+}
+
+impl Listed {
+    /// As a wire entry.
+    pub fn entry(&self) -> MachineEntry<'_> {
+        MachineEntry { id: self.id, tier: self.tier, name: &self.name, addr: &self.addr }
+    }
+}
+
+/// The directory of `registrations`, by id (at most [`MAX_DIRECTORY`]).
+fn listing<'a>(registrations: impl Iterator<Item = &'a Registration>) -> Vec<Listed> {
+    let mut listed: Vec<Listed> =
+        registrations.map(|r| Listed { id: r.id, tier: r.tier, name: r.profile.machine.name.clone(), addr: r.addr.clone() }).collect();
+    listed.sort_by_key(|l| l.id);
+    listed.truncate(MAX_DIRECTORY);
+    listed
+}
+
+/// `addr` as peers should use it: `HOST:PORT` with an unspecified host replaced by `seen_from`.
+fn advertised(addr: &str, seen_from: std::net::IpAddr) -> Result<String, PlanError> {
+    let bad = || PlanError::Profile(format!("'{addr}' is not an IP address and port"));
+    let parsed: std::net::SocketAddr = addr.parse().map_err(|_| bad())?;
+    let ip = if parsed.ip().is_unspecified() { seen_from } else { parsed.ip() };
+    Ok(std::net::SocketAddr::new(ip, parsed.port()).to_string())
 }
 
 /// A model file served in chunks.

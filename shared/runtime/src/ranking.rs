@@ -116,7 +116,7 @@ impl Planner {
                 plans
                     .iter()
                     .map(|p| {
-                        let stages = plan_route(p, blocks).context("the plan does not fit the profiled blocks")?;
+                        let stages = plan_route(p, blocks, |_| 0).context("the plan does not fit the profiled blocks")?;
                         Ok(Route { stages, predicted_ns: Some(p.cost.latency_ns) })
                     })
                     .collect()

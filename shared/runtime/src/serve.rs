@@ -13,6 +13,7 @@ use scission_core::wire::message::{Body, decode, encode};
 use scission_engine::Model;
 use scission_net::{pki, quic};
 
+use crate::directory::Directory;
 use crate::load::LoadMeter;
 use crate::node::Node;
 use crate::peer::Peer;
@@ -44,6 +45,10 @@ pub struct ServeConfig {
     pub profile: Option<Profile>,
     /// The model file, served to tiers that lack it.
     pub model_file: std::path::PathBuf,
+    /// The address registered with the planner, where devices and other servers reach this
+    /// one (default: the bound address; an unspecified host stands for the one the planner
+    /// sees the registration come from).
+    pub advertise: Option<String>,
     /// How often an edge renews its registration (and reports its load); keep it well below
     /// the cloud's registration TTL.
     pub heartbeat: Duration,
@@ -78,34 +83,41 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
     let mut server = StageServer::new(node.clone(), config.limits)
         .with_revocations(deny.clone())
         .with_model_file(ModelFile::new(config.model_file.clone(), node.sha256)?);
-    if let (TierKind::Cloud, Some(p)) = (config.tier, &config.profile) {
+    let directory = Arc::new(Directory::default());
+    server = server.with_directory(directory.clone());
+    // A cloud with a profile plans, unless it registers with another cloud's planner.
+    if let (TierKind::Cloud, Some(p), None) = (config.tier, &config.profile, &config.planner) {
         server = server.with_planner(
             Planner::new(p.clone()).with_registry(config.limits.registrations, config.limits.registration_ttl).with_deny_list(deny.clone()),
         );
     }
     crate::async_runtime()?.block_on(async move {
         let endpoint = quic::server_with_streams(&identity, config.listen, Some(deny), config.limits.streams_per_connection)?;
+        let client = quic::client(&identity)?;
+        let planner = config.planner.clone().or_else(|| config.upstream.clone());
+        if let (Some(planner), Some(p)) = (planner, &config.profile) {
+            let registrar = Registrar {
+                client: client.clone(),
+                planner,
+                name: config.name.clone(),
+                tier: tier_index(config.tier),
+                addr: config.advertise.clone().unwrap_or(endpoint.local_addr()?.to_string()),
+                profile: serde_json::to_vec(p)?,
+                max_frame: config.limits.max_frame,
+                load: server.load(),
+                directory,
+            };
+            // The first registration is done before the server says it is ready.
+            let registered = match registrar.register().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("registration with the cloud failed ({e:#}); retrying in the background");
+                    false
+                }
+            };
+            tokio::spawn(registrar.keep(config.heartbeat, registered));
+        }
         if let Some(cloud) = &config.upstream {
-            let client = quic::client(&identity)?;
-            if let Some(p) = &config.profile {
-                let registrar = Registrar {
-                    client: client.clone(),
-                    planner: config.planner.clone().unwrap_or_else(|| cloud.clone()),
-                    name: config.name.clone(),
-                    profile: serde_json::to_vec(p)?,
-                    max_frame: config.limits.max_frame,
-                    load: server.load(),
-                };
-                // The first registration is done before the server says it is ready.
-                let registered = match registrar.register().await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!("registration with the cloud failed ({e:#}); retrying in the background");
-                        false
-                    }
-                };
-                tokio::spawn(registrar.keep(config.heartbeat, registered));
-            }
             server = server.with_upstream(Upstream::new(client, cloud.addr, &cloud.name));
         }
         on_ready(&Ready { addr: endpoint.local_addr()?, model: node.graph().name.clone() });
@@ -119,6 +131,9 @@ struct Registrar {
     client: quinn::Endpoint,
     planner: Peer,
     name: String,
+    tier: u8,
+    addr: String,
+    directory: Arc<Directory>,
     profile: Vec<u8>,
     max_frame: u32,
     load: Arc<LoadMeter>,
@@ -137,9 +152,16 @@ impl Registrar {
             label.push(c).map_err(|_| crate::error::error!("node name '{}' is too long for the wire", self.name))?;
         }
         let load = self.load.snapshot();
-        let message = encode(&Body::Register { name: label, tier: 1, profile: &self.profile, link_to_cloud: Some(link), load })?;
+        let addr = heapless::String::try_from(self.addr.as_str())
+            .map_err(|_| crate::error::error!("the address '{}' is too long for the wire", self.addr))?;
+        let message =
+            encode(&Body::Register { name: label, tier: self.tier, profile: &self.profile, link_to_cloud: Some(link), load, addr })?;
         match decode(&quic::exchange(&connection, &message, self.max_frame).await?) {
-            Ok(Body::Registered) => {
+            Ok(Body::Registered { id, machines }) => {
+                self.directory.set_own(id);
+                for bad in self.directory.learn(&machines) {
+                    tracing::warn!("the planner's directory lists an unusable machine: {bad}");
+                }
                 tracing::debug!(
                     "registered with the cloud; link {:.1} Mbit/s, {:.2} ms; {} queued, {} running",
                     link.bits_per_sec as f64 * 1e-6,

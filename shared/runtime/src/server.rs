@@ -16,12 +16,13 @@ use tokio::sync::{Mutex, Semaphore};
 
 use super::convert::{bounded, decode as decode_tensor, infer_message, output_message};
 use super::node::{Node, RecentlyUsed};
-use super::planner::{ModelFile, PlanError, Planner};
+use super::planner::{Listed, ModelFile, PlanError, Planner};
+use crate::directory::Directory;
 use scission_core::cut::Block;
 use scission_core::link::Encoding;
 use scission_core::wire::WireError;
 use scission_core::wire::message::{
-    Body, FailureCode, FailureDetail, NamedTensor, Stage, StageTiming, bounded_text, decode, encode, failure_text,
+    Body, CONFIGURED, FailureCode, FailureDetail, NamedTensor, Stage, StageTiming, bounded_text, decode, encode, failure_text,
 };
 use scission_engine::pipeline::Activations;
 use scission_net::pki::{self, PeerCert, Role};
@@ -233,7 +234,9 @@ impl StageError {
 /// model file.
 pub struct StageServer {
     node: Arc<Node>,
-    upstream: Option<Upstream>,
+    upstream: Option<Arc<Upstream>>,
+    directory: Arc<Directory>,
+    hops: std::sync::Mutex<std::collections::HashMap<u8, Arc<Upstream>>>,
     limits: Limits,
     workers: Arc<Semaphore>,
     load: Arc<LoadMeter>,
@@ -268,7 +271,7 @@ fn authorize(body: &Body<'_>, peer: &PeerCert) -> Result<(), StageError> {
     let allowed = match body {
         Body::Infer { .. } => matches!(role, Some(Role::Device | Role::Edge)),
         Body::PlanRequest { .. } => role == Some(Role::Device),
-        Body::Register { name, .. } => role == Some(Role::Edge) && peer.is_named(name),
+        Body::Register { name, tier, .. } => matches!((role, tier), (Some(Role::Edge), 1) | (Some(Role::Cloud), 2)) && peer.is_named(name),
         _ => true,
     };
     if allowed {
@@ -278,7 +281,7 @@ fn authorize(body: &Body<'_>, peer: &PeerCert) -> Result<(), StageError> {
     let what = match body {
         Body::Infer { .. } => "send stage requests",
         Body::PlanRequest { .. } => "ask for plans",
-        Body::Register { .. } => "register (only an edge, under its own enrolled name)",
+        Body::Register { .. } => "register (only an edge as tier 1 or a cloud as tier 2, under its own enrolled name)",
         _ => "ask this",
     };
     Err(StageError::Forbidden(format!("{who} may not {what}")))
@@ -290,6 +293,8 @@ impl StageServer {
         Self {
             node,
             upstream: None,
+            directory: Arc::default(),
+            hops: std::sync::Mutex::default(),
             workers: Arc::new(Semaphore::new(limits.workers.max(1))),
             limits,
             load: Arc::new(LoadMeter::new(limits.workers)),
@@ -315,8 +320,35 @@ impl StageServer {
 
     /// Forwards later stages to `upstream`.
     pub fn with_upstream(mut self, upstream: Upstream) -> Self {
-        self.upstream = Some(upstream);
+        self.upstream = Some(Arc::new(upstream));
         self
+    }
+
+    /// Routes to the registered machines `directory` lists (and learns its own id there).
+    pub fn with_directory(mut self, directory: Arc<Directory>) -> Self {
+        self.directory = directory;
+        self
+    }
+
+    /// Where the next stage goes: the configured next tier, or the directory's machine (one
+    /// connection per machine, kept while its address stays the same).
+    fn next_hop(&self, next: Option<&Stage>) -> Result<Arc<Upstream>, String> {
+        let next = next.ok_or("no next stage")?;
+        if next.machine == CONFIGURED {
+            return self.upstream.clone().ok_or_else(|| "this node has no next tier to forward to".into());
+        }
+        let machine = self
+            .directory
+            .machine(next.tier, next.machine)
+            .ok_or_else(|| format!("machine {} of tier {} is not in this node's directory", next.machine, next.tier))?;
+        let client = self.upstream.as_ref().map(|u| u.endpoint.clone()).ok_or("this node has no client endpoint to forward with")?;
+        let mut hops = self.hops.lock().map_err(|_| "the forwarding table is unusable".to_string())?;
+        let hop =
+            hops.entry(next.machine).or_insert_with(|| Arc::new(Upstream::new(client.clone(), machine.peer.addr, &machine.peer.name)));
+        if hop.addr != machine.peer.addr || hop.name != machine.peer.name {
+            *hop = Arc::new(Upstream::new(client, machine.peer.addr, &machine.peer.name));
+        }
+        Ok(hop.clone())
     }
 
     /// Also answers registrations and plan requests; the planner counts this server's own
@@ -374,8 +406,8 @@ impl StageServer {
                     if server.revoked(&peer) {
                         break;
                     }
-                    let (server, peer) = (server.clone(), peer.clone());
-                    tokio::spawn(async move { server.handle_stream(send, recv, &peer).await });
+                    let (server, peer, from) = (server.clone(), peer.clone(), connection.remote_address());
+                    tokio::spawn(async move { server.handle_stream(send, recv, &peer, from).await });
                 }
                 tracing::warn!("closing a connection from a revoked node ({})", connection.remote_address());
                 connection.close(quinn::VarInt::from_u32(REFUSED), b"revoked");
@@ -383,9 +415,9 @@ impl StageServer {
         }
     }
 
-    async fn handle_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: &PeerCert) {
+    async fn handle_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: &PeerCert, from: SocketAddr) {
         let reply = match tokio::time::timeout(self.limits.read_deadline, read_frame(&mut recv, self.limits.max_frame)).await {
-            Ok(Ok(bytes)) => self.answer(&bytes, peer).await,
+            Ok(Ok(bytes)) => self.answer(&bytes, peer, from).await,
             Ok(Err(FrameError::Wire(WireError::TooLarge { len, limit }))) => StageError::TooLarge { len, limit }.to_frame(0),
             Ok(Err(e)) => StageError::BadRequest(e.to_string()).to_frame(0),
             Err(_) => {
@@ -406,7 +438,7 @@ impl StageServer {
         }
     }
 
-    async fn answer(&self, bytes: &[u8], peer: &PeerCert) -> Vec<u8> {
+    async fn answer(&self, bytes: &[u8], peer: &PeerCert, from: SocketAddr) -> Vec<u8> {
         let body = match decode(bytes) {
             Ok(body) => body,
             Err(e) => return StageError::BadRequest(e.to_string()).to_frame(0),
@@ -418,33 +450,36 @@ impl StageServer {
         if let Err(e) = authorize(&body, peer) {
             return e.to_frame(request);
         }
-        match self.dispatch(body).await {
+        match self.dispatch(body, from).await {
             Ok(reply) => reply,
             Err(e) => e.to_frame(request),
         }
     }
 
-    async fn dispatch(&self, body: Body<'_>) -> Result<Vec<u8>, StageError> {
+    async fn dispatch(&self, body: Body<'_>, from: SocketAddr) -> Result<Vec<u8>, StageError> {
         match body {
             Body::Ping { nonce, .. } => encode(&Body::Pong { nonce }).map_err(StageError::engine),
             Body::Infer { request, model, stages, encoding, tensors, deadline_ms } => {
                 let request = Request { id: request, model, encoding, deadline: Deadline::from_arrival(deadline_ms) };
                 self.infer(request, &stages, &tensors).await
             }
-            Body::Register { name, tier, profile, link_to_cloud, load } => {
+            Body::Register { name, tier, profile, link_to_cloud, load, addr } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan"))?;
                 let _permit = self.planning_permit()?;
-                let (name, profile) = (name.to_string(), profile.to_vec());
-                blocking(move || planner.register(&name, tier, &profile, link_to_cloud, load)).await??;
-                encode(&Body::Registered).map_err(StageError::engine)
+                let (name, profile, addr) = (name.to_string(), profile.to_vec(), addr.to_string());
+                let (id, listed) =
+                    blocking(move || planner.register(&name, tier, &addr, from.ip(), &profile, link_to_cloud, load)).await??;
+                let machines = bounded(listed.iter().map(Listed::entry).collect(), "directory entries").map_err(StageError::engine)?;
+                encode(&Body::Registered { id, machines }).map_err(StageError::engine)
             }
             Body::PlanRequest { profile, uplinks, count, avoid } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan (start the cloud with --profile)"))?;
                 let _permit = self.planning_permit()?;
                 let (profile, uplinks, avoid) = (profile.to_vec(), uplinks.to_vec(), avoid.to_vec());
-                let routes = blocking(move || planner.plan(&profile, &uplinks, &avoid, usize::from(count))).await??;
+                let (routes, listed) = blocking(move || planner.plan(&profile, &uplinks, &avoid, usize::from(count))).await??;
                 let routes = bounded(routes, "routes").map_err(StageError::engine)?;
-                encode(&Body::Plans { routes }).map_err(StageError::engine)
+                let machines = bounded(listed.iter().map(Listed::entry).collect(), "directory entries").map_err(StageError::engine)?;
+                encode(&Body::Plans { routes, machines }).map_err(StageError::engine)
             }
             Body::FetchModel { offset, max_len } => {
                 let file = self.model_file.as_ref().ok_or(StageError::NotOffered("serve its model file"))?;
@@ -524,8 +559,14 @@ impl StageServer {
             return Err(StageError::BadRequest("the request is for another model than this node serves".into()));
         }
         let Some((stage, rest)) = stages.split_first() else { return Err(StageError::BadRequest("a request with no stage".into())) };
-        if stage.tier != self.node.tier {
-            return Err(StageError::BadRequest(format!("stage for tier {} sent to tier {}", stage.tier, self.node.tier)));
+        if !self.is_mine(stage) {
+            return Err(StageError::BadRequest(format!(
+                "stage for machine {} of tier {} sent to {} of tier {}",
+                stage.machine,
+                stage.tier,
+                self.directory.own().map_or("the configured server".to_string(), |id| format!("machine {id}")),
+                self.node.tier
+            )));
         }
         // A full queue answers at once, before the request's tensors are decoded.
         let (waiting, admitted) = self.load.admit();
@@ -542,12 +583,18 @@ impl StageServer {
         self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
         let (live, compute_ns) = self.run_stage(block, live, request.deadline).await?;
         drop(admitted);
-        let mine = StageTiming { tier: self.node.tier, compute_ns };
+        let mine = StageTiming { tier: self.node.tier, machine: stage.machine, compute_ns };
         if rest.is_empty() {
             let outputs = self.node.outputs(&live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
             return output_message(request.id, &outputs, &[mine]).map_err(|e| StageError::Engine(format!("{e:#}")));
         }
         self.forward(request, rest, &live, mine).await
+    }
+
+    /// Whether this server runs `stage`: its tier's, addressed to the tier's configured server
+    /// or to the id the planner gave this one.
+    fn is_mine(&self, stage: &Stage) -> bool {
+        stage.tier == self.node.tier && (stage.machine == CONFIGURED || Some(stage.machine) == self.directory.own())
     }
 
     fn expired(&self, deadline: Deadline, waiting_for: &'static str) -> StageError {
@@ -580,7 +627,7 @@ impl StageServer {
     async fn forward(&self, request: Request, rest: &[Stage], live: &Activations, mine: StageTiming) -> Result<Vec<u8>, StageError> {
         let next = rest.first().map_or(0, |s| s.tier);
         let unreachable = |reason: String| StageError::Unreachable { tier: next, reason };
-        let upstream = self.upstream.as_ref().ok_or_else(|| unreachable("this node has no next tier to forward to".into()))?;
+        let upstream = self.next_hop(rest.first()).map_err(unreachable)?;
         let left_ms = match request.deadline {
             Some(d) if d.remaining_ms() == 0 => return Err(self.expired(d, "its own stage")),
             Some(d) => d.remaining_ms(),

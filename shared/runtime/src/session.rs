@@ -335,7 +335,7 @@ fn cloud_route(nodes: usize) -> Result<Route> {
 
 fn whole_on(tier: u8, nodes: usize) -> Result<Route> {
     let Ok(end) = u32::try_from(nodes) else { bail!("a model of {nodes} nodes is too large") };
-    Ok(Route { stages: vec![Stage { tier, start: 0, end }], predicted_ns: None })
+    Ok(Route { stages: vec![Stage { tier, machine: 0, start: 0, end }], predicted_ns: None })
 }
 
 /// What the session does to every ranking: the routes it adds, and the device memory that

@@ -55,7 +55,7 @@ fn panic(_: &PanicInfo<'_>) -> ! {
 pub extern "C" fn scission_core_check(frame: *const u8, len: usize) -> u32 {
     let bytes = if frame.is_null() { &[][..] } else { unsafe { core::slice::from_raw_parts(frame, len) } };
     let decoded = matches!(decode(bytes), Ok(Body::Pong { .. })) as u32;
-    let route = Route { stages: alloc::vec![Stage { tier: 0, start: 0, end: 1 }], predicted_ns: None };
+    let route = Route { stages: alloc::vec![Stage { tier: 0, machine: 0, start: 0, end: 1 }], predicted_ns: None };
     let mut policy = DevicePolicy::new(PolicyConfig::default(), alloc::vec![route], alloc::vec::Vec::new());
     policy.handle(embassy_time::Instant::from_ticks(0), Event::Submit { request: 1 });
     decoded + policy.poll().is_some() as u32

@@ -48,13 +48,14 @@ pub fn split_route(device_end: usize, edge_end: usize, nodes: usize) -> Result<V
     Ok([(0u8, 0, a), (1, a, b), (2, b, end)]
         .into_iter()
         .filter(|(_, s, e)| s < e)
-        .map(|(tier, start, end)| Stage { tier, start, end })
+        .map(|(tier, start, end)| Stage { tier, machine: 0, start, end })
         .collect())
 }
 
 /// The route of a solver plan over `blocks`: each non-empty segment's blocks as one node range
-/// on its tier. `None` when the plan does not fit the blocks (another model's plan).
-pub fn plan_route(plan: &Plan, blocks: &[BlockProfile]) -> Option<Vec<Stage>> {
+/// on its tier, run by the machine `machine_of` names for the segment's solver machine. `None`
+/// when the plan does not fit the blocks (another model's plan).
+pub fn plan_route(plan: &Plan, blocks: &[BlockProfile], machine_of: impl Fn(usize) -> u8) -> Option<Vec<Stage>> {
     plan.segments
         .iter()
         .filter(|s| s.end > s.start)
@@ -63,6 +64,7 @@ pub fn plan_route(plan: &Plan, blocks: &[BlockProfile]) -> Option<Vec<Stage>> {
             let last = blocks.get(s.end - 1)?;
             Some(Stage {
                 tier: u8::try_from(s.tier).ok()?,
+                machine: machine_of(s.machine),
                 start: u32::try_from(first.range.start).ok()?,
                 end: u32::try_from(last.range.end).ok()?,
             })

@@ -19,11 +19,20 @@ pub const MAX_STAGES: usize = 8;
 /// Longest error text.
 pub const MAX_TEXT: usize = 256;
 
-/// One stage of a route: the tier that runs it and its node range `[start, end)`.
+/// Which machine of a tier runs a stage: [`CONFIGURED`], or an id from the planner's directory
+/// ([`MachineEntry`]).
+pub type MachineId = u8;
+
+/// The tier's configured server: the device's `--edge` or `--cloud`, an edge's `--cloud`.
+pub const CONFIGURED: MachineId = 0;
+
+/// One stage of a route: the tier and machine that run it, and its node range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Hash, Eq, Serialize, Deserialize)]
 pub struct Stage {
     /// Tier index in the chain (0 = device).
     pub tier: u8,
+    /// The machine of that tier: [`CONFIGURED`], or a registered machine's directory id.
+    pub machine: MachineId,
     /// First node position.
     pub start: u32,
     /// One past the last node position.
@@ -45,6 +54,8 @@ pub struct NamedTensor<'a> {
 pub struct StageTiming {
     /// Tier index.
     pub tier: u8,
+    /// The machine that ran it, as the route named it.
+    pub machine: MachineId,
     /// Nanoseconds of compute.
     pub compute_ns: u64,
 }
@@ -168,6 +179,24 @@ pub struct PlannedRoute {
 pub const MAX_ROUTES: usize = 16;
 /// Longest node name.
 pub const MAX_NAME: usize = 64;
+/// Longest advertised address (`HOST:PORT`).
+pub const MAX_ADDR: usize = 96;
+/// Most machines in the planner's directory.
+pub const MAX_DIRECTORY: usize = 32;
+
+/// A registered machine, as the planner's directory lists it: routes name it by `id`, and
+/// peers reach it at `addr` and check that its certificate carries `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineEntry<'a> {
+    /// Its id in routes (never [`CONFIGURED`]).
+    pub id: MachineId,
+    /// Its tier.
+    pub tier: u8,
+    /// Its enrolled name.
+    pub name: &'a str,
+    /// Where it listens, `HOST:PORT`.
+    pub addr: &'a str,
+}
 
 /// What a message says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -239,9 +268,19 @@ pub enum Body<'a> {
         link_to_cloud: Option<Link>,
         /// Its load now (renewals are heartbeats).
         load: Load,
+        /// Where peers reach it, `HOST:PORT`; an unspecified host (`0.0.0.0`) stands for the
+        /// address the registration came from.
+        addr: heapless::String<MAX_ADDR>,
     },
-    /// The cloud's answer to [`Body::Register`].
-    Registered,
+    /// The cloud's answer to [`Body::Register`]: the id routes name the machine by, and the
+    /// directory it forwards by.
+    Registered {
+        /// Its id.
+        id: MachineId,
+        /// Every registered machine.
+        #[serde(borrow)]
+        machines: heapless::Vec<MachineEntry<'a>, MAX_DIRECTORY>,
+    },
     /// A device asks the cloud for ranked plans.
     PlanRequest {
         /// The device's profile JSON.
@@ -254,10 +293,13 @@ pub enum Body<'a> {
         /// Tiers the plans must not use (found unreachable).
         avoid: heapless::Vec<u8, MAX_STAGES>,
     },
-    /// Ranked plans, best first.
+    /// Ranked plans, best first, and the machines they name.
     Plans {
         /// The routes.
         routes: heapless::Vec<PlannedRoute, MAX_ROUTES>,
+        /// The registered machines (every id a route names is here).
+        #[serde(borrow)]
+        machines: heapless::Vec<MachineEntry<'a>, MAX_DIRECTORY>,
     },
     /// Asks for a piece of the model file the receiver serves.
     FetchModel {
@@ -321,6 +363,19 @@ pub fn decode(bytes: &[u8]) -> Result<Body<'_>, WireError> {
     Ok(envelope.body)
 }
 
+/// A directory's entries: bounded names and addresses, unique ids, none [`CONFIGURED`].
+fn validate_directory(machines: &[MachineEntry<'_>]) -> Result<(), WireError> {
+    for (i, m) in machines.iter().enumerate() {
+        if m.id == CONFIGURED || m.name.is_empty() || m.name.len() > MAX_NAME || m.addr.len() > MAX_ADDR {
+            return Err(WireError::Malformed("a directory entry has a reserved id, or a name or address out of bounds"));
+        }
+        if machines[..i].iter().any(|o| o.id == m.id || o.name == m.name) {
+            return Err(WireError::Malformed("two directory entries share an id or a name"));
+        }
+    }
+    Ok(())
+}
+
 fn validate(body: &Body<'_>) -> Result<(), WireError> {
     match body {
         Body::Infer { stages, tensors, .. } => {
@@ -335,14 +390,23 @@ fn validate(body: &Body<'_>) -> Result<(), WireError> {
             tensors.iter().try_for_each(|t| t.tensor.validate())
         }
         Body::Output { tensors, .. } => tensors.iter().try_for_each(|t| t.tensor.validate()),
-        Body::Plans { routes } => {
+        Body::Plans { routes, machines } => {
+            validate_directory(machines)?;
             let ordered = routes.iter().all(|r| {
                 !r.stages.is_empty()
                     && r.stages.iter().all(|s| s.start < s.end)
                     && r.stages.windows(2).all(|w| w[0].end == w[1].start && w[0].tier < w[1].tier)
             });
-            if ordered { Ok(()) } else { Err(WireError::Malformed("a planned route is not consecutive and in tier order")) }
+            if !ordered {
+                return Err(WireError::Malformed("a planned route is not consecutive and in tier order"));
+            }
+            let listed = |s: &Stage| s.machine == CONFIGURED || machines.iter().any(|m| m.id == s.machine && m.tier == s.tier);
+            match routes.iter().all(|r| r.stages.iter().all(listed)) {
+                true => Ok(()),
+                false => Err(WireError::Malformed("a planned route names a machine the directory does not list on that tier")),
+            }
         }
+        Body::Registered { machines, .. } => validate_directory(machines),
         Body::ModelChunk { total, offset, data, .. } => {
             let end = offset.checked_add(data.len() as u64);
             if end.is_some_and(|e| e <= *total) { Ok(()) } else { Err(WireError::Malformed("model chunk outside the file")) }
@@ -362,7 +426,9 @@ mod tests {
         Body::Infer {
             request: 7,
             model: [9; 32],
-            stages: [Stage { tier: 1, start: 3, end: 10 }, Stage { tier: 2, start: 10, end: 12 }].into_iter().collect(),
+            stages: [Stage { tier: 1, machine: 0, start: 3, end: 10 }, Stage { tier: 2, machine: 0, start: 10, end: 12 }]
+                .into_iter()
+                .collect(),
             encoding: Encoding::F16,
             tensors: [NamedTensor { id: 4, tensor }].into_iter().collect(),
             deadline_ms: 2_000,
@@ -409,7 +475,9 @@ mod tests {
         let backwards = Body::Infer {
             request,
             model,
-            stages: [Stage { tier: 2, start: 3, end: 4 }, Stage { tier: 1, start: 4, end: 5 }].into_iter().collect(),
+            stages: [Stage { tier: 2, machine: 0, start: 3, end: 4 }, Stage { tier: 1, machine: 0, start: 4, end: 5 }]
+                .into_iter()
+                .collect(),
             encoding: Encoding::F32,
             tensors,
             deadline_ms: 0,
