@@ -418,3 +418,64 @@ fn plans_choose_among_registered_edges_and_clouds_and_requests_run_on_the_chosen
     });
     drop((second_edge, second_cloud));
 }
+
+/// A chain of four tiers: the planner plans over `device,edge,edge2,cloud`, the second edge
+/// serves tier 2 (--tier-index 2), and a route through all four runs end to end, equal to the
+/// unsplit model; so does the planner's own best route.
+#[test]
+fn a_four_tier_chain_runs_end_to_end_and_matches_the_unsplit_model() {
+    use scission_core::link::{Encoding, Link};
+    use scission_core::wire::message::{CONFIGURED, Stage};
+    use scission_engine::input::synthetic_inputs;
+    use scission_runtime::client::{DeviceClient, Peer};
+    let c = Cluster::new();
+    let (cluster, model, dir) = (c.cluster(), c.model.to_str().unwrap(), c.dir.path());
+    assert!(run("scission-cloud", &["enroll", "edge2", "--tier", "edge", "--cluster", &cluster]).status.success());
+    let profile = |name: &str, us| set_profile(dir, &c.model, name, us);
+    let (cloud, edge, edge2, device) = (profile("cloud", 100), profile("edge", 1_000), profile("edge2", 500), profile("device", 10_000));
+    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| {
+        let args = ["serve", model, "--cluster", &cluster, "--name", name, "--profile", profile, "--threads", "1", "--heartbeat-s", "1"];
+        start(bin, &[&args[..], extra].concat())
+    };
+    let planner = serve("scission-cloud", "cloud", &cloud, &["--tiers", "device,edge,edge2,cloud"]);
+    let planner_addr = planner.addr.to_string();
+    let second = serve("scission-edge", "edge2", &edge2, &["--cloud", &planner_addr, "--tier-index", "2"]);
+    let first = serve("scission-edge", "edge", &edge, &["--cloud", &planner_addr]);
+    let loaded = Model::load_path(&c.model, &LoadOptions::default()).unwrap();
+    let inputs = synthetic_inputs(&loaded.graph, 3).unwrap();
+    let unsplit = loaded.whole().unwrap().run(inputs.clone()).unwrap();
+    let node = Arc::new(scission_runtime::node::Node::new(loaded, 0, 1).unwrap());
+    let profile: scission_core::profile::Profile = serde_json::from_slice(&std::fs::read(&device).unwrap()).unwrap();
+    let identity = pki::Identity::load(&dir.join("cluster"), "device").unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let peers = std::collections::HashMap::from([(1u8, Peer::new(first.addr, "edge")), (2u8, Peer::new(planner.addr, "cloud"))]);
+        let client = DeviceClient::new(node, quic::client(&identity).unwrap(), peers, 64 << 20, std::time::Duration::from_secs(10));
+        let link = Link { latency_ns: 10_000, bits_per_sec: 10_000_000_000 };
+        let uplinks = std::collections::HashMap::from([(1u8, link), (2u8, link)]);
+        let json = serde_json::to_vec(&profile).unwrap();
+        let plans = client.request_plans(2, &json, &uplinks, &[], 8).await.unwrap();
+        let id_of = |name: &str| (1..=32u8).find(|&id| client.directory().name(id).as_deref() == Some(name)).expect(name);
+        // Device, edge, edge2 and cloud one block or more each, at the profile's block boundaries.
+        let cut = |i: usize| profile.blocks[i * profile.blocks.len() / 4].range.start as u32;
+        let end = profile.blocks.last().unwrap().range.end as u32;
+        let through_all = vec![
+            Stage { tier: 0, machine: CONFIGURED, start: 0, end: cut(1) },
+            Stage { tier: 1, machine: id_of("edge"), start: cut(1), end: cut(2) },
+            Stage { tier: 2, machine: id_of("edge2"), start: cut(2), end: cut(3) },
+            Stage { tier: 3, machine: CONFIGURED, start: cut(3), end },
+        ];
+        assert!(plans[0].0.iter().all(|s| s.tier <= 3), "the planner plans over its four tiers: {plans:?}");
+        for route in [&through_all, &plans[0].0] {
+            let outcome = client.infer(1, route, inputs.clone(), Encoding::F32).await.unwrap();
+            let ran: Vec<(u8, u8)> = outcome.timings.iter().map(|t| (t.tier, t.machine)).collect();
+            assert_eq!(ran, route.iter().map(|s| (s.tier, s.machine)).collect::<Vec<_>>(), "each stage ran where the route said");
+            assert!(!unsplit.is_empty() && outcome.outputs.len() == unsplit.len());
+            for ((_, got), want) in outcome.outputs.iter().zip(&unsplit) {
+                let plain = |t: &scission_engine::tract::prelude::Tensor| t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+                let (got, want) = (plain(got), plain(want));
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "route {route:?} differs from the unsplit model");
+            }
+        }
+    });
+    drop((first, second, planner));
+}

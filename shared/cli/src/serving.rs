@@ -90,6 +90,15 @@ pub struct ServeArgs {
     /// further cloud (with --profile) joining another cloud's plans. Resolved at start.
     #[arg(long, value_parser = crate::model::parse_host_port, value_name = "HOST:PORT")]
     pub planner: Option<SocketAddr>,
+    /// The cloud's planner: the chain of tiers it plans over, device first and this cloud last,
+    /// e.g. `device,edge,edge2,cloud` (default `device,edge,cloud`); servers of a middle tier
+    /// register with --tier-index.
+    #[arg(long, value_delimiter = ',', value_name = "TIER,TIER,...")]
+    pub tiers: Option<Vec<String>>,
+    /// This server's index in the planner's chain (default: an edge 1, a cloud the chain's last,
+    /// 2 without --tiers), e.g. 2 for the edge2 of `device,edge,edge2,cloud`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..8))]
+    pub tier_index: Option<u8>,
     /// The planner's enrolled name (its certificate must carry it).
     #[arg(long, default_value = "cloud")]
     pub planner_name: String,
@@ -149,6 +158,8 @@ pub fn run_serve(
         upstream,
         planner: args.planner.map(|addr| Peer::new(addr, args.planner_name.clone())),
         advertise: args.advertise.map(|a| a.to_string()),
+        tiers: args.tiers.clone(),
+        tier_index: args.tier_index,
         threads: args.threads.unwrap_or_else(scission_engine::host::available_cores),
         limits: args.limits(max_frame),
         profile,

@@ -89,6 +89,13 @@ impl From<PlanRequestError> for crate::error::RuntimeError {
 /// The connection-cache key of the planner, when it is not the cloud (no tier uses it).
 const PLANNER: u8 = u8::MAX;
 
+/// The configured peer that serves `tier`'s [`CONFIGURED`] machine: 1 the device's edge; any
+/// later tier its cloud (the planner's own tier is the chain's last, however long the chain; the
+/// tiers between are reached through their registered machines).
+pub fn configured_key(tier: u8) -> u8 {
+    tier.min(2)
+}
+
 /// Sends a device's requests along routes.
 pub struct DeviceClient {
     /// The device node whose stages it runs.
@@ -176,7 +183,7 @@ impl DeviceClient {
     fn peer_of(&self, tier: u8, machine: MachineId) -> Result<Peer> {
         match (tier, machine) {
             (PLANNER, _) => self.planner.clone().context("no planner address"),
-            (_, CONFIGURED) => self.peers.get(&tier).cloned().with_context(|| format!("no address for tier {tier}")),
+            (_, CONFIGURED) => self.peers.get(&configured_key(tier)).cloned().with_context(|| format!("no address for tier {tier}")),
             _ => self
                 .directory
                 .machine(tier, machine)

@@ -20,7 +20,7 @@ use scission_core::policy::plan_route;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::solver::profiles::{Topology, problem_from_profiles, set_link};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, SolveError};
-use scission_core::wire::message::{CONFIGURED, Load, MAX_DIRECTORY, MAX_ROUTES, MachineEntry, MachineId, PlannedRoute};
+use scission_core::wire::message::{CONFIGURED, Load, MAX_DIRECTORY, MAX_ROUTES, MAX_STAGES, MachineEntry, MachineId, PlannedRoute};
 use scission_engine::profile_file::parse_profile;
 
 use crate::convert::bounded;
@@ -47,8 +47,8 @@ pub enum PlanError {
         /// Ours.
         ours: String,
     },
-    /// Only edges (tier 1) and further clouds (tier 2) register.
-    #[error("only edges (tier 1) and clouds (tier 2) register; devices ask for plans")]
+    /// Only servers register, with a tier of the chain (not the device's).
+    #[error("only servers register, each with its tier's index in the planner's chain (1 to its last); devices ask for plans")]
     NotAServerTier,
     /// The registry has no id left, or the name is the planner's own.
     #[error("cannot register '{0}': {1}")]
@@ -101,13 +101,23 @@ pub struct Planner {
     ttl: Duration,
     deny: Option<Arc<scission_net::pki::DenyList>>,
     own_load: Option<Arc<LoadMeter>>,
+    /// The chain, device first, this cloud last.
+    tiers: Vec<String>,
 }
 
 impl Planner {
     /// A planner whose cloud machine has profile `own`.
     pub fn new(mut own: Profile) -> Self {
         own.machine.tier = TierKind::Cloud;
-        Self { own, registry: Mutex::new(HashMap::new()), capacity: MAX_REGISTERED, ttl: REGISTRATION_TTL, deny: None, own_load: None }
+        Self {
+            own,
+            registry: Mutex::new(HashMap::new()),
+            capacity: MAX_REGISTERED,
+            ttl: REGISTRATION_TTL,
+            deny: None,
+            own_load: None,
+            tiers: default_chain(),
+        }
     }
 
     /// Keeps at most `capacity` edges registered, each for `ttl` after its last renewal.
@@ -121,6 +131,24 @@ impl Planner {
     pub fn with_deny_list(mut self, deny: Arc<scission_net::pki::DenyList>) -> Self {
         self.deny = Some(deny);
         self
+    }
+
+    /// Plans over `tiers` (names in chain order: the device's first, this cloud's last), e.g.
+    /// `device, edge, edge2, cloud`; servers register with their tier's index in it.
+    pub fn with_tiers(mut self, tiers: Vec<String>) -> Result<Self, PlanError> {
+        if tiers.len() < 2 || tiers.len() > scission_core::solver::MAX_TIERS || tiers.len() > MAX_STAGES {
+            return Err(PlanError::Problem(format!("a chain has 2 to {MAX_STAGES} tiers, not {}", tiers.len())));
+        }
+        if tiers.iter().enumerate().any(|(i, t)| tiers[..i].contains(t)) {
+            return Err(PlanError::Problem(format!("a tier appears twice in the chain {}", tiers.join(","))));
+        }
+        self.tiers = tiers;
+        Ok(self)
+    }
+
+    /// The chain's last tier: this cloud's index.
+    pub fn own_tier(&self) -> u8 {
+        u8::try_from(self.tiers.len().saturating_sub(1)).unwrap_or(u8::MAX)
     }
 
     /// Counts the cloud's own queue (`load`, its stage server's) in every plan.
@@ -144,8 +172,9 @@ impl Planner {
         load: Load,
     ) -> Result<(MachineId, Vec<Listed>), PlanError> {
         let kind = match tier {
-            1 => TierKind::Edge,
-            2 => TierKind::Cloud,
+            0 => return Err(PlanError::NotAServerTier),
+            t if t == self.own_tier() => TierKind::Cloud,
+            t if t < self.own_tier() => TierKind::Edge,
             _ => return Err(PlanError::NotAServerTier),
         };
         if name == self.own.machine.name {
@@ -218,11 +247,19 @@ impl Planner {
         let mut profiles = vec![device.clone()];
         profiles.extend(edges.iter().map(|r| r.profile.clone()));
         profiles.push(self.own.clone());
-        let mut problem = problem_from_profiles(&profiles, &Topology::default(), None, CostOptions::default())
-            .map_err(|e| PlanError::Problem(e.to_string()))?;
+        let last = self.tiers.len() - 1;
+        let mut placement =
+            vec![(device.machine.name.clone(), self.tiers[0].clone()), (self.own.machine.name.clone(), self.tiers[last].clone())];
+        placement.extend(edges.iter().filter_map(|r| Some((r.profile.machine.name.clone(), self.tiers.get(usize::from(r.tier))?.clone()))));
+        let topology = Topology { tiers: self.tiers.clone(), placement };
+        let mut problem =
+            problem_from_profiles(&profiles, &topology, None, CostOptions::default()).map_err(|e| PlanError::Problem(e.to_string()))?;
         let cloud = profiles.len() - 1;
+        // The device measured its configured peers: 1 its edge (taken for every edge tier), 2
+        // its cloud (for the last tier).
         for (m, machine) in problem.machines.clone().iter().enumerate().skip(1) {
-            if let Some((_, link)) = uplinks.iter().find(|(t, _)| usize::from(*t) == machine.tier) {
+            let key = if machine.tier == last { 2 } else { 1 };
+            if let Some((_, link)) = uplinks.iter().find(|(t, _)| *t == key) {
                 set_link(&mut problem, 0, m, *link);
                 set_link(&mut problem, m, 0, *link);
             }
@@ -255,6 +292,11 @@ impl Planner {
             .collect::<Result<Vec<_>, PlanError>>()
             .map(|routes| (routes, listing(edges.iter())))
     }
+}
+
+/// device -> edge -> cloud.
+fn default_chain() -> Vec<String> {
+    scission_core::solver::profiles::DEFAULT_TIERS.iter().map(|t| t.as_str().to_string()).collect()
 }
 
 /// A registered machine as the directory lists it.

@@ -45,6 +45,11 @@ pub struct ServeConfig {
     pub profile: Option<Profile>,
     /// The model file, served to tiers that lack it.
     pub model_file: std::path::PathBuf,
+    /// The planner's chain of tier names, device first, this cloud last (default: device, edge,
+    /// cloud).
+    pub tiers: Option<Vec<String>>,
+    /// This server's index in the planner's chain (default: an edge 1, a cloud the chain's last).
+    pub tier_index: Option<u8>,
     /// The address registered with the planner, where devices and other servers reach this
     /// one (default: the bound address; an unspecified host stands for the one the planner
     /// sees the registration come from).
@@ -78,7 +83,9 @@ pub fn tier_index(tier: TierKind) -> u8 {
 /// Serves `model` until the process ends; `on_ready` is called once the endpoint is bound.
 pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let identity = pki::Identity::load(&config.cluster, &config.name)?;
-    let node = Arc::new(Node::new(model, tier_index(config.tier), config.threads)?.with_slice_cache(config.limits.slice_cache));
+    let chain = config.tiers.as_ref().map(|t| u8::try_from(t.len().saturating_sub(1)).unwrap_or(u8::MAX));
+    let tier = config.tier_index.or(chain).unwrap_or_else(|| tier_index(config.tier));
+    let node = Arc::new(Node::new(model, tier, config.threads)?.with_slice_cache(config.limits.slice_cache));
     let deny = Arc::new(pki::DenyList::new(&config.cluster));
     let mut server = StageServer::new(node.clone(), config.limits)
         .with_revocations(deny.clone())
@@ -87,9 +94,12 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
     server = server.with_directory(directory.clone());
     // A cloud with a profile plans, unless it registers with another cloud's planner.
     if let (TierKind::Cloud, Some(p), None) = (config.tier, &config.profile, &config.planner) {
-        server = server.with_planner(
-            Planner::new(p.clone()).with_registry(config.limits.registrations, config.limits.registration_ttl).with_deny_list(deny.clone()),
-        );
+        let mut planner =
+            Planner::new(p.clone()).with_registry(config.limits.registrations, config.limits.registration_ttl).with_deny_list(deny.clone());
+        if let Some(tiers) = &config.tiers {
+            planner = planner.with_tiers(tiers.clone()).map_err(|e| crate::error::error!("--tiers: {e}"))?;
+        }
+        server = server.with_planner(planner);
     }
     crate::async_runtime()?.block_on(async move {
         let endpoint = quic::server_with_streams(&identity, config.listen, Some(deny), config.limits.streams_per_connection)?;
@@ -100,7 +110,7 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
                 client: client.clone(),
                 planner,
                 name: config.name.clone(),
-                tier: tier_index(config.tier),
+                tier,
                 addr: config.advertise.clone().unwrap_or(endpoint.local_addr()?.to_string()),
                 profile: serde_json::to_vec(p)?,
                 max_frame: config.limits.max_frame,

@@ -271,7 +271,7 @@ fn authorize(body: &Body<'_>, peer: &PeerCert) -> Result<(), StageError> {
     let allowed = match body {
         Body::Infer { .. } => matches!(role, Some(Role::Device | Role::Edge)),
         Body::PlanRequest { .. } => role == Some(Role::Device),
-        Body::Register { name, tier, .. } => matches!((role, tier), (Some(Role::Edge), 1) | (Some(Role::Cloud), 2)) && peer.is_named(name),
+        Body::Register { name, tier, .. } => matches!(role, Some(Role::Edge | Role::Cloud)) && *tier > 0 && peer.is_named(name),
         _ => true,
     };
     if allowed {
@@ -281,7 +281,7 @@ fn authorize(body: &Body<'_>, peer: &PeerCert) -> Result<(), StageError> {
     let what = match body {
         Body::Infer { .. } => "send stage requests",
         Body::PlanRequest { .. } => "ask for plans",
-        Body::Register { .. } => "register (only an edge as tier 1 or a cloud as tier 2, under its own enrolled name)",
+        Body::Register { .. } => "register (only a server, as a server tier, under its own enrolled name)",
         _ => "ask this",
     };
     Err(StageError::Forbidden(format!("{who} may not {what}")))

@@ -433,7 +433,8 @@ fn endpoint(
 fn check_addresses(routes: &[Route], peers: &HashMap<u8, Peer>) -> Result<()> {
     if let Some(first) = routes.first() {
         for stage in first.stages.iter().filter(|s| s.tier > 0) {
-            if !peers.contains_key(&stage.tier) {
+            if stage.machine == scission_core::wire::message::CONFIGURED && !peers.contains_key(&crate::client::configured_key(stage.tier))
+            {
                 let flag = if stage.tier == 1 { "edge" } else { "cloud" };
                 bail!("the plan gives tier {} work, but its address (--{flag}) is missing", stage.tier);
             }
