@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! cargo build --workspace && cargo run -p scission-tests --example load -- --devices 1,8,64,256
-//! cargo run -p scission-tests --example load -- --devices 64 --edge      # two server machines
+//! cargo run -p scission-tests --example load -- --devices 64 --edges 2   # two edges and the cloud
 //! ```
 //! Without `--model` it writes the zoo's ResNet50. Every request ends in a result or an
 //! explicit failure, counted by kind; nothing is retried (a busy or late answer is
@@ -54,9 +54,10 @@ struct Args {
     /// Seconds over which the devices start, one after another.
     #[arg(long, default_value_t = 5)]
     ramp: u64,
-    /// Also run an edge, registered with the cloud (heartbeat 1 s): devices are planned over both.
-    #[arg(long)]
-    edge: bool,
+    /// Also run this many edges (`edge-0`, `edge-1`, ...), registered with the cloud (heartbeat
+    /// 1 s): devices are planned over them and the cloud.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=8))]
+    edges: u8,
     /// Workers per server (inferences run at once); default: the servers' own (a worker per core).
     #[arg(long)]
     workers: Option<u16>,
@@ -105,7 +106,7 @@ fn main() -> Result<()> {
         None => write_zoo_resnet50(work.path())?,
     };
     let most = args.devices.iter().copied().max().unwrap_or(1);
-    let cluster = make_cluster(work.path(), most)?;
+    let cluster = make_cluster(work.path(), most, args.edges)?;
     eprintln!("benchmarking the servers' profiles (3 runs per block)...");
     let cloud_profile = quick_bench("scission-cloud", &model, &work.path().join("cloud.json"), "cloud");
     let edge_profile = quick_bench("scission-edge", &model, &work.path().join("edge.json"), "edge");
@@ -118,7 +119,10 @@ fn main() -> Result<()> {
         model.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
         args.seconds,
         args.ramp,
-        if args.edge { "edge + cloud" } else { "cloud only" },
+        match args.edges {
+            0 => "cloud only".to_string(),
+            n => format!("{n} edge(s) + cloud"),
+        },
         args.backoff_ms
     );
     println!(
@@ -144,12 +148,14 @@ fn write_zoo_resnet50(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A cluster with a cloud, an edge and `devices` devices (`sim-0`, `sim-1`, ...).
-fn make_cluster(dir: &Path, devices: usize) -> Result<PathBuf> {
+/// A cluster with a cloud, `edges` edges (`edge-0`, ...) and `devices` devices (`sim-0`, ...).
+fn make_cluster(dir: &Path, devices: usize, edges: u8) -> Result<PathBuf> {
     let cluster = dir.join("cluster");
     pki::init_cluster(&cluster)?;
     pki::enroll(&cluster, "cloud", pki::Role::Cloud, false, 1)?;
-    pki::enroll(&cluster, "edge", pki::Role::Edge, false, 1)?;
+    for i in 0..edges {
+        pki::enroll(&cluster, &format!("edge-{i}"), pki::Role::Edge, false, 1)?;
+    }
     for i in 0..devices {
         pki::enroll(&cluster, &format!("sim-{i}"), pki::Role::Device, false, 1)?;
     }
@@ -169,17 +175,17 @@ fn slow_device_profile(cloud: &Path, slowdown: u64) -> Result<Vec<u8>> {
 /// The server processes of one run.
 struct Servers {
     cloud: Server,
-    edge: Option<Server>,
+    edges: Vec<Server>,
     started: Instant,
-    cpu_at_start: (f64, f64),
+    cpu_at_start: (f64, Vec<f64>),
 }
 
 /// Peak RSS (MiB) and mean CPU use (cores) of each server over a run.
 struct Usage {
     cloud_mib: f64,
-    edge_mib: Option<f64>,
+    edge_mib: Vec<f64>,
     cloud_cores: f64,
-    edge_cores: Option<f64>,
+    edge_cores: Vec<f64>,
 }
 
 impl Servers {
@@ -197,25 +203,25 @@ impl Servers {
         let cloud_profile = cloud_profile.to_str().context("path")?;
         let cloud = start("scission-cloud", &[&common[..], &["--profile", cloud_profile], &limits].concat());
         let cloud_addr = cloud.addr.to_string();
-        let edge = match args.edge {
-            true => {
-                let edge_profile = edge_profile.to_str().context("path")?;
-                let edge_args = ["--cloud", &cloud_addr, "--profile", edge_profile, "--heartbeat-s", "1"];
-                Some(start("scission-edge", &[&common[..], &edge_args, &limits].concat()))
-            }
-            false => None,
-        };
-        let cpu_at_start = (cpu_seconds(&cloud), edge.as_ref().map_or(0.0, cpu_seconds));
-        Ok(Self { cloud, edge, started: Instant::now(), cpu_at_start })
+        let edge_profile = edge_profile.to_str().context("path")?;
+        let edges: Vec<Server> = (0..args.edges)
+            .map(|i| {
+                let name = format!("edge-{i}");
+                let edge_args = ["--name", &name, "--cloud", &cloud_addr, "--profile", edge_profile, "--heartbeat-s", "1"];
+                start("scission-edge", &[&common[..], &edge_args, &limits].concat())
+            })
+            .collect();
+        let cpu_at_start = (cpu_seconds(&cloud), edges.iter().map(cpu_seconds).collect());
+        Ok(Self { cloud, edges, started: Instant::now(), cpu_at_start })
     }
 
     fn usage(&self) -> Usage {
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
         Usage {
             cloud_mib: peak_rss_mib(&self.cloud),
-            edge_mib: self.edge.as_ref().map(peak_rss_mib),
+            edge_mib: self.edges.iter().map(peak_rss_mib).collect(),
             cloud_cores: (cpu_seconds(&self.cloud) - self.cpu_at_start.0) / elapsed,
-            edge_cores: self.edge.as_ref().map(|e| (cpu_seconds(e) - self.cpu_at_start.1) / elapsed),
+            edge_cores: self.edges.iter().zip(&self.cpu_at_start.1).map(|(e, at)| (cpu_seconds(e) - at) / elapsed).collect(),
         }
     }
 }
@@ -250,9 +256,10 @@ fn drive(
     let runtime = tokio::runtime::Runtime::new()?;
     let end = Instant::now() + Duration::from_secs(args.seconds);
     let mut peers = std::collections::HashMap::from([(2u8, Peer::new(servers.cloud.addr, "cloud"))]);
-    if let Some(edge) = &servers.edge {
-        peers.insert(1, Peer::new(edge.addr, "edge"));
-        // The edge registers before it announces its address; one heartbeat more for its load.
+    if let Some(edge) = servers.edges.first() {
+        // The first edge is every device's configured one; the planner's directory has them all.
+        peers.insert(1, Peer::new(edge.addr, "edge-0"));
+        // Edges register before they announce their address; one heartbeat more for their load.
         std::thread::sleep(Duration::from_millis(1100));
     }
     runtime.block_on(async {
@@ -269,7 +276,7 @@ fn drive(
                 profile: profile.to_vec(),
                 timeout: Duration::from_secs(args.timeout),
                 backoff: Duration::from_millis(args.backoff_ms),
-                has_edge: servers.edge.is_some(),
+                has_edge: !servers.edges.is_empty(),
             };
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -330,7 +337,7 @@ impl SimulatedDevice {
             .map(|(stages, _)| stages.into_iter().filter(|s| s.start < s.end).collect::<Vec<_>>())
             .find(|s| offloads(s))
             .context("no plan offloads the whole model")?;
-        let plan = describe(&route);
+        let plan = describe(&route, &client);
         let mut request = (self.id as u64) << 32;
         let mut failures_in_a_row = 0u32;
         while Instant::now() < end {
@@ -365,10 +372,13 @@ fn tracing_line(device: usize, message: &str) {
     }
 }
 
-/// A route as the tiers that run it: "cloud", "edge", "edge+cloud".
-fn describe(route: &[Stage]) -> String {
-    let names: Vec<&str> = route.iter().map(|s| ["device", "edge", "cloud"].get(usize::from(s.tier)).copied().unwrap_or("?")).collect();
-    names.join("+")
+/// A route as the machines that run it: "cloud", "edge-1", "edge-0+cloud".
+fn describe(route: &[Stage], client: &DeviceClient) -> String {
+    let name = |s: &Stage| match client.directory().name(s.machine) {
+        Some(name) => name,
+        None => ["device", "edge", "cloud"].get(usize::from(s.tier)).copied().unwrap_or("?").to_string(),
+    };
+    route.iter().map(name).collect::<Vec<_>>().join("+")
 }
 
 fn print_row(args: &Args, n: usize, runs: &[DeviceRun], usage: &Usage) {
@@ -391,8 +401,10 @@ fn print_row(args: &Args, n: usize, runs: &[DeviceRun], usage: &Usage) {
         *plans.entry(r.plan.as_str()).or_default() += 1;
     }
     let plans: Vec<String> = plans.iter().map(|(p, c)| format!("{c}x {p}")).collect();
-    let mib = |m: Option<f64>| m.map_or("-".to_string(), |m| format!("{m:.0}"));
-    let cores = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{:.0}", c * 100.0));
+    let list = |values: &[f64], scale: f64| match values {
+        [] => "-".to_string(),
+        _ => values.iter().map(|v| format!("{:.0}", v * scale)).collect::<Vec<_>>().join("/"),
+    };
     println!(
         "{:>7} {:>9.2} {:>8.1} {:>8.1} {:>6} {:>6} {:>6} {:>6} {:>11} {:>10} {:>10} {:>6} {:>6}  {}",
         n,
@@ -404,10 +416,10 @@ fn print_row(args: &Args, n: usize, runs: &[DeviceRun], usage: &Usage) {
         count(Ending::Expired),
         count(Ending::Unreachable),
         format!("{}+{}", count(Ending::Failed), count(Ending::NoPlan)),
-        mib(Some(usage.cloud_mib)),
-        mib(usage.edge_mib),
-        cores(Some(usage.cloud_cores)),
-        cores(usage.edge_cores),
+        list(&[usage.cloud_mib], 1.0),
+        list(&usage.edge_mib, 1.0),
+        list(&[usage.cloud_cores], 100.0),
+        list(&usage.edge_cores, 100.0),
         plans.join(", ")
     );
 }

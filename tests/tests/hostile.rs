@@ -466,3 +466,53 @@ fn requests_still_waiting_for_a_worker_at_their_deadline_fail_expired_and_leave_
     // The expired ones left the queue: the server answers at once afterwards.
     assert_eq!(flood(&c, cloud.addr, 4, 0), (4, 0));
 }
+
+#[test]
+fn an_edge_without_an_advertised_address_is_planned_as_the_configured_edge() {
+    let c = Cluster::new();
+    let (cloud, profile) = planning_cloud(&c, &[]);
+    let fast = Link { latency_ns: 1_000, bits_per_sec: 10_000_000_000 };
+    let register = |addr: &str| {
+        as_node(&c, "edge", cloud.addr, async |conn| {
+            let register = Body::Register {
+                name: heapless::String::try_from("edge").unwrap(),
+                tier: 1,
+                profile: &profile,
+                link_to_cloud: Some(fast),
+                load: Load::default(),
+                addr: heapless::String::try_from(addr).unwrap(),
+            };
+            let answer = quic::exchange(&conn, &encode(&register).unwrap(), 1 << 20).await.unwrap();
+            let Body::Registered { id, machines } = decode(&answer).unwrap() else { panic!("not registered") };
+            assert!(id > 0);
+            assert_eq!(
+                machines.iter().map(|m| (m.id, m.addr)).collect::<Vec<_>>(),
+                [(id, addr)].iter().filter(|(_, a)| !a.is_empty()).copied().collect::<Vec<_>>(),
+                "listed only with an address"
+            );
+        })
+    };
+    let edge_machines = || {
+        let routes = routes_planned(&c, cloud.addr, &profile, fast);
+        routes.iter().flat_map(|r| r.stages.iter().filter(|s| s.tier == 1).map(|s| s.machine)).collect::<std::collections::BTreeSet<u8>>()
+    };
+    register("");
+    assert_eq!(edge_machines(), [0].into(), "no address: the devices' configured edge");
+    register("127.0.0.1:9");
+    assert!(!edge_machines().contains(&0), "with an address: its directory id");
+    // An address that is not IP:PORT is refused, with the planner unharmed.
+    as_node(&c, "edge", cloud.addr, async |conn| {
+        let register = Body::Register {
+            name: heapless::String::try_from("edge").unwrap(),
+            tier: 1,
+            profile: &profile,
+            link_to_cloud: Some(fast),
+            load: Load::default(),
+            addr: heapless::String::try_from("edge.local:4434").unwrap(),
+        };
+        let (code, message) = failure_code(&conn, &register).await;
+        assert_eq!(code, Some(FailureCode::BadRequest), "{message}");
+        assert!(message.contains("not an IP address"), "{message}");
+    });
+    assert!(!edge_machines().is_empty());
+}

@@ -103,8 +103,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "cloud")]
     pub planner_name: String,
     /// The address registered with the planner, where devices and other servers reach this one
-    /// (default: the bound --listen address; a 0.0.0.0 host stands for the address the planner
-    /// sees the registration come from).
+    /// by the planner's directory. Default: the --listen address when it is a specific IP;
+    /// listening on 0.0.0.0, none (the server is then reached only as its tier's configured
+    /// one: the devices' --edge). A 0.0.0.0 host here stands for the address the planner sees
+    /// the registration come from.
     #[arg(long, value_name = "IP:PORT")]
     pub advertise: Option<SocketAddr>,
 }

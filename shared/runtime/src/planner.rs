@@ -86,7 +86,9 @@ impl From<SolveError> for PlanError {
 struct Registration {
     id: MachineId,
     tier: u8,
-    addr: String,
+    /// Where peers reach it; `None`: not advertised, so routes name it as its tier's configured
+    /// server and the directory leaves it out.
+    addr: Option<String>,
     profile: Profile,
     link_to_cloud: Option<Link>,
     load: Load,
@@ -158,7 +160,8 @@ impl Planner {
     }
 
     /// Records (or renews) node `name` of `tier`, reachable at `addr` (an unspecified host
-    /// stands for `seen_from`, the address the registration came from), with its profile,
+    /// stands for `seen_from`, the address the registration came from; empty: not advertised,
+    /// reached only as its tier's configured server), with its profile,
     /// measured link to the cloud and load. Returns its id (kept on renewal) and the directory.
     #[allow(clippy::too_many_arguments)]
     pub fn register(
@@ -180,7 +183,7 @@ impl Planner {
         if name == self.own.machine.name {
             return Err(PlanError::Refused(name.to_string(), "it is the planner's own name"));
         }
-        let addr = advertised(addr, seen_from)?;
+        let addr = if addr.is_empty() { None } else { Some(advertised(addr, seen_from)?) };
         let mut profile = parse_profile(profile_json).map_err(|e| PlanError::Profile(format!("{e:#}")))?;
         if profile.model.sha256 != self.own.model.sha256 {
             return Err(PlanError::OtherModel {
@@ -283,7 +286,7 @@ impl Planner {
         plans
             .iter()
             .map(|p| {
-                let machine_of = |m: usize| edges.get(m.wrapping_sub(1)).map_or(CONFIGURED, |r| r.id);
+                let machine_of = |m: usize| edges.get(m.wrapping_sub(1)).filter(|r| r.addr.is_some()).map_or(CONFIGURED, |r| r.id);
                 let stages = plan_route(p, &device.blocks, machine_of)
                     .ok_or_else(|| PlanError::Profile("a plan does not fit the device's blocks".into()))?;
                 let stages = bounded(stages, "stages in a route").map_err(|e| PlanError::Problem(format!("{e:#}")))?;
@@ -321,8 +324,9 @@ impl Listed {
 
 /// The directory of `registrations`, by id (at most [`MAX_DIRECTORY`]).
 fn listing<'a>(registrations: impl Iterator<Item = &'a Registration>) -> Vec<Listed> {
-    let mut listed: Vec<Listed> =
-        registrations.map(|r| Listed { id: r.id, tier: r.tier, name: r.profile.machine.name.clone(), addr: r.addr.clone() }).collect();
+    let mut listed: Vec<Listed> = registrations
+        .filter_map(|r| Some(Listed { id: r.id, tier: r.tier, name: r.profile.machine.name.clone(), addr: r.addr.clone()? }))
+        .collect();
     listed.sort_by_key(|l| l.id);
     listed.truncate(MAX_DIRECTORY);
     listed

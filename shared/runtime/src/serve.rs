@@ -51,8 +51,9 @@ pub struct ServeConfig {
     /// This server's index in the planner's chain (default: an edge 1, a cloud the chain's last).
     pub tier_index: Option<u8>,
     /// The address registered with the planner, where devices and other servers reach this
-    /// one (default: the bound address; an unspecified host stands for the one the planner
-    /// sees the registration come from).
+    /// one (default: the bound address when it is a specific IP, else none: then this server is
+    /// reached only as its tier's configured one; an unspecified host stands for the address
+    /// the planner sees the registration come from).
     pub advertise: Option<String>,
     /// How often an edge renews its registration (and reports its load); keep it well below
     /// the cloud's registration TTL.
@@ -111,7 +112,7 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
                 planner,
                 name: config.name.clone(),
                 tier,
-                addr: config.advertise.clone().unwrap_or(endpoint.local_addr()?.to_string()),
+                addr: config.advertise.clone().unwrap_or(advertised(endpoint.local_addr()?)),
                 profile: serde_json::to_vec(p)?,
                 max_frame: config.limits.max_frame,
                 load: server.load(),
@@ -134,6 +135,13 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
         Arc::new(server).serve(endpoint).await;
         Ok(())
     })
+}
+
+/// The address a server registers by default: the one it is bound to, when that is a specific
+/// IP; bound to every interface (`0.0.0.0`), none: it is reached as its tier's configured server
+/// (give `--advertise` to be reachable by the planner's directory).
+fn advertised(bound: std::net::SocketAddr) -> String {
+    if bound.ip().is_unspecified() { String::new() } else { bound.to_string() }
 }
 
 /// An edge's registration with the cloud's planner.
