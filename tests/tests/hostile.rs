@@ -516,3 +516,50 @@ fn an_edge_without_an_advertised_address_is_planned_as_the_configured_edge() {
     });
     assert!(!edge_machines().is_empty());
 }
+
+/// A device names machines: an edge forwards only to machines its planner's directory lists,
+/// never to one a request makes up, and runs only stages addressed to it.
+#[test]
+fn routes_naming_machines_the_directory_does_not_list_are_refused_and_connect_nowhere() {
+    use scission_engine::input::synthetic_inputs;
+    use scission_engine::pipeline::graph_inputs;
+    let c = Cluster::new();
+    let (cloud, _) = planning_cloud(&c, &[]);
+    let edge_profile = quick_bench("scission-edge", &c.model, &c.dir.path().join("edge.json"), "edge");
+    let (cluster, cloud_addr) = (c.cluster(), cloud.addr.to_string());
+    let args = ["serve", c.model.to_str().unwrap(), "--cluster", &cluster, "--cloud", &cloud_addr, "--threads", "1"];
+    let edge = start("scission-edge", &[&args[..], &["--profile", edge_profile.to_str().unwrap()]].concat());
+    let model = scission_engine::Model::load_path(&c.model, &scission_engine::LoadOptions::default()).unwrap();
+    let sha = scission_core::profile::parse_sha256(&model.sha256).unwrap();
+    let (n, cut) = (model.summary.len() as u32, 1u32);
+    let live = graph_inputs(&model, synthetic_inputs(&model, 1).unwrap()).unwrap();
+    let request =
+        |stages: &[Stage]| scission_runtime::convert::infer_message(1, sha, stages, scission_core::link::Encoding::F32, 0, &live).unwrap();
+    let identity = pki::Identity::load(&c.dir.path().join("cluster"), "device").unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let conn = quic::connect(&quic::client(&identity).unwrap(), edge.addr, "edge").await.unwrap();
+        let answer = |message: Vec<u8>| {
+            let conn = conn.clone();
+            async move {
+                match decode(&quic::exchange(&conn, &message, 64 << 20).await.unwrap()).unwrap() {
+                    Body::Failure { code, message, detail, .. } => (Some(code), message.to_string(), detail),
+                    other => (None, format!("{other:?}"), scission_core::wire::message::FailureDetail::None),
+                }
+            }
+        };
+        // The honest route: the edge (its configured id), then the configured cloud.
+        let honest = [Stage { tier: 1, machine: 0, start: 0, end: cut }, Stage { tier: 2, machine: 0, start: cut, end: n }];
+        assert_eq!(answer(request(&honest)).await.0, None, "the honest route is answered");
+        // A next machine no directory lists: refused as unreachable, naming the tier.
+        let made_up = [honest[0], Stage { machine: 7, ..honest[1] }];
+        let (code, message, detail) = answer(request(&made_up)).await;
+        assert_eq!(code, Some(FailureCode::Unreachable), "{message}");
+        assert!(message.contains("not in this node's directory"), "{message}");
+        assert_eq!(detail, scission_core::wire::message::FailureDetail::Unreachable { tier: 2 });
+        // A stage for another machine of the edge's tier is not run here.
+        let elsewhere = [Stage { machine: 9, ..honest[0] }, honest[1]];
+        let (code, message, _) = answer(request(&elsewhere)).await;
+        assert_eq!(code, Some(FailureCode::BadRequest), "{message}");
+        assert!(message.contains("stage for machine 9 of tier 1"), "{message}");
+    });
+}
