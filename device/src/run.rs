@@ -9,7 +9,7 @@ use scission_core::link::Link;
 use scission_core::policy::PolicyConfig;
 use scission_core::solver::linkspec::{parse_bandwidth, parse_latency};
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
-use scission_core::wire::message::Stage;
+use scission_core::wire::message::{Stage, describe_server};
 use scission_engine::tract::prelude::*;
 use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
 use scission_runtime::fetch::{Expected, fetch_model_blocking};
@@ -227,9 +227,9 @@ fn print_event(event: DeviceEvent) {
             println!("emulated link to tier {tier} now {} (after request {after_request})", mbit(&link))
         }
         DeviceEvent::FailedOver { request, tier, reason } => {
-            println!("request {request}: tier {tier} unreachable ({reason}); failing over to a plan without it")
+            println!("request {request}: {} unreachable ({reason}); failing over to a plan without it", describe_server(tier))
         }
-        DeviceEvent::TierUp { tier } => println!("tier {tier} answers again; plans may use it"),
+        DeviceEvent::TierUp { tier } => println!("{} answers again; plans may use it", describe_server(tier)),
         DeviceEvent::Switched { cause, from, to } => {
             let why = match cause {
                 SwitchCause::Measured(links) => {
@@ -242,9 +242,13 @@ fn print_event(event: DeviceEvent) {
             };
             println!("plan switch: {why}; best plan was {}, now {}", from.as_deref().map_or_else(String::new, describe), describe(&to));
         }
-        DeviceEvent::TierDown { tier } => println!("tier {tier} stopped answering; probing it again after a back-off"),
+        DeviceEvent::TierDown { tier } => println!("{} stopped answering; probing it again after a back-off", describe_server(tier)),
         DeviceEvent::Completed { request, rank, total_ns, predicted_ns, timings, difference, .. } => {
-            let stages: Vec<String> = timings.iter().map(|t| format!("tier {} {:.2} ms", t.tier, t.compute_ns as f64 * 1e-6)).collect();
+            let where_ = |t: &scission_core::wire::message::StageTiming| match t.machine {
+                0 => format!("tier {}", t.tier),
+                m => format!("tier {} machine {m}", t.tier),
+            };
+            let stages: Vec<String> = timings.iter().map(|t| format!("{} {:.2} ms", where_(t), t.compute_ns as f64 * 1e-6)).collect();
             let predicted = predicted_ns.map_or(String::new(), |p| format!(", predicted {:.2} ms", p as f64 * 1e-6));
             let checked = difference.map_or(String::new(), |d| format!("; max |difference| from the unsplit model {d:e}"));
             println!(

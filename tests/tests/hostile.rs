@@ -53,7 +53,13 @@ async fn failure_code(connection: &quinn::Connection, body: &Body<'_>) -> (Optio
 }
 
 fn plan_request<'a>(profile: &'a [u8], count: u16, uplinks: &[(u8, Link)]) -> Body<'a> {
-    Body::PlanRequest { profile, uplinks: uplinks.iter().copied().collect(), count, avoid: heapless::Vec::new() }
+    Body::PlanRequest {
+        profile,
+        uplinks: uplinks.iter().copied().collect(),
+        count,
+        avoid: heapless::Vec::new(),
+        avoid_machines: heapless::Vec::new(),
+    }
 }
 
 #[test]
@@ -555,7 +561,7 @@ fn routes_naming_machines_the_directory_does_not_list_are_refused_and_connect_no
         let (code, message, detail) = answer(request(&made_up)).await;
         assert_eq!(code, Some(FailureCode::Unreachable), "{message}");
         assert!(message.contains("not in this node's directory"), "{message}");
-        assert_eq!(detail, scission_core::wire::message::FailureDetail::Unreachable { tier: 2 });
+        assert_eq!(detail, scission_core::wire::message::FailureDetail::Unreachable { tier: 2, machine: 7 });
         // A stage for another machine of the edge's tier is not run here.
         let elsewhere = [Stage { machine: 9, ..honest[0] }, honest[1]];
         let (code, message, _) = answer(request(&elsewhere)).await;

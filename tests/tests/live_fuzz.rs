@@ -110,7 +110,13 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
                 let _ = uplinks.push((pick(rng, 4) as u8, link(rng)));
             }
             let avoid = (0..pick(rng, 4)).map(|_| pick(rng, 4) as u8).collect();
-            Body::PlanRequest { profile: &junk_profile, uplinks, count: wild(rng) as u16, avoid }
+            Body::PlanRequest {
+                profile: &junk_profile,
+                uplinks,
+                count: wild(rng) as u16,
+                avoid,
+                avoid_machines: (0..pick(rng, 4)).map(|_| wild(rng) as u8).collect(),
+            }
         }
         7 if pick(rng, 2) == 0 => Body::FetchModel { offset: wild(rng), max_len: wild(rng) as u32 },
         7 => {

@@ -479,3 +479,66 @@ fn a_four_tier_chain_runs_end_to_end_and_matches_the_unsplit_model() {
     });
     drop((first, second, planner));
 }
+
+/// The device's policy tracks machines: when the registered edge its plan uses dies, requests
+/// fail over to the configured edge of the same tier (the next best), not away from the tier.
+#[test]
+fn a_dead_edge_machine_is_avoided_while_the_other_edge_keeps_serving() {
+    let c = Cluster::new();
+    let (cluster, model, dir) = (c.cluster(), c.model.to_str().unwrap(), c.dir.path());
+    assert!(run("scission-cloud", &["enroll", "edge-b", "--tier", "edge", "--cluster", &cluster]).status.success());
+    let profile = |name: &str, us| set_profile(dir, &c.model, name, us);
+    let (cloud, edge_a, edge_b, device) =
+        (profile("cloud", 5_000), profile("edge", 1_000), profile("edge-b", 100), profile("device", 10_000));
+    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| {
+        let args = ["serve", model, "--cluster", &cluster, "--name", name, "--profile", profile, "--threads", "1", "--heartbeat-s", "1"];
+        start(bin, &[&args[..], extra].concat())
+    };
+    let planner = serve("scission-cloud", "cloud", &cloud, &[]);
+    let planner_addr = planner.addr.to_string();
+    let edge = serve("scission-edge", "edge", &edge_a, &["--cloud", &planner_addr]);
+    let mut fast_edge = serve("scission-edge", "edge-b", &edge_b, &["--cloud", &planner_addr]);
+    let edge_addr = edge.addr.to_string();
+    let args = [
+        "run",
+        model,
+        "--cluster",
+        &cluster,
+        "--edge",
+        &edge_addr,
+        "--cloud",
+        &planner_addr,
+        "--profile",
+        &device,
+        "--requests",
+        "20",
+        "--interval-ms",
+        "50",
+        "--timeout-ms",
+        "2000",
+    ];
+    let mut run_device = Command::new(bin("scission-device")).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(run_device.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("request 3:") {
+            let _ = fast_edge.child.kill();
+            let _ = fast_edge.child.wait();
+        }
+        lines.push(line);
+    }
+    let status = run_device.wait().unwrap();
+    let text = lines.join("\n");
+    assert!(status.success(), "{text}");
+    // Which edge machine served a request ("... (tier 1 machine 2 0.31 ms)").
+    let edge_of = |request: usize| {
+        let line = lines.iter().find(|l| l.starts_with(&format!("request {request}: plan #"))).unwrap();
+        let at = line.find("tier 1 machine ").unwrap_or_else(|| panic!("request {request} not on an edge machine: {text}"));
+        line[at + 15..].split_whitespace().next().unwrap().to_string()
+    };
+    let (before, after) = (edge_of(0), edge_of(19));
+    assert!(text.contains("requests: 20 ok, 0 failed"), "{text}");
+    assert!(text.contains(&format!("machine {before} unreachable")), "the dead machine is named: {text}");
+    assert_ne!(before, after, "the other edge of tier 1 serves now, not the cloud: {text}");
+    drop((edge, planner));
+}

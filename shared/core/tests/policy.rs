@@ -78,6 +78,35 @@ fn an_unreachable_edge_fails_over_to_the_best_route_without_it() {
     assert_eq!(sent(&drain(&mut p)), vec![(2, device_cloud(30).stages)]);
 }
 
+/// Device, then machine `machine` of the edge tier for the rest.
+fn device_edge_machine(machine: u8, predicted: u64) -> Route {
+    Route { stages: vec![stage(0, 0, 2), Stage { machine, ..stage(1, 2, 10) }], predicted_ns: Some(predicted) }
+}
+
+#[test]
+fn a_failed_edge_machine_is_avoided_while_another_edge_of_its_tier_keeps_serving() {
+    use scission_core::wire::message::server_key;
+    let (edge_b, edge_c) = (device_edge_machine(3, 10), device_edge_machine(4, 20));
+    let mut p = policy(vec![edge_b.clone(), edge_c.clone(), device_cloud(30), device_only(50)]);
+    p.handle(at(0), Event::Submit { request: 1 });
+    assert_eq!(sent(&drain(&mut p)), vec![(1, edge_b.stages.clone())]);
+    // Machine 3 of tier 1 fails: the next route on the other edge machine, not the cloud.
+    let failed = server_key(1, 3);
+    p.handle(at(1), Event::Unreachable { request: 1, tier: failed, reason: "reset".into() });
+    let actions = drain(&mut p);
+    assert!(actions.contains(&Action::TierDown { tier: failed }), "{actions:?}");
+    assert_eq!(sent(&actions), vec![(1, edge_c.stages.clone())]);
+    assert_eq!(p.down_tiers(), vec![failed], "only that machine is down");
+    // A report naming the tier's configured server (not on this route) is a lie: rejected.
+    p.handle(at(2), Event::Answered { request: 1, elapsed_ns: 21 });
+    drain(&mut p);
+    p.handle(at(3), Event::Submit { request: 2 });
+    assert_eq!(sent(&drain(&mut p)), vec![(2, edge_c.stages.clone())]);
+    p.handle(at(4), Event::Unreachable { request: 2, tier: 1, reason: "not on the route".into() });
+    let actions = drain(&mut p);
+    assert!(actions.iter().any(|a| matches!(a, Action::Fail { request: 2, failure: RequestFailure::Rejected { .. } })), "{actions:?}");
+}
+
 #[test]
 fn a_cloud_that_times_out_fails_over_to_the_edge() {
     let mut p = policy(vec![three_tier(10), device_cloud(20), device_edge(30), device_only(50)]);

@@ -16,7 +16,9 @@ pub use crate::peer::Peer;
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 use scission_core::solver::Encoding;
-use scission_core::wire::message::{Body, CONFIGURED, FailureCode, FailureDetail, MachineId, Stage, StageTiming, decode};
+use scission_core::wire::message::{
+    Body, CONFIGURED, FailureCode, FailureDetail, MachineId, REGISTERED_SERVER, Stage, StageTiming, decode, describe_server, server_key,
+};
 use scission_engine::pipeline::graph_inputs;
 use scission_net::quic::{connect, exchange};
 
@@ -33,28 +35,30 @@ pub struct Outcome {
     pub bytes: (u64, u64),
 }
 
-/// Why a request did not complete.
+/// Why a request did not complete. `tier` is the failing server's
+/// [`Stage::server`](scission_core::wire::message::Stage::server) key: the tier index for a
+/// tier's configured server, a registered machine's own key otherwise.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     /// A tier could not be reached or stopped answering; another route may avoid it.
-    #[error("tier {tier} is unreachable: {reason}")]
+    #[error("{} is unreachable: {reason}", describe_server(*tier))]
     Unreachable {
-        /// The tier.
+        /// The server.
         tier: u8,
         /// What happened.
         reason: String,
     },
     /// A tier on the route is at capacity; another route may avoid it.
-    #[error("tier {tier} is busy")]
+    #[error("{} is busy", describe_server(*tier))]
     Busy {
-        /// The tier.
+        /// The server.
         tier: u8,
     },
     /// A tier on the route could not answer within the request's deadline (it is overloaded,
     /// not down); another route may avoid it.
-    #[error("tier {tier} could not answer in time: {reason}")]
+    #[error("{} could not answer in time: {reason}", describe_server(*tier))]
     Expired {
-        /// The tier.
+        /// The server.
         tier: u8,
         /// Its words.
         reason: String,
@@ -266,7 +270,7 @@ impl DeviceClient {
     }
 
     async fn send(&self, tier: u8, machine: MachineId, message: &[u8]) -> Result<Vec<u8>, RequestError> {
-        let unreachable = |reason: String| RequestError::Unreachable { tier, reason };
+        let unreachable = |reason: String| RequestError::Unreachable { tier: server_key(tier, machine), reason };
         let attempt = async {
             let connection = self.connection(tier, machine).await?;
             Ok::<_, crate::error::RuntimeError>(exchange(&connection, message, self.max_frame).await?)
@@ -284,14 +288,30 @@ impl DeviceClient {
         }
     }
 
-    /// Measures the link to `tier` (see [`quic::measure`](scission_net::quic::measure)).
+    /// Measures the link to `tier`'s configured server (see
+    /// [`quic::measure`](scission_net::quic::measure)).
     pub async fn measure_link(&self, tier: u8, probe_bytes: usize) -> Result<scission_core::solver::Link> {
         let connection = self.connection(tier, CONFIGURED).await?;
         Ok(scission_net::quic::measure(&connection, probe_bytes, self.timeout, self.max_frame).await?)
     }
 
+    /// Probes the server with [`Stage::server`](scission_core::wire::message::Stage::server)
+    /// key `server`: a tier's configured server, or a registered machine the directory lists.
+    pub async fn probe(&self, server: u8, probe_bytes: usize) -> Result<scission_core::solver::Link> {
+        let (tier, machine) = match server & REGISTERED_SERVER {
+            0 => (server, CONFIGURED),
+            _ => {
+                let id = server & !REGISTERED_SERVER;
+                (self.directory.tier_of(id).with_context(|| format!("machine {id} is no longer in the directory"))?, id)
+            }
+        };
+        let connection = self.connection(tier, machine).await?;
+        Ok(scission_net::quic::measure(&connection, probe_bytes, self.timeout, self.max_frame).await?)
+    }
+
     /// Asks the planner (the cloud, tier `cloud`, unless [`DeviceClient::with_planner`] named
-    /// another) for `count` ranked plans, given this device's profile JSON and measured uplinks.
+    /// another) for `count` ranked plans, given this device's profile JSON and measured uplinks,
+    /// avoiding the servers `avoid` names (server keys: tiers and registered machines).
     pub async fn request_plans(
         &self,
         cloud: u8,
@@ -301,8 +321,11 @@ impl DeviceClient {
         count: u16,
     ) -> Result<Vec<(Vec<Stage>, u64)>, PlanRequestError> {
         let uplinks = bounded(uplinks.iter().map(|(t, l)| (*t, *l)).collect(), "uplinks")?;
-        let avoid = bounded(avoid.to_vec(), "tiers to avoid")?;
-        let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid })
+        // `avoid` holds server keys: tiers, and registered machines.
+        let tiers = avoid.iter().copied().filter(|k| k & REGISTERED_SERVER == 0).collect();
+        let machines = avoid.iter().filter(|k| *k & REGISTERED_SERVER != 0).map(|k| k & !REGISTERED_SERVER).collect();
+        let (avoid, avoid_machines) = (bounded(tiers, "tiers to avoid")?, bounded(machines, "machines to avoid")?);
+        let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid, avoid_machines })
             .map_err(crate::error::RuntimeError::from)?;
         let answer = match &self.planner {
             Some(planner) => self.send(PLANNER, CONFIGURED, &message).await.map_err(|e| match e {
@@ -350,18 +373,20 @@ impl DeviceClient {
                 Ok(outputs)
             }
             // A tier further along could not reach the next; only a tier on the route counts.
-            Body::Failure { code: FailureCode::Unreachable, message, detail: FailureDetail::Unreachable { tier }, .. }
-                if rest.iter().skip(1).any(|s| s.tier == tier) =>
+            Body::Failure { code: FailureCode::Unreachable, message, detail: FailureDetail::Unreachable { tier, machine }, .. }
+                if rest.iter().skip(1).any(|s| s.server() == server_key(tier, machine)) =>
             {
-                Err(RequestError::Unreachable { tier, reason: message.to_string() })
+                Err(RequestError::Unreachable { tier: server_key(tier, machine), reason: message.to_string() })
             }
-            Body::Failure { code: FailureCode::Busy, detail: FailureDetail::Busy { tier }, .. } if rest.iter().any(|s| s.tier == tier) => {
-                Err(RequestError::Busy { tier })
-            }
-            Body::Failure { code: FailureCode::Expired, detail: FailureDetail::Expired { tier }, message, .. }
-                if rest.iter().any(|s| s.tier == tier) =>
+            Body::Failure { code: FailureCode::Busy, detail: FailureDetail::Busy { tier, machine }, .. }
+                if rest.iter().any(|s| s.server() == server_key(tier, machine)) =>
             {
-                Err(RequestError::Expired { tier, reason: message.to_string() })
+                Err(RequestError::Busy { tier: server_key(tier, machine) })
+            }
+            Body::Failure { code: FailureCode::Expired, detail: FailureDetail::Expired { tier, machine }, message, .. }
+                if rest.iter().any(|s| s.server() == server_key(tier, machine)) =>
+            {
+                Err(RequestError::Expired { tier: server_key(tier, machine), reason: message.to_string() })
             }
             Body::Failure { code, message, .. } => Err(invalid!("request {id} failed ({code:?}): {message}").into()),
             _ => Err(invalid!("unexpected answer to request {id}").into()),

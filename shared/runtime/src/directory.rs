@@ -80,6 +80,11 @@ impl Directory {
         self.state.lock().ok()?.machines.get(&id).filter(|m| m.tier == tier).cloned()
     }
 
+    /// The tier of listed machine `id`.
+    pub fn tier_of(&self, id: MachineId) -> Option<u8> {
+        self.state.lock().ok()?.machines.get(&id).map(|m| m.tier)
+    }
+
     /// The listed name of machine `id` (for messages and reports).
     pub fn name(&self, id: MachineId) -> Option<String> {
         self.state.lock().ok()?.machines.get(&id).map(|m| m.peer.name.clone())

@@ -232,13 +232,14 @@ impl Planner {
 
     /// The `count` best routes for a device with `profile_json` and measured `uplinks`
     /// (device -> tier, taken for every machine of the tier), and the directory of the machines
-    /// they name. Tiers in `avoid` get no work. Two registered machines' link is taken to be
+    /// they name. Tiers in `avoid`, and registered machines in `avoid_machines`, get no work. Two registered machines' link is taken to be
     /// the one the first measured to the planner (they are not measured against each other).
     pub fn plan(
         &self,
         profile_json: &[u8],
         uplinks: &[(u8, Link)],
         avoid: &[u8],
+        avoid_machines: &[MachineId],
         count: usize,
     ) -> Result<(Vec<PlannedRoute>, Vec<Listed>), PlanError> {
         if count == 0 {
@@ -281,7 +282,9 @@ impl Planner {
             }
         }
         problem.machines[cloud].queue_ns = self.own_load.as_ref().map_or(0, |l| l.snapshot().expected_wait_ns());
-        let constraints = Constraints { must_not_use: avoid.iter().map(|&t| usize::from(t)).collect(), ..Constraints::default() };
+        let exclude_machines = edges.iter().enumerate().filter(|(_, r)| avoid_machines.contains(&r.id)).map(|(i, _)| i + 1).collect();
+        let constraints =
+            Constraints { must_not_use: avoid.iter().map(|&t| usize::from(t)).collect(), exclude_machines, ..Constraints::default() };
         let plans = solver::solve(&problem, &constraints, Objective::Latency, count.min(MAX_ROUTES))?;
         plans
             .iter()

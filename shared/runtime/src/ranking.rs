@@ -111,7 +111,10 @@ impl Planner {
                 .collect()),
             PlannerKind::Local { problem, blocks } => {
                 set_device_uplinks(problem, links);
-                let constraints = Constraints { must_not_use: avoid.iter().map(|&t| usize::from(t)).collect(), ..Constraints::default() };
+                // The local solver plans tiers (one machine each): a registered machine's key
+                // (with the REGISTERED_SERVER bit) names none of them.
+                let tiers = avoid.iter().filter(|k| *k & scission_core::wire::message::REGISTERED_SERVER == 0);
+                let constraints = Constraints { must_not_use: tiers.map(|&t| usize::from(t)).collect(), ..Constraints::default() };
                 let plans = solver::solve(problem, &constraints, Objective::Latency, usize::from(RANKED))?;
                 plans
                     .iter()

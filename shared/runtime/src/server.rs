@@ -22,7 +22,7 @@ use scission_core::cut::Block;
 use scission_core::link::Encoding;
 use scission_core::wire::WireError;
 use scission_core::wire::message::{
-    Body, CONFIGURED, FailureCode, FailureDetail, NamedTensor, Stage, StageTiming, bounded_text, decode, encode, failure_text,
+    Body, CONFIGURED, FailureCode, FailureDetail, MachineId, NamedTensor, Stage, StageTiming, bounded_text, decode, encode, failure_text,
 };
 use scission_engine::pipeline::Activations;
 use scission_net::pki::{self, PeerCert, Role};
@@ -131,6 +131,8 @@ pub enum StageError {
     Unreachable {
         /// The tier.
         tier: u8,
+        /// Its machine, as the route named it.
+        machine: MachineId,
         /// What happened.
         reason: String,
     },
@@ -148,6 +150,8 @@ pub enum StageError {
     Busy {
         /// This node's tier.
         tier: u8,
+        /// This node, as the route named it.
+        machine: MachineId,
         /// Inferences queued or running.
         waiting: usize,
     },
@@ -159,6 +163,8 @@ pub enum StageError {
     Expired {
         /// The tier that gave up.
         tier: u8,
+        /// Its machine, as the route named it.
+        machine: MachineId,
         /// The deadline the request carried.
         deadline_ms: u32,
         /// What it was waiting for.
@@ -206,10 +212,10 @@ impl StageError {
 
     fn detail(&self) -> FailureDetail {
         match self {
-            Self::Unreachable { tier, .. } => FailureDetail::Unreachable { tier: *tier },
+            Self::Unreachable { tier, machine, .. } => FailureDetail::Unreachable { tier: *tier, machine: *machine },
             Self::TooLarge { len, limit } => FailureDetail::TooLarge { len: *len, limit: *limit },
-            Self::Busy { tier, .. } => FailureDetail::Busy { tier: *tier },
-            Self::Expired { tier, .. } => FailureDetail::Expired { tier: *tier },
+            Self::Busy { tier, machine, .. } => FailureDetail::Busy { tier: *tier, machine: *machine },
+            Self::Expired { tier, machine, .. } => FailureDetail::Expired { tier: *tier, machine: *machine },
             Self::Plan(PlanError::Infeasible { culprits }) => {
                 let mut names = heapless::Vec::new();
                 for c in culprits {
@@ -472,11 +478,13 @@ impl StageServer {
                 let machines = bounded(listed.iter().map(Listed::entry).collect(), "directory entries").map_err(StageError::engine)?;
                 encode(&Body::Registered { id, machines }).map_err(StageError::engine)
             }
-            Body::PlanRequest { profile, uplinks, count, avoid } => {
+            Body::PlanRequest { profile, uplinks, count, avoid, avoid_machines } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan (start the cloud with --profile)"))?;
                 let _permit = self.planning_permit()?;
-                let (profile, uplinks, avoid) = (profile.to_vec(), uplinks.to_vec(), avoid.to_vec());
-                let (routes, listed) = blocking(move || planner.plan(&profile, &uplinks, &avoid, usize::from(count))).await??;
+                let (profile, uplinks, avoid, avoid_machines) =
+                    (profile.to_vec(), uplinks.to_vec(), avoid.to_vec(), avoid_machines.to_vec());
+                let (routes, listed) =
+                    blocking(move || planner.plan(&profile, &uplinks, &avoid, &avoid_machines, usize::from(count))).await??;
                 let routes = bounded(routes, "routes").map_err(StageError::engine)?;
                 let machines = bounded(listed.iter().map(Listed::entry).collect(), "directory entries").map_err(StageError::engine)?;
                 encode(&Body::Plans { routes, machines }).map_err(StageError::engine)
@@ -551,7 +559,7 @@ impl StageServer {
 
     /// A place among the registrations and plans being worked on, or `Busy`.
     fn planning_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StageError> {
-        self.planning.try_acquire().map_err(|_| StageError::Busy { tier: self.node.tier, waiting: PLANNING_AT_ONCE })
+        self.planning.try_acquire().map_err(|_| StageError::Busy { tier: self.node.tier, machine: CONFIGURED, waiting: PLANNING_AT_ONCE })
     }
 
     async fn infer(&self, request: Request, stages: &[Stage], tensors: &[NamedTensor<'_>]) -> Result<Vec<u8>, StageError> {
@@ -571,7 +579,7 @@ impl StageServer {
         // A full queue answers at once, before the request's tensors are decoded.
         let (waiting, admitted) = self.load.admit();
         if waiting >= self.limits.queue.saturating_add(self.limits.workers) {
-            return Err(StageError::Busy { tier: self.node.tier, waiting });
+            return Err(StageError::Busy { tier: self.node.tier, machine: stage.machine, waiting });
         }
         let mut live = Activations::new();
         for t in tensors {
@@ -581,7 +589,7 @@ impl StageServer {
         let block = Block { start: stage.start as usize, end: stage.end as usize };
         // Refuse a request whose inputs cannot feed the stage before building anything for it.
         self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
-        let (live, compute_ns) = self.run_stage(block, live, request.deadline).await?;
+        let (live, compute_ns) = self.run_stage(block, live, request.deadline, stage.machine).await?;
         drop(admitted);
         let mine = StageTiming { tier: self.node.tier, machine: stage.machine, compute_ns };
         if rest.is_empty() {
@@ -597,16 +605,22 @@ impl StageServer {
         stage.tier == self.node.tier && (stage.machine == CONFIGURED || Some(stage.machine) == self.directory.own())
     }
 
-    fn expired(&self, deadline: Deadline, waiting_for: &'static str) -> StageError {
-        StageError::Expired { tier: self.node.tier, deadline_ms: deadline.ms, waiting_for }
+    fn expired(&self, machine: MachineId, deadline: Deadline, waiting_for: &'static str) -> StageError {
+        StageError::Expired { tier: self.node.tier, machine, deadline_ms: deadline.ms, waiting_for }
     }
 
     /// Runs an admitted stage on a worker, waiting in the bounded queue; a request still waiting
     /// for a worker at its deadline is `Expired` (it leaves the queue).
-    async fn run_stage(&self, block: Block, live: Activations, deadline: Option<Deadline>) -> Result<(Activations, u64), StageError> {
+    async fn run_stage(
+        &self,
+        block: Block,
+        live: Activations,
+        deadline: Option<Deadline>,
+        machine: MachineId,
+    ) -> Result<(Activations, u64), StageError> {
         let acquire = self.workers.clone().acquire_owned();
         let permit = match deadline {
-            Some(d) => tokio::time::timeout_at(d.at.into(), acquire).await.map_err(|_| self.expired(d, "a worker"))?,
+            Some(d) => tokio::time::timeout_at(d.at.into(), acquire).await.map_err(|_| self.expired(machine, d, "a worker"))?,
             None => acquire.await,
         }
         .map_err(StageError::engine)?;
@@ -625,11 +639,12 @@ impl StageServer {
     /// relays its answer. The next tier is unreachable when it does not answer within
     /// `forward_timeout`; the request expired when its own deadline comes first.
     async fn forward(&self, request: Request, rest: &[Stage], live: &Activations, mine: StageTiming) -> Result<Vec<u8>, StageError> {
-        let next = rest.first().map_or(0, |s| s.tier);
-        let unreachable = |reason: String| StageError::Unreachable { tier: next, reason };
+        let (next, next_machine) = rest.first().map_or((0, CONFIGURED), |s| (s.tier, s.machine));
+        let unreachable = |reason: String| StageError::Unreachable { tier: next, machine: next_machine, reason };
+        let me = mine.machine;
         let upstream = self.next_hop(rest.first()).map_err(unreachable)?;
         let left_ms = match request.deadline {
-            Some(d) if d.remaining_ms() == 0 => return Err(self.expired(d, "its own stage")),
+            Some(d) if d.remaining_ms() == 0 => return Err(self.expired(me, d, "its own stage")),
             Some(d) => d.remaining_ms(),
             None => 0,
         };
@@ -644,7 +659,7 @@ impl StageServer {
         let answer = match tokio::time::timeout(wait, attempt).await {
             Ok(answer) => answer.map_err(|e| unreachable(format!("{e:#}")))?,
             Err(_) => match request.deadline {
-                Some(d) if wait < timeout => return Err(self.expired(d, "the next tier")),
+                Some(d) if wait < timeout => return Err(self.expired(me, d, "the next tier")),
                 _ => return Err(unreachable(format!("no answer within {} ms", timeout.as_millis()))),
             },
         };

@@ -732,7 +732,7 @@ impl Driver {
     fn probe(&mut self, tier: u8) {
         let (client, sender) = (self.client.clone(), self.feedback.0.clone());
         tokio::spawn(async move {
-            let event = match client.measure_link(tier, 4096).await {
+            let event = match client.probe(tier, 4096).await {
                 Ok(_) => Event::ProbeAnswered { tier },
                 Err(e) => Event::ProbeFailed { tier, reason: format!("{e:#}") },
             };

@@ -9,6 +9,12 @@
 //! re-plan, and report. The policy never blocks, never does I/O and is deterministic, so every
 //! path (failover on each tier, recovery, flapping links) is tested in-process.
 //!
+//! **Servers, not tiers.** What goes down and comes back is a server: the `tier` of every event
+//! and action is a [`Stage::server`] key, the tier index for a tier's configured server (the
+//! device's `--edge` or `--cloud`), [`REGISTERED_SERVER`](crate::wire::message::REGISTERED_SERVER)
+//! plus the directory id for a registered machine. So a failed edge machine is avoided while
+//! another edge of the same tier keeps serving.
+//!
 //! Guarantee: every request the shell submits ends in exactly one [`Action::Done`] or one
 //! [`Action::Fail`], whatever the peers do, provided the shell answers each `Send`, `Probe`,
 //! `MeasureLinks` and `Replan` it is given (each with one event).
@@ -41,9 +47,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether any stage runs on `tier`.
-    pub fn uses(&self, tier: u8) -> bool {
-        self.stages.iter().any(|s| s.tier == tier)
+    /// Whether any stage runs on `server` (a [`Stage::server`] key).
+    pub fn uses(&self, server: u8) -> bool {
+        self.stages.iter().any(|s| s.server() == server)
     }
 }
 
@@ -376,7 +382,7 @@ impl DevicePolicy {
 
     /// The route a new request would take now.
     pub fn best_available(&self) -> Option<(usize, &Route)> {
-        self.routes.iter().enumerate().find(|(_, r)| r.stages.iter().all(|s| self.is_up(s.tier)))
+        self.routes.iter().enumerate().find(|(_, r)| r.stages.iter().all(|s| self.is_up(s.server())))
     }
 
     /// The tiers that are down, in order.
@@ -489,7 +495,7 @@ impl DevicePolicy {
 
     /// The best route whose tiers are all up and none in `busy`.
     fn best_available_avoiding(&self, busy: &[u8]) -> Option<(usize, &Route)> {
-        self.routes.iter().enumerate().find(|(_, r)| r.stages.iter().all(|s| self.is_up(s.tier) && !busy.contains(&s.tier)))
+        self.routes.iter().enumerate().find(|(_, r)| r.stages.iter().all(|s| self.is_up(s.server()) && !busy.contains(&s.server())))
     }
 
     fn ask_for_plans(&mut self, reason: ReplanReason) {
@@ -620,7 +626,7 @@ impl DevicePolicy {
     /// least `hysteresis_percent` faster than it (or the current best is gone or unusable).
     fn adopt(&mut self, mut ranked: Vec<Route>) {
         let before = self.best_available().map(|(_, r)| r.clone());
-        let usable = |r: &Route| r.stages.iter().all(|s| self.is_up(s.tier));
+        let usable = |r: &Route| r.stages.iter().all(|s| self.is_up(s.server()));
         if let Some(current) = before.as_ref()
             && let Some(position) = ranked.iter().position(|r| r.stages == current.stages)
             && let Some(best) = ranked.iter().position(usable)

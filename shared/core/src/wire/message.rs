@@ -49,6 +49,32 @@ pub struct NamedTensor<'a> {
     pub tensor: TensorFrame<'a>,
 }
 
+/// Flag of a [`Stage::server`] key that stands for a registered machine (its id in the low
+/// bits) rather than a tier's configured server (the tier index itself).
+pub const REGISTERED_SERVER: u8 = 0x80;
+
+impl Stage {
+    /// The server that runs this stage, as one key: a tier's configured server is the tier's
+    /// index (0 the device), a registered machine [`REGISTERED_SERVER`] plus its id. The
+    /// device's policy tracks servers by this key, so a failed machine is avoided, not its tier.
+    pub fn server(&self) -> u8 {
+        server_key(self.tier, self.machine)
+    }
+}
+
+/// A [`Stage::server`] key in words: `tier 2`, or `machine 3` for a registered machine.
+pub fn describe_server(key: u8) -> alloc::string::String {
+    match key & REGISTERED_SERVER {
+        0 => alloc::format!("tier {key}"),
+        _ => alloc::format!("machine {}", key & !REGISTERED_SERVER),
+    }
+}
+
+/// The [`Stage::server`] key of `machine` of `tier`.
+pub fn server_key(tier: u8, machine: MachineId) -> u8 {
+    if machine == CONFIGURED { tier } else { REGISTERED_SERVER | machine }
+}
+
 /// Compute time one stage took, reported back with the result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageTiming {
@@ -124,6 +150,8 @@ pub enum FailureDetail {
     Unreachable {
         /// The tier.
         tier: u8,
+        /// Its machine, as the route named it.
+        machine: MachineId,
     },
     /// No plan satisfies the constraints; relaxing any one of these groups alone would allow
     /// one (none listed: several conflict together).
@@ -142,11 +170,15 @@ pub enum FailureDetail {
     Busy {
         /// The tier.
         tier: u8,
+        /// Its machine, as the route named it.
+        machine: MachineId,
     },
     /// This tier could not answer within the request's deadline.
     Expired {
         /// The tier.
         tier: u8,
+        /// Its machine, as the route named it.
+        machine: MachineId,
     },
 }
 
@@ -292,6 +324,8 @@ pub enum Body<'a> {
         count: u16,
         /// Tiers the plans must not use (found unreachable).
         avoid: heapless::Vec<u8, MAX_STAGES>,
+        /// Registered machines (directory ids) the plans must not use (found unreachable).
+        avoid_machines: heapless::Vec<MachineId, MAX_DIRECTORY>,
     },
     /// Ranked plans, best first, and the machines they name.
     Plans {
