@@ -100,6 +100,9 @@ pub struct PlanningConfig {
     /// First wait before a tier that stopped answering is probed again, in milliseconds
     /// (doubling up to a minute).
     pub retry_after_ms: u64,
+    /// Re-plan when the best plan's measured latency departs from its prediction by more than
+    /// this many percent, averaged over 8 requests (0: never).
+    pub drift_percent: u32,
     /// Give up on a tier that has not answered within this many milliseconds.
     pub timeout_ms: u64,
     /// Activation encoding on the wire: `f32`, `f16` or `int8`.
@@ -118,6 +121,7 @@ impl Default for PlanningConfig {
             links: Vec::new(),
             replan_every_s: 60,
             retry_after_ms: 1000,
+            drift_percent: 50,
             timeout_ms: 5000,
             encoding: "f32".into(),
             local_fallback: true,
@@ -446,6 +450,7 @@ impl Config {
             policy: PolicyConfig {
                 replan_period: embassy_time::Duration::from_secs(p.replan_every_s),
                 backoff_initial: embassy_time::Duration::from_millis(p.retry_after_ms.max(1)),
+                drift_percent: p.drift_percent,
                 ..PolicyConfig::default()
             },
             emulate: false,

@@ -79,6 +79,11 @@ pub struct RunArgs {
     /// another is predicted at least 10% faster (0: never). Profiles are kept.
     #[arg(long, default_value_t = 0)]
     replan_every: u32,
+    /// Re-plan when the best plan's measured latency departs from its prediction by more than
+    /// this many percent, averaged over 8 requests (0: never); the cloud's planner then sees the
+    /// servers' queues as they are now.
+    #[arg(long, default_value_t = 50, value_name = "PERCENT")]
+    replan_on_drift: u32,
     /// Give up on a tier that has not answered within this many milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
@@ -148,6 +153,7 @@ impl RunArgs {
             policy: PolicyConfig {
                 replan_every: self.replan_every,
                 backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms),
+                drift_percent: self.replan_on_drift,
                 ..PolicyConfig::default()
             },
             emulate: self.emulate,
@@ -239,6 +245,7 @@ fn print_event(event: DeviceEvent) {
                 SwitchCause::Down(tiers) => format!("tier(s) {tiers:?} down"),
                 SwitchCause::Recovered => "a tier came back".to_string(),
                 SwitchCause::FirstPlan => "first plan".to_string(),
+                SwitchCause::Drift(percent) => format!("measured latency was {percent}% of the prediction"),
             };
             println!("plan switch: {why}; best plan was {}, now {}", from.as_deref().map_or_else(String::new, describe), describe(&to));
         }

@@ -640,3 +640,32 @@ fn an_offered_ranking_is_adopted_at_once_and_requests_in_flight_keep_their_route
     assert!(drain(&mut p).is_empty());
     assert_eq!(p.best_available().map(|(_, r)| r.clone()), Some(device_cloud(20)));
 }
+
+#[test]
+fn a_best_route_that_keeps_missing_its_prediction_asks_for_plans_once_the_average_drifts() {
+    let config = PolicyConfig { drift_percent: 50, ..PolicyConfig::default() };
+    let mut p = DevicePolicy::new(config, vec![three_tier(10_000), device_only(50_000)], Vec::new());
+    let serve = |p: &mut DevicePolicy, request: u64, elapsed_ns: u64| {
+        p.handle(at(request), Event::Submit { request });
+        drain(p);
+        p.handle(at(request), Event::Answered { request, elapsed_ns });
+        drain(p)
+    };
+    // Within 50 % of the prediction: no re-plan, however long it goes on.
+    for request in 0..20 {
+        let actions = serve(&mut p, request, 14_000);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Replan { .. })), "{actions:?}");
+    }
+    // Twice the prediction: the running average crosses 150 % after a few answers, and a plan
+    // is asked for once (not on every answer).
+    let replans: Vec<u64> = (20..40)
+        .filter_map(|request| {
+            serve(&mut p, request, 20_000).into_iter().find_map(|a| match a {
+                Action::Replan { reason: ReplanReason::Drift { measured_percent }, .. } => Some(measured_percent),
+                _ => None,
+            })
+        })
+        .collect();
+    assert_eq!(replans.len(), 1, "{replans:?}");
+    assert!(replans[0] > 150 && replans[0] <= 200, "{replans:?}");
+}

@@ -86,6 +86,8 @@ pub enum SwitchCause {
     Recovered,
     /// The first plan arrived.
     FirstPlan,
+    /// The best plan's measured latency, in percent of its prediction, drifted past the limit.
+    Drift(u64),
 }
 
 /// What happens in a session, for the caller to show or count.
@@ -754,6 +756,7 @@ impl Driver {
             ReplanReason::TierRecovered => SwitchCause::Recovered,
             ReplanReason::Scheduled => SwitchCause::Measured(links.clone()),
             ReplanReason::NoPlan => SwitchCause::FirstPlan,
+            ReplanReason::Drift { measured_percent } => SwitchCause::Drift(measured_percent),
         };
         let (client, planner, sender) = (self.client.clone(), self.planner.clone(), self.feedback.0.clone());
         tokio::spawn(async move {

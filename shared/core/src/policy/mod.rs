@@ -70,7 +70,14 @@ pub struct PolicyConfig {
     pub backoff_max: Duration,
     /// Most times one request is sent (the first try plus failovers) before it fails.
     pub max_attempts: u32,
+    /// Re-plan when the best route's measured latency departs from its prediction by more than
+    /// this many percent (either way), as a running average over [`DRIFT_WINDOW`] answers (0:
+    /// never). The planner then sees the servers' queues as they are now.
+    pub drift_percent: u32,
 }
+
+/// Answers on the best route averaged before its measured latency can count as drifting.
+pub const DRIFT_WINDOW: u32 = 8;
 
 impl Default for PolicyConfig {
     fn default() -> Self {
@@ -81,6 +88,7 @@ impl Default for PolicyConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             max_attempts: 8,
+            drift_percent: 0,
         }
     }
 }
@@ -96,6 +104,12 @@ pub enum ReplanReason {
     NoRouteAvoidingDown,
     /// A tier came back: routes through it may be best again.
     TierRecovered,
+    /// The best route's measured latency departs from its prediction (by this percentage of
+    /// the prediction, as a running average).
+    Drift {
+        /// Measured over predicted, in percent.
+        measured_percent: u64,
+    },
 }
 
 /// Why a request failed for good.
@@ -353,6 +367,9 @@ pub struct DevicePolicy {
     submitted: u64,
     /// When the next scheduled re-plan is due (set on the first tick).
     next_scheduled: Option<Instant>,
+    /// Measured over predicted latency of the best route, per mille, as a running average, and
+    /// how many answers it holds (reset with every new ranking).
+    drift: (u64, u32),
     actions: VecDeque<Action>,
 }
 
@@ -367,6 +384,7 @@ impl DevicePolicy {
             recovered: BTreeMap::new(),
             links: links.into_iter().collect(),
             requests: BTreeMap::new(),
+            drift: (0, 0),
             waiting: Waiting::Nothing,
             replan_again: None,
             submitted: 0,
@@ -506,7 +524,29 @@ impl DevicePolicy {
     fn answered(&mut self, request: u64, elapsed_ns: u64) {
         if let Some(route) = self.requests.get(&request).and_then(Pending::route).cloned() {
             self.requests.remove(&request);
+            self.track_drift(&route, elapsed_ns);
             self.actions.push_back(Action::Done { request, route, elapsed_ns });
+        }
+    }
+
+    /// Folds an answer on the best route into the running measured/predicted ratio, and asks
+    /// for plans once it departs from 1 by more than the configured percentage.
+    fn track_drift(&mut self, route: &Route, elapsed_ns: u64) {
+        let Some(predicted) = route.predicted_ns.filter(|&p| p > 0 && self.config.drift_percent > 0) else { return };
+        if self.routes.first().is_none_or(|best| best.stages != route.stages) {
+            return;
+        }
+        let ratio = u64::try_from(u128::from(elapsed_ns) * 1000 / u128::from(predicted)).unwrap_or(u64::MAX).min(1_000_000);
+        let (average, count) = self.drift;
+        let average = if count == 0 { ratio } else { (average * 7 + ratio) / 8 };
+        self.drift = (average, count.saturating_add(1));
+        let limit = u64::from(self.config.drift_percent).saturating_mul(10);
+        // Either way: slower by more than the limit, or faster by as much (1 / (1 + limit)).
+        let slower = average > 1000 + limit;
+        let faster = average.saturating_mul(1000 + limit) < 1_000_000;
+        if self.drift.1 >= DRIFT_WINDOW && (slower || faster) && self.waiting == Waiting::Nothing {
+            self.drift = (0, 0);
+            self.ask_for_plans(ReplanReason::Drift { measured_percent: average / 10 });
         }
     }
 
@@ -637,6 +677,7 @@ impl DevicePolicy {
             ranked.insert(0, kept);
         }
         self.routes = ranked;
+        self.drift = (0, 0);
         let after = self.best_available().map(|(_, r)| r.clone());
         if let Some(to) = after
             && before.as_ref().map(|b| &b.stages) != Some(&to.stages)
