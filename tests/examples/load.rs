@@ -58,6 +58,14 @@ struct Args {
     /// 1 s): devices are planned over them and the cloud.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=8))]
     edges: u8,
+    /// Start the last of the --edges this many seconds into each run (0: with the others): an
+    /// edge that registers under load.
+    #[arg(long, default_value_t = 0)]
+    late_edge: u64,
+    /// Each device asks for plans again this often, in seconds (0: once, at its start), and
+    /// follows the new best plan.
+    #[arg(long, default_value_t = 0)]
+    replan: u64,
     /// Workers per server (inferences run at once); default: the servers' own (a worker per core).
     #[arg(long)]
     workers: Option<u16>,
@@ -94,7 +102,8 @@ struct Sample {
 
 /// What one simulated device did.
 struct DeviceRun {
-    plan: String,
+    /// Its first plan and its last.
+    plans: (String, String),
     samples: Vec<Sample>,
 }
 
@@ -176,6 +185,8 @@ fn slow_device_profile(cloud: &Path, slowdown: u64) -> Result<Vec<u8>> {
 struct Servers {
     cloud: Server,
     edges: Vec<Server>,
+    /// The edge started --late-edge seconds into the run, once it is up.
+    late: Arc<std::sync::Mutex<Option<Server>>>,
     started: Instant,
     cpu_at_start: (f64, Vec<f64>),
 }
@@ -204,24 +215,49 @@ impl Servers {
         let cloud = start("scission-cloud", &[&common[..], &["--profile", cloud_profile], &limits].concat());
         let cloud_addr = cloud.addr.to_string();
         let edge_profile = edge_profile.to_str().context("path")?;
-        let edges: Vec<Server> = (0..args.edges)
+        let edge_args = |i: u8| -> Vec<String> {
+            let name = format!("edge-{i}");
+            let own = ["--name", &name, "--cloud", &cloud_addr, "--profile", edge_profile, "--heartbeat-s", "1"];
+            [&common[..], &own, &limits].concat().into_iter().map(String::from).collect()
+        };
+        let on_time = if args.late_edge > 0 { args.edges.saturating_sub(1) } else { args.edges };
+        let edges: Vec<Server> = (0..on_time)
             .map(|i| {
-                let name = format!("edge-{i}");
-                let edge_args = ["--name", &name, "--cloud", &cloud_addr, "--profile", edge_profile, "--heartbeat-s", "1"];
-                start("scission-edge", &[&common[..], &edge_args, &limits].concat())
+                let owned = edge_args(i);
+                start("scission-edge", &owned.iter().map(String::as_str).collect::<Vec<_>>())
             })
             .collect();
+        let late = Arc::new(std::sync::Mutex::new(None));
+        if on_time < args.edges {
+            let (owned, slot, after) = (edge_args(on_time), late.clone(), Duration::from_secs(args.late_edge));
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                let server = start("scission-edge", &owned.iter().map(String::as_str).collect::<Vec<_>>());
+                eprintln!("edge-{on_time} registered {} s into the run", after.as_secs());
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(server);
+                }
+            });
+        }
         let cpu_at_start = (cpu_seconds(&cloud), edges.iter().map(cpu_seconds).collect());
-        Ok(Self { cloud, edges, started: Instant::now(), cpu_at_start })
+        Ok(Self { cloud, edges, late, started: Instant::now(), cpu_at_start })
     }
 
     fn usage(&self) -> Usage {
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
+        let late = self.late.lock().ok();
+        let late = late.as_ref().and_then(|l| l.as_ref());
+        let mut edge_mib: Vec<f64> = self.edges.iter().map(peak_rss_mib).collect();
+        let mut edge_cores: Vec<f64> = self.edges.iter().zip(&self.cpu_at_start.1).map(|(e, at)| (cpu_seconds(e) - at) / elapsed).collect();
+        if let Some(late) = late {
+            edge_mib.push(peak_rss_mib(late));
+            edge_cores.push(cpu_seconds(late) / elapsed);
+        }
         Usage {
             cloud_mib: peak_rss_mib(&self.cloud),
-            edge_mib: self.edges.iter().map(peak_rss_mib).collect(),
+            edge_mib,
             cloud_cores: (cpu_seconds(&self.cloud) - self.cpu_at_start.0) / elapsed,
-            edge_cores: self.edges.iter().zip(&self.cpu_at_start.1).map(|(e, at)| (cpu_seconds(e) - at) / elapsed).collect(),
+            edge_cores,
         }
     }
 }
@@ -276,7 +312,8 @@ fn drive(
                 profile: profile.to_vec(),
                 timeout: Duration::from_secs(args.timeout),
                 backoff: Duration::from_millis(args.backoff_ms),
-                has_edge: !servers.edges.is_empty(),
+                replan: Duration::from_secs(args.replan),
+                has_edge: args.edges > 0,
             };
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -301,6 +338,7 @@ struct SimulatedDevice {
     profile: Vec<u8>,
     timeout: Duration,
     backoff: Duration,
+    replan: Duration,
     has_edge: bool,
 }
 
@@ -330,17 +368,20 @@ impl SimulatedDevice {
                 }
             }
         }
-        let Some(plans) = plans else { return Ok(DeviceRun { plan: "no plan".into(), samples }) };
-        let offloads = |stages: &[Stage]| stages.iter().all(|s| s.tier != 0 || s.start == s.end);
-        let route: Vec<Stage> = plans
-            .into_iter()
-            .map(|(stages, _)| stages.into_iter().filter(|s| s.start < s.end).collect::<Vec<_>>())
-            .find(|s| offloads(s))
-            .context("no plan offloads the whole model")?;
-        let plan = describe(&route, &client);
+        let Some(plans) = plans else { return Ok(DeviceRun { plans: ("no plan".into(), "no plan".into()), samples }) };
+        let mut route = offloading(plans)?;
+        let first = describe(&route, &client);
+        let mut planned_at = Instant::now();
         let mut request = (self.id as u64) << 32;
         let mut failures_in_a_row = 0u32;
         while Instant::now() < end {
+            if self.replan > Duration::ZERO && planned_at.elapsed() >= self.replan {
+                // A failed re-plan keeps the current route.
+                if let Ok(plans) = client.request_plans(2, &self.profile, &uplinks, &[], 4).await {
+                    route = offloading(plans)?;
+                }
+                planned_at = Instant::now();
+            }
             request += 1;
             let started = Instant::now();
             let ending = match client.infer(request, &route, self.inputs.clone(), Encoding::F32).await {
@@ -360,8 +401,18 @@ impl SimulatedDevice {
                 tokio::time::sleep(self.backoff * (1 << (failures_in_a_row - 1).min(4))).await;
             }
         }
-        Ok(DeviceRun { plan, samples })
+        Ok(DeviceRun { plans: (first, describe(&route, &client)), samples })
     }
+}
+
+/// The best of `plans` that offloads the whole model, without its empty stages.
+fn offloading(plans: Vec<(Vec<Stage>, u64)>) -> Result<Vec<Stage>> {
+    let offloads = |stages: &[Stage]| stages.iter().all(|s| s.tier != 0 || s.start == s.end);
+    plans
+        .into_iter()
+        .map(|(stages, _)| stages.into_iter().filter(|s| s.start < s.end).collect::<Vec<_>>())
+        .find(|s| offloads(s))
+        .context("no plan offloads the whole model")
 }
 
 /// Reports one unexpected failure (the first few only).
@@ -398,9 +449,13 @@ fn print_row(args: &Args, n: usize, runs: &[DeviceRun], usage: &Usage) {
     let count = |e| endings.get(&e).copied().unwrap_or(0);
     let mut plans: BTreeMap<&str, usize> = BTreeMap::new();
     for r in runs {
-        *plans.entry(r.plan.as_str()).or_default() += 1;
+        *plans.entry(r.plans.1.as_str()).or_default() += 1;
     }
-    let plans: Vec<String> = plans.iter().map(|(p, c)| format!("{c}x {p}")).collect();
+    let mut plans: Vec<String> = plans.iter().map(|(p, c)| format!("{c}x {p}")).collect();
+    let moved = runs.iter().filter(|r| r.plans.0 != r.plans.1).count();
+    if args.replan > 0 {
+        plans.push(format!("({moved} moved since their first plan)"));
+    }
     let list = |values: &[f64], scale: f64| match values {
         [] => "-".to_string(),
         _ => values.iter().map(|v| format!("{:.0}", v * scale)).collect::<Vec<_>>().join("/"),
