@@ -429,6 +429,13 @@ fn an_edge_keeps_its_registration_alive_with_heartbeats() {
 /// Sends `count` whole-model requests at once, each with `deadline_ms`, and returns how many
 /// came back as outputs and how many as `Expired` (anything else fails the test).
 fn flood(c: &Cluster, cloud: SocketAddr, count: u64, deadline_ms: u32) -> (usize, usize) {
+    let (outputs, expired, busy) = flood_counting_busy(c, cloud, count, deadline_ms);
+    assert_eq!(busy, 0, "the queue holds them all");
+    (outputs, expired)
+}
+
+/// [`flood`], counting `Busy` answers too.
+fn flood_counting_busy(c: &Cluster, cloud: SocketAddr, count: u64, deadline_ms: u32) -> (usize, usize, usize) {
     use scission_engine::input::synthetic_inputs;
     use scission_engine::pipeline::graph_inputs;
     let model = scission_engine::Model::load_path(&c.model, &scission_engine::LoadOptions::default()).unwrap();
@@ -438,7 +445,7 @@ fn flood(c: &Cluster, cloud: SocketAddr, count: u64, deadline_ms: u32) -> (usize
     let encoding = scission_core::link::Encoding::F32;
     let messages: Vec<Vec<u8>> =
         (0..count).map(|id| scission_runtime::convert::infer_message(id, sha, &route, encoding, deadline_ms, &live).unwrap()).collect();
-    let (mut outputs, mut expired) = (0, 0);
+    let (mut outputs, mut expired, mut busy) = (0, 0, 0);
     as_device(c, cloud, async |conn| {
         let mut answers = tokio::task::JoinSet::new();
         for message in messages {
@@ -452,11 +459,12 @@ fn flood(c: &Cluster, cloud: SocketAddr, count: u64, deadline_ms: u32) -> (usize
                     assert!(message.contains("deadline of 1 ms"), "{message}");
                     expired += 1;
                 }
+                Body::Failure { code: FailureCode::Busy, .. } => busy += 1,
                 other => panic!("neither an output nor an expired deadline: {other:?}"),
             }
         }
     });
-    (outputs, expired)
+    (outputs, expired, busy)
 }
 
 #[test]
@@ -568,4 +576,73 @@ fn routes_naming_machines_the_directory_does_not_list_are_refused_and_connect_no
         assert_eq!(code, Some(FailureCode::BadRequest), "{message}");
         assert!(message.contains("stage for machine 9 of tier 1"), "{message}");
     });
+}
+
+#[test]
+fn a_full_server_refuses_inferences_from_their_first_bytes_and_the_peer_reads_why() {
+    let c = Cluster::new();
+    let (cloud, _) = planning_cloud(&c, &["--workers", "1", "--queue", "1"]);
+    // 32 at once on one worker and one place in the queue: the rest are refused, each with an
+    // explicit Busy answer (the sender's stream was stopped, and it still reads the answer).
+    let (outputs, expired, busy) = flood_counting_busy(&c, cloud.addr, 32, 0);
+    assert_eq!(outputs + expired + busy, 32);
+    assert!(outputs >= 1 && busy >= 1 && expired == 0, "{outputs} outputs, {busy} busy");
+    assert_eq!(flood(&c, cloud.addr, 1, 0), (1, 0), "and serves again once the queue drains");
+    // Large requests sent while it is full are stopped mid-send, and their senders still read
+    // the Busy answer (8 MB each: far more than QUIC lets a sender put in flight unanswered).
+    use scission_core::wire::message::NamedTensor;
+    use scission_core::wire::tensor::{Elements, TensorFrame};
+    let sha = sha256_of(&c.model);
+    let big = vec![0u8; 8 << 20];
+    let tensor = TensorFrame { elements: Elements::F32, shape: [2 << 20].into_iter().collect(), data: &big };
+    let large = |request| {
+        let body = Body::Infer {
+            request,
+            model: sha,
+            stages: [Stage { tier: 2, machine: 0, start: 0, end: 1 }].into_iter().collect(),
+            encoding: Default::default(),
+            tensors: [NamedTensor { id: 0, tensor: tensor.clone() }].into_iter().collect(),
+            deadline_ms: 0,
+        };
+        encode(&body).unwrap()
+    };
+    let honest = {
+        use scission_engine::input::synthetic_inputs;
+        use scission_engine::pipeline::graph_inputs;
+        let model = scission_engine::Model::load_path(&c.model, &scission_engine::LoadOptions::default()).unwrap();
+        let live = graph_inputs(&model, synthetic_inputs(&model, 1).unwrap()).unwrap();
+        let route = [Stage { tier: 2, machine: 0, start: 0, end: model.summary.len() as u32 }];
+        scission_runtime::convert::infer_message(100, sha, &route, scission_core::link::Encoding::F32, 0, &live).unwrap()
+    };
+    let (mut busy, mut refused) = (0, 0);
+    as_device(&c, cloud.addr, async |conn| {
+        let mut answers = tokio::task::JoinSet::new();
+        // Honest requests keep the worker and the queue full meanwhile, back to back.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut keep_busy = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let (conn, message, done) = (conn.clone(), honest.clone(), done.clone());
+            keep_busy.spawn(async move {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    quic::exchange(&conn, &message, 64 << 20).await.expect("an answer");
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for request in 0..12u64 {
+            let (conn, message) = (conn.clone(), large(request));
+            answers.spawn(async move { quic::exchange(&conn, &message, 64 << 20).await.expect("every sender reads its answer") });
+        }
+        while let Some(answer) = answers.join_next().await {
+            match decode(&answer.unwrap()).unwrap() {
+                Body::Failure { code: FailureCode::Busy, .. } => busy += 1,
+                Body::Failure { code: FailureCode::BadRequest, .. } => refused += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        while keep_busy.join_next().await.is_some() {}
+    });
+    assert_eq!(busy + refused, 12);
+    assert!(busy >= 1, "{busy} busy, {refused} refused after decoding");
 }

@@ -121,10 +121,34 @@ pub enum FrameError {
 /// Reads one frame, refusing one larger than `max_frame` before reading its body. Memory grows
 /// with the bytes that actually arrive, not with the length a peer announces.
 pub async fn read_frame(recv: &mut quinn::RecvStream, max_frame: u32) -> Result<Vec<u8>, FrameError> {
+    let head = read_head(recv, max_frame, 0).await?;
+    read_rest(recv, head).await
+}
+
+/// The start of a frame: its announced length and up to the first bytes asked for.
+#[derive(Debug)]
+pub struct FrameHead {
+    /// The body's announced length.
+    pub len: usize,
+    /// The body's first bytes (all of it when it is short).
+    pub start: Vec<u8>,
+}
+
+/// Reads a frame's header (checked against `max_frame`) and the first `want` bytes of its body,
+/// so the receiver can decide on the request before the rest arrives ([`read_rest`]).
+pub async fn read_head(recv: &mut quinn::RecvStream, max_frame: u32, want: usize) -> Result<FrameHead, FrameError> {
     let mut header = [0u8; HEADER];
     recv.read_exact(&mut header).await?;
     let len = body_len(header, max_frame)?;
-    let mut body = Vec::with_capacity(len.min(1 << 16));
+    let mut start = vec![0u8; want.min(len)];
+    recv.read_exact(&mut start).await?;
+    Ok(FrameHead { len, start })
+}
+
+/// The rest of the frame `head` started.
+pub async fn read_rest(recv: &mut quinn::RecvStream, head: FrameHead) -> Result<Vec<u8>, FrameError> {
+    let FrameHead { len, start: mut body } = head;
+    body.reserve(len.saturating_sub(body.len()).min(1 << 16));
     while body.len() < len {
         match recv.read_chunk(len - body.len(), true).await? {
             Some(chunk) => body.extend_from_slice(&chunk.bytes),
@@ -141,10 +165,16 @@ pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result
     Ok(())
 }
 
-/// Sends `payload` on a new stream and waits for the one-frame answer.
+/// Sends `payload` on a new stream and waits for the one-frame answer. A receiver that stops
+/// the stream before the whole payload is sent (a server at capacity refuses a request from
+/// its first bytes) still answers: that answer is returned.
 pub async fn exchange(connection: &quinn::Connection, payload: &[u8], max_frame: u32) -> Result<Vec<u8>> {
     let (mut send, mut recv) = connection.open_bi().await.transport(|| "cannot open a stream".into())?;
-    write_frame(&mut send, payload).await?;
+    match send.write_all(&framed(payload)?).await {
+        Ok(()) => send.finish().transport(|| "finishing a stream".into())?,
+        Err(quinn::WriteError::Stopped(_)) => {}
+        Err(e) => return Err(e).transport(|| "sending a frame".into()),
+    }
     Ok(read_frame(&mut recv, max_frame).await?)
 }
 

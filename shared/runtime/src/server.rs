@@ -22,14 +22,17 @@ use scission_core::cut::Block;
 use scission_core::link::Encoding;
 use scission_core::wire::WireError;
 use scission_core::wire::message::{
-    Body, CONFIGURED, FailureCode, FailureDetail, MachineId, NamedTensor, Stage, StageTiming, bounded_text, decode, encode, failure_text,
+    Body, CONFIGURED, FailureCode, FailureDetail, MachineId, NamedTensor, PEEK_BYTES, Stage, StageTiming, bounded_text, decode, encode,
+    failure_text, peek_infer,
 };
 use scission_engine::pipeline::Activations;
 use scission_net::pki::{self, PeerCert, Role};
-use scission_net::quic::{FrameError, connect, exchange, peer_cert, read_frame, write_frame};
+use scission_net::quic::{FrameError, connect, exchange, peer_cert, read_head, read_rest, write_frame};
 
 /// Application close code for a connection the server will not serve.
 const REFUSED: u32 = 403;
+/// Stream stop code for a request refused as busy before its body was read.
+const BUSY_STOP: u32 = 503;
 
 /// The next tier a server forwards to (the edge's cloud).
 pub struct Upstream {
@@ -422,8 +425,23 @@ impl StageServer {
     }
 
     async fn handle_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: &PeerCert, from: SocketAddr) {
-        let reply = match tokio::time::timeout(self.limits.read_deadline, read_frame(&mut recv, self.limits.max_frame)).await {
-            Ok(Ok(bytes)) => self.answer(&bytes, peer, from).await,
+        let read = async {
+            let head = read_head(&mut recv, self.limits.max_frame, PEEK_BYTES).await?;
+            // At capacity, an inference is refused from its first bytes: its tensors are never
+            // received (the peer is told to stop sending them).
+            if let Some(request) = peek_infer(&head.start).filter(|_| self.full()) {
+                let _ = recv.stop(quinn::VarInt::from_u32(BUSY_STOP));
+                return Ok(Err(request));
+            }
+            read_rest(&mut recv, head).await.map(Ok)
+        };
+        let reply = match tokio::time::timeout(self.limits.read_deadline, read).await {
+            Ok(Ok(Err(request))) => {
+                let waiting = self.load.snapshot();
+                let waiting = usize::try_from(u64::from(waiting.queued) + u64::from(waiting.running)).unwrap_or(usize::MAX);
+                StageError::Busy { tier: self.node.tier, machine: CONFIGURED, waiting }.to_frame(request)
+            }
+            Ok(Ok(Ok(bytes))) => self.answer(&bytes, peer, from).await,
             Ok(Err(FrameError::Wire(WireError::TooLarge { len, limit }))) => StageError::TooLarge { len, limit }.to_frame(0),
             Ok(Err(e)) => StageError::BadRequest(e.to_string()).to_frame(0),
             Err(_) => {
@@ -555,6 +573,13 @@ impl StageServer {
             entries.len() >= CACHED_ARTIFACTS || held.saturating_add(new) > cap
         });
         Ok(artifact)
+    }
+
+    /// Whether the workers and the queue are all taken.
+    fn full(&self) -> bool {
+        let load = self.load.snapshot();
+        u64::from(load.queued) + u64::from(load.running)
+            >= u64::try_from(self.limits.queue.saturating_add(self.limits.workers)).unwrap_or(u64::MAX)
     }
 
     /// A place among the registrations and plans being worked on, or `Busy`.

@@ -397,6 +397,35 @@ pub fn decode(bytes: &[u8]) -> Result<Body<'_>, WireError> {
     Ok(envelope.body)
 }
 
+/// Bytes of a message's start that [`peek_infer`] needs at most.
+pub const PEEK_BYTES: usize = 3 + 5 + 10;
+
+/// The request id of an [`Body::Infer`] of this protocol version, read from the first bytes of
+/// its encoding (at least [`PEEK_BYTES`], or the whole message), before the rest has arrived:
+/// a server at capacity refuses it without receiving its tensors. `None` for any other message,
+/// another version, or bytes that are not a message's start.
+pub fn peek_infer(prefix: &[u8]) -> Option<u64> {
+    let mut at = 0;
+    let version = varint(prefix, &mut at)?;
+    let variant = varint(prefix, &mut at)?;
+    (version == u64::from(PROTOCOL_VERSION) && variant == 0).then_some(())?;
+    varint(prefix, &mut at)
+}
+
+/// An unsigned LEB128 varint (postcard's integers) at `*at`, moving `*at` past it.
+fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// A directory's entries: bounded names and addresses, unique ids, none [`CONFIGURED`].
 fn validate_directory(machines: &[MachineEntry<'_>]) -> Result<(), WireError> {
     for (i, m) in machines.iter().enumerate() {
@@ -478,6 +507,21 @@ mod tests {
         assert_eq!(load(6, 2), 350);
         let absurd = Load { queued: u32::MAX, running: u32::MAX, workers: 0, service_ns: u64::MAX };
         assert_eq!(absurd.expected_wait_ns(), MAX_WAIT_NS, "an absurd report is capped, not overflowed");
+    }
+
+    #[test]
+    fn an_infer_request_is_recognised_from_its_first_bytes() {
+        let (_, data) = encode_f32(&[1.0; 6], Encoding::F32);
+        for id in [0, 7, 300, u64::MAX] {
+            let Body::Infer { model, stages, encoding, tensors, deadline_ms, .. } = request(&data) else { unreachable!() };
+            let bytes = encode(&Body::Infer { request: id, model, stages, encoding, tensors, deadline_ms }).unwrap();
+            assert_eq!(peek_infer(&bytes[..PEEK_BYTES.min(bytes.len())]), Some(id), "request {id}");
+        }
+        assert_eq!(peek_infer(&encode(&Body::Ping { nonce: 1, padding: &[] }).unwrap()), None, "not an inference");
+        let future = postcard::to_allocvec(&Envelope { version: 99, body: request(&data) }).unwrap();
+        assert_eq!(peek_infer(&future[..PEEK_BYTES]), None, "another version");
+        assert_eq!(peek_infer(&[0x83]), None, "cut short");
+        assert_eq!(peek_infer(&[0xff; 32]), None, "a varint longer than 64 bits");
     }
 
     #[test]
