@@ -20,7 +20,9 @@ use scission_core::policy::plan_route;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::solver::profiles::{Topology, problem_from_profiles, set_link};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, SolveError};
-use scission_core::wire::message::{CONFIGURED, Load, MAX_DIRECTORY, MAX_ROUTES, MAX_STAGES, MachineEntry, MachineId, PlannedRoute};
+use scission_core::wire::message::{
+    CONFIGURED, Load, MAX_DIRECTORY, MAX_ROUTES, MAX_STAGES, MachineEntry, MachineId, PlannedRoute, REGISTERED_SERVER,
+};
 use scission_engine::profile_file::parse_profile;
 
 use crate::convert::bounded;
@@ -205,7 +207,8 @@ impl Planner {
         }
         let id = match registry.get(name) {
             Some(r) => r.id,
-            None => (1..=MachineId::MAX)
+            // The registry holds at most MAX_DIRECTORY (32): ids stay far below the 127 the wire allows.
+            None => (1..REGISTERED_SERVER)
                 .find(|id| registry.values().all(|r| r.id != *id))
                 .ok_or(PlanError::Refused(name.to_string(), "no machine id is free"))?,
         };

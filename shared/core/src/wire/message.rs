@@ -426,10 +426,11 @@ fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// A directory's entries: bounded names and addresses, unique ids, none [`CONFIGURED`].
+/// A directory's entries: bounded names and addresses, unique ids from 1 to 127.
 fn validate_directory(machines: &[MachineEntry<'_>]) -> Result<(), WireError> {
     for (i, m) in machines.iter().enumerate() {
-        if m.id == CONFIGURED || m.name.is_empty() || m.name.len() > MAX_NAME || m.addr.len() > MAX_ADDR {
+        // Ids stay below REGISTERED_SERVER, so every machine has a server key of its own.
+        if m.id == CONFIGURED || m.id >= REGISTERED_SERVER || m.name.is_empty() || m.name.len() > MAX_NAME || m.addr.len() > MAX_ADDR {
             return Err(WireError::Malformed("a directory entry has a reserved id, or a name or address out of bounds"));
         }
         if machines[..i].iter().any(|o| o.id == m.id || o.name == m.name) {
@@ -507,6 +508,25 @@ mod tests {
         assert_eq!(load(6, 2), 350);
         let absurd = Load { queued: u32::MAX, running: u32::MAX, workers: 0, service_ns: u64::MAX };
         assert_eq!(absurd.expected_wait_ns(), MAX_WAIT_NS, "an absurd report is capped, not overflowed");
+    }
+
+    #[test]
+    fn a_directory_and_the_routes_that_name_it_are_checked_on_decode() {
+        let entry = |id, name| MachineEntry { id, tier: 1, name, addr: "127.0.0.1:4434" };
+        let route = |machine| PlannedRoute {
+            stages: [Stage { tier: 0, machine: 0, start: 0, end: 2 }, Stage { tier: 1, machine, start: 2, end: 5 }].into_iter().collect(),
+            predicted_ns: 1,
+        };
+        let plans = |machine, machines: &[MachineEntry<'static>]| {
+            encode(&Body::Plans { routes: [route(machine)].into_iter().collect(), machines: machines.iter().cloned().collect() }).unwrap()
+        };
+        assert!(decode(&plans(3, &[entry(3, "edge-b")])).is_ok());
+        assert!(decode(&plans(0, &[])).is_ok(), "the configured server needs no entry");
+        assert!(decode(&plans(4, &[entry(3, "edge-b")])).is_err(), "a machine the directory does not list");
+        assert!(decode(&plans(3, &[entry(3, "edge-b"), entry(3, "edge-c")])).is_err(), "two entries with one id");
+        assert!(decode(&plans(3, &[entry(3, "edge-b"), entry(4, "edge-b")])).is_err(), "two entries with one name");
+        assert!(decode(&plans(0, &[entry(0x80, "edge-b")])).is_err(), "an id that would share a server key");
+        assert!(decode(&plans(0, &[entry(0, "edge-b")])).is_err(), "the configured id is not listed");
     }
 
     #[test]
