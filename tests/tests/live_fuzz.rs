@@ -80,7 +80,7 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
     let model = if pick(rng, 2) == 0 { sha } else { [pick(rng, 256) as u8; 32] };
     let junk_profile: Vec<u8> = if pick(rng, 2) == 0 { profile.to_vec() } else { data[..data.len().min(64)].to_vec() };
     let body = match pick(rng, 11) {
-        0 | 1 | 2 => {
+        0..=2 => {
             let mut tensors = heapless::Vec::new();
             for _ in 0..pick(rng, 4) {
                 let _ = tensors.push(tensor(rng, &data));

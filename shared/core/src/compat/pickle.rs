@@ -174,7 +174,7 @@ impl Machine<'_> {
     }
 
     fn extend_dict(&mut self, dict: usize, items: &[usize]) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.fail("odd number of dict items");
         }
         let pairs = items.chunks(2).map(|kv| (kv[0], kv[1]));

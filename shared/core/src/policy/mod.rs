@@ -460,7 +460,7 @@ impl DevicePolicy {
             self.actions.push_back(Action::Fail { request, failure: RequestFailure::Rejected { reason } });
             return;
         }
-        let due = self.config.replan_every > 0 && self.submitted > 0 && self.submitted % u64::from(self.config.replan_every) == 0;
+        let due = self.config.replan_every > 0 && self.submitted > 0 && self.submitted.is_multiple_of(u64::from(self.config.replan_every));
         self.submitted = self.submitted.saturating_add(1);
         self.requests.insert(request, Pending::new());
         if due && self.waiting == Waiting::Nothing {

@@ -173,7 +173,7 @@ pub(crate) fn satisfies(problem: &Problem, c: &Compiled, segments: &[Segment], c
         return false;
     }
     let used = |t: usize| segments.iter().any(|s| s.tier == t && s.end > s.start);
-    let tiers_ok = (0..problem.tiers.len()).all(|t| !(c.must_use[t] && !used(t)) && !(c.must_not_use[t] && used(t)));
+    let tiers_ok = (0..problem.tiers.len()).all(|t| (!c.must_use[t] || used(t)) && !(c.must_not_use[t] && used(t)));
     let segments_ok = segments.iter().zip(&cost.compute_ns).all(|(s, &ns)| {
         !c.bad[s.tier][s.start..s.end].iter().any(|&b| b)
             && ns <= c.compute_cap[s.machine]
