@@ -583,13 +583,13 @@ fn a_full_server_refuses_inferences_from_their_first_bytes_and_the_peer_reads_wh
     let c = Cluster::new();
     let (cloud, _) = planning_cloud(&c, &["--workers", "1", "--queue", "1"]);
     // 32 at once on one worker and one place in the queue: the rest are refused, each with an
-    // explicit Busy answer (the sender's stream was stopped, and it still reads the answer).
+    // explicit Busy answer.
     let (outputs, expired, busy) = flood_counting_busy(&c, cloud.addr, 32, 0);
     assert_eq!(outputs + expired + busy, 32);
     assert!(outputs >= 1 && busy >= 1 && expired == 0, "{outputs} outputs, {busy} busy");
     assert_eq!(flood(&c, cloud.addr, 1, 0), (1, 0), "and serves again once the queue drains");
-    // Large requests sent while it is full are stopped mid-send, and their senders still read
-    // the Busy answer (8 MB each: far more than QUIC lets a sender put in flight unanswered).
+    // Large requests that arrive while it is full are refused from their first bytes (8 MB of
+    // tensors that would not even decode: refused after decoding, they would be BadRequest).
     use scission_core::wire::message::NamedTensor;
     use scission_core::wire::tensor::{Elements, TensorFrame};
     let sha = sha256_of(&c.model);

@@ -93,6 +93,13 @@ impl From<PlanRequestError> for crate::error::RuntimeError {
 /// The connection-cache key of the planner, when it is not the cloud (no tier uses it).
 const PLANNER: u8 = u8::MAX;
 
+/// The server key of the stage of `route` that `machine` of `tier` runs, as a failure names it.
+/// A server that refuses a request from its first bytes does not know the id the route gave
+/// it and names [`CONFIGURED`]: then the route's stage on that tier (a route has one per tier).
+fn on_route(route: &[Stage], tier: u8, machine: MachineId) -> Option<u8> {
+    route.iter().find(|s| s.tier == tier && (s.machine == machine || machine == CONFIGURED)).map(Stage::server)
+}
+
 /// The configured peer that serves `tier`'s [`CONFIGURED`] machine: 1 the device's edge; any
 /// later tier its cloud (the planner's own tier is the chain's last, however long the chain; the
 /// tiers between are reached through their registered machines).
@@ -379,17 +386,36 @@ impl DeviceClient {
                 Err(RequestError::Unreachable { tier: server_key(tier, machine), reason: message.to_string() })
             }
             Body::Failure { code: FailureCode::Busy, detail: FailureDetail::Busy { tier, machine }, .. }
-                if rest.iter().any(|s| s.server() == server_key(tier, machine)) =>
+                if on_route(rest, tier, machine).is_some() =>
             {
-                Err(RequestError::Busy { tier: server_key(tier, machine) })
+                Err(RequestError::Busy { tier: on_route(rest, tier, machine).unwrap_or(server_key(tier, machine)) })
             }
             Body::Failure { code: FailureCode::Expired, detail: FailureDetail::Expired { tier, machine }, message, .. }
-                if rest.iter().any(|s| s.server() == server_key(tier, machine)) =>
+                if on_route(rest, tier, machine).is_some() =>
             {
-                Err(RequestError::Expired { tier: server_key(tier, machine), reason: message.to_string() })
+                Err(RequestError::Expired {
+                    tier: on_route(rest, tier, machine).unwrap_or(server_key(tier, machine)),
+                    reason: message.to_string(),
+                })
             }
             Body::Failure { code, message, .. } => Err(invalid!("request {id} failed ({code:?}): {message}").into()),
             _ => Err(invalid!("unexpected answer to request {id}").into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_naming_the_configured_server_of_a_tier_is_the_routes_stage_there() {
+        let route = [Stage { tier: 1, machine: 3, start: 0, end: 4 }, Stage { tier: 2, machine: 0, start: 4, end: 9 }];
+        // Refused from its first bytes, the edge did not know it was machine 3.
+        assert_eq!(on_route(&route, 1, CONFIGURED), Some(server_key(1, 3)));
+        assert_eq!(on_route(&route, 1, 3), Some(server_key(1, 3)));
+        assert_eq!(on_route(&route, 2, CONFIGURED), Some(2));
+        assert_eq!(on_route(&route, 1, 4), None, "another machine of the tier is not on the route");
+        assert_eq!(on_route(&route, 3, CONFIGURED), None, "nor is another tier");
     }
 }

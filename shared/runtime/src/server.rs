@@ -31,8 +31,6 @@ use scission_net::quic::{FrameError, connect, exchange, peer_cert, read_head, re
 
 /// Application close code for a connection the server will not serve.
 const REFUSED: u32 = 403;
-/// Stream stop code for a request refused as busy before its body was read.
-const BUSY_STOP: u32 = 503;
 
 /// The next tier a server forwards to (the edge's cloud).
 pub struct Upstream {
@@ -427,10 +425,11 @@ impl StageServer {
     async fn handle_stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream, peer: &PeerCert, from: SocketAddr) {
         let read = async {
             let head = read_head(&mut recv, self.limits.max_frame, PEEK_BYTES).await?;
-            // At capacity, an inference is refused from its first bytes: its tensors are never
-            // received (the peer is told to stop sending them).
+            // At capacity, an inference is refused from its first bytes: its tensors are
+            // received but never decoded. (Stopping the stream instead hung a connection under
+            // load: see the note in the README.)
             if let Some(request) = peek_infer(&head.start).filter(|_| self.full()) {
-                let _ = recv.stop(quinn::VarInt::from_u32(BUSY_STOP));
+                read_rest(&mut recv, head).await?;
                 return Ok(Err(request));
             }
             read_rest(&mut recv, head).await.map(Ok)
