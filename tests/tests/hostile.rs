@@ -52,6 +52,18 @@ async fn failure_code(connection: &quinn::Connection, body: &Body<'_>) -> (Optio
     }
 }
 
+/// Edge `edge`'s registration with `profile`, its measured `link` to the cloud, `load` and `addr`.
+fn edge_registration<'a>(profile: &'a [u8], link: Link, load: Load, addr: &str) -> Body<'a> {
+    Body::Register {
+        name: heapless::String::try_from("edge").unwrap(),
+        tier: 1,
+        profile,
+        link_to_cloud: Some(link),
+        load,
+        addr: heapless::String::try_from(addr).unwrap(),
+    }
+}
+
 fn plan_request<'a>(profile: &'a [u8], count: u16, uplinks: &[(u8, Link)]) -> Body<'a> {
     Body::PlanRequest {
         profile,
@@ -330,14 +342,7 @@ fn a_revoked_edge_leaves_the_plans_at_once_not_when_its_registration_expires() {
     let (cloud, profile) = planning_cloud(&c, &[]);
     let fast = Link { latency_ns: 1_000, bits_per_sec: 10_000_000_000 };
     as_node(&c, "edge", cloud.addr, async |conn| {
-        let register = Body::Register {
-            name: heapless::String::try_from("edge").unwrap(),
-            tier: 1,
-            profile: &profile,
-            link_to_cloud: Some(fast),
-            load: Load::default(),
-            addr: heapless::String::try_from("127.0.0.1:9").unwrap(),
-        };
+        let register = edge_registration(&profile, fast, Load::default(), "127.0.0.1:9");
         assert_eq!(failure_code(&conn, &register).await.0, None);
     });
     let tiers_planned = || {
@@ -375,15 +380,7 @@ fn an_edge_that_reports_a_long_queue_gets_no_work_until_it_drains_and_absurd_rep
     let fast = Link { latency_ns: 1_000, bits_per_sec: 10_000_000_000 };
     let report = |load: Load| {
         as_node(&c, "edge", cloud.addr, async |conn| {
-            let register = Body::Register {
-                name: heapless::String::try_from("edge").unwrap(),
-                tier: 1,
-                profile: &profile,
-                link_to_cloud: Some(fast),
-                load,
-                addr: heapless::String::try_from("127.0.0.1:9").unwrap(),
-            };
-            assert_eq!(failure_code(&conn, &register).await.0, None);
+            assert_eq!(failure_code(&conn, &edge_registration(&profile, fast, load, "127.0.0.1:9")).await.0, None);
         })
     };
     let uses_edge = |r: &PlannedRoute| r.stages.iter().any(|s| s.tier == 1);
@@ -488,14 +485,7 @@ fn an_edge_without_an_advertised_address_is_planned_as_the_configured_edge() {
     let fast = Link { latency_ns: 1_000, bits_per_sec: 10_000_000_000 };
     let register = |addr: &str| {
         as_node(&c, "edge", cloud.addr, async |conn| {
-            let register = Body::Register {
-                name: heapless::String::try_from("edge").unwrap(),
-                tier: 1,
-                profile: &profile,
-                link_to_cloud: Some(fast),
-                load: Load::default(),
-                addr: heapless::String::try_from(addr).unwrap(),
-            };
+            let register = edge_registration(&profile, fast, Load::default(), addr);
             let answer = quic::exchange(&conn, &encode(&register).unwrap(), 1 << 20).await.unwrap();
             let Body::Registered { id, machines } = decode(&answer).unwrap() else { panic!("not registered") };
             assert!(id > 0);
@@ -516,14 +506,7 @@ fn an_edge_without_an_advertised_address_is_planned_as_the_configured_edge() {
     assert!(!edge_machines().contains(&0), "with an address: its directory id");
     // An address that is not IP:PORT is refused, with the planner unharmed.
     as_node(&c, "edge", cloud.addr, async |conn| {
-        let register = Body::Register {
-            name: heapless::String::try_from("edge").unwrap(),
-            tier: 1,
-            profile: &profile,
-            link_to_cloud: Some(fast),
-            load: Load::default(),
-            addr: heapless::String::try_from("edge.local:4434").unwrap(),
-        };
+        let register = edge_registration(&profile, fast, Load::default(), "edge.local:4434");
         let (code, message) = failure_code(&conn, &register).await;
         assert_eq!(code, Some(FailureCode::BadRequest), "{message}");
         assert!(message.contains("not an IP address"), "{message}");

@@ -339,6 +339,29 @@ fn a_planner_apart_from_the_cloud_stage_servers_plans_while_they_serve() {
     assert!(text.contains("requests: 6 ok, 0 failed"), "{text}");
 }
 
+/// `scission-BIN serve` of the cluster's model as enrolled node `name` with `profile`, one
+/// engine thread and a 1 s heartbeat, followed by `extra`.
+fn serve_as(bin: &str, c: &Cluster, name: &str, profile: &str, extra: &[&str]) -> common::cluster::Server {
+    let (cluster, model) = (c.cluster(), c.model.to_string_lossy().into_owned());
+    let args = ["serve", &model, "--cluster", &cluster, "--name", name, "--profile", profile, "--threads", "1", "--heartbeat-s", "1"];
+    start(bin, &[&args[..], extra].concat())
+}
+
+/// Every output of a request along `route` came back, equal (as f32 bits) to the unsplit model's.
+fn assert_bit_equal(
+    outputs: &[(usize, scission_engine::tract::prelude::TValue)],
+    unsplit: &[scission_engine::tract::prelude::TValue],
+    route: &[scission_core::wire::message::Stage],
+) {
+    assert!(!unsplit.is_empty() && outputs.len() == unsplit.len(), "every output came back along {route:?}");
+    let bits = |t: &scission_engine::tract::prelude::Tensor| -> Vec<u32> {
+        t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    };
+    for ((_, got), want) in outputs.iter().zip(unsplit) {
+        assert_eq!(bits(got), bits(want), "route {route:?} differs from the unsplit model");
+    }
+}
+
 /// A benchmark profile of `model` for `name` whose every block takes `block_us` microseconds
 /// (so which machine a plan picks does not depend on this machine's noise).
 fn set_profile(dir: &Path, model: &Path, name: &str, block_us: u64) -> String {
@@ -362,7 +385,7 @@ fn plans_choose_among_registered_edges_and_clouds_and_requests_run_on_the_chosen
     use scission_engine::input::synthetic_inputs;
     use scission_runtime::client::{DeviceClient, Peer};
     let c = Cluster::new();
-    let (cluster, model, dir) = (c.cluster(), c.model.to_str().unwrap(), c.dir.path());
+    let (cluster, dir) = (c.cluster(), c.dir.path());
     for (name, tier) in [("edge-b", "edge"), ("cloud-b", "cloud")] {
         assert!(run("scission-cloud", &["enroll", name, "--tier", tier, "--cluster", &cluster]).status.success());
     }
@@ -372,10 +395,7 @@ fn plans_choose_among_registered_edges_and_clouds_and_requests_run_on_the_chosen
     let (cloud_a, edge_a, edge_b, cloud_b) =
         (profile("cloud", 5_000), profile("edge", 5_000), profile("edge-b", 1_000), profile("cloud-b", 100));
     let device_profile = set_profile(dir, &c.model, "device", 10_000);
-    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| {
-        let args = ["serve", model, "--cluster", &cluster, "--name", name, "--profile", profile, "--threads", "1", "--heartbeat-s", "1"];
-        start(bin, &[&args[..], extra].concat())
-    };
+    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| serve_as(bin, &c, name, profile, extra);
     let planner = serve("scission-cloud", "cloud", &cloud_a, &[]);
     let planner_addr = planner.addr.to_string();
     let second_cloud = serve("scission-cloud", "cloud-b", &cloud_b, &["--planner", &planner_addr]);
@@ -408,12 +428,7 @@ fn plans_choose_among_registered_edges_and_clouds_and_requests_run_on_the_chosen
             let ran: Vec<(u8, u8)> = outcome.timings.iter().map(|t| (t.tier, t.machine)).collect();
             let named: Vec<(u8, u8)> = route.iter().map(|s| (s.tier, s.machine)).collect();
             assert_eq!(ran, named, "every stage reports the machine it ran on");
-            assert!(!unsplit.is_empty() && outcome.outputs.len() == unsplit.len(), "every output came back");
-            for ((_, got), want) in outcome.outputs.iter().zip(&unsplit) {
-                let plain = |t: &scission_engine::tract::prelude::Tensor| t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
-                let (got, want) = (plain(got), plain(want));
-                assert!(got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "equal to the unsplit model");
-            }
+            assert_bit_equal(&outcome.outputs, &unsplit, route);
         }
     });
     drop((second_edge, second_cloud));
@@ -429,14 +444,11 @@ fn a_four_tier_chain_runs_end_to_end_and_matches_the_unsplit_model() {
     use scission_engine::input::synthetic_inputs;
     use scission_runtime::client::{DeviceClient, Peer};
     let c = Cluster::new();
-    let (cluster, model, dir) = (c.cluster(), c.model.to_str().unwrap(), c.dir.path());
+    let (cluster, dir) = (c.cluster(), c.dir.path());
     assert!(run("scission-cloud", &["enroll", "edge2", "--tier", "edge", "--cluster", &cluster]).status.success());
     let profile = |name: &str, us| set_profile(dir, &c.model, name, us);
     let (cloud, edge, edge2, device) = (profile("cloud", 100), profile("edge", 1_000), profile("edge2", 500), profile("device", 10_000));
-    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| {
-        let args = ["serve", model, "--cluster", &cluster, "--name", name, "--profile", profile, "--threads", "1", "--heartbeat-s", "1"];
-        start(bin, &[&args[..], extra].concat())
-    };
+    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| serve_as(bin, &c, name, profile, extra);
     let planner = serve("scission-cloud", "cloud", &cloud, &["--tiers", "device,edge,edge2,cloud"]);
     let planner_addr = planner.addr.to_string();
     let second = serve("scission-edge", "edge2", &edge2, &["--cloud", &planner_addr, "--tier-index", "2"]);
@@ -469,12 +481,7 @@ fn a_four_tier_chain_runs_end_to_end_and_matches_the_unsplit_model() {
             let outcome = client.infer(1, route, inputs.clone(), Encoding::F32).await.unwrap();
             let ran: Vec<(u8, u8)> = outcome.timings.iter().map(|t| (t.tier, t.machine)).collect();
             assert_eq!(ran, route.iter().map(|s| (s.tier, s.machine)).collect::<Vec<_>>(), "each stage ran where the route said");
-            assert!(!unsplit.is_empty() && outcome.outputs.len() == unsplit.len());
-            for ((_, got), want) in outcome.outputs.iter().zip(&unsplit) {
-                let plain = |t: &scission_engine::tract::prelude::Tensor| t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
-                let (got, want) = (plain(got), plain(want));
-                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "route {route:?} differs from the unsplit model");
-            }
+            assert_bit_equal(&outcome.outputs, &unsplit, route);
         }
     });
     drop((first, second, planner));
@@ -490,10 +497,7 @@ fn a_dead_edge_machine_is_avoided_while_the_other_edge_keeps_serving() {
     let profile = |name: &str, us| set_profile(dir, &c.model, name, us);
     let (cloud, edge_a, edge_b, device) =
         (profile("cloud", 5_000), profile("edge", 1_000), profile("edge-b", 100), profile("device", 10_000));
-    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| {
-        let args = ["serve", model, "--cluster", &cluster, "--name", name, "--profile", profile, "--threads", "1", "--heartbeat-s", "1"];
-        start(bin, &[&args[..], extra].concat())
-    };
+    let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| serve_as(bin, &c, name, profile, extra);
     let planner = serve("scission-cloud", "cloud", &cloud, &[]);
     let planner_addr = planner.addr.to_string();
     let edge = serve("scission-edge", "edge", &edge_a, &["--cloud", &planner_addr]);
