@@ -38,6 +38,11 @@ impl LoadMeter {
         Running { meter: self, since: Instant::now() }
     }
 
+    /// Inferences admitted now, queued or running.
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::SeqCst)
+    }
+
     /// The load now.
     pub fn snapshot(&self) -> Load {
         let admitted = self.admitted.load(Ordering::SeqCst);

@@ -436,9 +436,7 @@ impl StageServer {
         };
         let reply = match tokio::time::timeout(self.limits.read_deadline, read).await {
             Ok(Ok(Err(request))) => {
-                let waiting = self.load.snapshot();
-                let waiting = usize::try_from(u64::from(waiting.queued) + u64::from(waiting.running)).unwrap_or(usize::MAX);
-                StageError::Busy { tier: self.node.tier, machine: CONFIGURED, waiting }.to_frame(request)
+                StageError::Busy { tier: self.node.tier, machine: CONFIGURED, waiting: self.load.admitted() }.to_frame(request)
             }
             Ok(Ok(Ok(bytes))) => self.answer(&bytes, peer, from).await,
             Ok(Err(FrameError::Wire(WireError::TooLarge { len, limit }))) => StageError::TooLarge { len, limit }.to_frame(0),
@@ -574,11 +572,14 @@ impl StageServer {
         Ok(artifact)
     }
 
+    /// Inferences running and waiting at most: the workers and the queue.
+    fn capacity(&self) -> usize {
+        self.limits.queue.saturating_add(self.limits.workers)
+    }
+
     /// Whether the workers and the queue are all taken.
     fn full(&self) -> bool {
-        let load = self.load.snapshot();
-        u64::from(load.queued) + u64::from(load.running)
-            >= u64::try_from(self.limits.queue.saturating_add(self.limits.workers)).unwrap_or(u64::MAX)
+        self.load.admitted() >= self.capacity()
     }
 
     /// A place among the registrations and plans being worked on, or `Busy`.
@@ -602,7 +603,7 @@ impl StageServer {
         }
         // A full queue answers at once, before the request's tensors are decoded.
         let (waiting, admitted) = self.load.admit();
-        if waiting >= self.limits.queue.saturating_add(self.limits.workers) {
+        if waiting >= self.capacity() {
             return Err(StageError::Busy { tier: self.node.tier, machine: stage.machine, waiting });
         }
         let mut live = Activations::new();
