@@ -12,6 +12,7 @@
 //! ```text
 //! cargo build --workspace && cargo run -p scission-tests --example load -- --devices 1,8,64,256
 //! cargo run -p scission-tests --example load -- --devices 64 --edges 2   # two edges and the cloud
+//! cargo run -p scission-tests --example load -- --devices 64 --batch-max 8   # dynamic batching
 //! ```
 //! Without `--model` it writes the zoo's ResNet50. Every request ends in a result or an
 //! explicit failure, counted by kind; nothing is retried (a busy or late answer is
@@ -72,6 +73,12 @@ struct Args {
     /// Queue per server (inferences waiting); default: the servers' own (4 per worker).
     #[arg(long)]
     queue: Option<u16>,
+    /// Dynamic batching on every server: most requests per batch (1: off, the servers' default).
+    #[arg(long, default_value_t = 1)]
+    batch_max: u16,
+    /// Dynamic batching: milliseconds a request waits for others to join its batch.
+    #[arg(long, default_value_t = 0)]
+    batch_delay_ms: u64,
     /// Milliseconds a device waits after a failed request before its next one (doubling with
     /// each failure in a row, up to 16x).
     #[arg(long, default_value_t = 100)]
@@ -208,6 +215,14 @@ impl Servers {
         }
         if let Some(q) = args.queue {
             limits.extend(["--queue".to_string(), q.to_string()]);
+        }
+        if args.batch_max > 1 {
+            limits.extend([
+                "--batch-max".to_string(),
+                args.batch_max.to_string(),
+                "--batch-delay-ms".to_string(),
+                args.batch_delay_ms.to_string(),
+            ]);
         }
         let limits: Vec<&str> = limits.iter().map(String::as_str).collect();
         let common = ["serve", model, "--cluster", cluster, "--threads", "1"];

@@ -108,7 +108,13 @@ struct Reference {
 
 impl Reference {
     fn new(model: &Path) -> Self {
-        let typed = scission_engine::tract::onnx().model_for_path(model).unwrap().into_optimized().unwrap();
+        use scission_engine::tract::prelude::*;
+        // The export's batch is symbolic ("N"): pin it to one request, as a user of tract would.
+        let mut inference = scission_engine::tract::onnx().model_for_path(model).unwrap();
+        let mut fact = inference.input_fact(0).unwrap().clone();
+        fact.shape.set_dim(0, 1.to_dim());
+        inference.set_input_fact(0, fact).unwrap();
+        let typed = inference.into_optimized().unwrap();
         let shape = typed.input_fact(0).unwrap().shape.as_concrete().unwrap().to_vec();
         Self { plan: typed.into_runnable().unwrap(), shape }
     }

@@ -478,6 +478,105 @@ fn requests_still_waiting_for_a_worker_at_their_deadline_fail_expired_and_leave_
     assert_eq!(flood(&c, cloud.addr, 4, 0), (4, 0));
 }
 
+/// A batching cloud (one worker, batches of up to 4 after a 30 ms window) gets 12 different
+/// requests at once and a hostile one among them: every honest request gets its own answer,
+/// equal to the unsplit model's for its own input (within float rounding: a batch may reorder
+/// a sum), the hostile one fails alone, and the server's log shows the batches it ran.
+#[test]
+fn a_batching_server_answers_each_request_with_its_own_result_and_a_bad_request_fails_alone() {
+    use scission_engine::input::synthetic_inputs;
+    use scission_engine::pipeline::graph_inputs;
+    let c = Cluster::new();
+    let cloud_profile = quick_bench("scission-cloud", &c.model, &c.dir.path().join("cloud.json"), "cloud");
+    let log = c.dir.path().join("cloud.log");
+    let args = [
+        "serve",
+        c.model.to_str().unwrap(),
+        "--cluster",
+        &c.cluster(),
+        "--profile",
+        cloud_profile.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--queue",
+        "32",
+        "--batch-max",
+        "4",
+        "--batch-delay-ms",
+        "30",
+    ];
+    let mut child = std::process::Command::new(common::bin("scission-cloud"))
+        .args(args)
+        .env("RUST_LOG", "scission_runtime=debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let cloud = Server { child, addr: line.rsplit(' ').next().unwrap().trim().parse().unwrap() };
+
+    let model = scission_engine::Model::load_path(&c.model, &scission_engine::LoadOptions::default()).unwrap();
+    assert!(model.batchable());
+    let sha = scission_core::profile::parse_sha256(&model.sha256).unwrap();
+    let n = model.summary.len() as u32;
+    let whole = model.whole().unwrap();
+    let encoding = scission_core::link::Encoding::F32;
+    let mut messages = Vec::new();
+    let mut expected = std::collections::HashMap::new();
+    for request in 0..12u64 {
+        let inputs = synthetic_inputs(&model, 1000 + request).unwrap();
+        expected.insert(request, whole.run(inputs.clone()).unwrap());
+        let live = graph_inputs(&model, inputs).unwrap();
+        let route = [Stage { tier: 2, machine: 0, start: 0, end: n }];
+        messages.push(scission_runtime::convert::infer_message(request, sha, &route, encoding, 0, &live).unwrap());
+    }
+    // A stage that starts past the graph inputs, fed the graph inputs: it must fail alone.
+    let live = graph_inputs(&model, synthetic_inputs(&model, 1).unwrap()).unwrap();
+    let hostile_route = [Stage { tier: 2, machine: 0, start: 1, end: n }];
+    messages.insert(5, scission_runtime::convert::infer_message(99, sha, &hostile_route, encoding, 0, &live).unwrap());
+    let mut answered = 0;
+    as_device(&c, cloud.addr, async |conn| {
+        let mut answers = tokio::task::JoinSet::new();
+        for message in messages {
+            let conn = conn.clone();
+            answers.spawn(async move { quic::exchange(&conn, &message, 64 << 20).await.unwrap() });
+        }
+        while let Some(answer) = answers.join_next().await {
+            match decode(&answer.unwrap()).unwrap() {
+                Body::Output { request, tensors, .. } => {
+                    let want = &expected[&request];
+                    assert_eq!(tensors.len(), want.len());
+                    for (named, want) in tensors.iter().zip(want) {
+                        let (_, got) = scission_runtime::convert::decode(&model, named).unwrap();
+                        let (got, want) = (
+                            got.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec(),
+                            want.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec(),
+                        );
+                        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        assert!(diff <= 1e-5 * scale, "request {request}: off by {diff} of {scale}");
+                    }
+                    answered += 1;
+                }
+                Body::Failure { request, code, message, .. } => {
+                    assert_eq!((request, code), (99, FailureCode::BadRequest), "{message}");
+                }
+                other => panic!("neither an output nor a failure: {other:?}"),
+            }
+        }
+    });
+    assert_eq!(answered, 12);
+    drop(cloud);
+    let log = std::fs::read_to_string(&log).unwrap();
+    let batches: Vec<usize> =
+        log.lines().filter_map(|l| l.split("a batch of ").nth(1)?.split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()).collect();
+    assert!(batches.iter().any(|&b| b > 1), "requests queued together ran as batches: {batches:?}");
+    assert_eq!(batches.iter().sum::<usize>(), 12, "each honest request ran once: {batches:?}");
+}
+
 #[test]
 fn an_edge_without_an_advertised_address_is_planned_as_the_configured_edge() {
     let c = Cluster::new();

@@ -103,22 +103,34 @@ fn branched_model_has_more_cuts_than_the_original_rule_and_fan_out_cuts_are_vali
 }
 
 #[test]
-fn symbolic_batch_needs_and_accepts_an_input_shape() {
-    let mut proto = TestModel::Chain.build(32, 1);
-    let graph = proto.graph.as_mut().unwrap();
-    let dim = &mut graph.input[0].r#type.as_mut().unwrap().value;
-    if let Some(scission_engine::tract::pb::type_proto::Value::TensorType(t)) = dim {
-        t.shape.as_mut().unwrap().dim[0].value =
-            Some(scission_engine::tract::pb::tensor_shape_proto::dimension::Value::DimParam("N".into()));
-    }
-    for out in &mut graph.output {
-        out.r#type = None;
-    }
-    let bytes = encode(&proto);
-    let err = Model::load_bytes("dyn", &bytes, &LoadOptions::default()).unwrap_err();
+fn a_symbolic_batch_is_pinned_to_one_and_other_symbolic_dimensions_need_an_input_shape() {
+    let with_symbolic = |axis: usize| {
+        let mut proto = TestModel::Chain.build(32, 1);
+        let graph = proto.graph.as_mut().unwrap();
+        let dim = &mut graph.input[0].r#type.as_mut().unwrap().value;
+        if let Some(scission_engine::tract::pb::type_proto::Value::TensorType(t)) = dim {
+            t.shape.as_mut().unwrap().dim[axis].value =
+                Some(scission_engine::tract::pb::tensor_shape_proto::dimension::Value::DimParam("S".into()));
+        }
+        for out in &mut graph.output {
+            out.r#type = None;
+        }
+        encode(&proto)
+    };
+    // A symbolic batch (torch's dynamic_axes, tf2onnx's unknown batch) loads as a batch of 1,
+    // and the model can run batches.
+    let model = Model::load_bytes("dyn", &with_symbolic(0), &LoadOptions::default()).unwrap();
+    assert_eq!(model.input_shapes(), vec![vec![1, 3, 32, 32]]);
+    assert!(model.batchable());
+    // A symbolic height still needs a concrete shape from the user.
+    let err = Model::load_bytes("dyn", &with_symbolic(2), &LoadOptions::default()).unwrap_err();
     assert!(format!("{err:#}").contains("--input-shape"), "{err:#}");
-    let model = Model::load_bytes("dyn", &bytes, &LoadOptions { input_shapes: vec![vec![2, 3, 32, 32]] }).unwrap();
-    assert_eq!(model.input_shapes(), vec![vec![2, 3, 32, 32]]);
-    let wrong = Model::load_bytes("dyn", &bytes, &LoadOptions { input_shapes: vec![vec![2, 3, 32, 32], vec![1]] });
+    let given = LoadOptions { input_shapes: vec![vec![1, 3, 32, 32]] };
+    assert_eq!(Model::load_bytes("dyn", &with_symbolic(2), &given).unwrap().input_shapes(), vec![vec![1, 3, 32, 32]]);
+    // A batch pinned by the user above 1 is what the model runs, and it does not batch further.
+    let pinned = Model::load_bytes("dyn", &with_symbolic(0), &LoadOptions { input_shapes: vec![vec![2, 3, 32, 32]] }).unwrap();
+    assert_eq!(pinned.input_shapes(), vec![vec![2, 3, 32, 32]]);
+    assert!(!pinned.batchable());
+    let wrong = Model::load_bytes("dyn", &with_symbolic(0), &LoadOptions { input_shapes: vec![vec![2, 3, 32, 32], vec![1]] });
     assert!(wrong.is_err());
 }

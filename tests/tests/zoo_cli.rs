@@ -27,7 +27,7 @@ fn list_write_and_use_zoo_models() {
     let inspect = || Command::new(bin("scission-edge")).args(["inspect", "zoo:mobilenet"]).env("SCISSION_CACHE", &cache).output().unwrap();
     let first = inspect();
     assert!(first.status.success(), "{}", stderr(&first));
-    let cached = cache.join("zoo/mobilenet-seed1.onnx");
+    let cached = cache.join("zoo/mobilenet-seed1-v2.onnx");
     let modified = std::fs::metadata(&cached).unwrap().modified().unwrap();
     let second = inspect();
     assert_eq!(first.stdout, second.stdout);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::builder::TypedValueParser as _;
+use scission_core::batching::BatchWindow;
 use scission_core::profile::TierKind;
 use scission_core::profile::parse_sha256;
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
@@ -53,6 +54,18 @@ pub struct ServeArgs {
     /// `Busy` at once.
     #[arg(long)]
     pub queue: Option<u16>,
+    /// Dynamic batching: most requests for one slice run as one batch (1: off; batches hold
+    /// 2, 4, 8... requests). Needs a model whose batch dimension is symbolic (the zoo's are;
+    /// torch `dynamic_axes` and tf2onnx exports usually are); a model with a fixed batch runs
+    /// its requests one at a time. Each worker may then hold a whole batch, on top of --queue.
+    /// Off by default: tract's fastest CPU convolutions take a batch of 1, so on CPU a batch
+    /// costs more per request than running its requests one by one (README, "Batching").
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch_max: u16,
+    /// Dynamic batching: milliseconds a request may wait for others to join its batch (0: a
+    /// batch is what queued while the workers were busy, so a quiet server adds no latency).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub batch_delay_ms: u64,
     /// Connections open at once; more are refused.
     #[arg(long, default_value_t = 256)]
     pub max_connections: u16,
@@ -126,6 +139,7 @@ impl ServeArgs {
             slice_cache: self.slice_cache,
             registrations: self.max_registrations,
             registration_ttl: std::time::Duration::from_secs(self.registration_ttl_s),
+            batch: BatchWindow { max: usize::from(self.batch_max), delay_ns: self.batch_delay_ms.saturating_mul(1_000_000) },
             ..defaults
         }
     }

@@ -11,6 +11,7 @@
 //! - [`solver`]: the cost model and the exact top-K partition planner;
 //! - [`policy`]: the device runtime's decisions (route choice, failover, recovery, re-planning)
 //!   as a sans-I/O state machine;
+//! - [`batching`]: when a server's queued requests for a slice run as one batch;
 //! - [`wire`]: the protocol between tiers (postcard messages, tensor frames, framing);
 //! - [`compat`]: readers for the original Scission's benchmark and network files;
 //! - [`rng`]: the deterministic generator behind synthetic inputs and weights;
@@ -22,6 +23,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod batching;
 pub mod compat;
 pub mod context;
 pub mod cut;

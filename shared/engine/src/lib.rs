@@ -19,6 +19,8 @@
 
 pub mod artifact;
 #[cfg(feature = "onnx")]
+pub mod batch;
+#[cfg(feature = "onnx")]
 pub mod bench;
 pub mod error;
 pub mod host;

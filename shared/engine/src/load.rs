@@ -22,6 +22,9 @@ pub struct Model {
     pub(crate) outlets: Vec<OutletId>,
     /// For each position, the node id in `typed`.
     pub(crate) node_ids: Vec<usize>,
+    /// Whether the export's batch dimension is symbolic (pinned to 1 here): slices may then
+    /// run several requests at once (see [`crate::batch`]).
+    pub(crate) batchable: bool,
 }
 
 impl Model {
@@ -40,12 +43,24 @@ impl Model {
     }
 
     fn from_inference(name: String, sha256: String, mut inference: InferenceModel, options: &LoadOptions) -> Result<Self> {
+        let symbolic_batch = leading_dims_symbolic(&inference)?;
         pin_input_shapes(&mut inference, &options.input_shapes)?;
+        if options.input_shapes.is_empty() && symbolic_batch {
+            pin_batch_to_one(&mut inference)?;
+            tracing::info!("{name}: its batch dimension is symbolic; slices run one request each, or batches where a server batches");
+        }
+        let batchable = symbolic_batch && batch_of_one(&inference)?;
         let typed = inference.into_typed().and_then(declutter_portable).with_context(|| format!("{name}: tract cannot run this model"))?;
         check_concrete_inputs(&typed, &name)?;
         let Summarised { summary, outlets, node_ids } = summarise(&typed).with_context(|| format!("{name}: cannot analyse the graph"))?;
         let graph = ModelGraph::new(name, sha256, summary)?;
-        Ok(Self { graph, typed, outlets, node_ids })
+        Ok(Self { graph, typed, outlets, node_ids, batchable })
+    }
+
+    /// Whether the model's batch dimension is symbolic, so that slices of it can run several
+    /// requests at once (see [`crate::batch`]).
+    pub fn batchable(&self) -> bool {
+        self.batchable
     }
 
     /// The typed tract graph's outlet for tensor `t`.
@@ -75,6 +90,44 @@ fn declutter_portable(mut model: TypedModel) -> TractResult<TypedModel> {
     optimizer.passes.retain(|pass| !format!("{pass:?}").starts_with("ChangeAxes"));
     optimizer.optimize(&mut model)?;
     Ok(model)
+}
+
+/// Whether every input's leading dimension is symbolic (a dynamic batch) and every other one
+/// known or open.
+fn leading_dims_symbolic(model: &InferenceModel) -> Result<bool> {
+    let inputs = model.input_outlets()?.len();
+    if inputs == 0 {
+        return Ok(false);
+    }
+    for ix in 0..inputs {
+        let fact = model.input_fact(ix)?;
+        let symbolic = fact.shape.dim(0).and_then(|d| d.concretize()).is_some_and(|d| d.to_i64().is_err());
+        if !symbolic {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Pins each input's symbolic leading dimension to 1, keeping the rest as the model says.
+fn pin_batch_to_one(model: &mut InferenceModel) -> Result<()> {
+    for ix in 0..model.input_outlets()?.len() {
+        let mut fact = model.input_fact(ix)?.clone();
+        fact.shape.set_dim(0, 1.to_dim());
+        model.set_input_fact(ix, fact)?;
+    }
+    Ok(())
+}
+
+/// Whether every input is pinned to a concrete shape with a batch of 1.
+fn batch_of_one(model: &InferenceModel) -> Result<bool> {
+    for ix in 0..model.input_outlets()?.len() {
+        match model.input_fact(ix)?.shape.as_concrete_finite()? {
+            Some(shape) if shape.first() == Some(&1) => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 fn pin_input_shapes(model: &mut InferenceModel, shapes: &[Vec<usize>]) -> Result<()> {

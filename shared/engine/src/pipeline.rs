@@ -68,9 +68,15 @@ pub fn run_slice(model: &ModelGraph, slice: &Slice, live: Activations) -> Result
 
 /// Adds a slice's `outputs` to `live` and keeps only the tensors crossing the slice's end: what
 /// the next machine receives.
-pub fn advance(model: &ModelGraph, slice: &Slice, mut live: Activations, outputs: TVec<TValue>) -> Activations {
-    live.extend(slice.io.outputs.iter().copied().zip(outputs));
-    let crossing = model.cuts.crossing(slice.block.end);
+pub fn advance(model: &ModelGraph, slice: &Slice, live: Activations, outputs: TVec<TValue>) -> Activations {
+    advance_past(model, slice.block, &slice.io.outputs, live, outputs)
+}
+
+/// Adds the `outputs` (tensors `ids`) of a slice over `block` to `live` and keeps only the
+/// tensors crossing the block's end.
+pub fn advance_past(model: &ModelGraph, block: Block, ids: &[TensorId], mut live: Activations, outputs: TVec<TValue>) -> Activations {
+    live.extend(ids.iter().copied().zip(outputs));
+    let crossing = model.cuts.crossing(block.end);
     live.retain(|t, _| crossing.contains(t));
     live
 }

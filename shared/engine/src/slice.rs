@@ -72,7 +72,7 @@ impl Slice {
 }
 
 #[cfg(feature = "onnx")]
-pub(crate) use cut_out::extract;
+pub(crate) use cut_out::{extract, extract_nodes};
 
 /// Cutting a slice out of a whole model (where the engine reads ONNX).
 #[cfg(feature = "onnx")]
@@ -89,32 +89,48 @@ mod cut_out {
     /// The decluttered graph of `block` alone: a source per tensor of `io.inputs`, the constants
     /// its nodes read, its nodes, and `io.outputs` as outputs.
     pub(crate) fn extract(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
-        extract_unchecked(model, block, io).with_context(|| format!("cannot extract slice [{}, {})", block.start, block.end))
+        let named = |t: TensorId| {
+            let outlet = model.outlet(t)?;
+            let fact = model.typed.outlet_fact(outlet)?;
+            Ok((outlet, format!("scission.input.{t}"), TypedFact::dt_shape(fact.datum_type, fact.shape.clone())))
+        };
+        let inputs = io.inputs.iter().map(|&t| named(t)).collect::<Result<Vec<_>>>()?;
+        let outputs =
+            io.outputs.iter().map(|&t| Ok((model.outlet(t)?, model.summary.tensors[t].name.clone()))).collect::<Result<Vec<_>>>()?;
+        extract_nodes(&model.typed, &model.node_ids[block.start..block.end], &inputs, &outputs)
+            .with_context(|| format!("cannot extract slice [{}, {})", block.start, block.end))
     }
 
-    fn extract_unchecked(model: &Model, block: Block, io: &SliceIo) -> Result<TypedModel> {
-        let source = &model.typed;
+    /// The graph of `nodes` of `source` alone: a source per outlet of `inputs` (with the name
+    /// and fact given), the constants the nodes read, the nodes in the order given (their facts
+    /// derived again from the inputs'), and `outputs` (each with a name for errors) as outputs.
+    pub(crate) fn extract_nodes(
+        source: &TypedModel,
+        nodes: &[usize],
+        inputs: &[(OutletId, String, TypedFact)],
+        outputs: &[(OutletId, String)],
+    ) -> Result<TypedModel> {
         let mut sub = TypedModel { symbols: source.symbols.clone(), ..TypedModel::default() };
         let mut wired: HashMap<OutletId, OutletId> = HashMap::new();
-        for &t in &io.inputs {
-            let outlet = model.outlet(t)?;
-            let fact = source.outlet_fact(outlet)?;
-            let clean = TypedFact::dt_shape(fact.datum_type, fact.shape.clone());
-            wired.insert(outlet, sub.add_source(format!("scission.input.{t}"), clean)?);
+        for (outlet, name, fact) in inputs {
+            wired.insert(*outlet, sub.add_source(name.clone(), fact.clone())?);
         }
-        for &node_id in &model.node_ids[block.start..block.end] {
+        for &node_id in nodes {
             let node = source.node(node_id);
             let mut wires = TVec::new();
             for input in &node.inputs {
                 wires.push(wire_input(source, &mut sub, &mut wired, *input, &node.name)?);
             }
-            let outputs = sub.wire_node(&node.name, node.op.clone(), &wires)?;
-            for (slot, outlet) in outputs.into_iter().enumerate() {
+            let produced = sub.wire_node(&node.name, node.op.clone(), &wires)?;
+            for (slot, outlet) in produced.into_iter().enumerate() {
                 wired.insert(OutletId::new(node_id, slot), outlet);
             }
         }
-        let outputs = io.outputs.iter().map(|&t| wired_output(model, &wired, t)).collect::<Result<Vec<_>>>()?;
-        sub.select_output_outlets(&outputs)?;
+        let outlets = outputs
+            .iter()
+            .map(|(outlet, name)| wired.get(outlet).copied().with_context(|| format!("slice output '{name}' was not produced")))
+            .collect::<Result<Vec<_>>>()?;
+        sub.select_output_outlets(&outlets)?;
         Ok(sub)
     }
 
@@ -135,9 +151,5 @@ mod cut_out {
         let w = sub.wire_node(&producer.name, producer.op.clone(), &[])?[0];
         wired.insert(input, w);
         Ok(w)
-    }
-
-    fn wired_output(model: &Model, wired: &HashMap<OutletId, OutletId>, t: TensorId) -> Result<OutletId> {
-        wired.get(&model.outlet(t)?).copied().with_context(|| format!("slice output '{}' was not produced", model.summary.tensors[t].name))
     }
 }

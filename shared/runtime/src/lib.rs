@@ -5,6 +5,7 @@
 //! - [`node`]: a loaded model that runs stages;
 //! - [`server`]: serving stages over QUIC (edge and cloud), forwarding the rest of a route;
 //! - [`directory`]: the registered machines a node routes to, as the planner lists them;
+//! - [`batch`]: dynamic batching: requests for one slice that queue together run as one batch;
 //! - [`load`]: a server's queue and service times, as it reports them to the planner;
 //! - [`planner`]: the cloud's planning service and model file;
 //! - [`client`]: the device side of one request;
@@ -22,6 +23,8 @@
 //! Nothing here prints: progress and results reach the caller as values and callbacks.
 #![warn(missing_docs)]
 
+#[cfg(feature = "onnx")]
+pub mod batch;
 pub mod client;
 pub mod convert;
 pub mod device;

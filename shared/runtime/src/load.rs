@@ -34,8 +34,15 @@ impl LoadMeter {
 
     /// An admitted inference got a worker; its service time is recorded when the guard drops.
     pub fn start(&self) -> Running<'_> {
-        self.running.fetch_add(1, Ordering::SeqCst);
-        Running { meter: self, since: Instant::now() }
+        self.start_batch(1)
+    }
+
+    /// A batch of `size` admitted inferences got a worker: they count as running, and each is
+    /// recorded as taking its share of the batch's time (what one more request costs).
+    pub fn start_batch(&self, size: usize) -> Running<'_> {
+        let size = size.max(1);
+        self.running.fetch_add(size, Ordering::SeqCst);
+        Running { meter: self, since: Instant::now(), size }
     }
 
     /// Inferences admitted now, queued or running.
@@ -82,13 +89,14 @@ impl Drop for Admitted<'_> {
 pub struct Running<'a> {
     meter: &'a LoadMeter,
     since: Instant,
+    size: usize,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         let ns = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.meter.record(ns);
-        self.meter.running.fetch_sub(1, Ordering::SeqCst);
+        self.meter.record(ns / self.size as u64);
+        self.meter.running.fetch_sub(self.size, Ordering::SeqCst);
     }
 }
 
@@ -111,6 +119,18 @@ mod tests {
         assert_eq!((load.queued, load.running), (1, 0));
         assert!(load.service_ns > 0, "the finished inference was timed");
         drop(second);
+        assert_eq!(meter.snapshot().queued, 0);
+    }
+
+    #[test]
+    fn a_batch_counts_each_of_its_requests_as_running() {
+        let meter = LoadMeter::new(1);
+        let admitted: Vec<_> = (0..4).map(|_| meter.admit().1).collect();
+        let batch = meter.start_batch(3);
+        assert_eq!((meter.snapshot().queued, meter.snapshot().running), (1, 3));
+        drop(batch);
+        assert_eq!(meter.snapshot().running, 0);
+        drop(admitted);
         assert_eq!(meter.snapshot().queued, 0);
     }
 

@@ -11,6 +11,8 @@ use scission_core::graph::TensorId;
 #[cfg(feature = "onnx")]
 use scission_engine::Model;
 use scission_engine::artifact::ArtifactDir;
+#[cfg(feature = "onnx")]
+use scission_engine::pipeline::advance_past;
 use scission_engine::pipeline::{Activations, advance, collect};
 use scission_engine::{ModelGraph, Slice, with_threads};
 
@@ -51,6 +53,8 @@ pub struct Node {
     pub threads: usize,
     source: Slices,
     slices: Mutex<SliceCache>,
+    #[cfg(feature = "onnx")]
+    batches: crate::batch::BatchSlices,
 }
 
 /// Most slices kept built at once by default; the least recently used goes first.
@@ -58,17 +62,23 @@ pub const MAX_CACHED_SLICES: usize = 32;
 
 /// Values by node range, most recently used last (built slices here, artifacts written for
 /// peers in the server).
-pub(crate) struct RecentlyUsed<V> {
-    entries: Vec<(Block, V)>,
+pub(crate) struct RecentlyUsed<V, K = Block> {
+    entries: Vec<(K, V)>,
 }
 
-impl<V: Clone> RecentlyUsed<V> {
+impl<V, K> Default for RecentlyUsed<V, K> {
+    fn default() -> Self {
+        Self { entries: Vec::new() }
+    }
+}
+
+impl<V: Clone, K: PartialEq> RecentlyUsed<V, K> {
     pub(crate) fn new() -> Self {
         Self { entries: Vec::new() }
     }
 
     /// The value of `block`, now the most recently used.
-    pub(crate) fn get(&mut self, block: Block) -> Option<V> {
+    pub(crate) fn get(&mut self, block: K) -> Option<V> {
         let at = self.entries.iter().position(|(b, _)| *b == block)?;
         let entry = self.entries.remove(at);
         let value = entry.1.clone();
@@ -78,7 +88,7 @@ impl<V: Clone> RecentlyUsed<V> {
 
     /// Adds `value` for `block`, first dropping the least recently used entries while
     /// `too_full(entries)` says there is no room.
-    pub(crate) fn insert(&mut self, block: Block, value: V, too_full: impl Fn(&[(Block, V)]) -> bool) {
+    pub(crate) fn insert(&mut self, block: K, value: V, too_full: impl Fn(&[(K, V)]) -> bool) {
         self.entries.retain(|(b, _)| *b != block);
         while !self.entries.is_empty() && too_full(&self.entries) {
             self.entries.remove(0);
@@ -99,7 +109,15 @@ impl Node {
         let source = source.into();
         let sha256 = scission_core::profile::parse_sha256(&source.graph().sha256)?;
         let slices = Mutex::new(SliceCache { recent: RecentlyUsed::new(), capacity: MAX_CACHED_SLICES });
-        Ok(Self { sha256, tier, threads, source, slices })
+        Ok(Self {
+            sha256,
+            tier,
+            threads,
+            source,
+            slices,
+            #[cfg(feature = "onnx")]
+            batches: crate::batch::BatchSlices::default(),
+        })
     }
 
     /// Keeps at most `capacity` slices built (at least one).
@@ -168,8 +186,85 @@ impl Node {
         let started = std::time::Instant::now();
         let outputs =
             with_threads(self.threads, || slice.run(inputs)).with_context(|| format!("running stage [{}, {})", block.start, block.end))?;
-        let compute_ns = started.elapsed().as_nanos() as u64;
-        Ok((advance(self.graph(), &slice, live, outputs), compute_ns))
+        Ok((advance(self.graph(), &slice, live, outputs), elapsed_ns(started)))
+    }
+
+    /// Whether requests for `block` may run as batches on this node: it holds the whole model,
+    /// the model's batch is symbolic, and the range has not failed to batch.
+    #[cfg(feature = "onnx")]
+    pub fn may_batch(&self, block: Block) -> bool {
+        match &self.source {
+            Slices::Whole(model) => self.check_range(block).is_ok() && self.batches.may_batch(model, block),
+            Slices::Artifacts(_) => false,
+        }
+    }
+
+    /// Runs stage `block` for each of `lives` (the tensors crossing its start, one map per
+    /// request) and returns each request's tensors crossing the end, or why that request
+    /// failed, with the compute time of the whole batch in nanoseconds. The requests whose
+    /// inputs check out run as one batch where the range batches; a lone request, or a range
+    /// that does not batch, runs each alone on the batch-1 slice. A request with the wrong
+    /// tensors fails alone: it never fails the others of its batch.
+    #[cfg(feature = "onnx")]
+    pub fn run_batch(&self, block: Block, lives: Vec<Activations>) -> (Vec<Result<Activations>>, u64) {
+        let started = std::time::Instant::now();
+        let mut answers: Vec<Option<Result<Activations>>> = Vec::with_capacity(lives.len());
+        let mut valid = Vec::with_capacity(lives.len());
+        for (r, live) in lives.into_iter().enumerate() {
+            match self.check_stage_inputs(block, &live) {
+                Ok(()) => {
+                    answers.push(None);
+                    valid.push((r, live));
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let batched = match (&self.source, valid.len()) {
+            (Slices::Whole(model), 2..) => {
+                let capacity = self.slices.lock().map_or(MAX_CACHED_SLICES, |c| c.capacity);
+                self.batches.get(model, block, valid.len(), capacity)
+            }
+            _ => None,
+        };
+        match batched {
+            Some(slice) => {
+                let (positions, lives): (Vec<usize>, Vec<Activations>) = valid.into_iter().unzip();
+                let results = self.run_batched(&slice, lives);
+                for (r, result) in positions.into_iter().zip(results) {
+                    answers[r] = Some(result);
+                }
+            }
+            None => {
+                for (r, live) in valid {
+                    answers[r] = Some(self.run_stage(block, live).map(|(out, _)| out));
+                }
+            }
+        }
+        let answers =
+            answers.into_iter().map(|a| a.unwrap_or_else(|| Err(crate::error::error!("the batch skipped this request")))).collect();
+        (answers, elapsed_ns(started))
+    }
+
+    /// Runs `lives` (checked for `slice`'s range) as one batch of `slice`; an engine error
+    /// fails every member.
+    #[cfg(feature = "onnx")]
+    fn run_batched(&self, slice: &scission_engine::batch::BatchedSlice, lives: Vec<Activations>) -> Vec<Result<Activations>> {
+        let graph = self.graph();
+        let block = slice.block;
+        let outputs = lives
+            .iter()
+            .map(|live| collect(live, &slice.io.inputs, "stage input", graph))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .and_then(|requests| with_threads(self.threads, || slice.run(&requests)));
+        match outputs {
+            Ok(outputs) => {
+                lives.into_iter().zip(outputs).map(|(live, out)| Ok(advance_past(graph, block, &slice.io.outputs, live, out))).collect()
+            }
+            Err(e) => {
+                let why = format!("running stage [{}, {}) for a batch of {}: {e:#}", block.start, block.end, lives.len());
+                lives.iter().map(|_| Err(crate::error::error!("{why}"))).collect()
+            }
+        }
     }
 
     fn check_range(&self, block: Block) -> Result<()> {
@@ -205,4 +300,9 @@ impl Node {
             .map(|&t| live.get(&t).cloned().map(|v| (t, v)).with_context(|| format!("output {t} missing")))
             .collect()
     }
+}
+
+/// Nanoseconds since `started`, saturating.
+fn elapsed_ns(started: std::time::Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }

@@ -2,7 +2,8 @@
 //! exactly one answer frame: the outputs, or a failure whose kind and detail say why. A peer
 //! that sends garbage, truncates a frame, announces an oversized one, stalls or vanishes only
 //! loses its own stream; inference runs on a fixed number of blocking threads behind a bounded
-//! queue, and a full queue answers `Busy` at once.
+//! queue, and a full queue answers `Busy` at once. With batching on (`Limits::batch`), the
+//! requests for one slice that queue together run as one batch (see [`crate::batch`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use super::convert::{bounded, decode as decode_tensor, infer_message, output_mes
 use super::node::{Node, RecentlyUsed};
 use super::planner::{Listed, ModelFile, PlanError, Planner};
 use crate::directory::Directory;
+use scission_core::batching::BatchWindow;
 use scission_core::cut::Block;
 use scission_core::link::Encoding;
 use scission_core::wire::WireError;
@@ -91,7 +93,13 @@ pub struct Limits {
     pub registrations: usize,
     /// A registration not renewed within this long is forgotten.
     pub registration_ttl: Duration,
+    /// Dynamic batching: most requests per batch (1: off) and how long a request waits for
+    /// others. Each worker may hold a whole batch, so admission allows `workers × max` running.
+    pub batch: BatchWindow,
 }
+
+/// Batching off: every request runs alone.
+pub const NO_BATCHING: BatchWindow = BatchWindow { max: 1, delay_ns: 0 };
 
 impl Limits {
     /// Defaults for a machine with `cores` cores: a worker per core, four waiting per worker.
@@ -109,6 +117,7 @@ impl Limits {
             slice_cache: crate::node::MAX_CACHED_SLICES,
             registrations: crate::planner::MAX_REGISTERED,
             registration_ttl: crate::planner::REGISTRATION_TTL,
+            batch: NO_BATCHING,
         }
     }
 }
@@ -255,6 +264,8 @@ pub struct StageServer {
     revocations: Option<Arc<pki::DenyList>>,
     #[cfg_attr(not(feature = "onnx"), allow(dead_code))]
     artifacts: Mutex<ArtifactCache>,
+    #[cfg(feature = "onnx")]
+    batcher: Option<Arc<crate::batch::Batcher>>,
 }
 
 /// Slice artifacts written for peers that fetch them; at most [`CACHED_ARTIFACTS`], and about
@@ -312,6 +323,8 @@ impl StageServer {
             model_file: None,
             revocations: None,
             artifacts: Mutex::new(RecentlyUsed::new()),
+            #[cfg(feature = "onnx")]
+            batcher: (limits.batch.max > 1).then(|| Arc::new(crate::batch::Batcher::new(limits.batch))),
         }
     }
 
@@ -572,9 +585,10 @@ impl StageServer {
         Ok(artifact)
     }
 
-    /// Inferences running and waiting at most: the workers and the queue.
+    /// Inferences running and waiting at most: the workers (each with a batch, when batching)
+    /// and the queue.
     fn capacity(&self) -> usize {
-        self.limits.queue.saturating_add(self.limits.workers)
+        self.limits.queue.saturating_add(self.limits.workers.saturating_mul(self.limits.batch.max.max(1)))
     }
 
     /// Whether the workers and the queue are all taken.
@@ -643,6 +657,10 @@ impl StageServer {
         deadline: Option<Deadline>,
         machine: MachineId,
     ) -> Result<(Activations, u64), StageError> {
+        #[cfg(feature = "onnx")]
+        if let Some(batcher) = self.batcher.as_ref().filter(|_| self.node.may_batch(block)) {
+            return self.run_batched(batcher, block, live, deadline, machine).await;
+        }
         let acquire = self.workers.clone().acquire_owned();
         let permit = match deadline {
             Some(d) => tokio::time::timeout_at(d.at.into(), acquire).await.map_err(|_| self.expired(machine, d, "a worker"))?,
@@ -658,6 +676,26 @@ impl StageServer {
         .await
         .map_err(StageError::engine)?
         .map_err(|e| StageError::Engine(format!("{e:#}")))
+    }
+
+    /// Queues an admitted stage to run with others for the same slice; a request whose batch
+    /// has not left by its deadline is `Expired` (it leaves the queue).
+    #[cfg(feature = "onnx")]
+    async fn run_batched(
+        &self,
+        batcher: &Arc<crate::batch::Batcher>,
+        block: Block,
+        live: Activations,
+        deadline: Option<Deadline>,
+        machine: MachineId,
+    ) -> Result<(Activations, u64), StageError> {
+        let pool = crate::batch::Pool { workers: self.workers.clone(), node: self.node.clone(), load: self.load.clone() };
+        let answer = batcher.submit(block, live, &pool);
+        let answer = match deadline {
+            Some(d) => tokio::time::timeout_at(d.at.into(), answer).await.map_err(|_| self.expired(machine, d, "a worker"))?,
+            None => answer.await,
+        };
+        answer.map_err(|_| StageError::Engine("the batch ended without answering this request".into()))?.map_err(StageError::Engine)
     }
 
     /// Sends the rest of the route to the next tier, with what is left of the deadline, and

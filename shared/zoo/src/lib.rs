@@ -144,12 +144,16 @@ pub fn write(model: &ZooModel, seed: u64, path: &std::path::Path) -> Result<(), 
     std::fs::rename(&tmp, path).map_err(io(|| format!("cannot move {} to {}", tmp.display(), path.display())))
 }
 
+/// The writer's format in cache file names: files of an older writer are not reused (2: the
+/// batch dimension is symbolic).
+const CACHE_FORMAT: u32 = 2;
+
 /// The cached ONNX file of `name` with `seed`, written on first use.
 pub fn cached(name: &str, seed: u64) -> Result<std::path::PathBuf, ZooError> {
     let model = find(name).ok_or_else(|| ZooError::Unknown(name.to_string()))?;
     let dir = cache_dir().join("zoo");
     std::fs::create_dir_all(&dir).map_err(io(|| format!("cannot create {}", dir.display())))?;
-    let path = dir.join(format!("{}-seed{seed}.onnx", model.name));
+    let path = dir.join(format!("{}-seed{seed}-v{CACHE_FORMAT}.onnx", model.name));
     if !path.exists() {
         tracing::info!("writing {} to {}", model.name, path.display());
         write(model, seed, &path)?;

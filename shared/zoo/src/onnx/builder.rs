@@ -108,9 +108,23 @@ fn attr_float(name: &str, f: f32) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: 1, f, ..Default::default() }
 }
 
+/// The batch dimension's name in a graph's inputs and outputs, as torch's `dynamic_axes` and
+/// tf2onnx write it: loaders pin it to 1, and servers may run several requests as one batch.
+pub const BATCH: &str = "N";
+
+/// A graph input's or output's type: float, with a symbolic batch [`BATCH`] on the leading axis
+/// and `v`'s other dimensions.
 fn value_info(v: &Value) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{Dimension, dimension};
-    let dim = v.shape.iter().map(|&d| Dimension { value: Some(dimension::Value::DimValue(d as i64)), ..Default::default() }).collect();
+    let dim = v
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(axis, &d)| {
+            let value = if axis == 0 { dimension::Value::DimParam(BATCH.into()) } else { dimension::Value::DimValue(d as i64) };
+            Dimension { value: Some(value), ..Default::default() }
+        })
+        .collect();
     let tensor = pb::type_proto::Tensor { elem_type: DataType::Float as i32, shape: Some(pb::TensorShapeProto { dim }) };
     pb::ValueInfoProto {
         name: v.name.clone(),
