@@ -20,13 +20,6 @@ fn live_at(model: &Model, start: usize, seed: u64) -> Activations {
     run_slice(model, &Slice::build(model, Block { start: 0, end: start }).unwrap(), live).unwrap()
 }
 
-fn bits(values: &TVec<TValue>) -> Vec<(Vec<usize>, Vec<u32>)> {
-    values
-        .iter()
-        .map(|v| (v.shape().to_vec(), v.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().iter().map(|f| f.to_bits()).collect()))
-        .collect()
-}
-
 /// Largest |a - b| over the reference's largest magnitude.
 fn relative_diff(got: &TVec<TValue>, want: &TVec<TValue>) -> f32 {
     got.iter()

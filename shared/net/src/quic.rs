@@ -19,6 +19,10 @@ use scission_core::wire::message::{Body, decode, encode};
 pub const MAX_STREAMS: u32 = 32;
 /// Bytes a peer may have in flight on one connection.
 pub const RECEIVE_WINDOW: u32 = 32 << 20;
+/// UDP socket buffers asked for, each way: a burst of a large activation's datagrams must not
+/// overflow the kernel's default (about 208 KiB), or QUIC reads the drops as congestion. The
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER: usize = 4 << 20;
 
 fn transport() -> Arc<quinn::TransportConfig> {
     transport_with(MAX_STREAMS)
@@ -52,7 +56,27 @@ pub fn server_with_streams(
     let crypto = QuicServerConfig::try_from(identity.server_config(deny)?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_with(streams.max(1)));
-    quinn::Endpoint::server(config, bind).transport(|| format!("cannot listen on {bind}"))
+    let socket = udp_socket(bind).transport(|| format!("cannot listen on {bind}"))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Invalid("a QUIC endpoint needs a tokio runtime".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime).transport(|| format!("cannot listen on {bind}"))
+}
+
+/// A UDP socket bound to `bind`, with [`SOCKET_BUFFER`] bytes of buffer each way where the
+/// kernel allows (less is logged, not an error).
+fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    let asked = (socket.set_recv_buffer_size(SOCKET_BUFFER), socket.set_send_buffer_size(SOCKET_BUFFER));
+    match (asked, socket.recv_buffer_size(), socket.send_buffer_size()) {
+        ((Ok(()), Ok(())), Ok(recv), Ok(send)) => tracing::debug!("UDP socket buffers: {recv} bytes in, {send} out"),
+        (asked, recv, send) => tracing::debug!("UDP socket buffers not as asked ({asked:?}): {recv:?} in, {send:?} out"),
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
 }
 
 /// A client endpoint presenting this node's certificate.
@@ -69,7 +93,7 @@ pub fn client_with_links(
     let crypto = QuicClientConfig::try_from(identity.client_config()?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").transport(|| "cannot open a UDP socket".into())?;
+    let socket = udp_socket(SocketAddr::from(([0, 0, 0, 0], 0))).transport(|| "cannot open a UDP socket".into())?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Invalid("a QUIC endpoint needs a tokio runtime".into()))?;
     let inner = runtime.wrap_udp_socket(socket).transport(|| "cannot use the UDP socket".into())?;
     let socket: Arc<dyn quinn::AsyncUdpSocket> =
