@@ -9,11 +9,15 @@
 //!
 //! ```text
 //! cargo run --release -p scission-tests --example range_costs -- mobilenet_v2 resnet50 densenet121
+//! cargo run --release -p scission-tests --example range_costs -- --warmup 2 --min-runs 5 --precision 2 resnet50
 //! ```
-//! Prints one line per model: the unsplit/sum ratio, then the median and p90 of
-//! |predicted / measured - 1| over the ranges, for each prediction.
+//! Prints one line per model: the profile's benchmark time, the unsplit/sum ratio, then the
+//! median and p90 of |predicted / measured - 1| over the ranges, for each prediction. The
+//! benchmark's budget flags and defaults are `bench`'s; the measured ranges always use the
+//! engine's default budget.
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use scission_core::cut::Block;
 use scission_core::rng::WeightRng;
 use scission_core::timing::{Budget, measure};
@@ -24,15 +28,42 @@ use scission_engine::{LoadOptions, Model, Slice, input::synthetic_inputs, with_t
 /// Random ranges measured per model.
 const RANGES: usize = 24;
 
+/// Predicted range costs against measured slices.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Zoo models (default: mobilenet_v2 resnet50 densenet121).
+    models: Vec<String>,
+    /// The profile's benchmark: untimed runs per block.
+    #[arg(long, default_value_t = 1)]
+    warmup: u32,
+    /// The profile's benchmark: timed runs per block, at least.
+    #[arg(long, default_value_t = 3)]
+    min_runs: u32,
+    /// The profile's benchmark: milliseconds per block after the minimum runs.
+    #[arg(long, default_value_t = 500)]
+    max_time_ms: u64,
+    /// The profile's benchmark: stop a block once its median is known within this many percent.
+    #[arg(long, default_value_t = 5.0)]
+    precision: f64,
+}
+
 fn main() -> Result<()> {
-    let names: Vec<String> = std::env::args().skip(1).collect();
-    let names = if names.is_empty() { ["mobilenet_v2", "resnet50", "densenet121"].map(String::from).to_vec() } else { names };
-    println!("{:<14} {:>7} {:>6} {:>16} {:>16}", "model", "whole/", "ranges", "sum |err|", "scaled |err|");
-    println!("{:<14} {:>7} {:>6} {:>16} {:>16}", "", "sum", "", "median  p90", "median  p90");
+    let args = Args::parse();
+    let names =
+        if args.models.is_empty() { ["mobilenet_v2", "resnet50", "densenet121"].map(String::from).to_vec() } else { args.models.clone() };
+    let budget = Budget {
+        warmup: args.warmup,
+        min_runs: args.min_runs.max(1),
+        max_runs: 200,
+        max_time: embassy_time::Duration::from_millis(args.max_time_ms),
+        precision_permille: (args.precision * 10.0).round().clamp(0.0, 1000.0) as u32,
+    };
+    println!("{:<14} {:>8} {:>7} {:>6} {:>16} {:>16}", "model", "bench", "whole/", "ranges", "sum |err|", "scaled |err|");
+    println!("{:<14} {:>8} {:>7} {:>6} {:>16} {:>16}", "", "seconds", "sum", "", "median  p90", "median  p90");
     for name in names {
         let model = Model::load_path(&scission_zoo::cached(&name, 1)?, &LoadOptions::default())?;
         let options = BenchOptions {
-            budget: Budget::default(),
+            budget,
             max_crossing: 1,
             threads: 1,
             machine: "here".into(),
@@ -57,7 +88,8 @@ fn main() -> Result<()> {
         let (s50, s90) = quantiles(&mut sum_err);
         let (c50, c90) = quantiles(&mut scaled_err);
         println!(
-            "{name:<14} {:>7.2} {RANGES:>6} {:>7.1}% {:>6.1}% {:>7.1}% {:>6.1}%",
+            "{name:<14} {:>8.2} {:>7.2} {RANGES:>6} {:>7.1}% {:>6.1}% {:>7.1}% {:>6.1}%",
+            profile.bench_seconds,
             1.0 / profile.sum_over_whole,
             s50 * 100.0,
             s90 * 100.0,
