@@ -120,3 +120,59 @@ fn a_batch_refuses_requests_of_the_wrong_shape_instead_of_mixing_them() {
     assert!(format!("{err:#}").contains("built for 2"), "{err:#}");
     assert!(BatchedSlice::build(&model, block, 1).is_err());
 }
+
+/// torch's export of `x.view(x.size(0), -1)` reads the batch from the shape at run time (a
+/// `Shape`, `Gather`, `Unsqueeze`, `Concat`, `Reshape` chain): it loads with the batch pinned,
+/// splits exactly, and batches (tract folds the chain into batch-agnostic axis ops).
+#[test]
+fn a_torch_style_dynamic_flatten_loads_splits_and_batches() {
+    use scission_zoo::onnx::builder::{ConvSpec, GraphBuilder};
+    let (mut g, x) = GraphBuilder::new("torch-flatten", &[1, 3, 16, 16], 5);
+    let c = g.conv(&x, ConvSpec::new(8, 3).pad(1).bias());
+    let r = g.relu(&c);
+    let p = g.global_avg_pool(&r);
+    let f = g.flatten_dynamic(&p);
+    let d = g.dense(&f, 10);
+    let y = g.softmax(&d);
+    let model = Model::load_bytes("torch-flatten", &encode(&g.finish(&[&y])), &LoadOptions::default()).unwrap();
+    assert!(model.batchable(), "the export's batch is symbolic");
+    let n = model.summary.len();
+    let inputs = synthetic_inputs(&model, 3).unwrap();
+    let reference = model.whole().unwrap().run(inputs.clone()).unwrap();
+    for k in model.cuts.cut_points(usize::MAX).into_iter().filter(|&k| k > 0 && k < n) {
+        let split = scission_engine::Pipeline::build(&model, &[0, k, n]).unwrap().run(&model, inputs.clone()).unwrap();
+        assert!(relative_diff(&split, &reference) <= 1e-6, "split at {k}");
+    }
+    for block in ranges(&model) {
+        check_batch(&model, block, 2);
+        check_batch(&model, block, 4);
+    }
+}
+
+/// A reshape that folds the batch into another axis (a fixed `view(8, -1)` of a batch-1
+/// tensor) cannot take a batch: a range holding it is refused with the reason, never run with
+/// requests mixed, while the range before it still batches.
+#[test]
+fn a_range_whose_reshape_folds_the_batch_away_refuses_to_batch() {
+    use scission_zoo::onnx::builder::{ConvSpec, GraphBuilder};
+    let (mut g, x) = GraphBuilder::new("folded-batch", &[1, 3, 8, 8], 5);
+    let c = g.conv(&x, ConvSpec::new(4, 3).pad(1).bias());
+    let r = g.relu(&c);
+    let folded = g.reshape(&r, &[4, -1]);
+    let y = g.softmax(&folded);
+    let model = Model::load_bytes("folded-batch", &encode(&g.finish(&[&y])), &LoadOptions::default()).unwrap();
+    let n = model.summary.len();
+    let err = BatchedSlice::build(&model, Block { start: 0, end: n }, 2).unwrap_err();
+    assert!(format!("{err:#}").contains("cannot run batches of 2"), "{err:#}");
+    // The last cut whose tensors still have the conv's NCHW shape (batch leading) batches.
+    let nchw = model
+        .cuts
+        .cut_points(usize::MAX)
+        .into_iter()
+        .filter(|&k| k > 0 && k < n && model.cuts.crossing(k).iter().all(|&t| model.summary.tensors[t].shape == [1, 4, 8, 8]))
+        .last()
+        .expect("a cut after the conv");
+    check_batch(&model, Block { start: 0, end: nchw }, 2);
+    let after = BatchedSlice::build(&model, Block { start: nchw, end: n }, 2).unwrap_err();
+    assert!(format!("{after:#}").contains("cannot run batches"), "{after:#}");
+}

@@ -360,6 +360,30 @@ impl GraphBuilder {
         self.node("Flatten", vec![x.name.clone()], vec![attr_int("axis", 1)], vec![x.shape[0], rest])
     }
 
+    /// Flatten to N×rest the way torch exports `x.view(x.size(0), -1)` with a dynamic batch: the
+    /// batch is read from the tensor's shape at run time (`Shape`, `Gather`, `Unsqueeze`,
+    /// `Concat`) and fed to a `Reshape`.
+    pub fn flatten_dynamic(&mut self, x: &Value) -> Value {
+        let rest = x.shape[1..].iter().product();
+        let shape = self.node("Shape", vec![x.name.clone()], vec![], vec![x.shape.len()]);
+        let first = self.constant_i64("index", &[], &[0]);
+        let batch = self.node("Gather", vec![shape.name, first], vec![attr_int("axis", 0)], vec![]);
+        let axes = self.constant_i64("axes", &[1], &[0]);
+        let batch = self.node("Unsqueeze", vec![batch.name, axes], vec![], vec![1]);
+        let minus_one = self.constant_i64("rest", &[1], &[-1]);
+        let target = self.node("Concat", vec![batch.name, minus_one], vec![attr_int("axis", 0)], vec![2]);
+        self.node("Reshape", vec![x.name.clone(), target.name], vec![], vec![x.shape[0], rest])
+    }
+
+    /// Reshape to the constant `shape` (`-1` for the rest), as an export of a fixed `view` writes it.
+    pub fn reshape(&mut self, x: &Value, shape: &[i64]) -> Value {
+        let volume: usize = x.shape.iter().product();
+        let known: usize = shape.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+        let out = shape.iter().map(|&d| if d > 0 { d as usize } else { volume / known.max(1) }).collect();
+        let target = self.constant_i64("shape", &[shape.len()], shape);
+        self.node("Reshape", vec![x.name.clone(), target], vec![], out)
+    }
+
     /// Fully connected layer `x · Wᵀ + b` (Gemm with `transB = 1`, as torch exports it).
     pub fn dense(&mut self, x: &Value, out: usize) -> Value {
         let fan_in = x.shape[1];
