@@ -74,6 +74,28 @@ fn chains_of_artifacts_compute_exactly_the_unsplit_model() {
     }
 }
 
+/// torch's export of a dynamic-batch `x.view(x.size(0), -1)` (a `Shape`, `Gather`, `Unsqueeze`,
+/// `Concat`, `Reshape` chain, folded once the batch is pinned): every split runs from artifacts
+/// exactly as the unsplit model.
+#[test]
+fn a_torch_style_dynamic_flatten_runs_from_artifacts_bit_exactly() {
+    use scission_zoo::onnx::builder::{ConvSpec, GraphBuilder};
+    let (mut g, x) = GraphBuilder::new("torch-flatten", &[1, 3, 16, 16], 5);
+    let c = g.conv(&x, ConvSpec::new(8, 3).pad(1).bias());
+    let r = g.relu(&c);
+    let p = g.max_pool(&r, 2, 2, 0);
+    let f = g.flatten_dynamic(&p);
+    let d = g.dense(&f, 10);
+    let y = g.softmax(&d);
+    let model = Model::load_bytes("torch-flatten", &encode(&g.finish(&[&y])), &LoadOptions::default()).unwrap();
+    let n = model.summary.len();
+    let dir = tempfile::tempdir().unwrap();
+    for k in model.cuts.cut_points(usize::MAX).into_iter().filter(|&k| k > 0 && k < n) {
+        check_chain(&model, &[0, k, n], dir.path());
+    }
+    check_chain(&model, &[0, n], dir.path());
+}
+
 #[test]
 fn zoo_exports_run_from_artifacts_bit_exactly() {
     // Depthwise convs, ReLU6 as Clip, padding as Pad (MobileNetV2); concatenations (DenseNet121);
