@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use scission_cli::{ClusterArgs, EncodingArg, FetchBar, HostPort, ModelArgs};
 use scission_core::link::Link;
-use scission_core::policy::PolicyConfig;
+use scission_core::policy::{PolicyConfig, describe_route};
 use scission_core::solver::linkspec::{parse_bandwidth, parse_latency};
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_core::wire::message::{Stage, describe_server};
@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// and runs too: a second copy of the model in memory and a full inference per request).
     #[arg(long)]
     no_check: bool,
+    /// Also write every answered request (route, predicted and measured times, each stage's
+    /// compute time) and the per-plan figures to this JSON file.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
 }
 
 /// Parses `AFTER:TIER=BANDWIDTH,LATENCY`, e.g. `10:1=2mbit,5ms`.
@@ -199,6 +203,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let requests = config.requests;
     let summary = device::run(&config, slices, print_event)?;
+    let routes = device::by_route(&summary.requests);
+    print_routes(&routes);
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report(&summary.requests, &routes))?;
+        std::fs::write(path, json).map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
     if let Some((count, median)) = summary.prediction_error {
         println!("measured vs predicted end-to-end latency over {count} requests: median error {:+.1}%", median * 100.0);
     }
@@ -216,6 +227,52 @@ pub fn run(args: &RunArgs) -> Result<()> {
         bail!("{} of {requests} requests failed", summary.failed);
     }
     Ok(())
+}
+
+/// Predicted against measured latency, per plan used.
+fn print_routes(routes: &[device::RouteFigures]) {
+    if routes.is_empty() {
+        return;
+    }
+    println!("{:>9} {:>13} {:>13} {:>13} {:>8}  route", "requests", "predicted ms", "measured ms", "p90 ms", "error");
+    let ms = |ns: u64| format!("{:.2}", ns as f64 * 1e-6);
+    for r in routes {
+        let predicted = r.predicted_ns.map_or_else(|| "-".into(), ms);
+        let (median, p90) = r.measured.as_ref().map_or_else(|| ("-".into(), "-".into()), |m| (ms(m.median_ns), ms(m.p90_ns)));
+        let error = r.error.map_or_else(|| "-".into(), |e| format!("{:+.1}%", e * 100.0));
+        println!("{:>9} {predicted:>13} {median:>13} {p90:>13} {error:>8}  {}", r.requests, describe_route(&r.route));
+    }
+    println!("(measured: each plan's requests after its first, which pays the handshakes)");
+}
+
+/// The `--report` document: every answered request and the per-plan figures, times in ms.
+fn report(requests: &[device::Measured], routes: &[device::RouteFigures]) -> serde_json::Value {
+    let ms = |ns: u64| ns as f64 * 1e-6;
+    let stages = |route: &[Stage]| -> Vec<serde_json::Value> {
+        route.iter().map(|s| serde_json::json!({ "tier": s.tier, "machine": s.machine, "start": s.start, "end": s.end })).collect()
+    };
+    serde_json::json!({
+        "format": "scission-run-report",
+        "version": 1,
+        "requests": requests.iter().map(|r| serde_json::json!({
+            "request": r.request,
+            "route": describe_route(&r.route),
+            "stages": stages(&r.route),
+            "predicted_ms": r.predicted_ns.map(ms),
+            "measured_ms": ms(r.total_ns),
+            "compute_ms": r.compute_ns.iter().map(|&ns| ms(ns)).collect::<Vec<_>>(),
+            "transfer_and_overhead_ms": ms(r.transfer_ns()),
+        })).collect::<Vec<_>>(),
+        "plans": routes.iter().map(|r| serde_json::json!({
+            "route": describe_route(&r.route),
+            "stages": stages(&r.route),
+            "requests": r.requests,
+            "predicted_ms": r.predicted_ns.map(ms),
+            "measured_median_ms": r.measured.as_ref().map(|m| ms(m.median_ns)),
+            "measured_p90_ms": r.measured.as_ref().map(|m| ms(m.p90_ns)),
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn describe(route: &[Stage]) -> String {

@@ -185,7 +185,6 @@ fn killing_the_edge_mid_stream_fails_over_without_losing_a_request() {
     }
     let status = device.wait().unwrap();
     let text = lines.join("\n");
-    eprintln!("{text}");
     assert!(status.success(), "{text}");
     assert!(lines[0].starts_with("plan #1:") && lines[0].contains("tier 1"), "plan #1 uses the edge: {text}");
     assert!(text.contains("tier 1 unreachable"), "{text}");
@@ -223,6 +222,8 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
             "6:1=2mbit,5ms",
             "--replan-every",
             "4",
+            "--report",
+            c.dir.path().join("report.json").to_str().unwrap(),
         ],
     );
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -242,6 +243,25 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
     assert!(text.contains("requests: 16 ok, 0 failed"), "{text}");
     let last = lines.iter().rev().find(|l| l.starts_with("request 15:")).unwrap();
     assert!(!last.contains("tier 1 "), "after the switch the edge is no longer used: {last}");
+
+    // The report: every request once, each with its route's prediction and a compute time
+    // within its end-to-end time; per plan, the requests add up and both plans are there.
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(c.dir.path().join("report.json")).unwrap()).unwrap();
+    let requests = report["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 16);
+    for r in requests {
+        let measured = r["measured_ms"].as_f64().unwrap();
+        let compute: f64 = r["compute_ms"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+        assert!(r["predicted_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(compute > 0.0 && compute <= measured, "compute {compute} ms within {measured} ms: {r}");
+        assert!((r["transfer_and_overhead_ms"].as_f64().unwrap() - (measured - compute)).abs() < 1e-3, "{r}");
+    }
+    let plans = report["plans"].as_array().unwrap();
+    assert!(plans.len() >= 2, "the plan before and after the switch: {plans:?}");
+    assert_eq!(plans.iter().map(|p| p["requests"].as_u64().unwrap()).sum::<u64>(), 16);
+    assert!(plans.iter().any(|p| p["route"].as_str().unwrap().contains("edge")), "{plans:?}");
+    assert!(plans.iter().any(|p| !p["route"].as_str().unwrap().contains("edge")), "{plans:?}");
+    assert!(text.contains("predicted ms") && text.contains("measured ms"), "the per-plan table is printed: {text}");
 }
 
 #[test]

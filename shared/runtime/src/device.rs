@@ -67,6 +67,75 @@ pub struct RunSummary {
     /// Hex SHA-256 of the last answered request's outputs (their bytes in order): equal
     /// digests mean bit-equal results, e.g. between a run from slice artifacts and a checked one.
     pub last_outputs_sha256: Option<String>,
+    /// Every answered request, in order: what the closed loop compares with the predictions.
+    pub requests: Vec<Measured>,
+}
+
+/// One answered request's route, prediction and measured times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Measured {
+    /// The request.
+    pub request: u64,
+    /// The route it took.
+    pub route: Vec<Stage>,
+    /// The planner's prediction for that route.
+    pub predicted_ns: Option<u64>,
+    /// End to end, as the device measured it.
+    pub total_ns: u64,
+    /// Compute time of each stage of the route, as the machine that ran it measured it.
+    pub compute_ns: Vec<u64>,
+}
+
+impl Measured {
+    /// What the stages did not spend computing: transfers, encoding, queueing and handshakes.
+    pub fn transfer_ns(&self) -> u64 {
+        self.total_ns.saturating_sub(self.compute_ns.iter().fold(0u64, |sum, ns| sum.saturating_add(*ns)))
+    }
+}
+
+/// The requests of one route: its prediction against what was measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteFigures {
+    /// The route.
+    pub route: Vec<Stage>,
+    /// Its prediction: the median of the predictions its measured requests were sent with (a
+    /// re-plan may predict the same route differently), or its first one.
+    pub predicted_ns: Option<u64>,
+    /// Requests answered along it.
+    pub requests: usize,
+    /// End-to-end times after the route's first request (which pays the handshakes); `None`
+    /// when the route answered only once.
+    pub measured: Option<scission_core::stats::Summary>,
+    /// The median of `measured` over the prediction, less 1.
+    pub error: Option<f64>,
+}
+
+/// The requests grouped by route, in the order the routes were first used.
+pub fn by_route(requests: &[Measured]) -> Vec<RouteFigures> {
+    let mut routes: Vec<(&[Stage], Vec<&Measured>)> = Vec::new();
+    for r in requests {
+        match routes.iter_mut().find(|(route, _)| *route == r.route.as_slice()) {
+            Some((_, members)) => members.push(r),
+            None => routes.push((&r.route, vec![r])),
+        }
+    }
+    routes
+        .into_iter()
+        .map(|(route, members)| {
+            let later = members.get(1..).unwrap_or_default();
+            let times: Vec<u64> = later.iter().map(|r| r.total_ns).collect();
+            let predictions: Vec<u64> = later.iter().filter_map(|r| r.predicted_ns).collect();
+            let measured = scission_core::stats::Summary::of(&times);
+            let predicted_ns = scission_core::stats::Summary::of(&predictions)
+                .map(|p| p.median_ns)
+                .or_else(|| members.first().and_then(|r| r.predicted_ns));
+            let error = match (measured.as_ref(), predicted_ns) {
+                (Some(m), Some(p)) if p > 0 => Some(m.median_ns as f64 / p as f64 - 1.0),
+                _ => None,
+            };
+            RouteFigures { route: route.to_vec(), predicted_ns, requests: members.len(), measured, error }
+        })
+        .collect()
 }
 
 /// Runs `config.requests` requests of `model` through the pipeline.
@@ -92,7 +161,14 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
         });
         let session_config = SessionConfig { require_plan: true, ..config.session.clone() };
         let session = Session::open(session_config, slices, Some(observer)).await?;
-        let mut summary = RunSummary { ok: 0, failed: 0, largest_difference: None, prediction_error: None, last_outputs_sha256: None };
+        let mut summary = RunSummary {
+            ok: 0,
+            failed: 0,
+            largest_difference: None,
+            prediction_error: None,
+            last_outputs_sha256: None,
+            requests: Vec::new(),
+        };
         let mut measured = Vec::new();
         for i in 0..config.requests {
             if i > 0 && !config.interval.is_zero() {
@@ -120,6 +196,13 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                     summary.ok = summary.ok.saturating_add(1);
                     summary.last_outputs_sha256 = Some(outputs_sha256(&answer.outputs)?);
                     measured.push((answer.route.stages.clone(), answer.total_ns, answer.route.predicted_ns));
+                    summary.requests.push(Measured {
+                        request: answer.request,
+                        route: answer.route.stages.clone(),
+                        predicted_ns: answer.route.predicted_ns,
+                        total_ns: answer.total_ns,
+                        compute_ns: answer.timings.iter().map(|t| t.compute_ns).collect(),
+                    });
                     on_event(DeviceEvent::Completed {
                         request: answer.request,
                         rank: answer.rank,
@@ -185,4 +268,40 @@ fn max_diff(outputs: &[(usize, TValue)], reference: &TVec<TValue>) -> Result<f32
         .iter()
         .zip(reference)
         .try_fold(0f32, |worst, ((_, got), want)| Ok(worst.max(scission_engine::pipeline::max_abs_diff(got, want)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(request: u64, end: u32, predicted_ms: u64, total_ms: u64) -> Measured {
+        let stages = vec![Stage { tier: 0, machine: 0, start: 0, end }, Stage { tier: 2, machine: 0, start: end, end: 10 }];
+        Measured {
+            request,
+            route: stages,
+            predicted_ns: Some(predicted_ms * 1_000_000),
+            total_ns: total_ms * 1_000_000,
+            compute_ns: vec![1_000_000],
+        }
+    }
+
+    #[test]
+    fn routes_are_summed_up_without_their_first_request_against_their_median_prediction() {
+        let requests = [
+            request(0, 4, 10, 90), // the handshake
+            request(1, 4, 10, 11),
+            request(2, 6, 20, 50),
+            request(3, 4, 12, 12),
+            request(4, 4, 12, 13),
+        ];
+        let routes = by_route(&requests);
+        assert_eq!(routes.len(), 2);
+        let first = &routes[0];
+        assert_eq!((first.requests, first.predicted_ns), (4, Some(12_000_000)));
+        assert_eq!(first.measured.as_ref().map(|m| m.median_ns), Some(12_000_000));
+        assert_eq!(first.error, Some(0.0));
+        let second = &routes[1];
+        assert_eq!((second.requests, second.predicted_ns, second.measured.as_ref(), second.error), (1, Some(20_000_000), None, None));
+        assert_eq!(requests[0].transfer_ns(), 89_000_000);
+    }
 }
