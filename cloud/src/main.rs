@@ -1,6 +1,7 @@
 //! `scission-cloud`: the cloud tier of Scission. It benchmarks its blocks (`bench`), shows a
 //! model's cut points (`inspect`) and runs the built-in demo (`demo`).
 
+mod calibration;
 mod chart;
 mod cpulimit;
 mod demo;

@@ -105,6 +105,11 @@ pub struct PlanArgs {
     /// Also draw the top plans as stacked bars into this SVG file.
     #[arg(long, value_name = "FILE")]
     chart: Option<PathBuf>,
+    /// A device's run report (`scission-device run --report FILE.json`): show each plan's
+    /// measured latency beside its prediction, and rank the plans again with the measured
+    /// latencies in place of the predictions (profiles only).
+    #[arg(long, value_name = "FILE.json")]
+    calibration: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -123,6 +128,8 @@ pub struct Planning {
     pub block_labels: Vec<String>,
     /// With the original's files: each block's Keras layer range, for its result lines.
     legacy_layers: Option<Vec<(u32, u32)>>,
+    /// With profiles: the blocks (node ranges) the plans' segments index.
+    blocks: Vec<scission_core::profile::BlockProfile>,
 }
 
 /// Runs `plan`.
@@ -145,6 +152,16 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         }
     } else {
         print!("{}", report::table(&planning.problem, &planning.block_labels, &plans));
+    }
+    if let Some(path) = &args.calibration {
+        if planning.legacy_layers.is_some() {
+            bail!("--calibration needs profiles (our JSON), not the original's files");
+        }
+        let measured = crate::calibration::read(path)?;
+        let ranked = crate::calibration::rerank(&plans, &planning.blocks, &measured);
+        let matched = ranked.iter().filter(|c| c.measured.is_some()).count();
+        let unmatched = measured.iter().filter(|m| m.measured_median_ms.is_some()).count().saturating_sub(matched);
+        print!("{}", crate::calibration::table(&ranked, unmatched));
     }
     Ok(())
 }
@@ -211,7 +228,7 @@ fn legacy_planning(args: &PlanArgs) -> Result<Planning> {
         legacy::build(&machines, &model, &network, input_bytes, &criteria(args)?, &limits(args)?)?;
     add_common_constraints(args, &problem, &mut constraints)?;
     let block_labels = layers.iter().map(|(a, b)| if a == b { format!("layer {a}") } else { format!("layers {a}-{b}") }).collect();
-    Ok(Planning { problem, constraints, block_labels, legacy_layers: Some(layers) })
+    Ok(Planning { problem, constraints, block_labels, legacy_layers: Some(layers), blocks: Vec::new() })
 }
 
 fn read_legacy_dir(dir: &Path) -> Result<Vec<legacy::LegacyMachine>> {
@@ -263,7 +280,7 @@ fn profile_planning(args: &PlanArgs) -> Result<Planning> {
     let block_labels = crate::report::block_labels(&profiles[0]);
     let mut constraints = profile_constraints(args, &problem)?;
     add_common_constraints(args, &problem, &mut constraints)?;
-    Ok(Planning { problem, constraints, block_labels, legacy_layers: None })
+    Ok(Planning { problem, constraints, block_labels, legacy_layers: None, blocks: profiles[0].blocks.clone() })
 }
 
 /// Criteria and limits for profiles: `N` means block N.

@@ -262,6 +262,46 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
     assert!(plans.iter().any(|p| p["route"].as_str().unwrap().contains("edge")), "{plans:?}");
     assert!(plans.iter().any(|p| !p["route"].as_str().unwrap().contains("edge")), "{plans:?}");
     assert!(text.contains("predicted ms") && text.contains("measured ms"), "the per-plan table is printed: {text}");
+
+    // The planner replays the report: the plans the device measured show their medians beside
+    // their predictions, and the ranking is redone with them.
+    let report_path = c.dir.path().join("report.json");
+    let mut plan_args: Vec<&str> = vec!["plan"];
+    plan_args.extend(profiles.split(','));
+    for link in [
+        "device-edge=100mbit,2ms",
+        "edge-device=100mbit,2ms",
+        "edge-cloud=1gbit,5ms",
+        "cloud-edge=1gbit,5ms",
+        "device-cloud=50mbit,10ms",
+        "cloud-device=50mbit,10ms",
+    ] {
+        plan_args.extend(["--link", link]);
+    }
+    plan_args.extend(["-n", "20", "--calibration", report_path.to_str().unwrap()]);
+    let out = run("scission-cloud", &plan_args);
+    let planned = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{planned}\n{}", stderr(&out));
+    let table: Vec<Vec<&str>> = planned
+        .lines()
+        .skip_while(|l| !l.starts_with("calibrated ranking"))
+        .skip(2)
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(table.len(), 20, "{planned}");
+    let medians: Vec<String> = plans.iter().filter_map(|p| p["measured_median_ms"].as_f64()).map(|ms| format!("{ms:.2}")).collect();
+    let matched: Vec<&Vec<&str>> = table.iter().filter(|row| row[3] != "-").collect();
+    assert!(!matched.is_empty(), "a measured route is among the plans: {planned}");
+    assert!(matched.iter().all(|row| medians.contains(&row[3].to_string())), "measured figures come from the report: {planned}");
+    let ranked_by: Vec<f64> = table.iter().map(|row| if row[3] == "-" { row[2] } else { row[3] }.parse().unwrap()).collect();
+    assert!(ranked_by.windows(2).all(|w| w[0] <= w[1]), "ranked by measured, else predicted, latency: {planned}");
+    // Anything but a run report is refused with a clear error.
+    let profile_path = profiles.split(',').next().unwrap().to_string();
+    let wrong: Vec<&str> = plan_args.iter().map(|a| if *a == report_path.to_str().unwrap() { profile_path.as_str() } else { a }).collect();
+    let out = run("scission-cloud", &wrong);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not a run report"), "{}", stderr(&out));
 }
 
 #[test]

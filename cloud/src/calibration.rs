@@ -1,0 +1,111 @@
+//! `plan --calibration RUN.json`: the plans a device measured (`scission-device run --report`),
+//! set against the planner's ranking. Each ranked plan whose route was measured shows its
+//! measured median beside its prediction, and the plans are ranked again with a measured
+//! latency in place of the prediction wherever there is one: the closed loop's replay.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use scission_core::policy::plan_route;
+use scission_core::profile::BlockProfile;
+use scission_core::solver::Plan;
+use serde::Deserialize;
+
+/// The part of a run report this reads.
+#[derive(Deserialize)]
+struct Report {
+    format: String,
+    version: u32,
+    plans: Vec<MeasuredPlan>,
+}
+
+/// One route a device ran, and what it measured.
+#[derive(Deserialize)]
+pub struct MeasuredPlan {
+    /// The route, as the device wrote it.
+    pub route: String,
+    stages: Vec<MeasuredStage>,
+    /// Requests answered along it.
+    pub requests: u64,
+    /// Median end to end after the first request, in ms; absent when it answered once.
+    pub measured_median_ms: Option<f64>,
+}
+
+#[derive(Deserialize, PartialEq, Eq, Clone, Copy, Debug)]
+struct MeasuredStage {
+    tier: u8,
+    start: u32,
+    end: u32,
+}
+
+/// Reads a run report, refusing other files and absurd figures.
+pub fn read(path: &Path) -> Result<Vec<MeasuredPlan>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let report: Report = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run report", path.display()))?;
+    if report.format != "scission-run-report" || report.version != 1 {
+        bail!("{} is a '{}' version {} file, not a scission-run-report version 1", path.display(), report.format, report.version);
+    }
+    if let Some(bad) = report.plans.iter().find(|p| p.measured_median_ms.is_some_and(|ms| !(ms.is_finite() && ms >= 0.0))) {
+        bail!("{}: plan {} has a measured latency of {:?} ms", path.display(), bad.route, bad.measured_median_ms);
+    }
+    Ok(report.plans)
+}
+
+/// A ranked plan with what was measured of its route.
+pub struct Calibrated<'a> {
+    /// Rank in the planner's order (0 = best).
+    pub rank: usize,
+    /// Predicted latency, ms.
+    pub predicted_ms: f64,
+    /// The matching measured route, with a median.
+    pub measured: Option<&'a MeasuredPlan>,
+}
+
+impl Calibrated<'_> {
+    /// The latency this plan is ranked by: measured where it was, predicted otherwise.
+    pub fn latency_ms(&self) -> f64 {
+        self.measured.and_then(|m| m.measured_median_ms).unwrap_or(self.predicted_ms)
+    }
+}
+
+/// The plans ranked again, measured latencies replacing predictions; routes are matched by
+/// tier and node range (machine ids are the device's, not the planner's).
+pub fn rerank<'a>(plans: &[Plan], blocks: &[BlockProfile], measured: &'a [MeasuredPlan]) -> Vec<Calibrated<'a>> {
+    let mut ranked: Vec<Calibrated<'a>> = plans
+        .iter()
+        .enumerate()
+        .map(|(rank, plan)| {
+            let stages: Option<Vec<MeasuredStage>> = plan_route(plan, blocks, |_| 0)
+                .map(|route| route.iter().map(|s| MeasuredStage { tier: s.tier, start: s.start, end: s.end }).collect());
+            let measured = stages.and_then(|stages| measured.iter().find(|m| m.stages == stages && m.measured_median_ms.is_some()));
+            Calibrated { rank, predicted_ms: plan.cost.latency_ns as f64 * 1e-6, measured }
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.latency_ms().total_cmp(&b.latency_ms()).then(a.rank.cmp(&b.rank)));
+    ranked
+}
+
+/// The re-ranked plans as a table.
+pub fn table(ranked: &[Calibrated<'_>], unmatched: usize) -> String {
+    let mut out = String::from("calibrated ranking (measured latency where the run report has the route):\n");
+    out.push_str(&format!("{:>4} {:>6} {:>13} {:>13} {:>9} {:>8}\n", "now", "was", "predicted ms", "measured ms", "requests", "error"));
+    for (i, c) in ranked.iter().enumerate() {
+        let (measured, requests, error) = match c.measured {
+            Some(m) => {
+                let ms = m.measured_median_ms.unwrap_or(f64::NAN);
+                (format!("{ms:.2}"), m.requests.to_string(), format!("{:+.1}%", (ms / c.predicted_ms - 1.0) * 100.0))
+            }
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "{:>4} {:>6} {:>13.2} {measured:>13} {requests:>9} {error:>8}\n",
+            format!("#{}", i + 1),
+            format!("#{}", c.rank + 1),
+            c.predicted_ms
+        ));
+    }
+    if unmatched > 0 {
+        out.push_str(&format!("({unmatched} measured route(s) are not among these plans)\n"));
+    }
+    out
+}
