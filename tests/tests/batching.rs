@@ -1,8 +1,11 @@
-//! Dynamic batching gives each request what it gets alone: a slice run on a stack of
-//! requests is compared, with the same range run one request at a time by the
-//! batch-1 slices (the path every other test checks against the unsplit model), within float
-//! rounding (1e-5 of the largest output; measured up to 1.1e-7: a larger batch may reorder a sum).
+//! Dynamic batching gives each request what it gets alone: a slice run on a stack of requests
+//! is compared with the same range run one request at a time by the batch-1 slices (the path
+//! every other test checks against the unsplit model), within float rounding (1e-5 of the
+//! largest output; measured up to 1.1e-7: a larger batch may reorder a sum).
 
+mod common;
+
+use common::relative_diff;
 use scission_core::cut::Block;
 use scission_engine::batch::BatchedSlice;
 use scission_engine::pipeline::{Activations, collect, graph_inputs, run_slice};
@@ -18,20 +21,6 @@ fn live_at(model: &Model, start: usize, seed: u64) -> Activations {
         return live;
     }
     run_slice(model, &Slice::build(model, Block { start: 0, end: start }).unwrap(), live).unwrap()
-}
-
-/// Largest |a - b| over the reference's largest magnitude.
-fn relative_diff(got: &TVec<TValue>, want: &TVec<TValue>) -> f32 {
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| {
-            assert_eq!(g.shape(), w.shape());
-            let (g, w) =
-                (g.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), w.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap());
-            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-            g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
-        })
-        .fold(0f32, f32::max)
 }
 
 /// Runs `block` for `requests` requests as one batch and one by one; each request's outputs

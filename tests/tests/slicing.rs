@@ -1,6 +1,9 @@
 //! Exact slicing: running a model as a chain of slices gives the unsplit model's output, for
 //! every cut point and for random three-way splits.
 
+mod common;
+
+use common::relative_diff;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use scission_engine::tract::prelude::*;
@@ -11,21 +14,6 @@ use scission_zoo::onnx::testmodels::TestModel;
 fn load(kind: TestModel, resolution: usize) -> Model {
     let bytes = encode(&kind.build(resolution, 3));
     Model::load_bytes(kind.name(), &bytes, &LoadOptions::default()).expect("test model loads")
-}
-
-/// Largest |a - b| relative to the reference's largest magnitude.
-fn relative_diff(got: &TVec<TValue>, want: &TVec<TValue>) -> f32 {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| {
-            assert_eq!(g.shape(), w.shape());
-            let (g, w) =
-                (g.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), w.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap());
-            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-            g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
-        })
-        .fold(0f32, f32::max)
 }
 
 fn check_split(model: &Model, cuts: &[usize], inputs: &TVec<TValue>, reference: &TVec<TValue>) {

@@ -92,11 +92,6 @@ impl Batcher {
         Self { window, queues: Mutex::default(), joined: Notify::new() }
     }
 
-    /// The window batches form within.
-    pub fn window(&self) -> BatchWindow {
-        self.window
-    }
-
     /// Queues `live` for stage `block` and returns where its answer comes; the first request of
     /// an idle queue starts the task that dispatches it.
     pub(crate) fn submit(self: &Arc<Self>, block: Block, live: Activations, pool: &Pool) -> oneshot::Receiver<Answer> {

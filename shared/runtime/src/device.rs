@@ -169,7 +169,6 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
             last_outputs_sha256: None,
             requests: Vec::new(),
         };
-        let mut measured = Vec::new();
         for i in 0..config.requests {
             if i > 0 && !config.interval.is_zero() {
                 tokio::time::sleep(config.interval).await;
@@ -195,7 +194,6 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                     }
                     summary.ok = summary.ok.saturating_add(1);
                     summary.last_outputs_sha256 = Some(outputs_sha256(&answer.outputs)?);
-                    measured.push((answer.route.stages.clone(), answer.total_ns, answer.route.predicted_ns));
                     summary.requests.push(Measured {
                         request: answer.request,
                         route: answer.route.stages.clone(),
@@ -220,7 +218,7 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                 }
             }
         }
-        summary.prediction_error = prediction_error(&measured);
+        summary.prediction_error = prediction_error(&summary.requests);
         Ok(summary)
     })
 }
@@ -236,12 +234,12 @@ fn request_inputs(config: &DeviceConfig, model: &ModelGraph, i: u32) -> Result<T
 
 /// Median relative error of measured against predicted latency; the first request on each
 /// route is left out (it pays the connection handshake).
-fn prediction_error(measured: &[(Vec<Stage>, u64, Option<u64>)]) -> Option<(usize, f64)> {
+fn prediction_error(requests: &[Measured]) -> Option<(usize, f64)> {
     let mut seen = HashSet::new();
-    let mut errors: Vec<f64> = measured
+    let mut errors: Vec<f64> = requests
         .iter()
-        .filter(|(route, _, _)| !seen.insert(route.clone()))
-        .filter_map(|(_, ns, predicted)| predicted.filter(|p| *p > 0).map(|p| (*ns as f64 - p as f64) / p as f64))
+        .filter(|r| !seen.insert(r.route.as_slice()))
+        .filter_map(|r| r.predicted_ns.filter(|p| *p > 0).map(|p| (r.total_ns as f64 - p as f64) / p as f64))
         .collect();
     if errors.is_empty() {
         return None;

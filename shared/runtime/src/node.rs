@@ -181,6 +181,11 @@ impl Node {
     /// crossing its end, with the compute time in nanoseconds.
     pub fn run_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64)> {
         self.check_stage_inputs(block, &live)?;
+        self.run_checked_stage(block, live)
+    }
+
+    /// [`run_stage`](Self::run_stage) on inputs already checked against the stage.
+    fn run_checked_stage(&self, block: Block, live: Activations) -> Result<(Activations, u64)> {
         let slice = self.slice(block)?;
         let inputs = collect(&live, &slice.io.inputs, "stage input", self.graph())?;
         let started = std::time::Instant::now();
@@ -236,7 +241,7 @@ impl Node {
             }
             None => {
                 for (r, live) in valid {
-                    answers[r] = Some(self.run_stage(block, live).map(|(out, _)| out));
+                    answers[r] = Some(self.run_checked_stage(block, live).map(|(out, _)| out));
                 }
             }
         }

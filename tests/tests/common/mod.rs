@@ -46,3 +46,19 @@ pub fn quick_bench(bin: &str, model: &Path, out: &Path, name: &str) -> PathBuf {
     assert!(result.status.success(), "{bin} bench failed: {}", stderr(&result));
     out.to_path_buf()
 }
+
+/// Largest |a - b| over all outputs, relative to each reference output's largest magnitude;
+/// the outputs must pair up in count and shape.
+pub fn relative_diff(got: &[scission_engine::tract::prelude::TValue], want: &[scission_engine::tract::prelude::TValue]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            assert_eq!(g.shape(), w.shape());
+            let (g, w) =
+                (g.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), w.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap());
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+            g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
+        })
+        .fold(0f32, f32::max)
+}
