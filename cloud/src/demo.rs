@@ -343,7 +343,7 @@ fn run_plans(
             let link = problem.link(0, target).context("no device uplink")?;
             shapers.insert(peer.addr, Shaper::new(link));
         }
-        let endpoint = quic::client_with_links(&identity, shapers)?;
+        let endpoint = quic::client_with(&identity, shapers, quic::Datagrams::default())?;
         let client = DeviceClient::new(
             node.clone(),
             endpoint,

@@ -45,7 +45,7 @@ fn as_node<F: AsyncFnOnce(quinn::Connection)>(c: &Cluster, name: &str, addr: Soc
 
 /// Sends `body` and returns the answer's failure code, or `None` for a non-failure.
 async fn failure_code(connection: &quinn::Connection, body: &Body<'_>) -> (Option<FailureCode>, String) {
-    let answer = quic::exchange(connection, &encode(body).unwrap(), 64 << 20).await.unwrap();
+    let answer = quic::exchange(connection, encode(body).unwrap(), 64 << 20).await.unwrap();
     match decode(&answer).unwrap() {
         Body::Failure { code, message, .. } => (Some(code), message.to_string()),
         other => (None, format!("{other:?}")),
@@ -166,10 +166,10 @@ fn frames_that_never_finish_lose_their_streams_not_the_server() {
         let extra = quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap();
         let ping = encode(&Body::Ping { nonce: 7, padding: &[] }).unwrap();
         let refused =
-            tokio::time::timeout(Duration::from_secs(5), quic::exchange(&extra, &ping, 1 << 20)).await.expect("answered or closed");
+            tokio::time::timeout(Duration::from_secs(5), quic::exchange(&extra, ping.clone(), 1 << 20)).await.expect("answered or closed");
         assert!(refused.is_err(), "a ninth connection from one node is refused");
         // An honest ping on a stalled connection is answered while they stall.
-        let pong = tokio::time::timeout(Duration::from_secs(5), quic::exchange(&connections[0], &ping, 1 << 20))
+        let pong = tokio::time::timeout(Duration::from_secs(5), quic::exchange(&connections[0], ping.clone(), 1 << 20))
             .await
             .expect("ping answered")
             .unwrap();
@@ -296,7 +296,7 @@ fn a_revoked_device_is_refused_without_restarting_the_server() {
     rt.block_on(async {
         let endpoint = quic::client(&identity).unwrap();
         let conn = quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap();
-        quic::exchange(&conn, &ping, 1 << 20).await.expect("served before revocation");
+        quic::exchange(&conn, ping.clone(), 1 << 20).await.expect("served before revocation");
     });
     let out = run("scission-cloud", &["revoke", "device", "--cluster", &cluster]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -306,7 +306,7 @@ fn a_revoked_device_is_refused_without_restarting_the_server() {
         loop {
             let served = match quic::connect(&endpoint, cloud.addr, "cloud").await {
                 Ok(conn) => {
-                    tokio::time::timeout(Duration::from_secs(2), quic::exchange(&conn, &ping, 1 << 20)).await.is_ok_and(|r| r.is_ok())
+                    tokio::time::timeout(Duration::from_secs(2), quic::exchange(&conn, ping.clone(), 1 << 20)).await.is_ok_and(|r| r.is_ok())
                 }
                 Err(_) => false,
             };
@@ -332,7 +332,7 @@ fn a_revoked_device_is_refused_without_restarting_the_server() {
     rt.block_on(async {
         let endpoint = quic::client(&edge).unwrap();
         let conn = quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap();
-        quic::exchange(&conn, &ping, 1 << 20).await.expect("other nodes are still served");
+        quic::exchange(&conn, ping.clone(), 1 << 20).await.expect("other nodes are still served");
     });
 }
 
@@ -349,7 +349,7 @@ fn a_revoked_edge_leaves_the_plans_at_once_not_when_its_registration_expires() {
         let mut tiers = Vec::new();
         as_device(&c, cloud.addr, async |conn| {
             let answer =
-                quic::exchange(&conn, &encode(&plan_request(&profile, 16, &[(1, fast), (2, fast)])).unwrap(), 64 << 20).await.unwrap();
+                quic::exchange(&conn, encode(&plan_request(&profile, 16, &[(1, fast), (2, fast)])).unwrap(), 64 << 20).await.unwrap();
             let Body::Plans { routes, .. } = decode(&answer).unwrap() else { panic!("no plans") };
             tiers = routes.iter().flat_map(|r| r.stages.iter().map(|s| s.tier)).collect();
         });
@@ -366,7 +366,7 @@ fn a_revoked_edge_leaves_the_plans_at_once_not_when_its_registration_expires() {
 fn routes_planned(c: &Cluster, cloud: SocketAddr, profile: &[u8], link: Link) -> Vec<PlannedRoute> {
     let mut routes = Vec::new();
     as_device(c, cloud, async |conn| {
-        let answer = quic::exchange(&conn, &encode(&plan_request(profile, 16, &[(1, link), (2, link)])).unwrap(), 64 << 20).await.unwrap();
+        let answer = quic::exchange(&conn, encode(&plan_request(profile, 16, &[(1, link), (2, link)])).unwrap(), 64 << 20).await.unwrap();
         let Body::Plans { routes: planned, .. } = decode(&answer).unwrap() else { panic!("no plans") };
         routes = planned.to_vec();
     });
@@ -436,7 +436,7 @@ async fn exchange_all(conn: &quinn::Connection, messages: Vec<Vec<u8>>) -> Vec<V
     let mut answers = tokio::task::JoinSet::new();
     for message in messages {
         let conn = conn.clone();
-        answers.spawn(async move { quic::exchange(&conn, &message, 64 << 20).await.unwrap() });
+        answers.spawn(async move { quic::exchange(&conn, message.clone(), 64 << 20).await.unwrap() });
     }
     let mut received = Vec::new();
     while let Some(answer) = answers.join_next().await {
@@ -580,7 +580,7 @@ fn an_edge_without_an_advertised_address_is_planned_as_the_configured_edge() {
     let register = |addr: &str| {
         as_node(&c, "edge", cloud.addr, async |conn| {
             let register = edge_registration(&profile, fast, Load::default(), addr);
-            let answer = quic::exchange(&conn, &encode(&register).unwrap(), 1 << 20).await.unwrap();
+            let answer = quic::exchange(&conn, encode(&register).unwrap(), 1 << 20).await.unwrap();
             let Body::Registered { id, machines } = decode(&answer).unwrap() else { panic!("not registered") };
             assert!(id > 0);
             assert_eq!(
@@ -632,7 +632,7 @@ fn routes_naming_machines_the_directory_does_not_list_are_refused_and_connect_no
         let answer = |message: Vec<u8>| {
             let conn = conn.clone();
             async move {
-                match decode(&quic::exchange(&conn, &message, 64 << 20).await.unwrap()).unwrap() {
+                match decode(&quic::exchange(&conn, message.clone(), 64 << 20).await.unwrap()).unwrap() {
                     Body::Failure { code, message, detail, .. } => (Some(code), message.to_string(), detail),
                     other => (None, format!("{other:?}"), scission_core::wire::message::FailureDetail::None),
                 }
@@ -701,14 +701,14 @@ fn a_full_server_refuses_inferences_from_their_first_bytes_and_the_peer_reads_wh
             let (conn, message, done) = (conn.clone(), honest.clone(), done.clone());
             keep_busy.spawn(async move {
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    quic::exchange(&conn, &message, 64 << 20).await.expect("an answer");
+                    quic::exchange(&conn, message.clone(), 64 << 20).await.expect("an answer");
                 }
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         for request in 0..12u64 {
             let (conn, message) = (conn.clone(), large(request));
-            answers.spawn(async move { quic::exchange(&conn, &message, 64 << 20).await.expect("every sender reads its answer") });
+            answers.spawn(async move { quic::exchange(&conn, message.clone(), 64 << 20).await.expect("every sender reads its answer") });
         }
         while let Some(answer) = answers.join_next().await {
             match decode(&answer.unwrap()).unwrap() {

@@ -230,7 +230,7 @@ fn a_live_cloud_survives_random_and_mutated_messages_from_enrolled_peers() {
         let mut honest_tries = 0;
         while tasks.iter().any(|t| !t.is_finished()) || honest_tries == 0 {
             honest_tries += 1;
-            let answer = tokio::time::timeout(Duration::from_secs(20), quic::exchange(&conn, &honest, 64 << 20)).await;
+            let answer = tokio::time::timeout(Duration::from_secs(20), quic::exchange(&conn, honest.clone(), 64 << 20)).await;
             if let Ok(Ok(bytes)) = answer
                 && matches!(decode(&bytes), Ok(Body::Output { request: 9, .. }))
             {

@@ -116,11 +116,11 @@ fn garbage_truncated_and_oversized_frames_do_not_stop_the_server() {
         drop(send);
         // The server still answers on the same connection, and on a new one.
         let ping = encode(&Body::Ping { nonce: 42, padding: &[0; 16] }).unwrap();
-        let pong = quic::exchange(&conn, &ping, 1 << 20).await.unwrap();
+        let pong = quic::exchange(&conn, ping.clone(), 1 << 20).await.unwrap();
         assert_eq!(decode(&pong).unwrap(), Body::Pong { nonce: 42 });
         conn.close(0u32.into(), b"bye");
         let again = quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap();
-        let pong = quic::exchange(&again, &ping, 1 << 20).await.unwrap();
+        let pong = quic::exchange(&again, ping.clone(), 1 << 20).await.unwrap();
         assert_eq!(decode(&pong).unwrap(), Body::Pong { nonce: 42 });
     });
     let out = c.device(&c.cluster(), edge.addr, cloud.addr, &splits(&c.model)[0], &[]);

@@ -1,7 +1,8 @@
 //! Per-hop cost on loopback: encode an activation into a request, send it over QUIC (mutual
 //! TLS), decode and validate it at the receiver, get a short answer back. Beside it, the same
 //! bytes over plain TCP (length prefix, read fully, one-byte answer) in the same process.
-//! Sizes: 4 KB, 400 KB, 4 MB of f32 activations.
+//! Sizes: 4 KB, 400 KB, 4 MB of f32 activations. QUIC runs twice: with the project's datagrams
+//! (`Datagrams::PathMtu`) and with quinn's (`Datagrams::Standard`).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,7 +31,7 @@ fn request(values: &[f32]) -> Vec<u8> {
 }
 
 /// A QUIC server that decodes and validates each request and answers with a pong.
-fn quic_pair(rt: &tokio::runtime::Runtime) -> (quinn::Endpoint, quinn::Connection, tempfile::TempDir) {
+fn quic_pair(rt: &tokio::runtime::Runtime, datagrams: quic::Datagrams) -> (quinn::Endpoint, quinn::Connection, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     pki::init_cluster(dir.path()).expect("CA");
     pki::enroll(dir.path(), "a", pki::Role::Cloud, false, 1).expect("enroll");
@@ -38,7 +39,8 @@ fn quic_pair(rt: &tokio::runtime::Runtime) -> (quinn::Endpoint, quinn::Connectio
     let server_id = pki::Identity::load(dir.path(), "a").expect("identity");
     let client_id = pki::Identity::load(dir.path(), "b").expect("identity");
     rt.block_on(async {
-        let server = quic::server(&server_id, "127.0.0.1:0".parse().expect("addr"), None).expect("server");
+        let server = quic::server_with(&server_id, "127.0.0.1:0".parse().expect("addr"), None, quic::MAX_STREAMS, datagrams)
+            .expect("server");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Some(incoming) = server.accept().await {
@@ -49,13 +51,13 @@ fn quic_pair(rt: &tokio::runtime::Runtime) -> (quinn::Endpoint, quinn::Connectio
                             let bytes = quic::read_frame(&mut recv, 64 << 20).await.expect("frame");
                             assert!(decode(&bytes).is_ok());
                             let pong = encode(&Body::Pong { nonce: 1 }).expect("pong");
-                            quic::write_frame(&mut send, &pong).await.expect("answer");
+                            quic::write_frame(&mut send, pong).await.expect("answer");
                         });
                     }
                 });
             }
         });
-        let client = quic::client(&client_id).expect("client");
+        let client = quic::client_with(&client_id, Default::default(), datagrams).expect("client");
         let conn = quic::connect(&client, addr, "a").await.expect("connect");
         (client, conn, dir)
     })
@@ -82,20 +84,22 @@ fn tcp_pair() -> TcpStream {
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let (_client, conn, _dir) = quic_pair(&rt);
-    let conn = Arc::new(conn);
+    let pairs = [("QUIC", quic::Datagrams::PathMtu), ("QUIC, quinn's datagrams", quic::Datagrams::Standard)]
+        .map(|(name, datagrams)| (name, quic_pair(&rt, datagrams)));
     let mut tcp = tcp_pair();
     let mut group = c.benchmark_group("hop");
     group.sample_size(20);
     for size in SIZES {
         let values: Vec<f32> = (0..size / 4).map(|i| i as f32).collect();
         group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(BenchmarkId::new("encode+QUIC+decode", size), &values, |b, values| {
-            b.iter(|| {
-                let message = request(values);
-                rt.block_on(quic::exchange(&conn, &message, 1 << 20)).expect("exchange")
-            })
-        });
+        for (name, (_, conn, _)) in &pairs {
+            group.bench_with_input(BenchmarkId::new(format!("encode+{name}+decode"), size), &values, |b, values| {
+                b.iter(|| {
+                    let message = request(values);
+                    rt.block_on(quic::exchange(conn, message, 1 << 20)).expect("exchange")
+                })
+            });
+        }
         let payload = request(&values);
         group.bench_with_input(BenchmarkId::new("plain TCP", size), &payload, |b, payload| {
             b.iter(|| {
@@ -107,6 +111,10 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    for (name, (_, conn, _)) in &pairs {
+        let path = conn.stats().path;
+        println!("{name}: datagrams of {} bytes at the end, {} lost", path.current_mtu, path.lost_packets);
+    }
 }
 
 criterion_group!(benches, bench);

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::error::{Doing, NetError, Result};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
@@ -12,7 +14,7 @@ use super::pki::{Identity, PeerCert, node_dns};
 use scission_core::link::Link;
 use scission_core::policy::{Probe, estimate_link};
 use scission_core::wire::WireError;
-use scission_core::wire::frame::{HEADER, body_len, framed};
+use scission_core::wire::frame::{HEADER, body_len};
 use scission_core::wire::message::{Body, decode, encode};
 
 /// Requests one peer may have open on a connection at once.
@@ -24,11 +26,24 @@ pub const RECEIVE_WINDOW: u32 = 32 << 20;
 /// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-fn transport() -> Arc<quinn::TransportConfig> {
-    transport_with(MAX_STREAMS)
+/// How an endpoint sizes and sends its datagrams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Datagrams {
+    /// The path's largest: MTU discovery searches up to [`MAX_UDP_PAYLOAD`], so a 4 MB
+    /// activation takes ~70 datagrams on loopback instead of ~3000, and paths with a 1500-byte
+    /// MTU settle at 1452 as before. Sent one by one: segmentation offload's bursts of up to 64
+    /// datagrams overflowed the receiver's socket buffer on loopback, and quinn took the losses
+    /// for a black hole and fell back to 1200 bytes (see the transport bench).
+    #[default]
+    PathMtu,
+    /// quinn's defaults: at most 1452 bytes, sent in offloaded bursts.
+    Standard,
 }
 
-fn transport_with(streams: u32) -> Arc<quinn::TransportConfig> {
+/// Largest UDP payload a server endpoint accepts and MTU discovery searches for.
+pub const MAX_UDP_PAYLOAD: u16 = 65_527;
+
+fn transport_with(streams: u32, datagrams: Datagrams) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
     t.keep_alive_interval(Some(Duration::from_secs(2)));
@@ -37,28 +52,49 @@ fn transport_with(streams: u32) -> Arc<quinn::TransportConfig> {
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
+    if datagrams == Datagrams::PathMtu {
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(Some(mtu));
+        t.enable_segmentation_offload(false);
+    }
     Arc::new(t)
+}
+
+/// A server's endpoint accepts datagrams of up to [`MAX_UDP_PAYLOAD`] bytes: activations travel
+/// towards servers. quinn's receive buffer grows with this size (about 2,000 times it, touched
+/// only as datagrams arrive), so clients, devices among them, keep quinn's 1472: their answers
+/// are small.
+fn server_endpoint_config(datagrams: Datagrams) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    if datagrams == Datagrams::PathMtu {
+        if let Err(e) = config.max_udp_payload_size(MAX_UDP_PAYLOAD) {
+            tracing::debug!("UDP payload size not raised: {e}");
+        }
+    }
+    config
 }
 
 /// A server endpoint on `bind` that accepts only clients with a certificate from the cluster CA
 /// (and, with a deny list, none of a revoked node), each with at most [`MAX_STREAMS`] streams.
 pub fn server(identity: &Identity, bind: SocketAddr, deny: Option<Arc<super::pki::DenyList>>) -> Result<quinn::Endpoint> {
-    server_with_streams(identity, bind, deny, MAX_STREAMS)
+    server_with(identity, bind, deny, MAX_STREAMS, Datagrams::default())
 }
 
-/// [`server`] with at most `streams` concurrent streams per connection.
-pub fn server_with_streams(
+/// [`server`] with at most `streams` concurrent streams per connection, sending `datagrams`.
+pub fn server_with(
     identity: &Identity,
     bind: SocketAddr,
     deny: Option<Arc<super::pki::DenyList>>,
     streams: u32,
+    datagrams: Datagrams,
 ) -> Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(identity.server_config(deny)?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_with(streams.max(1)));
+    config.transport_config(transport_with(streams.max(1), datagrams));
     let socket = udp_socket(bind).transport(|| format!("cannot listen on {bind}"))?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Invalid("a QUIC endpoint needs a tokio runtime".into()))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime).transport(|| format!("cannot listen on {bind}"))
+    quinn::Endpoint::new(server_endpoint_config(datagrams), Some(config), socket, runtime).transport(|| format!("cannot listen on {bind}"))
 }
 
 /// A UDP socket bound to `bind`, with [`SOCKET_BUFFER`] bytes of buffer each way where the
@@ -81,18 +117,19 @@ fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 
 /// A client endpoint presenting this node's certificate.
 pub fn client(identity: &Identity) -> Result<quinn::Endpoint> {
-    client_with_links(identity, std::collections::HashMap::new())
+    client_with(identity, std::collections::HashMap::new(), Datagrams::default())
 }
 
 /// A client endpoint whose datagrams to the given addresses go through link emulators (see
-/// [`emulator`](super::emulator)). Must be called inside a tokio runtime.
-pub fn client_with_links(
+/// [`emulator`](super::emulator)), sending `datagrams`. Must be called inside a tokio runtime.
+pub fn client_with(
     identity: &Identity,
     shapers: std::collections::HashMap<SocketAddr, Arc<super::emulator::Shaper>>,
+    datagrams: Datagrams,
 ) -> Result<quinn::Endpoint> {
     let crypto = QuicClientConfig::try_from(identity.client_config()?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport_with(MAX_STREAMS, datagrams));
     let socket = udp_socket(SocketAddr::from(([0, 0, 0, 0], 0))).transport(|| "cannot open a UDP socket".into())?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Invalid("a QUIC endpoint needs a tokio runtime".into()))?;
     let inner = runtime.wrap_udp_socket(socket).transport(|| "cannot use the UDP socket".into())?;
@@ -182,9 +219,16 @@ pub async fn read_rest(recv: &mut quinn::RecvStream, head: FrameHead) -> Result<
     Ok(body)
 }
 
+/// `payload` as the chunks of one frame: its length prefix, then the payload itself, handed to
+/// quinn without a copy.
+fn frame_chunks(payload: Vec<u8>) -> Result<[Bytes; 2]> {
+    let len = u32::try_from(payload.len()).map_err(|_| WireError::TooLarge { len: payload.len() as u64, limit: u64::from(u32::MAX) })?;
+    Ok([Bytes::copy_from_slice(&len.to_le_bytes()), Bytes::from(payload)])
+}
+
 /// Writes one frame and finishes the sending side.
-pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result<()> {
-    send.write_all(&framed(payload)?).await.transport(|| "sending a frame".into())?;
+pub async fn write_frame(send: &mut quinn::SendStream, payload: Vec<u8>) -> Result<()> {
+    send.write_all_chunks(&mut frame_chunks(payload)?).await.transport(|| "sending a frame".into())?;
     send.finish().transport(|| "finishing a stream".into())?;
     Ok(())
 }
@@ -192,9 +236,9 @@ pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result
 /// Sends `payload` on a new stream and waits for the one-frame answer. A receiver that stops
 /// the stream before the whole payload is sent (a server at capacity refuses a request from
 /// its first bytes) still answers: that answer is returned.
-pub async fn exchange(connection: &quinn::Connection, payload: &[u8], max_frame: u32) -> Result<Vec<u8>> {
+pub async fn exchange(connection: &quinn::Connection, payload: Vec<u8>, max_frame: u32) -> Result<Vec<u8>> {
     let (mut send, mut recv) = connection.open_bi().await.transport(|| "cannot open a stream".into())?;
-    match send.write_all(&framed(payload)?).await {
+    match send.write_all_chunks(&mut frame_chunks(payload)?).await {
         Ok(()) => send.finish().transport(|| "finishing a stream".into())?,
         Err(quinn::WriteError::Stopped(_)) => {}
         Err(e) => return Err(e).transport(|| "sending a frame".into()),
@@ -208,12 +252,13 @@ pub async fn measure(connection: &quinn::Connection, probe_bytes: usize, timeout
     let mut probes = Vec::with_capacity(2);
     for padding in [vec![0u8; 256], vec![0u8; probe_bytes.max(4096)]] {
         let ping = encode(&Body::Ping { nonce: padding.len() as u64, padding: &padding })?;
+        let bytes = ping.len() as u64;
         let started = tokio::time::Instant::now();
-        let answer = tokio::time::timeout(timeout, exchange(connection, &ping, max_frame))
+        let answer = tokio::time::timeout(timeout, exchange(connection, ping, max_frame))
             .await
             .map_err(|_| NetError::Timeout("the probe timed out".into()))??;
         let round_trip_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        probes.push(Probe { bytes: ping.len() as u64, round_trip_ns });
+        probes.push(Probe { bytes, round_trip_ns });
         if !matches!(decode(&answer), Ok(Body::Pong { .. })) {
             return Err(NetError::Protocol("the peer did not answer the probe".into()));
         }

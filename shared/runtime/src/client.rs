@@ -261,8 +261,9 @@ impl DeviceClient {
             None => (self.node.outputs(&live)?, (0, 0)),
             Some(next) => {
                 let message = infer_message(id, self.node.sha256, rest, encoding, self.deadline_ms(), &live)?;
-                let answer = self.send(next.tier, next.machine, &message).await?;
-                let bytes = (message.len() as u64, answer.len() as u64);
+                let sent = message.len() as u64;
+                let answer = self.send(next.tier, next.machine, message).await?;
+                let bytes = (sent, answer.len() as u64);
                 (self.read_answer(id, &answer, rest, &mut timings)?, bytes)
             }
         };
@@ -276,7 +277,7 @@ impl DeviceClient {
         u32::try_from(self.timeout.as_millis().saturating_mul(9) / 10).unwrap_or(u32::MAX).max(1)
     }
 
-    async fn send(&self, tier: u8, machine: MachineId, message: &[u8]) -> Result<Vec<u8>, RequestError> {
+    async fn send(&self, tier: u8, machine: MachineId, message: Vec<u8>) -> Result<Vec<u8>, RequestError> {
         let unreachable = |reason: String| RequestError::Unreachable { tier: server_key(tier, machine), reason };
         let attempt = async {
             let connection = self.connection(tier, machine).await?;
@@ -335,11 +336,11 @@ impl DeviceClient {
         let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid, avoid_machines })
             .map_err(crate::error::RuntimeError::from)?;
         let answer = match &self.planner {
-            Some(planner) => self.send(PLANNER, CONFIGURED, &message).await.map_err(|e| match e {
+            Some(planner) => self.send(PLANNER, CONFIGURED, message).await.map_err(|e| match e {
                 RequestError::Unreachable { reason, .. } => invalid!("the planner {} is unreachable: {reason}", planner.name),
                 other => invalid!("{other}"),
             })?,
-            None => self.send(cloud, CONFIGURED, &message).await.map_err(|e| invalid!("{e}"))?,
+            None => self.send(cloud, CONFIGURED, message).await.map_err(|e| invalid!("{e}"))?,
         };
         match decode(&answer).map_err(|e| invalid!("malformed plan answer: {e}"))? {
             Body::Plans { routes, .. } if routes.is_empty() => Err(invalid!("the cloud answered with no plan").into()),

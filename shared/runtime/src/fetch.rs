@@ -127,7 +127,7 @@ async fn fetch_file(
     let (mut offset, mut announced): (u64, Option<(u64, [u8; 32])>) = (0, None);
     loop {
         let request = encode(&ask(offset))?;
-        let answer = exchange(&connection, &request, max_frame).await?;
+        let answer = exchange(&connection, request, max_frame).await?;
         match decode(&answer).map_err(|e| crate::error::error!("malformed chunk: {e}"))? {
             Body::ModelChunk { total, sha256, offset: at, data } => {
                 if at != offset || announced.is_some_and(|a| a != (total, sha256)) {

@@ -103,7 +103,7 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
         server = server.with_planner(planner);
     }
     crate::async_runtime()?.block_on(async move {
-        let endpoint = quic::server_with_streams(&identity, config.listen, Some(deny), config.limits.streams_per_connection)?;
+        let endpoint = quic::server_with(&identity, config.listen, Some(deny), config.limits.streams_per_connection, quic::Datagrams::default())?;
         let client = quic::client(&identity)?;
         let planner = config.planner.clone().or_else(|| config.upstream.clone());
         if let (Some(planner), Some(p)) = (planner, &config.profile) {
@@ -174,7 +174,7 @@ impl Registrar {
             .map_err(|_| crate::error::error!("the address '{}' is too long for the wire", self.addr))?;
         let message =
             encode(&Body::Register { name: label, tier: self.tier, profile: &self.profile, link_to_cloud: Some(link), load, addr })?;
-        match decode(&quic::exchange(&connection, &message, self.max_frame).await?) {
+        match decode(&quic::exchange(&connection, message, self.max_frame).await?) {
             Ok(Body::Registered { id, machines }) => {
                 self.directory.set_own(id);
                 for bad in self.directory.learn(&machines) {

@@ -462,7 +462,7 @@ impl StageServer {
             }
         };
         // A peer that does not read its answer loses the stream, not the server's memory.
-        match tokio::time::timeout(self.limits.read_deadline, write_frame(&mut send, &reply)).await {
+        match tokio::time::timeout(self.limits.read_deadline, write_frame(&mut send, reply)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!("could not answer: {e:#}"),
             Err(_) => {
@@ -717,7 +717,7 @@ impl StageServer {
         let wait = request.deadline.map_or(timeout, |d| timeout.min(d.at.saturating_duration_since(Instant::now())));
         let attempt = async {
             let connection = upstream.connection().await?;
-            Ok::<_, crate::error::RuntimeError>(exchange(&connection, &message, self.limits.max_frame).await?)
+            Ok::<_, crate::error::RuntimeError>(exchange(&connection, message, self.limits.max_frame).await?)
         };
         let answer = match tokio::time::timeout(wait, attempt).await {
             Ok(answer) => answer.map_err(|e| unreachable(format!("{e:#}")))?,

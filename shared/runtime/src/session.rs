@@ -428,7 +428,7 @@ fn endpoint(
             }
         }
     }
-    Ok((quic::client_with_links(identity, by_addr)?, by_tier))
+    Ok((quic::client_with(identity, by_addr, quic::Datagrams::default())?, by_tier))
 }
 
 /// Every tier the best route uses must have an address.

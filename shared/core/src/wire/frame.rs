@@ -1,8 +1,6 @@
 //! Length-prefixed frames: a 4-byte little-endian length, then the message. The receiver
 //! checks the announced length against its limit before it allocates or reads the body.
 
-use alloc::vec::Vec;
-
 use super::WireError;
 
 /// Bytes of the length prefix.
@@ -21,15 +19,6 @@ pub fn body_len(header: [u8; HEADER], max_frame: u32) -> Result<usize, WireError
     Ok(len as usize)
 }
 
-/// `payload` with its length prefix.
-pub fn framed(payload: &[u8]) -> Result<Vec<u8>, WireError> {
-    let len = u32::try_from(payload.len()).map_err(|_| WireError::TooLarge { len: payload.len() as u64, limit: u64::from(u32::MAX) })?;
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(payload);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,7 +27,5 @@ mod tests {
     fn limits_are_checked_on_the_header() {
         assert_eq!(body_len(10u32.to_le_bytes(), 10), Ok(10));
         assert_eq!(body_len(11u32.to_le_bytes(), 10), Err(WireError::TooLarge { len: 11, limit: 10 }));
-        let f = framed(b"abc").unwrap();
-        assert_eq!(&f[..4], &3u32.to_le_bytes());
     }
 }

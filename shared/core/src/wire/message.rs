@@ -278,7 +278,7 @@ pub enum Body<'a> {
         /// Echoed back.
         nonce: u64,
         /// Padding bytes, to probe bandwidth.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "super::serialize_bytes")]
         padding: &'a [u8],
     },
     /// Answer to [`Body::Ping`].
@@ -294,7 +294,7 @@ pub enum Body<'a> {
         /// Tier index.
         tier: u8,
         /// Profile JSON, as written by `bench`.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "super::serialize_bytes")]
         profile: &'a [u8],
         /// Measured link from this node to the cloud.
         link_to_cloud: Option<Link>,
@@ -316,7 +316,7 @@ pub enum Body<'a> {
     /// A device asks the cloud for ranked plans.
     PlanRequest {
         /// The device's profile JSON.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "super::serialize_bytes")]
         profile: &'a [u8],
         /// Measured links from the device to tier `t`.
         uplinks: heapless::Vec<(u8, Link), 4>,
@@ -351,7 +351,7 @@ pub enum Body<'a> {
         /// Where this piece starts.
         offset: u64,
         /// The bytes.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "super::serialize_bytes")]
         data: &'a [u8],
     },
     /// Asks for a piece of the slice artifact of node range `[start, end)` of the model the
@@ -378,9 +378,12 @@ pub struct Envelope<'a> {
     pub body: Body<'a>,
 }
 
-/// Encodes a message body with the current version.
+/// Encodes a message body with the current version, into one allocation of the exact size
+/// (a large tensor is copied once, not again each time a growing buffer doubles).
 pub fn encode(body: &Body<'_>) -> Result<Vec<u8>, WireError> {
-    postcard::to_allocvec(&Envelope { version: PROTOCOL_VERSION, body: body.clone() }).map_err(|_| WireError::Malformed("cannot encode"))
+    let envelope = Envelope { version: PROTOCOL_VERSION, body: body.clone() };
+    let size = postcard::experimental::serialized_size(&envelope).map_err(|_| WireError::Malformed("cannot encode"))?;
+    postcard::to_extend(&envelope, Vec::with_capacity(size)).map_err(|_| WireError::Malformed("cannot encode"))
 }
 
 /// Decodes and validates a message; tensor payloads borrow from `bytes`.

@@ -4,6 +4,7 @@
 //! Encodings of f32 activations: `F32` (bit-exact), `F16` (half the bytes), and `Int8` with a
 //! per-tensor affine map `x ≈ scale × (q − zero_point)` (a quarter of the bytes).
 
+use alloc::vec;
 use alloc::vec::Vec;
 use half::f16;
 use serde::{Deserialize, Serialize};
@@ -54,7 +55,7 @@ pub struct TensorFrame<'a> {
     /// Dimensions.
     pub shape: Shape,
     /// Payload, borrowed from the receive buffer.
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "super::serialize_bytes")]
     pub data: &'a [u8],
 }
 
@@ -97,7 +98,13 @@ impl TensorFrame<'_> {
 pub fn encode_f32(values: &[f32], encoding: crate::link::Encoding) -> (Elements, Vec<u8>) {
     use crate::link::Encoding;
     match encoding {
-        Encoding::F32 => (Elements::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Encoding::F32 => {
+            let mut bytes = vec![0u8; values.len().saturating_mul(4)];
+            for (out, v) in bytes.chunks_exact_mut(4).zip(values) {
+                out.copy_from_slice(&v.to_le_bytes());
+            }
+            (Elements::F32, bytes)
+        }
         Encoding::F16 => (Elements::F16, values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect()),
         Encoding::Int8 => {
             let (scale, zero_point) = affine_params(values);
