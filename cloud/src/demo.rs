@@ -12,7 +12,7 @@ use scission_core::profile::{Profile, TierKind};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, Plan, Problem};
 use scission_core::timing::Budget;
-use scission_engine::bench::{BenchOptions, benchmark};
+use scission_engine::bench::{BenchOptions, Ranges, benchmark};
 use scission_engine::pipeline::max_abs_diff;
 use scission_engine::tract::prelude::*;
 use scission_engine::{LoadOptions, Model, Pipeline, input::synthetic_inputs, with_threads};
@@ -155,6 +155,7 @@ fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads:
         machine: name.to_string(),
         tier,
         seed: 1,
+        ranges: Ranges::for_tier(tier),
     };
     let profile = benchmark(model, &options, &scission_cli::BenchBar::new(true))?;
     println!(

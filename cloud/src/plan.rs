@@ -110,6 +110,11 @@ pub struct PlanArgs {
     /// latencies in place of the predictions (profiles only).
     #[arg(long, value_name = "FILE.json")]
     calibration: Option<PathBuf>,
+    /// Print the verification pass for the listed plans: per machine, the `bench --add-ranges`
+    /// command that times the ranges they run (from the first block or to the last) as one
+    /// slice each, so that planning again costs what will run (profiles only).
+    #[arg(long)]
+    verify: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -153,6 +158,12 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     } else {
         print!("{}", report::table(&planning.problem, &planning.block_labels, &plans));
     }
+    if args.verify {
+        if planning.legacy_layers.is_some() {
+            bail!("--verify needs profiles (our JSON), not the original's files");
+        }
+        print!("{}", verification(args, &planning.problem, &plans));
+    }
     if let Some(path) = &args.calibration {
         if planning.legacy_layers.is_some() {
             bail!("--calibration needs profiles (our JSON), not the original's files");
@@ -164,6 +175,29 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         print!("{}", crate::calibration::table(&ranked, unmatched));
     }
     Ok(())
+}
+
+/// The commands of a verification pass: per machine with unmeasured ranges in `plans`, its
+/// tier's `bench --add-ranges` on its own profile.
+fn verification(args: &PlanArgs, problem: &Problem, plans: &[solver::Plan]) -> String {
+    use std::fmt::Write;
+    let pending = solver::unmeasured_ranges(problem, plans);
+    if pending.is_empty() {
+        return "\nverification: every range these plans run from the first block or to the last is measured\n".into();
+    }
+    let mut out = String::from("\nverification pass: time what these plans run, on each machine, then plan again:\n");
+    for (m, spans) in pending {
+        let machine = &problem.machines[m];
+        let tier = problem.tiers.get(machine.tier).map_or("cloud", String::as_str);
+        let binary = match tier {
+            "device" | "edge" => format!("scission-{tier}"),
+            _ => "scission-cloud".into(),
+        };
+        let profile = args.inputs.get(m).map_or_else(|| format!("{}.json", machine.name), |p| p.display().to_string());
+        let spans: Vec<String> = spans.iter().map(|(a, end)| format!("{a}-{}", end - 1)).collect();
+        let _ = writeln!(out, "  {}: {binary} bench MODEL --out {profile} --add-ranges {}", machine.name, spans.join(","));
+    }
+    out
 }
 
 fn objective(o: ObjectiveArg) -> Objective {

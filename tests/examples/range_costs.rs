@@ -1,31 +1,32 @@
-//! How well the cost model predicts what a plan runs (issue 12's "H1" table): for random ranges
-//! of whole blocks, the range's predicted cost against the measured median of the range built
-//! and run as one slice, on this machine, one thread.
+//! How well the cost model predicts what a plan runs (issue 12's "H1" table): a range's
+//! predicted cost against the measured median of the range built and run as one slice, on this
+//! machine, one thread.
 //!
-//! Two predictions, side by side from one profile:
-//! - `sum`: the sum of the range's block medians (what the solver charges today);
-//! - `scaled`: that sum times the profile's unsplit median over its sum of block medians (a
-//!   per-model, per-machine correction the profile already carries as `sum_over_whole`).
+//! Two profiles per model, from `bench`'s budget: blocks only, and blocks plus every range from
+//! the first block or to the last (`bench --ranges both`). Then:
+//! - random ranges of whole blocks, predicted by the sum of their block medians;
+//! - random ranges from the first block or to the last (what a device or the last tier runs),
+//!   predicted by the sum of their block medians and by the profile's measured range.
 //!
 //! ```text
 //! cargo run --release -p scission-tests --example range_costs -- mobilenet_v2 resnet50 densenet121
 //! cargo run --release -p scission-tests --example range_costs -- --warmup 2 --min-runs 5 --precision 2 resnet50
 //! ```
-//! Prints one line per model: the profile's benchmark time, the unsplit/sum ratio, then the
-//! median and p90 of |predicted / measured - 1| over the ranges, for each prediction. The
-//! benchmark's budget flags and defaults are `bench`'s; the measured ranges always use the
-//! engine's default budget.
+//! Prints one line per model: the two benchmarks' times, the unsplit/sum ratio, then the
+//! median and p90 of |predicted / measured - 1| for each prediction. The measured ranges always
+//! use the engine's default budget, in separate runs after both benchmarks.
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use scission_core::cut::Block;
+use scission_core::profile::Profile;
 use scission_core::rng::WeightRng;
 use scission_core::timing::{Budget, measure};
-use scission_engine::bench::{BenchOptions, Silent, benchmark};
+use scission_engine::bench::{BenchOptions, Ranges, Silent, benchmark};
 use scission_engine::pipeline::{advance, collect, graph_inputs};
 use scission_engine::{LoadOptions, Model, Slice, input::synthetic_inputs, with_threads};
 
-/// Random ranges measured per model.
+/// Random ranges measured per model, for each kind.
 const RANGES: usize = 24;
 
 /// Predicted range costs against measured slices.
@@ -58,46 +59,72 @@ fn main() -> Result<()> {
         max_time: embassy_time::Duration::from_millis(args.max_time_ms),
         precision_permille: (args.precision * 10.0).round().clamp(0.0, 1000.0) as u32,
     };
-    println!("{:<14} {:>8} {:>7} {:>6} {:>16} {:>16}", "model", "bench", "whole/", "ranges", "sum |err|", "scaled |err|");
-    println!("{:<14} {:>8} {:>7} {:>6} {:>16} {:>16}", "", "seconds", "sum", "", "median  p90", "median  p90");
+    println!("{:<14} {:>15} {:>7} {:>15} {:>15} {:>15}", "model", "bench seconds", "whole/", "any range", "end range", "end range");
+    println!("{:<14} {:>7} {:>7} {:>7} {:>15} {:>15} {:>15}", "", "blocks", "+ranges", "sum", "sum of blocks", "sum of blocks", "measured");
     for name in names {
         let model = Model::load_path(&scission_zoo::cached(&name, 1)?, &LoadOptions::default())?;
-        let options = BenchOptions {
+        let options = |ranges| BenchOptions {
             budget,
             max_crossing: 1,
             threads: 1,
             machine: "here".into(),
             tier: scission_core::profile::TierKind::Device,
             seed: 1,
+            ranges,
         };
-        let profile = with_threads(1, || benchmark(&model, &options, &Silent))?;
-        let scale = 1.0 / profile.sum_over_whole.max(f64::MIN_POSITIVE);
+        let plain = with_threads(1, || benchmark(&model, &options(Ranges::default()), &Silent))?;
+        let both = Ranges { prefixes: true, suffixes: true };
+        let ranged = with_threads(1, || benchmark(&model, &options(both), &Silent))?;
         let mut rng = WeightRng::new(7);
-        let (mut sum_err, mut scaled_err) = (Vec::new(), Vec::new());
-        let blocks = &profile.blocks;
+        let blocks = &plain.blocks;
+        let n = blocks.len();
+        let mut any_err = Vec::new();
         for _ in 0..RANGES {
-            let a = (rng.next_u64() % blocks.len() as u64) as usize;
-            let b = (rng.next_u64() % blocks.len() as u64) as usize;
-            let (first, last) = (a.min(b), a.max(b));
-            let block = Block { start: blocks[first].range.start, end: blocks[last].range.end };
-            let predicted: u64 = blocks[first..=last].iter().map(|b| b.time.median_ns).sum();
-            let measured = with_threads(1, || time_range(&model, block))?;
-            sum_err.push((predicted as f64 / measured as f64 - 1.0).abs());
-            scaled_err.push((predicted as f64 * scale / measured as f64 - 1.0).abs());
+            let a = (rng.next_u64() % n as u64) as usize;
+            let b = (rng.next_u64() % n as u64) as usize;
+            let (first, end) = (a.min(b), a.max(b) + 1);
+            let predicted = sum_of_blocks(&plain, first, end);
+            any_err.push(error(predicted, with_threads(1, || time_range(&model, span(&plain, first, end)))?));
         }
-        let (s50, s90) = quantiles(&mut sum_err);
-        let (c50, c90) = quantiles(&mut scaled_err);
+        let (mut sum_err, mut measured_err) = (Vec::new(), Vec::new());
+        for i in 0..RANGES {
+            let cut = 1 + (rng.next_u64() % n.saturating_sub(1).max(1) as u64) as usize;
+            let (first, end) = if i % 2 == 0 { (0, cut) } else { (cut.min(n - 1), n) };
+            let measured = with_threads(1, || time_range(&model, span(&plain, first, end)))?;
+            sum_err.push(error(sum_of_blocks(&plain, first, end), measured));
+            let range = ranged.ranges.iter().find(|r| (r.first_block, r.end_block) == (first, end)).context("the range was not timed")?;
+            measured_err.push(error(range.time.median_ns, measured));
+        }
+        let ((a50, a90), (s50, s90), (m50, m90)) = (quantiles(&mut any_err), quantiles(&mut sum_err), quantiles(&mut measured_err));
         println!(
-            "{name:<14} {:>8.2} {:>7.2} {RANGES:>6} {:>7.1}% {:>6.1}% {:>7.1}% {:>6.1}%",
-            profile.bench_seconds,
-            1.0 / profile.sum_over_whole,
+            "{name:<14} {:>7.2} {:>7.2} {:>7.2} {:>6.1}% {:>6.1}% {:>6.1}% {:>6.1}% {:>6.1}% {:>6.1}%",
+            plain.bench_seconds,
+            ranged.bench_seconds,
+            1.0 / plain.sum_over_whole,
+            a50 * 100.0,
+            a90 * 100.0,
             s50 * 100.0,
             s90 * 100.0,
-            c50 * 100.0,
-            c90 * 100.0
+            m50 * 100.0,
+            m90 * 100.0
         );
     }
     Ok(())
+}
+
+/// The sum of the block medians of blocks `[first, end)`.
+fn sum_of_blocks(profile: &Profile, first: usize, end: usize) -> u64 {
+    profile.blocks[first..end].iter().map(|b| b.time.median_ns).sum()
+}
+
+/// The node range of blocks `[first, end)`.
+fn span(profile: &Profile, first: usize, end: usize) -> Block {
+    Block { start: profile.blocks[first].range.start, end: profile.blocks[end - 1].range.end }
+}
+
+/// |predicted / measured - 1|.
+fn error(predicted: u64, measured: u64) -> f64 {
+    (predicted as f64 / measured.max(1) as f64 - 1.0).abs()
 }
 
 /// The median time of `block` built and run as one slice, on the activations the blocks before

@@ -305,9 +305,9 @@ fn a_revoked_device_is_refused_without_restarting_the_server() {
         let endpoint = quic::client(&identity).unwrap();
         loop {
             let served = match quic::connect(&endpoint, cloud.addr, "cloud").await {
-                Ok(conn) => {
-                    tokio::time::timeout(Duration::from_secs(2), quic::exchange(&conn, ping.clone(), 1 << 20)).await.is_ok_and(|r| r.is_ok())
-                }
+                Ok(conn) => tokio::time::timeout(Duration::from_secs(2), quic::exchange(&conn, ping.clone(), 1 << 20))
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
                 Err(_) => false,
             };
             if !served {

@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{quick_bench, run, stderr, write_model};
+use common::{quick_bench, quick_bench_with, run, stderr, write_model};
 use scission_core::profile::Profile;
 use scission_zoo::onnx::testmodels::TestModel;
 
@@ -18,10 +18,14 @@ const LINKS: [&str; 6] = [
 ];
 
 fn bench_all(dir: &Path, kind: TestModel) -> Vec<PathBuf> {
+    bench_all_with(dir, kind, &[])
+}
+
+fn bench_all_with(dir: &Path, kind: TestModel, extra: &[&str]) -> Vec<PathBuf> {
     let model = write_model(dir, kind, 32);
     ["scission-device", "scission-edge", "scission-cloud"]
         .iter()
-        .map(|bin| quick_bench(bin, &model, &dir.join(format!("{bin}-{}.json", kind.name())), bin))
+        .map(|bin| quick_bench_with(bin, &model, &dir.join(format!("{bin}-{}.json", kind.name())), bin, extra))
         .collect()
 }
 
@@ -38,7 +42,8 @@ fn plan(profiles: &[PathBuf], extra: &[&str]) -> std::process::Output {
 }
 
 /// Recomputes a plan's latency from the profiles and the link figures, independently of the
-/// solver: compute medians of its blocks, plus latency + bytes x 8 / bandwidth per hop.
+/// solver: per segment, the median of its range where the profile timed that range, else the
+/// medians of its blocks; plus latency + bytes x 8 / bandwidth per hop.
 fn recompute(profiles: &[Profile], plan: &serde_json::Value) -> f64 {
     let link = |from: &str, to: &str| -> (f64, f64) {
         let tier = |name: &str| profiles.iter().find(|p| p.machine.name == name).unwrap().machine.tier.as_str();
@@ -50,7 +55,9 @@ fn recompute(profiles: &[Profile], plan: &serde_json::Value) -> f64 {
     for s in plan["segments"].as_array().unwrap() {
         let p = profiles.iter().find(|p| p.machine.name == s["machine"]).unwrap();
         let (a, b) = (s["blocks"][0].as_u64().unwrap() as usize, s["blocks"][1].as_u64().unwrap() as usize);
-        total += p.blocks[a..b].iter().map(|b| b.time.median_ns as f64 * 1e-9).sum::<f64>();
+        let blocks = p.blocks[a..b].iter().map(|b| b.time.median_ns).sum::<u64>();
+        let range = p.ranges.iter().find(|r| (r.first_block, r.end_block) == (a, b));
+        total += range.map_or(blocks, |r| r.time.median_ns) as f64 * 1e-9;
     }
     let hops = plan["hops"].as_array().unwrap().iter().chain(plan["result_hop"].as_object().map(|_| &plan["result_hop"]));
     for h in hops {
@@ -58,6 +65,42 @@ fn recompute(profiles: &[Profile], plan: &serde_json::Value) -> f64 {
         total += lat + h["bytes"].as_f64().unwrap() * 8.0 / bps;
     }
     total
+}
+
+#[test]
+fn measured_ranges_replace_the_sums_of_their_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = bench_all_with(dir.path(), TestModel::Branched, &["--ranges", "auto"]);
+    let profiles: Vec<Profile> = files.iter().map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()).collect();
+    let n = profiles[0].blocks.len();
+    let spans = |p: &Profile| p.ranges.iter().map(|r| (r.first_block, r.end_block)).collect::<Vec<_>>();
+    let prefixes: Vec<(usize, usize)> = (1..=n).map(|end| (0, end)).collect();
+    let suffixes: Vec<(usize, usize)> = (0..n).map(|first| (first, n)).collect();
+    assert_eq!(spans(&profiles[0]), prefixes, "a device times its prefixes");
+    let mut both: Vec<(usize, usize)> = prefixes.iter().chain(&suffixes[1..]).copied().collect();
+    both.sort();
+    assert_eq!(spans(&profiles[1]), both, "an edge times both");
+    assert_eq!(spans(&profiles[2]), suffixes, "a cloud times its suffixes");
+    for p in &profiles {
+        let whole = p.ranges.iter().find(|r| (r.first_block, r.end_block) == (0, n)).unwrap();
+        assert_eq!(whole.time, p.whole_model, "the whole model is the unsplit run");
+        for r in &p.ranges {
+            assert_eq!((r.range.start, r.range.end), (p.blocks[r.first_block].range.start, p.blocks[r.end_block - 1].range.end));
+            assert!(r.time.median_ns > 0);
+        }
+    }
+    let out = plan(&files, &["--json", "-n", "12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blocks_only: Vec<Profile> = profiles.iter().map(|p| Profile { ranges: Vec::new(), ..p.clone() }).collect();
+    let mut differs = 0;
+    for p in v["plans"].as_array().unwrap() {
+        let latency = p["latency_ms"].as_f64().unwrap() * 1e-3;
+        let expected = recompute(&profiles, p);
+        assert!((latency - expected).abs() < 1e-6, "plan {} predicted {latency} s, recomputed {expected} s", p["rank"]);
+        differs += usize::from((recompute(&blocks_only, p) - latency).abs() > 1e-6);
+    }
+    assert!(differs > 0, "no plan's cost came from a measured range");
 }
 
 #[test]
@@ -184,4 +227,44 @@ fn four_tier_chains_and_placement() {
     let out = run("scission-cloud", &bad);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("'edge9', which is not in the chain device -> edge1 -> edge2 -> cloud"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_verification_pass_times_what_the_top_plans_run_and_planning_again_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = bench_all(dir.path(), TestModel::Branched);
+    let model = dir.path().join(format!("{}.onnx", TestModel::Branched.name()));
+    assert!(model.exists());
+    let first = plan(&files, &["-n", "4", "--verify"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = String::from_utf8_lossy(&first.stdout).into_owned();
+    let commands: Vec<&str> = text.lines().filter(|l| l.contains(" bench MODEL ")).collect();
+    assert!(!commands.is_empty(), "{text}");
+    for line in commands {
+        // "  NAME: BINARY bench MODEL --out PROFILE --add-ranges SPANS"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (binary, profile, spans) = (words[1], words[5], words[7]);
+        let out = run(binary, &["bench", model.to_str().unwrap(), "--out", profile, "--add-ranges", spans, "--min-runs", "3", "--quiet"]);
+        assert!(out.status.success(), "{line}: {}", stderr(&out));
+        let written: Profile = serde_json::from_slice(&std::fs::read(profile).unwrap()).unwrap();
+        assert_eq!(written.ranges.len(), spans.split(',').count(), "{line}");
+    }
+    let again = plan(&files, &["-n", "4", "--verify"]);
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("every range these plans run from the first block or to the last is measured"), "{text}");
+
+    // Only ranges touching an end of the model, within it, on a profile of this model.
+    let n = serde_json::from_slice::<Profile>(&std::fs::read(&files[0]).unwrap()).unwrap().blocks.len();
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    let bad_model = write_model(&dir.path().join("other"), TestModel::Chain, 32);
+    for (spans, model, expected) in [
+        (format!("1-{}", n - 2), &model, "only ranges from block 0 or to the last block"),
+        (format!("0-{n}"), &model, "expected FIRST-LAST"),
+        ("3-1".to_string(), &model, "expected FIRST-LAST"),
+        ("0-0".to_string(), &bad_model, "not of"),
+    ] {
+        let out = run("scission-device", &["bench", model.to_str().unwrap(), "--out", files[0].to_str().unwrap(), "--add-ranges", &spans]);
+        assert!(!out.status.success(), "{spans}");
+        assert!(stderr(&out).contains(expected), "{spans}: {}", stderr(&out));
+    }
 }

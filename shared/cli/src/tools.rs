@@ -2,13 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::timing::Budget;
 use scission_engine::Model;
-use scission_engine::bench::{BenchOptions, benchmark};
-use scission_engine::profile_file::write_profile;
+use scission_engine::bench::{BenchOptions, Ranges, benchmark, time_spans};
+use scission_engine::profile_file::{read_profile, write_profile};
 
 use crate::model::{ModelArgs, ZooLookup};
 use crate::progress::BenchBar;
@@ -48,9 +48,48 @@ pub struct BenchArgs {
     /// Seed of the synthetic input.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also time ranges of blocks as one slice, so the planner costs what a tier will run: a
+    /// slice fuses what its blocks did apart, and costs up to a third more or less than their
+    /// sum. `auto` times what this tier can run from an end of the model: a device its
+    /// prefixes, a cloud its suffixes, an edge both. Each range costs a run of its slice.
+    #[arg(long, value_enum, default_value_t = RangeChoice::None)]
+    pub ranges: RangeChoice,
+    /// Verification pass: time these ranges of blocks (e.g. `0-5,12-20`: blocks 0 to 5 and 12
+    /// to 20, as `plan` lists them) as one slice each and add them to the profile already in --out, keeping its
+    /// blocks. `scission-cloud plan --verify` prints which ranges its top plans need. Only
+    /// ranges from block 0 or to the last block count (the planner uses no others).
+    #[arg(long, value_name = "SPANS", value_delimiter = ',', conflicts_with = "ranges")]
+    pub add_ranges: Vec<String>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Which ranges `bench --ranges` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RangeChoice {
+    /// Blocks only.
+    None,
+    /// By tier: prefixes on a device, suffixes on a cloud, both on an edge.
+    Auto,
+    /// Every range from the first block.
+    Prefixes,
+    /// Every range to the last block.
+    Suffixes,
+    /// Both.
+    Both,
+}
+
+impl RangeChoice {
+    fn ranges(self, tier: TierKind) -> Ranges {
+        match self {
+            RangeChoice::None => Ranges::default(),
+            RangeChoice::Auto => Ranges::for_tier(tier),
+            RangeChoice::Prefixes => Ranges { prefixes: true, suffixes: false },
+            RangeChoice::Suffixes => Ranges { prefixes: false, suffixes: true },
+            RangeChoice::Both => Ranges { prefixes: true, suffixes: true },
+        }
+    }
 }
 
 impl BenchArgs {
@@ -75,6 +114,7 @@ impl BenchArgs {
             machine: self.name.clone().unwrap_or_else(scission_engine::host::hostname),
             tier,
             seed: self.seed,
+            ranges: self.ranges.ranges(tier),
         })
     }
 }
@@ -85,9 +125,57 @@ pub fn run_bench(args: &BenchArgs, tier: TierKind, zoo: Option<ZooLookup>) -> Re
     let options = args.options(tier)?;
     let model = args.model.load(zoo)?;
     let bar = BenchBar::new(!args.quiet);
+    if !args.add_ranges.is_empty() {
+        return add_ranges(args, &model, &options, &bar);
+    }
     let profile = benchmark(&model, &options, &bar)?;
     write_profile(&profile, &args.out)?;
     Ok(format!("{}\n", profile_summary(&profile, &args.out)))
+}
+
+/// `bench --add-ranges`: times the ranges and adds them to the profile in `--out`.
+fn add_ranges(args: &BenchArgs, model: &Model, options: &BenchOptions, bar: &BenchBar) -> Result<String> {
+    use std::fmt::Write;
+    let mut profile = read_profile(&args.out).with_context(|| format!("--add-ranges adds to the profile in {}", args.out.display()))?;
+    if profile.max_crossing != options.max_crossing {
+        bail!("{} was benchmarked with --max-crossing {}; give the same", args.out.display(), profile.max_crossing);
+    }
+    let n = profile.blocks.len();
+    let spans = args.add_ranges.iter().map(|text| parse_span(text, n)).collect::<Result<Vec<_>>>()?;
+    let timed = time_spans(model, options, &profile, &spans, bar)?;
+    let mut out = String::new();
+    for r in timed {
+        let blocks: u64 = profile.blocks[r.first_block..r.end_block].iter().map(|b| b.time.median_ns).sum();
+        let _ = writeln!(
+            out,
+            "blocks {}-{}: {:.3} ms as one slice, {:.3} ms as the sum of its blocks",
+            r.first_block,
+            r.end_block - 1,
+            r.time.median_ns as f64 * 1e-6,
+            blocks as f64 * 1e-6
+        );
+        profile.ranges.retain(|o| (o.first_block, o.end_block) != (r.first_block, r.end_block));
+        profile.ranges.push(r);
+    }
+    profile.ranges.sort_by_key(|r| (r.first_block, r.end_block));
+    write_profile(&profile, &args.out)?;
+    let _ = writeln!(out, "{}: {} measured range(s)", args.out.display(), profile.ranges.len());
+    Ok(out)
+}
+
+/// A range of blocks written `FIRST-LAST` (both included, as `plan` lists them), within `n`
+/// blocks and touching an end of the model: `(first, end)` with the end excluded.
+fn parse_span(text: &str, n: usize) -> Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--add-ranges '{text}': expected FIRST-LAST, block indices with FIRST <= LAST < {n}");
+    let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a > b || b >= n {
+        return Err(bad());
+    }
+    if a != 0 && b + 1 != n {
+        bail!("--add-ranges '{text}': the planner uses only ranges from block 0 or to the last block ({})", n - 1);
+    }
+    Ok((a, b + 1))
 }
 
 /// One line describing a profile.

@@ -21,6 +21,7 @@ fn instance(blocks: usize) -> Problem {
             tier: i / 3,
             block_ns: (0..blocks).map(|_| (50_000 + next(2_000_000)) * speed[i] / 10).collect(),
             queue_ns: 0,
+            ranges: Vec::new(),
         })
         .collect();
     let mut links = Vec::new();

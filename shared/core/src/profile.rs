@@ -65,6 +65,23 @@ pub struct Profile {
     pub sum_over_whole: f64,
     /// Wall time of the whole benchmark, seconds.
     pub bench_seconds: f64,
+    /// Ranges of blocks timed as one slice (`bench --ranges`): the planner uses their times in
+    /// place of the sums of their blocks. Absent from profiles written without it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<RangeProfile>,
+}
+
+/// Timing of a range of blocks run as one slice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RangeProfile {
+    /// First block (an index into [`Profile::blocks`]).
+    pub first_block: usize,
+    /// One past the last block.
+    pub end_block: usize,
+    /// Node range.
+    pub range: Block,
+    /// Timings of the slice, on the same activations as its blocks.
+    pub time: Summary,
 }
 
 /// Identity of the measured model.

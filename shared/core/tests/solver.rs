@@ -2,10 +2,13 @@
 //! same order, on random instances with random constraints.
 
 use proptest::prelude::*;
-use scission_core::solver::{self, ComputeCap, Constraints, CostOptions, Encoding, Link, Machine, Objective, Problem, SolveError, brute};
+use scission_core::solver::{
+    self, ComputeCap, Constraints, CostOptions, Encoding, Link, Machine, Objective, Problem, RangeCost, SolveError, brute,
+};
 
-/// Random instance: up to 4 tiers, up to 3 machines per tier, up to 7 blocks. Small value
-/// ranges on purpose, so that ties happen and the tie-break is exercised.
+/// Random instance: up to 4 tiers, up to 3 machines per tier, up to 7 blocks, and on some
+/// machines measured ranges from the first block or to the last (cheaper or dearer than their
+/// blocks). Small value ranges on purpose, so that ties happen and the tie-break is exercised.
 fn problem() -> impl Strategy<Value = Problem> {
     (1usize..=4, 1usize..=7).prop_flat_map(|(tiers, n)| {
         let per_tier = proptest::collection::vec(1usize..=3, tiers);
@@ -19,13 +22,22 @@ fn problem() -> impl Strategy<Value = Problem> {
             let weights = proptest::collection::vec(0u64..20, n);
             let acts = proptest::collection::vec(0u64..20, n);
             let options = (any::<bool>(), 0usize..3, 0u64..3);
-            (Just(tiers), Just(per_tier), (times, queues), links, bytes, 0u64..60, weights, acts, options).prop_map(
-                |(tiers, per_tier, (times, queues), links, bytes, input, weights, acts, (ret, enc, overhead))| {
+            // (from the first block?, blocks in the range, its time) per machine.
+            let measured = proptest::collection::vec(proptest::collection::vec((any::<bool>(), 1..=n, 0u64..20), 0..4), count);
+            (Just(tiers), Just(per_tier), (times, queues, measured), links, bytes, 0u64..60, weights, acts, options).prop_map(
+                move |(tiers, per_tier, (times, queues, measured), links, bytes, input, weights, acts, (ret, enc, overhead))| {
                     let mut machines = Vec::new();
                     for (tier, &count) in per_tier.iter().enumerate() {
                         for i in 0..count {
                             let (block_ns, queue_ns) = (times[machines.len()].clone(), queues[machines.len()]);
-                            machines.push(Machine { name: format!("t{tier}m{i}"), tier, block_ns, queue_ns });
+                            let mut ranges: Vec<RangeCost> = Vec::new();
+                            for &(from_start, len, ns) in &measured[machines.len()] {
+                                let (start, end) = if from_start { (0, len) } else { (n - len, n) };
+                                if !ranges.iter().any(|r| (r.start, r.end) == (start, end)) {
+                                    ranges.push(RangeCost { start, end, ns });
+                                }
+                            }
+                            machines.push(Machine { name: format!("t{tier}m{i}"), tier, block_ns, queue_ns, ranges });
                         }
                     }
                     let m = machines.len();
@@ -144,7 +156,7 @@ fn random_instances_exercise_both_feasible_and_infeasible_cases() {
 /// queue drains, the cloud wins again. The queue is charged once, in the plan's breakdown too.
 #[test]
 fn a_queue_on_the_cloud_moves_the_plan_to_the_edge() {
-    let machine = |name: &str, tier, per_block, queue_ns| Machine { name: name.into(), tier, block_ns: vec![per_block; 4], queue_ns };
+    let machine = |name: &str, tier, per_block, queue_ns| Machine { queue_ns, ..Machine::new(name, tier, vec![per_block; 4]) };
     let fast = Link { latency_ns: 0, bits_per_sec: 8_000_000_000 };
     let problem = |cloud_queue| Problem {
         tiers: vec!["device".into(), "edge".into(), "cloud".into()],
@@ -168,4 +180,37 @@ fn a_queue_on_the_cloud_moves_the_plan_to_the_edge() {
         .find(|p| p.segments.iter().any(|s| s.tier == 2))
         .unwrap();
     assert_eq!(through_cloud.cost.queue_ns, 5_000, "charged once: {through_cloud:?}");
+}
+
+/// A measured range replaces the sum of its blocks; ranges the planner cannot use exactly (inside
+/// the model, outside it, twice) are refused by name.
+#[test]
+fn measured_ranges_cost_what_was_measured_and_bad_ones_are_refused() {
+    let fast = Link { latency_ns: 0, bits_per_sec: 8_000_000_000 };
+    let problem = |ranges: Vec<RangeCost>| Problem {
+        tiers: vec!["device".into(), "cloud".into()],
+        machines: vec![Machine { ranges, ..Machine::new("device", 0, vec![100; 4]) }, Machine::new("cloud", 1, vec![50; 4])],
+        boundary_bytes: vec![8; 5],
+        input_bytes: 8,
+        block_weight_bytes: vec![0; 4],
+        block_activation_bytes: vec![0; 4],
+        links: vec![(0, 1, fast), (1, 0, fast)],
+        options: CostOptions::default(),
+    };
+    // By blocks, the cloud (200 ns plus 2 x 72 ns of hops) beats the device (400 ns); measured, the whole
+    // model on the device takes 300 ns and wins.
+    let best = |p: &Problem| solver::solve(p, &Constraints::default(), Objective::Latency, 1).unwrap().remove(0);
+    let by_blocks = best(&problem(vec![]));
+    assert_eq!(by_blocks.segments.last().map(|s| s.tier), Some(1), "{by_blocks:?}");
+    let measured = best(&problem(vec![RangeCost { start: 0, end: 4, ns: 300 }]));
+    assert_eq!((measured.segments.len(), measured.cost.device_ns, measured.cost.latency_ns), (1, 300, 300));
+    for (ranges, says) in [
+        (vec![RangeCost { start: 1, end: 3, ns: 5 }], "neither starts at the first block nor ends at the last"),
+        (vec![RangeCost { start: 0, end: 5, ns: 5 }], "not within the 4 blocks"),
+        (vec![RangeCost { start: 2, end: 2, ns: 5 }], "not within the 4 blocks"),
+        (vec![RangeCost { start: 0, end: 2, ns: 5 }, RangeCost { start: 0, end: 2, ns: 6 }], "measured twice"),
+    ] {
+        let error = solver::solve(&problem(ranges.clone()), &Constraints::default(), Objective::Latency, 1).unwrap_err().to_string();
+        assert!(error.contains(says), "{ranges:?}: {error}");
+    }
 }

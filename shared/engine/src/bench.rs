@@ -9,7 +9,7 @@ use crate::host::machine_facts;
 use crate::pipeline::{advance, collect, graph_inputs};
 use crate::{Model, Slice, input::synthetic_inputs, with_threads};
 use scission_core::cut::{self, Block};
-use scission_core::profile::{BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, TierKind};
+use scission_core::profile::{BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, RangeProfile, TierKind};
 use scission_core::stats::Summary;
 use scission_core::timing::{Budget, measure};
 
@@ -28,6 +28,34 @@ pub struct BenchOptions {
     pub tier: TierKind,
     /// Seed of the synthetic input.
     pub seed: u64,
+    /// Which ranges of blocks to time as one slice, besides the blocks.
+    pub ranges: Ranges,
+}
+
+/// Ranges of blocks a benchmark also times as one slice. A device always runs a prefix of the
+/// model and the last tier a suffix, and a slice fuses what its blocks did apart, so these
+/// make the planner's costs the costs of what the tiers will run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ranges {
+    /// Every `[0, q)`.
+    pub prefixes: bool,
+    /// Every `[p, end)`.
+    pub suffixes: bool,
+}
+
+impl Ranges {
+    /// The ranges `tier` can run from an end of the model: a device its prefixes, a cloud its
+    /// suffixes, an edge both.
+    pub fn for_tier(tier: TierKind) -> Self {
+        Self { prefixes: tier != TierKind::Cloud, suffixes: tier != TierKind::Device }
+    }
+
+    /// How many ranges of a model of `blocks` blocks this times (the whole model counted once,
+    /// and taken from its own timing).
+    pub fn count(self, blocks: usize) -> usize {
+        let partial = blocks.saturating_sub(1);
+        partial * usize::from(self.prefixes) + partial * usize::from(self.suffixes) + usize::from(self.prefixes || self.suffixes)
+    }
 }
 
 /// Where a benchmark reports its progress: one step for the unsplit model, then one per block.
@@ -53,14 +81,23 @@ pub fn benchmark(model: &Model, options: &BenchOptions, bar: &dyn Progress) -> R
     let started = Instant::now();
     let points = model.cuts.cut_points(options.max_crossing);
     let blocks = cut::blocks(&points);
-    bar.start(blocks.len() as u64 + 1);
-    let (whole_model, block_profiles) = with_threads(options.threads, || -> Result<_> {
+    bar.start((blocks.len() + 1 + options.ranges.count(blocks.len()).saturating_sub(1)) as u64);
+    let (whole_model, block_profiles, ranges) = with_threads(options.threads, || -> Result<_> {
         let inputs = synthetic_inputs(model, options.seed)?;
         bar.begin("unsplit model");
         let whole_model = time_whole(model, options.budget, &inputs)?;
         bar.advance();
-        let blocks = time_blocks(model, options.budget, &blocks, inputs, bar)?;
-        Ok((whole_model, blocks))
+        let mut ranges = time_ranges(model, options, &blocks, &inputs, bar)?;
+        let timed = time_blocks(model, options, &blocks, inputs, bar)?;
+        ranges.extend(timed.suffixes);
+        if let (Some(first), Some(last)) = (blocks.first(), blocks.last())
+            && (options.ranges.prefixes || options.ranges.suffixes)
+        {
+            let range = Block { start: first.start, end: last.end };
+            ranges.push(RangeProfile { first_block: 0, end_block: blocks.len(), range, time: whole_model });
+        }
+        ranges.sort_by_key(|r| (r.first_block, r.end_block));
+        Ok((whole_model, timed.blocks, ranges))
     })?;
     bar.finish();
     let sum_of_blocks_ns: u64 = block_profiles.iter().map(|b| b.time.median_ns).sum();
@@ -81,6 +118,7 @@ pub fn benchmark(model: &Model, options: &BenchOptions, bar: &dyn Progress) -> R
         whole_model,
         sum_of_blocks_ns,
         bench_seconds: started.elapsed().as_micros() as f64 * 1e-6,
+        ranges,
     })
 }
 
@@ -90,25 +128,125 @@ fn time_whole(model: &Model, budget: Budget, inputs: &TVec<TValue>) -> Result<Su
     Summary::of(&samples).context("the budget allowed no timed run")
 }
 
-fn time_blocks(model: &Model, budget: Budget, blocks: &[Block], inputs: TVec<TValue>, bar: &dyn Progress) -> Result<Vec<BlockProfile>> {
+/// What [`time_blocks`] measured: each block, and the suffixes asked for.
+struct Timed {
+    blocks: Vec<BlockProfile>,
+    suffixes: Vec<RangeProfile>,
+}
+
+/// Times each block on the activations the blocks before it produced, and, when asked, each
+/// suffix `[i, end)` (`i > 0`) on the same activations.
+fn time_blocks(model: &Model, options: &BenchOptions, blocks: &[Block], inputs: TVec<TValue>, bar: &dyn Progress) -> Result<Timed> {
     let mut live = graph_inputs(model, inputs)?;
-    let mut profiles = Vec::with_capacity(blocks.len());
-    for &block in blocks {
+    let mut timed = Timed { blocks: Vec::with_capacity(blocks.len()), suffixes: Vec::new() };
+    let end = blocks.last().map_or(0, |b| b.end);
+    for (i, &block) in blocks.iter().enumerate() {
+        if options.ranges.suffixes && i > 0 {
+            let range = Block { start: block.start, end };
+            bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
+            let time = time_slice(model, options.budget, range, &live)?.1;
+            timed.suffixes.push(RangeProfile { first_block: i, end_block: blocks.len(), range, time });
+            bar.advance();
+        }
         bar.begin(&format!("[{}, {})", block.start, block.end));
-        let slice = Slice::build(model, block)?;
-        let inputs = collect(&live, &slice.io.inputs, "block input", model)?;
-        let mut state = slice.spawn()?;
-        let mut outputs = TVec::new();
-        let samples = measure(budget, || {
-            outputs = state.run(inputs.clone())?;
-            Ok::<_, crate::error::EngineError>(())
-        })
-        .with_context(|| format!("running block [{}, {})", block.start, block.end))?;
+        let (slice, time, outputs) = time_block(model, options.budget, block, &live)?;
         live = advance(model, &slice, live, outputs);
-        profiles.push(block_profile(model, block, Summary::of(&samples).context("the budget allowed no timed run")?));
+        timed.blocks.push(block_profile(model, block, time));
         bar.advance();
     }
-    Ok(profiles)
+    Ok(timed)
+}
+
+/// Times each prefix `[0, q)` short of the whole model, when asked, on the model's inputs.
+fn time_ranges(
+    model: &Model,
+    options: &BenchOptions,
+    blocks: &[Block],
+    inputs: &TVec<TValue>,
+    bar: &dyn Progress,
+) -> Result<Vec<RangeProfile>> {
+    if !options.ranges.prefixes {
+        return Ok(Vec::new());
+    }
+    let live = graph_inputs(model, inputs.clone())?;
+    let mut out = Vec::new();
+    for (i, block) in blocks.iter().enumerate().take(blocks.len().saturating_sub(1)) {
+        let range = Block { start: blocks[0].start, end: block.end };
+        bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
+        let time = time_slice(model, options.budget, range, &live)?.1;
+        out.push(RangeProfile { first_block: 0, end_block: i + 1, range, time });
+        bar.advance();
+    }
+    Ok(out)
+}
+
+/// Times each range of blocks in `spans` (`(first block, end block)` indices into the profile's
+/// blocks) as one slice, on the activations the blocks before it produce from the benchmark's
+/// input: a verification pass that adds to an existing profile what its plans will run.
+pub fn time_spans(
+    model: &Model,
+    options: &BenchOptions,
+    profile: &Profile,
+    spans: &[(usize, usize)],
+    bar: &dyn Progress,
+) -> Result<Vec<RangeProfile>> {
+    let blocks = &profile.blocks;
+    if profile.model.sha256 != model.sha256 {
+        scission_core::bail!("the profile is of model {}, not of {} ({})", profile.model.name, model.name, model.sha256);
+    }
+    bar.start(spans.len() as u64);
+    let ranges = with_threads(options.threads, || -> Result<Vec<RangeProfile>> {
+        let inputs = graph_inputs(model, synthetic_inputs(model, options.seed)?)?;
+        let mut out = Vec::with_capacity(spans.len());
+        for &(first, end) in spans {
+            let (Some(a), Some(b)) = (blocks.get(first), end.checked_sub(1).and_then(|e| blocks.get(e))) else {
+                scission_core::bail!("blocks {first}-{end} are not within the profile's {} blocks", blocks.len());
+            };
+            if first >= end {
+                scission_core::bail!("blocks {first}-{end} hold no block");
+            }
+            let range = Block { start: a.range.start, end: b.range.end };
+            bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
+            let live = activations_at(model, range.start, &inputs)?;
+            let time = time_slice(model, options.budget, range, &live)?.1;
+            out.push(RangeProfile { first_block: first, end_block: end, range, time });
+            bar.advance();
+        }
+        Ok(out)
+    })?;
+    bar.finish();
+    Ok(ranges)
+}
+
+/// The activations crossing node boundary `at`, from the model's inputs.
+fn activations_at(model: &Model, at: usize, inputs: &crate::pipeline::Activations) -> Result<crate::pipeline::Activations> {
+    if at == 0 {
+        return Ok(inputs.clone());
+    }
+    let before = Slice::build(model, Block { start: 0, end: at })?;
+    let outputs = before.run(collect(inputs, &before.io.inputs, "model input", model)?)?;
+    Ok(advance(model, &before, inputs.clone(), outputs))
+}
+
+fn time_slice(model: &Model, budget: Budget, range: Block, live: &crate::pipeline::Activations) -> Result<(Slice, Summary)> {
+    let (slice, time, _) = time_block(model, budget, range, live)?;
+    Ok((slice, time))
+}
+
+/// Builds the slice of `block`, times it on the activations in `live`, and returns it with
+/// its timing and its outputs.
+fn time_block(model: &Model, budget: Budget, block: Block, live: &crate::pipeline::Activations) -> Result<(Slice, Summary, TVec<TValue>)> {
+    let slice = Slice::build(model, block)?;
+    let inputs = collect(live, &slice.io.inputs, "block input", model)?;
+    let mut state = slice.spawn()?;
+    let mut outputs = TVec::new();
+    let samples = measure(budget, || {
+        outputs = state.run(inputs.clone())?;
+        Ok::<_, crate::error::EngineError>(())
+    })
+    .with_context(|| format!("running [{}, {})", block.start, block.end))?;
+    let time = Summary::of(&samples).context("the budget allowed no timed run")?;
+    Ok((slice, time, outputs))
 }
 
 fn block_profile(model: &Model, block: Block, time: Summary) -> BlockProfile {

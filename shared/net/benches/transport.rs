@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use scission_core::solver::Encoding;
@@ -39,8 +38,8 @@ fn quic_pair(rt: &tokio::runtime::Runtime, datagrams: quic::Datagrams) -> (quinn
     let server_id = pki::Identity::load(dir.path(), "a").expect("identity");
     let client_id = pki::Identity::load(dir.path(), "b").expect("identity");
     rt.block_on(async {
-        let server = quic::server_with(&server_id, "127.0.0.1:0".parse().expect("addr"), None, quic::MAX_STREAMS, datagrams)
-            .expect("server");
+        let server =
+            quic::server_with(&server_id, "127.0.0.1:0".parse().expect("addr"), None, quic::MAX_STREAMS, datagrams).expect("server");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Some(incoming) = server.accept().await {

@@ -67,10 +67,10 @@ fn transport_with(streams: u32, datagrams: Datagrams) -> Arc<quinn::TransportCon
 /// are small.
 fn server_endpoint_config(datagrams: Datagrams) -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
-    if datagrams == Datagrams::PathMtu {
-        if let Err(e) = config.max_udp_payload_size(MAX_UDP_PAYLOAD) {
-            tracing::debug!("UDP payload size not raised: {e}");
-        }
+    if datagrams == Datagrams::PathMtu
+        && let Err(e) = config.max_udp_payload_size(MAX_UDP_PAYLOAD)
+    {
+        tracing::debug!("UDP payload size not raised: {e}");
     }
     config
 }

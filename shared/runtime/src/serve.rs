@@ -103,7 +103,8 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
         server = server.with_planner(planner);
     }
     crate::async_runtime()?.block_on(async move {
-        let endpoint = quic::server_with(&identity, config.listen, Some(deny), config.limits.streams_per_connection, quic::Datagrams::default())?;
+        let endpoint =
+            quic::server_with(&identity, config.listen, Some(deny), config.limits.streams_per_connection, quic::Datagrams::default())?;
         let client = quic::client(&identity)?;
         let planner = config.planner.clone().or_else(|| config.upstream.clone());
         if let (Some(planner), Some(p)) = (planner, &config.profile) {

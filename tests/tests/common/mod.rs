@@ -40,8 +40,25 @@ pub fn stderr(out: &Output) -> String {
 /// Runs a quick `bench` (3 timed runs per block) of `model` with `bin`, naming the machine
 /// `name`, and returns the profile's path `out`.
 pub fn quick_bench(bin: &str, model: &Path, out: &Path, name: &str) -> PathBuf {
-    let args =
-        ["bench", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--name", name, "--min-runs", "3", "--max-runs", "3", "--quiet"];
+    quick_bench_with(bin, model, out, name, &[])
+}
+
+/// [`quick_bench`] with more arguments.
+pub fn quick_bench_with(bin: &str, model: &Path, out: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let mut args = vec![
+        "bench",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--name",
+        name,
+        "--min-runs",
+        "3",
+        "--max-runs",
+        "3",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
     let result = run(bin, &args);
     assert!(result.status.success(), "{bin} bench failed: {}", stderr(&result));
     out.to_path_buf()

@@ -277,7 +277,7 @@ pub fn build(
         }
         let tier = TIERS.iter().position(|(t, _)| *t == m.tier).unwrap_or(0);
         let block_ns = blocks.iter().map(|b| round(b.seconds * 1e9)).collect();
-        solver_machines.push(Machine { name: m.name.clone(), tier, block_ns, queue_ns: 0 });
+        solver_machines.push(Machine::new(m.name.clone(), tier, block_ns));
     }
     let n = reference.len();
     let boundary_bytes = core::iter::once(input_bytes).chain(reference.iter().map(|b| b.output_size)).collect();

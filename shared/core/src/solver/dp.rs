@@ -11,6 +11,11 @@
 //! whole solve is O(pairs of machines × blocks × K). Prefixes already worse than the K-th
 //! complete plan found so far are dropped (costs only grow along a plan).
 //!
+//! A machine's measured ranges (see [`RangeCost`](super::problem::RangeCost)) start at block 0
+//! or end at the last block, so each costs a function of `q` alone or of `p` alone: ranges from
+//! `p = 0` are kept out of the window and added at each `q` with their own cost, and the plans
+//! ending at `q = n` are collected over every `p` with theirs. The program stays exact.
+//!
 //! Entries carry integer keys and back-pointers; ties on the key are broken by the plan's
 //! segment sequence, recovered through the back-pointers, exactly as the brute-force ranking
 //! does.
@@ -47,6 +52,11 @@ pub(crate) struct Dp<'a> {
     prefix: Vec<Vec<u64>>,
     /// Per machine: lowest valid start of a range ending at q (n + 1); > q - 1 when none.
     lo: Vec<Vec<usize>>,
+    /// Per machine with a measured range from block 0: the cost of `[0, q)` for each `q`
+    /// (`None`: not allowed there).
+    head: Vec<Option<Vec<Option<u64>>>>,
+    /// Per machine with a measured range to the last block: the cost of `[p, n)` for each `p`.
+    tail: Vec<Option<Vec<Option<u64>>>>,
     lists: Lists,
     /// `links[a * machines + b]`.
     links: Vec<Option<super::problem::Link>>,
@@ -100,6 +110,27 @@ fn lowest_starts(problem: &Problem, c: &Compiled, m: usize, prefix: &[u64]) -> V
     lo
 }
 
+/// The cost of every range of machine `m` that starts at block 0 (`from_start`, indexed by its
+/// end) or ends at the last block (indexed by its start), where the constraints allow it.
+fn end_ranges(problem: &Problem, c: &Compiled, m: usize, from_start: bool) -> Vec<Option<u64>> {
+    let (n, machine) = (problem.blocks(), &problem.machines[m]);
+    let cap = c.compute_cap[m].min(c.stage_cap);
+    let (weights, acts) = (&problem.block_weight_bytes, &problem.block_activation_bytes);
+    let mut out = vec![None; n + 1];
+    let (mut weight, mut activation, mut bad) = (0u64, 0u64, false);
+    let order: Vec<usize> = if from_start { (0..n).collect() } else { (0..n).rev().collect() };
+    for b in order {
+        weight += weights[b];
+        activation = activation.max(acts[b]);
+        bad |= c.bad[machine.tier][b];
+        let (start, end) = if from_start { (0, b + 1) } else { (b, n) };
+        let ns = machine.segment_ns(start, end);
+        let fits = !bad && ns <= cap && weight + activation <= c.memory_cap[machine.tier];
+        out[if from_start { end } else { start }] = fits.then_some(ns);
+    }
+    out
+}
+
 impl<'a> Dp<'a> {
     pub fn new(problem: &'a Problem, c: &'a Compiled, objective: Objective, k: usize) -> Self {
         let n = problem.blocks();
@@ -116,10 +147,17 @@ impl<'a> Dp<'a> {
             })
             .collect();
         let lo = (0..problem.machines.len()).map(|m| lowest_starts(problem, c, m, &prefix[m])).collect();
+        let measured = |m: usize, from_start: bool| {
+            let ranges = &problem.machines[m].ranges;
+            let any = ranges.iter().any(|r| if from_start { r.start == 0 } else { r.end == n });
+            any.then(|| end_ranges(problem, c, m, from_start))
+        };
+        let head = (0..problem.machines.len()).map(|m| measured(m, true)).collect();
+        let tail = (0..problem.machines.len()).map(|m| measured(m, false)).collect();
         let count = problem.machines.len();
         let lists = Lists::new(count * (n + 1), k);
         let links = (0..count * count).map(|i| problem.link(i / count, i % count)).collect();
-        Self { problem, c, objective, k, n, prefix, lo, lists, links, bound: (i64::MAX, i64::MAX) }
+        Self { problem, c, objective, k, n, prefix, lo, head, tail, lists, links, bound: (i64::MAX, i64::MAX) }
     }
 
     /// Drops, from now on, every prefix whose key is above `key` (the K-th best complete plan
@@ -196,10 +234,15 @@ impl<'a> Dp<'a> {
             if device_end.is_some_and(|e| e != p1) || (p1 == 0 && must_use) || (p1 > 0 && must_not) {
                 continue;
             }
-            if p1 > 0 && self.lo[m0][p1] != 0 {
-                continue;
-            }
-            let compute = self.prefix[m0][p1] as i64;
+            let compute = match (&self.head[m0], p1) {
+                (_, 0) => 0,
+                (Some(head), _) => match head[p1] {
+                    Some(ns) => ns as i64,
+                    None => continue,
+                },
+                (None, _) if self.lo[m0][p1] != 0 => continue,
+                (None, _) => self.prefix[m0][p1] as i64,
+            };
             let primary = if self.objective == Objective::DeviceTime { compute } else { 0 };
             let entry = Entry { primary, latency: compute, from: ORIGIN, rank: 0 };
             if self.within_bound(&entry) {
@@ -245,10 +288,14 @@ impl<'a> Dp<'a> {
 
     /// Sweeps `q` for every transition into machine `m2` from the machines in `sources`: the
     /// candidates of boundary `p` from all sources enter one window, and each `q` reads the
-    /// window's K best (offset by the `q` terms) into `out[q]`.
+    /// window's K best (offset by the `q` terms) into `out[q]`. Measured ranges from block 0 and
+    /// to the last block take their own path (see the module's documentation).
     fn sweep(&self, m2: usize, sources: &[usize], out: &mut Lists, scratch: &mut Scratch) {
-        let Scratch { window, at_p, shifted, merged } = scratch;
+        let Scratch { window, at_p, shifted, merged, at_zero, tail, joined } = scratch;
         window.clear();
+        at_zero.clear();
+        tail.clear();
+        let (head_costs, tail_costs) = (self.head[m2].as_deref(), self.tail[m2].as_deref());
         let s2 = &self.prefix[m2];
         for q in 1..=self.n {
             let p = q - 1;
@@ -261,18 +308,41 @@ impl<'a> Dp<'a> {
                 }
             }
             if !at_p.is_empty() {
-                window.push(self, p, at_p);
+                if let Some(ns) = tail_costs.and_then(|t| t[p]) {
+                    self.offset_into(shifted, at_p, s2[p] as i64 + ns as i64);
+                    self.merge_into(merged, tail, shifted);
+                    core::mem::swap(tail, merged);
+                }
+                if p == 0 && head_costs.is_some() {
+                    at_zero.clone_from(at_p);
+                } else {
+                    window.push(self, p, at_p);
+                }
+            }
+            if q == self.n && tail_costs.is_some() {
+                out.set(q, tail);
+                continue;
             }
             window.pop_below(self, self.lo[m2][q]);
             let (front, back) = window.parts();
             let add = s2[q] as i64;
-            shifted.clear();
-            shifted.extend(front.iter().map(|e| Entry { latency: e.latency + add, ..*e }).take_while(|e| self.within_bound(e)));
-            let split = shifted.len();
-            shifted.extend(back.iter().map(|e| Entry { latency: e.latency + add, ..*e }).take_while(|e| self.within_bound(e)));
-            self.merge_into(merged, &shifted[..split], &shifted[split..]);
+            self.offset_into(shifted, front, add);
+            self.offset_into(joined, back, add);
+            self.merge_into(merged, shifted, joined);
+            if let Some(ns) = head_costs.and_then(|h| h[q]) {
+                self.offset_into(shifted, at_zero, ns as i64);
+                self.merge_into(joined, merged, shifted);
+                core::mem::swap(joined, merged);
+            }
             out.set(q, merged);
         }
+    }
+
+    /// `entries` (sorted) with `add` on their latency, into `out` (cleared first), up to the
+    /// first that leaves the bound.
+    fn offset_into(&self, out: &mut Vec<Entry>, entries: &[Entry], add: i64) {
+        out.clear();
+        out.extend(entries.iter().map(|e| Entry { latency: e.latency + add, ..*e }).take_while(|e| self.within_bound(e)));
     }
 
     /// Fills every state, tier by tier.
@@ -407,6 +477,11 @@ struct Scratch {
     at_p: Vec<Entry>,
     shifted: Vec<Entry>,
     merged: Vec<Entry>,
+    /// Candidates from `p = 0`, when the target has measured ranges from block 0.
+    at_zero: Vec<Entry>,
+    /// K best plans ending at `q = n`, when the target has measured ranges to the last block.
+    tail: Vec<Entry>,
+    joined: Vec<Entry>,
 }
 
 /// A FIFO of per-boundary entry lists that answers "K best in the queue" in O(K) amortised:

@@ -12,6 +12,11 @@
 //! hop that brings the result back to the device, plus the expected queueing delay each machine
 //! after the device reported (`Machine::queue_ns`, charged once per machine a plan hands work
 //! to). Everything is integer nanoseconds and bytes.
+//!
+//! A segment's compute time is the sum of its blocks' times, unless its machine measured that
+//! range as one slice ([`RangeCost`]): ranges from the first block (a device's) or to the last
+//! (the last tier's) can be, and then their measured time counts. The ranking is exact for this
+//! model; a middle tier's range that starts and ends inside the model is always a sum.
 
 pub mod brute;
 pub mod constraints;
@@ -28,7 +33,9 @@ use alloc::vec::Vec;
 
 pub use constraints::{ComputeCap, Constraints};
 pub use plan::{Breakdown, Objective, Plan, Segment};
-pub use problem::{CostOptions, Encoding, Link, MAX_BYTES, MAX_LATENCY_NS, MAX_SPAN_NS, MAX_TIERS, Machine, Problem, ProblemError};
+pub use problem::{
+    CostOptions, Encoding, Link, MAX_BYTES, MAX_LATENCY_NS, MAX_SPAN_NS, MAX_TIERS, Machine, Problem, ProblemError, RangeCost,
+};
 
 use constraints::Compiled;
 use dp::Dp;
@@ -53,6 +60,31 @@ fn explain(culprits: &[String]) -> String {
         [] => String::from(" (no single group of constraints is to blame; several conflict together)"),
         _ => format!("; relaxing any one of these would allow a plan: {}", culprits.join(", ")),
     }
+}
+
+/// The ranges `plans` run that their machines could measure (from the first block or to the
+/// last) but have not: per machine index, sorted, each `(first block, end block)` once. Timing
+/// them (a verification pass) makes those plans' costs the costs of what will run.
+pub fn unmeasured_ranges(problem: &Problem, plans: &[Plan]) -> Vec<(usize, Vec<(usize, usize)>)> {
+    let n = problem.blocks();
+    let mut out: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+    for s in plans.iter().flat_map(|p| &p.segments) {
+        let Some(machine) = problem.machines.get(s.machine) else { continue };
+        let measurable = s.start < s.end && (s.start == 0 || s.end == n);
+        if !measurable || machine.ranges.iter().any(|r| (r.start, r.end) == (s.start, s.end)) {
+            continue;
+        }
+        match out.iter_mut().find(|(m, _)| *m == s.machine) {
+            Some((_, spans)) => spans.push((s.start, s.end)),
+            None => out.push((s.machine, vec![(s.start, s.end)])),
+        }
+    }
+    for (_, spans) in &mut out {
+        spans.sort_unstable();
+        spans.dedup();
+    }
+    out.sort_unstable_by_key(|(m, _)| *m);
+    out
 }
 
 /// The `k` best plans under `constraints`, ranked by `objective` (ties: latency, then

@@ -116,7 +116,7 @@ pub fn compare_plans(objective: Objective, a: &Plan, b: &Plan) -> Ordering {
 
 /// Costs `segments` under the problem's cost model. `None` when a needed link is missing.
 pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
-    let compute_ns: Vec<u64> = segments.iter().map(|s| problem.machines[s.machine].block_ns[s.start..s.end].iter().sum()).collect();
+    let compute_ns: Vec<u64> = segments.iter().map(|s| problem.machines[s.machine].segment_ns(s.start, s.end)).collect();
     let mut hops = Vec::with_capacity(segments.len());
     for pair in segments.windows(2) {
         let bytes = problem.handover_bytes(pair[1].start);

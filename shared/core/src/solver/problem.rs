@@ -48,6 +48,39 @@ pub struct Machine {
     /// it), charged once to every plan that hands work to it. The device's own is never charged.
     #[serde(default)]
     pub queue_ns: u64,
+    /// Ranges of blocks measured as one slice on this machine, whose cost then replaces the
+    /// sum of their blocks. Only ranges that start at the first block or end at the last count
+    /// (the device always runs a prefix, the last tier a suffix); see [`RangeCost`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<RangeCost>,
+}
+
+/// The measured compute time of blocks `[start, end)` run as one slice. A slice fuses what its
+/// blocks did apart, so it may cost more or less than the sum of its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeCost {
+    /// First block.
+    pub start: usize,
+    /// One past the last block.
+    pub end: usize,
+    /// Nanoseconds.
+    pub ns: u64,
+}
+
+impl Machine {
+    /// A machine that knows only its block times.
+    pub fn new(name: impl Into<String>, tier: usize, block_ns: Vec<u64>) -> Self {
+        Self { name: name.into(), tier, block_ns, queue_ns: 0, ranges: Vec::new() }
+    }
+
+    /// Compute time of blocks `[start, end)`: the measured range if there is one, else the sum
+    /// of the blocks.
+    pub fn segment_ns(&self, start: usize, end: usize) -> u64 {
+        match self.ranges.iter().find(|r| r.start == start && r.end == end) {
+            Some(r) => r.ns,
+            None => self.block_ns.get(start..end).map_or(0, |b| b.iter().sum()),
+        }
+    }
 }
 
 /// One planning instance.
@@ -181,6 +214,7 @@ impl Problem {
             if self.machines[..i].iter().any(|o| o.name == m.name) {
                 return Err(ProblemError::DuplicateMachine(m.name.clone()));
             }
+            validate_ranges(m, n)?;
         }
         if self.block_weight_bytes.len() != n || self.block_activation_bytes.len() != n {
             return Err(ProblemError::Empty("per-block memory figures do not match the block count"));
@@ -216,7 +250,8 @@ impl Problem {
             return out(alloc::format!("{bytes} bytes is more than the {MAX_BYTES} a model's figures may reach"));
         }
         for m in &self.machines {
-            let total = m.block_ns.iter().fold(m.queue_ns, |sum, &ns| sum.saturating_add(ns));
+            let measured = m.ranges.iter().map(|r| r.ns).max().unwrap_or(0);
+            let total = m.block_ns.iter().fold(m.queue_ns, |sum, &ns| sum.saturating_add(ns)).max(m.queue_ns.saturating_add(measured));
             if total > MAX_SPAN_NS {
                 return out(alloc::format!(
                     "machine '{}' takes {total} ns for the model (queue included), more than {MAX_SPAN_NS}",
@@ -240,4 +275,30 @@ impl Problem {
         }
         Ok(())
     }
+}
+
+/// A machine's measured ranges: each within the model, starting at block 0 or ending at the last
+/// block, and each range given once.
+fn validate_ranges(m: &Machine, n: usize) -> Result<(), ProblemError> {
+    for (i, r) in m.ranges.iter().enumerate() {
+        let name = &m.name;
+        if r.start >= r.end || r.end > n {
+            return Err(ProblemError::OutOfRange(alloc::format!(
+                "machine '{name}': measured range [{}, {}) is not within the {n} blocks",
+                r.start,
+                r.end
+            )));
+        }
+        if r.start != 0 && r.end != n {
+            return Err(ProblemError::OutOfRange(alloc::format!(
+                "machine '{name}': measured range [{}, {}) neither starts at the first block nor ends at the last; the planner uses only those",
+                r.start,
+                r.end
+            )));
+        }
+        if m.ranges[..i].iter().any(|o| (o.start, o.end) == (r.start, r.end)) {
+            return Err(ProblemError::OutOfRange(alloc::format!("machine '{name}': range [{}, {}) is measured twice", r.start, r.end)));
+        }
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use super::problem::{CostOptions, Link, Machine, Problem, ProblemError};
+use super::problem::{CostOptions, Link, Machine, Problem, ProblemError, RangeCost};
 use crate::profile::{Profile, TierKind};
 
 /// The default chain: device -> edge -> cloud.
@@ -77,6 +77,7 @@ pub fn problem_from_profiles(
                 tier: topology.tier_of(p)?,
                 block_ns: p.blocks.iter().map(|b| b.time.median_ns).collect(),
                 queue_ns: 0,
+                ranges: p.ranges.iter().map(|r| RangeCost { start: r.first_block, end: r.end_block, ns: r.time.median_ns }).collect(),
             })
         })
         .collect::<Result<Vec<_>, ProblemError>>()?;
