@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 /// Where the v1 `cpu` controller is mounted.
 const CPU_ROOT: &str = "/sys/fs/cgroup/cpu";
 /// The quota's period.
-const PERIOD_US: u32 = 100_000;
+const PERIOD_US: u32 = 10_000;
 
 /// A cgroup with a CPU quota, removed when dropped.
 pub struct CpuLimit {
