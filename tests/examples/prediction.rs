@@ -1,0 +1,416 @@
+//! Predicted against measured, end to end, with nothing of the program under test between the
+//! tiers (issue 12's acceptance benchmark):
+//!
+//! - the device (`scission-device`, benchmark and inference alike) runs in a Linux cgroup with a
+//!   CPU quota, like a small board; edge and cloud run unlimited as separate server processes;
+//! - every link (device -> edge, device -> cloud, edge -> cloud) is a UDP relay written here, not
+//!   the program's own link emulator: it delays each datagram by the link's latency and queues it
+//!   behind the others at the link's bandwidth, both ways;
+//! - per scenario (link figures), the planner ranks plans from the profiles, a verification pass
+//!   times the ranges the top plans run (`plan --verify`, then the `bench --add-ranges` commands
+//!   it prints, the device's under its quota), and the device runs its best plan for real
+//!   (`run --report`); the report's per-request predictions are compared with the measured
+//!   end-to-end times.
+//!
+//! ```text
+//! cargo build --workspace --bins && cargo run -p scission-tests --example prediction
+//! cargo run -p scission-tests --example prediction -- --device-cpu 20 --requests 30 resnet50
+//! ```
+//! Needs root (a cgroup v1 `cpu` controller under /sys/fs/cgroup/cpu). Prints, per scenario,
+//! the plan the device ran, and the median and p90 of |measured / predicted - 1| over its
+//! requests after the first (which pays the handshakes).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use common::cluster::{Server, start};
+use common::{bin, stderr};
+
+/// End-to-end prediction error over emulated links and a CPU-limited device.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Zoo model.
+    #[arg(default_value = "mobilenet_v2")]
+    model: String,
+    /// The device's share of one core, in percent.
+    #[arg(long, default_value_t = 20)]
+    device_cpu: u32,
+    /// The quota's period, in milliseconds. A board does not stop at a period's end; a quota
+    /// does, so the device's times move in steps of up to a period: short periods keep the steps
+    /// small. The kernel takes quotas of at least 1 ms.
+    #[arg(long, default_value_t = 5)]
+    period_ms: u32,
+    /// Requests per scenario.
+    #[arg(long, default_value_t = 20)]
+    requests: u32,
+    /// Work in this directory and keep it (profiles, reports); default: a temporary one.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Only these scenarios (1-based; default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<usize>,
+}
+
+/// A link scenario: device -> edge, device -> cloud, edge -> cloud, as `BANDWIDTH,LATENCY`.
+struct Scenario {
+    name: &'static str,
+    device_edge: &'static str,
+    device_cloud: &'static str,
+    edge_cloud: &'static str,
+}
+
+const SCENARIOS: [Scenario; 4] = [
+    Scenario { name: "wifi to a near edge", device_edge: "25mbit,3ms", device_cloud: "10mbit,30ms", edge_cloud: "1gbit,10ms" },
+    Scenario { name: "fast wifi", device_edge: "80mbit,2ms", device_cloud: "20mbit,30ms", edge_cloud: "1gbit,10ms" },
+    Scenario { name: "slow uplink", device_edge: "8mbit,5ms", device_cloud: "4mbit,40ms", edge_cloud: "500mbit,15ms" },
+    Scenario { name: "fast LAN", device_edge: "400mbit,1ms", device_cloud: "50mbit,20ms", edge_cloud: "1gbit,5ms" },
+];
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let temporary = tempfile::tempdir()?;
+    let dir = args.dir.as_deref().unwrap_or(temporary.path());
+    std::fs::create_dir_all(dir)?;
+    let model = dir.join(format!("{}.onnx", args.model));
+    ok(&cli("scission-cloud", &["zoo", "write", &args.model, "--out", s(&model)]))?;
+    let limit = CpuLimit::new(args.device_cpu, args.period_ms)?;
+    println!(
+        "device: {}% of one core (cgroup quota, {} ms period); edge and cloud: one thread each, unlimited",
+        args.device_cpu, args.period_ms
+    );
+    let cluster = dir.join("cluster");
+    ok(&cli("scission-cloud", &["init", "--cluster", s(&cluster)]))?;
+    for tier in ["device", "edge", "cloud"] {
+        ok(&cli("scission-cloud", &["enroll", tier, "--tier", tier, "--cluster", s(&cluster)]))?;
+    }
+    let profiles: Vec<PathBuf> = ["device", "edge", "cloud"].iter().map(|t| dir.join(format!("{t}.json"))).collect();
+    for (tier, profile) in ["device", "edge", "cloud"].iter().zip(&profiles) {
+        // Servers run one engine thread: two cores hold the device, both servers and the relays.
+        // Every range a tier can run from an end of the model is timed (`--ranges auto`): under
+        // a quota a block alone runs at full speed until the period's budget is spent, so the
+        // device's sums of blocks come out about a quarter low.
+        // Seven runs at least: a quota makes the device's times spread, and three runs leave
+        // the median to chance.
+        let bench =
+            ["bench", s(&model), "--out", s(profile), "--name", tier, "--quiet", "--threads", "1", "--ranges", "auto", "--min-runs", "7"];
+        let out = if *tier == "device" { limit.run("scission-device", &bench)? } else { cli(&format!("scission-{tier}"), &bench) };
+        ok(&out)?;
+    }
+    let cloud = start("scission-cloud", &["serve", s(&model), "--cluster", s(&cluster), "--threads", "1"]);
+    let edge_cloud = Relay::start(cloud.addr)?;
+    let edge =
+        start("scission-edge", &["serve", s(&model), "--cluster", s(&cluster), "--cloud", &edge_cloud.addr.to_string(), "--threads", "1"]);
+    let (device_edge, device_cloud) = (Relay::start(edge.addr)?, Relay::start(cloud.addr)?);
+    let _servers: [Server; 2] = [cloud, edge];
+    println!("{:<26} {:>10} {:>12} {:>11} {:>11} {:>9}  route", "scenario", "requests", "predicted", "measured", "|error|", "|error|");
+    println!("{:<26} {:>10} {:>12} {:>11} {:>11} {:>9}", "", "", "median ms", "median ms", "median", "p90");
+    for (i, scenario) in SCENARIOS.iter().enumerate() {
+        if !args.only.is_empty() && !args.only.contains(&(i + 1)) {
+            continue;
+        }
+        let figures = [("device-edge", scenario.device_edge), ("device-cloud", scenario.device_cloud), ("edge-cloud", scenario.edge_cloud)];
+        device_edge.set(link(scenario.device_edge)?);
+        device_cloud.set(link(scenario.device_cloud)?);
+        edge_cloud.set(link(scenario.edge_cloud)?);
+        // Both directions of each pair (the relays carry both the same way).
+        let links: Vec<String> = figures
+            .iter()
+            .flat_map(|(pair, f)| {
+                let (a, b) = pair.split_once('-').unwrap_or((pair, pair));
+                ["--link".to_string(), format!("{a}-{b}={f}"), "--link".to_string(), format!("{b}-{a}={f}")]
+            })
+            .collect();
+        verify(&profiles, &links, &model, &limit)?;
+        let report = dir.join(format!("report-{}.json", scenario.name.replace(' ', "-")));
+        let mut run_args: Vec<String> = ["run", s(&model), "--cluster", s(&cluster), "--no-check"].map(String::from).to_vec();
+        run_args.extend(["--edge".into(), device_edge.addr.to_string(), "--cloud".into(), device_cloud.addr.to_string()]);
+        run_args.extend(["--profiles".into(), profiles.iter().map(|p| s(p)).collect::<Vec<_>>().join(",")]);
+        run_args.extend(links.iter().cloned());
+        run_args.extend(["--requests".into(), args.requests.to_string(), "--report".into(), s(&report).into()]);
+        let run_args: Vec<&str> = run_args.iter().map(String::as_str).collect();
+        ok(&limit.run("scission-device", &run_args)?)?;
+        print_scenario(scenario.name, &report)?;
+    }
+    Ok(())
+}
+
+/// Most verification rounds per scenario.
+const VERIFY_ROUNDS: usize = 12;
+
+/// The verification pass: plans, then times on each machine the ranges its top plans run,
+/// until there are none left. Under a CPU quota a block alone runs at full speed until the
+/// period's budget is spent, so sums of blocks are low and each round may lift new, unmeasured
+/// plans into the top: hence up to [`VERIFY_ROUNDS`] rounds.
+fn verify(profiles: &[PathBuf], links: &[String], model: &Path, limit: &CpuLimit) -> Result<()> {
+    for _ in 0..VERIFY_ROUNDS {
+        let mut plan: Vec<&str> = vec!["plan"];
+        plan.extend(profiles.iter().map(|p| s(p)));
+        plan.extend(links.iter().map(String::as_str));
+        plan.extend(["-n", "3", "--verify"]);
+        let out = cli("scission-cloud", &plan);
+        ok(&out)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let commands: Vec<&str> = text.lines().filter(|l| l.contains(" bench MODEL ")).collect();
+        if commands.is_empty() {
+            return Ok(());
+        }
+        print!("{}", text.lines().filter(|l| l.contains(" bench MODEL ")).map(|l| format!("{l}\n")).collect::<String>());
+        for line in commands {
+            // "  NAME: BINARY bench MODEL --out PROFILE --add-ranges SPANS"
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [_, binary, _, _, _, profile, _, spans] = words[..] else { bail!("unexpected verification line {line:?}") };
+            let bench = ["bench", s(model), "--out", profile, "--add-ranges", spans, "--quiet", "--threads", "1", "--min-runs", "7"];
+            ok(&if binary == "scission-device" { limit.run(binary, &bench)? } else { cli(binary, &bench) })?;
+        }
+    }
+    println!("note: after {VERIFY_ROUNDS} rounds the top plans still run unmeasured ranges");
+    Ok(())
+}
+
+/// One line per scenario from the device's run report.
+fn print_scenario(name: &str, report: &Path) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report)?)?;
+    let requests = v["requests"].as_array().context("no requests in the report")?;
+    let mut seen = std::collections::HashSet::new();
+    let (mut errors, mut predicted, mut measured, mut routes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut compute, mut transfer) = (Vec::new(), Vec::new());
+    for r in requests {
+        let route = r["route"].as_str().unwrap_or("").to_string();
+        if seen.insert(route.clone()) {
+            routes.push(route);
+            continue; // the plan's first request pays the handshakes
+        }
+        let (Some(p), Some(m)) = (r["predicted_ms"].as_f64(), r["measured_ms"].as_f64()) else { continue };
+        errors.push((m / p - 1.0).abs());
+        compute.push(r["compute_ms"].as_array().map_or(String::new(), |c| {
+            c.iter().filter_map(serde_json::Value::as_f64).map(|ms| format!("{ms:.1}")).collect::<Vec<_>>().join("+")
+        }));
+        transfer.push(r["transfer_and_overhead_ms"].as_f64().unwrap_or(f64::NAN));
+        predicted.push(p);
+        measured.push(m);
+    }
+    let (e50, e90) = (quantile(&mut errors, 0.5), quantile(&mut errors, 0.9));
+    println!(
+        "{name:<26} {:>10} {:>12.1} {:>11.1} {:>10.1}% {:>8.1}%  {}",
+        errors.len(),
+        quantile(&mut predicted, 0.5),
+        quantile(&mut measured, 0.5),
+        e50 * 100.0,
+        e90 * 100.0,
+        routes.join(" | ")
+    );
+    let middle = compute.len() / 2;
+    println!(
+        "{:<26} a middle request: compute {} ms, transfer and overhead {:.1} ms (median {:.1} ms)",
+        "",
+        compute.get(middle).map_or("-", String::as_str),
+        transfer.get(middle).copied().unwrap_or(f64::NAN),
+        quantile(&mut transfer, 0.5)
+    );
+    Ok(())
+}
+
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+/// A link's figures: bits per second and one-way latency.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    bits_per_sec: f64,
+    latency: Duration,
+}
+
+/// Parses `50mbit,3ms` (also `1gbit`, `kbit`, `us`, `s`).
+fn link(text: &str) -> Result<Link> {
+    let (bandwidth, latency) = text.split_once(',').context("expected BANDWIDTH,LATENCY")?;
+    let (number, scale) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)]
+        .iter()
+        .find_map(|(unit, scale)| bandwidth.strip_suffix(unit).map(|n| (n, *scale)))
+        .context("bandwidth in gbit, mbit or kbit")?;
+    let (number_l, scale_l) = [("ms", 1e-3), ("us", 1e-6), ("s", 1.0)]
+        .iter()
+        .find_map(|(unit, scale)| latency.strip_suffix(unit).map(|n| (n, *scale)))
+        .context("latency in ms, us or s")?;
+    Ok(Link { bits_per_sec: number.parse::<f64>()? * scale, latency: Duration::from_secs_f64(number_l.parse::<f64>()? * scale_l) })
+}
+
+/// A UDP relay on loopback standing for one link, both ways: each datagram leaves after the
+/// ones before it have been serialised at the link's bandwidth, and arrives one latency later.
+struct Relay {
+    addr: SocketAddr,
+    link: Arc<Mutex<Link>>,
+}
+
+impl Relay {
+    /// A relay to `upstream`; the first peer to send to it is the one answers go back to.
+    fn start(upstream: SocketAddr) -> Result<Self> {
+        let front = Arc::new(buffered_socket()?);
+        let back = Arc::new(buffered_socket()?);
+        back.connect(upstream)?;
+        let addr = front.local_addr()?;
+        let link = Arc::new(Mutex::new(Link { bits_per_sec: 1e9, latency: Duration::ZERO }));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let (to_server, to_client) = (Pipe::new(link.clone()), Pipe::new(link.clone()));
+        {
+            let (front, pipe, client) = (front.clone(), to_server.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((len, from)) = front.recv_from(&mut buf) {
+                    *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
+                    pipe.push(buf[..len].to_vec());
+                }
+            });
+        }
+        {
+            let (back, pipe) = (back.clone(), to_client.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(len) = back.recv(&mut buf) {
+                    pipe.push(buf[..len].to_vec());
+                }
+            });
+        }
+        std::thread::spawn(move || to_server.deliver(|datagram| back.send(datagram).map(drop)));
+        std::thread::spawn(move || {
+            to_client.deliver(|datagram| match *client.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(peer) => front.send_to(datagram, peer).map(drop),
+                None => Ok(()),
+            })
+        });
+        Ok(Self { addr, link })
+    }
+
+    fn set(&self, link: Link) {
+        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+    }
+}
+
+fn buffered_socket() -> Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    socket.set_recv_buffer_size(4 << 20)?;
+    socket.set_send_buffer_size(4 << 20)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    Ok(socket.into())
+}
+
+/// One direction of a relay: datagrams with the time each is due.
+#[derive(Clone)]
+struct Pipe {
+    queue: Arc<(Mutex<Queued>, Condvar)>,
+    link: Arc<Mutex<Link>>,
+}
+
+/// Datagrams in flight one way, and when the link is free to serialise the next.
+struct Queued {
+    due: VecDeque<(Instant, Vec<u8>)>,
+    free_at: Instant,
+}
+
+impl Pipe {
+    fn new(link: Arc<Mutex<Link>>) -> Self {
+        Self { queue: Arc::new((Mutex::new(Queued { due: VecDeque::new(), free_at: Instant::now() }), Condvar::new())), link }
+    }
+
+    /// Queues a datagram: it leaves when the link is free and has carried it, and is due one
+    /// latency after that.
+    fn push(&self, datagram: Vec<u8>) {
+        let link = *self.link.lock().unwrap_or_else(|e| e.into_inner());
+        let (lock, ready) = &*self.queue;
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let serialise = Duration::from_secs_f64(datagram.len() as f64 * 8.0 / link.bits_per_sec);
+        let departs = state.free_at.max(Instant::now()) + serialise;
+        state.free_at = departs;
+        state.due.push_back((departs + link.latency, datagram));
+        ready.notify_one();
+    }
+
+    /// Sends each datagram when it is due, in order, for ever.
+    fn deliver(&self, mut send: impl FnMut(&[u8]) -> std::io::Result<()>) {
+        let (lock, ready) = &*self.queue;
+        loop {
+            let (due, datagram) = {
+                let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while state.due.is_empty() {
+                    state = ready.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+                match state.due.pop_front() {
+                    Some(item) => item,
+                    None => continue,
+                }
+            };
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if send(&datagram).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A cgroup v1 CPU quota that the device's processes run in, removed when dropped.
+struct CpuLimit {
+    dir: PathBuf,
+}
+
+impl CpuLimit {
+    fn new(percent: u32, period_ms: u32) -> Result<Self> {
+        if !(1..=100).contains(&percent) || period_ms == 0 {
+            bail!("--device-cpu is 1 to 100 percent and --period-ms at least 1");
+        }
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu/scission-prediction-{}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("cannot create {} (needs root and a cgroup v1 cpu controller)", dir.display()))?;
+        let period_us = period_ms * 1000;
+        let limit = Self { dir };
+        let quota_us = period_us / 100 * percent;
+        for (file, value) in [("cpu.cfs_period_us", period_us), ("cpu.cfs_quota_us", quota_us)] {
+            std::fs::write(limit.dir.join(file), value.to_string())
+                .with_context(|| format!("cannot set {file} to {value} (the kernel takes quotas of 1 ms or more)"))?;
+        }
+        Ok(limit)
+    }
+
+    /// Runs a binary of the project inside the quota.
+    fn run(&self, binary: &str, args: &[&str]) -> Result<Output> {
+        let procs = self.dir.join("cgroup.procs");
+        let script = format!("echo $$ > {} && exec \"$0\" \"$@\"", procs.display());
+        Ok(Command::new("sh").arg("-c").arg(script).arg(bin(binary)).args(args).output()?)
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn cli(binary: &str, args: &[&str]) -> Output {
+    match Command::new(bin(binary)).args(args).output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run {binary}: {e}"),
+    }
+}
+
+fn ok(out: &Output) -> Result<()> {
+    if !out.status.success() {
+        bail!("{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(out));
+    }
+    Ok(())
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap_or("")
+}
