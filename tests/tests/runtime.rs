@@ -606,3 +606,58 @@ fn a_dead_edge_machine_is_avoided_while_the_other_edge_keeps_serving() {
     assert_ne!(before, after, "the other edge of tier 1 serves now, not the cloud: {text}");
     drop((edge, planner));
 }
+
+/// A download that broke off resumes where it stopped; kept bytes that do not hash right are
+/// thrown away, and the next download starts over.
+#[test]
+fn an_interrupted_model_download_resumes_and_bad_kept_bytes_are_discarded() {
+    use scission_runtime::fetch::{Expected, fetch_model_blocking, resume_path};
+    use scission_runtime::peer::Peer;
+    let c = Cluster::new();
+    // MobileNetV2 is 14 MB: four chunks of 4 MiB.
+    let model = c.dir.path().join("mobilenet_v2.onnx");
+    std::fs::copy(scission_zoo::cached("mobilenet_v2", 1).unwrap(), &model).unwrap();
+    let bytes = std::fs::read(&model).unwrap();
+    let sha = scission_core::profile::parse_sha256(&Model::load_path(&model, &LoadOptions::default()).unwrap().sha256).unwrap();
+    let cluster = c.cluster();
+    let cloud = start("scission-cloud", &["serve", model.to_str().unwrap(), "--cluster", &cluster, "--threads", "1"]);
+    let from = Peer::new(cloud.addr, "cloud");
+    let dest = c.dir.path().join("fetched.onnx");
+    let kept = resume_path(&dest, bytes.len() as u64, &sha);
+    let fetch = |seen: &mut Vec<u64>| {
+        let mut progress = |done: u64, _total: u64| seen.push(done);
+        fetch_model_blocking(Path::new(&cluster), "device", &from, &dest, 64 << 20, Expected::default(), &mut progress)
+    };
+
+    // 9 MiB kept from an earlier attempt: only the rest is asked for.
+    let at = 9 << 20;
+    std::fs::write(&kept, &bytes[..at]).unwrap();
+    let mut seen = Vec::new();
+    fetch(&mut seen).unwrap();
+    assert_eq!(seen.first(), Some(&(at as u64)), "resumed at the kept length: {seen:?}");
+    assert_eq!(seen.len(), 3, "9 MiB kept, then 4 MiB and the last 1 MiB or so: {seen:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    assert!(!kept.exists(), "the kept bytes became the file");
+
+    // Kept bytes that are not the file's: the final check fails, and nothing is kept.
+    std::fs::remove_file(&dest).unwrap();
+    std::fs::write(&kept, vec![7u8; at]).unwrap();
+    let error = fetch(&mut Vec::new()).unwrap_err().to_string();
+    assert!(error.contains("SHA-256 does not match"), "{error}");
+    assert!(!kept.exists() && !dest.exists(), "bad bytes are not kept for another resume");
+    let mut seen = Vec::new();
+    fetch(&mut seen).unwrap();
+    assert_eq!(seen.first(), Some(&(4 << 20)), "started over: {seen:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+
+    // A link planted at the resume name is not followed (nor kept).
+    std::fs::remove_file(&dest).unwrap();
+    let elsewhere = c.dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, &bytes[..at]).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &kept).unwrap();
+    let mut seen = Vec::new();
+    fetch(&mut seen).unwrap();
+    assert_eq!(seen.first(), Some(&(4 << 20)), "a link is not resumed from: {seen:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), &bytes[..at], "the link's target is untouched");
+}

@@ -1,7 +1,12 @@
 //! Fetching the model file from the cloud in chunks, for a tier that does not have it: checked
 //! against a pinned SHA-256 when the caller knows one (from its profile), capped in size,
 //! written to a fresh temporary file (never through a link planted in its place) that is
-//! renamed only once complete and verified, and removed on any failure.
+//! renamed only once complete and verified.
+//!
+//! Resumable: a fetch that breaks off keeps what it received under a name that records the
+//! file's size and SHA-256 as the server announced them, and the next fetch of the same file
+//! continues from there (hashing the kept bytes again, so the final check still covers every
+//! byte). A file whose final hash does not match is removed, never kept for resuming.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,18 +42,70 @@ impl Default for Expected {
     }
 }
 
-/// A temporary file removed unless kept.
+/// A temporary file: removed unless kept, or moved to `resume` for a later fetch.
 struct Partial {
     path: PathBuf,
     kept: bool,
+    /// Where to leave the bytes received so far if the fetch breaks off.
+    resume: Option<PathBuf>,
 }
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        if !self.kept {
+        if self.kept {
+            return;
+        }
+        let moved = self.resume.as_ref().is_some_and(|to| std::fs::rename(&self.path, to).is_ok());
+        if moved {
+            tracing::info!("kept an interrupted download for the next attempt to resume");
+        } else {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Where an interrupted fetch of `path` keeps its bytes, for a fetch of the same file (same
+/// size and SHA-256) to resume.
+pub fn resume_path(path: &Path, total: u64, sha256: &[u8; 32]) -> PathBuf {
+    let hex: String = sha256[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".partial-{hex}-{total}"));
+    path.with_file_name(name)
+}
+
+/// Takes over the bytes an interrupted fetch left at `resume` (moving them to `to`), if they
+/// are a regular file of at most `total` bytes: the file, its length, and the hash of its bytes.
+fn claim(resume: &Path, to: &Path, total: u64) -> Option<(std::fs::File, u64, Sha256)> {
+    // The rename is atomic: of two fetches racing for the bytes, one gets them.
+    std::fs::rename(resume, to).ok()?;
+    let claimed = open_kept(to, total);
+    if claimed.is_none() {
+        let _ = std::fs::remove_file(to);
+    }
+    claimed
+}
+
+#[cfg(unix)]
+fn open_kept(path: &Path, total: u64) -> Option<(std::fs::File, u64, Sha256)> {
+    use std::os::unix::fs::MetadataExt;
+    let seen = std::fs::symlink_metadata(path).ok()?;
+    if !seen.file_type().is_file() || seen.len() > total {
+        return None;
+    }
+    let mut file = std::fs::OpenOptions::new().read(true).append(true).open(path).ok()?;
+    let opened = file.metadata().ok()?;
+    // Not a link, and the very file just looked at.
+    if (opened.dev(), opened.ino()) != (seen.dev(), seen.ino()) {
+        return None;
+    }
+    let mut hasher = Sha256::new();
+    let hashed = std::io::copy(&mut file, &mut hasher).ok()?;
+    (hashed == opened.len()).then_some((file, hashed, hasher))
+}
+
+#[cfg(not(unix))]
+fn open_kept(_path: &Path, _total: u64) -> Option<(std::fs::File, u64, Sha256)> {
+    None
 }
 
 /// Downloads the model served at `addr` into `path`; `progress(done, total)` follows the bytes.
@@ -116,13 +173,8 @@ async fn fetch_file(
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<()> {
     let connection = connect(endpoint, from.addr, &from.name).await?;
-    let mut partial = Partial { path: path.with_extension(format!("part{}", std::process::id())), kept: false };
-    // create_new never follows a link planted at the temporary name.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&partial.path)
-        .with_context(|| format!("cannot create {}", partial.path.display()))?;
+    let mut partial = Partial { path: path.with_extension(format!("part{}", std::process::id())), kept: false, resume: None };
+    let mut file: Option<std::fs::File> = None;
     let mut hasher = Sha256::new();
     let (mut offset, mut announced): (u64, Option<(u64, [u8; 32])>) = (0, None);
     loop {
@@ -133,14 +185,39 @@ async fn fetch_file(
                 if at != offset || announced.is_some_and(|a| a != (total, sha256)) {
                     bail!("the file changed while it was being fetched");
                 }
-                if announced.is_none() {
-                    check_announced(total, sha256, expected)?;
-                }
-                announced = Some((total, sha256));
                 if data.len() > CHUNK as usize {
                     bail!("the server sent a chunk of {} bytes, more than the {CHUNK} asked for", data.len());
                 }
-                file.write_all(data)?;
+                let out = match file.as_mut() {
+                    Some(out) => out,
+                    None => {
+                        check_announced(total, sha256, expected)?;
+                        announced = Some((total, sha256));
+                        let resume = resume_path(path, total, &sha256);
+                        let opened = match claim(&resume, &partial.path, total) {
+                            Some((kept, len, kept_hash)) => {
+                                if len > 0 {
+                                    tracing::info!("resuming the download at {len} of {total} bytes");
+                                    (offset, hasher) = (len, kept_hash);
+                                    progress(offset, total);
+                                }
+                                kept
+                            }
+                            None => create_fresh(&partial.path)?,
+                        };
+                        partial.resume = Some(resume);
+                        if offset == total {
+                            file = Some(opened);
+                            break; // every byte was kept
+                        }
+                        if offset > 0 {
+                            file = Some(opened);
+                            continue; // ask for what follows the kept bytes
+                        }
+                        file.insert(opened)
+                    }
+                };
+                out.write_all(data)?;
                 hasher.update(data);
                 offset = offset.saturating_add(data.len() as u64);
                 progress(offset, total);
@@ -159,13 +236,20 @@ async fn fetch_file(
         }
     }
     let (_, sha256) = announced.context("no chunk arrived")?;
+    let file = file.context("no chunk arrived")?;
     if hasher.finalize().as_slice() != sha256 {
+        partial.resume = None;
         bail!("the fetched model's SHA-256 does not match; nothing was kept");
     }
     file.sync_all()?;
     std::fs::rename(&partial.path, path).with_context(|| format!("cannot move the model to {}", path.display()))?;
     partial.kept = true;
     Ok(())
+}
+
+/// A new temporary file; `create_new` never follows a link planted at its name.
+fn create_fresh(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).open(path).with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// The server's announced size and hash against what the caller expects.
@@ -219,4 +303,32 @@ pub fn open_artifacts_blocking(
         })?;
     }
     Ok(ArtifactDir::open(dir, pinned)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_off_download_leaves_its_bytes_for_the_next_and_a_bad_one_leaves_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, resume) = (dir.path().join("m.part1"), resume_path(&dir.path().join("m.onnx"), 10, &[0xab; 32]));
+        assert_eq!(resume.file_name().unwrap().to_str().unwrap(), "m.onnx.partial-abababababababab-10");
+        std::fs::write(&path, b"12345").unwrap();
+        drop(Partial { path: path.clone(), kept: false, resume: Some(resume.clone()) });
+        assert_eq!(std::fs::read(&resume).unwrap(), b"12345");
+        assert!(!path.exists());
+        // Claimed again: the bytes, their length and their hash.
+        let (_, len, hash) = claim(&resume, &path, 10).unwrap();
+        assert_eq!((len, hash.finalize().as_slice()), (5, Sha256::digest(b"12345").as_slice()));
+        assert!(!resume.exists());
+        // More bytes than the file has: not resumed from, and removed.
+        std::fs::write(&resume, [0u8; 11]).unwrap();
+        assert!(claim(&resume, &path, 10).is_none());
+        assert!(!resume.exists() && !path.exists());
+        // Without a resume place (a failed final check), nothing stays.
+        std::fs::write(&path, b"x").unwrap();
+        drop(Partial { path: path.clone(), kept: false, resume: None });
+        assert!(!path.exists());
+    }
 }
