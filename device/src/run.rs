@@ -81,7 +81,8 @@ pub struct RunArgs {
     replan_every: u32,
     /// Re-plan when the best plan's measured latency departs from its prediction by more than
     /// this many percent, averaged over 8 requests (0: never); the cloud's planner then sees the
-    /// servers' queues as they are now.
+    /// servers' queues as they are now, and with --profiles the new ranking prices each stage
+    /// by its measured compute time (the median of its last 8).
     #[arg(long, default_value_t = 50, value_name = "PERCENT")]
     replan_on_drift: u32,
     /// Give up on a tier that has not answered within this many milliseconds.

@@ -52,6 +52,10 @@ struct Args {
     /// Requests per scenario.
     #[arg(long, default_value_t = 20)]
     requests: u32,
+    /// The device's `--replan-on-drift` percent: 0 measures the predictions from the profiles
+    /// alone (open loop); a percentage lets a drift re-rank with measured stage costs.
+    #[arg(long, default_value_t = 0)]
+    drift: u32,
     /// Work in this directory and keep it (profiles, reports); default: a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -136,6 +140,7 @@ fn main() -> Result<()> {
         run_args.extend(["--profiles".into(), profiles.iter().map(|p| s(p)).collect::<Vec<_>>().join(",")]);
         run_args.extend(links.iter().cloned());
         run_args.extend(["--requests".into(), args.requests.to_string(), "--report".into(), s(&report).into()]);
+        run_args.extend(["--replan-on-drift".into(), args.drift.to_string()]);
         let run_args: Vec<&str> = run_args.iter().map(String::as_str).collect();
         ok(&limit.run("scission-device", &run_args)?)?;
         print_scenario(scenario.name, &report)?;

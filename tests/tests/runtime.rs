@@ -661,3 +661,54 @@ fn an_interrupted_model_download_resumes_and_bad_kept_bytes_are_discarded() {
     assert_eq!(std::fs::read(&dest).unwrap(), bytes);
     assert_eq!(std::fs::read(&elsewhere).unwrap(), &bytes[..at], "the link's target is untouched");
 }
+
+/// The closed loop: profiles that make the device look 50 times slower than it is mispredict its
+/// plan; once the measured latency drifts from the prediction, the device ranks again with what
+/// its stages really cost, and the predictions follow the measurements.
+#[test]
+fn predictions_follow_measured_stage_costs_after_a_drift() {
+    let c = Cluster::new();
+    let (cloud, edge) = c.servers();
+    let profiles = profiles(c.dir.path(), &c.model, 50);
+    let report = c.dir.path().join("closed-loop.json");
+    let args = c.run_args(
+        &c.cluster(),
+        edge.addr,
+        cloud.addr,
+        &[
+            "--profiles",
+            &profiles,
+            // Links so slow that the device runs everything, however slow it is predicted.
+            "--link",
+            "device-edge=100kbit,100ms",
+            "--link",
+            "device-cloud=100kbit,100ms",
+            "--link",
+            "edge-cloud=100kbit,100ms",
+            "--requests",
+            "20",
+            "--replan-on-drift",
+            "20",
+            "--no-check",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("scission-device", &refs);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let errors: Vec<f64> = v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(r["route"].as_str().is_some_and(|route| route.starts_with("device[0,") && !route.contains(' ')), "{r}");
+            r["predicted_ms"].as_f64().unwrap() / r["measured_ms"].as_f64().unwrap()
+        })
+        .collect();
+    assert!(errors[1] > 10.0, "first predicted 50 times too slow: {errors:?}");
+    let last = &errors[errors.len() - 4..];
+    assert!(last.iter().all(|r| (0.5..2.0).contains(r)), "then within a factor of two: {errors:?}");
+}

@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 
 use crate::error::{Context, Result, bail, error as invalid};
+use scission_core::cut::Block;
 use scission_core::link::{Encoding, Link};
-use scission_core::policy::{Route, plan_route, split_route};
+use scission_core::policy::{ObservedCosts, Route, plan_route, split_route};
 use scission_core::profile::Profile;
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
-use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem};
-use scission_core::wire::message::Stage;
+use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem, RangeCost};
+use scission_core::wire::message::{Stage, StageTiming};
 
 use crate::client::{DeviceClient, Peer};
 use crate::error::RuntimeError;
@@ -56,7 +57,7 @@ pub(crate) struct Planner {
 
 enum PlannerKind {
     Fixed(Vec<Stage>),
-    Local { problem: Box<Problem>, blocks: Vec<scission_core::profile::BlockProfile> },
+    Local { problem: Box<Problem>, blocks: Vec<scission_core::profile::BlockProfile>, observed: ObservedCosts },
     Cloud { profile_json: Vec<u8> },
 }
 
@@ -76,7 +77,9 @@ impl Planner {
                     apply_link_spec(&mut problem, text, true).map_err(|e| invalid!("--link {e}"))?;
                 }
                 let uplinks = device_uplinks(&problem);
-                Ok(Self { kind: PlannerKind::Local { problem: Box::new(problem), blocks: device.blocks.clone() }, uplinks })
+                let kind =
+                    PlannerKind::Local { problem: Box::new(problem), blocks: device.blocks.clone(), observed: ObservedCosts::default() };
+                Ok(Self { kind, uplinks })
             }
             Planning::Cloud { profile_json, links } => {
                 Ok(Self { kind: PlannerKind::Cloud { profile_json: profile_json.clone() }, uplinks: uplinks_from_specs(links)? })
@@ -102,6 +105,19 @@ impl Planner {
         matches!(self.kind, PlannerKind::Cloud { .. })
     }
 
+    /// Takes in what an answered request's stages cost (`timings`, one per tier of `route`):
+    /// the local solver ranks with these running estimates in place of the profiles' figures,
+    /// from the next ranking on. The fixed split and the cloud's planner keep their own.
+    pub(crate) fn observe(&mut self, route: &Route, timings: &[StageTiming]) {
+        let PlannerKind::Local { observed, .. } = &mut self.kind else { return };
+        for stage in &route.stages {
+            if let Some(t) = timings.iter().find(|t| t.tier == stage.tier) {
+                let block = Block { start: stage.start as usize, end: stage.end as usize };
+                observed.record(stage.tier, block, t.compute_ns);
+            }
+        }
+    }
+
     /// Routes avoiding `avoid`, with the device's uplinks set to `links`.
     pub(crate) async fn rank(&mut self, client: &DeviceClient, avoid: &[u8], links: &[(u8, Link)]) -> Result<Vec<Route>> {
         match &mut self.kind {
@@ -109,8 +125,9 @@ impl Planner {
                 .into_iter()
                 .filter(|r| avoid.iter().all(|t| !r.uses(*t)))
                 .collect()),
-            PlannerKind::Local { problem, blocks } => {
+            PlannerKind::Local { problem, blocks, observed } => {
                 set_device_uplinks(problem, links);
+                apply_observed(problem, blocks, observed);
                 // The local solver plans tiers (one machine each): a registered machine's key
                 // (with the REGISTERED_SERVER bit) names none of them.
                 let tiers = avoid.iter().filter(|k| *k & scission_core::wire::message::REGISTERED_SERVER == 0);
@@ -133,6 +150,26 @@ impl Planner {
                 let ranked = client.request_plans(2, profile_json, &links, avoid, RANKED).await?;
                 Ok(ranked.into_iter().map(|(stages, predicted)| Route { stages, predicted_ns: Some(predicted) }).collect())
             }
+        }
+    }
+}
+
+/// Puts the running estimates into `problem` as measured ranges of their tier's machines, for
+/// the stages the solver can cost exactly (those from the first block or to the last; see
+/// [`RangeCost`](scission_core::solver::RangeCost)). A stage that does not fall on block
+/// boundaries is left out.
+fn apply_observed(problem: &mut Problem, blocks: &[scission_core::profile::BlockProfile], observed: &ObservedCosts) {
+    let n = blocks.len();
+    for (tier, block, ns) in observed.estimates() {
+        let first = blocks.iter().position(|b| b.range.start == block.start);
+        let end = blocks.iter().position(|b| b.range.end == block.end).map(|last| last + 1);
+        let (Some(first), Some(end)) = (first, end) else { continue };
+        if first >= end || (first != 0 && end != n) {
+            continue;
+        }
+        for machine in problem.machines.iter_mut().filter(|m| m.tier == usize::from(tier)) {
+            machine.ranges.retain(|r| (r.start, r.end) != (first, end));
+            machine.ranges.push(RangeCost { start: first, end, ns });
         }
     }
 }

@@ -779,6 +779,7 @@ impl Driver {
             return;
         };
         self.no_plan = None;
+        self.observe(&route, &outcome.timings);
         let degraded = self.is_fallback(&route);
         self.emit(DeviceEvent::Completed {
             request,
@@ -801,6 +802,13 @@ impl Driver {
             bytes: outcome.bytes,
         };
         let _ = waiter.reply.send(Ok(answer));
+    }
+
+    /// Hands what a request's stages cost to the planner: its running estimates (see
+    /// [`ObservedCosts`](scission_core::policy::ObservedCosts)) price the next ranking.
+    fn observe(&self, route: &Route, timings: &[StageTiming]) {
+        let (planner, route, timings) = (self.planner.clone(), route.clone(), timings.to_vec());
+        tokio::spawn(async move { planner.lock().await.observe(&route, &timings) });
     }
 
     fn fail(&mut self, request: u64, error: InferError) {

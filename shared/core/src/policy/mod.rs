@@ -20,6 +20,7 @@
 //! `MeasureLinks` and `Replan` it is given (each with one event).
 
 mod estimate;
+mod observed;
 mod routes;
 
 use alloc::collections::{BTreeMap, VecDeque};
@@ -29,6 +30,7 @@ use alloc::vec::Vec;
 use embassy_time::{Duration, Instant};
 
 pub use estimate::{Probe, estimate_link};
+pub use observed::ObservedCosts;
 pub use routes::{BadSplit, describe_route, plan_route, split_route};
 
 use crate::link::Link;
