@@ -58,7 +58,8 @@ impl Ranges {
     }
 }
 
-/// Where a benchmark reports its progress: one step for the unsplit model, then one per block.
+/// Where a benchmark reports its progress: one step for the unsplit model, then one per block
+/// and per range timed as one slice.
 /// The binaries draw a bar; [`Silent`] shows nothing.
 pub trait Progress: Sync {
     /// The benchmark will take `steps` steps.
@@ -87,7 +88,7 @@ pub fn benchmark(model: &Model, options: &BenchOptions, bar: &dyn Progress) -> R
         bar.begin("unsplit model");
         let whole_model = time_whole(model, options.budget, &inputs)?;
         bar.advance();
-        let mut ranges = time_ranges(model, options, &blocks, &inputs, bar)?;
+        let mut ranges = time_prefixes(model, options, &blocks, &inputs, bar)?;
         let timed = time_blocks(model, options, &blocks, inputs, bar)?;
         ranges.extend(timed.suffixes);
         if let (Some(first), Some(last)) = (blocks.first(), blocks.last())
@@ -144,7 +145,7 @@ fn time_blocks(model: &Model, options: &BenchOptions, blocks: &[Block], inputs: 
         if options.ranges.suffixes && i > 0 {
             let range = Block { start: block.start, end };
             bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
-            let time = time_slice(model, options.budget, range, &live)?.1;
+            let time = time_slice(model, options.budget, range, &live)?;
             timed.suffixes.push(RangeProfile { first_block: i, end_block: blocks.len(), range, time });
             bar.advance();
         }
@@ -158,7 +159,7 @@ fn time_blocks(model: &Model, options: &BenchOptions, blocks: &[Block], inputs: 
 }
 
 /// Times each prefix `[0, q)` short of the whole model, when asked, on the model's inputs.
-fn time_ranges(
+fn time_prefixes(
     model: &Model,
     options: &BenchOptions,
     blocks: &[Block],
@@ -173,7 +174,7 @@ fn time_ranges(
     for (i, block) in blocks.iter().enumerate().take(blocks.len().saturating_sub(1)) {
         let range = Block { start: blocks[0].start, end: block.end };
         bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
-        let time = time_slice(model, options.budget, range, &live)?.1;
+        let time = time_slice(model, options.budget, range, &live)?;
         out.push(RangeProfile { first_block: 0, end_block: i + 1, range, time });
         bar.advance();
     }
@@ -208,7 +209,7 @@ pub fn time_spans(
             let range = Block { start: a.range.start, end: b.range.end };
             bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
             let live = activations_at(model, range.start, &inputs)?;
-            let time = time_slice(model, options.budget, range, &live)?.1;
+            let time = time_slice(model, options.budget, range, &live)?;
             out.push(RangeProfile { first_block: first, end_block: end, range, time });
             bar.advance();
         }
@@ -228,9 +229,9 @@ fn activations_at(model: &Model, at: usize, inputs: &crate::pipeline::Activation
     Ok(advance(model, &before, inputs.clone(), outputs))
 }
 
-fn time_slice(model: &Model, budget: Budget, range: Block, live: &crate::pipeline::Activations) -> Result<(Slice, Summary)> {
-    let (slice, time, _) = time_block(model, budget, range, live)?;
-    Ok((slice, time))
+/// The timing of `range` run as one slice on the activations in `live`.
+fn time_slice(model: &Model, budget: Budget, range: Block, live: &crate::pipeline::Activations) -> Result<Summary> {
+    Ok(time_block(model, budget, range, live)?.1)
 }
 
 /// Builds the slice of `block`, times it on the activations in `live`, and returns it with

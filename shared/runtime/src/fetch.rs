@@ -193,28 +193,18 @@ async fn fetch_file(
                     None => {
                         check_announced(total, sha256, expected)?;
                         announced = Some((total, sha256));
-                        let resume = resume_path(path, total, &sha256);
-                        let opened = match claim(&resume, &partial.path, total) {
-                            Some((kept, len, kept_hash)) => {
-                                if len > 0 {
-                                    tracing::info!("resuming the download at {len} of {total} bytes");
-                                    (offset, hasher) = (len, kept_hash);
-                                    progress(offset, total);
-                                }
-                                kept
+                        let (opened, kept, kept_hash) = start_download(path, &mut partial, total, &sha256)?;
+                        let out = file.insert(opened);
+                        if kept > 0 {
+                            tracing::info!("resuming the download at {kept} of {total} bytes");
+                            (offset, hasher) = (kept, kept_hash);
+                            progress(offset, total);
+                            if offset == total {
+                                break; // every byte was kept
                             }
-                            None => create_fresh(&partial.path)?,
-                        };
-                        partial.resume = Some(resume);
-                        if offset == total {
-                            file = Some(opened);
-                            break; // every byte was kept
-                        }
-                        if offset > 0 {
-                            file = Some(opened);
                             continue; // ask for what follows the kept bytes
                         }
-                        file.insert(opened)
+                        out
                     }
                 };
                 out.write_all(data)?;
@@ -245,6 +235,19 @@ async fn fetch_file(
     std::fs::rename(&partial.path, path).with_context(|| format!("cannot move the model to {}", path.display()))?;
     partial.kept = true;
     Ok(())
+}
+
+/// The file a download writes to: the bytes an interrupted fetch of the same file kept (see
+/// [`resume_path`]), or a fresh file; with how many bytes are there and their hash. From now on
+/// a broken-off download leaves its bytes for the next.
+fn start_download(path: &Path, partial: &mut Partial, total: u64, sha256: &[u8; 32]) -> Result<(std::fs::File, u64, Sha256)> {
+    let resume = resume_path(path, total, sha256);
+    let started = match claim(&resume, &partial.path, total) {
+        Some(kept) => kept,
+        None => (create_fresh(&partial.path)?, 0, Sha256::new()),
+    };
+    partial.resume = Some(resume);
+    Ok(started)
 }
 
 /// A new temporary file; `create_new` never follows a link planted at its name.
