@@ -209,6 +209,8 @@ fn measured_ranges_cost_what_was_measured_and_bad_ones_are_refused() {
         (vec![RangeCost { start: 0, end: 5, ns: 5 }], "not within the 4 blocks"),
         (vec![RangeCost { start: 2, end: 2, ns: 5 }], "not within the 4 blocks"),
         (vec![RangeCost { start: 0, end: 2, ns: 5 }, RangeCost { start: 0, end: 2, ns: 6 }], "measured twice"),
+        // A peer's profile listing more ranges than a model has from its ends.
+        ((0..8).map(|i| RangeCost { start: 0, end: 1 + i % 4, ns: 5 }).collect(), "more than the 7"),
     ] {
         let error = solver::solve(&problem(ranges.clone()), &Constraints::default(), Objective::Latency, 1).unwrap_err().to_string();
         assert!(error.contains(says), "{ranges:?}: {error}");

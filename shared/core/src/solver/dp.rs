@@ -111,9 +111,19 @@ fn lowest_starts(problem: &Problem, c: &Compiled, m: usize, prefix: &[u64]) -> V
 }
 
 /// The cost of every range of machine `m` that starts at block 0 (`from_start`, indexed by its
-/// end) or ends at the last block (indexed by its start), where the constraints allow it.
-fn end_ranges(problem: &Problem, c: &Compiled, m: usize, from_start: bool) -> Vec<Option<u64>> {
+/// end) or ends at the last block (indexed by its start), where the constraints allow it: its
+/// measured time, else the sum of its blocks (`prefix`: the machine's prefix sums). Linear in
+/// the blocks and the measured ranges.
+fn end_ranges(problem: &Problem, c: &Compiled, m: usize, prefix: &[u64], from_start: bool) -> Vec<Option<u64>> {
     let (n, machine) = (problem.blocks(), &problem.machines[m]);
+    let mut measured: Vec<Option<u64>> = vec![None; n + 1];
+    for r in &machine.ranges {
+        match (from_start, r.start == 0, r.end == n) {
+            (true, true, _) => measured[r.end] = Some(r.ns),
+            (false, _, true) => measured[r.start] = Some(r.ns),
+            _ => {}
+        }
+    }
     let cap = c.compute_cap[m].min(c.stage_cap);
     let (weights, acts) = (&problem.block_weight_bytes, &problem.block_activation_bytes);
     let mut out = vec![None; n + 1];
@@ -124,9 +134,10 @@ fn end_ranges(problem: &Problem, c: &Compiled, m: usize, from_start: bool) -> Ve
         activation = activation.max(acts[b]);
         bad |= c.bad[machine.tier][b];
         let (start, end) = if from_start { (0, b + 1) } else { (b, n) };
-        let ns = machine.segment_ns(start, end);
+        let at = if from_start { end } else { start };
+        let ns = measured[at].unwrap_or(prefix[end] - prefix[start]);
         let fits = !bad && ns <= cap && weight + activation <= c.memory_cap[machine.tier];
-        out[if from_start { end } else { start }] = fits.then_some(ns);
+        out[at] = fits.then_some(ns);
     }
     out
 }
@@ -150,7 +161,7 @@ impl<'a> Dp<'a> {
         let measured = |m: usize, from_start: bool| {
             let ranges = &problem.machines[m].ranges;
             let any = ranges.iter().any(|r| if from_start { r.start == 0 } else { r.end == n });
-            any.then(|| end_ranges(problem, c, m, from_start))
+            any.then(|| end_ranges(problem, c, m, &prefix[m], from_start))
         };
         let head = (0..problem.machines.len()).map(|m| measured(m, true)).collect();
         let tail = (0..problem.machines.len()).map(|m| measured(m, false)).collect();

@@ -278,10 +278,18 @@ impl Problem {
 }
 
 /// A machine's measured ranges: each within the model, starting at block 0 or ending at the last
-/// block, and each range given once.
+/// block, and each range given once (so there are at most `2n - 1` of them; the check sorts a
+/// copy rather than comparing every pair, for a profile from a peer may hold many).
 fn validate_ranges(m: &Machine, n: usize) -> Result<(), ProblemError> {
-    for (i, r) in m.ranges.iter().enumerate() {
-        let name = &m.name;
+    let name = &m.name;
+    if m.ranges.len() > (2 * n).saturating_sub(1) {
+        return Err(ProblemError::OutOfRange(alloc::format!(
+            "machine '{name}': {} measured ranges, more than the {} a model of {n} blocks has from its ends",
+            m.ranges.len(),
+            (2 * n).saturating_sub(1)
+        )));
+    }
+    for r in &m.ranges {
         if r.start >= r.end || r.end > n {
             return Err(ProblemError::OutOfRange(alloc::format!(
                 "machine '{name}': measured range [{}, {}) is not within the {n} blocks",
@@ -296,9 +304,11 @@ fn validate_ranges(m: &Machine, n: usize) -> Result<(), ProblemError> {
                 r.end
             )));
         }
-        if m.ranges[..i].iter().any(|o| (o.start, o.end) == (r.start, r.end)) {
-            return Err(ProblemError::OutOfRange(alloc::format!("machine '{name}': range [{}, {}) is measured twice", r.start, r.end)));
-        }
+    }
+    let mut spans: Vec<(usize, usize)> = m.ranges.iter().map(|r| (r.start, r.end)).collect();
+    spans.sort_unstable();
+    if let Some(w) = spans.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ProblemError::OutOfRange(alloc::format!("machine '{name}': range [{}, {}) is measured twice", w[0].0, w[0].1)));
     }
     Ok(())
 }
