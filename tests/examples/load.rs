@@ -373,7 +373,7 @@ impl SimulatedDevice {
         let mut plans = None;
         while plans.is_none() && Instant::now() < end {
             let started = Instant::now();
-            match client.request_plans(2, &self.profile, &uplinks, &[], 4).await {
+            match client.request_plans(2, &self.profile, &uplinks, &[], 4, None).await {
                 Ok(p) => plans = Some(p),
                 Err(e) => {
                     tracing_line(self.id, &format!("plan request: {e}"));
@@ -392,7 +392,7 @@ impl SimulatedDevice {
         while Instant::now() < end {
             if self.replan > Duration::ZERO && planned_at.elapsed() >= self.replan {
                 // A failed re-plan keeps the current route.
-                if let Ok(plans) = client.request_plans(2, &self.profile, &uplinks, &[], 4).await {
+                if let Ok(plans) = client.request_plans(2, &self.profile, &uplinks, &[], 4, None).await {
                     route = offloading(plans)?;
                 }
                 planned_at = Instant::now();

@@ -71,6 +71,7 @@ fn plan_request<'a>(profile: &'a [u8], count: u16, uplinks: &[(u8, Link)]) -> Bo
         count,
         avoid: heapless::Vec::new(),
         avoid_machines: heapless::Vec::new(),
+        device_memory: None,
     }
 }
 
@@ -722,4 +723,67 @@ fn a_full_server_refuses_inferences_from_their_first_bytes_and_the_peer_reads_wh
     });
     assert_eq!(busy + refused, 12);
     assert!(busy >= 1, "{busy} busy, {refused} refused after decoding");
+}
+
+/// A device that says how much memory it may use gets only plans whose device slice fits (by the
+/// solver's model: the slice's weights and largest block activation, doubled, plus the runtime);
+/// one that says it has none gets plans that run nothing on it, and an absurdly large figure
+/// changes nothing.
+#[test]
+fn a_device_gets_only_plans_that_fit_its_memory() {
+    use scission_core::memory::{RUNTIME_OVERHEAD, solver_cap};
+    let c = Cluster::new();
+    let (cloud, profile_json) = planning_cloud(&c, &[]);
+    let mut profile: scission_core::profile::Profile = serde_json::from_slice(&profile_json).unwrap();
+    // A fast device behind slow links: without a memory figure, it keeps everything.
+    for b in &mut profile.blocks {
+        b.time.median_ns = 1;
+    }
+    let json = serde_json::to_vec(&profile).unwrap();
+    let slow = Link { latency_ns: 50_000_000, bits_per_sec: 1_000_000 };
+    let need = |route: &PlannedRoute| -> u64 {
+        let end = route.stages.iter().find(|s| s.tier == 0).map_or(0, |s| s.end as usize);
+        let blocks: Vec<_> = profile.blocks.iter().filter(|b| b.range.end <= end).collect();
+        blocks.iter().map(|b| b.weight_bytes).sum::<u64>() + blocks.iter().map(|b| b.activation_bytes).max().unwrap_or(0)
+    };
+    let total: u64 = profile.blocks.iter().map(|b| b.weight_bytes).sum();
+    let memory = RUNTIME_OVERHEAD + total; // room for about half the weights
+    as_device(&c, cloud.addr, async |conn| {
+        let ask = async |device_memory| {
+            let body = Body::PlanRequest {
+                profile: &json,
+                uplinks: [(1, slow), (2, slow)].into_iter().collect(),
+                count: 8,
+                avoid: heapless::Vec::new(),
+                avoid_machines: heapless::Vec::new(),
+                device_memory,
+            };
+            decode(&quic::exchange(&conn, encode(&body).unwrap(), 64 << 20).await.unwrap()).unwrap().to_owned_plans()
+        };
+        let free = ask(None).await.expect("plans");
+        assert!(need(&free[0]) > solver_cap(memory), "unbounded, the device keeps more than half: {:?}", free[0]);
+        let bounded = ask(Some(memory)).await.expect("plans that fit");
+        assert!(!bounded.is_empty());
+        for route in &bounded {
+            assert!(need(route) <= solver_cap(memory), "{route:?} needs {} > {}", need(route), solver_cap(memory));
+        }
+        assert_eq!(ask(Some(u64::MAX)).await.expect("plans"), free, "an absurd figure is no constraint");
+        let offload = ask(Some(0)).await.expect("no room at all still offloads");
+        assert!(offload.iter().all(|r| need(r) == 0 && r.stages.iter().all(|s| s.tier > 0)), "the device runs nothing: {offload:?}");
+    });
+}
+
+/// Plans out of a planner's answer, or its failure message.
+trait PlansOrFailure {
+    fn to_owned_plans(self) -> Result<Vec<PlannedRoute>, String>;
+}
+
+impl PlansOrFailure for Body<'_> {
+    fn to_owned_plans(self) -> Result<Vec<PlannedRoute>, String> {
+        match self {
+            Body::Plans { routes, .. } => Ok(routes.to_vec()),
+            Body::Failure { message, .. } => Err(message.to_string()),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
 }

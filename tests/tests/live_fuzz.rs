@@ -116,6 +116,7 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
                 count: wild(rng) as u16,
                 avoid,
                 avoid_machines: (0..pick(rng, 4)).map(|_| wild(rng) as u8).collect(),
+                device_memory: (pick(rng, 2) == 0).then(|| wild(rng)),
             }
         }
         7 if pick(rng, 2) == 0 => Body::FetchModel { offset: wild(rng), max_len: wild(rng) as u32 },

@@ -476,7 +476,7 @@ fn plans_choose_among_registered_edges_and_clouds_and_requests_run_on_the_chosen
             (Link { latency_ns: 10_000, bits_per_sec: 10_000_000_000 }, Link { latency_ns: 10_000, bits_per_sec: 1_000_000 });
         let uplinks = std::collections::HashMap::from([(1u8, fast), (2u8, slow)]);
         let profile = std::fs::read(&device_profile).unwrap();
-        let plans = client.request_plans(2, &profile, &uplinks, &[], 4).await.unwrap();
+        let plans = client.request_plans(2, &profile, &uplinks, &[], 4, None).await.unwrap();
         let (route, _) = &plans[0];
         let name_of = |s: &scission_core::wire::message::Stage| client.directory().name(s.machine);
         let names: Vec<Option<String>> = route.iter().filter(|s| s.tier > 0).map(name_of).collect();
@@ -525,7 +525,7 @@ fn a_four_tier_chain_runs_end_to_end_and_matches_the_unsplit_model() {
         let link = Link { latency_ns: 10_000, bits_per_sec: 10_000_000_000 };
         let uplinks = std::collections::HashMap::from([(1u8, link), (2u8, link)]);
         let json = serde_json::to_vec(&profile).unwrap();
-        let plans = client.request_plans(2, &json, &uplinks, &[], 8).await.unwrap();
+        let plans = client.request_plans(2, &json, &uplinks, &[], 8, None).await.unwrap();
         let id_of = |name: &str| (1..=32u8).find(|&id| client.directory().name(id).as_deref() == Some(name)).expect(name);
         // Device, edge, edge2 and cloud one block or more each, at the profile's block boundaries.
         let cut = |i: usize| profile.blocks[i * profile.blocks.len() / 4].range.start as u32;

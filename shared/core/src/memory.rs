@@ -33,6 +33,15 @@ pub fn slice_need(graph: &GraphSummary, block: Block) -> u64 {
     weights.saturating_mul(2).saturating_add(largest_activation(graph, block).saturating_mul(2)).saturating_add(RUNTIME_OVERHEAD)
 }
 
+/// The cap on a slice's weights plus activations (the solver's memory model, see
+/// [`Constraints::memory_cap`](crate::solver::Constraints)) under which a slice fits in
+/// `available` bytes by [`slice_need`]'s rule. Approximate: the solver counts the activations
+/// crossing its blocks' boundaries, not those inside them, so a tier still checks each route
+/// with [`slice_need`] before it runs it.
+pub fn solver_cap(available: u64) -> u64 {
+    available.saturating_sub(RUNTIME_OVERHEAD) / 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -318,8 +318,9 @@ impl DeviceClient {
     }
 
     /// Asks the planner (the cloud, tier `cloud`, unless [`DeviceClient::with_planner`] named
-    /// another) for `count` ranked plans, given this device's profile JSON and measured uplinks,
-    /// avoiding the servers `avoid` names (server keys: tiers and registered machines).
+    /// another) for `count` ranked plans, given this device's profile JSON, measured uplinks and
+    /// the memory it may use (`device_memory`, bytes), avoiding the servers `avoid` names
+    /// (server keys: tiers and registered machines).
     pub async fn request_plans(
         &self,
         cloud: u8,
@@ -327,14 +328,16 @@ impl DeviceClient {
         uplinks: &HashMap<u8, scission_core::solver::Link>,
         avoid: &[u8],
         count: u16,
+        device_memory: Option<u64>,
     ) -> Result<Vec<(Vec<Stage>, u64)>, PlanRequestError> {
         let uplinks = bounded(uplinks.iter().map(|(t, l)| (*t, *l)).collect(), "uplinks")?;
         // `avoid` holds server keys: tiers, and registered machines.
         let tiers = avoid.iter().copied().filter(|k| k & REGISTERED_SERVER == 0).collect();
         let machines = avoid.iter().filter(|k| *k & REGISTERED_SERVER != 0).map(|k| k & !REGISTERED_SERVER).collect();
         let (avoid, avoid_machines) = (bounded(tiers, "tiers to avoid")?, bounded(machines, "machines to avoid")?);
-        let message = scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid, avoid_machines })
-            .map_err(crate::error::RuntimeError::from)?;
+        let message =
+            scission_core::wire::message::encode(&Body::PlanRequest { profile, uplinks, count, avoid, avoid_machines, device_memory })
+                .map_err(crate::error::RuntimeError::from)?;
         let answer = match &self.planner {
             Some(planner) => self.send(PLANNER, CONFIGURED, message).await.map_err(|e| match e {
                 RequestError::Unreachable { reason, .. } => invalid!("the planner {} is unreachable: {reason}", planner.name),

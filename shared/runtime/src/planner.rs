@@ -244,6 +244,7 @@ impl Planner {
         avoid: &[u8],
         avoid_machines: &[MachineId],
         count: usize,
+        device_memory: Option<u64>,
     ) -> Result<(Vec<PlannedRoute>, Vec<Listed>), PlanError> {
         if count == 0 {
             return Err(PlanError::NoPlansAsked);
@@ -286,8 +287,14 @@ impl Planner {
         }
         problem.machines[cloud].queue_ns = self.own_load.as_ref().map_or(0, |l| l.snapshot().expected_wait_ns());
         let exclude_machines = edges.iter().enumerate().filter(|(_, r)| avoid_machines.contains(&r.id)).map(|(i, _)| i + 1).collect();
-        let constraints =
-            Constraints { must_not_use: avoid.iter().map(|&t| usize::from(t)).collect(), exclude_machines, ..Constraints::default() };
+        // The device's memory caps its slice (the device checks each route exactly again).
+        let memory_cap = device_memory.map(|m| (0, scission_core::memory::solver_cap(m))).into_iter().collect();
+        let constraints = Constraints {
+            must_not_use: avoid.iter().map(|&t| usize::from(t)).collect(),
+            exclude_machines,
+            memory_cap,
+            ..Constraints::default()
+        };
         let plans = solver::solve(&problem, &constraints, Objective::Latency, count.min(MAX_ROUTES))?;
         plans
             .iter()

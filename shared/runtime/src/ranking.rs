@@ -57,12 +57,23 @@ pub(crate) struct Planner {
 
 enum PlannerKind {
     Fixed(Vec<Stage>),
-    Local { problem: Box<Problem>, blocks: Vec<scission_core::profile::BlockProfile>, observed: ObservedCosts },
-    Cloud { profile_json: Vec<u8> },
+    Local {
+        problem: Box<Problem>,
+        blocks: Vec<scission_core::profile::BlockProfile>,
+        observed: ObservedCosts,
+        /// The device's memory, as the solver's cap on tier 0.
+        memory_cap: Vec<(usize, u64)>,
+    },
+    Cloud {
+        profile_json: Vec<u8>,
+        device_memory: Option<u64>,
+    },
 }
 
 impl Planner {
-    pub(crate) fn new(planning: &Planning, encoding: Encoding, nodes: usize) -> Result<Self> {
+    /// A planner for `planning`; `device_memory` (bytes the device may use) caps the device's
+    /// slice in every ranking, the local solver's and the cloud's.
+    pub(crate) fn new(planning: &Planning, encoding: Encoding, nodes: usize, device_memory: Option<u64>) -> Result<Self> {
         match planning {
             Planning::Split { device_end, edge_end } => {
                 let route = split_route(*device_end, *edge_end, nodes).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
@@ -77,12 +88,18 @@ impl Planner {
                     apply_link_spec(&mut problem, text, true).map_err(|e| invalid!("--link {e}"))?;
                 }
                 let uplinks = device_uplinks(&problem);
-                let kind =
-                    PlannerKind::Local { problem: Box::new(problem), blocks: device.blocks.clone(), observed: ObservedCosts::default() };
+                let memory_cap = device_memory.map(|m| (0, scission_core::memory::solver_cap(m))).into_iter().collect();
+                let kind = PlannerKind::Local {
+                    problem: Box::new(problem),
+                    blocks: device.blocks.clone(),
+                    observed: ObservedCosts::default(),
+                    memory_cap,
+                };
                 Ok(Self { kind, uplinks })
             }
             Planning::Cloud { profile_json, links } => {
-                Ok(Self { kind: PlannerKind::Cloud { profile_json: profile_json.clone() }, uplinks: uplinks_from_specs(links)? })
+                let kind = PlannerKind::Cloud { profile_json: profile_json.clone(), device_memory };
+                Ok(Self { kind, uplinks: uplinks_from_specs(links)? })
             }
         }
     }
@@ -125,13 +142,17 @@ impl Planner {
                 .into_iter()
                 .filter(|r| avoid.iter().all(|t| !r.uses(*t)))
                 .collect()),
-            PlannerKind::Local { problem, blocks, observed } => {
+            PlannerKind::Local { problem, blocks, observed, memory_cap } => {
                 set_device_uplinks(problem, links);
                 apply_observed(problem, blocks, observed);
                 // The local solver plans tiers (one machine each): a registered machine's key
                 // (with the REGISTERED_SERVER bit) names none of them.
                 let tiers = avoid.iter().filter(|k| *k & scission_core::wire::message::REGISTERED_SERVER == 0);
-                let constraints = Constraints { must_not_use: tiers.map(|&t| usize::from(t)).collect(), ..Constraints::default() };
+                let constraints = Constraints {
+                    must_not_use: tiers.map(|&t| usize::from(t)).collect(),
+                    memory_cap: memory_cap.clone(),
+                    ..Constraints::default()
+                };
                 let plans = solver::solve(problem, &constraints, Objective::Latency, usize::from(RANKED))?;
                 plans
                     .iter()
@@ -141,13 +162,13 @@ impl Planner {
                     })
                     .collect()
             }
-            PlannerKind::Cloud { profile_json } => {
+            PlannerKind::Cloud { profile_json, device_memory } => {
                 // The cloud plans only with measured uplinks: measure those not known yet (a
                 // tier that was down at start and has come back).
                 let mut links: HashMap<u8, Link> = links.iter().copied().collect();
                 let missing: Vec<u8> = client.tiers().into_iter().filter(|t| !links.contains_key(t) && !avoid.contains(t)).collect();
                 links.extend(measure_uplinks(client, missing.into_iter()).await);
-                let ranked = client.request_plans(2, profile_json, &links, avoid, RANKED).await?;
+                let ranked = client.request_plans(2, profile_json, &links, avoid, RANKED, *device_memory).await?;
                 Ok(ranked.into_iter().map(|(stages, predicted)| Route { stages, predicted_ns: Some(predicted) }).collect())
             }
         }

@@ -506,13 +506,14 @@ impl StageServer {
                 let machines = bounded(listed.iter().map(Listed::entry).collect(), "directory entries").map_err(StageError::engine)?;
                 encode(&Body::Registered { id, machines }).map_err(StageError::engine)
             }
-            Body::PlanRequest { profile, uplinks, count, avoid, avoid_machines } => {
+            Body::PlanRequest { profile, uplinks, count, avoid, avoid_machines, device_memory } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan (start the cloud with --profile)"))?;
                 let _permit = self.planning_permit()?;
                 let (profile, uplinks, avoid, avoid_machines) =
                     (profile.to_vec(), uplinks.to_vec(), avoid.to_vec(), avoid_machines.to_vec());
                 let (routes, listed) =
-                    blocking(move || planner.plan(&profile, &uplinks, &avoid, &avoid_machines, usize::from(count))).await??;
+                    blocking(move || planner.plan(&profile, &uplinks, &avoid, &avoid_machines, usize::from(count), device_memory))
+                        .await??;
                 let routes = bounded(routes, "routes").map_err(StageError::engine)?;
                 let machines = bounded(listed.iter().map(Listed::entry).collect(), "directory entries").map_err(StageError::engine)?;
                 encode(&Body::Plans { routes, machines }).map_err(StageError::engine)

@@ -269,7 +269,7 @@ impl Session {
         let identity = pki::Identity::load(&config.cluster, &config.name)?;
         let node = Arc::new(Node::new(slices, 0, config.threads)?);
         let nodes = node.graph().summary.len();
-        let planner = Planner::new(&config.planning, config.encoding, nodes)?;
+        let planner = Planner::new(&config.planning, config.encoding, nodes, config.device_memory)?;
         let peers = peers(&config);
         let (endpoint, shapers) = endpoint(&config, &identity, &peers, &planner.uplinks)?;
         let (lost_tx, lost) = mpsc::unbounded_channel();

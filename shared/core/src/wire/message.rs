@@ -9,9 +9,9 @@ use super::tensor::TensorFrame;
 use crate::link::{Encoding, Link};
 
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// ALPN token naming the protocol version in the TLS handshake.
-pub const ALPN: &[u8] = b"scission/3";
+pub const ALPN: &[u8] = b"scission/4";
 /// Most tensors one message may carry.
 pub const MAX_TENSORS: usize = 16;
 /// Most stages a route may have.
@@ -326,6 +326,9 @@ pub enum Body<'a> {
         avoid: heapless::Vec<u8, MAX_STAGES>,
         /// Registered machines (directory ids) the plans must not use (found unreachable).
         avoid_machines: heapless::Vec<MachineId, MAX_DIRECTORY>,
+        /// Bytes the device may use, when it knows: plans whose device slice would need more
+        /// are left out.
+        device_memory: Option<u64>,
     },
     /// Ranked plans, best first, and the machines they name.
     Plans {
