@@ -55,9 +55,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = RangeChoice::None)]
     pub ranges: RangeChoice,
     /// Verification pass: time these ranges of blocks (e.g. `0-5,12-20`: blocks 0 to 5 and 12
-    /// to 20, as `plan` lists them) as one slice each and add them to the profile already in --out, keeping its
-    /// blocks. `scission-cloud plan --verify` prints which ranges its top plans need. Only
-    /// ranges from block 0 or to the last block count (the planner uses no others).
+    /// to 20, as `plan` lists them) as one slice each and add them to the profile already in
+    /// --out, keeping its blocks and its engine threads (unless --threads). `scission-cloud
+    /// plan --verify` prints which ranges its top plans need. Only ranges from block 0 or to
+    /// the last block count (the planner uses no others).
     #[arg(long, value_name = "SPANS", value_delimiter = ',', conflicts_with = "ranges")]
     pub add_ranges: Vec<String>,
     /// No progress bar.
@@ -142,7 +143,12 @@ fn add_ranges(args: &BenchArgs, model: &Model, options: &BenchOptions, bar: &Ben
     }
     let n = profile.blocks.len();
     let spans = args.add_ranges.iter().map(|text| parse_span(text, n)).collect::<Result<Vec<_>>>()?;
-    let timed = time_spans(model, options, &profile, &spans, bar)?;
+    // The ranges run with the threads the blocks ran with (at most this machine's cores),
+    // unless told otherwise.
+    let recorded = usize::try_from(profile.machine.threads).unwrap_or(1).clamp(1, scission_engine::host::available_cores().max(1));
+    let threads = args.threads.map_or(recorded, usize::from);
+    let options = BenchOptions { threads, ..options.clone() };
+    let timed = time_spans(model, &options, &profile, &spans, bar)?;
     let mut out = String::new();
     for r in timed {
         let blocks: u64 = profile.blocks[r.first_block..r.end_block].iter().map(|b| b.time.median_ns).sum();
