@@ -282,11 +282,11 @@ impl Problem {
 /// copy rather than comparing every pair, for a profile from a peer may hold many).
 fn validate_ranges(m: &Machine, n: usize) -> Result<(), ProblemError> {
     let name = &m.name;
-    if m.ranges.len() > (2 * n).saturating_sub(1) {
+    if m.ranges.len() > n.saturating_mul(2).saturating_sub(1) {
         return Err(ProblemError::OutOfRange(alloc::format!(
             "machine '{name}': {} measured ranges, more than the {} a model of {n} blocks has from its ends",
             m.ranges.len(),
-            (2 * n).saturating_sub(1)
+            n.saturating_mul(2).saturating_sub(1)
         )));
     }
     for r in &m.ranges {
