@@ -293,13 +293,22 @@ impl Drop for Tier {
     }
 }
 
-fn start_tier(model: &std::path::Path, cluster: &std::path::Path, tier: &str, upstream: Option<std::net::SocketAddr>) -> Result<Tier> {
+/// Starts `tier` serving `model`; with an upstream, forwarding there over `link` (emulated).
+fn start_tier(
+    model: &std::path::Path,
+    cluster: &std::path::Path,
+    tier: &str,
+    upstream: Option<(std::net::SocketAddr, Option<scission_core::link::Link>)>,
+) -> Result<Tier> {
     use std::io::BufRead;
     let exe = std::env::current_exe()?;
     let mut command = std::process::Command::new(exe);
     command.args(["stage", "--tier", tier, "--name", tier, "--cluster"]).arg(cluster).arg(model);
-    if let Some(up) = upstream {
+    if let Some((up, link)) = upstream {
         command.arg("--upstream").arg(up.to_string());
+        if let Some(link) = link {
+            command.arg("--emulate-upstream").arg(format!("{}bit,{}ns", link.bits_per_sec, link.latency_ns));
+        }
     }
     let mut child = command.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("cannot start the {tier} process"))?;
     let stdout = child.stdout.take().context("no stdout")?;
@@ -331,7 +340,10 @@ fn distributed(
     }
     // The servers start from this (unlimited) thread: a child inherits its parent's cgroup.
     let cloud = start_tier(model_path, &cluster, "cloud", None)?;
-    let edge = start_tier(model_path, &cluster, "edge", Some(cloud.addr))?;
+    // The edge's link to the cloud is emulated on its own socket, as the device's uplinks are.
+    let tier_machine = |tier: usize| problem.machines.iter().position(|m| m.tier == tier);
+    let edge_cloud = tier_machine(1).zip(tier_machine(2)).and_then(|(e, c)| problem.link(e, c));
+    let edge = start_tier(model_path, &cluster, "edge", Some((cloud.addr, edge_cloud)))?;
     // Inputs and the unsplit model's outputs, computed at full speed.
     let whole = model.whole()?;
     let cases = (0..requests)

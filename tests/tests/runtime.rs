@@ -712,3 +712,39 @@ fn predictions_follow_measured_stage_costs_after_a_drift() {
     let last = &errors[errors.len() - 4..];
     assert!(last.iter().all(|r| (0.5..2.0).contains(r)), "then within a factor of two: {errors:?}");
 }
+
+/// `serve --emulate-upstream` delays what an edge forwards to its cloud: a route through both
+/// takes at least the emulated latency, one that stops at the edge does not; a cloud, which has
+/// no next tier, refuses the flag.
+#[test]
+fn an_edge_emulates_its_link_to_the_cloud() {
+    let c = Cluster::new();
+    let model = c.model.to_str().unwrap();
+    let cluster = c.cluster();
+    let cloud = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1"]);
+    let cloud_addr = cloud.addr.to_string();
+    let edge = start(
+        "scission-edge",
+        &["serve", model, "--cluster", &cluster, "--cloud", &cloud_addr, "--threads", "1", "--emulate-upstream", "100mbit,150ms"],
+    );
+    let times = |split: &str| -> Vec<f64> {
+        let out = c.device(&cluster, edge.addr, cloud.addr, split, &["--no-check"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+        text.lines()
+            .filter(|l| l.starts_with("request "))
+            .filter_map(|l| l.split(" ms end to end").next()?.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    let n = Model::load_path(&c.model, &LoadOptions::default()).unwrap().summary.len();
+    let through_cloud = times("0,1");
+    assert_eq!(through_cloud.len(), 4);
+    assert!(through_cloud.iter().all(|&ms| ms >= 150.0), "edge -> cloud is 150 ms away: {through_cloud:?}");
+    let at_edge = times(&format!("0,{n}"));
+    assert_eq!(at_edge.len(), 4);
+    assert!(at_edge.iter().all(|&ms| ms < 150.0), "the edge alone is not delayed: {at_edge:?}");
+    let refused = run("scission-cloud", &["serve", model, "--cluster", &cluster, "--emulate-upstream", "1mbit,1ms"]);
+    assert!(!refused.status.success() && stderr(&refused).contains("needs a next tier"), "{}", stderr(&refused));
+    let bad = run("scission-edge", &["serve", model, "--cluster", &cluster, "--cloud", &cloud_addr, "--emulate-upstream", "fast"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("BANDWIDTH,LATENCY"), "{}", stderr(&bad));
+}

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::builder::TypedValueParser as _;
 use scission_core::batching::BatchWindow;
 use scission_core::profile::TierKind;
@@ -47,6 +47,12 @@ pub struct ServeArgs {
     /// against --profile's when given).
     #[arg(long)]
     pub fetch_model: bool,
+    /// Emulate a link to the next tier, as BANDWIDTH,LATENCY (e.g. `100mbit,20ms`): a delay
+    /// and bandwidth cap on this server's own socket towards it, so that measured latencies
+    /// reflect the planned network even on loopback (a what-if tool, like the device's
+    /// `--emulate`).
+    #[arg(long, value_name = "BW,LAT")]
+    pub emulate_upstream: Option<String>,
     /// Inferences run at once (default: one per core); each holds its activations in memory.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
@@ -165,6 +171,10 @@ pub fn run_serve(
         let mut bar = FetchBar::new("the model");
         fetch_model_blocking(&args.cluster.cluster, &name, from, &path, max_frame, expected, &mut |done, total| bar.update(done, total))?;
     }
+    let upstream_link = args.emulate_upstream.as_deref().map(parse_link_figures).transpose()?;
+    if upstream_link.is_some() && upstream.is_none() {
+        bail!("--emulate-upstream needs a next tier (--cloud)");
+    }
     let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
     let config = ServeConfig {
         cluster: args.cluster.cluster.clone(),
@@ -172,6 +182,7 @@ pub fn run_serve(
         tier,
         listen: args.listen,
         upstream,
+        upstream_link,
         planner: args.planner.map(|addr| Peer::new(addr, args.planner_name.clone())),
         advertise: args.advertise.map(|a| a.to_string()),
         tiers: args.tiers.clone(),
@@ -184,4 +195,13 @@ pub fn run_serve(
     };
     serve(&config, model, |ready| announce(&format!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr)))?;
     Ok(String::new())
+}
+
+/// `100mbit,20ms`: a link's bandwidth and one-way latency.
+fn parse_link_figures(text: &str) -> Result<scission_core::link::Link> {
+    use scission_core::solver::linkspec::{parse_bandwidth, parse_latency};
+    let (bandwidth, latency) = text.split_once(',').with_context(|| format!("--emulate-upstream '{text}': expected BANDWIDTH,LATENCY"))?;
+    let bits_per_sec = parse_bandwidth(bandwidth.trim()).map_err(|e| anyhow::anyhow!("--emulate-upstream {e}"))?;
+    let latency_ns = parse_latency(latency.trim()).map_err(|e| anyhow::anyhow!("--emulate-upstream {e}"))?;
+    Ok(scission_core::link::Link { latency_ns, bits_per_sec })
 }

@@ -34,6 +34,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The next tier (the edge's cloud).
     pub upstream: Option<Peer>,
+    /// Emulate this link on the way to `upstream` (delay and bandwidth cap on this server's
+    /// client socket): a what-if tool on loopback, as the device's `--emulate`.
+    pub upstream_link: Option<scission_core::link::Link>,
     /// Where an edge registers (the cloud's planner), when not `upstream` (a cloud whose stage
     /// servers are scaled out apart from its one planner).
     pub planner: Option<Peer>,
@@ -105,7 +108,13 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
     crate::async_runtime()?.block_on(async move {
         let endpoint =
             quic::server_with(&identity, config.listen, Some(deny), config.limits.streams_per_connection, quic::Datagrams::default())?;
-        let client = quic::client(&identity)?;
+        let client = match (config.upstream_link, &config.upstream) {
+            (Some(link), Some(up)) => {
+                let shapers = std::collections::HashMap::from([(up.addr, scission_net::emulator::Shaper::new(link))]);
+                quic::client_with(&identity, shapers, quic::Datagrams::default())?
+            }
+            _ => quic::client(&identity)?,
+        };
         let planner = config.planner.clone().or_else(|| config.upstream.clone());
         if let (Some(planner), Some(p)) = (planner, &config.profile) {
             let registrar = Registrar {
