@@ -218,7 +218,7 @@ fn verify(
             _ => time_spans(model, &options, profile, &spans, &bar)?,
         };
         for r in &ranges {
-            let blocks: u64 = profile.blocks[r.first_block..r.end_block].iter().map(|b| b.time.median_ns).sum();
+            let blocks = profile.blocks_ns(r.first_block, r.end_block);
             println!(
                 "  {} blocks {}-{}: {:.1} ms as one slice, {:.1} ms as its blocks",
                 profile.machine.name,

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use common::cluster::{Server, start};
-use common::{bin, stderr};
+use common::{Verification, bin, quantile, run, stderr, verification_commands};
 
 /// End-to-end prediction error over emulated links and a CPU-limited device.
 #[derive(Parser, Debug)]
@@ -85,16 +85,16 @@ fn main() -> Result<()> {
     let dir = args.dir.as_deref().unwrap_or(temporary.path());
     std::fs::create_dir_all(dir)?;
     let model = dir.join(format!("{}.onnx", args.model));
-    ok(&cli("scission-cloud", &["zoo", "write", &args.model, "--out", s(&model)]))?;
+    ok(&run("scission-cloud", &["zoo", "write", &args.model, "--out", s(&model)]))?;
     let limit = CpuLimit::new(args.device_cpu, args.period_ms)?;
     println!(
         "device: {}% of one core (cgroup quota, {} ms period); edge and cloud: one thread each, unlimited",
         args.device_cpu, args.period_ms
     );
     let cluster = dir.join("cluster");
-    ok(&cli("scission-cloud", &["init", "--cluster", s(&cluster)]))?;
+    ok(&run("scission-cloud", &["init", "--cluster", s(&cluster)]))?;
     for tier in ["device", "edge", "cloud"] {
-        ok(&cli("scission-cloud", &["enroll", tier, "--tier", tier, "--cluster", s(&cluster)]))?;
+        ok(&run("scission-cloud", &["enroll", tier, "--tier", tier, "--cluster", s(&cluster)]))?;
     }
     let profiles: Vec<PathBuf> = ["device", "edge", "cloud"].iter().map(|t| dir.join(format!("{t}.json"))).collect();
     for (tier, profile) in ["device", "edge", "cloud"].iter().zip(&profiles) {
@@ -106,7 +106,7 @@ fn main() -> Result<()> {
         // the median to chance.
         let bench =
             ["bench", s(&model), "--out", s(profile), "--name", tier, "--quiet", "--threads", "1", "--ranges", "auto", "--min-runs", "7"];
-        let out = if *tier == "device" { limit.run("scission-device", &bench)? } else { cli(&format!("scission-{tier}"), &bench) };
+        let out = if *tier == "device" { limit.run("scission-device", &bench)? } else { run(&format!("scission-{tier}"), &bench) };
         ok(&out)?;
     }
     let cloud = start("scission-cloud", &["serve", s(&model), "--cluster", s(&cluster), "--threads", "1"]);
@@ -141,7 +141,6 @@ fn main() -> Result<()> {
         run_args.extend(links.iter().cloned());
         run_args.extend(["--requests".into(), args.requests.to_string(), "--report".into(), s(&report).into()]);
         run_args.extend(["--replan-on-drift".into(), args.drift.to_string()]);
-        let run_args: Vec<&str> = run_args.iter().map(String::as_str).collect();
         ok(&limit.run("scission-device", &run_args)?)?;
         print_scenario(scenario.name, &report)?;
     }
@@ -161,20 +160,17 @@ fn verify(profiles: &[PathBuf], links: &[String], model: &Path, limit: &CpuLimit
         plan.extend(profiles.iter().map(|p| s(p)));
         plan.extend(links.iter().map(String::as_str));
         plan.extend(["-n", "3", "--verify"]);
-        let out = cli("scission-cloud", &plan);
+        let out = run("scission-cloud", &plan);
         ok(&out)?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let commands: Vec<&str> = text.lines().filter(|l| l.contains(" bench MODEL ")).collect();
+        let commands = verification_commands(&text).map_err(anyhow::Error::msg)?;
         if commands.is_empty() {
             return Ok(());
         }
-        print!("{}", text.lines().filter(|l| l.contains(" bench MODEL ")).map(|l| format!("{l}\n")).collect::<String>());
-        for line in commands {
-            // "  NAME: BINARY bench MODEL --out PROFILE --add-ranges SPANS"
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let [_, binary, _, _, _, profile, _, spans] = words[..] else { bail!("unexpected verification line {line:?}") };
+        for Verification { line, binary, profile, spans } in commands {
+            println!("{line}");
             let bench = ["bench", s(model), "--out", profile, "--add-ranges", spans, "--quiet", "--threads", "1", "--min-runs", "7"];
-            ok(&if binary == "scission-device" { limit.run(binary, &bench)? } else { cli(binary, &bench) })?;
+            ok(&if binary == "scission-device" { limit.run(binary, &bench)? } else { run(binary, &bench) })?;
         }
     }
     println!("note: after {VERIFY_ROUNDS} rounds the top plans still run unmeasured ranges");
@@ -222,11 +218,6 @@ fn print_scenario(name: &str, report: &Path) -> Result<()> {
         quantile(&mut transfer, 0.5)
     );
     Ok(())
-}
-
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
 /// A link's figures: bits per second and one-way latency.
@@ -389,7 +380,7 @@ impl CpuLimit {
     }
 
     /// Runs a binary of the project inside the quota.
-    fn run(&self, binary: &str, args: &[&str]) -> Result<Output> {
+    fn run<S: AsRef<std::ffi::OsStr>>(&self, binary: &str, args: &[S]) -> Result<Output> {
         let procs = self.dir.join("cgroup.procs");
         let script = format!("echo $$ > {} && exec \"$0\" \"$@\"", procs.display());
         Ok(Command::new("sh").arg("-c").arg(script).arg(bin(binary)).args(args).output()?)
@@ -399,13 +390,6 @@ impl CpuLimit {
 impl Drop for CpuLimit {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-fn cli(binary: &str, args: &[&str]) -> Output {
-    match Command::new(bin(binary)).args(args).output() {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run {binary}: {e}"),
     }
 }
 

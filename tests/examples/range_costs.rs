@@ -16,6 +16,9 @@
 //! median and p90 of |predicted / measured - 1| for each prediction. The measured ranges always
 //! use the engine's default budget, in separate runs after both benchmarks.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use scission_core::cut::Block;
@@ -83,7 +86,7 @@ fn main() -> Result<()> {
             let a = (rng.next_u64() % n as u64) as usize;
             let b = (rng.next_u64() % n as u64) as usize;
             let (first, end) = (a.min(b), a.max(b) + 1);
-            let predicted = sum_of_blocks(&plain, first, end);
+            let predicted = plain.blocks_ns(first, end);
             any_err.push(error(predicted, with_threads(1, || time_range(&model, span(&plain, first, end)))?));
         }
         let (mut sum_err, mut measured_err) = (Vec::new(), Vec::new());
@@ -91,7 +94,7 @@ fn main() -> Result<()> {
             let cut = 1 + (rng.next_u64() % n.saturating_sub(1).max(1) as u64) as usize;
             let (first, end) = if i % 2 == 0 { (0, cut) } else { (cut.min(n - 1), n) };
             let measured = with_threads(1, || time_range(&model, span(&plain, first, end)))?;
-            sum_err.push(error(sum_of_blocks(&plain, first, end), measured));
+            sum_err.push(error(plain.blocks_ns(first, end), measured));
             let range = ranged.ranges.iter().find(|r| (r.first_block, r.end_block) == (first, end)).context("the range was not timed")?;
             measured_err.push(error(range.time.median_ns, measured));
         }
@@ -110,11 +113,6 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The sum of the block medians of blocks `[first, end)`.
-fn sum_of_blocks(profile: &Profile, first: usize, end: usize) -> u64 {
-    profile.blocks[first..end].iter().map(|b| b.time.median_ns).sum()
 }
 
 /// The node range of blocks `[first, end)`.
@@ -146,7 +144,5 @@ fn time_range(model: &Model, block: Block) -> Result<u64> {
 
 /// The median and the 90th percentile of `values`.
 fn quantiles(values: &mut [f64]) -> (f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
-    (at(0.5), at(0.9))
+    (common::quantile(values, 0.5), common::quantile(values, 0.9))
 }

@@ -243,7 +243,7 @@ fn a_device_starting_with_no_slice_offloads_to_the_cloud_fetches_its_slice_and_s
     let split = format!("{k},{k}");
     // The reference: the whole model on the device, each result checked against the unsplit model.
     let args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "6"]);
-    let checked = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let checked = run("scission-device", &args);
     let checked_text = String::from_utf8_lossy(&checked.stdout).into_owned();
     assert!(line(&checked_text, "requests:").contains("6 ok, 0 failed; largest difference from the unsplit model 0e0"), "{checked_text}");
     // The same requests from an empty directory of slice artifacts.
@@ -252,8 +252,7 @@ fn a_device_starting_with_no_slice_offloads_to_the_cloud_fetches_its_slice_and_s
     let mut args =
         c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "6", "--no-check", "--interval-ms", "100"]);
     args[1] = slices.to_string_lossy().into_owned();
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run("scission-device", &refs);
+    let out = run("scission-device", &args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(line(&text, "requests:").starts_with("requests: 6 ok, 0 failed"), "{text}");
@@ -303,7 +302,7 @@ fn plans_whose_device_slice_would_not_fit_the_device_memory_are_not_used() {
     let split = format!("{k},{k}");
     // Every slice counts at least the 40 MiB runtime overhead: 10 MiB fits none.
     let args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "2", "--memory-mib", "10"]);
-    let out = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run("scission-device", &args);
     assert!(!out.status.success());
     let message = stderr(&out);
     assert!(message.contains("no planned route fits the device's memory") && message.contains("has 10.0 MiB"), "{message}");
@@ -313,7 +312,7 @@ fn plans_whose_device_slice_would_not_fit_the_device_memory_are_not_used() {
     let mut args =
         c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "3", "--no-check", "--memory-mib", "10"]);
     args[1] = slices.to_string_lossy().into_owned();
-    let out = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run("scission-device", &args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(line(&text, "requests:").starts_with("requests: 3 ok, 0 failed"), "{text}");
@@ -321,6 +320,6 @@ fn plans_whose_device_slice_would_not_fit_the_device_memory_are_not_used() {
     assert_eq!(ArtifactDir::open(&slices, None).unwrap().blocks(), vec![Block { start: 0, end: 1 }]);
     // With memory enough, the same run uses the split.
     let args = c.run_args(&c.cluster(), edge.addr, cloud.addr, &["--split", &split, "--requests", "2", "--memory-mib", "200"]);
-    let out = run("scission-device", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run("scission-device", &args);
     assert!(out.status.success(), "{}", stderr(&out));
 }

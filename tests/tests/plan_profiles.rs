@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{quick_bench, quick_bench_with, run, stderr, write_model};
+use common::{Verification, quick_bench, quick_bench_with, run, stderr, verification_commands, write_model};
 use scission_core::profile::Profile;
 use scission_zoo::onnx::testmodels::TestModel;
 
@@ -37,8 +37,7 @@ fn plan(profiles: &[PathBuf], extra: &[&str]) -> std::process::Output {
         args.push(l.into());
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("scission-cloud", &refs)
+    run("scission-cloud", &args)
 }
 
 /// Recomputes a plan's latency from the profiles and the link figures, independently of the
@@ -207,8 +206,7 @@ fn four_tier_chains_and_placement() {
     {
         args.extend(["--link".into(), format!("{a}-{b}=10gbit,1us"), "--link".into(), format!("{b}-{a}=10gbit,1us")]);
     }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run("scission-cloud", &refs);
+    let out = run("scission-cloud", &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let plans = v["plans"].as_array().unwrap();
@@ -223,7 +221,7 @@ fn four_tier_chains_and_placement() {
     }
     assert!(used_both_edges, "some of the top 50 plans go through both edges");
     // A placement into a tier outside the chain is an error that names both.
-    let bad: Vec<&str> = refs.iter().map(|a| if *a == "edge2=edge2" { "edge2=edge9" } else { *a }).collect();
+    let bad: Vec<&str> = args.iter().map(|a| if a == "edge2=edge2" { "edge2=edge9" } else { a.as_str() }).collect();
     let out = run("scission-cloud", &bad);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("'edge9', which is not in the chain device -> edge1 -> edge2 -> cloud"), "{}", stderr(&out));
@@ -242,17 +240,14 @@ fn a_verification_pass_times_what_the_top_plans_run_and_planning_again_uses_it()
         let out = plan(&files, &["-n", "4", "--verify"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let commands: Vec<&str> = text.lines().filter(|l| l.contains(" bench MODEL ")).collect();
+        let commands = verification_commands(&text).unwrap();
         if commands.is_empty() {
             assert!(text.contains("every range these plans run from the first block or to the last is measured"), "{text}");
             break;
         }
         rounds += 1;
         assert!(rounds <= 40, "the verification pass does not converge:\n{text}");
-        for line in commands {
-            // "  NAME: BINARY bench MODEL --out PROFILE --add-ranges SPANS"
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let (binary, profile, spans) = (words[1], words[5], words[7]);
+        for Verification { line, binary, profile, spans } in commands {
             let before = serde_json::from_slice::<Profile>(&std::fs::read(profile).unwrap()).unwrap().ranges.len();
             let args = ["bench", model.to_str().unwrap(), "--out", profile, "--add-ranges", spans, "--min-runs", "3", "--quiet"];
             let out = run(binary, &args);

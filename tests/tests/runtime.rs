@@ -226,8 +226,7 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
             c.dir.path().join("report.json").to_str().unwrap(),
         ],
     );
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run("scission-device", &refs);
+    let out = run("scission-device", &args);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
@@ -694,8 +693,7 @@ fn predictions_follow_measured_stage_costs_after_a_drift() {
             report.to_str().unwrap(),
         ],
     );
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run("scission-device", &refs);
+    let out = run("scission-device", &args);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();

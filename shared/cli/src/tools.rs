@@ -151,7 +151,7 @@ fn add_ranges(args: &BenchArgs, model: &Model, options: &BenchOptions, bar: &Ben
     let timed = time_spans(model, &options, &profile, &spans, bar)?;
     let mut out = String::new();
     for r in timed {
-        let blocks: u64 = profile.blocks[r.first_block..r.end_block].iter().map(|b| b.time.median_ns).sum();
+        let blocks = profile.blocks_ns(r.first_block, r.end_block);
         let _ = writeln!(
             out,
             "blocks {}-{}: {:.3} ms as one slice, {:.3} ms as the sum of its blocks",

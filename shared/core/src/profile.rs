@@ -84,6 +84,13 @@ pub struct RangeProfile {
     pub time: Summary,
 }
 
+impl Profile {
+    /// The sum of the medians of blocks `[first, end)` (0 outside the profile's blocks).
+    pub fn blocks_ns(&self, first: usize, end: usize) -> u64 {
+        self.blocks.get(first..end).map_or(0, |blocks| blocks.iter().map(|b| b.time.median_ns).sum())
+    }
+}
+
 /// Identity of the measured model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelFacts {

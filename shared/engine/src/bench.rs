@@ -183,7 +183,9 @@ fn time_prefixes(
 
 /// Times each range of blocks in `spans` (`(first block, end block)` indices into the profile's
 /// blocks) as one slice, on the activations the blocks before it produce from the benchmark's
-/// input: a verification pass that adds to an existing profile what its plans will run.
+/// input: a verification pass that adds to an existing profile what its plans will run. The
+/// ranges are timed (and returned) in order of their first block, so the activations only
+/// move forward, each stretch of the model run once.
 pub fn time_spans(
     model: &Model,
     options: &BenchOptions,
@@ -197,9 +199,11 @@ pub fn time_spans(
     }
     bar.start(spans.len() as u64);
     let ranges = with_threads(options.threads, || -> Result<Vec<RangeProfile>> {
-        let inputs = graph_inputs(model, synthetic_inputs(model, options.seed)?)?;
+        let mut ordered = spans.to_vec();
+        ordered.sort_unstable();
+        let (mut at, mut live) = (0, graph_inputs(model, synthetic_inputs(model, options.seed)?)?);
         let mut out = Vec::with_capacity(spans.len());
-        for &(first, end) in spans {
+        for (first, end) in ordered {
             let (Some(a), Some(b)) = (blocks.get(first), end.checked_sub(1).and_then(|e| blocks.get(e))) else {
                 scission_core::bail!("blocks {first}-{end} are not within the profile's {} blocks", blocks.len());
             };
@@ -208,7 +212,10 @@ pub fn time_spans(
             }
             let range = Block { start: a.range.start, end: b.range.end };
             bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
-            let live = activations_at(model, range.start, &inputs)?;
+            if range.start > at {
+                live = advance_to(model, at, range.start, live)?;
+                at = range.start;
+            }
             let time = time_slice(model, options.budget, range, &live)?;
             out.push(RangeProfile { first_block: first, end_block: end, range, time });
             bar.advance();
@@ -219,14 +226,11 @@ pub fn time_spans(
     Ok(ranges)
 }
 
-/// The activations crossing node boundary `at`, from the model's inputs.
-fn activations_at(model: &Model, at: usize, inputs: &crate::pipeline::Activations) -> Result<crate::pipeline::Activations> {
-    if at == 0 {
-        return Ok(inputs.clone());
-    }
-    let before = Slice::build(model, Block { start: 0, end: at })?;
-    let outputs = before.run(collect(inputs, &before.io.inputs, "model input", model)?)?;
-    Ok(advance(model, &before, inputs.clone(), outputs))
+/// The activations crossing node boundary `to`, from those crossing `from` (`live`).
+fn advance_to(model: &Model, from: usize, to: usize, live: crate::pipeline::Activations) -> Result<crate::pipeline::Activations> {
+    let between = Slice::build(model, Block { start: from, end: to })?;
+    let outputs = between.run(collect(&live, &between.io.inputs, "activation", model)?)?;
+    Ok(advance(model, &between, live, outputs))
 }
 
 /// The timing of `range` run as one slice on the activations in `live`.

@@ -122,6 +122,11 @@ impl Planner {
         matches!(self.kind, PlannerKind::Cloud { .. })
     }
 
+    /// Whether [`Planner::observe`] is of use: only the local solver keeps running estimates.
+    pub(crate) fn keeps_estimates(&self) -> bool {
+        matches!(self.kind, PlannerKind::Local { .. })
+    }
+
     /// Takes in what an answered request's stages cost (`timings`, one per tier of `route`):
     /// the local solver ranks with these running estimates in place of the profiles' figures,
     /// from the next ranking on. The fixed split and the cloud's planner keep their own.

@@ -473,6 +473,8 @@ struct Driver {
     policy: DevicePolicy,
     client: Arc<DeviceClient>,
     planner: Arc<Mutex<Planner>>,
+    /// Whether the planner takes in what stages cost (see [`Driver::observe`]).
+    planner_observes: bool,
     rules: RouteRules,
     observer: Option<Observer>,
     encoding: Encoding,
@@ -498,6 +500,7 @@ impl Driver {
         Self {
             policy: DevicePolicy::new(config.policy, Vec::new(), Vec::new()),
             client,
+            planner_observes: planner.keeps_estimates(),
             planner: Arc::new(Mutex::new(planner)),
             rules,
             observer,
@@ -807,6 +810,9 @@ impl Driver {
     /// Hands what a request's stages cost to the planner: its running estimates (see
     /// [`ObservedCosts`](scission_core::policy::ObservedCosts)) price the next ranking.
     fn observe(&self, route: &Route, timings: &[StageTiming]) {
+        if !self.planner_observes {
+            return;
+        }
         let (planner, route, timings) = (self.planner.clone(), route.clone(), timings.to_vec());
         tokio::spawn(async move { planner.lock().await.observe(&route, &timings) });
     }

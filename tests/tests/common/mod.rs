@@ -21,8 +21,36 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Runs a binary with arguments and returns its output.
-pub fn run(name: &str, args: &[&str]) -> Output {
+pub fn run<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Output {
     Command::new(bin(name)).args(args).output().expect("binary starts")
+}
+
+/// One `bench --add-ranges` command that `plan --verify` prints: which binary times which
+/// ranges into which profile.
+pub struct Verification<'a> {
+    /// The whole line.
+    pub line: &'a str,
+    pub binary: &'a str,
+    pub profile: &'a str,
+    pub spans: &'a str,
+}
+
+/// The commands in `plan --verify`'s output, one per machine with ranges left to time; a line of
+/// another shape is an error.
+pub fn verification_commands(text: &str) -> Result<Vec<Verification<'_>>, String> {
+    text.lines()
+        .filter(|l| l.contains(" bench MODEL "))
+        .map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, binary, "bench", "MODEL", "--out", profile, "--add-ranges", spans] => Ok(Verification { line, binary, profile, spans }),
+            _ => Err(format!("unexpected verification line {line:?}")),
+        })
+        .collect()
+}
+
+/// The `q`-quantile of `values` by nearest rank (sorts them; NaN when there are none).
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
 /// Writes a built-in test model into `dir` and returns its path.
