@@ -109,12 +109,31 @@ fn leading_dims_symbolic(model: &InferenceModel) -> Result<bool> {
     Ok(true)
 }
 
-/// Pins each input's symbolic leading dimension to 1, keeping the rest as the model says.
+/// Pins each input's symbolic leading dimension to 1, keeping the rest as the model says, and
+/// every shape the export declares in terms of it: torch's dynamo exporter declares inner
+/// tensors as `batch,16,32,32`, which would not unify with a batch of 1.
 fn pin_batch_to_one(model: &mut InferenceModel) -> Result<()> {
+    let one = 1.to_dim();
+    let mut batch = std::collections::HashMap::new();
     for ix in 0..model.input_outlets()?.len() {
         let mut fact = model.input_fact(ix)?.clone();
-        fact.shape.set_dim(0, 1.to_dim());
+        if let Some(dim) = fact.shape.dim(0).and_then(|d| d.concretize()) {
+            batch.extend(dim.symbols().into_iter().map(|s| (s, one.clone())));
+        }
+        fact.shape.set_dim(0, one.clone());
         model.set_input_fact(ix, fact)?;
+    }
+    for outlet in model.nodes.iter_mut().flat_map(|node| node.outputs.iter_mut()) {
+        let shape = &mut outlet.fact.shape;
+        let declared: Vec<(usize, TDim)> = shape
+            .dims()
+            .enumerate()
+            .filter_map(|(i, d)| d.concretize().map(|d| (i, d)))
+            .filter(|(_, d)| d.symbols().iter().any(|s| batch.contains_key(s)))
+            .collect();
+        for (i, dim) in declared {
+            shape.set_dim(i, dim.substitute_all(&batch)?);
+        }
     }
     Ok(())
 }
