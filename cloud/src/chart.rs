@@ -78,8 +78,9 @@ pub fn svg(problem: &Problem, plans: &[Plan]) -> String {
             );
             piece(plan.cost.compute_ns[i], TIER_COLOURS[s.tier % 6], title, &problem.machines[s.machine].name, &mut out);
         }
-        if let Some(h) = &plan.cost.result_hop {
-            piece(h.ns, HOP_COLOUR, format!("result back to the device: {} B, {:.3} ms", h.bytes, h.ns as f64 * 1e-6), "", &mut out);
+        for h in &plan.cost.result_hops {
+            let (from, to) = (&problem.machines[h.from].name, &problem.machines[h.to].name);
+            piece(h.ns, HOP_COLOUR, format!("result back, {from} -> {to}: {} B, {:.3} ms", h.bytes, h.ns as f64 * 1e-6), "", &mut out);
         }
         let _ = writeln!(out, r#"<text x="{:.2}" y="{}">{:.3} ms</text>"#, x + 4.0, y + BAR * 0.65, plan.cost.latency_ns as f64 * 1e-6);
     }

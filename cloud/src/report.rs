@@ -60,7 +60,7 @@ pub fn table(problem: &Problem, labels: &[String], plans: &[Plan]) -> String {
             let machine = &problem.machines[s.machine].name;
             let _ = writeln!(out, "       {:>9.3} ms  {tier} {machine}: {}", ms(c.compute_ns[i]), block_range(labels, s.start, s.end));
         }
-        if let Some(h) = &c.result_hop {
+        for h in &c.result_hops {
             write_hop(&mut out, problem, "result", h);
         }
     }
@@ -104,7 +104,7 @@ pub fn json(problem: &Problem, labels: &[String], plans: &[Plan]) -> Value {
                 "bottleneck_ms": ms(p.cost.bottleneck_ns),
                 "segments": segments,
                 "hops": p.cost.hops.iter().map(hop).collect::<Vec<_>>(),
-                "result_hop": p.cost.result_hop.as_ref().map(hop),
+                "result_hops": p.cost.result_hops.iter().map(hop).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -5,7 +5,7 @@
 //!   CPU quota, like a small board; edge and cloud run unlimited as separate server processes;
 //! - every link (device -> edge, device -> cloud, edge -> cloud) is a UDP relay written here, not
 //!   the program's own link emulator: it delays each datagram by the link's latency and queues it
-//!   behind the others at the link's bandwidth, both ways;
+//!   behind the others at the link's bandwidth, both ways, and drops what a 1500-byte path would;
 //! - per scenario (link figures), the planner ranks plans from the profiles, a verification pass
 //!   times the ranges the top plans run (`plan --verify`, then the `bench --add-ranges` commands
 //!   it prints, the device's under its quota), and the device runs its best plan for real
@@ -241,8 +241,13 @@ fn link(text: &str) -> Result<Link> {
     Ok(Link { bits_per_sec: number.parse::<f64>()? * scale, latency: Duration::from_secs_f64(number_l.parse::<f64>()? * scale_l) })
 }
 
+/// Largest UDP payload a relayed link carries: a 1500-byte IP path, as Ethernet or Wi-Fi has.
+/// Larger datagrams are dropped, as such a path drops them (QUIC's path MTU probes find it so).
+const PATH_MAX_DATAGRAM: usize = 1500 - 20 - 8;
+
 /// A UDP relay on loopback standing for one link, both ways: each datagram leaves after the
-/// ones before it have been serialised at the link's bandwidth, and arrives one latency later.
+/// ones before it have been serialised at the link's bandwidth, and arrives one latency later;
+/// one larger than the path's MTU is dropped.
 struct Relay {
     addr: SocketAddr,
     link: Arc<Mutex<Link>>,
@@ -319,8 +324,11 @@ impl Pipe {
     }
 
     /// Queues a datagram: it leaves when the link is free and has carried it, and is due one
-    /// latency after that.
+    /// latency after that. One over [`PATH_MAX_DATAGRAM`] bytes is dropped.
     fn push(&self, datagram: Vec<u8>) {
+        if datagram.len() > PATH_MAX_DATAGRAM {
+            return;
+        }
         let link = *self.link.lock().unwrap_or_else(|e| e.into_inner());
         let (lock, ready) = &*self.queue;
         let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());

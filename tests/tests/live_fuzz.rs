@@ -128,7 +128,7 @@ fn hostile_message(rng: &mut WeightRng, profile: &[u8], sha: [u8; 32], nodes: u3
         8 => Body::Output {
             request: wild(rng),
             tensors: heapless::Vec::new(),
-            timings: [StageTiming { tier: 1, machine: 0, compute_ns: wild(rng) }].into_iter().collect(),
+            timings: [StageTiming { tier: 1, machine: 0, compute_ns: wild(rng), held_ns: wild(rng) }].into_iter().collect(),
         },
         9 => Body::Plans {
             routes: [PlannedRoute { stages: stages(rng, nodes), predicted_ns: wild(rng) }].into_iter().collect(),

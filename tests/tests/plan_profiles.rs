@@ -58,7 +58,7 @@ fn recompute(profiles: &[Profile], plan: &serde_json::Value) -> f64 {
         let range = p.ranges.iter().find(|r| (r.first_block, r.end_block) == (a, b));
         total += range.map_or(blocks, |r| r.time.median_ns) as f64 * 1e-9;
     }
-    let hops = plan["hops"].as_array().unwrap().iter().chain(plan["result_hop"].as_object().map(|_| &plan["result_hop"]));
+    let hops = plan["hops"].as_array().unwrap().iter().chain(plan["result_hops"].as_array().unwrap());
     for h in hops {
         let (lat, bps) = link(h["from"].as_str().unwrap(), h["to"].as_str().unwrap());
         total += lat + h["bytes"].as_f64().unwrap() * 8.0 / bps;

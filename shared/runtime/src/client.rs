@@ -254,7 +254,7 @@ impl DeviceClient {
             let (after, ns) =
                 tokio::task::spawn_blocking(move || node.run_stage(block, live)).await.map_err(crate::error::RuntimeError::from)??;
             live = after;
-            timings.push(StageTiming { tier: self.node.tier, machine: 0, compute_ns: ns });
+            timings.push(StageTiming { tier: self.node.tier, machine: 0, compute_ns: ns, held_ns: 0 });
             rest = &route[1..];
         }
         let (outputs, bytes) = match rest.first() {

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use crate::error::{Context, Result, bail, error as invalid};
 use scission_core::cut::Block;
 use scission_core::link::{Encoding, Link};
-use scission_core::policy::{ObservedCosts, Route, plan_route, split_route};
-use scission_core::profile::Profile;
+use scission_core::policy::{ObservedCosts, Route, TierHop, measured_hops, plan_route, split_route};
+use scission_core::profile::{BlockProfile, Profile};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
-use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem, RangeCost};
+use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem, RangeCost, Segment};
 use scission_core::wire::message::{Stage, StageTiming};
 
 use crate::client::{DeviceClient, Peer};
@@ -59,7 +59,7 @@ enum PlannerKind {
     Fixed(Vec<Stage>),
     Local {
         problem: Box<Problem>,
-        blocks: Vec<scission_core::profile::BlockProfile>,
+        blocks: Vec<BlockProfile>,
         observed: ObservedCosts,
         /// The device's memory, as the solver's cap on tier 0.
         memory_cap: Vec<(usize, u64)>,
@@ -127,16 +127,21 @@ impl Planner {
         matches!(self.kind, PlannerKind::Local { .. })
     }
 
-    /// Takes in what an answered request's stages cost (`timings`, one per tier of `route`):
-    /// the local solver ranks with these running estimates in place of the profiles' figures,
-    /// from the next ranking on. The fixed split and the cloud's planner keep their own.
-    pub(crate) fn observe(&mut self, route: &Route, timings: &[StageTiming]) {
-        let PlannerKind::Local { observed, .. } = &mut self.kind else { return };
+    /// Takes in what an answered request cost: each stage's compute (`timings`, one per tier
+    /// of `route`) and each hop's time beyond what its link figures predict (from the tiers'
+    /// hold times and `total_ns`, the device's end to end time). The local solver ranks with
+    /// these running estimates in place of the profiles' and links' figures, from the next
+    /// ranking on. The fixed split and the cloud's planner keep their own.
+    pub(crate) fn observe(&mut self, route: &Route, timings: &[StageTiming], total_ns: u64) {
+        let PlannerKind::Local { problem, blocks, observed, .. } = &mut self.kind else { return };
         for stage in &route.stages {
             if let Some(t) = timings.iter().find(|t| t.tier == stage.tier) {
                 let block = Block { start: stage.start as usize, end: stage.end as usize };
                 observed.record(stage.tier, block, t.compute_ns);
             }
+        }
+        for (hop, residual) in hop_residuals(problem, blocks, route, timings, total_ns).unwrap_or_default() {
+            observed.record_hop(hop, residual);
         }
     }
 
@@ -149,7 +154,11 @@ impl Planner {
                 .collect()),
             PlannerKind::Local { problem, blocks, observed, memory_cap } => {
                 set_device_uplinks(problem, links);
-                apply_observed(problem, blocks, observed);
+                // The problem keeps the profiles' and links' figures; each ranking prices a copy
+                // with what has been observed since.
+                let mut problem = problem.clone();
+                apply_observed(&mut problem, blocks, observed);
+                apply_hop_residuals(&mut problem, observed);
                 // The local solver plans tiers (one machine each): a registered machine's key
                 // (with the REGISTERED_SERVER bit) names none of them.
                 let tiers = avoid.iter().filter(|k| *k & scission_core::wire::message::REGISTERED_SERVER == 0);
@@ -158,7 +167,7 @@ impl Planner {
                     memory_cap: memory_cap.clone(),
                     ..Constraints::default()
                 };
-                let plans = solver::solve(problem, &constraints, Objective::Latency, usize::from(RANKED))?;
+                let plans = solver::solve(&problem, &constraints, Objective::Latency, usize::from(RANKED))?;
                 plans
                     .iter()
                     .map(|p| {
@@ -184,18 +193,79 @@ impl Planner {
 /// the stages the solver can cost exactly (those from the first block or to the last; see
 /// [`RangeCost`](scission_core::solver::RangeCost)). A stage that does not fall on block
 /// boundaries is left out.
-fn apply_observed(problem: &mut Problem, blocks: &[scission_core::profile::BlockProfile], observed: &ObservedCosts) {
+fn apply_observed(problem: &mut Problem, blocks: &[BlockProfile], observed: &ObservedCosts) {
     let n = blocks.len();
     for (tier, block, ns) in observed.estimates() {
-        let first = blocks.iter().position(|b| b.range.start == block.start);
-        let end = blocks.iter().position(|b| b.range.end == block.end).map(|last| last + 1);
-        let (Some(first), Some(end)) = (first, end) else { continue };
+        let Some((first, end)) = block_span(blocks, block) else { continue };
         if first >= end || (first != 0 && end != n) {
             continue;
         }
         for machine in problem.machines.iter_mut().filter(|m| m.tier == usize::from(tier)) {
             machine.ranges.retain(|r| (r.start, r.end) != (first, end));
             machine.ranges.push(RangeCost { start: first, end, ns });
+        }
+    }
+}
+
+/// The profile's blocks `[first, end)` that node range `block` covers, if it falls on block
+/// boundaries.
+fn block_span(blocks: &[BlockProfile], block: Block) -> Option<(usize, usize)> {
+    let first = blocks.iter().position(|b| b.range.start == block.start)?;
+    let end = blocks.iter().position(|b| b.range.end == block.end)?.checked_add(1)?;
+    Some((first, end))
+}
+
+/// The solver's segments for `route` in the local problem (one machine per tier): the
+/// device's first, empty when it computes nothing.
+fn route_segments(problem: &Problem, blocks: &[BlockProfile], route: &Route) -> Option<Vec<Segment>> {
+    let machine = |tier: u8| problem.machines.iter().position(|m| m.tier == usize::from(tier));
+    let mut segments = Vec::with_capacity(route.stages.len() + 1);
+    if route.stages.first().is_none_or(|s| s.tier != 0) {
+        segments.push(Segment { tier: 0, machine: machine(0)?, start: 0, end: 0 });
+    }
+    for stage in &route.stages {
+        let (start, end) = block_span(blocks, Block { start: stage.start as usize, end: stage.end as usize })?;
+        segments.push(Segment { tier: usize::from(stage.tier), machine: machine(stage.tier)?, start, end });
+    }
+    Some(segments)
+}
+
+/// How much longer (or, negative, shorter) each hop of an answered route took than `problem`'s
+/// link figures predict for its message and the result's way back over it. `None` when the
+/// route or its timings do not fit the problem.
+fn hop_residuals(
+    problem: &Problem,
+    blocks: &[BlockProfile],
+    route: &Route,
+    timings: &[StageTiming],
+    total_ns: u64,
+) -> Option<Vec<(TierHop, i64)>> {
+    let measured = measured_hops(total_ns, &route.stages, timings)?;
+    let predicted = solver::evaluate(problem, &route_segments(problem, blocks, route)?)?;
+    if predicted.hops.len() != measured.len() {
+        return None;
+    }
+    let residuals = measured
+        .iter()
+        .zip(&predicted.hops)
+        .map(|((hop, ns), figure)| {
+            let back = predicted.result_hops.iter().find(|h| (h.from, h.to) == (figure.to, figure.from)).map_or(0, |h| h.ns);
+            let expected = figure.ns.saturating_add(back);
+            (*hop, i64::try_from(*ns).unwrap_or(i64::MAX).saturating_sub(i64::try_from(expected).unwrap_or(i64::MAX)))
+        })
+        .collect();
+    Some(residuals)
+}
+
+/// Adds each hop's running residual to the latency of the links between its tiers' machines
+/// (never below zero, never above the solver's bound).
+fn apply_hop_residuals(problem: &mut Problem, observed: &ObservedCosts) {
+    let tiers: Vec<usize> = problem.machines.iter().map(|m| m.tier).collect();
+    for ((from, to), residual) in observed.hop_estimates() {
+        let between = |a: usize, b: usize| tiers.get(a) == Some(&usize::from(from)) && tiers.get(b) == Some(&usize::from(to));
+        for (_, _, link) in problem.links.iter_mut().filter(|(a, b, _)| between(*a, *b)) {
+            let latency = i64::try_from(link.latency_ns).unwrap_or(i64::MAX).saturating_add(residual);
+            link.latency_ns = u64::try_from(latency.max(0)).unwrap_or(0).min(solver::MAX_LATENCY_NS);
         }
     }
 }

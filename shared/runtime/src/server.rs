@@ -473,6 +473,7 @@ impl StageServer {
     }
 
     async fn answer(&self, bytes: &[u8], peer: &PeerCert, from: SocketAddr) -> Vec<u8> {
+        let arrived = Instant::now();
         let body = match decode(bytes) {
             Ok(body) => body,
             Err(e) => return StageError::BadRequest(e.to_string()).to_frame(0),
@@ -484,17 +485,18 @@ impl StageServer {
         if let Err(e) = authorize(&body, peer) {
             return e.to_frame(request);
         }
-        match self.dispatch(body, from).await {
+        match self.dispatch(body, from, arrived).await {
             Ok(reply) => reply,
             Err(e) => e.to_frame(request),
         }
     }
 
-    async fn dispatch(&self, body: Body<'_>, from: SocketAddr) -> Result<Vec<u8>, StageError> {
+    /// Carries out one request that arrived (its bytes all read) at `arrived`.
+    async fn dispatch(&self, body: Body<'_>, from: SocketAddr, arrived: Instant) -> Result<Vec<u8>, StageError> {
         match body {
             Body::Ping { nonce, .. } => encode(&Body::Pong { nonce }).map_err(StageError::engine),
             Body::Infer { request, model, stages, encoding, tensors, deadline_ms } => {
-                let request = Request { id: request, model, encoding, deadline: Deadline::from_arrival(deadline_ms) };
+                let request = Request { id: request, model, encoding, deadline: Deadline::from_arrival(deadline_ms), arrived };
                 self.infer(request, &stages, &tensors).await
             }
             Body::Register { name, tier, profile, link_to_cloud, load, addr } => {
@@ -631,9 +633,10 @@ impl StageServer {
         self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
         let (live, compute_ns) = self.run_stage(block, live, request.deadline, stage.machine).await?;
         drop(admitted);
-        let mine = StageTiming { tier: self.node.tier, machine: stage.machine, compute_ns };
+        let mine = StageTiming { tier: self.node.tier, machine: stage.machine, compute_ns, held_ns: 0 };
         if rest.is_empty() {
             let outputs = self.node.outputs(&live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
+            let mine = StageTiming { held_ns: held_since(request.arrived), ..mine };
             return output_message(request.id, &outputs, &[mine]).map_err(|e| StageError::Engine(format!("{e:#}")));
         }
         self.forward(request, rest, &live, mine).await
@@ -727,9 +730,10 @@ impl StageServer {
                 _ => return Err(unreachable(format!("no answer within {} ms", timeout.as_millis()))),
             },
         };
-        let request = request.id;
+        let (request, arrived) = (request.id, request.arrived);
         match decode(&answer) {
             Ok(Body::Output { request: answered, tensors, timings }) if answered == request => {
+                let mine = StageTiming { held_ns: held_since(arrived), ..mine };
                 let all = bounded(core::iter::once(mine).chain(timings).collect(), "stage timings").map_err(StageError::engine)?;
                 encode(&Body::Output { request, tensors, timings: all }).map_err(StageError::engine)
             }
@@ -750,6 +754,13 @@ struct Request {
     model: [u8; 32],
     encoding: Encoding,
     deadline: Option<Deadline>,
+    /// When its bytes had all arrived: what a [`StageTiming::held_ns`] counts from.
+    arrived: Instant,
+}
+
+/// Nanoseconds since `arrived`, for [`StageTiming::held_ns`].
+fn held_since(arrived: Instant) -> u64 {
+    u64::try_from(arrived.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Runs blocking work (planning, registration) off the async workers.

@@ -782,7 +782,7 @@ impl Driver {
             return;
         };
         self.no_plan = None;
-        self.observe(&route, &outcome.timings);
+        self.observe(&route, &outcome.timings, outcome.total_ns);
         let degraded = self.is_fallback(&route);
         self.emit(DeviceEvent::Completed {
             request,
@@ -809,12 +809,12 @@ impl Driver {
 
     /// Hands what a request's stages cost to the planner: its running estimates (see
     /// [`ObservedCosts`](scission_core::policy::ObservedCosts)) price the next ranking.
-    fn observe(&self, route: &Route, timings: &[StageTiming]) {
+    fn observe(&self, route: &Route, timings: &[StageTiming], total_ns: u64) {
         if !self.planner_observes {
             return;
         }
         let (planner, route, timings) = (self.planner.clone(), route.clone(), timings.to_vec());
-        tokio::spawn(async move { planner.lock().await.observe(&route, &timings) });
+        tokio::spawn(async move { planner.lock().await.observe(&route, &timings, total_ns) });
     }
 
     fn fail(&mut self, request: u64, error: InferError) {

@@ -264,17 +264,24 @@ impl<'a> Dp<'a> {
     }
 
     /// The handover from machine `m` (tier `t`) to `m2` (tier `t2`) at boundary `p`, if allowed:
-    /// `(primary increment, latency increment)`.
+    /// `(primary increment, latency increment)`. With `return_result`, the result's way back
+    /// from `m2` to `m` is charged here too: it returns along the chain.
     fn handover(&self, m: usize, m2: usize, p: usize) -> Option<(i64, i64)> {
         let (t, t2) = (self.problem.machines[m].tier, self.problem.machines[m2].tier);
+        let machines = self.problem.machines.len();
         let bytes = self.problem.handover_bytes(p);
-        let ns = self.links[m * self.problem.machines.len() + m2]?.transfer_ns(bytes);
+        let ns = self.links[m * machines + m2]?.transfer_ns(bytes);
+        let back = match self.problem.options.return_result {
+            true => self.links[m2 * machines + m]?.transfer_ns(self.problem.result_bytes()),
+            false => 0,
+        };
         let last = self.problem.tiers.len() - 1;
-        if bytes > self.c.upload_cap[t] || ns > self.c.stage_cap || (t2 == last && bytes > self.c.cloud_bytes_cap) {
+        let too_slow = ns > self.c.stage_cap || back > self.c.stage_cap;
+        if bytes > self.c.upload_cap[t] || too_slow || (t2 == last && bytes > self.c.cloud_bytes_cap) {
             return None;
         }
         let primary = if self.objective == Objective::DeviceUpload && t == 0 { bytes as i64 } else { 0 };
-        Some((primary, (ns + self.problem.machines[m2].queue_ns) as i64))
+        Some((primary, (ns + back + self.problem.machines[m2].queue_ns) as i64))
     }
 
     /// The entries of `source` shifted into `out` (cleared first), if the handover from `m` to
@@ -402,7 +409,6 @@ impl<'a> Dp<'a> {
     }
 
     fn finishes(&self, devices: &[usize]) -> Vec<Finish> {
-        let m0 = devices.first().copied().unwrap_or(0);
         let last_required = (0..self.problem.tiers.len()).filter(|&t| self.c.must_use[t]).max().unwrap_or(0);
         let mut out = Vec::new();
         for m in 0..self.problem.machines.len() {
@@ -411,21 +417,12 @@ impl<'a> Dp<'a> {
                 continue;
             }
             let state = self.state(m, self.n);
-            let Some(back) = self.return_hop(m, m0) else { continue };
             for (rank, e) in self.lists.get(state as usize).iter().enumerate() {
-                let key = (e.primary as u64, (e.latency + back) as u64);
+                let key = (e.primary as u64, e.latency as u64);
                 out.push(Finish { key, state, rank: rank as u32 });
             }
         }
         out
-    }
-
-    fn return_hop(&self, m: usize, m0: usize) -> Option<i64> {
-        if !self.problem.options.return_result || self.problem.machines[m].tier == 0 {
-            return Some(0);
-        }
-        let ns = self.problem.link(m, m0)?.transfer_ns(self.problem.result_bytes());
-        (ns <= self.c.stage_cap).then_some(ns as i64)
     }
 
     fn segments(&self, state: u32, rank: u32) -> Vec<Segment> {

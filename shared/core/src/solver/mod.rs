@@ -32,14 +32,14 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 pub use constraints::{ComputeCap, Constraints};
-pub use plan::{Breakdown, Objective, Plan, Segment};
+pub use plan::{Breakdown, Objective, Plan, Segment, evaluate};
 pub use problem::{
     CostOptions, Encoding, Link, MAX_BYTES, MAX_LATENCY_NS, MAX_SPAN_NS, MAX_TIERS, Machine, Problem, ProblemError, RangeCost,
 };
 
 use constraints::Compiled;
 use dp::Dp;
-use plan::{compare_plans, evaluate};
+use plan::compare_plans;
 
 /// Why planning failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -158,7 +158,8 @@ fn check_links(problem: &Problem, c: &Compiled) -> Result<(), ProblemError> {
     for (a, ma) in machines.iter().enumerate().filter(|(a, _)| c.allowed[*a]) {
         for (b, mb) in machines.iter().enumerate().filter(|(b, _)| c.allowed[*b]) {
             let forward = adjacent(ma.tier, mb.tier);
-            let back = problem.options.return_result && mb.tier == 0 && ma.tier > 0 && usable(ma.tier);
+            // The result returns along the chain: each forward link needs its way back.
+            let back = problem.options.return_result && adjacent(mb.tier, ma.tier);
             if (forward || back) && problem.link(a, b).is_none() {
                 return Err(ProblemError::MissingLink { from: ma.name.clone(), to: mb.name.clone() });
             }

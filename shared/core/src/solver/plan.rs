@@ -3,8 +3,9 @@
 //! A plan is a list of segments: the device's (always first, possibly empty: the device holds
 //! the raw input even when it computes nothing), then one per used tier in chain order, each a
 //! non-empty contiguous block range on one machine. Between consecutive segments the sending
-//! machine hands over what crosses the boundary; with `return_result` the last machine sends
-//! the output back to the device.
+//! machine hands over what crosses the boundary; with `return_result` the output travels back
+//! to the device along the same chain, as the runtime relays it (each tier answers the one that
+//! sent it work).
 
 use alloc::vec::Vec;
 use core::cmp::Ordering;
@@ -46,8 +47,9 @@ pub struct Breakdown {
     pub compute_ns: Vec<u64>,
     /// Forward hops, in order (`hops[i]` feeds `segments[i + 1]`).
     pub hops: Vec<Hop>,
-    /// The result sent back to the device, if charged.
-    pub result_hop: Option<Hop>,
+    /// The result's way back to the device, if charged: one hop per forward hop, in reverse
+    /// (`result_hops[0]` leaves the last machine).
+    pub result_hops: Vec<Hop>,
     /// End-to-end latency: all compute, all hops, all queueing.
     pub latency_ns: u64,
     /// Expected queueing delay on the machines the plan hands work to.
@@ -123,16 +125,18 @@ pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
         let ns = problem.link(pair[0].machine, pair[1].machine)?.transfer_ns(bytes);
         hops.push(Hop { from: pair[0].machine, to: pair[1].machine, bytes, ns });
     }
-    let (first, last) = (segments.first()?, segments.last()?);
-    let result_hop = match problem.options.return_result && last.tier != first.tier {
-        true => {
-            let bytes = problem.result_bytes();
-            let ns = problem.link(last.machine, first.machine)?.transfer_ns(bytes);
-            Some(Hop { from: last.machine, to: first.machine, bytes, ns })
-        }
-        false => None,
+    let result_hops = match problem.options.return_result {
+        true => hops
+            .iter()
+            .rev()
+            .map(|h| {
+                let bytes = problem.result_bytes();
+                Some(Hop { from: h.to, to: h.from, bytes, ns: problem.link(h.to, h.from)?.transfer_ns(bytes) })
+            })
+            .collect::<Option<Vec<Hop>>>()?,
+        false => Vec::new(),
     };
-    let hop_ns = hops.iter().chain(&result_hop).map(|h| h.ns);
+    let hop_ns = hops.iter().chain(&result_hops).map(|h| h.ns);
     let queue_ns: u64 = segments.iter().skip(1).map(|s| problem.machines[s.machine].queue_ns).sum();
     let latency_ns = compute_ns.iter().sum::<u64>() + hop_ns.clone().sum::<u64>() + queue_ns;
     let bottleneck_ns = compute_ns.iter().copied().chain(hop_ns).max().unwrap_or(0);
@@ -145,7 +149,7 @@ pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
         total_bytes: hops.iter().map(|h| h.bytes).sum(),
         compute_ns,
         hops,
-        result_hop,
+        result_hops,
         latency_ns,
         queue_ns,
         cloud_bytes,
@@ -181,6 +185,6 @@ pub(crate) fn satisfies(problem: &Problem, c: &Compiled, segments: &[Segment], c
             && segment_memory(problem, s) <= c.memory_cap[s.tier]
     });
     let hops_ok = cost.hops.iter().zip(segments).all(|(h, s)| h.bytes <= c.upload_cap[s.tier] && h.ns <= c.stage_cap);
-    let result_ok = cost.result_hop.is_none_or(|h| h.ns <= c.stage_cap);
+    let result_ok = cost.result_hops.iter().all(|h| h.ns <= c.stage_cap);
     tiers_ok && segments_ok && hops_ok && result_ok && cost.cloud_bytes <= c.cloud_bytes_cap
 }

@@ -9,9 +9,9 @@ use super::tensor::TensorFrame;
 use crate::link::{Encoding, Link};
 
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// ALPN token naming the protocol version in the TLS handshake.
-pub const ALPN: &[u8] = b"scission/4";
+pub const ALPN: &[u8] = b"scission/5";
 /// Most tensors one message may carry.
 pub const MAX_TENSORS: usize = 16;
 /// Most stages a route may have.
@@ -75,7 +75,7 @@ pub fn server_key(tier: u8, machine: MachineId) -> u8 {
     if machine == CONFIGURED { tier } else { REGISTERED_SERVER | machine }
 }
 
-/// Compute time one stage took, reported back with the result.
+/// What one stage took, reported back with the result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageTiming {
     /// Tier index.
@@ -84,6 +84,11 @@ pub struct StageTiming {
     pub machine: MachineId,
     /// Nanoseconds of compute.
     pub compute_ns: u64,
+    /// Nanoseconds this tier held the request: from the moment it had the request's bytes to
+    /// the moment its answer was ready, so its decoding, its compute and everything after it
+    /// on the route. The device tells each hop's cost from these
+    /// ([`measured_hops`](crate::policy::measured_hops)); 0 for the device's own stage.
+    pub held_ns: u64,
 }
 
 /// How loaded a server is, as it reports with its registration heartbeat: the planner turns
