@@ -772,6 +772,61 @@ fn predictions_follow_measured_hop_costs_after_a_drift() {
     assert!(last.iter().all(|r| (0.7..1.4).contains(r)), "the last predictions are within 30 % of the measurements: {ratios:?}\n{text}");
 }
 
+/// The closed loop with the cloud's planner: the device's profile makes it look 50 times slower
+/// than it is, and its (emulated, measured) uplinks are so slow that the cloud plans everything
+/// on the device anyway. Each later plan request carries the device's measured prefix in place
+/// of its profile's figure, and the cloud's predictions follow the measurements.
+#[test]
+fn the_clouds_predictions_follow_the_devices_measured_stages() {
+    let c = Cluster::new();
+    let (dir, model) = (c.dir.path(), c.model.to_str().unwrap());
+    let cluster = c.cluster();
+    let profiles = profiles(dir, &c.model, 50);
+    let files: Vec<&str> = profiles.split(',').collect();
+    let cloud = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--profile", files[2], "--threads", "1"]);
+    let cloud_addr = cloud.addr.to_string();
+    let edge =
+        start("scission-edge", &["serve", model, "--cluster", &cluster, "--cloud", &cloud_addr, "--profile", files[1], "--threads", "1"]);
+    let report = dir.join("cloud-loop.json");
+    let args = c.run_args(
+        &cluster,
+        edge.addr,
+        cloud.addr,
+        &[
+            "--profile",
+            files[0],
+            "--link",
+            "device-edge=1mbit,100ms",
+            "--link",
+            "device-cloud=1mbit,100ms",
+            "--emulate",
+            "--requests",
+            "20",
+            "--replan-on-drift",
+            "20",
+            "--no-check",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    let out = run("scission-device", &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let errors: Vec<f64> = v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(r["route"].as_str().is_some_and(|route| route.starts_with("device[0,") && !route.contains(' ')), "{r}\n{text}");
+            r["predicted_ms"].as_f64().unwrap() / r["measured_ms"].as_f64().unwrap()
+        })
+        .collect();
+    assert!(errors[..4].iter().any(|&r| r > 5.0), "first predicted far too slow: {errors:?}\n{text}");
+    let last = &errors[errors.len() - 4..];
+    assert!(last.iter().all(|r| (0.5..2.0).contains(r)), "then within a factor of two: {errors:?}\n{text}");
+}
+
 /// `serve --emulate-upstream` delays what an edge forwards to its cloud: a route through both
 /// takes at least the emulated latency, one that stops at the edge does not; a cloud, which has
 /// no next tier, refuses the flag.

@@ -8,7 +8,7 @@ use crate::error::{Context, Result, bail, error as invalid};
 use scission_core::cut::Block;
 use scission_core::link::{Encoding, Link};
 use scission_core::policy::{ObservedCosts, Route, TierHop, measured_hops, plan_route, split_route};
-use scission_core::profile::{BlockProfile, Profile};
+use scission_core::profile::{BlockProfile, Profile, RangeProfile};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem, RangeCost, Segment};
 use scission_core::wire::message::{Stage, StageTiming};
@@ -65,9 +65,26 @@ enum PlannerKind {
         memory_cap: Vec<(usize, u64)>,
     },
     Cloud {
-        profile_json: Vec<u8>,
+        /// This device's profile; each ranking sends it with the prefixes the device has
+        /// measured since in place of its figures.
+        profile: Box<Profile>,
         device_memory: Option<u64>,
+        /// The device's own stages and its first hops, as measured.
+        observed: ObservedCosts,
+        /// The uplinks the last ranking assumed, by tier, before any residual.
+        asked: HashMap<u8, Link>,
     },
+}
+
+/// What an answered request tells the planner.
+#[derive(Clone, Debug)]
+pub(crate) struct Answered {
+    /// One per tier of the route, in route order.
+    pub(crate) timings: Vec<StageTiming>,
+    /// The device's end to end time.
+    pub(crate) total_ns: u64,
+    /// Bytes the device sent to its first remote tier, and received back from it.
+    pub(crate) bytes: (u64, u64),
 }
 
 impl Planner {
@@ -98,7 +115,8 @@ impl Planner {
                 Ok(Self { kind, uplinks })
             }
             Planning::Cloud { profile_json, links } => {
-                let kind = PlannerKind::Cloud { profile_json: profile_json.clone(), device_memory };
+                let profile = Box::new(scission_engine::profile_file::parse_profile(profile_json)?);
+                let kind = PlannerKind::Cloud { profile, device_memory, observed: ObservedCosts::default(), asked: HashMap::new() };
                 Ok(Self { kind, uplinks: uplinks_from_specs(links)? })
             }
         }
@@ -122,26 +140,43 @@ impl Planner {
         matches!(self.kind, PlannerKind::Cloud { .. })
     }
 
-    /// Whether [`Planner::observe`] is of use: only the local solver keeps running estimates.
+    /// Whether [`Planner::observe`] is of use: the local solver and the cloud's planner keep
+    /// running estimates, a fixed split none.
     pub(crate) fn keeps_estimates(&self) -> bool {
-        matches!(self.kind, PlannerKind::Local { .. })
+        !matches!(self.kind, PlannerKind::Fixed(_))
     }
 
-    /// Takes in what an answered request cost: each stage's compute (`timings`, one per tier
-    /// of `route`) and each hop's time beyond what its link figures predict (from the tiers'
-    /// hold times and `total_ns`, the device's end to end time). The local solver ranks with
-    /// these running estimates in place of the profiles' and links' figures, from the next
-    /// ranking on. The fixed split and the cloud's planner keep their own.
-    pub(crate) fn observe(&mut self, route: &Route, timings: &[StageTiming], total_ns: u64) {
-        let PlannerKind::Local { problem, blocks, observed, .. } = &mut self.kind else { return };
-        for stage in &route.stages {
-            if let Some(t) = timings.iter().find(|t| t.tier == stage.tier) {
-                let block = Block { start: stage.start as usize, end: stage.end as usize };
-                observed.record(stage.tier, block, t.compute_ns);
+    /// Takes in what an answered request cost: each stage's compute and each hop's time beyond
+    /// what its link figures predict (from the tiers' hold times). From the next ranking on,
+    /// the local solver prices every stage and hop by these running estimates, in place of the
+    /// profiles' and links' figures; the cloud's planner is sent the device's own prefixes and
+    /// uplinks so priced (it knows its servers itself). A fixed split keeps its route.
+    pub(crate) fn observe(&mut self, route: &Route, answered: &Answered) {
+        let Answered { timings, total_ns, bytes } = answered;
+        match &mut self.kind {
+            PlannerKind::Fixed(_) => {}
+            PlannerKind::Local { problem, blocks, observed, .. } => {
+                for stage in &route.stages {
+                    if let Some(t) = timings.iter().find(|t| t.tier == stage.tier) {
+                        observed.record(stage.tier, stage_block(stage), t.compute_ns);
+                    }
+                }
+                for (hop, residual) in hop_residuals(problem, blocks, route, timings, *total_ns).unwrap_or_default() {
+                    observed.record_hop(hop, residual);
+                }
             }
-        }
-        for (hop, residual) in hop_residuals(problem, blocks, route, timings, total_ns).unwrap_or_default() {
-            observed.record_hop(hop, residual);
+            PlannerKind::Cloud { observed, asked, .. } => {
+                let device = route.stages.first().filter(|s| s.tier == 0);
+                if let (Some(stage), Some(t)) = (device, timings.iter().find(|t| t.tier == 0)) {
+                    observed.record(0, stage_block(stage), t.compute_ns);
+                }
+                let first = measured_hops(*total_ns, &route.stages, timings).and_then(|hops| hops.first().copied());
+                if let Some(((0, tier), ns)) = first
+                    && let Some(link) = asked.get(&tier)
+                {
+                    observed.record_hop((0, tier), uplink_residual(ns, link, *bytes));
+                }
+            }
         }
     }
 
@@ -176,13 +211,21 @@ impl Planner {
                     })
                     .collect()
             }
-            PlannerKind::Cloud { profile_json, device_memory } => {
+            PlannerKind::Cloud { profile, device_memory, observed, asked } => {
                 // The cloud plans only with measured uplinks: measure those not known yet (a
                 // tier that was down at start and has come back).
                 let mut links: HashMap<u8, Link> = links.iter().copied().collect();
                 let missing: Vec<u8> = client.tiers().into_iter().filter(|t| !links.contains_key(t) && !avoid.contains(t)).collect();
                 links.extend(measure_uplinks(client, missing.into_iter()).await);
-                let ranked = client.request_plans(2, profile_json, &links, avoid, RANKED, *device_memory).await?;
+                asked.clone_from(&links);
+                for (tier, link) in &mut links {
+                    if let Some(residual) = observed.hop_estimate((0, *tier)) {
+                        *link = with_residual(*link, residual);
+                    }
+                }
+                let profile_json = serde_json::to_vec(&with_observed_prefixes(profile, observed))
+                    .map_err(|e| invalid!("cannot encode the device's profile: {e}"))?;
+                let ranked = client.request_plans(2, &profile_json, &links, avoid, RANKED, *device_memory).await?;
                 Ok(ranked.into_iter().map(|(stages, predicted)| Route { stages, predicted_ns: Some(predicted) }).collect())
             }
         }
@@ -257,17 +300,47 @@ fn hop_residuals(
     Some(residuals)
 }
 
-/// Adds each hop's running residual to the latency of the links between its tiers' machines
-/// (never below zero, never above the solver's bound).
+/// Adds each hop's running residual to the latency of the links between its tiers' machines.
 fn apply_hop_residuals(problem: &mut Problem, observed: &ObservedCosts) {
     let tiers: Vec<usize> = problem.machines.iter().map(|m| m.tier).collect();
     for ((from, to), residual) in observed.hop_estimates() {
         let between = |a: usize, b: usize| tiers.get(a) == Some(&usize::from(from)) && tiers.get(b) == Some(&usize::from(to));
         for (_, _, link) in problem.links.iter_mut().filter(|(a, b, _)| between(*a, *b)) {
-            let latency = i64::try_from(link.latency_ns).unwrap_or(i64::MAX).saturating_add(residual);
-            link.latency_ns = u64::try_from(latency.max(0)).unwrap_or(0).min(solver::MAX_LATENCY_NS);
+            *link = with_residual(*link, residual);
         }
     }
+}
+
+/// `link` with `residual_ns` added to its latency (never below zero, never above the solver's
+/// bound).
+fn with_residual(link: Link, residual_ns: i64) -> Link {
+    let latency = i64::try_from(link.latency_ns).unwrap_or(i64::MAX).saturating_add(residual_ns);
+    Link { latency_ns: u64::try_from(latency.max(0)).unwrap_or(0).min(solver::MAX_LATENCY_NS), ..link }
+}
+
+/// How much longer (or, negative, shorter) a first hop of `measured_ns` took than `uplink`
+/// predicts for the `(sent, received)` bytes, the answer coming back over the same figures (as
+/// the cloud's planner assumes of measured uplinks).
+fn uplink_residual(measured_ns: u64, uplink: &Link, (sent, received): (u64, u64)) -> i64 {
+    let expected = uplink.transfer_ns(sent).saturating_add(uplink.transfer_ns(received));
+    i64::try_from(measured_ns).unwrap_or(i64::MAX).saturating_sub(i64::try_from(expected).unwrap_or(i64::MAX))
+}
+
+/// `profile` with the device's measured prefixes as measured ranges, replacing any it had.
+fn with_observed_prefixes(profile: &Profile, observed: &ObservedCosts) -> Profile {
+    let mut priced = profile.clone();
+    for (_, block, ns) in observed.estimates().filter(|(tier, ..)| *tier == 0) {
+        let Some((0, end)) = block_span(&profile.blocks, block) else { continue };
+        let Some(time) = scission_core::stats::Summary::of(&[ns]) else { continue };
+        priced.ranges.retain(|r| (r.first_block, r.end_block) != (0, end));
+        priced.ranges.push(RangeProfile { first_block: 0, end_block: end, range: block, time });
+    }
+    priced
+}
+
+/// A stage's node range.
+fn stage_block(stage: &Stage) -> Block {
+    Block { start: stage.start as usize, end: stage.end as usize }
 }
 
 /// The device's uplinks in a problem, by tier.
@@ -319,4 +392,29 @@ pub(crate) async fn measure_uplinks(client: &DeviceClient, tiers: impl Iterator<
     }
     measured.sort_by_key(|(t, _)| *t);
     measured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINK: Link = Link { latency_ns: 1_000_000, bits_per_sec: 8_000_000 };
+
+    #[test]
+    fn an_uplink_residual_is_what_the_figures_leave_out_both_ways() {
+        // 1000 bytes out and back at 1 MB/s: 1 ms each, plus 1 ms of latency each way.
+        assert_eq!(uplink_residual(4_500_000, &LINK, (1_000, 1_000)), 500_000);
+        assert_eq!(uplink_residual(3_000_000, &LINK, (1_000, 1_000)), -1_000_000);
+        // Absurd figures saturate, never overflow.
+        assert_eq!(uplink_residual(u64::MAX, &LINK, (0, 0)), i64::MAX - 2_000_000);
+        assert_eq!(uplink_residual(0, &LINK, (u64::MAX, u64::MAX)), -i64::MAX);
+    }
+
+    #[test]
+    fn a_residual_moves_the_latency_but_never_below_zero_or_past_the_bound() {
+        assert_eq!(with_residual(LINK, 250_000).latency_ns, 1_250_000);
+        assert_eq!(with_residual(LINK, -5_000_000).latency_ns, 0);
+        assert_eq!(with_residual(LINK, i64::MAX).latency_ns, solver::MAX_LATENCY_NS);
+        assert_eq!(with_residual(LINK, 7).bits_per_sec, LINK.bits_per_sec);
+    }
 }

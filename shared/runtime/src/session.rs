@@ -27,7 +27,7 @@ use crate::client::{DeviceClient, Outcome, Peer, RequestError};
 use crate::error::{Result, bail};
 use crate::fetch::fetch_slice;
 use crate::node::{Node, Slices};
-use crate::ranking::{Planner, Planning, measure_uplinks};
+use crate::ranking::{Answered, Planner, Planning, measure_uplinks};
 
 /// How often the driver gives the policy the time (probes of down tiers, scheduled re-plans).
 const TICK: Duration = Duration::from_millis(100);
@@ -782,7 +782,7 @@ impl Driver {
             return;
         };
         self.no_plan = None;
-        self.observe(&route, &outcome.timings, outcome.total_ns);
+        self.observe(&route, &outcome);
         let degraded = self.is_fallback(&route);
         self.emit(DeviceEvent::Completed {
             request,
@@ -809,12 +809,13 @@ impl Driver {
 
     /// Hands what a request's stages cost to the planner: its running estimates (see
     /// [`ObservedCosts`](scission_core::policy::ObservedCosts)) price the next ranking.
-    fn observe(&self, route: &Route, timings: &[StageTiming], total_ns: u64) {
+    fn observe(&self, route: &Route, outcome: &Outcome) {
         if !self.planner_observes {
             return;
         }
-        let (planner, route, timings) = (self.planner.clone(), route.clone(), timings.to_vec());
-        tokio::spawn(async move { planner.lock().await.observe(&route, &timings, total_ns) });
+        let answered = Answered { timings: outcome.timings.clone(), total_ns: outcome.total_ns, bytes: outcome.bytes };
+        let (planner, route) = (self.planner.clone(), route.clone());
+        tokio::spawn(async move { planner.lock().await.observe(&route, &answered) });
     }
 
     fn fail(&mut self, request: u64, error: InferError) {
