@@ -170,7 +170,8 @@ fn exports_run_split_over_device_edge_and_cloud() {
         let cloud_addr = cloud.addr.to_string();
         let edge = start("scission-edge", &["serve", file, "--cluster", &cluster, "--cloud", &cloud_addr, "--threads", "1"]);
         let (edge_addr, requests) = (edge.addr.to_string(), "3");
-        let args = ["run", file, "--cluster", &cluster, "--edge", &edge_addr, "--cloud", &cloud_addr, "--split", &split, "--requests", requests];
+        let args =
+            ["run", file, "--cluster", &cluster, "--edge", &edge_addr, "--cloud", &cloud_addr, "--split", &split, "--requests", requests];
         let out = run("scission-device", &args);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{name}: {text}\n{}", stderr(&out));
