@@ -11,6 +11,7 @@
 //! ```text
 //! cargo run --release -p scission-tests --example range_costs -- mobilenet_v2 resnet50 densenet121
 //! cargo run --release -p scission-tests --example range_costs -- --warmup 2 --min-runs 5 --precision 2 resnet50
+//! cargo run --release -p scission-tests --example range_costs -- tests/fixtures/exports/torch_shufflenet.onnx
 //! ```
 //! Prints one line per model: the two benchmarks' times, the unsplit/sum ratio, then the
 //! median and p90 of |predicted / measured - 1| for each prediction. The measured ranges always
@@ -35,7 +36,7 @@ const RANGES: usize = 24;
 /// Predicted range costs against measured slices.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Zoo models (default: mobilenet_v2 resnet50 densenet121).
+    /// Zoo models, or ONNX files (default: mobilenet_v2 resnet50 densenet121).
     models: Vec<String>,
     /// The profile's benchmark: untimed runs per block.
     #[arg(long, default_value_t = 1)]
@@ -65,7 +66,12 @@ fn main() -> Result<()> {
     println!("{:<14} {:>15} {:>7} {:>15} {:>15} {:>15}", "model", "bench seconds", "whole/", "any range", "end range", "end range");
     println!("{:<14} {:>7} {:>7} {:>7} {:>15} {:>15} {:>15}", "", "blocks", "+ranges", "sum", "sum of blocks", "sum of blocks", "measured");
     for name in names {
-        let model = Model::load_path(&scission_zoo::cached(&name, 1)?, &LoadOptions::default())?;
+        let file = std::path::Path::new(&name);
+        let (path, name) = match file.file_stem() {
+            Some(stem) if file.is_file() => (file.to_path_buf(), stem.to_string_lossy().into_owned()),
+            _ => (scission_zoo::cached(&name, 1)?, name),
+        };
+        let model = Model::load_path(&path, &LoadOptions::default())?;
         let options = |ranges| BenchOptions {
             budget,
             max_crossing: 1,

@@ -63,6 +63,24 @@ fn load(export: &Export) -> Model {
     Model::load_path(&export.file, &LoadOptions::default()).unwrap_or_else(|e| panic!("{} loads: {e:#}", export.name))
 }
 
+/// An export loaded, its input, the unsplit model's output for it, its node count and its cut
+/// points.
+struct Reference {
+    model: Model,
+    inputs: TVec<TValue>,
+    reference: TVec<TValue>,
+    n: usize,
+    points: Vec<usize>,
+}
+
+fn reference(export: &Export) -> Reference {
+    let model = load(export);
+    let inputs: TVec<TValue> = tvec![read_tensor(&export.input).into()];
+    let reference = model.whole().unwrap().run(inputs.clone()).unwrap();
+    let (n, points) = (model.summary.len(), model.cuts.cut_points(usize::MAX));
+    Reference { model, inputs, reference, n, points }
+}
+
 fn bits(values: &[TValue]) -> Vec<Vec<u32>> {
     values.iter().map(|v| v.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()).collect()
 }
@@ -100,11 +118,7 @@ const LAST_BITS: f32 = 1e-6;
 #[test]
 fn every_two_way_split_of_every_export_is_bit_exact_except_across_a_folded_transpose() {
     for export in exports() {
-        let model = load(&export);
-        let inputs: TVec<TValue> = tvec![read_tensor(&export.input).into()];
-        let reference = model.whole().unwrap().run(inputs.clone()).unwrap();
-        let n = model.summary.len();
-        let points = model.cuts.cut_points(usize::MAX);
+        let Reference { model, inputs, reference, n, points } = reference(&export);
         assert!(points.len() > 4, "{}: a real export has cuts ({points:?})", export.name);
         let mut inexact = Vec::new();
         for &k in &points[1..points.len() - 1] {
@@ -124,11 +138,7 @@ fn every_two_way_split_of_every_export_is_bit_exact_except_across_a_folded_trans
 fn chains_of_slice_artifacts_of_every_export_compute_the_unsplit_model() {
     let dir = tempfile::tempdir().unwrap();
     for export in exports() {
-        let model = load(&export);
-        let inputs: TVec<TValue> = tvec![read_tensor(&export.input).into()];
-        let reference = model.whole().unwrap().run(inputs.clone()).unwrap();
-        let n = model.summary.len();
-        let points = model.cuts.cut_points(usize::MAX);
+        let Reference { model, inputs, reference, n, points } = reference(&export);
         let cuts = [0, points[points.len() / 3], points[2 * points.len() / 3], n];
         let slices: Vec<_> = cuts
             .windows(2)

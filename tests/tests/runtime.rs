@@ -661,6 +661,18 @@ fn an_interrupted_model_download_resumes_and_bad_kept_bytes_are_discarded() {
     assert_eq!(std::fs::read(&elsewhere).unwrap(), &bytes[..at], "the link's target is untouched");
 }
 
+/// Runs `scission-device` with `args`, which write a run report to `report`, and returns the
+/// report's requests, each one's predicted / measured latency, and what the device printed.
+fn run_reporting(args: &[String], report: &Path) -> (Vec<serde_json::Value>, Vec<f64>, String) {
+    let out = run("scission-device", args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let requests = v["requests"].as_array().unwrap().clone();
+    let ratios = requests.iter().map(|r| r["predicted_ms"].as_f64().unwrap() / r["measured_ms"].as_f64().unwrap()).collect();
+    (requests, ratios, text)
+}
+
 /// The closed loop: profiles that make the device look 50 times slower than it is mispredict its
 /// plan; once the measured latency drifts from the prediction, the device ranks again with what
 /// its stages really cost, and the predictions follow the measurements.
@@ -693,19 +705,10 @@ fn predictions_follow_measured_stage_costs_after_a_drift() {
             report.to_str().unwrap(),
         ],
     );
-    let out = run("scission-device", &args);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    let errors: Vec<f64> = v["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            assert!(r["route"].as_str().is_some_and(|route| route.starts_with("device[0,") && !route.contains(' ')), "{r}");
-            r["predicted_ms"].as_f64().unwrap() / r["measured_ms"].as_f64().unwrap()
-        })
-        .collect();
+    let (requests, errors, _) = run_reporting(&args, &report);
+    for r in &requests {
+        assert!(r["route"].as_str().is_some_and(|route| route.starts_with("device[0,") && !route.contains(' ')), "{r}");
+    }
     // 50 times, or less when the machine is busy (other tests run beside this one).
     assert!(errors[..4].iter().any(|&r| r > 5.0), "first predicted far too slow: {errors:?}");
     let last = &errors[errors.len() - 4..];
@@ -757,13 +760,8 @@ fn predictions_follow_measured_hop_costs_after_a_drift() {
             report.to_str().unwrap(),
         ],
     );
-    let out = run("scission-device", &args);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    let requests = v["requests"].as_array().unwrap();
-    let ratios: Vec<f64> = requests.iter().map(|r| r["predicted_ms"].as_f64().unwrap() / r["measured_ms"].as_f64().unwrap()).collect();
-    for r in requests {
+    let (requests, ratios, text) = run_reporting(&args, &report);
+    for r in &requests {
         let route = r["route"].as_str().unwrap();
         assert!(route.starts_with("edge[0,") && route.contains(" cloud["), "every route goes through the edge to the cloud: {r}");
         assert!(r["measured_ms"].as_f64().unwrap() >= 60.0, "the edge -> cloud hop is 60 ms: {r}");
@@ -809,19 +807,10 @@ fn the_clouds_predictions_follow_the_devices_measured_stages() {
             report.to_str().unwrap(),
         ],
     );
-    let out = run("scission-device", &args);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    let errors: Vec<f64> = v["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            assert!(r["route"].as_str().is_some_and(|route| route.starts_with("device[0,") && !route.contains(' ')), "{r}\n{text}");
-            r["predicted_ms"].as_f64().unwrap() / r["measured_ms"].as_f64().unwrap()
-        })
-        .collect();
+    let (requests, errors, text) = run_reporting(&args, &report);
+    for r in &requests {
+        assert!(r["route"].as_str().is_some_and(|route| route.starts_with("device[0,") && !route.contains(' ')), "{r}\n{text}");
+    }
     assert!(errors[..4].iter().any(|&r| r > 5.0), "first predicted far too slow: {errors:?}\n{text}");
     let last = &errors[errors.len() - 4..];
     assert!(last.iter().all(|r| (0.5..2.0).contains(r)), "then within a factor of two: {errors:?}\n{text}");
