@@ -5,7 +5,10 @@
 //! and runs it): tract holds the loaded weights and their packed copy at once while it
 //! optimises, plus the activations and the process itself. So a slice needs at most
 //! `2 x weights + 2 x its largest activation + RUNTIME_OVERHEAD`; every slice measured stayed
-//! under it (ResNet50 [0,167): 74 MiB of 111; VGG16 [0,31): 143 of 176).
+//! under it (ResNet50 [0,167): 74 MiB of 111; VGG16 [0,31): 143 of 176). Since the loader stopped
+//! keeping a copy of the graph through codegen, VGG16's [0,31) peaks at 116 MiB; ResNet50's
+//! [0,192), whose reloaded graph tract cannot declutter again, still at 127 of 191 (`scission-cloud
+//! run-slice`). The rule stays the safe bound.
 
 use crate::cut::Block;
 use crate::graph::GraphSummary;
