@@ -73,7 +73,8 @@ fn write_hop(out: &mut String, problem: &Problem, kind: &str, h: &Hop) {
     let _ = writeln!(out, "       {:>9.3} ms  {kind} {from} -> {to}: {} B", ms(h.ns), h.bytes);
 }
 
-/// The ranked plans as JSON.
+/// The ranked plans as JSON (`scission-plans` version 2: the result's way back is `result_hops`,
+/// one hop per forward hop, where version 1 had one `result_hop` to the device).
 pub fn json(problem: &Problem, labels: &[String], plans: &[Plan]) -> Value {
     let hop = |h: &scission_core::solver::plan::Hop| json!({"from": problem.machines[h.from].name, "to": problem.machines[h.to].name, "bytes": h.bytes, "ms": ms(h.ns)});
     let plans: Vec<Value> = plans
@@ -108,5 +109,5 @@ pub fn json(problem: &Problem, labels: &[String], plans: &[Plan]) -> Value {
             })
         })
         .collect();
-    json!({"format": "scission-plans", "version": 1, "plans": plans})
+    json!({"format": "scission-plans", "version": 2, "plans": plans})
 }
