@@ -263,6 +263,7 @@ fn report(requests: &[device::Measured], routes: &[device::RouteFigures]) -> ser
             "measured_ms": ms(r.total_ns),
             "compute_ms": r.compute_ns.iter().map(|&ns| ms(ns)).collect::<Vec<_>>(),
             "transfer_and_overhead_ms": ms(r.transfer_ns()),
+            "hops": r.hops_ns.iter().map(|((from, to), ns)| serde_json::json!({ "from": from, "to": to, "ms": ms(*ns) })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "plans": routes.iter().map(|r| serde_json::json!({
             "route": describe_route(&r.route),

@@ -183,7 +183,7 @@ fn print_scenario(name: &str, report: &Path) -> Result<()> {
     let requests = v["requests"].as_array().context("no requests in the report")?;
     let mut seen = std::collections::HashSet::new();
     let (mut errors, mut predicted, mut measured, mut routes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut compute, mut transfer) = (Vec::new(), Vec::new());
+    let (mut compute, mut transfer, mut hops) = (Vec::new(), Vec::new(), Vec::new());
     for r in requests {
         let route = r["route"].as_str().unwrap_or("").to_string();
         if seen.insert(route.clone()) {
@@ -196,6 +196,10 @@ fn print_scenario(name: &str, report: &Path) -> Result<()> {
             c.iter().filter_map(serde_json::Value::as_f64).map(|ms| format!("{ms:.1}")).collect::<Vec<_>>().join("+")
         }));
         transfer.push(r["transfer_and_overhead_ms"].as_f64().unwrap_or(f64::NAN));
+        hops.push(r["hops"].as_array().map_or(String::new(), |h| {
+            let hop = |h: &serde_json::Value| Some(format!("{}->{} {:.1}", h["from"].as_u64()?, h["to"].as_u64()?, h["ms"].as_f64()?));
+            h.iter().filter_map(hop).collect::<Vec<_>>().join(", ")
+        }));
         predicted.push(p);
         measured.push(m);
     }
@@ -211,10 +215,11 @@ fn print_scenario(name: &str, report: &Path) -> Result<()> {
     );
     let middle = compute.len() / 2;
     println!(
-        "{:<26} a middle request: compute {} ms, transfer and overhead {:.1} ms (median {:.1} ms)",
+        "{:<26} a middle request: compute {} ms, transfer and overhead {:.1} ms (hops {} ms; median {:.1} ms)",
         "",
         compute.get(middle).map_or("-", String::as_str),
         transfer.get(middle).copied().unwrap_or(f64::NAN),
+        hops.get(middle).map_or("-", String::as_str),
         quantile(&mut transfer, 0.5)
     );
     Ok(())

@@ -765,6 +765,19 @@ fn predictions_follow_measured_hop_costs_after_a_drift() {
         let route = r["route"].as_str().unwrap();
         assert!(route.starts_with("edge[0,") && route.contains(" cloud["), "every route goes through the edge to the cloud: {r}");
         assert!(r["measured_ms"].as_f64().unwrap() >= 60.0, "the edge -> cloud hop is 60 ms: {r}");
+        // The report's hops: device -> edge, then edge -> cloud, which carries the 60 ms; with
+        // the compute they add up to the whole.
+        let hops: Vec<(u64, u64, f64)> = r["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["from"].as_u64().unwrap(), h["to"].as_u64().unwrap(), h["ms"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(hops.iter().map(|h| (h.0, h.1)).collect::<Vec<_>>(), [(0, 1), (1, 2)], "{r}");
+        assert!(hops[1].2 >= 60.0 && hops[0].2 < 60.0, "{r}");
+        let compute: f64 = r["compute_ms"].as_array().unwrap().iter().map(|c| c.as_f64().unwrap()).sum();
+        let whole = hops.iter().map(|h| h.2).sum::<f64>() + compute;
+        assert!((whole - r["measured_ms"].as_f64().unwrap()).abs() < 1e-3, "{r}");
     }
     let last = &ratios[ratios.len() - 4..];
     assert!(last.iter().all(|r| (0.7..1.4).contains(r)), "the last predictions are within 30 % of the measurements: {ratios:?}\n{text}");

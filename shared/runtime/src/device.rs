@@ -84,6 +84,10 @@ pub struct Measured {
     pub total_ns: u64,
     /// Compute time of each stage of the route, as the machine that ran it measured it.
     pub compute_ns: Vec<u64>,
+    /// Each hop's time, `((from tier, to tier), ns)` in route order, from the tiers' hold times
+    /// (see [`measured_hops`](scission_core::policy::measured_hops)); with the compute, they
+    /// add up to `total_ns`. Empty when a tier sent no timing.
+    pub hops_ns: Vec<((u8, u8), u64)>,
 }
 
 impl Measured {
@@ -200,6 +204,8 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                         predicted_ns: answer.route.predicted_ns,
                         total_ns: answer.total_ns,
                         compute_ns: answer.timings.iter().map(|t| t.compute_ns).collect(),
+                        hops_ns: scission_core::policy::measured_hops(answer.total_ns, &answer.route.stages, &answer.timings)
+                            .unwrap_or_default(),
                     });
                     on_event(DeviceEvent::Completed {
                         request: answer.request,
@@ -280,6 +286,7 @@ mod tests {
             predicted_ns: Some(predicted_ms * 1_000_000),
             total_ns: total_ms * 1_000_000,
             compute_ns: vec![1_000_000],
+            hops_ns: Vec::new(),
         }
     }
 
