@@ -215,11 +215,11 @@ fn print_scenario(name: &str, report: &Path) -> Result<()> {
     );
     let middle = compute.len() / 2;
     println!(
-        "{:<26} a middle request: compute {} ms, transfer and overhead {:.1} ms (hops {} ms; median {:.1} ms)",
+        "{:<26} a middle request: compute {} ms, transfer and overhead {:.1} ms (hops in ms: {}; median {:.1} ms)",
         "",
         compute.get(middle).map_or("-", String::as_str),
         transfer.get(middle).copied().unwrap_or(f64::NAN),
-        hops.get(middle).map_or("-", String::as_str),
+        hops.get(middle).filter(|h| !h.is_empty()).map_or("none", String::as_str),
         quantile(&mut transfer, 0.5)
     );
     Ok(())
