@@ -1,14 +1,18 @@
 //! `plan --calibration RUN.json`: the plans a device measured (`scission-device run --report`),
 //! set against the planner's ranking. Each ranked plan whose route was measured shows its
 //! measured median beside its prediction, and the plans are ranked again with a measured
-//! latency in place of the prediction wherever there is one: the closed loop's replay.
+//! latency in place of the prediction wherever there is one. Then the closed loop's replay: the
+//! run's stage compute times and hop residuals, as the device's planner keeps them, price the
+//! problem, and the solver plans again over every plan, measured or not.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use scission_core::policy::plan_route;
+use scission_core::policy::pricing::{self, stage_block};
+use scission_core::policy::{ObservedCosts, plan_route};
 use scission_core::profile::BlockProfile;
-use scission_core::solver::Plan;
+use scission_core::solver::{Plan, Problem};
+use scission_core::wire::message::Stage;
 use serde::Deserialize;
 
 /// The part of a run report this reads.
@@ -17,6 +21,27 @@ struct Report {
     format: String,
     version: u32,
     plans: Vec<MeasuredPlan>,
+    /// Every request, in the order they ran.
+    #[serde(default)]
+    requests: Vec<MeasuredRequest>,
+}
+
+/// One request a device ran: its route, each stage's compute and each hop's time.
+#[derive(Deserialize)]
+pub struct MeasuredRequest {
+    stages: Vec<MeasuredStage>,
+    /// One per stage, in route order.
+    compute_ms: Vec<f64>,
+    /// One per hop, in route order (reports of older devices have none).
+    #[serde(default)]
+    hops: Vec<MeasuredHop>,
+}
+
+#[derive(Deserialize)]
+struct MeasuredHop {
+    from: u8,
+    to: u8,
+    ms: f64,
 }
 
 /// One route a device ran, and what it measured.
@@ -38,8 +63,16 @@ struct MeasuredStage {
     end: u32,
 }
 
+/// What a run report holds: the plans, and every request.
+pub struct Run {
+    /// The routes it ran, with their medians.
+    pub plans: Vec<MeasuredPlan>,
+    /// Every request.
+    pub requests: Vec<MeasuredRequest>,
+}
+
 /// Reads a run report, refusing other files and absurd figures.
-pub fn read(path: &Path) -> Result<Vec<MeasuredPlan>> {
+pub fn read(path: &Path) -> Result<Run> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let report: Report = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a run report", path.display()))?;
     if report.format != "scission-run-report" || report.version != 1 {
@@ -48,7 +81,37 @@ pub fn read(path: &Path) -> Result<Vec<MeasuredPlan>> {
     if let Some(bad) = report.plans.iter().find(|p| p.measured_median_ms.is_some_and(|ms| !(ms.is_finite() && ms >= 0.0))) {
         bail!("{}: plan {} has a measured latency of {:?} ms", path.display(), bad.route, bad.measured_median_ms);
     }
-    Ok(report.plans)
+    let figures = |r: &MeasuredRequest| r.compute_ms.iter().copied().chain(r.hops.iter().map(|h| h.ms)).collect::<Vec<f64>>();
+    if let Some((i, _)) = report.requests.iter().enumerate().find(|(_, r)| figures(r).iter().any(|&ms| nanos(ms).is_none())) {
+        bail!("{}: request {i} has a time that is negative, not a number or above an hour", path.display());
+    }
+    Ok(Run { plans: report.plans, requests: report.requests })
+}
+
+/// Milliseconds as whole nanoseconds, for a time from 0 to an hour.
+fn nanos(ms: f64) -> Option<u64> {
+    (ms.is_finite() && (0.0..=3_600_000.0).contains(&ms)).then(|| (ms * 1e6).round() as u64)
+}
+
+/// The run's requests as the device's planner would have taken them in: each stage's compute
+/// time, and each hop's residual over `problem`'s link figures. Requests whose stages do not
+/// fall on the profile's blocks, or whose figures do not pair up, are left out.
+pub fn observed(problem: &Problem, blocks: &[BlockProfile], requests: &[MeasuredRequest]) -> ObservedCosts {
+    let mut observed = ObservedCosts::default();
+    for r in requests.iter().filter(|r| r.stages.len() == r.compute_ms.len()) {
+        let stages: Vec<Stage> = r.stages.iter().map(|s| Stage { tier: s.tier, machine: 0, start: s.start, end: s.end }).collect();
+        for (stage, &ms) in stages.iter().zip(&r.compute_ms) {
+            if let Some(ns) = nanos(ms) {
+                observed.record(stage.tier, stage_block(stage), ns);
+            }
+        }
+        let hops: Option<Vec<((u8, u8), u64)>> = r.hops.iter().map(|h| Some(((h.from, h.to), nanos(h.ms)?))).collect();
+        let residuals = hops.and_then(|hops| pricing::hop_residuals(problem, blocks, &stages, &hops));
+        for (hop, residual) in residuals.unwrap_or_default() {
+            observed.record_hop(hop, residual);
+        }
+    }
+    observed
 }
 
 /// A ranked plan with what was measured of its route.

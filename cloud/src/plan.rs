@@ -168,13 +168,37 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         if planning.legacy_layers.is_some() {
             bail!("--calibration needs profiles (our JSON), not the original's files");
         }
-        let measured = crate::calibration::read(path)?;
-        let ranked = crate::calibration::rerank(&plans, &planning.blocks, &measured);
+        let run = crate::calibration::read(path)?;
+        let ranked = crate::calibration::rerank(&plans, &planning.blocks, &run.plans);
         let matched = ranked.iter().filter(|c| c.measured.is_some()).count();
-        let unmatched = measured.iter().filter(|m| m.measured_median_ms.is_some()).count().saturating_sub(matched);
+        let unmatched = run.plans.iter().filter(|m| m.measured_median_ms.is_some()).count().saturating_sub(matched);
         print!("{}", crate::calibration::table(&ranked, unmatched));
+        print!("{}", replay(args, &planning, &run.requests)?);
     }
     Ok(())
+}
+
+/// The closed loop's replay: the problem priced with the run's stage and hop figures (see
+/// [`crate::calibration::observed`]), and planned again.
+fn replay(args: &PlanArgs, planning: &Planning, requests: &[crate::calibration::MeasuredRequest]) -> Result<String> {
+    use std::fmt::Write;
+    let problem = &planning.problem;
+    let tiers_once = (0..problem.tiers.len()).all(|t| problem.machines.iter().filter(|m| m.tier == t).count() <= 1);
+    if !tiers_once {
+        return Ok("\n(the replay prices one machine per tier; these profiles put several in a tier)\n".into());
+    }
+    let observed = crate::calibration::observed(problem, &planning.blocks, requests);
+    let (stages, hops) = (observed.estimates().count(), observed.hop_estimates().count());
+    let mut priced = problem.clone();
+    scission_core::policy::pricing::price(&mut priced, &planning.blocks, &observed);
+    let plans = solver::solve(&priced, &planning.constraints, objective(args.objective), usize::from(args.result_count))?;
+    let mut out = format!("\nplanned again with the run's measured costs ({stages} stage(s), {hops} hop(s)):\n");
+    for (i, plan) in plans.iter().enumerate() {
+        let route = scission_core::policy::plan_route(plan, &planning.blocks, |_| 0)
+            .map_or_else(|| "-".into(), |r| scission_core::policy::describe_route(&r));
+        let _ = writeln!(out, "{:>4} {:>12.2} ms  {route}", format!("#{}", i + 1), plan.cost.latency_ns as f64 * 1e-6);
+    }
+    Ok(out)
 }
 
 /// The commands of a verification pass: per machine with unmeasured ranges in `plans`, its

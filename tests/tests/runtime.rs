@@ -295,6 +295,23 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
     assert!(matched.iter().all(|row| medians.contains(&row[3].to_string())), "measured figures come from the report: {planned}");
     let ranked_by: Vec<f64> = table.iter().map(|row| if row[3] == "-" { row[2] } else { row[3] }.parse().unwrap()).collect();
     assert!(ranked_by.windows(2).all(|w| w[0] <= w[1]), "ranked by measured, else predicted, latency: {planned}");
+    // The replay: priced with the run's stage and hop costs, the plans are ranked again; the
+    // route the device ran after the switch is now predicted within 10 % of its measured median.
+    let replayed: Vec<(f64, String)> = planned
+        .lines()
+        .skip_while(|l| !l.starts_with("planned again with the run's measured costs"))
+        .skip(1)
+        .filter_map(|l| {
+            let (ms, route) = l.trim_start().split_once(' ')?.1.trim_start().split_once(" ms  ")?;
+            Some((ms.parse().ok()?, route.to_string()))
+        })
+        .collect();
+    assert_eq!(replayed.len(), 20, "{planned}");
+    let after = plans.iter().find(|p| !p["route"].as_str().unwrap().contains("edge") && p["measured_median_ms"].is_f64()).unwrap();
+    let (route, median) = (after["route"].as_str().unwrap(), after["measured_median_ms"].as_f64().unwrap());
+    let (again, _) = replayed.iter().find(|(_, r)| r == route).unwrap_or_else(|| panic!("{route} is among the replayed plans: {planned}"));
+    // Without the run's costs this route is predicted over 50 % slow (past the 20 plans listed).
+    assert!((0.9..1.1).contains(&(again / median)), "{route}: replayed {again} ms against {median} ms measured: {planned}");
     // Anything but a run report is refused with a clear error.
     let profile_path = profiles.split(',').next().unwrap().to_string();
     let wrong: Vec<&str> = plan_args.iter().map(|a| if *a == report_path.to_str().unwrap() { profile_path.as_str() } else { a }).collect();

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 
 use crate::error::{Context, Result, bail, error as invalid};
-use scission_core::cut::Block;
 use scission_core::link::{Encoding, Link};
-use scission_core::policy::{ObservedCosts, Route, TierHop, measured_hops, plan_route, split_route};
+use scission_core::policy::pricing::{self, block_span, stage_block};
+use scission_core::policy::{ObservedCosts, Route, measured_hops, plan_route, split_route};
 use scission_core::profile::{BlockProfile, Profile, RangeProfile};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
-use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem, RangeCost, Segment};
+use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem};
 use scission_core::wire::message::{Stage, StageTiming};
 
 use crate::client::{DeviceClient, Peer};
@@ -161,7 +161,8 @@ impl Planner {
                         observed.record(stage.tier, stage_block(stage), t.compute_ns);
                     }
                 }
-                for (hop, residual) in hop_residuals(problem, blocks, route, timings, *total_ns).unwrap_or_default() {
+                let measured = measured_hops(*total_ns, &route.stages, timings).unwrap_or_default();
+                for (hop, residual) in pricing::hop_residuals(problem, blocks, &route.stages, &measured).unwrap_or_default() {
                     observed.record_hop(hop, residual);
                 }
             }
@@ -192,8 +193,7 @@ impl Planner {
                 // The problem keeps the profiles' and links' figures; each ranking prices a copy
                 // with what has been observed since.
                 let mut problem = problem.clone();
-                apply_observed(&mut problem, blocks, observed);
-                apply_hop_residuals(&mut problem, observed);
+                pricing::price(&mut problem, blocks, observed);
                 // The local solver plans tiers (one machine each): a registered machine's key
                 // (with the REGISTERED_SERVER bit) names none of them.
                 let tiers = avoid.iter().filter(|k| *k & scission_core::wire::message::REGISTERED_SERVER == 0);
@@ -220,7 +220,7 @@ impl Planner {
                 asked.clone_from(&links);
                 for (tier, link) in &mut links {
                     if let Some(residual) = observed.hop_estimate((0, *tier)) {
-                        *link = with_residual(*link, residual);
+                        *link = pricing::with_residual(*link, residual);
                     }
                 }
                 let profile_json = serde_json::to_vec(&with_observed_prefixes(profile, observed))
@@ -230,92 +230,6 @@ impl Planner {
             }
         }
     }
-}
-
-/// Puts the running estimates into `problem` as measured ranges of their tier's machines, for
-/// the stages the solver can cost exactly (those from the first block or to the last; see
-/// [`RangeCost`](scission_core::solver::RangeCost)). A stage that does not fall on block
-/// boundaries is left out.
-fn apply_observed(problem: &mut Problem, blocks: &[BlockProfile], observed: &ObservedCosts) {
-    let n = blocks.len();
-    for (tier, block, ns) in observed.estimates() {
-        let Some((first, end)) = block_span(blocks, block) else { continue };
-        if first >= end || (first != 0 && end != n) {
-            continue;
-        }
-        for machine in problem.machines.iter_mut().filter(|m| m.tier == usize::from(tier)) {
-            machine.ranges.retain(|r| (r.start, r.end) != (first, end));
-            machine.ranges.push(RangeCost { start: first, end, ns });
-        }
-    }
-}
-
-/// The profile's blocks `[first, end)` that node range `block` covers, if it falls on block
-/// boundaries.
-fn block_span(blocks: &[BlockProfile], block: Block) -> Option<(usize, usize)> {
-    let first = blocks.iter().position(|b| b.range.start == block.start)?;
-    let end = blocks.iter().position(|b| b.range.end == block.end)?.checked_add(1)?;
-    Some((first, end))
-}
-
-/// The solver's segments for `route` in the local problem (one machine per tier): the
-/// device's first, empty when it computes nothing.
-fn route_segments(problem: &Problem, blocks: &[BlockProfile], route: &Route) -> Option<Vec<Segment>> {
-    let machine = |tier: u8| problem.machines.iter().position(|m| m.tier == usize::from(tier));
-    let mut segments = Vec::with_capacity(route.stages.len() + 1);
-    if route.stages.first().is_none_or(|s| s.tier != 0) {
-        segments.push(Segment { tier: 0, machine: machine(0)?, start: 0, end: 0 });
-    }
-    for stage in &route.stages {
-        let (start, end) = block_span(blocks, Block { start: stage.start as usize, end: stage.end as usize })?;
-        segments.push(Segment { tier: usize::from(stage.tier), machine: machine(stage.tier)?, start, end });
-    }
-    Some(segments)
-}
-
-/// How much longer (or, negative, shorter) each hop of an answered route took than `problem`'s
-/// link figures predict for its message and the result's way back over it. `None` when the
-/// route or its timings do not fit the problem.
-fn hop_residuals(
-    problem: &Problem,
-    blocks: &[BlockProfile],
-    route: &Route,
-    timings: &[StageTiming],
-    total_ns: u64,
-) -> Option<Vec<(TierHop, i64)>> {
-    let measured = measured_hops(total_ns, &route.stages, timings)?;
-    let predicted = solver::evaluate(problem, &route_segments(problem, blocks, route)?)?;
-    if predicted.hops.len() != measured.len() {
-        return None;
-    }
-    let residuals = measured
-        .iter()
-        .zip(&predicted.hops)
-        .map(|((hop, ns), figure)| {
-            let back = predicted.result_hops.iter().find(|h| (h.from, h.to) == (figure.to, figure.from)).map_or(0, |h| h.ns);
-            let expected = figure.ns.saturating_add(back);
-            (*hop, i64::try_from(*ns).unwrap_or(i64::MAX).saturating_sub(i64::try_from(expected).unwrap_or(i64::MAX)))
-        })
-        .collect();
-    Some(residuals)
-}
-
-/// Adds each hop's running residual to the latency of the links between its tiers' machines.
-fn apply_hop_residuals(problem: &mut Problem, observed: &ObservedCosts) {
-    let tiers: Vec<usize> = problem.machines.iter().map(|m| m.tier).collect();
-    for ((from, to), residual) in observed.hop_estimates() {
-        let between = |a: usize, b: usize| tiers.get(a) == Some(&usize::from(from)) && tiers.get(b) == Some(&usize::from(to));
-        for (_, _, link) in problem.links.iter_mut().filter(|(a, b, _)| between(*a, *b)) {
-            *link = with_residual(*link, residual);
-        }
-    }
-}
-
-/// `link` with `residual_ns` added to its latency (never below zero, never above the solver's
-/// bound).
-fn with_residual(link: Link, residual_ns: i64) -> Link {
-    let latency = i64::try_from(link.latency_ns).unwrap_or(i64::MAX).saturating_add(residual_ns);
-    Link { latency_ns: u64::try_from(latency.max(0)).unwrap_or(0).min(solver::MAX_LATENCY_NS), ..link }
 }
 
 /// How much longer (or, negative, shorter) a first hop of `measured_ns` took than `uplink`
@@ -336,11 +250,6 @@ fn with_observed_prefixes(profile: &Profile, observed: &ObservedCosts) -> Profil
         priced.ranges.push(RangeProfile { first_block: 0, end_block: end, range: block, time });
     }
     priced
-}
-
-/// A stage's node range.
-fn stage_block(stage: &Stage) -> Block {
-    Block { start: stage.start as usize, end: stage.end as usize }
 }
 
 /// The device's uplinks in a problem, by tier.
@@ -408,13 +317,5 @@ mod tests {
         // Absurd figures saturate, never overflow.
         assert_eq!(uplink_residual(u64::MAX, &LINK, (0, 0)), i64::MAX - 2_000_000);
         assert_eq!(uplink_residual(0, &LINK, (u64::MAX, u64::MAX)), -i64::MAX);
-    }
-
-    #[test]
-    fn a_residual_moves_the_latency_but_never_below_zero_or_past_the_bound() {
-        assert_eq!(with_residual(LINK, 250_000).latency_ns, 1_250_000);
-        assert_eq!(with_residual(LINK, -5_000_000).latency_ns, 0);
-        assert_eq!(with_residual(LINK, i64::MAX).latency_ns, solver::MAX_LATENCY_NS);
-        assert_eq!(with_residual(LINK, 7).bits_per_sec, LINK.bits_per_sec);
     }
 }

@@ -21,6 +21,7 @@
 
 mod estimate;
 mod observed;
+pub mod pricing;
 mod routes;
 
 use alloc::collections::{BTreeMap, VecDeque};
