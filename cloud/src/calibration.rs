@@ -172,3 +172,31 @@ pub fn table(ranked: &[Calibrated<'_>], unmatched: usize) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_from_a_report_are_whole_nanoseconds_from_zero_to_an_hour() {
+        assert_eq!(nanos(1.5), Some(1_500_000));
+        assert_eq!(nanos(0.0), Some(0));
+        assert_eq!(nanos(3_600_000.0), Some(3_600_000_000_000));
+        for bad in [-0.001, f64::NAN, f64::INFINITY, 3_600_000.1] {
+            assert_eq!(nanos(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_request_with_an_absurd_time_is_refused_by_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        let request = |ms: f64| serde_json::json!({"stages": [{"tier": 2, "start": 0, "end": 4}], "compute_ms": [ms], "hops": []});
+        let report = |ms: f64| serde_json::json!({"format": "scission-run-report", "version": 1, "plans": [], "requests": [request(1.0), request(ms)]});
+        std::fs::write(&path, serde_json::to_vec(&report(2.0)).unwrap()).unwrap();
+        assert_eq!(read(&path).unwrap().requests.len(), 2);
+        std::fs::write(&path, serde_json::to_vec(&report(-1.0)).unwrap()).unwrap();
+        let error = read(&path).err().unwrap().to_string();
+        assert!(error.contains("request 1 has a time that is negative"), "{error}");
+    }
+}
