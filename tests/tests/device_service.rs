@@ -347,6 +347,7 @@ fn the_device_service_answers_applications_and_survives_its_servers() {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
     assert!(metrics.contains("scission_plan{route="), "{metrics}");
+    assert!(metrics.contains("scission_hop_seconds_count{from=\"0\",to=\""), "the device's hops are timed: {metrics}");
 
     // SIGTERM: a clean stop.
     let mut service = service;

@@ -153,6 +153,9 @@ pub enum DeviceEvent {
         degraded: bool,
         /// Bytes sent to the first remote tier and received back.
         bytes: (u64, u64),
+        /// Each hop's time, `((from tier, to tier), ns)` in route order, from the tiers' hold
+        /// times (see [`measured_hops`](scission_core::policy::measured_hops)).
+        hops: Vec<((u8, u8), u64)>,
     },
     /// A request failed for good.
     Failed {
@@ -793,6 +796,7 @@ impl Driver {
             difference: None,
             degraded,
             bytes: outcome.bytes,
+            hops: scission_core::policy::measured_hops(outcome.total_ns, &route.stages, &outcome.timings).unwrap_or_default(),
         });
         let answer = Answer {
             request,

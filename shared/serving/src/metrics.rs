@@ -31,6 +31,12 @@ struct Direction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HopLabel {
+    from: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
 }
@@ -48,6 +54,7 @@ pub struct Metrics {
     latency: Histogram,
     degraded_requests: Counter,
     stage_compute: Family<Tier, Histogram, fn() -> Histogram>,
+    hop_time: Family<HopLabel, Histogram, fn() -> Histogram>,
     hop_bytes: Family<Direction, Counter>,
     prediction_ratio: Histogram,
     switches: Counter,
@@ -77,6 +84,7 @@ impl Metrics {
             latency: latency_histogram(),
             degraded_requests: Counter::default(),
             stage_compute: Family::new_with_constructor(latency_histogram),
+            hop_time: Family::new_with_constructor(latency_histogram),
             hop_bytes: Family::default(),
             prediction_ratio: Histogram::new([0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 4.0]),
             switches: Counter::default(),
@@ -95,6 +103,7 @@ impl Metrics {
         registry.register("degraded_requests", "Requests served by the local fallback", metrics.degraded_requests.clone());
         registry.register("stage_compute_seconds", "Compute time of each stage, by tier", metrics.stage_compute.clone());
         registry.register("hop_bytes", "Bytes sent to the first remote tier and received back", metrics.hop_bytes.clone());
+        registry.register("hop_seconds", "Time of each hop and its answer's way back, by pair of tiers", metrics.hop_time.clone());
         registry.register("measured_over_predicted", "Measured over predicted end-to-end latency", metrics.prediction_ratio.clone());
         registry.register("plan_switches", "Changes of the best route", metrics.switches.clone());
         registry.register("tier_up", "Whether each remote tier is considered up", metrics.tier_up.clone());
@@ -109,7 +118,7 @@ impl Metrics {
     /// Counts one session event.
     pub fn observe(&self, event: &DeviceEvent) {
         match event {
-            DeviceEvent::Completed { total_ns, predicted_ns, timings, degraded, bytes, .. } => {
+            DeviceEvent::Completed { total_ns, predicted_ns, timings, degraded, bytes, hops, .. } => {
                 self.requests.inc();
                 self.latency.observe(seconds(*total_ns));
                 if *degraded {
@@ -117,6 +126,9 @@ impl Metrics {
                 }
                 for t in timings {
                     self.stage_compute.get_or_create(&Tier { tier: t.tier.to_string() }).observe(seconds(t.compute_ns));
+                }
+                for ((from, to), ns) in hops {
+                    self.hop_time.get_or_create(&HopLabel { from: from.to_string(), to: to.to_string() }).observe(seconds(*ns));
                 }
                 self.hop_bytes.get_or_create(&Direction { direction: "sent".into() }).inc_by(bytes.0);
                 self.hop_bytes.get_or_create(&Direction { direction: "received".into() }).inc_by(bytes.1);
