@@ -198,15 +198,13 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                     }
                     summary.ok = summary.ok.saturating_add(1);
                     summary.last_outputs_sha256 = Some(outputs_sha256(&answer.outputs)?);
-                    let hops =
-                        scission_core::policy::measured_hops(answer.total_ns, &answer.route.stages, &answer.timings).unwrap_or_default();
                     summary.requests.push(Measured {
                         request: answer.request,
                         route: answer.route.stages.clone(),
                         predicted_ns: answer.route.predicted_ns,
                         total_ns: answer.total_ns,
                         compute_ns: answer.timings.iter().map(|t| t.compute_ns).collect(),
-                        hops_ns: hops.clone(),
+                        hops_ns: answer.hops.clone(),
                     });
                     on_event(DeviceEvent::Completed {
                         request: answer.request,
@@ -217,7 +215,7 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                         difference,
                         degraded: answer.degraded,
                         bytes: answer.bytes,
-                        hops,
+                        hops: answer.hops,
                     });
                 }
                 Err(error) => {

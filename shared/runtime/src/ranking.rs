@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::error::{Context, Result, bail, error as invalid};
 use scission_core::link::{Encoding, Link};
 use scission_core::policy::pricing::{self, block_span, stage_block};
-use scission_core::policy::{ObservedCosts, Route, measured_hops, plan_route, split_route};
+use scission_core::policy::{ObservedCosts, Route, plan_route, split_route};
 use scission_core::profile::{BlockProfile, Profile, RangeProfile};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem};
@@ -81,8 +81,9 @@ enum PlannerKind {
 pub(crate) struct Answered {
     /// One per tier of the route, in route order.
     pub(crate) timings: Vec<StageTiming>,
-    /// The device's end to end time.
-    pub(crate) total_ns: u64,
+    /// Each hop's time, in route order (see
+    /// [`measured_hops`](scission_core::policy::measured_hops)).
+    pub(crate) hops: Vec<((u8, u8), u64)>,
     /// Bytes the device sent to its first remote tier, and received back from it.
     pub(crate) bytes: (u64, u64),
 }
@@ -152,7 +153,7 @@ impl Planner {
     /// profiles' and links' figures; the cloud's planner is sent the device's own prefixes and
     /// uplinks so priced (it knows its servers itself). A fixed split keeps its route.
     pub(crate) fn observe(&mut self, route: &Route, answered: &Answered) {
-        let Answered { timings, total_ns, bytes } = answered;
+        let Answered { timings, hops, bytes } = answered;
         match &mut self.kind {
             PlannerKind::Fixed(_) => {}
             PlannerKind::Local { problem, blocks, observed, .. } => {
@@ -161,8 +162,7 @@ impl Planner {
                         observed.record(stage.tier, stage_block(stage), t.compute_ns);
                     }
                 }
-                let measured = measured_hops(*total_ns, &route.stages, timings).unwrap_or_default();
-                for (hop, residual) in pricing::hop_residuals(problem, blocks, &route.stages, &measured).unwrap_or_default() {
+                for (hop, residual) in pricing::hop_residuals(problem, blocks, &route.stages, hops).unwrap_or_default() {
                     observed.record_hop(hop, residual);
                 }
             }
@@ -171,8 +171,7 @@ impl Planner {
                 if let (Some(stage), Some(t)) = (device, timings.iter().find(|t| t.tier == 0)) {
                     observed.record(0, stage_block(stage), t.compute_ns);
                 }
-                let first = measured_hops(*total_ns, &route.stages, timings).and_then(|hops| hops.first().copied());
-                if let Some(((0, tier), ns)) = first
+                if let Some(&((0, tier), ns)) = hops.first()
                     && let Some(link) = asked.get(&tier)
                 {
                     observed.record_hop((0, tier), uplink_residual(ns, link, *bytes));

@@ -188,6 +188,9 @@ pub struct Answer {
     pub degraded: bool,
     /// Bytes sent to the first remote tier and received back.
     pub bytes: (u64, u64),
+    /// Each hop's time, `((from tier, to tier), ns)` in route order, from the tiers' hold times
+    /// (see [`measured_hops`](scission_core::policy::measured_hops)).
+    pub hops: Vec<((u8, u8), u64)>,
 }
 
 /// Why a request did not complete.
@@ -785,7 +788,8 @@ impl Driver {
             return;
         };
         self.no_plan = None;
-        self.observe(&route, &outcome);
+        let hops = scission_core::policy::measured_hops(outcome.total_ns, &route.stages, &outcome.timings).unwrap_or_default();
+        self.observe(&route, &outcome, &hops);
         let degraded = self.is_fallback(&route);
         self.emit(DeviceEvent::Completed {
             request,
@@ -796,7 +800,7 @@ impl Driver {
             difference: None,
             degraded,
             bytes: outcome.bytes,
-            hops: scission_core::policy::measured_hops(outcome.total_ns, &route.stages, &outcome.timings).unwrap_or_default(),
+            hops: hops.clone(),
         });
         let answer = Answer {
             request,
@@ -807,17 +811,18 @@ impl Driver {
             total_ns: elapsed_ns,
             degraded,
             bytes: outcome.bytes,
+            hops,
         };
         let _ = waiter.reply.send(Ok(answer));
     }
 
     /// Hands what a request's stages cost to the planner: its running estimates (see
     /// [`ObservedCosts`](scission_core::policy::ObservedCosts)) price the next ranking.
-    fn observe(&self, route: &Route, outcome: &Outcome) {
+    fn observe(&self, route: &Route, outcome: &Outcome, hops: &[((u8, u8), u64)]) {
         if !self.planner_observes {
             return;
         }
-        let answered = Answered { timings: outcome.timings.clone(), total_ns: outcome.total_ns, bytes: outcome.bytes };
+        let answered = Answered { timings: outcome.timings.clone(), hops: hops.to_vec(), bytes: outcome.bytes };
         let (planner, route) = (self.planner.clone(), route.clone());
         tokio::spawn(async move { planner.lock().await.observe(&route, &answered) });
     }
