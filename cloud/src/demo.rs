@@ -174,6 +174,7 @@ fn bench_options(args: &DemoArgs, name: &str, tier: TierKind, threads: usize) ->
         tier,
         seed: 1,
         ranges: Ranges::default(),
+        memory: tier == TierKind::Device,
     }
 }
 

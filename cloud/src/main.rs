@@ -75,6 +75,10 @@ enum Command {
 /// `zoo:NAME` models, written on first use.
 pub const ZOO: Option<ZooLookup> = Some(|name| Ok(scission_zoo::cached(name, 1)?));
 
+/// Counts the heap, so that `bench` records and `run-slice` reports what slices really use.
+#[global_allocator]
+static HEAP: scission_engine::heap::Counting = scission_engine::heap::Counting;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(cli.verbose);

@@ -64,6 +64,10 @@ enum Command {
     Run(Box<run::RunArgs>),
 }
 
+/// Counts the heap, so that `bench` records and `run-slice` reports what slices really use.
+#[global_allocator]
+static HEAP: scission_engine::heap::Counting = scission_engine::heap::Counting;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing_as(cli.verbose, cli.log_json);

@@ -80,6 +80,7 @@ fn main() -> Result<()> {
             tier: scission_core::profile::TierKind::Device,
             seed: 1,
             ranges,
+            memory: false,
         };
         let plain = with_threads(1, || benchmark(&model, &options(Ranges::default()), &Silent))?;
         let both = Ranges { prefixes: true, suffixes: true };

@@ -725,31 +725,46 @@ fn a_full_server_refuses_inferences_from_their_first_bytes_and_the_peer_reads_wh
     assert!(busy >= 1, "{busy} busy, {refused} refused after decoding");
 }
 
-/// A device that says how much memory it may use gets only plans whose device slice fits (by the
-/// solver's model: the slice's weights and largest block activation, doubled, plus the runtime);
-/// one that says it has none gets plans that run nothing on it, and an absurdly large figure
-/// changes nothing.
+/// A device that says how much memory it may use gets only plans whose device slice fits: by
+/// the heap its profile measured for each block where `bench` counted it (the default on a
+/// device), otherwise by the rule on tensor sizes (the slice's weights and largest block
+/// activation, doubled, plus the runtime). One that says it has none gets plans that run
+/// nothing on it, and an absurdly large figure changes nothing.
 #[test]
 fn a_device_gets_only_plans_that_fit_its_memory() {
-    use scission_core::memory::{RUNTIME_OVERHEAD, solver_cap};
+    use scission_core::cut::Block;
+    use scission_core::memory::{MEASURED_OVERHEAD, RUNTIME_OVERHEAD, measured_need, solver_cap};
     let c = Cluster::new();
     let (cloud, profile_json) = planning_cloud(&c, &[]);
-    let mut profile: scission_core::profile::Profile = serde_json::from_slice(&profile_json).unwrap();
+    let mut measured: scission_core::profile::Profile = serde_json::from_slice(&profile_json).unwrap();
+    assert!(measured.blocks.iter().all(|b| b.memory.is_some_and(|m| m.resident_bytes > 0)), "the device's bench counts each block's heap");
     // A fast device behind slow links: without a memory figure, it keeps everything.
-    for b in &mut profile.blocks {
+    for b in &mut measured.blocks {
         b.time.median_ns = 1;
     }
-    let json = serde_json::to_vec(&profile).unwrap();
-    let slow = Link { latency_ns: 50_000_000, bits_per_sec: 1_000_000 };
-    let need = |route: &PlannedRoute| -> u64 {
-        let end = route.stages.iter().find(|s| s.tier == 0).map_or(0, |s| s.end as usize);
-        let blocks: Vec<_> = profile.blocks.iter().filter(|b| b.range.end <= end).collect();
+    let mut unmeasured = measured.clone();
+    for b in &mut unmeasured.blocks {
+        b.memory = None;
+    }
+    let device_end = |route: &PlannedRoute| route.stages.iter().find(|s| s.tier == 0).map_or(0, |s| s.end as usize);
+    let rule_need = |route: &PlannedRoute| -> u64 {
+        let blocks: Vec<_> = unmeasured.blocks.iter().filter(|b| b.range.end <= device_end(route)).collect();
         blocks.iter().map(|b| b.weight_bytes).sum::<u64>() + blocks.iter().map(|b| b.activation_bytes).max().unwrap_or(0)
     };
-    let total: u64 = profile.blocks.iter().map(|b| b.weight_bytes).sum();
-    let memory = RUNTIME_OVERHEAD + total; // room for about half the weights
+    let measured_need = |route: &PlannedRoute| match device_end(route) {
+        0 => 0,
+        end => measured_need(&measured.blocks, Block { start: 0, end }).expect("blocks tile every prefix"),
+    };
+    let weights: u64 = unmeasured.blocks.iter().map(|b| b.weight_bytes).sum();
+    let rule_memory = RUNTIME_OVERHEAD + weights; // room for about half the weights
+    let memories = measured.blocks.iter().filter_map(|b| b.memory);
+    let resident: u64 = memories.clone().map(|m| m.resident_bytes).sum();
+    let transient = memories.map(|m| m.transient_bytes()).max().unwrap_or(0);
+    let measured_memory = MEASURED_OVERHEAD + resident / 2 + transient; // room for about half of what they keep
+    let slow = Link { latency_ns: 50_000_000, bits_per_sec: 1_000_000 };
     as_device(&c, cloud.addr, async |conn| {
-        let ask = async |device_memory| {
+        let ask = async |profile: &scission_core::profile::Profile, device_memory| {
+            let json = serde_json::to_vec(profile).unwrap();
             let body = Body::PlanRequest {
                 profile: &json,
                 uplinks: [(1, slow), (2, slow)].into_iter().collect(),
@@ -760,16 +775,27 @@ fn a_device_gets_only_plans_that_fit_its_memory() {
             };
             decode(&quic::exchange(&conn, encode(&body).unwrap(), 64 << 20).await.unwrap()).unwrap().to_owned_plans()
         };
-        let free = ask(None).await.expect("plans");
-        assert!(need(&free[0]) > solver_cap(memory), "unbounded, the device keeps more than half: {:?}", free[0]);
-        let bounded = ask(Some(memory)).await.expect("plans that fit");
+        // The rule, for a profile without measured memory.
+        let free = ask(&unmeasured, None).await.expect("plans");
+        assert!(rule_need(&free[0]) > solver_cap(rule_memory), "unbounded, the device keeps more than half: {:?}", free[0]);
+        let bounded = ask(&unmeasured, Some(rule_memory)).await.expect("plans that fit");
         assert!(!bounded.is_empty());
         for route in &bounded {
-            assert!(need(route) <= solver_cap(memory), "{route:?} needs {} > {}", need(route), solver_cap(memory));
+            assert!(rule_need(route) <= solver_cap(rule_memory), "{route:?} needs {} > {}", rule_need(route), solver_cap(rule_memory));
         }
-        assert_eq!(ask(Some(u64::MAX)).await.expect("plans"), free, "an absurd figure is no constraint");
-        let offload = ask(Some(0)).await.expect("no room at all still offloads");
-        assert!(offload.iter().all(|r| need(r) == 0 && r.stages.iter().all(|s| s.tier > 0)), "the device runs nothing: {offload:?}");
+        assert_eq!(ask(&unmeasured, Some(u64::MAX)).await.expect("plans"), free, "an absurd figure is no constraint");
+        // The measured heap, for the profile as the device's bench wrote it.
+        let free = ask(&measured, None).await.expect("plans");
+        assert!(measured_need(&free[0]) > measured_memory, "unbounded, the device keeps everything: {:?}", free[0]);
+        let bounded = ask(&measured, Some(measured_memory)).await.expect("plans that fit");
+        assert!(bounded.iter().any(|r| device_end(r) > 0), "some plan still runs a part on the device: {bounded:?}");
+        for route in &bounded {
+            assert!(measured_need(route) <= measured_memory, "{route:?} needs {} > {measured_memory}", measured_need(route));
+        }
+        for profile in [&measured, &unmeasured] {
+            let offload = ask(profile, Some(0)).await.expect("no room at all still offloads");
+            assert!(offload.iter().all(|r| device_end(r) == 0 && r.stages.iter().all(|s| s.tier > 0)), "the device runs nothing: {offload:?}");
+        }
     });
 }
 

@@ -11,6 +11,7 @@ use scission_core::cut::Block;
 #[cfg(feature = "onnx")]
 use scission_engine::Slice;
 use scission_engine::artifact;
+use scission_engine::heap;
 use scission_engine::with_threads;
 
 #[cfg(feature = "onnx")]
@@ -102,8 +103,10 @@ pub struct RunSliceArgs {
 
 /// Loads the slice, runs it, and reports load time, run time and the process's peak memory.
 pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<String> {
+    let rss_before = current_rss_kib();
     let started = Instant::now();
-    let (slice, source, memory) = match (&args.artifact, &args.model, args.range) {
+    let (loaded, load_heap) = heap::measure(|| -> Result<_> {
+        Ok(match (&args.artifact, &args.model, args.range) {
         (Some(path), None, _) => {
             let loaded = artifact::load(path, None)?;
             let memory = SliceMemory::of(&loaded.graph, loaded.slice.block);
@@ -122,21 +125,27 @@ pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<Stri
             bail!("this build runs slice artifacts only; --model needs the full build")
         }
         _ => bail!("give an artifact, or --model MODEL --range START,END"),
-    };
+        })
+    });
+    let (slice, source, memory) = loaded?;
     let load_s = started.elapsed().as_secs_f64();
     let inputs = slice.synthetic_inputs(1)?;
     let threads = usize::from(args.threads);
-    let mut times = Vec::new();
-    for _ in 0..args.runs {
-        let run = Instant::now();
-        with_threads(threads, || slice.run(inputs.clone()))?;
-        times.push(run.elapsed().as_secs_f64());
-    }
+    let (times, run_heap) = heap::measure(|| -> Result<Vec<f64>> {
+        let mut times = Vec::new();
+        for _ in 0..args.runs {
+            let run = Instant::now();
+            with_threads(threads, || slice.run(inputs.clone()))?;
+            times.push(run.elapsed().as_secs_f64());
+        }
+        Ok(times)
+    });
+    let mut times = times?;
     times.sort_by(f64::total_cmp);
     let median_ms = times[times.len() / 2] * 1e3;
     let peak = peak_rss_kib().map_or_else(|| "unknown".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
-    Ok(format!(
+    let mut report = format!(
         "slice [{}, {}) ({source}): loaded and optimised in {load_s:.3} s, median run {median_ms:.2} ms over {} runs, peak RSS {peak}; \
          weights {:.1} MiB, largest activation {:.1} MiB, counted as needing {:.1} MiB\n",
         slice.block.start,
@@ -145,7 +154,17 @@ pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<Stri
         mib(memory.weights),
         mib(memory.largest_activation),
         mib(memory.need)
-    ))
+    );
+    if let (Some(load), Some(run)) = (load_heap, run_heap) {
+        let before = rss_before.map_or_else(|| "unknown".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        report.push_str(&format!(
+            "heap: the loaded slice keeps {:.1} MiB (load peak {:.1} MiB), a run adds at most {:.1} MiB; resident before loading {before}\n",
+            mib(load.kept),
+            mib(load.peak),
+            mib(run.peak)
+        ));
+    }
+    Ok(report)
 }
 
 /// What a slice holds by the summary: its weights, its largest activation, and the memory the
@@ -169,7 +188,16 @@ impl SliceMemory {
 
 /// The process's peak resident set (`VmHWM`), in KiB, where `/proc` has it.
 pub fn peak_rss_kib() -> Option<u64> {
+    proc_status_kib("VmHWM:")
+}
+
+/// The process's resident set now (`VmRSS`), in KiB, where `/proc` has it.
+pub fn current_rss_kib() -> Option<u64> {
+    proc_status_kib("VmRSS:")
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }

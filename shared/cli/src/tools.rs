@@ -61,9 +61,36 @@ pub struct BenchArgs {
     /// the last block count (the planner uses no others).
     #[arg(long, value_name = "SPANS", value_delimiter = ',', conflicts_with = "ranges")]
     pub add_ranges: Vec<String>,
+    /// Count each block's heap as a tier loads it from its slice artifact and runs it, and
+    /// record it in the profile: the planner then caps the device's slice by what it really
+    /// takes rather than by a rule on tensor sizes. `auto` counts on a device, whose memory
+    /// limits its plans; each block then costs a write and a load of its artifact.
+    #[arg(long, value_enum, default_value_t = MemoryChoice::Auto)]
+    pub memory: MemoryChoice,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Whether `bench --memory` counts each block's heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryChoice {
+    /// On a device only.
+    Auto,
+    /// Always.
+    Yes,
+    /// Never.
+    No,
+}
+
+impl MemoryChoice {
+    fn counts(self, tier: TierKind) -> bool {
+        match self {
+            MemoryChoice::Auto => tier == TierKind::Device,
+            MemoryChoice::Yes => true,
+            MemoryChoice::No => false,
+        }
+    }
 }
 
 /// Which ranges `bench --ranges` times.
@@ -116,6 +143,7 @@ impl BenchArgs {
             tier,
             seed: self.seed,
             ranges: self.ranges.ranges(tier),
+            memory: self.memory.counts(tier),
         })
     }
 }

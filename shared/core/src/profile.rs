@@ -138,6 +138,27 @@ pub struct BlockProfile {
     pub weight_bytes: u64,
     /// Bytes of the activations it reads and writes (crossing its start and end).
     pub activation_bytes: u64,
+    /// The heap the block took on the machine that benchmarked it, where that machine counted
+    /// it (absent in older profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<BlockMemory>,
+}
+
+/// Heap bytes a block took as the benchmarking process really allocated them (counted by its
+/// allocator, not derived from tensor sizes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockMemory {
+    /// What its built slice keeps while it serves: packed weights, the plan, its state.
+    pub resident_bytes: u64,
+    /// The most it had live at once, building or running, over what was live before.
+    pub peak_bytes: u64,
+}
+
+impl BlockMemory {
+    /// What the block needs beyond what it keeps: building and running transients.
+    pub fn transient_bytes(&self) -> u64 {
+        self.peak_bytes.saturating_sub(self.resident_bytes)
+    }
 }
 
 /// One cut point.

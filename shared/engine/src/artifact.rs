@@ -129,11 +129,7 @@ pub fn write(model: &Model, block: Block, out: impl Write) -> Result<Written> {
     if block.start >= block.end || block.end > model.summary.len() {
         bail!("invalid slice [{}, {}) of a model with {} nodes", block.start, block.end, model.summary.len());
     }
-    let io = SliceIo::new(&model.summary, &model.cuts, block);
-    let sub = super::slice::extract(model, block, &io)?;
-    let graph = nnef()?
-        .write_to_tar_with_config(&sub, Vec::new(), false, true)
-        .with_context(|| format!("cannot write slice [{}, {}) as NNEF", block.start, block.end))?;
+    let (graph, io) = graph_entry(model, block)?;
     let manifest = Manifest {
         format: FORMAT.to_string(),
         version: VERSION,
@@ -155,6 +151,35 @@ pub fn write(model: &Model, block: Block, out: impl Write) -> Result<Written> {
     append(&mut archive, GRAPH_ENTRY, &graph)?;
     archive.into_inner()?.flush()?;
     Ok(Written { sha256: hex(&hashing.hasher.finalize()), bytes: hashing.bytes })
+}
+
+/// The graph entry of `block`'s artifact (its NNEF tar) and its interface.
+#[cfg(feature = "onnx")]
+fn graph_entry(model: &Model, block: Block) -> Result<(Vec<u8>, SliceIo)> {
+    let io = SliceIo::new(&model.summary, &model.cuts, block);
+    let sub = super::slice::extract(model, block, &io)?;
+    let graph = nnef()?
+        .write_to_tar_with_config(&sub, Vec::new(), false, true)
+        .with_context(|| format!("cannot write slice [{}, {}) as NNEF", block.start, block.end))?;
+    Ok((graph, io))
+}
+
+/// Loads `block` of `model` the way a tier loads its artifact, measuring the heap that takes
+/// (see [`crate::heap::measure`]): its graph entry is written to memory first, then read back,
+/// built and optimised as [`load_from`] does, without the manifest's checks (the slice is
+/// this process's own). What `bench --memory` records per block.
+#[cfg(feature = "onnx")]
+pub fn measure_load(model: &Model, block: Block) -> Result<Option<crate::heap::Footprint>> {
+    let (graph, io) = graph_entry(model, block)?;
+    let (slice, footprint) = crate::heap::measure(|| -> Result<Slice> {
+        let nnef = nnef()?;
+        let proto = nnef.proto_model_for_read(&mut graph.as_slice()).context("cannot read the NNEF graph")?;
+        let typed = nnef.model_for_proto_model(&proto).context("cannot build the NNEF graph")?;
+        drop(proto);
+        optimise_loaded(block, io, typed)
+    });
+    drop(slice?);
+    Ok(footprint)
 }
 
 /// Writes the artifact of `block` of `model` to the file `path` (through a temporary file

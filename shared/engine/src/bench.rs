@@ -7,9 +7,9 @@ use tract_onnx::prelude::*;
 
 use crate::host::machine_facts;
 use crate::pipeline::{advance, collect, graph_inputs};
-use crate::{Model, Slice, input::synthetic_inputs, with_threads};
+use crate::{Model, Slice, heap, input::synthetic_inputs, with_threads};
 use scission_core::cut::{self, Block};
-use scission_core::profile::{BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, RangeProfile, TierKind};
+use scission_core::profile::{BlockMemory, BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, RangeProfile, TierKind};
 use scission_core::stats::Summary;
 use scission_core::timing::{Budget, measure};
 
@@ -30,6 +30,10 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Which ranges of blocks to time as one slice, besides the blocks.
     pub ranges: Ranges,
+    /// Also count each block's heap the way a tier loads and runs it (see [`BlockMemory`]):
+    /// one slice artifact written and loaded per block, where the process counts its heap
+    /// ([`heap`]). Worth it where memory limits plans: on a device.
+    pub memory: bool,
 }
 
 /// Ranges of blocks a benchmark also times as one slice. A device always runs a prefix of the
@@ -150,9 +154,11 @@ fn time_blocks(model: &Model, options: &BenchOptions, blocks: &[Block], inputs: 
             bar.advance();
         }
         bar.begin(&format!("[{}, {})", block.start, block.end));
-        let (slice, time, outputs) = time_block(model, options.budget, block, &live)?;
-        live = advance(model, &slice, live, outputs);
-        timed.blocks.push(block_profile(model, block, time));
+        let measured = time_block(model, options.budget, block, &live)?;
+        live = advance(model, &measured.slice, live, measured.outputs);
+        drop(measured.slice);
+        let memory = if options.memory { block_memory(model, block, measured.run_heap)? } else { None };
+        timed.blocks.push(block_profile(model, block, measured.time, memory));
         bar.advance();
     }
     Ok(timed)
@@ -235,26 +241,46 @@ fn advance_to(model: &Model, from: usize, to: usize, live: crate::pipeline::Acti
 
 /// The timing of `range` run as one slice on the activations in `live`.
 fn time_slice(model: &Model, budget: Budget, range: Block, live: &crate::pipeline::Activations) -> Result<Summary> {
-    Ok(time_block(model, budget, range, live)?.1)
+    Ok(time_block(model, budget, range, live)?.time)
 }
 
-/// Builds the slice of `block`, times it on the activations in `live`, and returns it with
-/// its timing and its outputs.
-fn time_block(model: &Model, budget: Budget, block: Block, live: &crate::pipeline::Activations) -> Result<(Slice, Summary, TVec<TValue>)> {
+/// What [`time_block`] measured of one slice.
+struct TimedSlice {
+    slice: Slice,
+    time: Summary,
+    /// The heap its timed runs took over the built slice, where the process counts it.
+    run_heap: Option<heap::Footprint>,
+    outputs: TVec<TValue>,
+}
+
+/// Builds the slice of `block`, times it on the activations in `live`, and counts the heap its
+/// runs take.
+fn time_block(model: &Model, budget: Budget, block: Block, live: &crate::pipeline::Activations) -> Result<TimedSlice> {
     let slice = Slice::build(model, block)?;
     let inputs = collect(live, &slice.io.inputs, "block input", model)?;
     let mut state = slice.spawn()?;
     let mut outputs = TVec::new();
-    let samples = measure(budget, || {
-        outputs = state.run(inputs.clone())?;
-        Ok::<_, crate::error::EngineError>(())
-    })
-    .with_context(|| format!("running [{}, {})", block.start, block.end))?;
+    let (samples, run_heap) = heap::measure(|| {
+        measure(budget, || {
+            outputs = state.run(inputs.clone())?;
+            Ok::<_, crate::error::EngineError>(())
+        })
+    });
+    let samples = samples.with_context(|| format!("running [{}, {})", block.start, block.end))?;
     let time = Summary::of(&samples).context("the budget allowed no timed run")?;
-    Ok((slice, time, outputs))
+    Ok(TimedSlice { slice, time, run_heap, outputs })
 }
 
-fn block_profile(model: &Model, block: Block, time: Summary) -> BlockProfile {
+/// The heap `block` takes the way a tier runs it: loaded from its slice artifact's graph (what
+/// the loaded slice keeps, and the loader's high-water mark), and run (`run`, measured on the
+/// timed slice). `None` where the process does not count its heap.
+fn block_memory(model: &Model, block: Block, run: Option<heap::Footprint>) -> Result<Option<BlockMemory>> {
+    let Some(run) = run else { return Ok(None) };
+    let load = crate::artifact::measure_load(model, block)?;
+    Ok(load.map(|load| BlockMemory { resident_bytes: load.kept, peak_bytes: load.peak.max(load.kept.saturating_add(run.peak)) }))
+}
+
+fn block_profile(model: &Model, block: Block, time: Summary, memory: Option<BlockMemory>) -> BlockProfile {
     let nodes = &model.summary.nodes;
     BlockProfile {
         range: block,
@@ -263,6 +289,7 @@ fn block_profile(model: &Model, block: Block, time: Summary) -> BlockProfile {
         time,
         weight_bytes: model.summary.weight_bytes(block.start, block.end),
         activation_bytes: model.cuts.bytes(block.start) + model.cuts.bytes(block.end),
+        memory,
     }
 }
 

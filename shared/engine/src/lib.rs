@@ -2,8 +2,9 @@
 //! ([`summary`]), builds runnable slices for node ranges ([`slice`]) and writes and loads them
 //! as standalone files ([`artifact`]), runs chains of slices
 //! the way separate machines would ([`pipeline`]), benchmarks every block ([`bench`]) and
-//! reads and writes the profiles ([`profile_file`]); [`host`] describes this machine, [`input`]
-//! and [`npy`] make and read inputs. It logs and returns values; it never prints. Without
+//! reads and writes the profiles ([`profile_file`]); [`host`] describes this machine, [`heap`]
+//! counts the process's heap (for the profile's measured memory), [`input`] and [`npy`] make and
+//! read inputs. It logs and returns values; it never prints. Without
 //! `onnx` (a lean device build) it only loads slice artifacts and runs them: no protobuf, no
 //! ONNX parser, no whole model.
 //!
@@ -36,6 +37,8 @@ pub mod slice;
 pub mod summary;
 
 pub use error::EngineError;
+/// The heap counter the binaries install (see [`scission_heap`]).
+pub use scission_heap as heap;
 #[cfg(feature = "onnx")]
 pub use load::Model;
 pub use model_graph::{LoadOptions, ModelGraph};

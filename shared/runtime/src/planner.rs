@@ -288,7 +288,8 @@ impl Planner {
         problem.machines[cloud].queue_ns = self.own_load.as_ref().map_or(0, |l| l.snapshot().expected_wait_ns());
         let exclude_machines = edges.iter().enumerate().filter(|(_, r)| avoid_machines.contains(&r.id)).map(|(i, _)| i + 1).collect();
         // The device's memory caps its slice (the device checks each route exactly again).
-        let memory_cap = device_memory.map(|m| (0, scission_core::memory::solver_cap(m))).into_iter().collect();
+        let memory_cap =
+            device_memory.map(|m| (0, scission_core::memory::device_memory_cap(&mut problem, &device.blocks, m))).into_iter().collect();
         let constraints = Constraints {
             must_not_use: avoid.iter().map(|&t| usize::from(t)).collect(),
             exclude_machines,

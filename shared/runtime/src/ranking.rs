@@ -55,6 +55,18 @@ pub(crate) struct Planner {
     pub(crate) uplinks: HashMap<u8, Link>,
 }
 
+impl Planner {
+    /// The device's blocks as its profile has them (with their measured memory, where
+    /// counted); none for a fixed split.
+    pub(crate) fn device_blocks(&self) -> &[BlockProfile] {
+        match &self.kind {
+            PlannerKind::Fixed(_) => &[],
+            PlannerKind::Local { blocks, .. } => blocks,
+            PlannerKind::Cloud { profile, .. } => &profile.blocks,
+        }
+    }
+}
+
 enum PlannerKind {
     Fixed(Vec<Stage>),
     Local {
@@ -106,7 +118,8 @@ impl Planner {
                     apply_link_spec(&mut problem, text, true).map_err(|e| invalid!("--link {e}"))?;
                 }
                 let uplinks = device_uplinks(&problem);
-                let memory_cap = device_memory.map(|m| (0, scission_core::memory::solver_cap(m))).into_iter().collect();
+                let memory_cap =
+                    device_memory.map(|m| (0, scission_core::memory::device_memory_cap(&mut problem, &device.blocks, m))).into_iter().collect();
                 let kind = PlannerKind::Local {
                     problem: Box::new(problem),
                     blocks: device.blocks.clone(),

@@ -17,6 +17,7 @@ use scission_core::cut::Block;
 use scission_core::graph::TensorId;
 use scission_core::link::{Encoding, Link};
 use scission_core::policy::{Action, DevicePolicy, Event, PolicyConfig, ReplanReason, RequestFailure, Route};
+use scission_core::profile::BlockProfile;
 use scission_core::wire::message::{Stage, StageTiming};
 use scission_engine::ModelGraph;
 use scission_engine::tract::prelude::*;
@@ -285,12 +286,13 @@ impl Session {
                 .reporting_lost(lost_tx),
         );
         let whole = Block { start: 0, end: nodes };
-        let fits_whole = config.device_memory.is_none_or(|m| scission_core::memory::slice_need(&node.graph().summary, whole) <= m);
+        let blocks = planner.device_blocks().to_vec();
+        let fits_whole = config.device_memory.is_none_or(|m| scission_core::memory::need(&node.graph().summary, &blocks, whole) <= m);
         let fallback = (config.local_fallback && node.can_run(whole) && fits_whole).then(|| local_route(nodes)).transpose()?;
         // A device that runs from slice artifacts and lacks some offloads whole requests to the
         // cloud (which holds the model) while it fetches them.
         let offload = (node.artifacts().is_some() && config.cloud.is_some()).then(|| cloud_route(nodes)).transpose()?;
-        let mut driver = Driver::new(&config, client, planner, RouteRules { memory: config.device_memory, offload, fallback }, observer);
+        let mut driver = Driver::new(&config, client, planner, RouteRules { memory: config.device_memory, blocks, offload, fallback }, observer);
         driver.start(&config, &peers).await?;
         let (status_tx, status) = watch::channel(driver.status());
         driver.status_tx = Some(status_tx);
@@ -350,9 +352,12 @@ fn whole_on(tier: u8, nodes: usize) -> Result<Route> {
 /// planned device slices must fit in.
 #[derive(Clone, Debug, Default)]
 struct RouteRules {
-    /// Bytes the device may use; device stages that need more (`memory::slice_need`) rule
-    /// their routes out.
+    /// Bytes the device may use; device stages that need more (`memory::need`) rule their
+    /// routes out.
     memory: Option<u64>,
+    /// The device's blocks as its profile has them: their measured memory, where counted,
+    /// is what a device stage needs.
+    blocks: Vec<BlockProfile>,
     /// Everything in the cloud, for a device that lacks the slices of the planned routes.
     offload: Option<Route>,
     /// Everything on the device (degraded), when every remote route is down.
@@ -369,7 +374,7 @@ fn with_fallback(mut routes: Vec<Route>, rules: &RouteRules, node: &Node) -> Vec
         tracing::info!("{} of {before} planned routes need device slices this device does not hold", before - routes.len());
     }
     let fitting = routes.len();
-    routes.retain(|r| fits(r, rules.memory, node));
+    routes.retain(|r| fits(r, rules, node));
     if routes.len() < fitting {
         tracing::warn!("{} planned routes need more memory on the device than its {:?} bytes", fitting - routes.len(), rules.memory);
     }
@@ -391,20 +396,24 @@ fn device_blocks(route: &Route) -> impl Iterator<Item = Block> + '_ {
     route.stages.iter().filter(|s| s.tier == 0).map(|s| Block { start: s.start as usize, end: s.end as usize })
 }
 
-/// Whether every device stage of `route` fits in `memory` bytes.
-fn fits(route: &Route, memory: Option<u64>, node: &Node) -> bool {
-    let Some(memory) = memory else { return true };
-    let summary = &node.graph().summary;
-    device_blocks(route).all(|b| scission_core::memory::slice_need(summary, b) <= memory)
+/// Whether every device stage of `route` fits in the device's memory.
+fn fits(route: &Route, rules: &RouteRules, node: &Node) -> bool {
+    let Some(memory) = rules.memory else { return true };
+    device_blocks(route).all(|b| device_need(rules, node, b) <= memory)
 }
 
-/// Why no route of `routes` fits the device's `memory`: the tier and the bytes.
-fn memory_refusal(routes: &[Route], memory: u64, node: &Node) -> Option<String> {
-    if routes.is_empty() || routes.iter().any(|r| fits(r, Some(memory), node)) {
+/// The bytes a device stage of `block` needs: as measured where the profile counted them.
+fn device_need(rules: &RouteRules, node: &Node, block: Block) -> u64 {
+    scission_core::memory::need(&node.graph().summary, &rules.blocks, block)
+}
+
+/// Why no route of `routes` fits the device's memory: the tier and the bytes.
+fn memory_refusal(routes: &[Route], rules: &RouteRules, node: &Node) -> Option<String> {
+    let memory = rules.memory?;
+    if routes.is_empty() || routes.iter().any(|r| fits(r, rules, node)) {
         return None;
     }
-    let summary = &node.graph().summary;
-    let smallest = routes.iter().flat_map(device_blocks).map(|b| scission_core::memory::slice_need(summary, b)).min()?;
+    let smallest = routes.iter().flat_map(device_blocks).map(|b| device_need(rules, node, b)).min()?;
     Some(format!(
         "no planned route fits the device's memory: its smallest device slice needs {:.1} MiB, the device (tier 0) has {:.1} MiB",
         smallest as f64 / f64::from(1 << 20),
@@ -551,7 +560,7 @@ impl Driver {
         let routes = match ranked {
             Ok(routes) => {
                 check_addresses(&routes, peers)?;
-                if let Some(refusal) = self.rules.memory.and_then(|m| memory_refusal(&routes, m, &self.client.node)) {
+                if let Some(refusal) = memory_refusal(&routes, &self.rules, &self.client.node) {
                     if config.require_plan && self.rules.offload.is_none() {
                         bail!("{refusal}");
                     }
@@ -607,7 +616,7 @@ impl Driver {
         let wanted: Vec<Block> = self
             .ranking
             .iter()
-            .filter(|r| fits(r, self.rules.memory, node))
+            .filter(|r| fits(r, &self.rules, node))
             .take(FETCHED_ROUTES)
             .flat_map(device_blocks)
             .filter(|b| !self.client.node.can_run(*b))
