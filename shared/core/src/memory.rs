@@ -161,25 +161,21 @@ mod tests {
     #[test]
     fn a_measured_slice_needs_what_its_blocks_keep_and_its_largest_transient() {
         let blocks = measured([Some((10, 15)), Some((20, 50)), Some((30, 35))]);
-        let need = |start, end| measured_need(&blocks, Block { start, end });
-        assert_eq!(need(0, 2), Some((10 + 5 << 20) + MEASURED_OVERHEAD));
-        assert_eq!(need(0, 5), Some((10 + 20 + 30 << 20) + MEASURED_OVERHEAD));
-        assert_eq!(need(0, 6), Some((60 + 30 << 20) + MEASURED_OVERHEAD));
-        assert_eq!(need(5, 6), Some((30 + 5 << 20) + MEASURED_OVERHEAD));
+        let of = |start, end| measured_need(&blocks, Block { start, end });
+        assert_eq!(of(0, 2), Some(((10 + 5) << 20) + MEASURED_OVERHEAD));
+        assert_eq!(of(0, 5), Some(((10 + 20 + 30) << 20) + MEASURED_OVERHEAD));
+        assert_eq!(of(0, 6), Some(((60 + 30) << 20) + MEASURED_OVERHEAD));
+        assert_eq!(of(5, 6), Some(((30 + 5) << 20) + MEASURED_OVERHEAD));
         // Only whole blocks tile a range; an empty or foreign range has no measured need.
         for (start, end) in [(0, 3), (1, 5), (0, 7), (2, 2), (6, 9)] {
-            assert_eq!(need(start, end), None, "[{start}, {end})");
+            assert_eq!(of(start, end), None, "[{start}, {end})");
         }
         // One unmeasured block leaves the ranges through it to the rule.
         let partly = measured([Some((10, 15)), None, Some((30, 35))]);
         assert_eq!(measured_need(&partly, Block { start: 0, end: 5 }), None);
         assert_eq!(measured_need(&partly, Block { start: 5, end: 6 }), Some((35 << 20) + MEASURED_OVERHEAD));
         let g = chain();
-        assert_eq!(need_of(&g, &partly, Block { start: 0, end: 3 }), slice_need(&g, Block { start: 0, end: 3 }));
-    }
-
-    fn need_of(graph: &GraphSummary, blocks: &[BlockProfile], range: Block) -> u64 {
-        need(graph, blocks, range)
+        assert_eq!(need(&g, &partly, Block { start: 0, end: 3 }), slice_need(&g, Block { start: 0, end: 3 }));
     }
 
     /// A device and a cloud that computes every block 1000 times slower: the device keeps as
