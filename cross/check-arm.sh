@@ -3,7 +3,11 @@
 # or rustup targets, and checks it under qemu-user:
 #   1. `bench` of a zoo model runs on emulated ARM;
 #   2. partitioned inference with the emulated-ARM device and x86 edge/cloud servers on loopback
-#      returns the unsplit model's result (cloud-only, and device + cloud splits).
+#      returns the unsplit model's result (cloud-only, and device + cloud splits);
+#   3. the lean device binary (slice artifacts only) runs artifacts of every real torch.onnx and
+#      tf2onnx export in tests/fixtures/exports, written on x86: the whole model as one slice,
+#      and the first half with x86 running the second; each result within float tolerance of
+#      onnxruntime's on x86 (cross/exports-check.py).
 #
 #   cross/check-arm.sh [aarch64|armv7|all]     (default: aarch64)
 #   cross/check-arm.sh setup                   (the toolchain only; prints its rustc version)
@@ -80,11 +84,43 @@ EOS
 }
 
 build() {
-  local target=$1
+  local target=$1; shift
   RUSTC="$dir/bin/rustc" CARGO_TARGET_DIR="$root/target/arm" \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
   CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc \
-    cargo build --profile device --target "$target" -p scission-device
+    cargo build --profile device --target "$target" -p scission-device "$@"
+}
+
+# qemu and the target's C library, for running a binary of `target`.
+emulator() {
+  case $1 in
+    aarch64-*) echo "qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
+    *) echo "qemu-arm-static -L /usr/arm-linux-gnueabihf" ;;
+  esac
+}
+
+# Step 3: the lean binary `lean` runs x86-written artifacts of every export under qemu.
+check_artifacts() {
+  local target=$1 lean=$2 host="$root/target/debug" check="$root/cross/exports-check.py" work qemu failed=0
+  read -r -a qemu <<< "$(emulator "$target")"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' RETURN
+  echo "== $target: the lean device binary ($(stat -c %s "$lean") bytes stripped) runs artifacts of real exports"
+  for name in $(python3 "$check" names); do
+    local onnx="$root/tests/fixtures/exports/$name.onnx" cut nodes
+    cut=$("$host/scission-cloud" inspect "$onnx" | python3 "$check" middle-cut)
+    nodes=$("$host/scission-cloud" inspect "$onnx" | sed -n 's/.*: \([0-9]*\) compute nodes.*/\1/p')
+    "$host/scission-cloud" slice "$onnx" --range "0,$cut" --range "$cut,$nodes" --range "0,$nodes" --out "$work/$name" >/dev/null
+    python3 "$check" input "$name" "$work/$name/in.npy"
+    "${qemu[@]}" "$lean" run-slice "$work/$name/0-$nodes.slice" --inputs "$work/$name/in.npy" --save "$work/$name/whole" --runs 1 >/dev/null
+    printf '%s' "whole on $target: "
+    python3 "$check" compare "$name" "$work/$name/whole/output-0.npy" || failed=1
+    "${qemu[@]}" "$lean" run-slice "$work/$name/0-$cut.slice" --inputs "$work/$name/in.npy" --save "$work/$name/mid" --runs 1 >/dev/null
+    "$host/scission-cloud" run-slice "$work/$name/$cut-$nodes.slice" --inputs "$work/$name/mid/output-0.npy" --save "$work/$name/split" --runs 1 >/dev/null
+    printf '%s' "[0,$cut) on $target, the rest on x86: "
+    python3 "$check" compare "$name" "$work/$name/split/output-0.npy" || failed=1
+  done
+  return $failed
 }
 
 check() {
@@ -128,4 +164,10 @@ for t in "${targets[@]}"; do
   build "$t"
   check "$t"
   "$root/cross/package-device.sh" "$t" "$root/target/arm/$t/device/scission-device"
+  # The lean build next to the full one (the package keeps the full binary).
+  cp "$root/target/arm/$t/device/scission-device" "$root/target/arm/$t/device/scission-device.full"
+  build "$t" --no-default-features
+  mv "$root/target/arm/$t/device/scission-device" "$root/target/arm/$t/device/scission-device.lean"
+  mv "$root/target/arm/$t/device/scission-device.full" "$root/target/arm/$t/device/scission-device"
+  check_artifacts "$t" "$root/target/arm/$t/device/scission-device.lean"
 done

@@ -180,7 +180,11 @@ fn bench_options(args: &DemoArgs, name: &str, tier: TierKind, threads: usize) ->
 
 fn bench_as(model: &Model, args: &DemoArgs, name: &str, tier: TierKind, threads: usize) -> Result<Profile> {
     let options = bench_options(args, name, tier, threads);
-    let profile = benchmark(model, &options, &scission_cli::BenchBar::new(true))?;
+    // What a message costs this machine (under the device's quota for the device), as `bench`
+    // records it: first, while no engine threads linger from the timed runs.
+    let messages = scission_cli::measure_messages();
+    let mut profile = benchmark(model, &options, &scission_cli::BenchBar::new(true))?;
+    profile.messages = messages;
     println!(
         "{name} ({threads} thread(s)): unsplit median {:.1} ms, sum of {} block medians {:.1} ms ({:.2}x), benchmark took {:.1} s",
         profile.whole_model.median_ns as f64 * 1e-6,

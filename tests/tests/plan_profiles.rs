@@ -58,10 +58,16 @@ fn recompute(profiles: &[Profile], plan: &serde_json::Value) -> f64 {
         let range = p.ranges.iter().find(|r| (r.first_block, r.end_block) == (a, b));
         total += range.map_or(blocks, |r| r.time.median_ns) as f64 * 1e-9;
     }
+    // Each end of a hop spends half of what its machine's bench measured for a loopback hop.
+    let end = |name: &str, bytes: f64| -> f64 {
+        let cost = profiles.iter().find(|p| p.machine.name == name).unwrap().messages.expect("bench measures the message cost");
+        (cost.fixed_ns as f64 + bytes * cost.ps_per_byte as f64 * 1e-3) * 1e-9 / 2.0
+    };
     let hops = plan["hops"].as_array().unwrap().iter().chain(plan["result_hops"].as_array().unwrap());
     for h in hops {
-        let (lat, bps) = link(h["from"].as_str().unwrap(), h["to"].as_str().unwrap());
-        total += lat + h["bytes"].as_f64().unwrap() * 8.0 / bps;
+        let (from, to, bytes) = (h["from"].as_str().unwrap(), h["to"].as_str().unwrap(), h["bytes"].as_f64().unwrap());
+        let (lat, bps) = link(from, to);
+        total += lat + bytes * 8.0 / bps + end(from, bytes) + end(to, bytes);
     }
     total
 }

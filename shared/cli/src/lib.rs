@@ -28,4 +28,4 @@ pub use slicing::{RunSliceArgs, run_run_slice};
 #[cfg(feature = "onnx")]
 pub use slicing::{SliceArgs, run_slice};
 #[cfg(feature = "onnx")]
-pub use tools::{BenchArgs, InspectArgs, inspect_report, profile_summary, run_bench, run_inspect};
+pub use tools::{BenchArgs, InspectArgs, inspect_report, measure_messages, profile_summary, run_bench, run_inspect};

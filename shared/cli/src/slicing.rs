@@ -4,14 +4,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-#[cfg(feature = "onnx")]
-use anyhow::Context;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use scission_core::cut::Block;
-#[cfg(feature = "onnx")]
 use scission_engine::Slice;
 use scission_engine::artifact;
 use scission_engine::heap;
+use scission_engine::npy;
+use scission_engine::tract::prelude::{IntoTValue, TVec, TValue};
 use scission_engine::with_threads;
 
 #[cfg(feature = "onnx")]
@@ -99,6 +98,14 @@ pub struct RunSliceArgs {
     /// Engine threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
+    /// The slice's inputs as `.npy` files (float32 or int64), in the order of its input
+    /// tensors, instead of synthetic ones: e.g. what `--save` wrote for the slice before it.
+    #[arg(long, value_name = "FILE.npy", value_delimiter = ',')]
+    pub inputs: Vec<PathBuf>,
+    /// Write the last run's outputs to this directory as `output-K.npy` (K in the order of the
+    /// slice's output tensors): to chain slices across machines by hand, or compare them.
+    #[arg(long, value_name = "DIR")]
+    pub save: Option<PathBuf>,
 }
 
 /// Loads the slice, runs it, and reports load time, run time and the process's peak memory.
@@ -129,18 +136,21 @@ pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<Stri
     });
     let (slice, source, memory) = loaded?;
     let load_s = started.elapsed().as_secs_f64();
-    let inputs = slice.synthetic_inputs(1)?;
+    let inputs = slice_inputs(&slice, &args.inputs)?;
     let threads = usize::from(args.threads);
-    let (times, run_heap) = heap::measure(|| -> Result<Vec<f64>> {
-        let mut times = Vec::new();
+    let (runs, run_heap) = heap::measure(|| -> Result<_> {
+        let (mut times, mut outputs) = (Vec::new(), TVec::new());
         for _ in 0..args.runs {
             let run = Instant::now();
-            with_threads(threads, || slice.run(inputs.clone()))?;
+            outputs = with_threads(threads, || slice.run(inputs.clone()))?;
             times.push(run.elapsed().as_secs_f64());
         }
-        Ok(times)
+        Ok((times, outputs))
     });
-    let mut times = times?;
+    let (mut times, outputs) = runs?;
+    if let Some(dir) = &args.save {
+        save_outputs(dir, &outputs)?;
+    }
     times.sort_by(f64::total_cmp);
     let median_ms = times[times.len() / 2] * 1e3;
     let peak = peak_rss_kib().map_or_else(|| "unknown".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
@@ -165,6 +175,37 @@ pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<Stri
         ));
     }
     Ok(report)
+}
+
+/// The slice's inputs: read from `files` (one per input tensor, shapes checked), or synthetic.
+fn slice_inputs(slice: &Slice, files: &[PathBuf]) -> Result<TVec<TValue>> {
+    if files.is_empty() {
+        return Ok(slice.synthetic_inputs(1)?);
+    }
+    let wanted = slice.synthetic_inputs(1)?;
+    if files.len() != wanted.len() {
+        bail!("the slice takes {} input(s); --inputs gives {}", wanted.len(), files.len());
+    }
+    files
+        .iter()
+        .zip(&wanted)
+        .map(|(file, like)| {
+            let tensor = npy::read_npy(file)?;
+            if tensor.shape() != like.shape() || tensor.datum_type() != like.datum_type() {
+                bail!("{}: a {:?} {:?} array, the slice takes {:?} {:?}", file.display(), tensor.datum_type(), tensor.shape(), like.datum_type(), like.shape());
+            }
+            Ok(tensor.into_tvalue())
+        })
+        .collect()
+}
+
+/// Writes `outputs` to `dir` as `output-K.npy`.
+fn save_outputs(dir: &std::path::Path, outputs: &[TValue]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (k, output) in outputs.iter().enumerate() {
+        npy::write_npy(&dir.join(format!("output-{k}.npy")), output)?;
+    }
+    Ok(())
 }
 
 /// What a slice holds by the summary: its weights, its largest activation, and the memory the

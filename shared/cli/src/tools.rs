@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
+use scission_core::link::MessageCost;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::timing::Budget;
 use scission_engine::Model;
@@ -157,9 +158,26 @@ pub fn run_bench(args: &BenchArgs, tier: TierKind, zoo: Option<ZooLookup>) -> Re
     if !args.add_ranges.is_empty() {
         return add_ranges(args, &model, &options, &bar);
     }
-    let profile = benchmark(&model, &options, &bar)?;
+    // First, while no engine threads linger from the timed runs.
+    let messages = measure_messages();
+    let mut profile = benchmark(&model, &options, &bar)?;
+    profile.messages = messages;
     write_profile(&profile, &args.out)?;
     Ok(format!("{}\n", profile_summary(&profile, &args.out)))
+}
+
+/// Hops over loopback timed per size before fitting what a message costs.
+const LOOPBACK_RUNS: usize = 15;
+
+/// What a message costs this machine beyond the link (`scission_net::loopback`), for the
+/// profile; a failure leaves it out, logged.
+pub fn measure_messages() -> Option<MessageCost> {
+    let measured = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the loopback hops")
+        .and_then(|rt| Ok(rt.block_on(scission_net::loopback::message_cost(LOOPBACK_RUNS))?));
+    measured.inspect_err(|e| tracing::warn!("the message cost was not measured: {e:#}")).ok()
 }
 
 /// `bench --add-ranges`: times the ranges and adds them to the profile in `--out`.
@@ -224,7 +242,9 @@ pub fn profile_summary(profile: &Profile, path: &Path) -> String {
         profile.sum_of_blocks_ns as f64 * 1e-6,
         profile.sum_over_whole,
         profile.bench_seconds,
-    )
+    ) + &profile.messages.map_or_else(String::new, |m| {
+        format!("; a message costs {:.1} us + {:.2} ms/MiB on loopback (both ends)", m.fixed_ns as f64 * 1e-3, m.ps_per_byte as f64 * 1048576e-9)
+    })
 }
 
 /// Arguments of `inspect`.

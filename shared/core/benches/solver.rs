@@ -22,6 +22,7 @@ fn instance(blocks: usize) -> Problem {
             block_ns: (0..blocks).map(|_| (50_000 + next(2_000_000)) * speed[i] / 10).collect(),
             queue_ns: 0,
             ranges: Vec::new(),
+            messages: Default::default(),
         })
         .collect();
     let mut links = Vec::new();

@@ -69,6 +69,10 @@ pub struct Profile {
     /// place of the sums of their blocks. Absent from profiles written without it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranges: Vec<RangeProfile>,
+    /// What this machine spends per message beyond the link (encoding, QUIC, TLS), measured by
+    /// `bench` as hops over loopback; absent from profiles written without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<crate::link::MessageCost>,
 }
 
 /// Timing of a range of blocks run as one slice.

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use scission_core::solver::{
-    self, ComputeCap, Constraints, CostOptions, Encoding, Link, Machine, Objective, Problem, RangeCost, SolveError, brute,
+    self, ComputeCap, Constraints, CostOptions, Encoding, Link, Machine, MessageCost, Objective, Problem, RangeCost, SolveError, brute,
 };
 
 /// Random instance: up to 4 tiers, up to 3 machines per tier, up to 7 blocks, and on some
@@ -24,8 +24,10 @@ fn problem() -> impl Strategy<Value = Problem> {
             let options = (any::<bool>(), 0usize..3, 0u64..3);
             // (from the first block?, blocks in the range, its time) per machine.
             let measured = proptest::collection::vec(proptest::collection::vec((any::<bool>(), 1..=n, 0u64..20), 0..4), count);
-            (Just(tiers), Just(per_tier), (times, queues, measured), links, bytes, 0u64..60, weights, acts, options).prop_map(
-                move |(tiers, per_tier, (times, queues, measured), links, bytes, input, weights, acts, (ret, enc, overhead))| {
+            // Message costs per machine: none, or up to 3 ns fixed and 2000 ps per byte.
+            let messages = proptest::collection::vec((0u64..4, 0u64..2001), count);
+            (Just(tiers), Just(per_tier), (times, queues, measured, messages), links, bytes, 0u64..60, weights, acts, options).prop_map(
+                move |(tiers, per_tier, (times, queues, measured, messages), links, bytes, input, weights, acts, (ret, enc, overhead))| {
                     let mut machines = Vec::new();
                     for (tier, &count) in per_tier.iter().enumerate() {
                         for i in 0..count {
@@ -37,7 +39,9 @@ fn problem() -> impl Strategy<Value = Problem> {
                                     ranges.push(RangeCost { start, end, ns });
                                 }
                             }
-                            machines.push(Machine { name: format!("t{tier}m{i}"), tier, block_ns, queue_ns, ranges });
+                            let (fixed_ns, ps_per_byte) = messages[machines.len()];
+                            let messages = MessageCost { fixed_ns, ps_per_byte };
+                            machines.push(Machine { name: format!("t{tier}m{i}"), tier, block_ns, queue_ns, ranges, messages });
                         }
                     }
                     let m = machines.len();

@@ -124,6 +124,7 @@ pub fn benchmark(model: &Model, options: &BenchOptions, bar: &dyn Progress) -> R
         sum_of_blocks_ns,
         bench_seconds: started.elapsed().as_micros() as f64 * 1e-6,
         ranges,
+        messages: None,
     })
 }
 

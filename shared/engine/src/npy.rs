@@ -1,5 +1,5 @@
-//! Reading `.npy` files (NumPy's array format, versions 1 to 3) as model inputs: little-endian
-//! f32 or i64, C order. Anything else is a clear error.
+//! Reading `.npy` files (NumPy's array format, versions 1 to 3) as model inputs, and writing
+//! outputs as version 1: little-endian f32 or i64, C order. Anything else is a clear error.
 
 use std::path::Path;
 
@@ -39,6 +39,35 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
         other => bail!("element type {other} is not supported (use float32 '<f4' or int64 '<i8')"),
     };
     Ok(tensor)
+}
+
+/// Writes `tensor` (f32 or i64) to `path` as an `.npy` array.
+pub fn write_npy(path: &Path, tensor: &Tensor) -> Result<()> {
+    std::fs::write(path, npy_bytes(tensor)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The `.npy` bytes (version 1, C order, header padded to 64 bytes as NumPy writes it) of an
+/// f32 or i64 tensor.
+pub fn npy_bytes(tensor: &Tensor) -> Result<Vec<u8>> {
+    let plain = tensor.try_as_plain_ram()?;
+    let (descr, data) = match tensor.datum_type() {
+        DatumType::F32 => ("<f4", plain.as_slice::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()),
+        DatumType::I64 => ("<i8", plain.as_slice::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        other => bail!("a {other:?} tensor cannot be written as .npy here (float32 or int64 only)"),
+    };
+    let dims: Vec<String> = tensor.shape().iter().map(ToString::to_string).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let unpadded = MAGIC.len() + 4 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let header_len = u16::try_from(header.len()).context("the shape is too long for an .npy header")?;
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&header_len.to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&data);
+    Ok(out)
 }
 
 fn values<const N: usize, T>(data: &[u8], volume: usize, from: fn([u8; N]) -> T) -> Result<Vec<T>> {
@@ -102,5 +131,23 @@ mod tests {
         assert!(parse_npy(b"garbage").is_err());
         let scalar = parse_npy(&npy("<i8", "()", &7i64.to_le_bytes())).unwrap();
         assert_eq!(scalar.shape(), &[] as &[usize]);
+    }
+
+    #[test]
+    fn writes_what_numpy_writes_and_reads_it_back() {
+        let t = Tensor::from_shape(&[2, 3], &[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let bytes = npy_bytes(&t).unwrap();
+        // NumPy's own bytes for np.save(f, np.arange(1, 7, dtype='<f4').reshape(2, 3)).
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+        assert_eq!(&bytes[..10], b"\x93NUMPY\x01\x00\x76\x00");
+        assert_eq!(&bytes[10..10 + header.len()], header.as_bytes());
+        assert_eq!(bytes.len(), 128 + data.len(), "the header is padded to 64 bytes");
+        assert_eq!(bytes[127], b'\n');
+        assert_eq!(&bytes[128..], &data[..]);
+        assert_eq!(parse_npy(&bytes).unwrap(), t);
+        let one = Tensor::from_shape(&[3], &[7i64, 8, 9]).unwrap();
+        assert_eq!(parse_npy(&npy_bytes(&one).unwrap()).unwrap(), one);
+        assert!(npy_bytes(&Tensor::from_shape(&[1], &[1u8]).unwrap()).is_err(), "u8 is refused");
     }
 }

@@ -38,6 +38,7 @@ impl Slice {
     }
 
     /// Optimises `sub`, the extracted (decluttered) graph of `block` with interface `io`.
+    #[cfg(feature = "onnx")]
     pub(crate) fn optimise(block: Block, io: SliceIo, sub: TypedModel) -> Result<Self> {
         let plan = sub
             .into_optimized()

@@ -34,7 +34,8 @@ use alloc::vec::Vec;
 pub use constraints::{ComputeCap, Constraints};
 pub use plan::{Breakdown, Objective, Plan, Segment, evaluate};
 pub use problem::{
-    CostOptions, Encoding, Link, MAX_BYTES, MAX_LATENCY_NS, MAX_SPAN_NS, MAX_TIERS, Machine, Problem, ProblemError, RangeCost,
+    CostOptions, Encoding, Link, MAX_BYTES, MAX_LATENCY_NS, MAX_PS_PER_BYTE, MAX_SPAN_NS, MAX_TIERS, Machine, MessageCost, Problem,
+    ProblemError, RangeCost,
 };
 
 use constraints::Compiled;

@@ -122,7 +122,7 @@ pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
     let mut hops = Vec::with_capacity(segments.len());
     for pair in segments.windows(2) {
         let bytes = problem.handover_bytes(pair[1].start);
-        let ns = problem.link(pair[0].machine, pair[1].machine)?.transfer_ns(bytes);
+        let ns = problem.hop_ns(pair[0].machine, pair[1].machine, bytes)?;
         hops.push(Hop { from: pair[0].machine, to: pair[1].machine, bytes, ns });
     }
     let result_hops = match problem.options.return_result {
@@ -131,7 +131,7 @@ pub fn evaluate(problem: &Problem, segments: &[Segment]) -> Option<Breakdown> {
             .rev()
             .map(|h| {
                 let bytes = problem.result_bytes();
-                Some(Hop { from: h.to, to: h.from, bytes, ns: problem.link(h.to, h.from)?.transfer_ns(bytes) })
+                Some(Hop { from: h.to, to: h.from, bytes, ns: problem.hop_ns(h.to, h.from, bytes)? })
             })
             .collect::<Option<Vec<Hop>>>()?,
         false => Vec::new(),

@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-pub use crate::link::{Encoding, Link};
+pub use crate::link::{Encoding, Link, MAX_PS_PER_BYTE, MessageCost};
 
 /// Cost-model switches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,10 @@ pub struct Machine {
     /// (the device always runs a prefix, the last tier a suffix); see [`RangeCost`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranges: Vec<RangeCost>,
+    /// What it spends on each message it sends or receives beyond the link (encoding, QUIC,
+    /// TLS), as its profile measured it; nothing when unmeasured.
+    #[serde(default, skip_serializing_if = "MessageCost::is_zero")]
+    pub messages: MessageCost,
 }
 
 /// The measured compute time of blocks `[start, end)` run as one slice. A slice fuses what its
@@ -70,7 +74,7 @@ pub struct RangeCost {
 impl Machine {
     /// A machine that knows only its block times.
     pub fn new(name: impl Into<String>, tier: usize, block_ns: Vec<u64>) -> Self {
-        Self { name: name.into(), tier, block_ns, queue_ns: 0, ranges: Vec::new() }
+        Self { name: name.into(), tier, block_ns, queue_ns: 0, ranges: Vec::new(), messages: MessageCost::default() }
     }
 
     /// Compute time of blocks `[start, end)`: the measured range if there is one, else the sum
@@ -182,6 +186,19 @@ impl Problem {
         self.links.iter().find(|(x, y, _)| *x == a && *y == b).map(|l| l.2)
     }
 
+    /// What the two ends of a hop from machine `a` to `b` spend on a message of `bytes`
+    /// besides the link (each [`MessageCost::end_ns`]); saturating.
+    pub fn message_ns(&self, a: usize, b: usize, bytes: u64) -> u64 {
+        let end = |m: usize| self.machines.get(m).map_or(0, |m| m.messages.end_ns(bytes));
+        end(a).saturating_add(end(b))
+    }
+
+    /// A hop of `bytes` from machine `a` to `b`: the link's transfer and both ends' message
+    /// costs. `None` without a link.
+    pub fn hop_ns(&self, a: usize, b: usize, bytes: u64) -> Option<u64> {
+        Some(self.link(a, b)?.transfer_ns(bytes).saturating_add(self.message_ns(a, b, bytes)))
+    }
+
     /// Bytes sent when the DNN is handed over at boundary `p` (the raw input at 0).
     pub fn handover_bytes(&self, p: usize) -> u64 {
         let payload = if p == 0 { self.input_bytes } else { self.options.encoding.wire_bytes(self.boundary_bytes[p]) };
@@ -252,6 +269,12 @@ impl Problem {
         }
         for m in &self.machines {
             let measured = m.ranges.iter().map(|r| r.ns).max().unwrap_or(0);
+            if m.messages.fixed_ns > MAX_LATENCY_NS || m.messages.ps_per_byte > MAX_PS_PER_BYTE {
+                return out(alloc::format!(
+                    "machine '{}': message cost of {} ns + {} ps/byte is beyond an hour or {MAX_PS_PER_BYTE} ps/byte",
+                    m.name, m.messages.fixed_ns, m.messages.ps_per_byte
+                ));
+            }
             let total = m.block_ns.iter().fold(m.queue_ns, |sum, &ns| sum.saturating_add(ns)).max(m.queue_ns.saturating_add(measured));
             if total > MAX_SPAN_NS {
                 return out(alloc::format!(

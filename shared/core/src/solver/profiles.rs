@@ -78,6 +78,7 @@ pub fn problem_from_profiles(
                 block_ns: p.blocks.iter().map(|b| b.time.median_ns).collect(),
                 queue_ns: 0,
                 ranges: p.ranges.iter().map(|r| RangeCost { start: r.first_block, end: r.end_block, ns: r.time.median_ns }).collect(),
+                messages: p.messages.unwrap_or_default(),
             })
         })
         .collect::<Result<Vec<_>, ProblemError>>()?;

@@ -1,0 +1,136 @@
+//! What this machine spends on a message beyond the link: hops over loopback along the
+//! runtime's own path (encode a request frame, QUIC with mutual TLS, decode and validate it at
+//! the receiver, a short answer back), timed at two sizes and fitted to a fixed and a per-byte
+//! cost ([`MessageCost`]). `bench` records it in the profile; the solver charges each end of a
+//! hop half of its machine's figure.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use scission_core::link::{Encoding, MessageCost};
+use scission_core::wire::message::{Body, NamedTensor, Stage, decode, encode};
+use scission_core::wire::tensor::{TensorFrame, encode_f32};
+
+use crate::error::{NetError, Result};
+use crate::{pki, quic};
+
+/// Activation bytes of the small and the large hop.
+pub const SIZES: [usize; 2] = [4 << 10, 1 << 20];
+
+/// Largest frame the loopback server takes: the large hop with room to spare.
+const MAX_FRAME: u32 = 4 << 20;
+
+/// Times `runs` hops of each of [`SIZES`] over loopback (after one untimed hop of each) and fits
+/// their medians. Makes a throwaway cluster in a temporary directory, removed afterwards.
+pub async fn message_cost(runs: usize) -> Result<MessageCost> {
+    let dir = Scratch::new()?;
+    let (server, client) = identities(&dir.0)?;
+    let endpoint = quic::server(&server, "127.0.0.1:0".parse().map_err(|_| NetError::Invalid("loopback address".into()))?, None)?;
+    let addr = endpoint.local_addr().map_err(|e| NetError::Io { what: "the loopback server's address".into(), source: e })?;
+    let serving = tokio::spawn(answer_each(endpoint.clone()));
+    let client = quic::client(&client)?;
+    let connection = quic::connect(&client, addr, "a").await?;
+    let mut medians = Vec::with_capacity(SIZES.len());
+    for size in SIZES {
+        let frame = request(size)?;
+        hop(&connection, &frame).await?;
+        let mut times = Vec::with_capacity(runs.max(1));
+        for _ in 0..runs.max(1) {
+            let started = Instant::now();
+            hop(&connection, &frame).await?;
+            times.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        times.sort_unstable();
+        medians.push((frame.len() as u64, times[times.len() / 2]));
+    }
+    connection.close(0u32.into(), b"done");
+    endpoint.close(0u32.into(), b"done");
+    serving.abort();
+    MessageCost::fit(medians[0], medians[1]).ok_or_else(|| NetError::Invalid("the two loopback hops carried the same bytes".into()))
+}
+
+/// One hop: the frame out, encoded as the runtime encodes it, and the answer back.
+async fn hop(connection: &quinn::Connection, frame: &[u8]) -> Result<()> {
+    let answer = quic::exchange(connection, frame.to_vec(), MAX_FRAME).await?;
+    decode(&answer)?;
+    Ok(())
+}
+
+/// A request carrying `bytes` of f32 activations, encoded.
+fn request(bytes: usize) -> Result<Vec<u8>> {
+    let values = vec![0.5f32; bytes / 4];
+    let (elements, data) = encode_f32(&values, Encoding::F32);
+    let count = u32::try_from(values.len()).map_err(|_| NetError::Invalid("loopback size".into()))?;
+    let tensor = TensorFrame { elements, shape: [1, count].into_iter().collect(), data: &data };
+    let body = Body::Infer {
+        request: 1,
+        model: [0; 32],
+        stages: [Stage { tier: 1, machine: 0, start: 0, end: 1 }].into_iter().collect(),
+        encoding: Encoding::F32,
+        tensors: [NamedTensor { id: 0, tensor }].into_iter().collect(),
+        deadline_ms: 0,
+    };
+    Ok(encode(&body)?)
+}
+
+/// Answers every request on `endpoint` with a pong once it has decoded it, as a tier would
+/// before running it.
+async fn answer_each(endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(connection) = incoming.await else { continue };
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                let Ok(bytes) = quic::read_frame(&mut recv, MAX_FRAME).await else { return };
+                if decode(&bytes).is_err() {
+                    return;
+                }
+                let Ok(pong) = encode(&Body::Pong { nonce: 1 }) else { return };
+                if quic::write_frame(&mut send, pong).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// A server and a device identity of a new throwaway cluster in `dir`.
+fn identities(dir: &std::path::Path) -> Result<(pki::Identity, pki::Identity)> {
+    pki::init_cluster(dir)?;
+    pki::enroll(dir, "a", pki::Role::Cloud, false, 1)?;
+    pki::enroll(dir, "b", pki::Role::Device, false, 1)?;
+    Ok((pki::Identity::load(dir, "a")?, pki::Identity::load(dir, "b")?))
+}
+
+/// A temporary directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!("scission-loopback-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| NetError::Io { what: format!("creating {}", dir.display()), source: e })?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_loopback_hop_costs_something_and_more_for_more_bytes() {
+        let cost = message_cost(3).await.expect("measured");
+        // Both ends of a hop, with TLS and a handshake long done: some microseconds at least,
+        // and a megabyte costs more than 4 KB. No speed is asserted.
+        assert!(cost.fixed_ns > 0 || cost.ps_per_byte > 0, "{cost:?}");
+        assert!(cost.loopback_ns(1 << 20) > cost.loopback_ns(4 << 10), "{cost:?}");
+    }
+}
