@@ -1,5 +1,7 @@
 //! Logging set-up and one-line errors for the terminal.
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
+
 /// Sets up `tracing` output on stderr: warnings by default, more with each `-v`.
 pub fn init_tracing(verbose: u8) {
     init_tracing_as(verbose, false);
@@ -8,19 +10,24 @@ pub fn init_tracing(verbose: u8) {
 /// [`init_tracing`], as one JSON object per line when `json` (for a service's log collector:
 /// journald, Loki, an ELK stack).
 pub fn init_tracing_as(verbose: u8, json: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let filter = tracing_subscriber_filter(level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(log_filter(level));
+    let _ = if json { registry.with(layer.json()).try_init() } else { registry.with(layer).try_init() };
 }
 
-fn tracing_subscriber_filter(level: &str) -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+/// `RUST_LOG` as `target=level` directives, comma-separated (a bare level sets the default),
+/// where it is set and parses; otherwise `level` for everything. Plain target prefixes, no
+/// regular expressions: that keeps a regex engine out of the device binary.
+fn log_filter(level: LevelFilter) -> Targets {
+    std::env::var("RUST_LOG").ok().and_then(|v| v.parse::<Targets>().ok()).unwrap_or_else(|| Targets::new().with_default(level))
 }
 
 /// An error and its causes on one line, without duplicated messages.
