@@ -794,7 +794,10 @@ fn a_device_gets_only_plans_that_fit_its_memory() {
         }
         for profile in [&measured, &unmeasured] {
             let offload = ask(profile, Some(0)).await.expect("no room at all still offloads");
-            assert!(offload.iter().all(|r| device_end(r) == 0 && r.stages.iter().all(|s| s.tier > 0)), "the device runs nothing: {offload:?}");
+            assert!(
+                offload.iter().all(|r| device_end(r) == 0 && r.stages.iter().all(|s| s.tier > 0)),
+                "the device runs nothing: {offload:?}"
+            );
         }
     });
 }

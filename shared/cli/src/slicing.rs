@@ -10,7 +10,7 @@ use scission_engine::Slice;
 use scission_engine::artifact;
 use scission_engine::heap;
 use scission_engine::npy;
-use scission_engine::tract::prelude::{IntoTValue, TVec, TValue};
+use scission_engine::tract::prelude::{IntoTValue, TValue, TVec};
 use scission_engine::with_threads;
 
 #[cfg(feature = "onnx")]
@@ -114,24 +114,24 @@ pub fn run_run_slice(args: &RunSliceArgs, zoo: Option<ZooLookup>) -> Result<Stri
     let started = Instant::now();
     let (loaded, load_heap) = heap::measure(|| -> Result<_> {
         Ok(match (&args.artifact, &args.model, args.range) {
-        (Some(path), None, _) => {
-            let loaded = artifact::load(path, None)?;
-            let memory = SliceMemory::of(&loaded.graph, loaded.slice.block);
-            (loaded.slice, format!("artifact {}", path.display()), memory)
-        }
-        #[cfg(feature = "onnx")]
-        (None, Some(model), Some((start, end))) => {
-            let model_args = ModelArgs { model: model.clone(), input_shapes: Vec::new(), max_crossing: 1 };
-            let model = model_args.load(zoo)?;
-            let block = Block { start, end };
-            (Slice::build(&model, block)?, format!("cut out of {}", model.name), SliceMemory::of(&model, block))
-        }
-        #[cfg(not(feature = "onnx"))]
-        (None, Some(_), _) => {
-            let _ = zoo;
-            bail!("this build runs slice artifacts only; --model needs the full build")
-        }
-        _ => bail!("give an artifact, or --model MODEL --range START,END"),
+            (Some(path), None, _) => {
+                let loaded = artifact::load(path, None)?;
+                let memory = SliceMemory::of(&loaded.graph, loaded.slice.block);
+                (loaded.slice, format!("artifact {}", path.display()), memory)
+            }
+            #[cfg(feature = "onnx")]
+            (None, Some(model), Some((start, end))) => {
+                let model_args = ModelArgs { model: model.clone(), input_shapes: Vec::new(), max_crossing: 1 };
+                let model = model_args.load(zoo)?;
+                let block = Block { start, end };
+                (Slice::build(&model, block)?, format!("cut out of {}", model.name), SliceMemory::of(&model, block))
+            }
+            #[cfg(not(feature = "onnx"))]
+            (None, Some(_), _) => {
+                let _ = zoo;
+                bail!("this build runs slice artifacts only; --model needs the full build")
+            }
+            _ => bail!("give an artifact, or --model MODEL --range START,END"),
         })
     });
     let (slice, source, memory) = loaded?;
@@ -192,7 +192,14 @@ fn slice_inputs(slice: &Slice, files: &[PathBuf]) -> Result<TVec<TValue>> {
         .map(|(file, like)| {
             let tensor = npy::read_npy(file)?;
             if tensor.shape() != like.shape() || tensor.datum_type() != like.datum_type() {
-                bail!("{}: a {:?} {:?} array, the slice takes {:?} {:?}", file.display(), tensor.datum_type(), tensor.shape(), like.datum_type(), like.shape());
+                bail!(
+                    "{}: a {:?} {:?} array, the slice takes {:?} {:?}",
+                    file.display(),
+                    tensor.datum_type(),
+                    tensor.shape(),
+                    like.datum_type(),
+                    like.shape()
+                );
             }
             Ok(tensor.into_tvalue())
         })

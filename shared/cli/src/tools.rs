@@ -243,7 +243,11 @@ pub fn profile_summary(profile: &Profile, path: &Path) -> String {
         profile.sum_over_whole,
         profile.bench_seconds,
     ) + &profile.messages.map_or_else(String::new, |m| {
-        format!("; a message costs {:.1} us + {:.2} ms/MiB on loopback (both ends)", m.fixed_ns as f64 * 1e-3, m.ps_per_byte as f64 * 1048576e-9)
+        format!(
+            "; a message costs {:.1} us + {:.2} ms/MiB on loopback (both ends)",
+            m.fixed_ns as f64 * 1e-3,
+            m.ps_per_byte as f64 * 1048576e-9
+        )
     })
 }
 

@@ -208,7 +208,9 @@ mod tests {
             let best = solve(&p, &constraints, Objective::Latency, 1).expect("solvable");
             let kept = best[0].segments.iter().find(|s| s.tier == 0).map_or(0, |s| s.end);
             // The most blocks whose measured need fits, by the core's own sum.
-            let fitting = (1..=3).rev().find(|&k| measured_need(&blocks, Block { start: 0, end: blocks[k - 1].range.end }).is_some_and(|n| n <= available));
+            let fitting = (1..=3)
+                .rev()
+                .find(|&k| measured_need(&blocks, Block { start: 0, end: blocks[k - 1].range.end }).is_some_and(|n| n <= available));
             assert_eq!(kept, fitting.unwrap_or(0), "{available_mib} MiB");
         }
         // Without measured memory, the rule's figures and cap stay.

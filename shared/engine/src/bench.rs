@@ -9,7 +9,9 @@ use crate::host::machine_facts;
 use crate::pipeline::{advance, collect, graph_inputs};
 use crate::{Model, Slice, heap, input::synthetic_inputs, with_threads};
 use scission_core::cut::{self, Block};
-use scission_core::profile::{BlockMemory, BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, RangeProfile, TierKind};
+use scission_core::profile::{
+    BlockMemory, BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, RangeProfile, TierKind,
+};
 use scission_core::stats::Summary;
 use scission_core::timing::{Budget, measure};
 

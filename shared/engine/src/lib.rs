@@ -37,12 +37,12 @@ pub mod slice;
 pub mod summary;
 
 pub use error::EngineError;
-/// The heap counter the binaries install (see [`scission_heap`]).
-pub use scission_heap as heap;
 #[cfg(feature = "onnx")]
 pub use load::Model;
 pub use model_graph::{LoadOptions, ModelGraph};
 pub use pipeline::Pipeline;
+/// The heap counter the binaries install (see [`scission_heap`]).
+pub use scission_heap as heap;
 pub use slice::Slice;
 /// The tract the engine is built on (tract-core: this build runs slice artifacts only).
 #[cfg(not(feature = "onnx"))]

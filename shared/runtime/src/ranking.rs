@@ -118,8 +118,10 @@ impl Planner {
                     apply_link_spec(&mut problem, text, true).map_err(|e| invalid!("--link {e}"))?;
                 }
                 let uplinks = device_uplinks(&problem);
-                let memory_cap =
-                    device_memory.map(|m| (0, scission_core::memory::device_memory_cap(&mut problem, &device.blocks, m))).into_iter().collect();
+                let memory_cap = device_memory
+                    .map(|m| (0, scission_core::memory::device_memory_cap(&mut problem, &device.blocks, m)))
+                    .into_iter()
+                    .collect();
                 let kind = PlannerKind::Local {
                     problem: Box::new(problem),
                     blocks: device.blocks.clone(),

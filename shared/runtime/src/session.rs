@@ -292,7 +292,8 @@ impl Session {
         // A device that runs from slice artifacts and lacks some offloads whole requests to the
         // cloud (which holds the model) while it fetches them.
         let offload = (node.artifacts().is_some() && config.cloud.is_some()).then(|| cloud_route(nodes)).transpose()?;
-        let mut driver = Driver::new(&config, client, planner, RouteRules { memory: config.device_memory, blocks, offload, fallback }, observer);
+        let mut driver =
+            Driver::new(&config, client, planner, RouteRules { memory: config.device_memory, blocks, offload, fallback }, observer);
         driver.start(&config, &peers).await?;
         let (status_tx, status) = watch::channel(driver.status());
         driver.status_tx = Some(status_tx);

@@ -272,7 +272,9 @@ impl Problem {
             if m.messages.fixed_ns > MAX_LATENCY_NS || m.messages.ps_per_byte > MAX_PS_PER_BYTE {
                 return out(alloc::format!(
                     "machine '{}': message cost of {} ns + {} ps/byte is beyond an hour or {MAX_PS_PER_BYTE} ps/byte",
-                    m.name, m.messages.fixed_ns, m.messages.ps_per_byte
+                    m.name,
+                    m.messages.fixed_ns,
+                    m.messages.ps_per_byte
                 ));
             }
             let total = m.block_ns.iter().fold(m.queue_ns, |sum, &ns| sum.saturating_add(ns)).max(m.queue_ns.saturating_add(measured));
