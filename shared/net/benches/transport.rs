@@ -8,25 +8,13 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use scission_core::solver::Encoding;
-use scission_core::wire::message::{Body, NamedTensor, Stage, decode, encode};
-use scission_core::wire::tensor::{TensorFrame, encode_f32};
+use scission_core::wire::message::{Body, decode, encode};
 use scission_net::{pki, quic};
 
 const SIZES: [usize; 3] = [4_000, 400_000, 4_000_000];
 
 fn request(values: &[f32]) -> Vec<u8> {
-    let (elements, data) = encode_f32(values, Encoding::F32);
-    let tensor = TensorFrame { elements, shape: [1, values.len() as u32].into_iter().collect(), data: &data };
-    let body = Body::Infer {
-        request: 1,
-        model: [0; 32],
-        stages: [Stage { tier: 1, machine: 0, start: 0, end: 1 }].into_iter().collect(),
-        encoding: Encoding::F32,
-        tensors: [NamedTensor { id: 0, tensor }].into_iter().collect(),
-        deadline_ms: 0,
-    };
-    encode(&body).expect("encodes")
+    scission_net::loopback::request_frame(values).expect("encodes")
 }
 
 /// A QUIC server that decodes and validates each request and answers with a pong.

@@ -33,16 +33,16 @@ pub async fn message_cost(runs: usize) -> Result<MessageCost> {
     let connection = quic::connect(&client, addr, "a").await?;
     let mut medians = Vec::with_capacity(SIZES.len());
     for size in SIZES {
-        let frame = request(size)?;
-        hop(&connection, &frame).await?;
+        let values = vec![0.5f32; size / 4];
+        let bytes = hop(&connection, &values).await?;
         let mut times = Vec::with_capacity(runs.max(1));
         for _ in 0..runs.max(1) {
             let started = Instant::now();
-            hop(&connection, &frame).await?;
+            hop(&connection, &values).await?;
             times.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
         times.sort_unstable();
-        medians.push((frame.len() as u64, times[times.len() / 2]));
+        medians.push((bytes, times[times.len() / 2]));
     }
     connection.close(0u32.into(), b"done");
     endpoint.close(0u32.into(), b"done");
@@ -50,18 +50,20 @@ pub async fn message_cost(runs: usize) -> Result<MessageCost> {
     MessageCost::fit(medians[0], medians[1]).ok_or_else(|| NetError::Invalid("the two loopback hops carried the same bytes".into()))
 }
 
-/// One hop: the frame out, encoded as the runtime encodes it, and the answer back.
-async fn hop(connection: &quinn::Connection, frame: &[u8]) -> Result<()> {
-    let answer = quic::exchange(connection, frame.to_vec(), MAX_FRAME).await?;
+/// One hop: `values` encoded into a request frame as the runtime encodes activations, sent,
+/// and the answer back. Returns the frame's bytes.
+async fn hop(connection: &quinn::Connection, values: &[f32]) -> Result<u64> {
+    let frame = request_frame(values)?;
+    let bytes = frame.len() as u64;
+    let answer = quic::exchange(connection, frame, MAX_FRAME).await?;
     decode(&answer)?;
-    Ok(())
+    Ok(bytes)
 }
 
-/// A request carrying `bytes` of f32 activations, encoded.
-fn request(bytes: usize) -> Result<Vec<u8>> {
-    let values = vec![0.5f32; bytes / 4];
-    let (elements, data) = encode_f32(&values, Encoding::F32);
-    let count = u32::try_from(values.len()).map_err(|_| NetError::Invalid("loopback size".into()))?;
+/// An inference request carrying `values` as one f32 activation, encoded as a frame.
+pub fn request_frame(values: &[f32]) -> Result<Vec<u8>> {
+    let (elements, data) = encode_f32(values, Encoding::F32);
+    let count = u32::try_from(values.len()).map_err(|_| NetError::Invalid("an activation of over 2^32 values".into()))?;
     let tensor = TensorFrame { elements, shape: [1, count].into_iter().collect(), data: &data };
     let body = Body::Infer {
         request: 1,
