@@ -166,8 +166,8 @@ pub fn run_bench(args: &BenchArgs, tier: TierKind, zoo: Option<ZooLookup>) -> Re
     Ok(format!("{}\n", profile_summary(&profile, &args.out)))
 }
 
-/// Hops over loopback timed per size before fitting what a message costs.
-const LOOPBACK_RUNS: usize = 15;
+/// Hops over loopback timed per size and round before fitting what a message costs.
+const LOOPBACK_RUNS: usize = 9;
 
 /// What a message costs this machine beyond the link (`scission_net::loopback`), for the
 /// profile; a failure leaves it out, logged.
