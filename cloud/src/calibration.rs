@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use scission_core::policy::pricing::{self, stage_block};
+use scission_core::policy::pricing;
 use scission_core::policy::{ObservedCosts, plan_route};
 use scission_core::profile::BlockProfile;
 use scission_core::solver::{Plan, Problem};
@@ -102,7 +102,7 @@ pub fn observed(problem: &Problem, blocks: &[BlockProfile], requests: &[Measured
         let stages: Vec<Stage> = r.stages.iter().map(|s| Stage { tier: s.tier, machine: 0, start: s.start, end: s.end }).collect();
         for (stage, &ms) in stages.iter().zip(&r.compute_ms) {
             if let Some(ns) = nanos(ms) {
-                observed.record(stage.tier, stage_block(stage), ns);
+                observed.record(stage.tier, stage.block(), ns);
             }
         }
         let hops: Option<Vec<((u8, u8), u64)>> = r.hops.iter().map(|h| Some(((h.from, h.to), nanos(h.ms)?))).collect();

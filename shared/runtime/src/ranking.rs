@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::error::{Context, Result, bail, error as invalid};
 use scission_core::link::{Encoding, Link};
-use scission_core::policy::pricing::{self, block_span, stage_block};
+use scission_core::policy::pricing::{self, block_span};
 use scission_core::policy::{ObservedCosts, Route, plan_route, split_route};
 use scission_core::profile::{BlockProfile, Profile, RangeProfile};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
@@ -174,7 +174,7 @@ impl Planner {
             PlannerKind::Local { problem, blocks, observed, .. } => {
                 for stage in &route.stages {
                     if let Some(t) = timings.iter().find(|t| t.tier == stage.tier) {
-                        observed.record(stage.tier, stage_block(stage), t.compute_ns);
+                        observed.record(stage.tier, stage.block(), t.compute_ns);
                     }
                 }
                 for (hop, residual) in pricing::hop_residuals(problem, blocks, &route.stages, hops).unwrap_or_default() {
@@ -184,7 +184,7 @@ impl Planner {
             PlannerKind::Cloud { observed, asked, .. } => {
                 let device = route.stages.first().filter(|s| s.tier == 0);
                 if let (Some(stage), Some(t)) = (device, timings.iter().find(|t| t.tier == 0)) {
-                    observed.record(0, stage_block(stage), t.compute_ns);
+                    observed.record(0, stage.block(), t.compute_ns);
                 }
                 if let Some(&((0, tier), ns)) = hops.first()
                     && let Some(link) = asked.get(&tier)

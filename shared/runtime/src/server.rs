@@ -628,7 +628,7 @@ impl StageServer {
             let (id, value) = decode_tensor(self.node.graph(), t).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
             live.insert(id, value);
         }
-        let block = Block { start: stage.start as usize, end: stage.end as usize };
+        let block = stage.block();
         // Refuse a request whose inputs cannot feed the stage before building anything for it.
         self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
         let (live, compute_ns) = self.run_stage(block, live, request.deadline, stage.machine).await?;

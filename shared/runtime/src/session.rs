@@ -394,7 +394,7 @@ fn with_fallback(mut routes: Vec<Route>, rules: &RouteRules, node: &Node) -> Vec
 
 /// The node ranges `route` gives the device.
 fn device_blocks(route: &Route) -> impl Iterator<Item = Block> + '_ {
-    route.stages.iter().filter(|s| s.tier == 0).map(|s| Block { start: s.start as usize, end: s.end as usize })
+    route.stages.iter().filter(|s| s.tier == 0).map(Stage::block)
 }
 
 /// Whether every device stage of `route` fits in the device's memory.

@@ -19,11 +19,6 @@ pub fn block_span(blocks: &[BlockProfile], block: Block) -> Option<(usize, usize
     (first < end).then_some((first, end))
 }
 
-/// A stage's node range.
-pub fn stage_block(stage: &Stage) -> Block {
-    Block { start: stage.start as usize, end: stage.end as usize }
-}
-
 /// The solver's segments for a route's `stages` in a problem with one machine per tier (the
 /// first of each): the device's first, empty when it computes nothing.
 pub fn route_segments(problem: &Problem, blocks: &[BlockProfile], stages: &[Stage]) -> Option<Vec<Segment>> {
@@ -33,7 +28,7 @@ pub fn route_segments(problem: &Problem, blocks: &[BlockProfile], stages: &[Stag
         segments.push(Segment { tier: 0, machine: machine(0)?, start: 0, end: 0 });
     }
     for stage in stages {
-        let (start, end) = block_span(blocks, stage_block(stage))?;
+        let (start, end) = block_span(blocks, stage.block())?;
         segments.push(Segment { tier: usize::from(stage.tier), machine: machine(stage.tier)?, start, end });
     }
     Some(segments)

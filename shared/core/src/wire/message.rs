@@ -39,6 +39,13 @@ pub struct Stage {
     pub end: u32,
 }
 
+impl Stage {
+    /// Its node range.
+    pub fn block(&self) -> crate::cut::Block {
+        crate::cut::Block { start: self.start as usize, end: self.end as usize }
+    }
+}
+
 /// A tensor tagged with the id of the graph tensor it carries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NamedTensor<'a> {
