@@ -8,6 +8,7 @@
 
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
+use scission_core::profile::TimingMethod;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, Plan, Problem};
@@ -167,6 +168,7 @@ fn load(name: &str) -> Result<(Model, std::path::PathBuf)> {
 
 fn bench_options(args: &DemoArgs, name: &str, tier: TierKind, threads: usize) -> BenchOptions {
     BenchOptions {
+        method: TimingMethod::Profile,
         budget: Budget { warmup: 1, min_runs: 3, max_runs: 20, max_time: Duration::from_millis(100), precision_permille: 20 },
         max_crossing: args.max_crossing,
         threads,

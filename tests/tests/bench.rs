@@ -34,7 +34,7 @@ fn profiles_cover_the_model_block_by_block() {
     let model = Model::load_path(&path, &LoadOptions::default()).unwrap();
     for (bin, tier, extra) in [
         ("scission-device", TierKind::Device, vec!["--name", "pi"]),
-        ("scission-edge", TierKind::Edge, vec!["--max-crossing", "2", "--threads", "2"]),
+        ("scission-edge", TierKind::Edge, vec!["--max-crossing", "2", "--threads", "2", "--method", "blocks"]),
         ("scission-cloud", TierKind::Cloud, vec![]),
     ] {
         let out = dir.path().join(format!("{bin}.json"));
@@ -52,8 +52,13 @@ fn profiles_cover_the_model_block_by_block() {
             assert_eq!((block.range.start, block.range.end), (w[0], w[1]));
             assert_eq!(block.time.runs, 3);
             assert!(block.time.p10_ns <= block.time.median_ns && block.time.median_ns <= block.time.p90_ns);
-            assert!(block.time.median_ns > 0);
+            // Profiled, a block whose nodes the optimiser folded away takes no time; alone, it
+            // still runs as a slice.
+            if extra.contains(&"blocks") {
+                assert!(block.time.median_ns > 0);
+            }
         }
+        assert!(p.sum_of_blocks_ns > 0);
         for cut in &p.cuts {
             assert_eq!(cut.bytes, model.cuts.bytes(cut.position));
         }

@@ -189,3 +189,17 @@ fn exports_run_split_over_device_edge_and_cloud() {
         assert!(text.contains("tier 1") && text.contains("tier 2"), "{name}: every tier ran its part: {text}");
     }
 }
+
+/// `bench --method profile` times the optimised unsplit model node by node and gives each node's
+/// time to the block its decluttered node lies in, by name. Every computing node of every export
+/// must find its block, at every cut granularity, or its time would be lost from the blocks.
+#[test]
+fn every_node_of_every_optimised_export_is_priced_in_a_block() {
+    for export in exports() {
+        let model = load(&export);
+        for max_crossing in [1, usize::MAX] {
+            let lost = scission_engine::bench::unattributed_nodes(&model, max_crossing).unwrap();
+            assert!(lost.is_empty(), "{} (max crossing {max_crossing}): no block for {lost:?}", export.name);
+        }
+    }
+}

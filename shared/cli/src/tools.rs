@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
 use scission_core::link::MessageCost;
+use scission_core::profile::TimingMethod;
 use scission_core::profile::{Profile, TierKind};
 use scission_core::timing::Budget;
 use scission_engine::Model;
@@ -29,21 +30,28 @@ pub struct BenchArgs {
     /// Engine threads (default: 1 on a device, every core on edge and cloud).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
-    /// Untimed warm-up runs per block.
+    /// How the blocks are timed. `profile` runs the unsplit model with a timer around each
+    /// node and sums each block's nodes: the model is optimised once and every run prices
+    /// every block. `blocks` builds each block as a slice of its own and times it alone, with
+    /// the budget below per block: slower, and a block's cost as a one-block slice.
+    #[arg(long, value_enum, default_value_t = MethodChoice::Profile)]
+    pub method: MethodChoice,
+    /// Untimed warm-up runs (of the unsplit model; per block with --method blocks).
     #[arg(long, default_value_t = 1)]
     pub warmup: u32,
-    /// Timed runs per block, at least.
+    /// Timed runs, at least (of the unsplit model; per block with --method blocks).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub min_runs: u32,
-    /// Timed runs per block, at most.
+    /// Timed runs, at most.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_runs: u32,
-    /// Time budget per block in milliseconds, after the minimum runs.
+    /// Time budget in milliseconds after the minimum runs (per block with --method blocks).
     #[arg(long, default_value_t = 500)]
     pub max_time_ms: u64,
-    /// Stop timing a block once its median is known within this many percent either side (95 %
-    /// confidence); 0 times every block for --max-runs or --max-time-ms. A range's cost errs by
-    /// more than that anyway (a slice fuses what its blocks did not), so 5 costs no accuracy.
+    /// Stop timing once the median is known within this many percent either side (95 %
+    /// confidence): the unsplit model's median, or each block's with --method blocks; 0 times
+    /// for --max-runs or --max-time-ms. A range's cost errs by more than that anyway (a slice
+    /// fuses what its blocks did not), so 5 costs no accuracy.
     #[arg(long, default_value_t = 5.0)]
     pub precision: f64,
     /// Seed of the synthetic input.
@@ -94,6 +102,24 @@ impl MemoryChoice {
     }
 }
 
+/// `bench --method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodChoice {
+    /// The unsplit model, node by node.
+    Profile,
+    /// Each block alone.
+    Blocks,
+}
+
+impl From<MethodChoice> for TimingMethod {
+    fn from(choice: MethodChoice) -> Self {
+        match choice {
+            MethodChoice::Profile => TimingMethod::Profile,
+            MethodChoice::Blocks => TimingMethod::Blocks,
+        }
+    }
+}
+
 /// Which ranges `bench --ranges` times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RangeChoice {
@@ -131,6 +157,7 @@ impl BenchArgs {
         }
         let default_threads = if tier == TierKind::Device { 1 } else { scission_engine::host::available_cores() };
         Ok(BenchOptions {
+            method: self.method.into(),
             budget: Budget {
                 warmup: self.warmup,
                 min_runs: self.min_runs,
@@ -233,9 +260,13 @@ fn parse_span(text: &str, n: usize) -> Result<(usize, usize)> {
 /// One line describing a profile.
 pub fn profile_summary(profile: &Profile, path: &Path) -> String {
     format!(
-        "{}: {} blocks on {} ({} thread(s)); unsplit median {:.3} ms, sum of block medians {:.3} ms ({:.3}x); benchmark took {:.1} s",
+        "{}: {} blocks {} on {} ({} thread(s)); unsplit median {:.3} ms, sum of block medians {:.3} ms ({:.3}x); benchmark took {:.1} s",
         path.display(),
         profile.blocks.len(),
+        match profile.method {
+            Some(TimingMethod::Profile) => "profiled in the unsplit model",
+            Some(TimingMethod::Blocks) | None => "timed alone",
+        },
         profile.machine.name,
         profile.machine.threads,
         profile.whole_model.median_ns as f64 * 1e-6,

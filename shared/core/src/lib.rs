@@ -7,6 +7,7 @@
 //!
 //! - [`graph`], [`cut`]: a model's dataflow summary and where it can be cut;
 //! - [`stats`], [`timing`], [`profile`]: measurements and the per-machine benchmark profile;
+//! - [`attribution`]: one profiled whole-model run's node times, summed per block;
 //! - [`link`]: what one hop costs (link figures, activation encodings);
 //! - [`solver`]: the cost model and the exact top-K partition planner;
 //! - [`policy`]: the device runtime's decisions (route choice, failover, recovery, re-planning)
@@ -23,6 +24,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod attribution;
 pub mod batching;
 pub mod compat;
 pub mod context;

@@ -73,6 +73,26 @@ pub struct Profile {
     /// `bench` as hops over loopback; absent from profiles written without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<crate::link::MessageCost>,
+    /// How the block times were measured; absent from profiles written before there was a
+    /// choice (they timed each block alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<TimingMethod>,
+}
+
+/// How `bench` times a model's blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimingMethod {
+    /// Run the unsplit model, optimised once, with a timer around each of its nodes, and give
+    /// each node's time to the block its decluttered node lies in ([`crate::attribution`]):
+    /// every run prices every block, and no block is built on its own. What a slice fuses
+    /// across a block boundary is priced as the unsplit model fuses it.
+    #[default]
+    Profile,
+    /// Build each block as a slice of its own and time it alone, on the activations the
+    /// blocks before it produced: a block's cost as a one-block slice, at the price of an
+    /// optimised plan and a budget of runs per block.
+    Blocks,
 }
 
 /// Timing of a range of blocks run as one slice.

@@ -41,6 +41,32 @@ pub fn measure<E>(budget: Budget, mut work: impl FnMut() -> Result<(), E>) -> Re
         work()?;
     }
     let repeat = repetitions(&mut work)?;
+    let samples = sample_until(budget, || {
+        let t0 = Instant::now();
+        for _ in 0..repeat {
+            work()?;
+        }
+        Ok((t0.elapsed().as_nanos() / u64::from(repeat), ()))
+    })?;
+    Ok(samples.into_iter().map(|(ns, ())| ns).collect())
+}
+
+/// Runs `work` under `budget`, one run per sample, and returns each timed run's duration in
+/// nanoseconds with what it returned (a profiled run's node times, say). For work that takes
+/// well over [`MIN_SAMPLE`]: nothing is repeated within a sample. Stops at the first error.
+pub fn measure_runs<T, E>(budget: Budget, mut work: impl FnMut() -> Result<T, E>) -> Result<Vec<(u64, T)>, E> {
+    for _ in 0..budget.warmup {
+        work()?;
+    }
+    sample_until(budget, || {
+        let t0 = Instant::now();
+        let value = work()?;
+        Ok((t0.elapsed().as_nanos(), value))
+    })
+}
+
+/// Takes samples (a duration in nanoseconds and a value) until `budget` says stop.
+fn sample_until<T, E>(budget: Budget, mut sample: impl FnMut() -> Result<(u64, T), E>) -> Result<Vec<(u64, T)>, E> {
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut sorted = Vec::new();
@@ -50,17 +76,14 @@ pub fn measure<E>(budget: Budget, mut work: impl FnMut() -> Result<(), E>) -> Re
             break;
         }
         if enough && budget.precision_permille > 0 {
-            sorted.clone_from(&samples);
+            sorted.clear();
+            sorted.extend(samples.iter().map(|&(ns, _)| ns));
             sorted.sort_unstable();
             if median_known_within(&sorted, budget.precision_permille) {
                 break;
             }
         }
-        let t0 = Instant::now();
-        for _ in 0..repeat {
-            work()?;
-        }
-        samples.push(t0.elapsed().as_nanos() / u64::from(repeat));
+        samples.push(sample()?);
     }
     Ok(samples)
 }
@@ -103,5 +126,23 @@ mod tests {
         assert!(median_known_within(&noisy, 400), "within ±40 % it is known");
         assert!(!median_known_within(&[], 20));
         assert!(median_known_within(&[u64::MAX; 16], 1), "no overflow at the top");
+    }
+
+    #[test]
+    fn each_timed_run_keeps_what_it_returned_and_warm_up_runs_are_not_kept() {
+        let budget = Budget { warmup: 2, min_runs: 4, max_runs: 4, max_time: Duration::from_secs(60), precision_permille: 0 };
+        let mut calls = 0;
+        let runs = measure_runs(budget, || {
+            calls += 1;
+            Ok::<_, ()>(calls)
+        });
+        let values: Vec<u32> = runs.iter().flatten().map(|&(_, v)| v).collect();
+        assert_eq!(values, [3, 4, 5, 6]);
+        let mut left = 3;
+        let failed = measure_runs(budget, || {
+            left -= 1;
+            if left == 0 { Err("third run") } else { Ok(()) }
+        });
+        assert_eq!(failed.err(), Some("third run"));
     }
 }

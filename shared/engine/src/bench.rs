@@ -1,5 +1,7 @@
-//! Per-block benchmarking: real activations flow block to block, each block is timed alone
-//! under a [`Budget`], and the unsplit model is timed the same way for comparison.
+//! Per-block benchmarking, two ways ([`TimingMethod`]): the unsplit model run with a timer around
+//! each node, its node times summed per block (one optimised plan, every run prices every
+//! block); or each block built as a slice of its own and timed alone on the real activations
+//! the blocks before it produced. Both run under a [`Budget`], and both time the unsplit model.
 
 use crate::error::{Context, Result};
 use embassy_time::Instant;
@@ -8,17 +10,21 @@ use tract_onnx::prelude::*;
 use crate::host::machine_facts;
 use crate::pipeline::{advance, collect, graph_inputs};
 use crate::{Model, Slice, heap, input::synthetic_inputs, with_threads};
+use scission_core::attribution::{BlockTimes, NameIndex, block_of};
 use scission_core::cut::{self, Block};
 use scission_core::profile::{
-    BlockMemory, BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, RangeProfile, TierKind,
+    BlockMemory, BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, RangeProfile, TierKind, TimingMethod,
 };
 use scission_core::stats::Summary;
-use scission_core::timing::{Budget, measure};
+use scission_core::timing::{Budget, measure, measure_runs};
 
 /// What to benchmark and how.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Repetition budget per block (and for the whole model).
+    /// How the blocks are timed.
+    pub method: TimingMethod,
+    /// Repetition budget per block (and for the whole model); with [`TimingMethod::Profile`], for
+    /// the profiled runs of the whole model.
     pub budget: Budget,
     /// Largest number of tensors allowed to cross a cut point.
     pub max_crossing: usize,
@@ -88,15 +94,18 @@ pub fn benchmark(model: &Model, options: &BenchOptions, bar: &dyn Progress) -> R
     let started = Instant::now();
     let points = model.cuts.cut_points(options.max_crossing);
     let blocks = cut::blocks(&points);
-    bar.start((blocks.len() + 1 + options.ranges.count(blocks.len()).saturating_sub(1)) as u64);
+    // One step for the unsplit model, one per range timed as a slice, and one per block
+    // timed alone or counted for memory.
+    let per_block = options.method == TimingMethod::Blocks || options.memory;
+    let steps =
+        options.ranges.count(blocks.len()).saturating_sub(1).saturating_add(1).saturating_add(if per_block { blocks.len() } else { 0 });
+    bar.start(steps as u64);
     let (whole_model, block_profiles, ranges) = with_threads(options.threads, || -> Result<_> {
         let inputs = synthetic_inputs(model, options.seed)?;
-        bar.begin("unsplit model");
-        let whole_model = time_whole(model, options.budget, &inputs)?;
-        bar.advance();
-        let mut ranges = time_prefixes(model, options, &blocks, &inputs, bar)?;
-        let timed = time_blocks(model, options, &blocks, inputs, bar)?;
-        ranges.extend(timed.suffixes);
+        let (whole_model, block_profiles, mut ranges) = match options.method {
+            TimingMethod::Profile => profile_blocks(model, options, &blocks, inputs, bar)?,
+            TimingMethod::Blocks => time_each_block(model, options, &blocks, inputs, bar)?,
+        };
         if let (Some(first), Some(last)) = (blocks.first(), blocks.last())
             && (options.ranges.prefixes || options.ranges.suffixes)
         {
@@ -104,7 +113,7 @@ pub fn benchmark(model: &Model, options: &BenchOptions, bar: &dyn Progress) -> R
             ranges.push(RangeProfile { first_block: 0, end_block: blocks.len(), range, time: whole_model });
         }
         ranges.sort_by_key(|r| (r.first_block, r.end_block));
-        Ok((whole_model, timed.blocks, ranges))
+        Ok((whole_model, block_profiles, ranges))
     })?;
     bar.finish();
     let sum_of_blocks_ns: u64 = block_profiles.iter().map(|b| b.time.median_ns).sum();
@@ -127,7 +136,136 @@ pub fn benchmark(model: &Model, options: &BenchOptions, bar: &dyn Progress) -> R
         bench_seconds: started.elapsed().as_micros() as f64 * 1e-6,
         ranges,
         messages: None,
+        method: Some(options.method),
     })
+}
+
+/// [`TimingMethod::Profile`]: the unsplit model's timing and each block's from the same profiled
+/// runs, then the ranges asked for (each timed as one slice) and, when asked, each block's heap.
+fn profile_blocks(
+    model: &Model,
+    options: &BenchOptions,
+    blocks: &[Block],
+    inputs: TVec<TValue>,
+    bar: &dyn Progress,
+) -> Result<(Summary, Vec<BlockProfile>, Vec<RangeProfile>)> {
+    bar.begin("unsplit model, node by node");
+    let (whole_model, times) = profile_whole(model, options.budget, blocks, &inputs)?;
+    bar.advance();
+    let mut ranges = time_prefixes(model, options, blocks, &inputs, bar)?;
+    if options.ranges.suffixes {
+        let end = blocks.len();
+        let spans: Vec<(usize, usize)> = (1..end).map(|first| (first, end)).collect();
+        ranges.extend(time_ordered_spans(model, options.budget, blocks, &spans, inputs.clone(), bar)?);
+    }
+    let memory = if options.memory { memory_pass(model, blocks, inputs, bar)? } else { vec![None; blocks.len()] };
+    let profiles = blocks.iter().zip(times).zip(memory).map(|((&block, time), memory)| block_profile(model, block, time, memory)).collect();
+    Ok((whole_model, profiles, ranges))
+}
+
+/// Share of a profiled run's time that may go to nodes no block holds before it is worth a
+/// warning (sources, and nodes whose names the optimiser made up).
+const UNATTRIBUTED_WARNING: f64 = 0.02;
+
+/// Runs the optimised unsplit model under `budget` with a timer around each node: the unsplit
+/// model's timing, and each block's from the sum of its nodes in the same runs.
+fn profile_whole(model: &Model, budget: Budget, blocks: &[Block], inputs: &TVec<TValue>) -> Result<(Summary, Vec<Summary>)> {
+    let plan = model.whole()?;
+    let owners = block_owners(model, plan.model(), blocks);
+    let mut state = plan.spawn()?;
+    let runs = measure_runs(budget, || -> Result<BlockTimes> {
+        let mut times = BlockTimes::new(blocks.len());
+        state.run_plan_with_eval(inputs.clone(), |context, op_state, node, node_inputs| {
+            let t0 = std::time::Instant::now();
+            let outputs = tract_onnx::tract_core::plan::eval(context, op_state, node, node_inputs);
+            let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            times.add(owners.get(node.id).copied().flatten(), ns);
+            outputs
+        })?;
+        Ok(times)
+    })
+    .context("running the unsplit model, node by node")?;
+    let whole: Vec<u64> = runs.iter().map(|(ns, _)| *ns).collect();
+    let whole_model = Summary::of(&whole).context("the budget allowed no timed run")?;
+    let (unattributed, total) =
+        runs.iter().fold((0u64, 0u64), |(u, t), (_, times)| (u.saturating_add(times.unattributed), t.saturating_add(times.total())));
+    if unattributed as f64 > UNATTRIBUTED_WARNING * total as f64 {
+        tracing::warn!(
+            "{}: {:.1} % of the profiled time went to nodes of no block; the blocks' times leave it out",
+            model.name,
+            unattributed as f64 * 100.0 / total.max(1) as f64
+        );
+    }
+    let per_block = (0..blocks.len())
+        .map(|b| {
+            let samples: Vec<u64> = runs.iter().map(|(_, times)| times.blocks.get(b).copied().unwrap_or(0)).collect();
+            Summary::of(&samples).context("the budget allowed no timed run")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((whole_model, per_block))
+}
+
+/// For each node of `optimised` (the unsplit model optimised), the block its time goes to:
+/// that of the decluttered node it came from ([`NameIndex`]), or `None`.
+fn block_owners(model: &Model, optimised: &TypedModel, blocks: &[Block]) -> Vec<Option<usize>> {
+    let index = NameIndex::new(model.summary.nodes.iter().map(|n| n.name.as_str()));
+    optimised.nodes().iter().map(|node| index.position(&node.name).and_then(|p| block_of(blocks, p))).collect()
+}
+
+/// The nodes of the optimised unsplit model whose time [`TimingMethod::Profile`] gives to no block
+/// (at `max_crossing`), as `name (operator)`, leaving out sources and constants, which take no
+/// time: empty when every node's time lands in a block.
+pub fn unattributed_nodes(model: &Model, max_crossing: usize) -> Result<Vec<String>> {
+    let blocks = cut::blocks(&model.cuts.cut_points(max_crossing));
+    let plan = model.whole()?;
+    let optimised = plan.model();
+    let owners = block_owners(model, optimised, &blocks);
+    Ok(optimised
+        .nodes()
+        .iter()
+        .zip(owners)
+        .filter(|(node, owner)| owner.is_none() && !matches!(node.op.name().as_ref(), "Source" | "Const"))
+        .map(|(node, _)| format!("{} ({})", node.name, node.op.name()))
+        .collect())
+}
+
+/// Each block's heap, for [`TimingMethod::Profile`]: the block built as a slice and run once on the
+/// activations the blocks before it produced (what its run adds), and loaded from its artifact.
+fn memory_pass(model: &Model, blocks: &[Block], inputs: TVec<TValue>, bar: &dyn Progress) -> Result<Vec<Option<BlockMemory>>> {
+    let mut live = graph_inputs(model, inputs)?;
+    let mut out = Vec::with_capacity(blocks.len());
+    for &block in blocks {
+        bar.begin(&format!("[{}, {}): memory", block.start, block.end));
+        let slice = Slice::build(model, block)?;
+        let slice_inputs = collect(&live, &slice.io.inputs, "block input", model)?;
+        let mut state = slice.spawn()?;
+        let (outputs, run_heap) = heap::measure(|| state.run(slice_inputs));
+        let outputs = outputs.with_context(|| format!("running [{}, {})", block.start, block.end))?;
+        drop(state);
+        live = advance(model, &slice, live, outputs);
+        drop(slice);
+        out.push(block_memory(model, block, run_heap)?);
+        bar.advance();
+    }
+    Ok(out)
+}
+
+/// [`TimingMethod::Blocks`]: the unsplit model timed, then each block alone (and the ranges asked
+/// for, each as one slice).
+fn time_each_block(
+    model: &Model,
+    options: &BenchOptions,
+    blocks: &[Block],
+    inputs: TVec<TValue>,
+    bar: &dyn Progress,
+) -> Result<(Summary, Vec<BlockProfile>, Vec<RangeProfile>)> {
+    bar.begin("unsplit model");
+    let whole_model = time_whole(model, options.budget, &inputs)?;
+    bar.advance();
+    let mut ranges = time_prefixes(model, options, blocks, &inputs, bar)?;
+    let timed = time_blocks(model, options, blocks, inputs, bar)?;
+    ranges.extend(timed.suffixes);
+    Ok((whole_model, timed.blocks, ranges))
 }
 
 fn time_whole(model: &Model, budget: Budget, inputs: &TVec<TValue>) -> Result<Summary> {
@@ -202,37 +340,51 @@ pub fn time_spans(
     spans: &[(usize, usize)],
     bar: &dyn Progress,
 ) -> Result<Vec<RangeProfile>> {
-    let blocks = &profile.blocks;
     if profile.model.sha256 != model.sha256 {
         scission_core::bail!("the profile is of model {}, not of {} ({})", profile.model.name, model.name, model.sha256);
     }
+    let blocks: Vec<Block> = profile.blocks.iter().map(|b| b.range).collect();
     bar.start(spans.len() as u64);
-    let ranges = with_threads(options.threads, || -> Result<Vec<RangeProfile>> {
-        let mut ordered = spans.to_vec();
-        ordered.sort_unstable();
-        let (mut at, mut live) = (0, graph_inputs(model, synthetic_inputs(model, options.seed)?)?);
-        let mut out = Vec::with_capacity(spans.len());
-        for (first, end) in ordered {
-            let (Some(a), Some(b)) = (blocks.get(first), end.checked_sub(1).and_then(|e| blocks.get(e))) else {
-                scission_core::bail!("blocks {first}-{end} are not within the profile's {} blocks", blocks.len());
-            };
-            if first >= end {
-                scission_core::bail!("blocks {first}-{end} hold no block");
-            }
-            let range = Block { start: a.range.start, end: b.range.end };
-            bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
-            if range.start > at {
-                live = advance_to(model, at, range.start, live)?;
-                at = range.start;
-            }
-            let time = time_slice(model, options.budget, range, &live)?;
-            out.push(RangeProfile { first_block: first, end_block: end, range, time });
-            bar.advance();
-        }
-        Ok(out)
+    let ranges = with_threads(options.threads, || {
+        time_ordered_spans(model, options.budget, &blocks, spans, synthetic_inputs(model, options.seed)?, bar)
     })?;
     bar.finish();
     Ok(ranges)
+}
+
+/// Times each span of `blocks` (`(first block, end block)`) as one slice on the activations
+/// the blocks before it produce from `inputs`, in order of the first block, so the activations
+/// only move forward.
+fn time_ordered_spans(
+    model: &Model,
+    budget: Budget,
+    blocks: &[Block],
+    spans: &[(usize, usize)],
+    inputs: TVec<TValue>,
+    bar: &dyn Progress,
+) -> Result<Vec<RangeProfile>> {
+    let mut ordered = spans.to_vec();
+    ordered.sort_unstable();
+    let (mut at, mut live) = (0, graph_inputs(model, inputs)?);
+    let mut out = Vec::with_capacity(spans.len());
+    for (first, end) in ordered {
+        let (Some(a), Some(b)) = (blocks.get(first), end.checked_sub(1).and_then(|e| blocks.get(e))) else {
+            scission_core::bail!("blocks {first}-{end} are not within the profile's {} blocks", blocks.len());
+        };
+        if first >= end {
+            scission_core::bail!("blocks {first}-{end} hold no block");
+        }
+        let range = Block { start: a.start, end: b.end };
+        bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
+        if range.start > at {
+            live = advance_to(model, at, range.start, live)?;
+            at = range.start;
+        }
+        let time = time_slice(model, budget, range, &live)?;
+        out.push(RangeProfile { first_block: first, end_block: end, range, time });
+        bar.advance();
+    }
+    Ok(out)
 }
 
 /// The activations crossing node boundary `to`, from those crossing `from` (`live`).
