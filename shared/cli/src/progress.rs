@@ -4,7 +4,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[cfg(feature = "onnx")]
 use scission_engine::bench::Progress;
 
-/// A bar of benchmarked blocks.
+/// A bar of a benchmark's steps: the unsplit model, then each block timed alone, each range
+/// timed as one slice, each block counted for memory.
 #[cfg(feature = "onnx")]
 pub struct BenchBar(ProgressBar);
 
@@ -16,7 +17,7 @@ impl BenchBar {
             return Self(ProgressBar::hidden());
         }
         let bar = ProgressBar::new(0);
-        if let Ok(style) = ProgressStyle::with_template("{spinner} benchmarking [{bar:30}] {pos}/{len} blocks {msg} ({elapsed})") {
+        if let Ok(style) = ProgressStyle::with_template("{spinner} benchmarking [{bar:30}] {pos}/{len} steps: {msg} ({elapsed})") {
             bar.set_style(style.progress_chars("=> "));
         }
         Self(bar)

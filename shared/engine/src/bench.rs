@@ -149,8 +149,7 @@ fn profile_blocks(
     inputs: TVec<TValue>,
     bar: &dyn Progress,
 ) -> Result<(Summary, Vec<BlockProfile>, Vec<RangeProfile>)> {
-    bar.begin("unsplit model, node by node");
-    let (whole_model, times) = profile_whole(model, options.budget, blocks, &inputs)?;
+    let (whole_model, times) = profile_whole(model, options.budget, blocks, &inputs, bar)?;
     bar.advance();
     let mut ranges = time_prefixes(model, options, blocks, &inputs, bar)?;
     if options.ranges.suffixes {
@@ -169,11 +168,21 @@ const UNATTRIBUTED_WARNING: f64 = 0.02;
 
 /// Runs the optimised unsplit model under `budget` with a timer around each node: the unsplit
 /// model's timing, and each block's from the sum of its nodes in the same runs.
-fn profile_whole(model: &Model, budget: Budget, blocks: &[Block], inputs: &TVec<TValue>) -> Result<(Summary, Vec<Summary>)> {
+fn profile_whole(
+    model: &Model,
+    budget: Budget,
+    blocks: &[Block],
+    inputs: &TVec<TValue>,
+    bar: &dyn Progress,
+) -> Result<(Summary, Vec<Summary>)> {
+    bar.begin("unsplit model: optimising");
     let plan = model.whole()?;
     let owners = block_owners(model, plan.model(), blocks);
     let mut state = plan.spawn()?;
+    let mut run = 0u32;
     let runs = measure_runs(budget, || -> Result<BlockTimes> {
+        run = run.saturating_add(1);
+        bar.begin(&format!("unsplit model, node by node: run {run}"));
         let mut times = BlockTimes::new(blocks.len());
         state.run_plan_with_eval(inputs.clone(), |context, op_state, node, node_inputs| {
             let t0 = std::time::Instant::now();
