@@ -32,7 +32,7 @@ enum Command {
     /// Serve the edge's stages of partitioned inferences over QUIC, forwarding to the cloud.
     Serve {
         #[command(flatten)]
-        serve: cli::ServeArgs,
+        serve: Box<cli::ServeArgs>,
         /// The cloud server, as HOST:PORT (resolved at start).
         #[arg(long, value_parser = cli::parse_host_port, value_name = "HOST:PORT")]
         cloud: std::net::SocketAddr,

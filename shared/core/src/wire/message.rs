@@ -153,6 +153,9 @@ pub enum FailureCode {
 pub const MAX_CULPRITS: usize = 8;
 
 /// What a failure is about, as data (the message is for people).
+// Its capacities are inline (heapless) on purpose: a message decodes into bounded, fixed
+// storage, so a hostile peer cannot make a receiver allocate; the largest variant sets the size.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FailureDetail {
     /// Nothing beyond the code.
@@ -243,6 +246,8 @@ pub struct MachineEntry<'a> {
 }
 
 /// What a message says.
+// Inline capacities on purpose, as in [`FailureDetail`].
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body<'a> {
     /// Run the remaining `stages` (the first is the receiver's) on `tensors`, forward the rest,
