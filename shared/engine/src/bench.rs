@@ -140,15 +140,12 @@ pub fn benchmark(model: &Model, options: &BenchOptions, bar: &dyn Progress) -> R
     })
 }
 
+/// What a method measured: the unsplit model, each block, and the ranges timed as one slice.
+type Priced = (Summary, Vec<BlockProfile>, Vec<RangeProfile>);
+
 /// [`TimingMethod::Profile`]: the unsplit model's timing and each block's from the same profiled
 /// runs, then the ranges asked for (each timed as one slice) and, when asked, each block's heap.
-fn profile_blocks(
-    model: &Model,
-    options: &BenchOptions,
-    blocks: &[Block],
-    inputs: TVec<TValue>,
-    bar: &dyn Progress,
-) -> Result<(Summary, Vec<BlockProfile>, Vec<RangeProfile>)> {
+fn profile_blocks(model: &Model, options: &BenchOptions, blocks: &[Block], inputs: TVec<TValue>, bar: &dyn Progress) -> Result<Priced> {
     let (whole_model, times) = profile_whole(model, options.budget, blocks, &inputs, bar)?;
     bar.advance();
     let mut ranges = time_prefixes(model, options, blocks, &inputs, bar)?;
@@ -261,13 +258,7 @@ fn memory_pass(model: &Model, blocks: &[Block], inputs: TVec<TValue>, bar: &dyn 
 
 /// [`TimingMethod::Blocks`]: the unsplit model timed, then each block alone (and the ranges asked
 /// for, each as one slice).
-fn time_each_block(
-    model: &Model,
-    options: &BenchOptions,
-    blocks: &[Block],
-    inputs: TVec<TValue>,
-    bar: &dyn Progress,
-) -> Result<(Summary, Vec<BlockProfile>, Vec<RangeProfile>)> {
+fn time_each_block(model: &Model, options: &BenchOptions, blocks: &[Block], inputs: TVec<TValue>, bar: &dyn Progress) -> Result<Priced> {
     bar.begin("unsplit model");
     let whole_model = time_whole(model, options.budget, &inputs)?;
     bar.advance();
