@@ -30,10 +30,11 @@ pub struct Model {
 impl Model {
     /// Loads an ONNX file. External data is resolved next to the file.
     pub fn load_path(path: &Path, options: &LoadOptions) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        // Hashed in a stream: the file is not held twice (tract maps it to parse it).
+        let sha256 = crate::artifact::file_sha256(path)?;
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
         let inference = tract_onnx::onnx().model_for_path(path).with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
-        Self::from_inference(name, sha256_hex(&bytes), inference, options)
+        Self::from_inference(name, sha256, inference, options)
     }
 
     /// Loads ONNX bytes held in memory (models without external data).
