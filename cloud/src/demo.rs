@@ -8,8 +8,7 @@
 
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
-use scission_core::profile::TimingMethod;
-use scission_core::profile::{Profile, TierKind};
+use scission_core::profile::{Profile, TierKind, TimingMethod};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, Plan, Problem};
 use scission_core::timing::Budget;

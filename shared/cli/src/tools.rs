@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
 use scission_core::link::MessageCost;
-use scission_core::profile::TimingMethod;
-use scission_core::profile::{Profile, TierKind};
+use scission_core::profile::{Profile, TierKind, TimingMethod};
 use scission_core::timing::Budget;
 use scission_engine::Model;
 use scission_engine::bench::{BenchOptions, Ranges, benchmark, time_spans};
@@ -45,7 +44,8 @@ pub struct BenchArgs {
     /// Timed runs, at most.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_runs: u32,
-    /// Time budget in milliseconds after the minimum runs (per block with --method blocks).
+    /// Time budget in milliseconds after the minimum runs (per block with --method blocks, and
+    /// per range that --ranges or --add-ranges times).
     #[arg(long, default_value_t = 500)]
     pub max_time_ms: u64,
     /// Stop timing once the median is known within this many percent either side (95 %
