@@ -182,23 +182,21 @@ fn slice_inputs(slice: &Slice, files: &[PathBuf]) -> Result<TVec<TValue>> {
     if files.is_empty() {
         return Ok(slice.synthetic_inputs(1)?);
     }
-    let wanted = slice.synthetic_inputs(1)?;
+    let wanted = slice.input_types()?;
     if files.len() != wanted.len() {
         bail!("the slice takes {} input(s); --inputs gives {}", wanted.len(), files.len());
     }
     files
         .iter()
         .zip(&wanted)
-        .map(|(file, like)| {
+        .map(|(file, (_, datum_type, shape))| {
             let tensor = npy::read_npy(file)?;
-            if tensor.shape() != like.shape() || tensor.datum_type() != like.datum_type() {
+            if tensor.shape() != shape.as_slice() || tensor.datum_type() != *datum_type {
                 bail!(
-                    "{}: a {:?} {:?} array, the slice takes {:?} {:?}",
+                    "{}: a {:?} {:?} array, the slice takes {datum_type:?} {shape:?}",
                     file.display(),
                     tensor.datum_type(),
-                    tensor.shape(),
-                    like.datum_type(),
-                    like.shape()
+                    tensor.shape()
                 );
             }
             Ok(tensor.into_tvalue())

@@ -55,15 +55,23 @@ impl Slice {
     /// Deterministic inputs of the slice's input types and shapes (see
     /// [`synthetic_inputs`](crate::input::synthetic_inputs)).
     pub fn synthetic_inputs(&self, seed: u64) -> Result<TVec<TValue>> {
-        let model = self.plan.model();
         let mut rng = scission_core::rng::WeightRng::new(seed);
-        let mut inputs = TVec::new();
+        self.input_types()?
+            .into_iter()
+            .map(|(name, datum_type, shape)| crate::input::synthetic_tensor(&mut rng, datum_type, &shape, &name))
+            .collect()
+    }
+
+    /// Each input's name, type and concrete shape, in the order of the plan's inputs.
+    pub fn input_types(&self) -> Result<Vec<(String, DatumType, Vec<usize>)>> {
+        let model = self.plan.model();
+        let mut types = Vec::new();
         for (ix, outlet) in model.input_outlets()?.iter().enumerate() {
             let fact = model.outlet_fact(*outlet)?;
             let Some(shape) = fact.shape.as_concrete() else { bail!("slice input {ix} has a symbolic shape") };
-            inputs.push(crate::input::synthetic_tensor(&mut rng, fact.datum_type, shape, &model.node(outlet.node).name)?);
+            types.push((model.node(outlet.node).name.clone(), fact.datum_type, shape.to_vec()));
         }
-        Ok(inputs)
+        Ok(types)
     }
 
     /// Runs the slice once on `inputs` (ordered as `io.inputs`).

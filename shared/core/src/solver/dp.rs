@@ -270,12 +270,9 @@ impl<'a> Dp<'a> {
         let (t, t2) = (self.problem.machines[m].tier, self.problem.machines[m2].tier);
         let machines = self.problem.machines.len();
         let bytes = self.problem.handover_bytes(p);
-        let ns = self.links[m * machines + m2]?.transfer_ns(bytes).saturating_add(self.problem.message_ns(m, m2, bytes));
+        let ns = self.problem.hop_over(self.links[m * machines + m2]?, m, m2, bytes);
         let back = match self.problem.options.return_result {
-            true => {
-                let result = self.problem.result_bytes();
-                self.links[m2 * machines + m]?.transfer_ns(result).saturating_add(self.problem.message_ns(m2, m, result))
-            }
+            true => self.problem.hop_over(self.links[m2 * machines + m]?, m2, m, self.problem.result_bytes()),
             false => 0,
         };
         let last = self.problem.tiers.len() - 1;

@@ -196,7 +196,12 @@ impl Problem {
     /// A hop of `bytes` from machine `a` to `b`: the link's transfer and both ends' message
     /// costs. `None` without a link.
     pub fn hop_ns(&self, a: usize, b: usize, bytes: u64) -> Option<u64> {
-        Some(self.link(a, b)?.transfer_ns(bytes).saturating_add(self.message_ns(a, b, bytes)))
+        Some(self.hop_over(self.link(a, b)?, a, b, bytes))
+    }
+
+    /// [`Problem::hop_ns`] over `link`, the link from `a` to `b` already looked up.
+    pub fn hop_over(&self, link: Link, a: usize, b: usize, bytes: u64) -> u64 {
+        link.transfer_ns(bytes).saturating_add(self.message_ns(a, b, bytes))
     }
 
     /// Bytes sent when the DNN is handed over at boundary `p` (the raw input at 0).
