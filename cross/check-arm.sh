@@ -91,11 +91,11 @@ build() {
     cargo build --profile device --target "$target" -p scission-device "$@"
 }
 
-# qemu and the target's C library, for running a binary of `target`.
+# qemu and the target's C library, for running a binary of `target` (a Cortex-A15 for armv7).
 emulator() {
   case $1 in
     aarch64-*) echo "qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
-    *) echo "qemu-arm-static -L /usr/arm-linux-gnueabihf" ;;
+    *) echo "env QEMU_CPU=cortex-a15 qemu-arm-static -L /usr/arm-linux-gnueabihf" ;;
   esac
 }
 
@@ -107,9 +107,10 @@ check_artifacts() {
   trap 'rm -rf "$work"' RETURN
   echo "== $target: the lean device binary ($(stat -c %s "$lean") bytes stripped) runs artifacts of real exports"
   for name in $(python3 "$check" names); do
-    local onnx="$root/tests/fixtures/exports/$name.onnx" cut nodes
-    cut=$("$host/scission-cloud" inspect "$onnx" | python3 "$check" middle-cut)
-    nodes=$("$host/scission-cloud" inspect "$onnx" | sed -n 's/.*: \([0-9]*\) compute nodes.*/\1/p')
+    local onnx="$root/tests/fixtures/exports/$name.onnx" report cut nodes
+    report=$("$host/scission-cloud" inspect "$onnx")
+    cut=$(python3 "$check" middle-cut <<< "$report")
+    nodes=$(sed -n 's/.*: \([0-9]*\) compute nodes.*/\1/p' <<< "$report")
     "$host/scission-cloud" slice "$onnx" --range "0,$cut" --range "$cut,$nodes" --range "0,$nodes" --out "$work/$name" >/dev/null
     python3 "$check" input "$name" "$work/$name/in.npy"
     "${qemu[@]}" "$lean" run-slice "$work/$name/0-$nodes.slice" --inputs "$work/$name/in.npy" --save "$work/$name/whole" --runs 1 >/dev/null
@@ -124,11 +125,8 @@ check_artifacts() {
 }
 
 check() {
-  local target=$1 qemu sysroot
-  case $target in
-    aarch64-*) qemu="qemu-aarch64-static"; sysroot="/usr/aarch64-linux-gnu" ;;
-    *) qemu="qemu-arm-static"; sysroot="/usr/arm-linux-gnueabihf"; export QEMU_CPU=cortex-a15 ;;
-  esac
+  local target=$1 qemu
+  read -r -a qemu <<< "$(emulator "$target")"
   local device="$root/target/arm/$target/device/scission-device" work
   work=$(mktemp -d)
   trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' RETURN
@@ -136,7 +134,7 @@ check() {
   local host="$root/target/debug"
   "$host/scission-cloud" zoo write mobilenet_v2 --out "$work/m.onnx" >/dev/null
   echo "== $target: bench under qemu"
-  "$qemu" -L "$sysroot" "$device" bench "$work/m.onnx" --out "$work/arm.json" --name arm --quiet --min-runs 2 --max-runs 2 --max-time-ms 1
+  "${qemu[@]}" "$device" bench "$work/m.onnx" --out "$work/arm.json" --name arm --quiet --min-runs 2 --max-runs 2 --max-time-ms 1
   "$host/scission-cloud" init --cluster "$work/cluster" >/dev/null
   for n in device edge cloud; do "$host/scission-cloud" enroll $n --tier $n --cluster "$work/cluster" >/dev/null; done
   "$host/scission-cloud" serve "$work/m.onnx" --cluster "$work/cluster" > "$work/cloud.log" &
@@ -148,7 +146,7 @@ check() {
   edge=$(grep -o 'on [0-9.:]*' "$work/edge.log" | cut -d' ' -f2)
   echo "== $target: emulated-ARM device, x86 edge and cloud"
   for split in 0,0 60,120 120,120; do
-    "$qemu" -L "$sysroot" "$device" run "$work/m.onnx" --cluster "$work/cluster" --edge "$edge" --cloud "$cloud" --split "$split" --requests 2 --timeout-ms 60000 | tail -1
+    "${qemu[@]}" "$device" run "$work/m.onnx" --cluster "$work/cluster" --edge "$edge" --cloud "$cloud" --split "$split" --requests 2 --timeout-ms 60000 | tail -1
   done
 }
 
