@@ -39,7 +39,7 @@ pub struct DemoArgs {
     max_crossing: usize,
     /// Link figures FROM-TO=BANDWIDTH,LATENCY between the tiers (directed; the reverse
     /// direction gets the same figures unless given).
-    #[arg(long = "link", value_name = "SPEC", default_values_t = ["device-edge=10mbit,3ms".to_string(), "edge-cloud=1gbit,10ms".to_string(), "device-cloud=5mbit,30ms".to_string()])]
+    #[arg(long = "link", value_name = "SPEC", default_values_t = ["device-edge=20mbit,3ms".to_string(), "edge-cloud=1gbit,10ms".to_string(), "device-cloud=5mbit,30ms".to_string()])]
     links: Vec<String>,
     /// How many plans to show and check.
     #[arg(short = 'n', long, default_value_t = 5)]

@@ -323,3 +323,19 @@ fn plans_whose_device_slice_would_not_fit_the_device_memory_are_not_used() {
     let out = run("scission-device", &args);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_model_loaded_from_its_file_is_named_by_the_hash_of_its_bytes() {
+    let bytes = encode(&TestModel::Chain.build(32, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    let from_file = Model::load_path(&path, &LoadOptions::default()).unwrap();
+    let from_bytes = Model::load_bytes("chain.onnx", &bytes, &LoadOptions::default()).unwrap();
+    assert_eq!(from_file.sha256, from_bytes.sha256);
+    assert_eq!(from_file.summary, from_bytes.summary);
+    // The hash runs beside the parse: a missing file is still reported as missing.
+    let missing = dir.path().join("absent.onnx");
+    let error = format!("{:#}", Model::load_path(&missing, &LoadOptions::default()).unwrap_err());
+    assert!(error.contains("absent.onnx"), "{error}");
+}

@@ -30,10 +30,16 @@ pub struct Model {
 impl Model {
     /// Loads an ONNX file. External data is resolved next to the file.
     pub fn load_path(path: &Path, options: &LoadOptions) -> Result<Self> {
-        // Hashed in a stream: the file is not held twice (tract maps it to parse it).
-        let sha256 = crate::artifact::file_sha256(path)?;
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let inference = tract_onnx::onnx().model_for_path(path).with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
+        // Hashed in a stream (the file is not held twice) on a thread of its own while tract
+        // parses it: the hash costs a tenth of the load, and a board has a second core too.
+        let (sha256, inference) = std::thread::scope(|scope| {
+            let hashing = scope.spawn(|| crate::artifact::file_sha256(path));
+            let inference = tract_onnx::onnx().model_for_path(path);
+            (hashing.join(), inference)
+        });
+        let sha256 = sha256.map_err(|_| crate::error::EngineError::Invalid(format!("hashing {} failed", path.display())))??;
+        let inference = inference.with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
         Self::from_inference(name, sha256, inference, options)
     }
 
