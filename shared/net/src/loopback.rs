@@ -4,8 +4,6 @@
 //! cost ([`MessageCost`]). `bench` records it in the profile; the solver charges each end of a
 //! hop half of its machine's figure.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use scission_core::link::{Encoding, MessageCost};
@@ -25,10 +23,12 @@ const ROUNDS: usize = 3;
 const MAX_FRAME: u32 = 4 << 20;
 
 /// Times [`ROUNDS`] rounds of `runs` hops of each of [`SIZES`] over loopback (after one untimed
-/// hop of each) and fits the least of each size's round medians. Makes a throwaway cluster in a temporary directory, removed afterwards.
+/// hop of each) and fits the least of each size's round medians. The two ends' identities come
+/// from a throwaway cluster held in memory: nothing is written.
 pub async fn message_cost(runs: usize) -> Result<MessageCost> {
-    let dir = Scratch::new()?;
-    let (server, client) = identities(&dir.0)?;
+    let [server, client]: [pki::Identity; 2] = pki::Identity::throwaway(&[("a", pki::Role::Cloud), ("b", pki::Role::Device)])?
+        .try_into()
+        .map_err(|_| NetError::Invalid("two loopback identities".into()))?;
     let endpoint = quic::server(&server, "127.0.0.1:0".parse().map_err(|_| NetError::Invalid("loopback address".into()))?, None)?;
     let addr = endpoint.local_addr().map_err(|e| NetError::Io { what: "the loopback server's address".into(), source: e })?;
     let serving = tokio::spawn(answer_each(endpoint.clone()));
@@ -105,33 +105,6 @@ async fn answer_each(endpoint: quinn::Endpoint) {
     }
 }
 
-/// A server and a device identity of a new throwaway cluster in `dir`.
-fn identities(dir: &std::path::Path) -> Result<(pki::Identity, pki::Identity)> {
-    pki::init_cluster(dir)?;
-    pki::enroll(dir, "a", pki::Role::Cloud, false, 1)?;
-    pki::enroll(dir, "b", pki::Role::Device, false, 1)?;
-    Ok((pki::Identity::load(dir, "a")?, pki::Identity::load(dir, "b")?))
-}
-
-/// A temporary directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!("scission-loopback-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| NetError::Io { what: format!("creating {}", dir.display()), source: e })?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +116,19 @@ mod tests {
         // and a megabyte costs more than 4 KB. No speed is asserted.
         assert!(cost.fixed_ns > 0 || cost.ps_per_byte > 0, "{cost:?}");
         assert!(cost.loopback_ns(1 << 20) > cost.loopback_ns(4 << 10), "{cost:?}");
+    }
+
+    #[tokio::test]
+    async fn a_throwaway_cluster_trusts_its_own_nodes_only() {
+        let pair = || pki::Identity::throwaway(&[("a", pki::Role::Cloud), ("b", pki::Role::Device)]).expect("issued");
+        let (ours, theirs) = (pair(), pair());
+        let endpoint = quic::server(&ours[0], "127.0.0.1:0".parse().expect("address"), None).expect("server");
+        let addr = endpoint.local_addr().expect("bound");
+        let serving = tokio::spawn(answer_each(endpoint.clone()));
+        let own = quic::connect(&quic::client(&ours[1]).expect("client"), addr, "a").await;
+        let foreign = quic::connect(&quic::client(&theirs[1]).expect("client"), addr, "a").await;
+        serving.abort();
+        own.expect("a node of the same throwaway cluster connects");
+        assert!(foreign.is_err(), "a node of another throwaway cluster must be refused");
     }
 }

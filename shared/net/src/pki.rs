@@ -88,18 +88,24 @@ fn ca_params(name: &str) -> Result<CertificateParams> {
     Ok(params)
 }
 
-/// Creates a new cluster CA in `dir` (refuses to overwrite one).
-pub fn init_cluster(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).io(|| format!("cannot create {}", dir.display()))?;
-    if dir.join("ca.key.pem").exists() {
-        return Err(NetError::Invalid(format!("{} already holds a cluster CA; remove it first to start a new cluster", dir.display())));
-    }
+/// A new CA: its name, key and self-signed certificate.
+fn new_ca() -> Result<(String, KeyPair, rcgen::Certificate)> {
     let key = KeyPair::generate().certificate(|| "generating the CA key".into())?;
     let name = format!(
         "Scission cluster CA {:016x}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     );
     let cert = ca_params(&name)?.self_signed(&key).certificate(|| "signing the CA certificate".into())?;
+    Ok((name, key, cert))
+}
+
+/// Creates a new cluster CA in `dir` (refuses to overwrite one).
+pub fn init_cluster(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).io(|| format!("cannot create {}", dir.display()))?;
+    if dir.join("ca.key.pem").exists() {
+        return Err(NetError::Invalid(format!("{} already holds a cluster CA; remove it first to start a new cluster", dir.display())));
+    }
+    let (name, key, cert) = new_ca()?;
     write_private(&dir.join("ca.key.pem"), &key.serialize_pem())?;
     std::fs::write(dir.join("ca.cert.pem"), cert.pem()).io(|| format!("cannot write {}", dir.join("ca.cert.pem").display()))?;
     std::fs::write(dir.join("ca.name"), &name).io(|| format!("cannot write {}", dir.join("ca.name").display()))?;
@@ -135,16 +141,22 @@ pub fn enroll(dir: &Path, name: &str, role: Role, replace: bool, days: u32) -> R
         |f: &str| std::fs::read_to_string(dir.join(f)).io(|| format!("{} has no {f}: run `scission-cloud init` first", dir.display()));
     let ca_key = KeyPair::from_pem(&read("ca.key.pem")?).certificate(|| "ca.key.pem is not a private key".into())?;
     let issuer = Issuer::new(ca_params(read("ca.name")?.trim())?, ca_key);
+    let (key, cert) = issue(&issuer, name, role, days)?;
+    std::fs::write(&cert_path, cert.pem()).io(|| format!("cannot write {}", cert_path.display()))?;
+    write_private(&key_path, &key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
+
+/// A new key for node `name` with `role`, and its certificate from `issuer`, valid `days` days.
+fn issue(issuer: &Issuer<'_, KeyPair>, name: &str, role: Role, days: u32) -> Result<(KeyPair, rcgen::Certificate)> {
     let key = KeyPair::generate().certificate(|| format!("generating {name}'s key"))?;
     let mut params = CertificateParams::new(vec![node_dns(name), role_dns(role)]).certificate(|| format!("{name}'s names"))?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.distinguished_name.push(DnType::OrganizationalUnitName, role.as_str());
     params.extended_key_usages = role.usages();
     (params.not_before, params.not_after) = validity(days)?;
-    let cert = params.signed_by(&key, &issuer).certificate(|| format!("signing {name}'s certificate"))?;
-    std::fs::write(&cert_path, cert.pem()).io(|| format!("cannot write {}", cert_path.display()))?;
-    write_private(&key_path, &key.serialize_pem())?;
-    Ok((cert_path, key_path))
+    let cert = params.signed_by(&key, issuer).certificate(|| format!("signing {name}'s certificate"))?;
+    Ok((key, cert))
 }
 
 fn write_private(path: &Path, pem: &str) -> Result<()> {
@@ -186,6 +198,20 @@ impl Identity {
         let key_path = dir.join(format!("{name}.key.pem"));
         let key = PrivateKeyDer::from_pem_file(&key_path).certificate(|| format!("cannot read the key {}", key_path.display()))?;
         Ok(Self { ca, chain, key: Arc::new(key) })
+    }
+
+    /// The identities of `nodes` in a new cluster that lives only in memory (nothing written):
+    /// for a process talking to itself, as the loopback measurement does.
+    pub fn throwaway(nodes: &[(&str, Role)]) -> Result<Vec<Self>> {
+        let (name, ca_key, ca_cert) = new_ca()?;
+        let ca = vec![ca_cert.der().clone()];
+        let issuer = Issuer::new(ca_params(&name)?, ca_key);
+        let identity = |&(node, role): &(&str, Role)| {
+            let (key, cert) = issue(&issuer, node, role, 1)?;
+            let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| NetError::Invalid(format!("{node}'s key: {e}")))?;
+            Ok(Self { ca: ca.clone(), chain: vec![cert.der().clone()], key: Arc::new(key) })
+        };
+        nodes.iter().map(identity).collect()
     }
 
     fn roots(&self) -> Result<Arc<rustls::RootCertStore>> {
