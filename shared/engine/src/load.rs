@@ -32,7 +32,7 @@ impl Model {
     pub fn load_path(path: &Path, options: &LoadOptions) -> Result<Self> {
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
         // Hashed in a stream (the file is not held twice) on a thread of its own while tract
-        // parses it: the hash costs a tenth of the load, and a board has a second core too.
+        // parses it: the hash costs a tenth of the load, and most boards have a second core.
         let (sha256, inference) = std::thread::scope(|scope| {
             let hashing = scope.spawn(|| crate::artifact::file_sha256(path));
             let inference = tract_onnx::onnx().model_for_path(path);
