@@ -117,6 +117,7 @@ fn main() -> Result<()> {
     let _servers: [Server; 2] = [cloud, edge];
     println!("{:<26} {:>10} {:>12} {:>11} {:>11} {:>9}  route", "scenario", "requests", "predicted", "measured", "|error|", "|error|");
     println!("{:<26} {:>10} {:>12} {:>11} {:>11} {:>9}", "", "", "median ms", "median ms", "median", "p90");
+    let mut verdicts = Vec::new();
     for (i, scenario) in SCENARIOS.iter().enumerate() {
         if !args.only.is_empty() && !args.only.contains(&(i + 1)) {
             continue;
@@ -142,9 +143,29 @@ fn main() -> Result<()> {
         run_args.extend(["--requests".into(), args.requests.to_string(), "--report".into(), s(&report).into()]);
         run_args.extend(["--replan-on-drift".into(), args.drift.to_string()]);
         ok(&limit.run("scission-device", &run_args)?)?;
-        print_scenario(scenario.name, &report)?;
+        verdicts.push(print_scenario(scenario.name, &report)?);
     }
+    let met = verdicts.iter().filter(|v| v.met).count();
+    let met_with_a_cut = verdicts.iter().filter(|v| v.met && v.cut).count();
+    println!(
+        "the target (median at most {}%, p90 at most {}%) held in {met} of {} scenario(s), {met_with_a_cut} of them on a plan that cuts the model between tiers",
+        TARGET_MEDIAN * 100.0,
+        TARGET_P90 * 100.0,
+        verdicts.len()
+    );
     Ok(())
+}
+
+/// Issue 12's acceptance line: per scenario, the median and p90 of |measured / predicted - 1|.
+const TARGET_MEDIAN: f64 = 0.05;
+const TARGET_P90: f64 = 0.15;
+
+/// How a scenario went against the target.
+struct Verdict {
+    /// Median and p90 within the target.
+    met: bool,
+    /// Some measured request ran on two tiers or more.
+    cut: bool,
 }
 
 /// Most verification rounds per scenario.
@@ -178,12 +199,13 @@ fn verify(profiles: &[PathBuf], links: &[String], model: &Path, limit: &CpuLimit
 }
 
 /// One line per scenario from the device's run report.
-fn print_scenario(name: &str, report: &Path) -> Result<()> {
+fn print_scenario(name: &str, report: &Path) -> Result<Verdict> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report)?)?;
     let requests = v["requests"].as_array().context("no requests in the report")?;
     let mut seen = std::collections::HashSet::new();
     let (mut errors, mut predicted, mut measured, mut routes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut compute, mut transfer, mut hops) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cut = false;
     for r in requests {
         let route = r["route"].as_str().unwrap_or("").to_string();
         if seen.insert(route.clone()) {
@@ -192,6 +214,7 @@ fn print_scenario(name: &str, report: &Path) -> Result<()> {
         }
         let (Some(p), Some(m)) = (r["predicted_ms"].as_f64(), r["measured_ms"].as_f64()) else { continue };
         errors.push((m / p - 1.0).abs());
+        cut |= r["stages"].as_array().is_some_and(|stages| stages.len() >= 2);
         compute.push(r["compute_ms"].as_array().map_or(String::new(), |c| {
             c.iter().filter_map(serde_json::Value::as_f64).map(|ms| format!("{ms:.1}")).collect::<Vec<_>>().join("+")
         }));
@@ -222,7 +245,7 @@ fn print_scenario(name: &str, report: &Path) -> Result<()> {
         hops.get(middle).filter(|h| !h.is_empty()).map_or("none", String::as_str),
         quantile(&mut transfer, 0.5)
     );
-    Ok(())
+    Ok(Verdict { met: !errors.is_empty() && e50 <= TARGET_MEDIAN && e90 <= TARGET_P90, cut })
 }
 
 /// A link's figures: bits per second and one-way latency.
