@@ -417,6 +417,8 @@ fn time_block(model: &Model, budget: Budget, block: Block, live: &crate::pipelin
     let mut outputs = TVec::new();
     let (samples, run_heap) = heap::measure(|| {
         measure(budget, || {
+            // A tier holds one run's outputs at a time: the last run's go before the next.
+            drop(std::mem::take(&mut outputs));
             outputs = state.run(inputs.clone())?;
             Ok::<_, crate::error::EngineError>(())
         })
