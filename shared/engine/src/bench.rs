@@ -235,26 +235,26 @@ pub fn unattributed_nodes(model: &Model, max_crossing: usize) -> Result<Vec<Stri
         .collect())
 }
 
-/// Each block's heap, for [`TimingMethod::Profile`]: the block built as a slice and run once on the
-/// activations the blocks before it produced (what its run adds), and loaded from its artifact.
+/// Each block's heap, for [`TimingMethod::Profile`]: the block built as a slice and run on the
+/// activations the blocks before it produced (what its run adds, as [`time_block`] counts it,
+/// over [`ONE_RUN`]), and loaded from its artifact.
 fn memory_pass(model: &Model, blocks: &[Block], inputs: TVec<TValue>, bar: &dyn Progress) -> Result<Vec<Option<BlockMemory>>> {
     let mut live = graph_inputs(model, inputs)?;
     let mut out = Vec::with_capacity(blocks.len());
     for &block in blocks {
         bar.begin(&format!("[{}, {}): memory", block.start, block.end));
-        let slice = Slice::build(model, block)?;
-        let slice_inputs = collect(&live, &slice.io.inputs, "block input", model)?;
-        let mut state = slice.spawn()?;
-        let (outputs, run_heap) = heap::measure(|| state.run(slice_inputs));
-        let outputs = outputs.with_context(|| format!("running [{}, {})", block.start, block.end))?;
-        drop(state);
-        live = advance(model, &slice, live, outputs);
-        drop(slice);
-        out.push(block_memory(model, block, run_heap)?);
+        let ran = time_block(model, ONE_RUN, block, &live)?;
+        live = advance(model, &ran.slice, live, ran.outputs);
+        drop(ran.slice);
+        out.push(block_memory(model, block, ran.run_heap)?);
         bar.advance();
     }
     Ok(out)
 }
+
+/// A budget of one timed run and no warm-up: a block run for its heap, not its time.
+const ONE_RUN: Budget =
+    Budget { warmup: 0, min_runs: 1, max_runs: 1, max_time: embassy_time::Duration::from_ticks(0), precision_permille: 0 };
 
 /// [`TimingMethod::Blocks`]: the unsplit model timed, then each block alone (and the ranges asked
 /// for, each as one slice).
