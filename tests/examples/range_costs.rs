@@ -16,8 +16,9 @@
 //! ```
 //! Prints one line per model and method: the benchmark's time (and the ranged one's), the
 //! unsplit/sum ratio, then the median and p90 of |predicted / measured - 1| for each
-//! prediction, and of |predicted - measured| / the unsplit model's time for the end ranges. The measured ranges always use the engine's default budget, in separate runs
-//! after the benchmarks; both methods are scored against the same measured ranges.
+//! prediction, and of |predicted - measured| / the unsplit model's time for the end ranges.
+//! The measured ranges always use the engine's default budget, in separate runs after the
+//! benchmarks; both methods are scored against the same measured ranges.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
