@@ -1,5 +1,6 @@
 //! The built-in demo: a zoo model (MobileNetV2 by default), benchmarked as a small board (one
-//! thread under a CPU quota, see [`crate::cpulimit`]) and as a multi-threaded server, planned over
+//! thread under a CPU quota, see [`crate::cpulimit`], or, where the OS refuses one, doing each
+//! run of the model several times, see [`scission_engine::slower`]) and as a multi-threaded server, planned over
 //! device -> edge -> cloud with emulated link figures; every top plan's split checked against the
 //! unsplit model; then edge and cloud started as separate processes on loopback (mutual TLS from
 //! a throw-away cluster CA) and each top plan run for real from this process as the device
@@ -30,10 +31,17 @@ pub struct DemoArgs {
     /// A zoo model (`scission-cloud zoo list`) or a test model (`chain-cnn`, `branched-cnn`).
     #[arg(long, default_value = "mobilenet_v2")]
     model: String,
-    /// The device's share of one core, in percent, for its benchmark and its inference alike
-    /// (a Linux cgroup CPU quota; 0 or 100: unlimited). The default plays a Pi-class board.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100))]
-    device_cpu: u32,
+    /// How many times slower than this machine the device's board is: each run of the model,
+    /// benchmark and inference alike, is done N times (1: this machine's speed). The default
+    /// plays a Pi-class board. Steady work, so its times hold from request to request.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    device_slower: u32,
+    /// Play the board with a Linux cgroup CPU quota instead: PERCENT of one core for the
+    /// device's benchmark and inference (needs root; where none can be set, --device-slower
+    /// 100/PERCENT). A quota stops and restarts the work at the scheduler's tick, so the
+    /// device's times jump by a quarter or more from request to request.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+    device_cpu: Option<u32>,
     /// Largest number of tensors that may cross a cut point.
     #[arg(long, default_value_t = 2)]
     max_crossing: usize,
@@ -62,10 +70,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         model.cuts.legacy_cut_points(&model.summary).len().saturating_sub(2)
     );
     let cores = scission_engine::host::available_cores();
-    let limit = device_limit(args.device_cpu);
-    let device_name = limit.as_ref().map_or_else(|| "device-1t".to_string(), |l| format!("device-1t-{}pct", l.percent));
-    let mut device = as_device(limit.as_ref(), || bench_as(&model, args, &device_name, TierKind::Device, 1))?;
-    if limit.is_some() {
+    let board = Board::choose(args);
+    let mut device = as_device(&board, || bench_as(&model, args, &board.device_name(), TierKind::Device, 1))?;
+    if matches!(board, Board::Quota(_)) {
         calibrate_to_whole(&mut device);
     }
     let edge = bench_as(&model, args, &format!("edge-{cores}t"), TierKind::Edge, cores)?;
@@ -79,7 +86,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     // Until the top plans' ranges are all measured (a new plan may rise into them); each round
     // only times what is new.
     for _ in 0..VERIFY_ROUNDS {
-        if verify(&model, args, &mut profiles, &problem, &plans, limit.as_ref(), cores)? == 0 {
+        if verify(&model, args, &mut profiles, &problem, &plans, &board, cores)? == 0 {
             break;
         }
         let links = std::mem::take(&mut problem.links);
@@ -88,28 +95,80 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         println!("planned again, with those ranges as measured:");
         plans = rank(&problem, &profiles[0], args.plans)?;
     }
+    print_one_tier_plans(&problem);
     let [device, ..] = profiles;
     check_plans(&model, &device, &plans)?;
     if args.requests > 0 {
-        distributed(model, &model_path, &device, &problem, &plans, args.requests, limit.as_ref())?;
+        distributed(model, &model_path, &device, &problem, &plans, args.requests, &board)?;
     }
     Ok(())
 }
 
-/// The CPU quota for the device, or a note on why it runs unlimited.
-fn device_limit(percent: u32) -> Option<CpuLimit> {
-    if percent == 0 || percent >= 100 {
-        return None;
+/// How this process plays the device's board.
+enum Board {
+    /// At this machine's own speed.
+    Native,
+    /// Under a CPU quota.
+    Quota(CpuLimit),
+    /// Doing each run of a model this many times.
+    Slower(u32),
+}
+
+impl Board {
+    /// What the arguments ask for (printed): a quota where one is asked for and the OS allows
+    /// it, each run done 100 / percent times where it does not.
+    fn choose(args: &DemoArgs) -> Self {
+        let Some(percent) = args.device_cpu else {
+            return Self::slower(args.device_slower);
+        };
+        if percent >= 100 {
+            return Self::Native;
+        }
+        match CpuLimit::new(percent) {
+            Ok(limit) => {
+                println!("the device runs on {percent}% of one core (a cgroup CPU quota), like a small board");
+                Self::Quota(limit)
+            }
+            Err(e) => {
+                println!("note: no CPU quota here ({e:#}); the device does each run of the model more times instead");
+                Self::slower((100 + percent / 2) / percent)
+            }
+        }
     }
-    match CpuLimit::new(percent) {
-        Ok(limit) => {
-            println!("the device runs on {percent}% of one core (a cgroup CPU quota), like a small board");
-            Some(limit)
+
+    /// A board `n` times slower than this machine (printed).
+    fn slower(n: u32) -> Self {
+        if n <= 1 {
+            return Self::Native;
         }
-        Err(e) => {
-            println!("note: the device runs unlimited ({e:#}); on one host its plans then rarely split");
-            None
+        println!("the device does each run of the model {n} times, like a board {n} times slower than this machine");
+        Self::Slower(n)
+    }
+
+    /// The device's machine name in its profile.
+    fn device_name(&self) -> String {
+        match self {
+            Self::Native => "device-1t".to_string(),
+            Self::Quota(limit) => format!("device-1t-{}pct", limit.percent),
+            Self::Slower(n) => format!("device-1t-{n}x-slower"),
         }
+    }
+}
+
+/// While alive, this process's model runs are done `n` times ([`scission_engine::slower`]);
+/// back to once when dropped.
+struct Slowed;
+
+impl Slowed {
+    fn new(n: u32) -> Result<Self> {
+        scission_engine::slower::emulate(n)?;
+        Ok(Self)
+    }
+}
+
+impl Drop for Slowed {
+    fn drop(&mut self) {
+        let _ = scission_engine::slower::emulate(1);
     }
 }
 
@@ -135,11 +194,17 @@ fn calibrate_to_whole(profile: &mut Profile) {
     );
 }
 
-/// Runs `work` on a thread inside the device's CPU quota (threads it starts inherit it).
-fn as_device<T: Send>(limit: Option<&CpuLimit>, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+/// Runs `work` as the device: on a thread inside its CPU quota (threads it starts inherit it),
+/// or with every model run done as many times as its board says. The rest of the demo runs at
+/// full speed (edge and cloud are benchmarked in this process, between the device's turns).
+fn as_device<T: Send>(board: &Board, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let _slowed = match board {
+        Board::Slower(n) => Some(Slowed::new(*n)?),
+        _ => None,
+    };
     std::thread::scope(|scope| {
         let thread = scope.spawn(|| {
-            if let Some(limit) = limit
+            if let Board::Quota(limit) = board
                 && let Err(e) = limit.enter()
             {
                 println!("note: the device runs unlimited ({e:#})");
@@ -157,7 +222,8 @@ fn load(name: &str) -> Result<(Model, std::path::PathBuf)> {
             let dir = scission_zoo::cache_dir().join("test");
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let path = dir.join(format!("{}.onnx", kind.name()));
-            std::fs::write(&path, encode(&kind.build(128, 42))).with_context(|| format!("cannot write {}", path.display()))?;
+            // Another demo may be reading the same file: replace it whole.
+            scission_zoo::write_file(&path, &encode(&kind.build(128, 42)))?;
             path
         }
         None => scission_zoo::cached(name, 1)?,
@@ -208,7 +274,7 @@ fn verify(
     profiles: &mut [Profile; 3],
     problem: &Problem,
     plans: &[Plan],
-    limit: Option<&CpuLimit>,
+    board: &Board,
     cores: usize,
 ) -> Result<usize> {
     let pending = solver::unmeasured_ranges(problem, plans);
@@ -222,7 +288,7 @@ fn verify(
         let options = bench_options(args, &profile.machine.name, profile.machine.tier, threads);
         let bar = scission_cli::BenchBar::new(true);
         let ranges = match m {
-            0 => as_device(limit, || Ok(time_spans(model, &options, profile, &spans, &bar)?))?,
+            0 => as_device(board, || Ok(time_spans(model, &options, profile, &spans, &bar)?))?,
             _ => time_spans(model, &options, profile, &spans, &bar)?,
         };
         for r in &ranges {
@@ -264,6 +330,23 @@ fn rank(problem: &Problem, profile: &Profile, count: usize) -> Result<Vec<Plan>>
     let plans = solver::solve(problem, &Constraints::default(), Objective::Latency, count)?;
     print!("{}", crate::report::table(problem, &crate::report::block_labels(profile), &plans));
     Ok(plans)
+}
+
+/// The best plan that keeps the whole model on one tier, for each tier (printed): what the
+/// ranked plans beat, or are.
+fn print_one_tier_plans(problem: &Problem) {
+    let tiers = problem.tiers.len();
+    let best: Vec<String> = (0..tiers)
+        .map(|tier| {
+            let constraints = Constraints { must_not_use: (0..tiers).filter(|&t| t != tier).collect(), ..Constraints::default() };
+            let name = &problem.tiers[tier];
+            match solver::solve(problem, &constraints, Objective::Latency, 1).ok().and_then(|plans| plans.into_iter().next()) {
+                Some(plan) => format!("{name} {:.1} ms", plan.cost.latency_ns as f64 * 1e-6),
+                None => format!("{name} cannot"),
+            }
+        })
+        .collect();
+    println!("the whole model on one tier, for comparison: {}", best.join(", "));
 }
 
 /// Runs each plan's split (one slice per non-empty segment) and compares with the unsplit model.
@@ -337,7 +420,7 @@ fn distributed(
     problem: &Problem,
     plans: &[Plan],
     requests: u32,
-    limit: Option<&CpuLimit>,
+    board: &Board,
 ) -> Result<()> {
     use scission_net::pki;
     let dir = tempfile::tempdir()?;
@@ -362,7 +445,7 @@ fn distributed(
         })
         .collect::<Result<Vec<_>>>()?;
     let servers = Servers { edge: edge.addr, cloud: cloud.addr, cluster: &cluster };
-    let ran = as_device(limit, || run_plans(model, device, problem, plans, &cases, &servers))?;
+    let ran = as_device(board, || run_plans(model, device, problem, plans, &cases, &servers))?;
     println!("{:>4}  {:>12}  {:>12}  {:>7}  route", "plan", "predicted ms", "measured ms", "error");
     let mut errors = Vec::new();
     for (rank, (plan, measured, route)) in plans.iter().zip(&ran.medians).zip(&ran.routes).map(|((p, m), r)| (p, m, r)).enumerate() {
@@ -446,7 +529,7 @@ fn run_plans(
         );
         let mut ran = Ran { medians: Vec::new(), routes: Vec::new(), worst: 0.0, count: 0 };
         println!(
-            "running {} requests on each of the top {} plans: device (this process, its CPU quota, emulated uplinks) -> edge -> cloud",
+            "running {} requests on each of the top {} plans: device (this process, as its board, emulated uplinks) -> edge -> cloud",
             cases.len(),
             plans.len()
         );

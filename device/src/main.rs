@@ -30,6 +30,12 @@ struct Cli {
     /// Log as one JSON object per line on stderr (for a log collector), not text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Play a board N times slower than this machine: every run of a model, benchmark and
+    /// inference alike, is done N times. For trying plans on one host (with `bench` and `run`
+    /// or `serve` given the same N); a CPU quota does the same with root, but stops and starts
+    /// the work at the scheduler's tick.
+    #[arg(long, value_name = "N", global = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    emulate_slower: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +77,9 @@ static HEAP: scission_engine::heap::Counting = scission_engine::heap::Counting;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing_as(cli.verbose, cli.log_json);
+    if let Err(e) = scission_engine::slower::emulate(cli.emulate_slower) {
+        return finish(Err(e.into()));
+    }
     // The device image carries no model zoo: models come as files (or from the cloud).
     finish(match &cli.command {
         #[cfg(feature = "full")]

@@ -1,8 +1,10 @@
 //! Predicted against measured, end to end, with nothing of the program under test between the
 //! tiers (issue 12's acceptance benchmark):
 //!
-//! - the device (`scission-device`, benchmark and inference alike) runs in a Linux cgroup with a
-//!   CPU quota, like a small board; edge and cloud run unlimited as separate server processes;
+//! - the device (`scission-device`, benchmark and inference alike) plays a small board: it does
+//!   each run of a model N times (`--device-slower N`, the binary's `--emulate-slower`), or runs
+//!   in a Linux cgroup with a CPU quota (`--device-cpu PERCENT`, needs root); edge and cloud run
+//!   unlimited as separate server processes;
 //! - every link (device -> edge, device -> cloud, edge -> cloud) is a UDP relay written here, not
 //!   the program's own link emulator: it delays each datagram by the link's latency and queues it
 //!   behind the others at the link's bandwidth, both ways, and drops what a 1500-byte path would;
@@ -14,9 +16,10 @@
 //!
 //! ```text
 //! cargo build --workspace --bins && cargo run -p scission-tests --example prediction
-//! cargo run -p scission-tests --example prediction -- --device-cpu 20 --requests 30 resnet50
+//! cargo run -p scission-tests --example prediction -- --drift 5 --device-slower 10
+//! cargo run -p scission-tests --example prediction -- --device-cpu 30 --requests 30 resnet50
 //! ```
-//! Needs root (a cgroup v1 `cpu` controller under /sys/fs/cgroup/cpu). Prints, per scenario,
+//! The quota needs root (a cgroup v1 `cpu` controller under /sys/fs/cgroup/cpu). Prints, per scenario,
 //! the plan the device ran, and the median and p90 of |measured / predicted - 1| over its
 //! requests after the first (which pays the handshakes).
 
@@ -41,10 +44,14 @@ struct Args {
     /// Zoo model.
     #[arg(default_value = "mobilenet_v2")]
     model: String,
-    /// The device's share of one core, in percent.
-    #[arg(long, default_value_t = 20)]
-    device_cpu: u32,
-    /// The quota's period, in milliseconds. A board does not stop at a period's end; a quota
+    /// The device does each run of a model this many times (`scission-device --emulate-slower`):
+    /// a board that many times slower than this machine, steady from request to request.
+    #[arg(long, default_value_t = 5)]
+    device_slower: u32,
+    /// Play the board with a CPU quota instead: this share of one core, in percent (root).
+    #[arg(long, value_name = "PERCENT")]
+    device_cpu: Option<u32>,
+    /// With --device-cpu, the quota's period, in milliseconds. A board does not stop at a period's end; a quota
     /// does, so the device's times move in steps of up to a period: short periods keep the steps
     /// small. The kernel takes quotas of at least 1 ms.
     #[arg(long, default_value_t = 5)]
@@ -86,11 +93,11 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let model = dir.join(format!("{}.onnx", args.model));
     ok(&run("scission-cloud", &["zoo", "write", &args.model, "--out", s(&model)]))?;
-    let limit = CpuLimit::new(args.device_cpu, args.period_ms)?;
-    println!(
-        "device: {}% of one core (cgroup quota, {} ms period); edge and cloud: one thread each, unlimited",
-        args.device_cpu, args.period_ms
-    );
+    let limit = match args.device_cpu {
+        Some(percent) => Board::Quota(CpuLimit::new(percent, args.period_ms)?),
+        None => Board::Slower(args.device_slower),
+    };
+    println!("device: {}; edge and cloud: one thread each, unlimited", limit.describe());
     let cluster = dir.join("cluster");
     ok(&run("scission-cloud", &["init", "--cluster", s(&cluster)]))?;
     for tier in ["device", "edge", "cloud"] {
@@ -175,7 +182,7 @@ const VERIFY_ROUNDS: usize = 12;
 /// until there are none left. Under a CPU quota a block alone runs at full speed until the
 /// period's budget is spent, so sums of blocks are low and each round may lift new, unmeasured
 /// plans into the top: hence up to [`VERIFY_ROUNDS`] rounds.
-fn verify(profiles: &[PathBuf], links: &[String], model: &Path, limit: &CpuLimit) -> Result<()> {
+fn verify(profiles: &[PathBuf], links: &[String], model: &Path, limit: &Board) -> Result<()> {
     for _ in 0..VERIFY_ROUNDS {
         let mut plan: Vec<&str> = vec!["plan"];
         plan.extend(profiles.iter().map(|p| s(p)));
@@ -392,9 +399,36 @@ impl Pipe {
     }
 }
 
+/// How the device plays a small board.
+enum Board {
+    /// Its processes run inside a CPU quota.
+    Quota(CpuLimit),
+    /// It does each run of a model this many times.
+    Slower(u32),
+}
+
+impl Board {
+    fn describe(&self) -> String {
+        match self {
+            Self::Quota(limit) => format!("{}% of one core (cgroup quota, {} ms period)", limit.percent, limit.period_ms),
+            Self::Slower(n) => format!("one core, each run of the model done {n} times (--emulate-slower {n})"),
+        }
+    }
+
+    /// Runs a binary of the project as the device.
+    fn run<S: AsRef<std::ffi::OsStr>>(&self, binary: &str, args: &[S]) -> Result<Output> {
+        match self {
+            Self::Quota(limit) => limit.run(binary, args),
+            Self::Slower(n) => Ok(Command::new(bin(binary)).arg("--emulate-slower").arg(n.to_string()).args(args).output()?),
+        }
+    }
+}
+
 /// A cgroup v1 CPU quota that the device's processes run in, removed when dropped.
 struct CpuLimit {
     dir: PathBuf,
+    percent: u32,
+    period_ms: u32,
 }
 
 impl CpuLimit {
@@ -406,7 +440,7 @@ impl CpuLimit {
         std::fs::create_dir(&dir)
             .with_context(|| format!("cannot create {} (needs root and a cgroup v1 cpu controller)", dir.display()))?;
         let period_us = period_ms * 1000;
-        let limit = Self { dir };
+        let limit = Self { dir, percent, period_ms };
         let quota_us = period_us / 100 * percent;
         for (file, value) in [("cpu.cfs_period_us", period_us), ("cpu.cfs_quota_us", quota_us)] {
             std::fs::write(limit.dir.join(file), value.to_string())

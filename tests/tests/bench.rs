@@ -85,3 +85,28 @@ fn bad_bench_arguments_are_rejected() {
     assert!(stderr(&r).contains("--min-runs"), "{}", stderr(&r));
     assert!(!out.exists());
 }
+
+#[test]
+fn a_device_playing_a_slower_board_says_so_in_its_profile_and_computes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_model(dir.path(), TestModel::Chain, 32);
+    let slow = bench("scission-device", &path, &dir.path().join("slow.json"), &["--emulate-slower", "3"]);
+    assert!(slow.machine.cpu_model.ends_with("played 3 times slower (each run done 3 times)"), "{}", slow.machine.cpu_model);
+    let native = bench("scission-device", &path, &dir.path().join("native.json"), &[]);
+    assert!(!native.machine.cpu_model.contains("slower"), "{}", native.machine.cpu_model);
+    // The same slice, run as the slower board and as this machine: the same outputs.
+    let mut saved = Vec::new();
+    for (name, extra) in [("native", vec![]), ("slow", vec!["--emulate-slower", "3"])] {
+        let out = dir.path().join(name);
+        let mut args =
+            vec!["run-slice", "--model", path.to_str().unwrap(), "--range", "0,4", "--runs", "2", "--save", out.to_str().unwrap()];
+        args.extend(extra);
+        let r = run("scission-device", &args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        saved.push(std::fs::read(out.join("output-0.npy")).unwrap());
+    }
+    assert_eq!(saved[0], saved[1]);
+    let r = run("scission-device", &["--emulate-slower", "0", "run-slice", "--model", path.to_str().unwrap(), "--range", "0,4"]);
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    assert!(stderr(&r).contains("--emulate-slower"), "{}", stderr(&r));
+}

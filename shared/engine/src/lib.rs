@@ -33,6 +33,7 @@ pub mod npy;
 pub mod pipeline;
 pub mod profile_file;
 pub mod slice;
+pub mod slower;
 #[cfg(feature = "onnx")]
 pub mod summary;
 

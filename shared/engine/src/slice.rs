@@ -74,8 +74,14 @@ impl Slice {
         Ok(types)
     }
 
-    /// Runs the slice once on `inputs` (ordered as `io.inputs`).
+    /// Runs the slice on `inputs` (ordered as `io.inputs`): once, or as many times as this
+    /// process's emulated slowdown says ([`crate::slower`]).
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+        crate::slower::repeated(|| self.run_once(inputs.clone()))
+    }
+
+    /// Runs the slice once on `inputs`, whatever the emulated slowdown.
+    pub fn run_once(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
         Ok(self.plan.run(inputs)?)
     }
 }

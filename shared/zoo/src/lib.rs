@@ -138,9 +138,15 @@ fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> ZooError 
 /// truncated model behind).
 pub fn write(model: &ZooModel, seed: u64, path: &std::path::Path) -> Result<(), ZooError> {
     let (proto, _) = model.build(seed);
-    let bytes = crate::onnx::builder::encode(&proto);
-    let tmp = path.with_extension(format!("onnx.tmp{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(io(|| format!("cannot write {}", tmp.display())))?;
+    write_file(path, &crate::onnx::builder::encode(&proto))
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed over it, so that a crash never
+/// leaves a truncated file behind and another process reading `path` meanwhile sees the old file
+/// or the new one, whole.
+pub fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), ZooError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io(|| format!("cannot write {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io(|| format!("cannot move {} to {}", tmp.display(), path.display())))
 }
 
