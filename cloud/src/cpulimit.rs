@@ -1,8 +1,9 @@
-//! A CPU quota for the threads that play the device in the demo, so that its benchmark and its
-//! inference are both as slow as a small board's: a Linux cgroup (v1 `cpu` controller,
-//! `cpu.cfs_quota_us`) that the calling thread joins; threads it starts afterwards (a tokio
-//! runtime's workers and blocking pool) inherit it. Needs write access to `/sys/fs/cgroup/cpu`
-//! (root, or a delegated group); elsewhere the demo says so and runs the device unlimited.
+//! A CPU quota for the threads that play the device in the demo (`demo --device-cpu`), so that
+//! its benchmark and its inference are both as slow as a small board's: a Linux cgroup (v1 `cpu`
+//! controller, `cpu.cfs_quota_us`) that the calling thread joins; threads it starts afterwards (a
+//! tokio runtime's workers and blocking pool) inherit it. Needs write access to
+//! `/sys/fs/cgroup/cpu` (root, or a delegated group); elsewhere the demo says so and plays the
+//! board by repeating its work instead.
 
 use std::path::{Path, PathBuf};
 

@@ -1,11 +1,11 @@
 //! The built-in demo: a zoo model (MobileNetV2 by default), benchmarked as a small board (one
-//! thread under a CPU quota, see [`crate::cpulimit`], or, where the OS refuses one, doing each
-//! run of the model several times, see [`scission_engine::slower`]) and as a multi-threaded server, planned over
-//! device -> edge -> cloud with emulated link figures; every top plan's split checked against the
-//! unsplit model; then edge and cloud started as separate processes on loopback (mutual TLS from
-//! a throw-away cluster CA) and each top plan run for real from this process as the device
-//! (under the same quota, over emulated uplinks), each result checked against the unsplit model,
-//! with predicted against measured latency per plan.
+//! thread doing each run of the model ten times, see [`scission_engine::slower`], or under a CPU
+//! quota, see [`crate::cpulimit`]) and as a multi-threaded server, planned over device -> edge ->
+//! cloud with emulated link figures; every top plan's split checked against the unsplit model;
+//! then edge and cloud started as separate processes on loopback (mutual TLS from a throw-away
+//! cluster CA) and each top plan run for real from this process as the device (as the same
+//! board, over emulated uplinks), each result checked against the unsplit model, with predicted
+//! against measured latency per plan.
 
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
