@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use scission_cli::{EncodingArg, HostPort};
 use scission_core::policy::PolicyConfig;
+use scission_core::profile::{Profile, TierKind};
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
 use scission_engine::profile_file::read_profile;
 use scission_runtime::device::Planning;
@@ -271,12 +272,33 @@ pub fn planning(split: Option<[usize; 2]>, profile: Option<&Path>, profiles: &[P
         return Ok(Planning::Split { device_end, edge_end });
     }
     if let Some(profile) = profile {
-        read_profile(profile)?;
+        same_board(&read_profile(profile)?, profile)?;
         let profile_json = std::fs::read(profile).with_context(|| format!("cannot read {}", profile.display()))?;
         return Ok(Planning::Cloud { profile_json, links: links.to_vec() });
     }
-    let profiles = profiles.iter().map(|p| read_profile(p)).collect::<Result<Vec<_>, _>>()?;
+    let profiles = profiles
+        .iter()
+        .map(|path| {
+            let profile = read_profile(path)?;
+            same_board(&profile, path)?;
+            Ok(profile)
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Planning::Profiles { profiles, links: links.to_vec() })
+}
+
+/// A device's profile predicts this process's times only if it was benchmarked as the board
+/// this process plays (`--emulate-slower`, 1 at the machine's own speed).
+fn same_board(profile: &Profile, path: &Path) -> Result<()> {
+    let (profiled, here) = (profile.machine.slowdown(), scission_engine::slower::factor());
+    if profile.machine.tier == TierKind::Device && profiled != here {
+        bail!(
+            "{} was benchmarked with --emulate-slower {profiled} and this device runs with --emulate-slower {here}: \
+             its times would be off by {profiled} / {here}; run with --emulate-slower {profiled}, or benchmark again",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Parses `DEVICE_END,EDGE_END`.
@@ -382,7 +404,7 @@ impl Config {
             problems.push(format!("the model {} is missing (copy it, or set fetch_model = true with a [cloud])", self.model.display()));
         }
         for profile in self.planning.profile.iter().chain(&self.planning.profiles) {
-            if let Err(e) = read_profile(profile) {
+            if let Err(e) = read_profile(profile).map_err(anyhow::Error::from).and_then(|p| same_board(&p, profile)) {
                 problems.push(format!("{e:#}"));
             }
         }

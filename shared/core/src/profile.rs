@@ -145,6 +145,17 @@ pub struct MachineFacts {
     pub cores: u32,
     /// Threads the engine used.
     pub threads: u32,
+    /// N when the benchmark played a board N times slower than this machine, doing each run N
+    /// times (`scission-device --emulate-slower N`); absent at the machine's own speed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulated_slowdown: Option<u32>,
+}
+
+impl MachineFacts {
+    /// How many times slower than its machine the profiled board was played (1: not at all).
+    pub fn slowdown(&self) -> u32 {
+        self.emulated_slowdown.unwrap_or(1)
+    }
 }
 
 /// Timing of one block.

@@ -9,18 +9,11 @@ pub fn machine_facts(name: &str, tier: TierKind, threads: usize) -> MachineFacts
         tier,
         arch: std::env::consts::ARCH.to_string(),
         os: std::env::consts::OS.to_string(),
-        cpu_model: emulated(cpu_model().unwrap_or_else(|| "unknown".to_string())),
+        cpu_model: cpu_model().unwrap_or_else(|| "unknown".to_string()),
         cores: available_cores() as u32,
         threads: threads as u32,
-    }
-}
-
-/// `cpu`, said to be played slower where this process emulates a slower machine
-/// ([`crate::slower`]): the profile then says what its figures are of.
-fn emulated(cpu: String) -> String {
-    match crate::slower::factor() {
-        1 => cpu,
-        n => format!("{cpu}, played {n} times slower (each run done {n} times)"),
+        // The profile says what its figures are of when this process plays a slower board.
+        emulated_slowdown: Some(crate::slower::factor()).filter(|&n| n > 1),
     }
 }
 
