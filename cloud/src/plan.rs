@@ -21,7 +21,7 @@ use crate::report;
 #[derive(Clone, Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   scission-cloud plan device.json edge.json cloud.json --network links.csv
-  scission-cloud plan device.json edge.json cloud.json --link device-edge=20mbit,15ms --link edge-cloud=1gbit,10ms --link edge-device=20mbit,15ms --link cloud-device=50mbit,60ms --link device-cloud=50mbit,60ms
+  scission-cloud plan device.json edge.json cloud.json --link device-edge=20mbit,15ms --link edge-cloud=1gbit,10ms --link device-cloud=50mbit,60ms
   scission-cloud plan benchmark_data network_stats.csv vgg19 -d '!-1' -e 10 -c 16   (original Scission files)")]
 pub struct PlanArgs {
     /// Profiles (JSON from `bench`), or the original's BENCHMARK_DIR NETWORK_CSV MODEL.
@@ -31,7 +31,9 @@ pub struct PlanArgs {
     #[arg(long, value_name = "CSV")]
     network: Option<PathBuf>,
     /// What-if link override FROM-TO=BANDWIDTH,LATENCY (machine or tier names), e.g.
-    /// `device-edge=20mbit,15ms`. Repeatable; applied after --network.
+    /// `device-edge=20mbit,15ms`. Repeatable; applied after --network. The reverse direction
+    /// gets the same figures unless it has a link already (from --network or an earlier --link;
+    /// a later --link TO-FROM overrides it), as `demo` and the device's `run --link` do.
     #[arg(long = "link", value_name = "SPEC")]
     links: Vec<String>,
     /// Device criteria, comma-separated: N (Keras layer / block N runs here), !N, -1 (device
@@ -363,7 +365,7 @@ fn add_common_constraints(args: &PlanArgs, problem: &Problem, c: &mut Constraint
 
 fn apply_links(problem: &mut Problem, specs: &[String]) -> Result<()> {
     for text in specs {
-        apply_link_spec(problem, text, false).map_err(|e| anyhow::anyhow!("--link {e}"))?;
+        apply_link_spec(problem, text, true).map_err(|e| anyhow::anyhow!("--link {e}"))?;
     }
     Ok(())
 }

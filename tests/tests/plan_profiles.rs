@@ -166,10 +166,21 @@ fn mismatched_profiles_and_missing_links_are_named() {
     let out = plan(&mixed, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("benchmark the same ONNX file everywhere"), "{}", stderr(&out));
-    let args = ["plan", branched[0].to_str().unwrap(), branched[2].to_str().unwrap(), "--link", "device-cloud=10mbit,10ms"];
-    let out = run("scission-cloud", &args);
+    let two = [branched[0].to_str().unwrap(), branched[2].to_str().unwrap()];
+    let out = run("scission-cloud", &["plan", two[0], two[1]]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no link from 'scission-cloud' to 'scission-device'"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no link from 'scission-device' to 'scission-cloud'"), "{}", stderr(&out));
+    // One direction given: the reverse gets the same figures, unless a later --link gives it.
+    let json = |links: &[&str]| -> serde_json::Value {
+        let mut args = vec!["plan", two[0], two[1], "--json"];
+        args.extend(links);
+        let out = run("scission-cloud", &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let same = json(&["--link", "device-cloud=10mbit,10ms"]);
+    let asymmetric = json(&["--link", "device-cloud=10mbit,10ms", "--link", "cloud-device=1mbit,100ms"]);
+    assert_ne!(same, asymmetric, "the later --link cloud-device changed the plans' costs");
     // The device computes nothing yet may upload nothing: only relaxing one of the two helps.
     let out = plan(&branched, &["-d", "-1", "--device-upload", "0"]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
