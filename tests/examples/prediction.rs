@@ -19,9 +19,9 @@
 //! cargo run -p scission-tests --example prediction -- --drift 5 --device-slower 10
 //! cargo run -p scission-tests --example prediction -- --device-cpu 30 --requests 30 resnet50
 //! ```
-//! The quota needs root (a cgroup v1 `cpu` controller under /sys/fs/cgroup/cpu). Prints, per scenario,
-//! the plan the device ran, and the median and p90 of |measured / predicted - 1| over its
-//! requests after the first (which pays the handshakes).
+//! The quota needs root (a cgroup v1 `cpu` controller under /sys/fs/cgroup/cpu). Prints, per
+//! scenario, the plan the device ran, and the median and p90 of |measured / predicted - 1| over
+//! its requests after the first (which pays the handshakes).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -51,9 +51,9 @@ struct Args {
     /// Play the board with a CPU quota instead: this share of one core, in percent (root).
     #[arg(long, value_name = "PERCENT")]
     device_cpu: Option<u32>,
-    /// With --device-cpu, the quota's period, in milliseconds. A board does not stop at a period's end; a quota
-    /// does, so the device's times move in steps of up to a period: short periods keep the steps
-    /// small. The kernel takes quotas of at least 1 ms.
+    /// With --device-cpu, the quota's period, in milliseconds. A board does not stop at a
+    /// period's end; a quota does, so the device's times move in steps of up to a period: short
+    /// periods keep the steps small. The kernel takes quotas of at least 1 ms.
     #[arg(long, default_value_t = 5)]
     period_ms: u32,
     /// Requests per scenario.
@@ -93,11 +93,11 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let model = dir.join(format!("{}.onnx", args.model));
     ok(&run("scission-cloud", &["zoo", "write", &args.model, "--out", s(&model)]))?;
-    let limit = match args.device_cpu {
+    let board = match args.device_cpu {
         Some(percent) => Board::Quota(CpuLimit::new(percent, args.period_ms)?),
         None => Board::Slower(args.device_slower),
     };
-    println!("device: {}; edge and cloud: one thread each, unlimited", limit.describe());
+    println!("device: {}; edge and cloud: one thread each, unlimited", board.describe());
     let cluster = dir.join("cluster");
     ok(&run("scission-cloud", &["init", "--cluster", s(&cluster)]))?;
     for tier in ["device", "edge", "cloud"] {
@@ -113,7 +113,7 @@ fn main() -> Result<()> {
         // the median to chance.
         let bench =
             ["bench", s(&model), "--out", s(profile), "--name", tier, "--quiet", "--threads", "1", "--ranges", "auto", "--min-runs", "7"];
-        let out = if *tier == "device" { limit.run("scission-device", &bench)? } else { run(&format!("scission-{tier}"), &bench) };
+        let out = if *tier == "device" { board.run("scission-device", &bench)? } else { run(&format!("scission-{tier}"), &bench) };
         ok(&out)?;
     }
     let cloud = start("scission-cloud", &["serve", s(&model), "--cluster", s(&cluster), "--threads", "1"]);
@@ -141,7 +141,7 @@ fn main() -> Result<()> {
                 ["--link".to_string(), format!("{a}-{b}={f}"), "--link".to_string(), format!("{b}-{a}={f}")]
             })
             .collect();
-        verify(&profiles, &links, &model, &limit)?;
+        verify(&profiles, &links, &model, &board)?;
         let report = dir.join(format!("report-{}.json", scenario.name.replace(' ', "-")));
         let mut run_args: Vec<String> = ["run", s(&model), "--cluster", s(&cluster), "--no-check"].map(String::from).to_vec();
         run_args.extend(["--edge".into(), device_edge.addr.to_string(), "--cloud".into(), device_cloud.addr.to_string()]);
@@ -149,7 +149,7 @@ fn main() -> Result<()> {
         run_args.extend(links.iter().cloned());
         run_args.extend(["--requests".into(), args.requests.to_string(), "--report".into(), s(&report).into()]);
         run_args.extend(["--replan-on-drift".into(), args.drift.to_string()]);
-        ok(&limit.run("scission-device", &run_args)?)?;
+        ok(&board.run("scission-device", &run_args)?)?;
         verdicts.push(print_scenario(scenario.name, &report)?);
     }
     let met = verdicts.iter().filter(|v| v.met).count();
@@ -182,7 +182,7 @@ const VERIFY_ROUNDS: usize = 12;
 /// until there are none left. Under a CPU quota a block alone runs at full speed until the
 /// period's budget is spent, so sums of blocks are low and each round may lift new, unmeasured
 /// plans into the top: hence up to [`VERIFY_ROUNDS`] rounds.
-fn verify(profiles: &[PathBuf], links: &[String], model: &Path, limit: &Board) -> Result<()> {
+fn verify(profiles: &[PathBuf], links: &[String], model: &Path, board: &Board) -> Result<()> {
     for _ in 0..VERIFY_ROUNDS {
         let mut plan: Vec<&str> = vec!["plan"];
         plan.extend(profiles.iter().map(|p| s(p)));
@@ -198,7 +198,7 @@ fn verify(profiles: &[PathBuf], links: &[String], model: &Path, limit: &Board) -
         for Verification { line, binary, profile, spans } in commands {
             println!("{line}");
             let bench = ["bench", s(model), "--out", profile, "--add-ranges", spans, "--quiet", "--threads", "1", "--min-runs", "7"];
-            ok(&if binary == "scission-device" { limit.run(binary, &bench)? } else { run(binary, &bench) })?;
+            ok(&if binary == "scission-device" { board.run(binary, &bench)? } else { run(binary, &bench) })?;
         }
     }
     println!("note: after {VERIFY_ROUNDS} rounds the top plans still run unmeasured ranges");
