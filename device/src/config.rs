@@ -288,15 +288,11 @@ pub fn planning(split: Option<[usize; 2]>, profile: Option<&Path>, profiles: &[P
 }
 
 /// A device's profile predicts this process's times only if it was benchmarked as the board
-/// this process plays (`--emulate-slower`, 1 at the machine's own speed).
+/// this process plays (`--emulate-slower`, 1 at the machine's own speed); other tiers' profiles
+/// were made by other processes.
 fn same_board(profile: &Profile, path: &Path) -> Result<()> {
-    let (profiled, here) = (profile.machine.slowdown(), scission_engine::slower::factor());
-    if profile.machine.tier == TierKind::Device && profiled != here {
-        bail!(
-            "{} was benchmarked with --emulate-slower {profiled} and this device runs with --emulate-slower {here}: \
-             its times would be off by {profiled} / {here}; run with --emulate-slower {profiled}, or benchmark again",
-            path.display()
-        );
+    if profile.machine.tier == TierKind::Device {
+        scission_engine::slower::check_same_board(&profile.machine).with_context(|| path.display().to_string())?;
     }
     Ok(())
 }

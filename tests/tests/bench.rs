@@ -98,12 +98,20 @@ fn a_device_playing_a_slower_board_says_so_in_its_profile_and_computes_the_same(
     // Planning with it, a device that plays another board is told so before anything runs.
     let r = run("scission-device", &["run", path.to_str().unwrap(), "--profiles", slow_json.to_str().unwrap(), "--edge", "127.0.0.1:9"]);
     assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
-    assert!(stderr(&r).contains("was benchmarked with --emulate-slower 3 and this device runs with --emulate-slower 1"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("slow.json: benchmarked with --emulate-slower 3, and this process runs with --emulate-slower 1"),
+        "{}",
+        stderr(&r)
+    );
     // Nor can the verification pass add ranges timed at another speed to it.
     let r =
         run("scission-device", &["bench", path.to_str().unwrap(), "--out", slow_json.to_str().unwrap(), "--add-ranges", "0-1", "--quiet"]);
     assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
-    assert!(stderr(&r).contains("was benchmarked with --emulate-slower 3, and this process runs with 1"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("slow.json: benchmarked with --emulate-slower 3, and this process runs with --emulate-slower 1"),
+        "{}",
+        stderr(&r)
+    );
     // The same slice, run as the slower board and as this machine: the same outputs.
     let mut saved = Vec::new();
     for (name, extra) in [("native", vec![]), ("slow", vec!["--emulate-slower", "3"])] {

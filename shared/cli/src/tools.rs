@@ -214,14 +214,7 @@ fn add_ranges(args: &BenchArgs, model: &Model, options: &BenchOptions, bar: &Ben
     if profile.max_crossing != options.max_crossing {
         bail!("{} was benchmarked with --max-crossing {}; give the same", args.out.display(), profile.max_crossing);
     }
-    let slowdown = scission_engine::slower::factor();
-    if profile.machine.slowdown() != slowdown {
-        bail!(
-            "{} was benchmarked with --emulate-slower {}, and this process runs with {slowdown}; give the same",
-            args.out.display(),
-            profile.machine.slowdown()
-        );
-    }
+    scission_engine::slower::check_same_board(&profile.machine).with_context(|| args.out.display().to_string())?;
     let n = profile.blocks.len();
     let spans = args.add_ranges.iter().map(|text| parse_span(text, n)).collect::<Result<Vec<_>>>()?;
     // The ranges run with the threads the blocks ran with (at most this machine's cores),

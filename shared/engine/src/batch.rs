@@ -104,7 +104,7 @@ impl BatchedSlice {
             let items = requests.iter().map(|r| checked(&r[ix], shape)).collect::<Result<Vec<_>>>()?;
             stacked.push(Tensor::stack_tensors(0, &items)?.into_tvalue());
         }
-        let outputs = crate::slower::repeated(|| self.plan.run(stacked.clone()))?;
+        let outputs = crate::slower::repeated(stacked, |stacked| self.plan.run(stacked))?;
         let mut answers: Vec<TVec<TValue>> = vec![TVec::new(); requests.len()];
         for output in &outputs {
             for (r, answer) in answers.iter_mut().enumerate() {

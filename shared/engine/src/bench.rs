@@ -182,8 +182,8 @@ fn profile_whole(
         bar.begin(&format!("unsplit model, node by node: run {run}"));
         let mut times = BlockTimes::new(blocks.len());
         // A slower machine (emulated) does the whole run again: its node times add up.
-        crate::slower::repeated(|| {
-            state.run_plan_with_eval(inputs.clone(), |context, op_state, node, node_inputs| {
+        crate::slower::repeated(inputs.clone(), |inputs| {
+            state.run_plan_with_eval(inputs, |context, op_state, node, node_inputs| {
                 let t0 = std::time::Instant::now();
                 let outputs = tract_onnx::tract_core::plan::eval(context, op_state, node, node_inputs);
                 let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -273,8 +273,8 @@ fn time_each_block(model: &Model, options: &BenchOptions, blocks: &[Block], inpu
 
 fn time_whole(model: &Model, budget: Budget, inputs: &TVec<TValue>) -> Result<Summary> {
     let mut state = model.whole()?.spawn()?;
-    let samples =
-        measure(budget, || crate::slower::repeated(|| state.run(inputs.clone())).map(drop)).context("running the unsplit model")?;
+    let samples = measure(budget, || crate::slower::repeated(inputs.clone(), |inputs| state.run(inputs)).map(drop))
+        .context("running the unsplit model")?;
     Summary::of(&samples).context("the budget allowed no timed run")
 }
 
@@ -423,7 +423,7 @@ fn time_block(model: &Model, budget: Budget, block: Block, live: &crate::pipelin
         measure(budget, || {
             // A tier holds one run's outputs at a time: the last run's go before the next.
             drop(std::mem::take(&mut outputs));
-            outputs = crate::slower::repeated(|| state.run(inputs.clone()))?;
+            outputs = crate::slower::repeated(inputs.clone(), |inputs| state.run(inputs))?;
             Ok::<_, crate::error::EngineError>(())
         })
     });

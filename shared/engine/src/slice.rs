@@ -77,7 +77,7 @@ impl Slice {
     /// Runs the slice on `inputs` (ordered as `io.inputs`): once, or as many times as this
     /// process's emulated slowdown says ([`crate::slower`]).
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        crate::slower::repeated(|| self.run_once(inputs.clone()))
+        crate::slower::repeated(inputs, |inputs| self.run_once(inputs))
     }
 
     /// Runs the slice once on `inputs`, whatever the emulated slowdown.

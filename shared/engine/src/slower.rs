@@ -34,17 +34,33 @@ pub fn factor() -> u32 {
     FACTOR.load(Ordering::Relaxed)
 }
 
-/// Runs `work` [`factor`] times and returns the last run's result (the first error stops it).
-pub(crate) fn repeated<T, E>(work: impl FnMut() -> Result<T, E>) -> Result<T, E> {
-    repeat(factor(), work)
+/// Checks that a profile of `machine` was benchmarked as the board this process plays (the same
+/// factor): otherwise its times would be off by the ratio of the two.
+pub fn check_same_board(machine: &scission_core::profile::MachineFacts) -> Result<()> {
+    let (profiled, here) = (machine.slowdown(), factor());
+    if profiled != here {
+        bail!(
+            "benchmarked with --emulate-slower {profiled}, and this process runs with --emulate-slower {here}: \
+             its times would be off by {profiled} / {here}; give the same, or benchmark again"
+        );
+    }
+    Ok(())
 }
 
-/// Runs `work` `times` times (at least once) and returns the last run's result.
-fn repeat<T, E>(times: u32, mut work: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+/// Runs `work` on `input` [`factor`] times and returns the last run's result (the first error
+/// stops it). The earlier runs get clones; the last gets `input` itself, so at this machine's
+/// speed nothing is cloned and the engine may reuse the input's buffers, as it would unslowed.
+pub(crate) fn repeated<I: Clone, T, E>(input: I, work: impl FnMut(I) -> Result<T, E>) -> Result<T, E> {
+    repeat(factor(), input, work)
+}
+
+/// Runs `work` `times` times (at least once) on `input`, the last time on `input` itself, and
+/// returns the last run's result.
+fn repeat<I: Clone, T, E>(times: u32, input: I, mut work: impl FnMut(I) -> Result<T, E>) -> Result<T, E> {
     for _ in 1..times {
-        drop(work()?);
+        drop(work(input.clone())?);
     }
-    work()
+    work(input)
 }
 
 #[cfg(test)]
@@ -57,18 +73,21 @@ mod tests {
         assert!(emulate(0).is_err());
         assert!(emulate(MAX_FACTOR + 1).is_err());
         assert_eq!(factor(), 1, "a refused factor changes nothing");
-        let mut runs = 0;
-        let last = repeat(3, || {
-            runs += 1;
-            Ok::<_, ()>(runs)
+        // Each run sees how many hold the input: the earlier runs a clone, the last the input
+        // alone.
+        let mut holders = Vec::new();
+        let last = repeat(3, std::rc::Rc::new(7), |input| {
+            holders.push(std::rc::Rc::strong_count(&input));
+            Ok::<_, ()>(holders.len())
         });
-        assert_eq!((runs, last), (3, Ok(3)));
+        assert_eq!((holders, last), (vec![2, 2, 1], Ok(3)));
         let mut left = 2;
-        let failed = repeat(3, || {
+        let failed = repeat(3, (), |()| {
             left -= 1;
             if left == 0 { Err("second run") } else { Ok(()) }
         });
         assert_eq!(failed, Err("second run"));
-        assert_eq!(repeat(0, || Ok::<_, ()>(7)), Ok(7), "work runs at least once");
+        let once = repeat(0, std::rc::Rc::new(7), |input| Ok::<_, ()>(std::rc::Rc::strong_count(&input)));
+        assert_eq!(once, Ok(1), "work runs at least once, on the input itself");
     }
 }
