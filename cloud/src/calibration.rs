@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use scission_core::policy::pricing;
-use scission_core::policy::{ObservedCosts, plan_route};
+use scission_core::policy::{ObservedCosts, charged_compute, plan_route};
 use scission_core::profile::BlockProfile;
 use scission_core::solver::{Plan, Problem};
 use scission_core::wire::message::Stage;
@@ -32,6 +32,11 @@ pub struct MeasuredRequest {
     stages: Vec<MeasuredStage>,
     /// One per stage, in route order.
     compute_ms: Vec<f64>,
+    /// End to end.
+    measured_ms: f64,
+    /// Of that, the device's one-off making its slice ready (reports of older devices have none).
+    #[serde(default)]
+    setup_ms: f64,
     /// One per hop, in route order (reports of older devices have none).
     #[serde(default)]
     hops: Vec<MeasuredHop>,
@@ -56,7 +61,7 @@ pub struct MeasuredPlan {
     pub measured_median_ms: Option<f64>,
 }
 
-#[derive(Deserialize, PartialEq, Eq, Clone, Copy, Debug)]
+#[derive(Deserialize, PartialEq, Eq, Hash, Clone, Copy, Debug)]
 struct MeasuredStage {
     tier: u8,
     start: u32,
@@ -81,7 +86,9 @@ pub fn read(path: &Path) -> Result<Run> {
     if let Some(bad) = report.plans.iter().find(|p| p.measured_median_ms.is_some_and(|ms| !(ms.is_finite() && ms >= 0.0))) {
         bail!("{}: plan {} has a measured latency of {:?} ms", path.display(), bad.route, bad.measured_median_ms);
     }
-    let figures = |r: &MeasuredRequest| r.compute_ms.iter().copied().chain(r.hops.iter().map(|h| h.ms)).collect::<Vec<f64>>();
+    let figures = |r: &MeasuredRequest| {
+        r.compute_ms.iter().copied().chain(r.hops.iter().map(|h| h.ms)).chain([r.measured_ms, r.setup_ms]).collect::<Vec<f64>>()
+    };
     if let Some((i, _)) = report.requests.iter().enumerate().find(|(_, r)| figures(r).iter().any(|&ms| nanos(ms).is_none())) {
         bail!("{}: request {i} has a time that is negative, not a number or above an hour", path.display());
     }
@@ -94,15 +101,20 @@ fn nanos(ms: f64) -> Option<u64> {
 }
 
 /// The run's requests as the device's planner would have taken them in: each stage's compute
-/// time, and each hop's residual over `problem`'s link figures. Requests whose stages do not
-/// fall on the profile's blocks, or whose figures do not pair up, are left out.
+/// time (see [`charged_compute`]), and each hop's residual over `problem`'s link figures. Each
+/// route's first request is left out, and so are requests whose stages do not fall on the
+/// profile's blocks or whose figures do not pair up.
 pub fn observed(problem: &Problem, blocks: &[BlockProfile], requests: &[MeasuredRequest]) -> ObservedCosts {
     let mut observed = ObservedCosts::default();
-    for r in requests.iter().filter(|r| r.stages.len() == r.compute_ms.len()) {
+    let mut answered = std::collections::HashSet::new();
+    // Each route's first request is left out, as the device's planner leaves it out.
+    let later = requests.iter().filter(|r| !answered.insert(r.stages.as_slice()));
+    for r in later.filter(|r| r.stages.len() == r.compute_ms.len()) {
         let stages: Vec<Stage> = r.stages.iter().map(|s| Stage { tier: s.tier, machine: 0, start: s.start, end: s.end }).collect();
+        let total_ns = nanos(r.measured_ms - r.setup_ms).unwrap_or(0);
         for (stage, &ms) in stages.iter().zip(&r.compute_ms) {
             if let Some(ns) = nanos(ms) {
-                observed.record(stage.tier, stage.block(), ns);
+                observed.record(stage.tier, stage.block(), charged_compute(total_ns, &stages, ns));
             }
         }
         let hops: Option<Vec<((u8, u8), u64)>> = r.hops.iter().map(|h| Some(((h.from, h.to), nanos(h.ms)?))).collect();
@@ -191,7 +203,7 @@ mod tests {
     fn a_request_with_an_absurd_time_is_refused_by_number() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.json");
-        let request = |ms: f64| serde_json::json!({"stages": [{"tier": 2, "start": 0, "end": 4}], "compute_ms": [ms], "hops": []});
+        let request = |ms: f64| serde_json::json!({"stages": [{"tier": 2, "start": 0, "end": 4}], "compute_ms": [ms], "measured_ms": 5.0, "hops": []});
         let report = |ms: f64| serde_json::json!({"format": "scission-run-report", "version": 1, "plans": [], "requests": [request(1.0), request(ms)]});
         std::fs::write(&path, serde_json::to_vec(&report(2.0)).unwrap()).unwrap();
         assert_eq!(read(&path).unwrap().requests.len(), 2);

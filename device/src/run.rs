@@ -261,6 +261,7 @@ fn report(requests: &[device::Measured], routes: &[device::RouteFigures]) -> ser
             "stages": stages(&r.route),
             "predicted_ms": r.predicted_ns.map(ms),
             "measured_ms": ms(r.total_ns),
+            "setup_ms": ms(r.setup_ns),
             "compute_ms": r.compute_ns.iter().map(|&ns| ms(ns)).collect::<Vec<_>>(),
             "transfer_and_overhead_ms": ms(r.transfer_ns()),
             "hops": r.hops_ns.iter().map(|((from, to), ns)| serde_json::json!({ "from": from, "to": to, "ms": ms(*ns) })).collect::<Vec<_>>(),

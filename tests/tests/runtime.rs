@@ -255,7 +255,11 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
         assert!(r["predicted_ms"].as_f64().unwrap() > 0.0, "{r}");
         assert!(compute > 0.0 && compute <= measured, "compute {compute} ms within {measured} ms: {r}");
         assert!((r["transfer_and_overhead_ms"].as_f64().unwrap() - (measured - compute)).abs() < 1e-3, "{r}");
+        let setup = r["setup_ms"].as_f64().unwrap();
+        assert!((0.0..=measured - compute + 1e-3).contains(&setup), "the device's setup is within what its stages did not compute: {r}");
     }
+    // The switch to the device alone built the device's slice: that request says so.
+    assert!(requests.iter().any(|r| r["setup_ms"].as_f64().unwrap() > 0.0), "{requests:?}");
     let plans = report["plans"].as_array().unwrap();
     assert!(plans.len() >= 2, "the plan before and after the switch: {plans:?}");
     assert_eq!(plans.iter().map(|p| p["requests"].as_u64().unwrap()).sum::<u64>(), 16);

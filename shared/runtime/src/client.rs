@@ -31,8 +31,19 @@ pub struct Outcome {
     pub timings: Vec<StageTiming>,
     /// Wall time of the whole request.
     pub total_ns: u64,
+    /// Of `total_ns`, what the device spent making its own stage's slice ready (building or
+    /// loading it on first use; 0 once it is cached): a one-off, neither compute nor a hop.
+    pub setup_ns: u64,
     /// Bytes sent to the first remote tier, and received back from it.
     pub bytes: (u64, u64),
+}
+
+impl Outcome {
+    /// The request's time without the device's one-off setup: what the route costs once its
+    /// slices are ready, which the hops and the running estimates are made of.
+    pub fn steady_ns(&self) -> u64 {
+        self.total_ns.saturating_sub(self.setup_ns)
+    }
 }
 
 /// Why a request did not complete. `tier` is the failing server's
@@ -248,12 +259,21 @@ impl DeviceClient {
         let mut live = graph_inputs(self.node.graph(), inputs).map_err(crate::error::RuntimeError::from)?;
         let mut timings = Vec::new();
         let mut rest = route;
+        let mut setup_ns = 0;
         if let Some(first) = route.first().filter(|s| s.tier == self.node.tier) {
             let node = self.node.clone();
             let block = Block { start: first.start as usize, end: first.end as usize };
-            let (after, ns) =
-                tokio::task::spawn_blocking(move || node.run_stage(block, live)).await.map_err(crate::error::RuntimeError::from)??;
+            let (after, ns, setup) = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
+                let preparing = Instant::now();
+                node.slice(block)?;
+                let setup = u64::try_from(preparing.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let (after, ns) = node.run_stage(block, live)?;
+                Ok((after, ns, setup))
+            })
+            .await
+            .map_err(crate::error::RuntimeError::from)??;
             live = after;
+            setup_ns = setup;
             timings.push(StageTiming { tier: self.node.tier, machine: 0, compute_ns: ns, held_ns: 0 });
             rest = &route[1..];
         }
@@ -268,7 +288,7 @@ impl DeviceClient {
             }
         };
         let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Ok(Outcome { outputs, timings, total_ns, bytes })
+        Ok(Outcome { outputs, timings, total_ns, setup_ns, bytes })
     }
 
     /// The deadline a request carries: a tenth less than this client waits, so a tier that

@@ -82,11 +82,14 @@ pub struct Measured {
     pub predicted_ns: Option<u64>,
     /// End to end, as the device measured it.
     pub total_ns: u64,
+    /// Of `total_ns`, the device's one-off making its slice ready (see
+    /// [`Outcome::setup_ns`](crate::client::Outcome::setup_ns)).
+    pub setup_ns: u64,
     /// Compute time of each stage of the route, as the machine that ran it measured it.
     pub compute_ns: Vec<u64>,
     /// Each hop's time, `((from tier, to tier), ns)` in route order, from the tiers' hold times
-    /// (see [`measured_hops`](scission_core::policy::measured_hops)); with the compute, they
-    /// add up to `total_ns`. Empty when a tier sent no timing.
+    /// (see [`measured_hops`](scission_core::policy::measured_hops)); with the compute and the
+    /// setup, they add up to `total_ns`. Empty when a tier sent no timing.
     pub hops_ns: Vec<((u8, u8), u64)>,
 }
 
@@ -203,6 +206,7 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                         route: answer.route.stages.clone(),
                         predicted_ns: answer.route.predicted_ns,
                         total_ns: answer.total_ns,
+                        setup_ns: answer.setup_ns,
                         compute_ns: answer.timings.iter().map(|t| t.compute_ns).collect(),
                         hops_ns: answer.hops.clone(),
                     });
@@ -285,6 +289,7 @@ mod tests {
             route: stages,
             predicted_ns: Some(predicted_ms * 1_000_000),
             total_ns: total_ms * 1_000_000,
+            setup_ns: 0,
             compute_ns: vec![1_000_000],
             hops_ns: Vec::new(),
         }

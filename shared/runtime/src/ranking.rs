@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::error::{Context, Result, bail, error as invalid};
 use scission_core::link::{Encoding, Link};
 use scission_core::policy::pricing::{self, block_span};
-use scission_core::policy::{ObservedCosts, Route, plan_route, split_route};
+use scission_core::policy::{ObservedCosts, Route, charged_compute, plan_route, split_route};
 use scission_core::profile::{BlockProfile, Profile, RangeProfile};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem};
@@ -91,6 +91,8 @@ enum PlannerKind {
 /// What an answered request tells the planner.
 #[derive(Clone, Debug)]
 pub(crate) struct Answered {
+    /// The device's end to end time.
+    pub(crate) total_ns: u64,
     /// One per tier of the route, in route order.
     pub(crate) timings: Vec<StageTiming>,
     /// Each hop's time, in route order (see
@@ -162,19 +164,21 @@ impl Planner {
         !matches!(self.kind, PlannerKind::Fixed(_))
     }
 
-    /// Takes in what an answered request cost: each stage's compute and each hop's time beyond
+    /// Takes in what an answered request cost: each stage's compute (see
+    /// [`charged_compute`]) and each hop's time beyond
     /// what its link figures predict (from the tiers' hold times). From the next ranking on,
     /// the local solver prices every stage and hop by these running estimates, in place of the
     /// profiles' and links' figures; the cloud's planner is sent the device's own prefixes and
     /// uplinks so priced (it knows its servers itself). A fixed split keeps its route.
     pub(crate) fn observe(&mut self, route: &Route, answered: &Answered) {
-        let Answered { timings, hops, bytes } = answered;
+        let Answered { total_ns, timings, hops, bytes } = answered;
+        let charged = |compute_ns: u64| charged_compute(*total_ns, &route.stages, compute_ns);
         match &mut self.kind {
             PlannerKind::Fixed(_) => {}
             PlannerKind::Local { problem, blocks, observed, .. } => {
                 for stage in &route.stages {
                     if let Some(t) = timings.iter().find(|t| t.tier == stage.tier) {
-                        observed.record(stage.tier, stage.block(), t.compute_ns);
+                        observed.record(stage.tier, stage.block(), charged(t.compute_ns));
                     }
                 }
                 for (hop, residual) in pricing::hop_residuals(problem, blocks, &route.stages, hops).unwrap_or_default() {
@@ -184,7 +188,7 @@ impl Planner {
             PlannerKind::Cloud { observed, asked, .. } => {
                 let device = route.stages.first().filter(|s| s.tier == 0);
                 if let (Some(stage), Some(t)) = (device, timings.iter().find(|t| t.tier == 0)) {
-                    observed.record(0, stage.block(), t.compute_ns);
+                    observed.record(0, stage.block(), charged(t.compute_ns));
                 }
                 if let Some(&((0, tier), ns)) = hops.first()
                     && let Some(link) = asked.get(&tier)

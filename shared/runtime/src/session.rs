@@ -185,6 +185,9 @@ pub struct Answer {
     pub rank: usize,
     /// End-to-end time of the successful try.
     pub total_ns: u64,
+    /// Of `total_ns`, the device's one-off making its slice ready (see
+    /// [`Outcome::setup_ns`](crate::client::Outcome::setup_ns)).
+    pub setup_ns: u64,
     /// Served by the local fallback because no planned route was usable.
     pub degraded: bool,
     /// Bytes sent to the first remote tier and received back.
@@ -507,9 +510,15 @@ struct Driver {
     /// Why no planned route fits the device's memory, when none does.
     memory_refusal: Option<String>,
     last_cause: SwitchCause,
+    /// Routes that have answered at least once (see [`Driver::observe`]); forgotten all at
+    /// once past [`ROUTES_REMEMBERED`].
+    answered_routes: HashSet<Vec<Stage>>,
     next_id: u64,
     started: Instant,
 }
+
+/// Routes a session remembers having answered on.
+const ROUTES_REMEMBERED: usize = 1024;
 
 impl Driver {
     fn new(config: &SessionConfig, client: Arc<DeviceClient>, planner: Planner, rules: RouteRules, observer: Option<Observer>) -> Self {
@@ -530,6 +539,7 @@ impl Driver {
             no_plan: None,
             memory_refusal: None,
             last_cause: SwitchCause::FirstPlan,
+            answered_routes: HashSet::new(),
             next_id: 0,
             started: Instant::now(),
         }
@@ -798,7 +808,7 @@ impl Driver {
             return;
         };
         self.no_plan = None;
-        let hops = scission_core::policy::measured_hops(outcome.total_ns, &route.stages, &outcome.timings).unwrap_or_default();
+        let hops = scission_core::policy::measured_hops(outcome.steady_ns(), &route.stages, &outcome.timings).unwrap_or_default();
         self.observe(&route, &outcome, &hops);
         let degraded = self.is_fallback(&route);
         self.emit(DeviceEvent::Completed {
@@ -819,6 +829,7 @@ impl Driver {
             route,
             rank,
             total_ns: elapsed_ns,
+            setup_ns: outcome.setup_ns,
             degraded,
             bytes: outcome.bytes,
             hops,
@@ -827,14 +838,26 @@ impl Driver {
     }
 
     /// Hands what a request's stages cost to the planner: its running estimates (see
-    /// [`ObservedCosts`](scission_core::policy::ObservedCosts)) price the next ranking.
-    fn observe(&self, route: &Route, outcome: &Outcome, hops: &[((u8, u8), u64)]) {
-        if !self.planner_observes {
+    /// [`ObservedCosts`](scission_core::policy::ObservedCosts)) price the next ranking. A
+    /// route's first answer is left out, as the run's per-plan figures leave it out: it pays
+    /// the handshakes and the first runs of fresh slices, which the route's later requests do
+    /// not.
+    fn observe(&mut self, route: &Route, outcome: &Outcome, hops: &[((u8, u8), u64)]) {
+        if !self.planner_observes || self.first_answer_on(route) {
             return;
         }
-        let answered = Answered { timings: outcome.timings.clone(), hops: hops.to_vec(), bytes: outcome.bytes };
+        let answered =
+            Answered { total_ns: outcome.steady_ns(), timings: outcome.timings.clone(), hops: hops.to_vec(), bytes: outcome.bytes };
         let (planner, route) = (self.planner.clone(), route.clone());
         tokio::spawn(async move { planner.lock().await.observe(&route, &answered) });
+    }
+
+    /// Whether `route` answers for the first time (as far as this session remembers).
+    fn first_answer_on(&mut self, route: &Route) -> bool {
+        if self.answered_routes.len() >= ROUTES_REMEMBERED {
+            self.answered_routes.clear();
+        }
+        self.answered_routes.insert(route.stages.clone())
     }
 
     fn fail(&mut self, request: u64, error: InferError) {

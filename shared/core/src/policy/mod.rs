@@ -31,7 +31,7 @@ use alloc::vec::Vec;
 use embassy_time::{Duration, Instant};
 
 pub use estimate::{Probe, estimate_link};
-pub use observed::{ObservedCosts, TierHop, measured_hops};
+pub use observed::{ObservedCosts, TierHop, charged_compute, measured_hops};
 pub use routes::{BadSplit, describe_route, plan_route, split_route};
 
 use crate::link::Link;

@@ -128,6 +128,18 @@ impl ObservedCosts {
     }
 }
 
+/// The compute time a stage of an answered route is charged with in the running estimates:
+/// its own `compute_ns`, except on a route the device runs alone, which is charged the whole
+/// end to end `total_ns`. A route with hops carries the device's own handling of a request
+/// (making its inputs, taking its outputs) in its first hop ([`measured_hops`]); a route with
+/// none would otherwise price that handling nowhere, and predict short.
+pub fn charged_compute(total_ns: u64, stages: &[Stage], compute_ns: u64) -> u64 {
+    match stages {
+        [only] if only.tier == super::DEVICE_TIER => total_ns.max(compute_ns),
+        _ => compute_ns,
+    }
+}
+
 /// What each hop of an answered route took, measured: `(hop, nanoseconds)` in route order,
 /// the first hop from the device. `total_ns` is the device's end to end time, `stages` the
 /// route (the device's own stage, if any, first) and `timings` what the tiers reported.
@@ -254,5 +266,16 @@ mod tests {
         assert_eq!(measured_hops(100, &stages, &[timing(0, 10, 0)]), None, "the edge sent no timing");
         let lying = measured_hops(100, &stages, &[timing(0, 10, 0), timing(1, u64::MAX, u64::MAX)]).unwrap();
         assert_eq!(lying, [((0, 1), 0)]);
+    }
+
+    #[test]
+    fn a_route_the_device_runs_alone_is_charged_its_whole_time_and_others_their_compute() {
+        // Device alone: 10 of the 12 computed, 2 its own handling of the request, priced nowhere else.
+        assert_eq!(charged_compute(12, &[stage(0, 0, 12)], 10), 12);
+        assert_eq!(charged_compute(5, &[stage(0, 0, 12)], 10), 10, "never below its compute");
+        // With hops, the handling is in the first hop: each stage keeps its compute.
+        let split = [stage(0, 0, 4), stage(2, 4, 12)];
+        assert_eq!(charged_compute(100, &split, 10), 10);
+        assert_eq!(charged_compute(100, &[stage(2, 0, 12)], 60), 60);
     }
 }
