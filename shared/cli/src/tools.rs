@@ -199,11 +199,13 @@ const LOOPBACK_RUNS: usize = 9;
 /// What a message costs this machine beyond the link (`scission_net::loopback`), for the
 /// profile; a failure leaves it out, logged.
 pub fn measure_messages() -> Option<MessageCost> {
+    let started = std::time::Instant::now();
     let measured = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting a runtime for the loopback hops")
         .and_then(|rt| Ok(rt.block_on(scission_net::loopback::message_cost(LOOPBACK_RUNS))?));
+    tracing::info!("message cost measured in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
     measured.inspect_err(|e| tracing::warn!("the message cost was not measured: {e:#}")).ok()
 }
 

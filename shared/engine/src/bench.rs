@@ -173,7 +173,10 @@ fn profile_whole(
     bar: &dyn Progress,
 ) -> Result<(Summary, Vec<Summary>)> {
     bar.begin("unsplit model: optimising");
+    let optimising = std::time::Instant::now();
     let plan = model.whole()?;
+    tracing::info!("{}: unsplit model optimised in {:.1} ms", model.name, optimising.elapsed().as_secs_f64() * 1e3);
+    let timing = std::time::Instant::now();
     let owners = block_owners(model, plan.model(), blocks);
     let mut state = plan.spawn()?;
     let mut run = 0u32;
@@ -194,6 +197,12 @@ fn profile_whole(
         Ok(times)
     })
     .context("running the unsplit model, node by node")?;
+    tracing::info!(
+        "{}: {} timed run(s) and the warm-up in {:.1} ms",
+        model.name,
+        runs.len(),
+        timing.elapsed().as_secs_f64() * 1e3
+    );
     let whole: Vec<u64> = runs.iter().map(|(ns, _)| *ns).collect();
     let whole_model = Summary::of(&whole).context("the budget allowed no timed run")?;
     let (unattributed, total) =

@@ -31,6 +31,7 @@ impl Model {
     /// Loads an ONNX file. External data is resolved next to the file.
     pub fn load_path(path: &Path, options: &LoadOptions) -> Result<Self> {
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let started = std::time::Instant::now();
         // Hashed in a stream (the file is not held twice) on a thread of its own while tract
         // parses it: the hash costs a tenth of the load, and most boards have a second core.
         let (sha256, inference) = std::thread::scope(|scope| {
@@ -40,7 +41,10 @@ impl Model {
         });
         let sha256 = sha256.map_err(|_| crate::error::EngineError::Invalid(format!("hashing {} failed", path.display())))??;
         let inference = inference.with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
-        Self::from_inference(name, sha256, inference, options)
+        tracing::debug!("{name}: parsed and hashed in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+        let model = Self::from_inference(name, sha256, inference, options)?;
+        tracing::info!("{}: loaded in {:.1} ms", model.name, started.elapsed().as_secs_f64() * 1e3);
+        Ok(model)
     }
 
     /// Loads ONNX bytes held in memory (models without external data).
