@@ -197,12 +197,7 @@ fn profile_whole(
         Ok(times)
     })
     .context("running the unsplit model, node by node")?;
-    tracing::info!(
-        "{}: {} timed run(s) and the warm-up in {:.1} ms",
-        model.name,
-        runs.len(),
-        timing.elapsed().as_secs_f64() * 1e3
-    );
+    tracing::info!("{}: {} timed run(s) and the warm-up in {:.1} ms", model.name, runs.len(), timing.elapsed().as_secs_f64() * 1e3);
     let whole: Vec<u64> = runs.iter().map(|(ns, _)| *ns).collect();
     let whole_model = Summary::of(&whole).context("the budget allowed no timed run")?;
     let (unattributed, total) =
