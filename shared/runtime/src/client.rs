@@ -264,9 +264,13 @@ impl DeviceClient {
             let node = self.node.clone();
             let block = Block { start: first.start as usize, end: first.end as usize };
             let (after, ns, setup) = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
-                let preparing = Instant::now();
-                node.slice(block)?;
-                let setup = u64::try_from(preparing.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let setup = if node.is_built(block) {
+                    0
+                } else {
+                    let preparing = Instant::now();
+                    node.slice(block)?;
+                    u64::try_from(preparing.elapsed().as_nanos()).unwrap_or(u64::MAX)
+                };
                 let (after, ns) = node.run_stage(block, live)?;
                 Ok((after, ns, setup))
             })

@@ -1,6 +1,7 @@
 //! A node of the cluster: the model it serves slices of (the whole model, or only slice
 //! artifacts), its tier, and a bounded cache of built slices.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Context, Result, bail};
@@ -86,6 +87,11 @@ impl<V: Clone, K: PartialEq> RecentlyUsed<V, K> {
         Some(value)
     }
 
+    /// Whether `block` has a value (its place in the order unchanged).
+    pub(crate) fn contains(&self, block: &K) -> bool {
+        self.entries.iter().any(|(b, _)| b == block)
+    }
+
     /// Adds `value` for `block`, first dropping the least recently used entries while
     /// `too_full(entries)` says there is no room.
     pub(crate) fn insert(&mut self, block: K, value: V, too_full: impl Fn(&[(K, V)]) -> bool) {
@@ -101,6 +107,10 @@ impl<V: Clone, K: PartialEq> RecentlyUsed<V, K> {
 struct SliceCache {
     recent: RecentlyUsed<Arc<Slice>>,
     capacity: usize,
+    /// Ranges being built now, each behind a gate that whoever else wants it waits at: a
+    /// range is built once however many ask for it at once (a request, and the session
+    /// preparing the slice its new plan needs).
+    building: HashMap<Block, Arc<Mutex<()>>>,
 }
 
 impl Node {
@@ -108,7 +118,7 @@ impl Node {
     pub fn new(source: impl Into<Slices>, tier: u8, threads: usize) -> Result<Self> {
         let source = source.into();
         let sha256 = scission_core::profile::parse_sha256(&source.graph().sha256)?;
-        let slices = Mutex::new(SliceCache { recent: RecentlyUsed::new(), capacity: MAX_CACHED_SLICES });
+        let slices = Mutex::new(SliceCache { recent: RecentlyUsed::new(), capacity: MAX_CACHED_SLICES, building: HashMap::new() });
         Ok(Self {
             sha256,
             tier,
@@ -163,18 +173,37 @@ impl Node {
     /// The slice for `block`, built (or loaded from its artifact) on first use.
     pub fn slice(&self, block: Block) -> Result<Arc<Slice>> {
         self.check_range(block)?;
-        if let Some(s) = self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?.recent.get(block) {
+        if let Some(s) = self.cache()?.recent.get(block) {
             return Ok(s);
         }
-        let slice = Arc::new(match &self.source {
+        let gate = self.cache()?.building.entry(block).or_default().clone();
+        // The gate guards nothing but the build itself: a poisoned one is as good.
+        let _building = gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Whoever held the gate before may have built it.
+        if let Some(s) = self.cache()?.recent.get(block) {
+            return Ok(s);
+        }
+        let built = match &self.source {
             #[cfg(feature = "onnx")]
-            Slices::Whole(model) => Slice::build(model, block)?,
-            Slices::Artifacts(dir) => dir.load(block)?,
-        });
-        let mut cache = self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))?;
+            Slices::Whole(model) => Slice::build(model, block),
+            Slices::Artifacts(dir) => dir.load(block),
+        };
+        let mut cache = self.cache()?;
+        cache.building.remove(&block);
+        let slice = Arc::new(built?);
         let capacity = cache.capacity;
         cache.recent.insert(block, slice.clone(), |entries| entries.len() >= capacity);
         Ok(slice)
+    }
+
+    /// Whether the slice of `block` is built and cached (so [`slice`](Self::slice) returns at
+    /// once).
+    pub fn is_built(&self, block: Block) -> bool {
+        self.cache().is_ok_and(|cache| cache.recent.contains(&block))
+    }
+
+    fn cache(&self) -> Result<std::sync::MutexGuard<'_, SliceCache>> {
+        self.slices.lock().map_err(|_| crate::error::error!("slice cache poisoned"))
     }
 
     /// Runs stage `block` on `live` (the tensors crossing its start) and returns the tensors

@@ -650,6 +650,23 @@ impl Driver {
         }
     }
 
+    /// Builds, in the background, the device slice of the best ranked route the device can run
+    /// now, so that the first request on a new plan does not wait for it (a request that comes
+    /// while it is built waits for that build, not for one of its own: see [`Node::slice`]).
+    fn prepare_best_device_slice(&self) {
+        let node = &self.client.node;
+        let best = self.ranking.iter().find(|r| fits(r, &self.rules, node) && device_blocks(r).all(|b| node.can_run(b)));
+        let Some(block) = best.and_then(|r| device_blocks(r).next()) else { return };
+        if block.start >= block.end || node.is_built(block) {
+            return;
+        }
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || match node.slice(block) {
+            Ok(_) => tracing::debug!("device slice [{}, {}) built ahead of its first request", block.start, block.end),
+            Err(e) => tracing::warn!("building the device slice [{}, {}) ahead failed: {e:#}", block.start, block.end),
+        });
+    }
+
     async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut lost: mpsc::UnboundedReceiver<u8>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -700,6 +717,7 @@ impl Driver {
             Feedback::Ranked(routes) => {
                 self.ranking = routes.clone();
                 self.fetch_missing_slices();
+                self.prepare_best_device_slice();
                 Event::Plans(with_fallback(routes, &self.rules, &self.client.node))
             }
             Feedback::SliceFetched { block, result } => {
