@@ -9,7 +9,7 @@
 //! of 177, `scission-device run-slice`).
 //!
 //! **Measured**, where the device's profile counted its blocks' heap (`bench --memory`,
-//! [`BlockMemory`](crate::profile::BlockMemory)): [`measured_need`] replaces the rule with what
+//! [`BlockMemory`]): [`measured_need`] replaces the rule with what
 //! the blocks keep loaded, plus the largest transient of any one of them (loading: about twice
 //! its largest weight tensor; running: its activations and scratch), plus
 //! [`MEASURED_OVERHEAD`] for what the heap count cannot see. Against the peak RSS of the device

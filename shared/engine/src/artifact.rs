@@ -101,7 +101,7 @@ impl Manifest {
     }
 }
 
-/// What [`write`] produced.
+/// What [`write`](fn@write) produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     /// Hex SHA-256 of the whole artifact.

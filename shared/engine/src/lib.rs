@@ -1,7 +1,7 @@
 //! Scission's tract shell. With the `onnx` feature (on by default) it loads ONNX into a typed graph ([`load`]), summarises it for the core
-//! ([`summary`]), builds runnable slices for node ranges ([`slice`]) and writes and loads them
+//! ([`summary`]), builds runnable slices for node ranges ([`slice`](mod@slice)) and writes and loads them
 //! as standalone files ([`artifact`]), runs chains of slices
-//! the way separate machines would ([`pipeline`]), benchmarks every block ([`bench`]) and
+//! the way separate machines would ([`pipeline`]), benchmarks every block ([`bench`](mod@bench)) and
 //! reads and writes the profiles ([`profile_file`]); [`host`] describes this machine, [`heap`]
 //! counts the process's heap (for the profile's measured memory), [`input`] and [`npy`] make and
 //! read inputs. It logs and returns values; it never prints. Without

@@ -15,7 +15,7 @@ use super::summary::{Summarised, summarise};
 pub struct Model {
     /// Name, hash, summary and cuts.
     pub graph: ModelGraph,
-    /// The typed graph after [`declutter_portable`] (the same on every architecture);
+    /// The typed graph after `declutter_portable` (the same on every architecture);
     /// positions refer to its compute nodes.
     pub typed: TypedModel,
     /// For each tensor id, its outlet in `typed`.

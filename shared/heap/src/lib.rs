@@ -15,7 +15,7 @@
 //! On Linux it also asks for transparent huge pages for every large allocation (see
 //! [`HUGE_PAGES_FROM`]): a model's weights are hundreds of megabytes written once at load,
 //! and faulting them in 4 KiB at a time was most of a large model's load (VGG16: 740 000 page
-//! faults, 17 000 with huge pages). The kernel's own setting still decides
+//! faults in `bench`, 30 000 with huge pages). The kernel's own setting still decides
 //! (`/sys/kernel/mm/transparent_hugepage/enabled`: `madvise` or `always`).
 
 #![warn(missing_docs)]
@@ -180,9 +180,11 @@ mod tests {
             std::hint::black_box(vec![2u8; 1 << 20])
         });
         let footprint = footprint.expect("the test binary counts its heap");
-        // Other test threads allocate meanwhile: bounds, not equalities.
-        assert!(footprint.peak >= 8 << 20, "{footprint:?}");
-        assert!(footprint.kept >= 1 << 20 && footprint.kept < 8 << 20, "{footprint:?}");
+        // The test harness allocates and frees meanwhile (a finished test's bookkeeping): bounds,
+        // not equalities, with some slack below.
+        const SLACK: u64 = 64 << 10;
+        assert!(footprint.peak >= (8 << 20) - SLACK, "{footprint:?}");
+        assert!(footprint.kept >= (1 << 20) - SLACK && footprint.kept < 8 << 20, "{footprint:?}");
         drop(kept);
     }
 

@@ -22,7 +22,7 @@ const ROUNDS: usize = 3;
 /// Largest frame the loopback server takes: the large hop with room to spare.
 const MAX_FRAME: u32 = 4 << 20;
 
-/// Times [`ROUNDS`] rounds of `runs` hops of each of [`SIZES`] over loopback (after one untimed
+/// Times `ROUNDS` rounds of `runs` hops of each of [`SIZES`] over loopback (after one untimed
 /// hop of each) and fits the least of each size's round medians. The two ends' identities come
 /// from a throwaway cluster held in memory: nothing is written.
 pub async fn message_cost(runs: usize) -> Result<MessageCost> {

@@ -1,5 +1,5 @@
 //! Dynamic batching on a stage server: requests for the same slice that queue together run as
-//! one batch ([`Batcher`]), with the slices that run them ([`BatchSlices`]). When a batch
+//! one batch ([`Batcher`]), with the slices that run them (`BatchSlices`). When a batch
 //! leaves is the core's [`BatchWindow`]; memory stays bounded by the admission limit, since
 //! only admitted requests queue here, and by the plans kept per range and batch size.
 

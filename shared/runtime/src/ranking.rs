@@ -91,7 +91,8 @@ enum PlannerKind {
 /// What an answered request tells the planner.
 #[derive(Clone, Debug)]
 pub(crate) struct Answered {
-    /// The device's end to end time.
+    /// The device's end to end time, without its one-off setup
+    /// ([`Outcome::steady_ns`](crate::client::Outcome::steady_ns)).
     pub(crate) total_ns: u64,
     /// One per tier of the route, in route order.
     pub(crate) timings: Vec<StageTiming>,
@@ -164,9 +165,9 @@ impl Planner {
         !matches!(self.kind, PlannerKind::Fixed(_))
     }
 
-    /// Takes in what an answered request cost: each stage's compute (see
-    /// [`charged_compute`]) and each hop's time beyond
-    /// what its link figures predict (from the tiers' hold times). From the next ranking on,
+    /// Takes in what an answered request cost: each stage's compute (see [`charged_compute`])
+    /// and each hop's time beyond what its link figures predict (from the tiers' hold times),
+    /// both without the device's one-off setup (`total_ns` is without it). From the next ranking on,
     /// the local solver prices every stage and hop by these running estimates, in place of the
     /// profiles' and links' figures; the cloud's planner is sent the device's own prefixes and
     /// uplinks so priced (it knows its servers itself). A fixed split keeps its route.

@@ -100,7 +100,7 @@ impl ObservedCosts {
         self.stages.record((tier, block), ns, MAX_STAGES);
     }
 
-    /// The median of the last samples of `block` on `tier`, once it has [`MIN_SAMPLES`].
+    /// The median of the last samples of `block` on `tier`, once it has `MIN_SAMPLES` (3).
     pub fn estimate(&self, tier: u8, block: Block) -> Option<u64> {
         self.stages.estimate((tier, block))
     }
@@ -117,7 +117,7 @@ impl ObservedCosts {
         self.hops.record(hop, residual_ns, MAX_HOPS);
     }
 
-    /// The median residual of `hop`, once it has [`MIN_SAMPLES`].
+    /// The median residual of `hop`, once it has `MIN_SAMPLES` (3).
     pub fn hop_estimate(&self, hop: TierHop) -> Option<i64> {
         self.hops.estimate(hop)
     }
