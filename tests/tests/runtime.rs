@@ -727,6 +727,8 @@ fn predictions_follow_measured_stage_costs_after_a_drift() {
     let links = ["--link", "device-edge=100kbit,100ms", "--link", "device-cloud=100kbit,100ms", "--link", "edge-cloud=100kbit,100ms"];
     let (requests, ratios, text) = closed_loop(&c, edge.addr, cloud.addr, &[&["--profiles", &profiles][..], &links].concat());
     assert_device_predictions_converge(&requests, &ratios, &text);
+    // The session opened with its plan's device slice built: no request waited for it.
+    assert!(requests.iter().all(|r| r["setup_ms"].as_f64() == Some(0.0)), "{requests:?}");
 }
 
 /// The closed loop learns what hops cost, too: the device plans with a 1 ms link from the edge to

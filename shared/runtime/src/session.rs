@@ -591,6 +591,11 @@ impl Driver {
         self.ranking = routes.clone();
         self.policy = DevicePolicy::new(config.policy, with_fallback(routes, &self.rules, &self.client.node), links.clone());
         self.fetch_missing_slices();
+        // The session opens with its first plan's device slice built: its first request does
+        // not wait for it.
+        if let Some(building) = self.prepare_best_device_slice() {
+            let _ = building.await;
+        }
         if self.no_plan.is_some() {
             let now = self.now();
             for tier in peers.keys().copied().filter(|t| !links.iter().any(|(l, _)| l == t) || (cloud_planning && *t == 2)) {
@@ -653,18 +658,19 @@ impl Driver {
     /// Builds, in the background, the device slice of the best ranked route the device can run
     /// now, so that the first request on a new plan does not wait for it (a request that comes
     /// while it is built waits for that build, not for one of its own: see [`Node::slice`]).
-    fn prepare_best_device_slice(&self) {
+    /// The build's task, when there is one to do.
+    fn prepare_best_device_slice(&self) -> Option<tokio::task::JoinHandle<()>> {
         let node = &self.client.node;
         let best = self.ranking.iter().find(|r| fits(r, &self.rules, node) && device_blocks(r).all(|b| node.can_run(b)));
-        let Some(block) = best.and_then(|r| device_blocks(r).next()) else { return };
+        let block = best.and_then(|r| device_blocks(r).next())?;
         if block.start >= block.end || node.is_built(block) {
-            return;
+            return None;
         }
         let node = node.clone();
-        tokio::task::spawn_blocking(move || match node.slice(block) {
+        Some(tokio::task::spawn_blocking(move || match node.slice(block) {
             Ok(_) => tracing::debug!("device slice [{}, {}) built ahead of its first request", block.start, block.end),
             Err(e) => tracing::warn!("building the device slice [{}, {}) ahead failed: {e:#}", block.start, block.end),
-        });
+        }))
     }
 
     async fn drive(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut lost: mpsc::UnboundedReceiver<u8>) {
@@ -717,7 +723,8 @@ impl Driver {
             Feedback::Ranked(routes) => {
                 self.ranking = routes.clone();
                 self.fetch_missing_slices();
-                self.prepare_best_device_slice();
+                // In the background: the driver goes on meanwhile.
+                let _building = self.prepare_best_device_slice();
                 Event::Plans(with_fallback(routes, &self.rules, &self.client.node))
             }
             Feedback::SliceFetched { block, result } => {
