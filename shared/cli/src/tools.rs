@@ -180,7 +180,9 @@ impl BenchArgs {
 /// line to show.
 pub fn run_bench(args: &BenchArgs, tier: TierKind, zoo: Option<ZooLookup>) -> Result<String> {
     let options = args.options(tier)?;
+    let loading = std::time::Instant::now();
     let model = args.model.load(zoo)?;
+    let loaded_in = loading.elapsed();
     let bar = BenchBar::new(!args.quiet);
     if !args.add_ranges.is_empty() {
         return add_ranges(args, &model, &options, &bar);
@@ -190,7 +192,7 @@ pub fn run_bench(args: &BenchArgs, tier: TierKind, zoo: Option<ZooLookup>) -> Re
     let mut profile = benchmark(&model, &options, &bar)?;
     profile.messages = messages;
     write_profile(&profile, &args.out)?;
-    Ok(format!("{}\n", profile_summary(&profile, &args.out)))
+    Ok(format!("{}; loading the model took {:.1} s\n", profile_summary(&profile, &args.out), loaded_in.as_secs_f64()))
 }
 
 /// Hops over loopback timed per size and round before fitting what a message costs.
