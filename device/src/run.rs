@@ -261,6 +261,7 @@ fn report(requests: &[device::Measured], routes: &[device::RouteFigures]) -> ser
             "stages": stages(&r.route),
             "predicted_ms": r.predicted_ns.map(ms),
             "measured_ms": ms(r.total_ns),
+            "latency_ms": ms(r.latency_ns),
             "setup_ms": ms(r.setup_ns),
             "compute_ms": r.compute_ns.iter().map(|&ns| ms(ns)).collect::<Vec<_>>(),
             "transfer_and_overhead_ms": ms(r.transfer_ns()),

@@ -260,6 +260,10 @@ fn the_device_service_answers_applications_and_survives_its_servers() {
     assert!(route.contains("device[") && route.contains("edge[") && route.contains("cloud["), "{route}");
     assert_eq!(answer["parameters"]["scission_degraded"], false);
     assert!(answer["parameters"]["scission_compute_ms"].as_str().unwrap().contains("tier2="), "{answer}");
+    // From submission to answer, at least the route's own time.
+    let (latency, total) =
+        (answer["parameters"]["scission_latency_ms"].as_f64().unwrap(), answer["parameters"]["scission_total_ms"].as_f64().unwrap());
+    assert!(latency >= total && total > 0.0, "{answer}");
 
     // Binary tensors both ways, from Python's standard library.
     let input2 = reference.input(2);

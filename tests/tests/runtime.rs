@@ -255,6 +255,7 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
         assert!(r["predicted_ms"].as_f64().unwrap() > 0.0, "{r}");
         assert!(compute > 0.0 && compute <= measured, "compute {compute} ms within {measured} ms: {r}");
         assert!((r["transfer_and_overhead_ms"].as_f64().unwrap() - (measured - compute)).abs() < 1e-3, "{r}");
+        assert!(r["latency_ms"].as_f64().unwrap() >= measured, "submission to answer takes at least the route's time: {r}");
         let setup = r["setup_ms"].as_f64().unwrap();
         assert!((0.0..=measured - compute + 1e-3).contains(&setup), "the device's setup is within what its stages did not compute: {r}");
     }
@@ -793,7 +794,10 @@ fn the_clouds_predictions_follow_the_devices_measured_stages() {
     let edge =
         start("scission-edge", &["serve", model, "--cluster", &cluster, "--cloud", &cloud_addr, "--profile", files[1], "--threads", "1"]);
     let uplinks = ["--link", "device-edge=1mbit,100ms", "--link", "device-cloud=1mbit,100ms", "--emulate"];
-    let (requests, ratios, text) = closed_loop(&c, edge.addr, cloud.addr, &[&["--profile", files[0]][..], &uplinks].concat());
+    // Requests keep going out on the plan at hand while the cloud re-plans over the slow
+    // uplink (make before break): spaced out, the later ones see the new ranking.
+    let spaced = ["--interval-ms", "50"];
+    let (requests, ratios, text) = closed_loop(&c, edge.addr, cloud.addr, &[&["--profile", files[0]][..], &uplinks, &spaced].concat());
     assert_device_predictions_converge(&requests, &ratios, &text);
 }
 

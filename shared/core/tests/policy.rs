@@ -308,18 +308,22 @@ fn failed_probes_back_off_exponentially_up_to_the_cap() {
     assert_eq!(p.down_tiers(), vec![1]);
 }
 
-/// Runs one scheduled re-plan (replan_every = 1) that returns `ranking`; the best route after.
+/// Runs one request with a scheduled re-plan (replan_every = 1) that returns `ranking`: the
+/// request waits while the links are measured, then goes out on the route at hand while the
+/// plans are out (make before break). The route the request took, and whether the new ranking
+/// switched the best route (for the next request).
 fn scheduled_replan(p: &mut DevicePolicy, request: u64, ranking: Vec<Route>) -> (Vec<Stage>, bool) {
     p.handle(at(request), Event::Submit { request });
     let actions = drain(p);
-    let mut switched = false;
     if let [Action::MeasureLinks { .. }] = actions[..] {
         p.handle(at(request), Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]));
-        assert!(matches!(drain(p)[..], [Action::Replan { reason: ReplanReason::Scheduled, .. }]));
+        let actions = drain(p);
+        assert!(matches!(actions[0], Action::Replan { reason: ReplanReason::Scheduled, .. }), "{actions:?}");
+        let stages = sent(&actions).pop().expect("the request goes out once the links are measured").1;
         p.handle(at(request), Event::Plans(ranking));
         let actions = drain(p);
-        switched = actions.iter().any(|a| matches!(a, Action::Switched { .. }));
-        let stages = sent(&actions).pop().expect("the waiting request goes out").1;
+        let switched = actions.iter().any(|a| matches!(a, Action::Switched { .. }));
+        assert!(sent(&actions).is_empty(), "no request waited for the plans");
         p.handle(at(request), Event::Answered { request, elapsed_ns: 1 });
         drain(p);
         return (stages, switched);
@@ -327,7 +331,7 @@ fn scheduled_replan(p: &mut DevicePolicy, request: u64, ranking: Vec<Route>) -> 
     let stages = sent(&actions).pop().expect("the request goes out").1;
     p.handle(at(request), Event::Answered { request, elapsed_ns: 1 });
     drain(p);
-    (stages, switched)
+    (stages, false)
 }
 
 #[test]
@@ -350,7 +354,44 @@ fn a_clearly_faster_route_is_taken() {
     scheduled_replan(&mut p, 0, vec![three_tier(100)]);
     let (stages, switched) = scheduled_replan(&mut p, 1, vec![device_cloud(90), three_tier(100)]);
     assert!(switched);
-    assert_eq!(stages, device_cloud(0).stages);
+    assert_eq!(stages, three_tier(0).stages, "the request at hand went out on the route at hand");
+    let (stages, _) = scheduled_replan(&mut p, 2, vec![device_cloud(90), three_tier(100)]);
+    assert_eq!(stages, device_cloud(0).stages, "the next takes the faster one");
+}
+
+#[test]
+fn requests_go_out_on_the_ranking_at_hand_while_a_replan_is_out() {
+    let config = PolicyConfig { replan_every: 2, ..PolicyConfig::default() };
+    let mut p = DevicePolicy::new(config, vec![three_tier(100), device_only(400)], Vec::new());
+    for request in 0..2 {
+        p.handle(at(request), Event::Submit { request });
+    }
+    let actions = drain(&mut p);
+    assert_eq!(sent(&actions), vec![(0, three_tier(0).stages), (1, three_tier(0).stages)]);
+    // The third is due a re-plan: it waits while the links are measured (it would disturb
+    // the measurement), then goes out on the ranking at hand while the plans are out.
+    p.handle(at(2), Event::Submit { request: 2 });
+    assert!(matches!(drain(&mut p)[..], [Action::MeasureLinks { .. }]));
+    p.handle(at(3), Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]));
+    let actions = drain(&mut p);
+    assert!(matches!(actions[0], Action::Replan { reason: ReplanReason::Scheduled, .. }), "{actions:?}");
+    assert_eq!(sent(&actions), vec![(2, three_tier(0).stages)]);
+    // While the plans are out, so does the fourth.
+    p.handle(at(4), Event::Submit { request: 3 });
+    assert_eq!(sent(&drain(&mut p)), vec![(3, three_tier(0).stages)]);
+    // The new ranking applies from the next request on.
+    p.handle(at(5), Event::Plans(vec![device_only(40), three_tier(100)]));
+    assert!(drain(&mut p).iter().any(|a| matches!(a, Action::Switched { .. })));
+    // (The fifth is due the next re-plan; once its links are measured it takes the new best.)
+    p.handle(at(6), Event::Submit { request: 4 });
+    assert!(matches!(drain(&mut p)[..], [Action::MeasureLinks { .. }]));
+    p.handle(at(7), Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]));
+    assert_eq!(sent(&drain(&mut p)), vec![(4, device_only(0).stages)]);
+    p.handle(at(8), Event::Plans(vec![device_only(40), three_tier(100)]));
+    for request in 0..5 {
+        p.handle(at(7), Event::Answered { request, elapsed_ns: 1 });
+    }
+    assert_eq!(p.outstanding(), 0);
 }
 
 #[test]

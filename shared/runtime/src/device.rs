@@ -80,8 +80,11 @@ pub struct Measured {
     pub route: Vec<Stage>,
     /// The planner's prediction for that route.
     pub predicted_ns: Option<u64>,
-    /// End to end, as the device measured it.
+    /// End to end, as the device measured it, from the moment it was sent on its route.
     pub total_ns: u64,
+    /// From its submission to its answer (see
+    /// [`DeviceEvent::Completed`](crate::session::DeviceEvent::Completed)).
+    pub latency_ns: u64,
     /// Of `total_ns`, the device's one-off making its slice ready (see
     /// [`Outcome::setup_ns`](crate::client::Outcome::setup_ns)).
     pub setup_ns: u64,
@@ -206,6 +209,7 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                         route: answer.route.stages.clone(),
                         predicted_ns: answer.route.predicted_ns,
                         total_ns: answer.total_ns,
+                        latency_ns: answer.latency_ns,
                         setup_ns: answer.setup_ns,
                         compute_ns: answer.timings.iter().map(|t| t.compute_ns).collect(),
                         hops_ns: answer.hops.clone(),
@@ -214,6 +218,7 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                         request: answer.request,
                         rank: answer.rank,
                         total_ns: answer.total_ns,
+                        latency_ns: answer.latency_ns,
                         predicted_ns: answer.route.predicted_ns,
                         timings: answer.timings,
                         difference,
@@ -289,6 +294,7 @@ mod tests {
             route: stages,
             predicted_ns: Some(predicted_ms * 1_000_000),
             total_ns: total_ms * 1_000_000,
+            latency_ns: total_ms * 1_000_000,
             setup_ns: 0,
             compute_ns: vec![1_000_000],
             hops_ns: Vec::new(),

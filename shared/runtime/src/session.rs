@@ -142,8 +142,11 @@ pub enum DeviceEvent {
         request: u64,
         /// Its route's rank when it was sent (0 = best).
         rank: usize,
-        /// End-to-end time.
+        /// End-to-end time on its route, from the moment it was sent.
         total_ns: u64,
+        /// From its submission to its answer, as the application sees it: `total_ns`, and any
+        /// wait before it was sent (a re-plan out, a failed try).
+        latency_ns: u64,
         /// The planner's prediction for its route.
         predicted_ns: Option<u64>,
         /// Compute time of each stage.
@@ -185,6 +188,8 @@ pub struct Answer {
     pub rank: usize,
     /// End-to-end time of the successful try.
     pub total_ns: u64,
+    /// From submission to answer (see [`DeviceEvent::Completed`]).
+    pub latency_ns: u64,
     /// Of `total_ns`, the device's one-off making its slice ready (see
     /// [`Outcome::setup_ns`](crate::client::Outcome::setup_ns)).
     pub setup_ns: u64,
@@ -485,6 +490,8 @@ struct Waiter {
     reply: oneshot::Sender<std::result::Result<Answer, InferError>>,
     /// The successful try's outcome and rank, until the policy reports the request done.
     outcome: Option<(Outcome, usize)>,
+    /// When the application submitted it.
+    submitted: Instant,
 }
 
 /// Owns the policy and carries out its actions; the only task that touches it.
@@ -701,7 +708,7 @@ impl Driver {
     fn submit(&mut self, inputs: TVec<TValue>, reply: oneshot::Sender<std::result::Result<Answer, InferError>>) {
         let request = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        self.waiters.insert(request, Waiter { inputs, reply, outcome: None });
+        self.waiters.insert(request, Waiter { inputs, reply, outcome: None, submitted: Instant::now() });
         self.feed(Event::Submit { request });
     }
 
@@ -836,10 +843,12 @@ impl Driver {
         let hops = scission_core::policy::measured_hops(outcome.steady_ns(), &route.stages, &outcome.timings).unwrap_or_default();
         self.observe(&route, &outcome, &hops);
         let degraded = self.is_fallback(&route);
+        let latency_ns = u64::try_from(waiter.submitted.elapsed().as_nanos()).unwrap_or(u64::MAX).max(elapsed_ns);
         self.emit(DeviceEvent::Completed {
             request,
             rank,
             total_ns: elapsed_ns,
+            latency_ns,
             predicted_ns: route.predicted_ns,
             timings: outcome.timings.clone(),
             difference: None,
@@ -854,6 +863,7 @@ impl Driver {
             route,
             rank,
             total_ns: elapsed_ns,
+            latency_ns,
             setup_ns: outcome.setup_ns,
             degraded,
             bytes: outcome.bytes,

@@ -320,6 +320,7 @@ fn answer_parameters(service: &Service, answer: &Answer, from_image: bool) -> Ma
     p.insert("scission_rank".into(), (answer.rank + 1).into());
     p.insert("scission_degraded".into(), answer.degraded.into());
     p.insert("scission_total_ms".into(), ms(answer.total_ns));
+    p.insert("scission_latency_ms".into(), ms(answer.latency_ns));
     if let Some(predicted) = answer.route.predicted_ns {
         p.insert("scission_predicted_ms".into(), ms(predicted));
     }

@@ -99,7 +99,7 @@ impl Metrics {
         };
         registry.register("requests", "Inference requests completed", metrics.requests.clone());
         registry.register("failures", "Inference requests failed, by kind", metrics.failures.clone());
-        registry.register("request_duration_seconds", "End-to-end latency of completed requests", metrics.latency.clone());
+        registry.register("request_duration_seconds", "Latency of completed requests, from submission to answer", metrics.latency.clone());
         registry.register("degraded_requests", "Requests served by the local fallback", metrics.degraded_requests.clone());
         registry.register("stage_compute_seconds", "Compute time of each stage, by tier", metrics.stage_compute.clone());
         registry.register("hop_bytes", "Bytes sent to the first remote tier and received back", metrics.hop_bytes.clone());
@@ -118,9 +118,9 @@ impl Metrics {
     /// Counts one session event.
     pub fn observe(&self, event: &DeviceEvent) {
         match event {
-            DeviceEvent::Completed { total_ns, predicted_ns, timings, degraded, bytes, hops, .. } => {
+            DeviceEvent::Completed { total_ns, latency_ns, predicted_ns, timings, degraded, bytes, hops, .. } => {
                 self.requests.inc();
-                self.latency.observe(seconds(*total_ns));
+                self.latency.observe(seconds(*latency_ns));
                 if *degraded {
                     self.degraded_requests.inc();
                 }

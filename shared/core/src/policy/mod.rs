@@ -15,6 +15,13 @@
 //! plus the directory id for a registered machine. So a failed edge machine is avoided while
 //! another edge of the same tier keeps serving.
 //!
+//! **Make before break.** While plans are out (a re-plan scheduled, on drift, or after a tier
+//! changed), new requests go out on the best route of the ranking at hand that avoids the down
+//! tiers, and wait only when there is none; the new ranking applies from the next request on.
+//! They do wait while links are measured (a request on the link being probed corrupts the
+//! measurement), and go out once that is done. (A request that failed over waits for a ranking
+//! that knows why.)
+//!
 //! Guarantee: every request the shell submits ends in exactly one [`Action::Done`] or one
 //! [`Action::Fail`], whatever the peers do, provided the shell answers each `Send`, `Probe`,
 //! `MeasureLinks` and `Replan` it is given (each with one event).
@@ -468,9 +475,14 @@ impl DevicePolicy {
         self.requests.insert(request, Pending::new());
         if due && self.waiting == Waiting::Nothing {
             self.measure_links();
-            return;
         }
         if self.waiting != Waiting::Nothing {
+            // Plans out: the ranking at hand still serves (make before break), so a request
+            // waits for the new one only when no route of it can. While links are measured,
+            // requests wait: one on the link being probed would corrupt its measurement.
+            if self.waiting == Waiting::Plans && self.best_available().is_some() {
+                self.dispatch(request);
+            }
             return;
         }
         if self.routes.is_empty() {
@@ -619,6 +631,15 @@ impl DevicePolicy {
             self.links.insert(tier, link);
         }
         self.ask_for_plans(ReplanReason::Scheduled);
+        // The links are measured: the requests that waited for that go out on the ranking at
+        // hand while the plans are out (those that failed over wait for the new ranking).
+        let waited: Vec<u64> =
+            self.requests.iter().filter(|(_, p)| p.state == State::Parked && p.attempts == 0).map(|(id, _)| *id).collect();
+        if self.best_available().is_some() {
+            for request in waited {
+                self.dispatch(request);
+            }
+        }
     }
 
     fn plans(&mut self, ranked: Vec<Route>) {
