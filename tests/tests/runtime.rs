@@ -259,6 +259,9 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
         let setup = r["setup_ms"].as_f64().unwrap();
         assert!((0.0..=measured - compute + 1e-3).contains(&setup), "the device's setup is within what its stages did not compute: {r}");
     }
+    // The device slice of the plan switched to was built as its ranking arrived, while the
+    // request at hand went on along the edge: none waited for a slice.
+    assert!(requests.iter().all(|r| r["setup_ms"].as_f64() == Some(0.0)), "{requests:?}");
     let plans = report["plans"].as_array().unwrap();
     assert!(plans.len() >= 2, "the plan before and after the switch: {plans:?}");
     assert_eq!(plans.iter().map(|p| p["requests"].as_u64().unwrap()).sum::<u64>(), 16);

@@ -730,9 +730,17 @@ impl Driver {
             Feedback::Ranked(routes) => {
                 self.ranking = routes.clone();
                 self.fetch_missing_slices();
-                // In the background: the driver goes on meanwhile.
-                let _building = self.prepare_best_device_slice();
-                Event::Plans(with_fallback(routes, &self.rules, &self.client.node))
+                let plans = Event::Plans(with_fallback(routes, &self.rules, &self.client.node));
+                // The policy gets the ranking once its best plan's device slice is built: until
+                // then requests go on along the plan at hand (make before break), and none on
+                // the new plan waits for the build.
+                let Some(building) = self.prepare_best_device_slice() else { return self.feed(plans) };
+                let sender = self.feedback.0.clone();
+                tokio::spawn(async move {
+                    let _ = building.await;
+                    let _ = sender.send(Feedback::Event(plans));
+                });
+                return;
             }
             Feedback::SliceFetched { block, result } => {
                 self.fetching.remove(&block);
