@@ -5,7 +5,7 @@
 use embassy_time::Instant;
 use proptest::prelude::*;
 use scission_core::link::Link;
-use scission_core::policy::{Action, DevicePolicy, Event, PolicyConfig, ReplanReason, RequestFailure, Route};
+use scission_core::policy::{Action, DevicePolicy, Event, MAX_DEFERRED_MEASUREMENT, PolicyConfig, ReplanReason, RequestFailure, Route};
 use scission_core::wire::message::Stage;
 
 fn stage(tier: u8, start: u32, end: u32) -> Stage {
@@ -309,29 +309,21 @@ fn failed_probes_back_off_exponentially_up_to_the_cap() {
 }
 
 /// Runs one request with a scheduled re-plan (replan_every = 1) that returns `ranking`: the
-/// request waits while the links are measured, then goes out on the route at hand while the
-/// plans are out (make before break). The route the request took, and whether the new ranking
-/// switched the best route (for the next request).
+/// request goes out on the route at hand, the links are measured once it is answered (no
+/// request in flight), and the plans come. The route the request took, and whether the new
+/// ranking switched the best route (for the next request).
 fn scheduled_replan(p: &mut DevicePolicy, request: u64, ranking: Vec<Route>) -> (Vec<Stage>, bool) {
     p.handle(at(request), Event::Submit { request });
-    let actions = drain(p);
-    if let [Action::MeasureLinks { .. }] = actions[..] {
-        p.handle(at(request), Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]));
-        let actions = drain(p);
-        assert!(matches!(actions[0], Action::Replan { reason: ReplanReason::Scheduled, .. }), "{actions:?}");
-        let stages = sent(&actions).pop().expect("the request goes out once the links are measured").1;
-        p.handle(at(request), Event::Plans(ranking));
-        let actions = drain(p);
-        let switched = actions.iter().any(|a| matches!(a, Action::Switched { .. }));
-        assert!(sent(&actions).is_empty(), "no request waited for the plans");
-        p.handle(at(request), Event::Answered { request, elapsed_ns: 1 });
-        drain(p);
-        return (stages, switched);
-    }
-    let stages = sent(&actions).pop().expect("the request goes out").1;
+    let stages = sent(&drain(p)).pop().expect("the request goes out at once").1;
     p.handle(at(request), Event::Answered { request, elapsed_ns: 1 });
-    drain(p);
-    (stages, false)
+    let mut switched = false;
+    if drain(p).iter().any(|a| matches!(a, Action::MeasureLinks { .. })) {
+        p.handle(at(request), Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]));
+        assert!(matches!(drain(p)[..], [Action::Replan { reason: ReplanReason::Scheduled, .. }]));
+        p.handle(at(request), Event::Plans(ranking));
+        switched = drain(p).iter().any(|a| matches!(a, Action::Switched { .. }));
+    }
+    (stages, switched)
 }
 
 #[test]
@@ -360,38 +352,67 @@ fn a_clearly_faster_route_is_taken() {
 }
 
 #[test]
-fn requests_go_out_on_the_ranking_at_hand_while_a_replan_is_out() {
+fn links_are_measured_between_requests_and_plans_are_made_while_requests_go_on() {
     let config = PolicyConfig { replan_every: 2, ..PolicyConfig::default() };
     let mut p = DevicePolicy::new(config, vec![three_tier(100), device_only(400)], Vec::new());
-    for request in 0..2 {
+    let links = || Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]);
+    for request in 0..3 {
         p.handle(at(request), Event::Submit { request });
     }
+    // The third was due a measurement: requests are in flight, so it goes out and the
+    // measurement waits for a moment with none.
     let actions = drain(&mut p);
-    assert_eq!(sent(&actions), vec![(0, three_tier(0).stages), (1, three_tier(0).stages)]);
-    // The third is due a re-plan: it waits while the links are measured (it would disturb
-    // the measurement), then goes out on the ranking at hand while the plans are out.
-    p.handle(at(2), Event::Submit { request: 2 });
-    assert!(matches!(drain(&mut p)[..], [Action::MeasureLinks { .. }]));
-    p.handle(at(3), Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]));
+    assert_eq!(sent(&actions).len(), 3);
+    assert!(!actions.iter().any(|a| matches!(a, Action::MeasureLinks { .. })), "{actions:?}");
+    for request in 0..2 {
+        p.handle(at(3), Event::Answered { request, elapsed_ns: 1 });
+    }
+    assert!(!drain(&mut p).iter().any(|a| matches!(a, Action::MeasureLinks { .. })), "one is still in flight");
+    p.handle(at(4), Event::Answered { request: 2, elapsed_ns: 1 });
+    assert!(drain(&mut p).iter().any(|a| matches!(a, Action::MeasureLinks { .. })), "measured once none is in flight");
+    // A request that comes while the links are measured waits (it would disturb them), then
+    // goes out on the ranking at hand while the plans are out; so does the next.
+    p.handle(at(5), Event::Submit { request: 3 });
+    assert!(sent(&drain(&mut p)).is_empty());
+    p.handle(at(6), links());
     let actions = drain(&mut p);
     assert!(matches!(actions[0], Action::Replan { reason: ReplanReason::Scheduled, .. }), "{actions:?}");
-    assert_eq!(sent(&actions), vec![(2, three_tier(0).stages)]);
-    // While the plans are out, so does the fourth.
-    p.handle(at(4), Event::Submit { request: 3 });
-    assert_eq!(sent(&drain(&mut p)), vec![(3, three_tier(0).stages)]);
+    assert_eq!(sent(&actions), vec![(3, three_tier(0).stages)]);
+    p.handle(at(7), Event::Submit { request: 4 });
+    assert_eq!(sent(&drain(&mut p)), vec![(4, three_tier(0).stages)]);
     // The new ranking applies from the next request on.
-    p.handle(at(5), Event::Plans(vec![device_only(40), three_tier(100)]));
-    assert!(drain(&mut p).iter().any(|a| matches!(a, Action::Switched { .. })));
-    // (The fifth is due the next re-plan; once its links are measured it takes the new best.)
-    p.handle(at(6), Event::Submit { request: 4 });
-    assert!(matches!(drain(&mut p)[..], [Action::MeasureLinks { .. }]));
-    p.handle(at(7), Event::LinksMeasured(vec![(1, Link { latency_ns: 1, bits_per_sec: 1 })]));
-    assert_eq!(sent(&drain(&mut p)), vec![(4, device_only(0).stages)]);
     p.handle(at(8), Event::Plans(vec![device_only(40), three_tier(100)]));
-    for request in 0..5 {
-        p.handle(at(7), Event::Answered { request, elapsed_ns: 1 });
+    assert!(drain(&mut p).iter().any(|a| matches!(a, Action::Switched { .. })));
+    p.handle(at(9), Event::Submit { request: 5 });
+    assert_eq!(sent(&drain(&mut p)), vec![(5, device_only(0).stages)]);
+    for request in 3..6 {
+        p.handle(at(10), Event::Answered { request, elapsed_ns: 1 });
     }
+    drain(&mut p);
     assert_eq!(p.outstanding(), 0);
+}
+
+#[test]
+fn a_device_never_idle_still_measures_its_links() {
+    let config = PolicyConfig { replan_every: 1, ..PolicyConfig::default() };
+    let mut p = DevicePolicy::new(config, vec![three_tier(100)], Vec::new());
+    // Two requests always in flight: no idle moment ever comes.
+    p.handle(at(0), Event::Submit { request: 0 });
+    drain(&mut p);
+    let mut measured_at = None;
+    for request in 1..20u64 {
+        p.handle(at(request), Event::Submit { request });
+        let actions = drain(&mut p);
+        if actions.iter().any(|a| matches!(a, Action::MeasureLinks { .. })) {
+            assert!(sent(&actions).is_empty(), "the request that triggers it waits for it");
+            measured_at = Some(request);
+            break;
+        }
+        assert_eq!(sent(&actions).len(), 1, "request {request} goes out meanwhile");
+        p.handle(at(request), Event::Answered { request: request - 1, elapsed_ns: 1 });
+        drain(&mut p);
+    }
+    assert_eq!(measured_at, Some(u64::from(MAX_DEFERRED_MEASUREMENT) + 1), "after {MAX_DEFERRED_MEASUREMENT} requests at most");
 }
 
 #[test]

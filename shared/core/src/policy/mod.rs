@@ -19,7 +19,9 @@
 //! changed), new requests go out on the best route of the ranking at hand that avoids the down
 //! tiers, and wait only when there is none; the new ranking applies from the next request on.
 //! They do wait while links are measured (a request on the link being probed corrupts the
-//! measurement), and go out once that is done. (A request that failed over waits for a ranking
+//! measurement), and go out once that is done; so a scheduled measurement waits for a moment
+//! with no request in flight (a gap between requests, where it costs nobody anything), for at
+//! most [`MAX_DEFERRED_MEASUREMENT`] requests. (A request that failed over waits for a ranking
 //! that knows why.)
 //!
 //! Guarantee: every request the shell submits ends in exactly one [`Action::Done`] or one
@@ -359,6 +361,10 @@ enum Waiting {
     Plans,
 }
 
+/// Requests that may go out, one link measurement due, before the next one waits for it: a
+/// device that is never idle still measures its links.
+pub const MAX_DEFERRED_MEASUREMENT: u32 = 8;
+
 /// The device's route selection, failover, tier health and re-planning.
 #[derive(Clone, Debug)]
 pub struct DevicePolicy {
@@ -377,6 +383,9 @@ pub struct DevicePolicy {
     submitted: u64,
     /// When the next scheduled re-plan is due (set on the first tick).
     next_scheduled: Option<Instant>,
+    /// A scheduled link measurement waiting for a moment with no request in flight: how many
+    /// requests have gone out since it fell due.
+    measure_due: Option<u32>,
     /// Measured over predicted latency of the best route, per mille, as a running average, and
     /// how many answers it holds (reset with every new ranking).
     drift: (u64, u32),
@@ -399,6 +408,7 @@ impl DevicePolicy {
             replan_again: None,
             submitted: 0,
             next_scheduled: None,
+            measure_due: None,
             actions: VecDeque::new(),
         }
     }
@@ -473,8 +483,18 @@ impl DevicePolicy {
         let due = self.config.replan_every > 0 && self.submitted > 0 && self.submitted.is_multiple_of(u64::from(self.config.replan_every));
         self.submitted = self.submitted.saturating_add(1);
         self.requests.insert(request, Pending::new());
-        if due && self.waiting == Waiting::Nothing {
-            self.measure_links();
+        if due {
+            self.measure_due.get_or_insert(0);
+        }
+        if let Some(deferred) = self.measure_due
+            && self.waiting == Waiting::Nothing
+        {
+            if deferred >= MAX_DEFERRED_MEASUREMENT {
+                // No idle moment came: this request waits for the measurement.
+                self.measure_links();
+            } else {
+                self.measure_due = Some(deferred.saturating_add(1));
+            }
         }
         if self.waiting != Waiting::Nothing {
             // Plans out: the ranking at hand still serves (make before break), so a request
@@ -541,6 +561,16 @@ impl DevicePolicy {
             self.requests.remove(&request);
             self.track_drift(&route, elapsed_ns);
             self.actions.push_back(Action::Done { request, route, elapsed_ns });
+            self.measure_if_idle();
+        }
+    }
+
+    /// Starts a due link measurement when no request is in flight (so none disturbs it, and
+    /// none waits for it unless it comes meanwhile).
+    fn measure_if_idle(&mut self) {
+        let idle = self.requests.values().all(|p| p.route().is_none());
+        if self.measure_due.is_some() && idle && self.waiting == Waiting::Nothing {
+            self.measure_links();
         }
     }
 
@@ -620,6 +650,7 @@ impl DevicePolicy {
     fn finish_failed(&mut self, request: u64, failure: RequestFailure) {
         if self.requests.remove(&request).is_some() {
             self.actions.push_back(Action::Fail { request, failure });
+            self.measure_if_idle();
         }
     }
 
@@ -651,6 +682,7 @@ impl DevicePolicy {
             self.adopt(ranked);
         }
         self.resume_or_replan_again();
+        self.measure_if_idle();
     }
 
     /// Parked requests go out, unless something changed while the plans were out (a tier went
@@ -760,6 +792,7 @@ impl DevicePolicy {
 
     /// Asks for the links to the tiers that are up (a re-plan follows their measurement).
     fn measure_links(&mut self) {
+        self.measure_due = None;
         self.waiting = Waiting::Links;
         let tiers = self.tiers_in_routes().into_iter().filter(|&t| self.is_up(t)).collect();
         self.actions.push_back(Action::MeasureLinks { tiers });
@@ -790,7 +823,8 @@ impl DevicePolicy {
         let due = *self.next_scheduled.get_or_insert(now.saturating_add(period));
         if due <= now && self.waiting == Waiting::Nothing {
             self.next_scheduled = Some(now.saturating_add(period));
-            self.measure_links();
+            self.measure_due.get_or_insert(0);
+            self.measure_if_idle();
         }
     }
 
