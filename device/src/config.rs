@@ -96,7 +96,8 @@ pub struct PlanningConfig {
     pub split: Option<[usize; 2]>,
     /// Link figures `FROM-TO=BANDWIDTH,LATENCY` for planning from `profiles`.
     pub links: Vec<String>,
-    /// Re-measure the links and re-plan this often, in seconds (0: only on failures).
+    /// Re-measure the links and re-plan this often, in seconds, in the first moment with no
+    /// request in flight (0: only on failures).
     pub replan_every_s: u64,
     /// First wait before a tier that stopped answering is probed again, in milliseconds
     /// (doubling up to a minute).

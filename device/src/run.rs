@@ -75,8 +75,9 @@ pub struct RunArgs {
     /// (tier 1 edge, 2 cloud), e.g. `10:1=2mbit,5ms`.
     #[arg(long, requires = "emulate", value_parser = parse_change)]
     emulate_change: Option<LinkChange>,
-    /// Re-measure the uplinks (a small and a 64 KiB probe) every N requests and switch plans when
-    /// another is predicted at least 10% faster (0: never). Profiles are kept.
+    /// Re-measure the uplinks (a small and a 64 KiB probe) every N requests, in the first moment
+    /// with no request in flight, and switch plans when another is predicted at least 10%
+    /// faster (0: never). Profiles are kept.
     #[arg(long, default_value_t = 0)]
     replan_every: u32,
     /// Re-plan when the best plan's measured latency departs from its prediction by more than

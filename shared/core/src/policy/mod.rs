@@ -71,10 +71,12 @@ pub struct PolicyConfig {
     /// A new ranking's best route replaces the current one only when it is predicted at least
     /// this many percent faster (no flapping on measurement noise).
     pub hysteresis_percent: u32,
-    /// Re-measure the links and re-plan before every N-th request (0: never).
+    /// Re-measure the links and re-plan every N-th request (0: never), in the first moment with
+    /// no request in flight (see [`MAX_DEFERRED_MEASUREMENT`]).
     pub replan_every: u32,
-    /// Re-measure the links and re-plan this often, on [`Event::Tick`] (zero: never): a
-    /// long-running service follows its network even when requests are rare.
+    /// Re-measure the links and re-plan this often, on [`Event::Tick`] (zero: never), in the
+    /// first moment with no request in flight: a long-running service follows its network even
+    /// when requests are rare.
     pub replan_period: Duration,
     /// First wait before a down tier is probed again; doubled after each failed probe.
     pub backoff_initial: Duration,
