@@ -312,7 +312,7 @@ fn print_event(event: DeviceEvent) {
             println!("plan switch: {why}; best plan was {}, now {}", from.as_deref().map_or_else(String::new, describe), describe(&to));
         }
         DeviceEvent::TierDown { tier } => println!("{} stopped answering; probing it again after a back-off", describe_server(tier)),
-        DeviceEvent::Completed { request, rank, total_ns, predicted_ns, timings, difference, .. } => {
+        DeviceEvent::Completed { request, rank, total_ns, latency_ns, predicted_ns, timings, difference, .. } => {
             let where_ = |t: &scission_core::wire::message::StageTiming| match t.machine {
                 0 => format!("tier {}", t.tier),
                 m => format!("tier {} machine {m}", t.tier),
@@ -320,8 +320,11 @@ fn print_event(event: DeviceEvent) {
             let stages: Vec<String> = timings.iter().map(|t| format!("{} {:.2} ms", where_(t), t.compute_ns as f64 * 1e-6)).collect();
             let predicted = predicted_ns.map_or(String::new(), |p| format!(", predicted {:.2} ms", p as f64 * 1e-6));
             let checked = difference.map_or(String::new(), |d| format!("; max |difference| from the unsplit model {d:e}"));
+            // A wait before it went out (links being measured, a failed try) of a millisecond or more.
+            let waited = latency_ns.saturating_sub(total_ns);
+            let waited = if waited >= 1_000_000 { format!("; waited {:.2} ms before", waited as f64 * 1e-6) } else { String::new() };
             println!(
-                "request {request}: plan #{} {:.2} ms end to end{predicted} ({}){checked}",
+                "request {request}: plan #{} {:.2} ms end to end{predicted} ({}){waited}{checked}",
                 rank + 1,
                 total_ns as f64 * 1e-6,
                 stages.join(", ")

@@ -241,6 +241,8 @@ fn a_slower_emulated_uplink_makes_the_device_switch_plans() {
         lines[switch]
     );
     assert!(text.contains("requests: 16 ok, 0 failed"), "{text}");
+    // Back to back, a request that comes while the links are measured waits, and says so.
+    assert!(lines.iter().any(|l| l.starts_with("request ") && l.contains("; waited ")), "{text}");
     let last = lines.iter().rev().find(|l| l.starts_with("request 15:")).unwrap();
     assert!(!last.contains("tier 1 "), "after the switch the edge is no longer used: {last}");
 
