@@ -1,11 +1,13 @@
-//! A link emulator on a QUIC endpoint's UDP socket: datagrams to a shaped destination leave
-//! after the link's one-way latency, at most at its bandwidth (a FIFO bottleneck that drops
-//! what would wait more than a second, like a router's tail drop). Figures can change at run
-//! time, so a test or a what-if session can slow a link mid-run. Only sending is shaped; put
-//! the emulator on the side whose uplink is the bottleneck (the device).
+//! A link emulator on a QUIC endpoint's UDP socket, both ways: datagrams to a shaped peer
+//! leave after the link's one-way latency, at most at its bandwidth (a FIFO bottleneck that
+//! drops what would wait more than a second, like a router's tail drop), and datagrams from it
+//! are held back the same way with the figures of the way back. One end emulates the whole
+//! link, so the peer needs nothing. Figures can change at run time, so a test or a what-if
+//! session can slow a link mid-run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -24,26 +26,24 @@ use scission_core::link::Link;
 /// Longest a datagram may queue behind the bandwidth cap before it is dropped.
 const MAX_QUEUE: Duration = Duration::from_secs(1);
 
-/// A link's current figures, changeable while it runs.
+/// One direction of a link: its figures and the time its bottleneck is free again.
 #[derive(Debug)]
-pub struct Shaper {
+struct Direction {
     latency_ns: AtomicU64,
     bits_per_sec: AtomicU64,
     next_free: Mutex<Option<Instant>>,
 }
 
-impl Shaper {
-    /// A shaper with `link`'s figures.
-    pub fn new(link: Link) -> Arc<Self> {
-        Arc::new(Self {
+impl Direction {
+    fn new(link: Link) -> Self {
+        Self {
             latency_ns: AtomicU64::new(link.latency_ns),
             bits_per_sec: AtomicU64::new(link.bits_per_sec.max(1)),
             next_free: Mutex::new(None),
-        })
+        }
     }
 
-    /// Changes the figures; datagrams already queued keep their times.
-    pub fn set(&self, link: Link) {
+    fn set(&self, link: Link) {
         self.latency_ns.store(link.latency_ns, Ordering::Relaxed);
         self.bits_per_sec.store(link.bits_per_sec.max(1), Ordering::Relaxed);
     }
@@ -63,6 +63,46 @@ impl Shaper {
     }
 }
 
+/// A link's current figures, each way, changeable while it runs.
+#[derive(Debug)]
+pub struct Shaper {
+    /// To the peer.
+    out: Direction,
+    /// From the peer.
+    back: Direction,
+}
+
+impl Shaper {
+    /// A shaper with `link`'s figures both ways.
+    pub fn new(link: Link) -> Arc<Self> {
+        Self::both(link, link)
+    }
+
+    /// A shaper with `out`'s figures to the peer and `back`'s from it.
+    pub fn both(out: Link, back: Link) -> Arc<Self> {
+        Arc::new(Self { out: Direction::new(out), back: Direction::new(back) })
+    }
+
+    /// Changes the figures both ways; datagrams already queued keep their times.
+    pub fn set(&self, link: Link) {
+        self.out.set(link);
+        self.back.set(link);
+    }
+}
+
+/// A datagram received from a shaped peer, held until the link would have delivered it.
+struct Held {
+    due: Instant,
+    meta: RecvMeta,
+    contents: Vec<u8>,
+}
+
+/// The datagrams held back, and the timer that wakes the receiver when the first is due.
+struct Inbound {
+    held: VecDeque<Held>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
 struct Delayed {
     due: Instant,
     destination: SocketAddr,
@@ -77,6 +117,7 @@ pub struct EmulatedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     shapers: HashMap<SocketAddr, Arc<Shaper>>,
     queue: mpsc::UnboundedSender<Delayed>,
+    inbound: Mutex<Inbound>,
 }
 
 impl fmt::Debug for EmulatedSocket {
@@ -105,7 +146,56 @@ impl EmulatedSocket {
                 let _ = sender.try_send(&transmit);
             }
         });
-        Arc::new(Self { inner, shapers, queue })
+        let inbound = Mutex::new(Inbound { held: VecDeque::new(), timer: Box::pin(tokio::time::sleep(Duration::ZERO)) });
+        Arc::new(Self { inner, shapers, queue, inbound })
+    }
+}
+
+impl EmulatedSocket {
+    /// Hands over the first held datagram if it is due (returns 1); otherwise sets the timer to
+    /// wake `cx` when it is.
+    fn deliver_due(&self, cx: &mut Context, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Option<usize> {
+        let mut inbound = self.inbound.lock().ok()?;
+        let due = inbound.held.front()?.due;
+        let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) else { return None };
+        if due > Instant::now() {
+            inbound.timer.as_mut().reset(due);
+            // Registers the waker; polled again when the timer fires.
+            let _ = inbound.timer.as_mut().poll(cx);
+            return None;
+        }
+        let held = inbound.held.pop_front()?;
+        let len = held.contents.len().min(buf.len());
+        buf.get_mut(..len)?.copy_from_slice(held.contents.get(..len)?);
+        *slot = RecvMeta { len, ..held.meta };
+        Some(1)
+    }
+
+    /// Of the `received` datagrams, holds back those from shaped peers (dropping what their
+    /// link's queue would drop) and moves the others to the front; returns how many those are.
+    fn hold_shaped(&self, received: usize, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut kept = 0;
+        for i in 0..received.min(meta.len()).min(bufs.len()) {
+            let m = meta[i];
+            let Some(shaper) = self.shapers.get(&m.addr) else {
+                if kept != i {
+                    let (front, back) = bufs.split_at_mut(i);
+                    let len = m.len.min(front[kept].len()).min(back[0].len());
+                    front[kept][..len].copy_from_slice(&back[0][..len]);
+                    meta[kept] = RecvMeta { len, ..m };
+                }
+                kept += 1;
+                continue;
+            };
+            let Some(due) = shaper.back.schedule(m.len) else { continue };
+            let contents = bufs[i].get(..m.len).unwrap_or(&bufs[i]).to_vec();
+            if let Ok(mut inbound) = self.inbound.lock() {
+                // Due times rise per peer; datagrams of several peers interleave by them.
+                let at = inbound.held.partition_point(|h| h.due <= due);
+                inbound.held.insert(at, Held { due, meta: m, contents });
+            }
+        }
+        kept
     }
 }
 
@@ -116,7 +206,7 @@ impl AsyncUdpSocket for EmulatedSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         let Some(shaper) = self.shapers.get(&transmit.destination) else { return self.inner.try_send(transmit) };
-        let Some(due) = shaper.schedule(transmit.contents.len()) else { return Ok(()) };
+        let Some(due) = shaper.out.schedule(transmit.contents.len()) else { return Ok(()) };
         let delayed = Delayed {
             due,
             destination: transmit.destination,
@@ -131,7 +221,19 @@ impl AsyncUdpSocket for EmulatedSocket {
     }
 
     fn poll_recv(&self, cx: &mut Context, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Poll<io::Result<usize>> {
-        self.inner.poll_recv(cx, bufs, meta)
+        loop {
+            if let Some(delivered) = self.deliver_due(cx, bufs, meta) {
+                return Poll::Ready(Ok(delivered));
+            }
+            let received = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(received)) => received,
+                other => return other,
+            };
+            let kept = self.hold_shaped(received, bufs, meta);
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
