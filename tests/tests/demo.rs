@@ -12,9 +12,36 @@ fn the_demo_runs_every_top_plan_for_real_and_compares_with_the_prediction() {
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     // Either the device ran under its quota, or the demo said why not.
     assert!(text.contains("the device runs on 50% of one core") || text.contains("note: no CPU quota here"), "{text}");
-    let rows: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with('#') && l.contains("device[")).collect();
-    assert_eq!(rows.len(), 2, "one measured row per plan:\n{text}");
+    let tables = measured_tables(&text);
+    assert_eq!(tables.len(), 2, "the open loop's table and the closed loop's:\n{text}");
+    for rows in &tables {
+        assert_eq!(rows.len(), 2, "one measured row per plan:\n{text}");
+        for row in rows {
+            // bench p50, p90, now p50, p90, measured p50, p90: each a time.
+            let figures: Vec<f64> = row.split_whitespace().skip(1).take(6).map(|f| f.parse().unwrap()).collect();
+            assert!(figures.iter().all(|&ms| ms > 0.0), "{row}");
+            assert!(figures[1] >= figures[0] && figures[3] >= figures[2] && figures[5] >= figures[4], "a p90 below its p50: {row}");
+        }
+    }
     assert!(text.contains("6 requests on 2 plans through 3 processes: every output equals the unsplit model's"), "{text}");
+    assert!(text.contains("where the time went"), "each part of each route, predicted and measured:\n{text}");
+    assert!(text.contains("every output of the 12 requests equals the unsplit model's"), "the closed loop's round ran:\n{text}");
+}
+
+/// The rows of each table of plans measured (after its header, up to "where the time went").
+fn measured_tables(text: &str) -> Vec<Vec<&str>> {
+    let mut tables = Vec::new();
+    let mut rows: Option<Vec<&str>> = None;
+    for line in text.lines() {
+        if line.starts_with("plan  bench p50") {
+            rows = Some(Vec::new());
+        } else if line.starts_with("where the time went") {
+            tables.extend(rows.take());
+        } else if let Some(rows) = rows.as_mut() {
+            rows.push(line);
+        }
+    }
+    tables
 }
 
 #[test]

@@ -376,13 +376,7 @@ fn time_ordered_spans(
     let (mut at, mut live) = (0, graph_inputs(model, inputs)?);
     let mut out = Vec::with_capacity(spans.len());
     for (first, end) in ordered {
-        let (Some(a), Some(b)) = (blocks.get(first), end.checked_sub(1).and_then(|e| blocks.get(e))) else {
-            scission_core::bail!("blocks {first}-{end} are not within the profile's {} blocks", blocks.len());
-        };
-        if first >= end {
-            scission_core::bail!("blocks {first}-{end} hold no block");
-        }
-        let range = Block { start: a.start, end: b.end };
+        let range = node_range(blocks, first, end)?;
         bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
         if range.start > at {
             live = advance_to(model, at, range.start, live)?;
@@ -393,6 +387,67 @@ fn time_ordered_spans(
         bar.advance();
     }
     Ok(out)
+}
+
+/// Ranges of a model built once as one slice each, on the activations that reach them from a
+/// synthetic input, and timed one run at a time: for timing them between other work (a
+/// service's requests, so that both see the same machine), where [`time_spans`] times each
+/// back to back. Runs on the caller's thread with the caller's engine threads.
+pub struct SpanTimer {
+    spans: Vec<TimedSpan>,
+}
+
+/// One range of a [`SpanTimer`], ready to run.
+struct TimedSpan {
+    blocks: (usize, usize),
+    state: TypedSimpleState,
+    inputs: TVec<TValue>,
+}
+
+impl SpanTimer {
+    /// Builds each span of `blocks` (`(first block, end block)`) as one slice, with the
+    /// activations the blocks before it produce from the synthetic input of `seed`.
+    pub fn new(model: &Model, blocks: &[Block], spans: &[(usize, usize)], seed: u64) -> Result<Self> {
+        let mut ordered = spans.to_vec();
+        ordered.sort_unstable();
+        ordered.dedup();
+        let (mut at, mut live) = (0, graph_inputs(model, synthetic_inputs(model, seed)?)?);
+        let mut built = Vec::with_capacity(ordered.len());
+        for (first, end) in ordered {
+            let range = node_range(blocks, first, end)?;
+            if range.start > at {
+                live = advance_to(model, at, range.start, live)?;
+                at = range.start;
+            }
+            let slice = Slice::build(model, range)?;
+            let inputs = collect(&live, &slice.io.inputs, "span input", model)?;
+            built.push(TimedSpan { blocks: (first, end), state: slice.spawn()?, inputs });
+        }
+        Ok(Self { spans: built })
+    }
+
+    /// Runs span `(first block, end block)` once (as many times as this thread's emulated
+    /// slowdown says, see [`crate::slower`]) and returns its wall time in nanoseconds.
+    pub fn time(&mut self, span: (usize, usize)) -> Result<u64> {
+        let Some(timed) = self.spans.iter_mut().find(|s| s.blocks == span) else {
+            scission_core::bail!("blocks {}-{} were not prepared for timing", span.0, span.1);
+        };
+        let started = std::time::Instant::now();
+        let state = &mut timed.state;
+        drop(crate::slower::repeated(timed.inputs.clone(), |inputs| state.run(inputs))?);
+        Ok(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The node range of blocks `[first, end)`.
+fn node_range(blocks: &[Block], first: usize, end: usize) -> Result<Block> {
+    let (Some(a), Some(b)) = (blocks.get(first), end.checked_sub(1).and_then(|e| blocks.get(e))) else {
+        scission_core::bail!("blocks {first}-{end} are not within the profile's {} blocks", blocks.len());
+    };
+    if first >= end {
+        scission_core::bail!("blocks {first}-{end} hold no block");
+    }
+    Ok(Block { start: a.start, end: b.end })
 }
 
 /// The activations crossing node boundary `to`, from those crossing `from` (`live`).

@@ -29,9 +29,27 @@ pub fn emulate(factor: u32) -> Result<()> {
     Ok(())
 }
 
-/// How many times each run of a model is done (1 unless [`emulate`] said otherwise).
+std::thread_local! {
+    /// Whether this thread runs at the machine's own speed whatever [`emulate`] said.
+    static FULL_SPEED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// How many times each run of a model is done on this thread (1 unless [`emulate`] said
+/// otherwise, or inside [`at_full_speed`]).
 pub fn factor() -> u32 {
-    FACTOR.load(Ordering::Relaxed)
+    match FULL_SPEED.with(std::cell::Cell::get) {
+        true => 1,
+        false => FACTOR.load(Ordering::Relaxed),
+    }
+}
+
+/// Runs `work` on this thread at the machine's own speed, whatever board the process plays:
+/// for a process that plays the board and also times what the other tiers run (the demo).
+pub fn at_full_speed<R>(work: impl FnOnce() -> R) -> R {
+    let before = FULL_SPEED.with(|f| f.replace(true));
+    let result = work();
+    FULL_SPEED.with(|f| f.set(before));
+    result
 }
 
 /// Checks that a profile of `machine` was benchmarked as the board this process plays (the same
@@ -89,5 +107,12 @@ mod tests {
         assert_eq!(failed, Err("second run"));
         let once = repeat(0, std::rc::Rc::new(7), |input| Ok::<_, ()>(std::rc::Rc::strong_count(&input)));
         assert_eq!(once, Ok(1), "work runs at least once, on the input itself");
+    }
+
+    #[test]
+    fn at_full_speed_a_thread_runs_once_and_then_plays_its_board_again() {
+        let inside = at_full_speed(|| (factor(), at_full_speed(factor), factor()));
+        assert_eq!(inside, (1, 1, 1), "nested, and after the nested scope ends");
+        assert!(!FULL_SPEED.with(std::cell::Cell::get), "the thread plays its board again");
     }
 }

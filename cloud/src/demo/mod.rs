@@ -3,9 +3,10 @@
 //! quota, see [`crate::cpulimit`]) and as a multi-threaded server, planned over device -> edge ->
 //! cloud with emulated link figures; every top plan's split checked against the unsplit model;
 //! then edge and cloud started as separate processes on loopback (mutual TLS from a throw-away
-//! cluster CA) and each top plan run for real from this process as the device (as the same
-//! board, over emulated uplinks), each result checked against the unsplit model, with predicted
-//! against measured latency per plan.
+//! cluster CA) and the top plans run for real from this process as the device (as the same
+//! board, over emulated links), each result checked against the unsplit model, with predicted
+//! against measured latency per plan and per part of its route, open loop and then closed
+//! ([`service`]).
 
 use anyhow::{Context, Result, bail};
 use embassy_time::Duration;
@@ -15,12 +16,13 @@ use scission_core::solver::{self, Constraints, CostOptions, Objective, Plan, Pro
 use scission_core::timing::Budget;
 use scission_engine::bench::{BenchOptions, Ranges, benchmark, time_spans};
 use scission_engine::pipeline::max_abs_diff;
-use scission_engine::tract::prelude::*;
 use scission_engine::{LoadOptions, Model, Pipeline, input::synthetic_inputs, with_threads};
 use scission_zoo::onnx::builder::encode;
 use scission_zoo::onnx::testmodels::TestModel;
 
 use crate::cpulimit::CpuLimit;
+
+mod service;
 
 /// Most verification passes before the plans are run.
 const VERIFY_ROUNDS: usize = 3;
@@ -52,7 +54,9 @@ pub struct DemoArgs {
     /// How many plans to show and check.
     #[arg(short = 'n', long, default_value_t = 5)]
     plans: usize,
-    /// Requests to run through the distributed runtime on each of the top plans (0 skips it).
+    /// Requests to run through the distributed runtime on each of the top plans, in each of the
+    /// two rounds (open loop, then closed); the first of each plan pays the handshakes and is
+    /// left out of the figures. 0 skips running them.
     #[arg(long, default_value_t = 10)]
     requests: u32,
 }
@@ -96,10 +100,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         plans = rank(&problem, &profiles[0], args.plans)?;
     }
     print_one_tier_plans(&problem);
-    let [device, ..] = profiles;
-    check_plans(&model, &device, &plans)?;
+    check_plans(&model, &profiles[0], &plans)?;
     if args.requests > 0 {
-        distributed(model, &model_path, &device, &problem, &plans, args.requests, &board)?;
+        let setup = service::Setup { model, model_path: &model_path, profiles: &profiles, problem: &problem, board: &board, cores };
+        service::distributed(setup, &plans, args.requests)?;
     }
     Ok(())
 }
@@ -369,188 +373,4 @@ fn check_plans(model: &Model, profile: &Profile, plans: &[Plan]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A child process serving one tier, killed when dropped.
-struct Tier {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Drop for Tier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `tier` serving `model`; with an upstream, forwarding there over `link` (emulated).
-fn start_tier(
-    model: &std::path::Path,
-    cluster: &std::path::Path,
-    tier: &str,
-    upstream: Option<(std::net::SocketAddr, Option<scission_core::link::Link>)>,
-) -> Result<Tier> {
-    use std::io::BufRead;
-    let exe = std::env::current_exe()?;
-    let mut command = std::process::Command::new(exe);
-    command.args(["stage", "--tier", tier, "--name", tier, "--cluster"]).arg(cluster).arg(model);
-    if let Some((up, link)) = upstream {
-        command.arg("--upstream").arg(up.to_string());
-        if let Some(link) = link {
-            command.arg("--emulate-upstream").arg(format!("{}bit,{}ns", link.bits_per_sec, link.latency_ns));
-        }
-    }
-    let mut child = command.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("cannot start the {tier} process"))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let addr =
-        line.rsplit(' ').next().unwrap_or("").trim().parse().with_context(|| format!("the {tier} process did not start: {line:?}"))?;
-    println!("{tier} process {} listening on {addr}", child.id());
-    Ok(Tier { child, addr })
-}
-
-/// Runs each top plan for `requests` requests through real edge and cloud processes, this
-/// process acting as the device (under its CPU quota), and prints predicted against measured.
-fn distributed(
-    model: Model,
-    model_path: &std::path::Path,
-    device: &Profile,
-    problem: &Problem,
-    plans: &[Plan],
-    requests: u32,
-    board: &Board,
-) -> Result<()> {
-    use scission_net::pki;
-    let dir = tempfile::tempdir()?;
-    let cluster = dir.path().join("cluster");
-    pki::init_cluster(&cluster)?;
-    for role in pki::Role::ALL {
-        pki::enroll(&cluster, role.as_str(), role, false, 1)?;
-    }
-    // The servers start from this (unlimited) thread: a child inherits its parent's cgroup.
-    let cloud = start_tier(model_path, &cluster, "cloud", None)?;
-    // The edge's link to the cloud is emulated on its own socket, as the device's uplinks are.
-    let tier_machine = |tier: usize| problem.machines.iter().position(|m| m.tier == tier);
-    let edge_cloud = tier_machine(1).zip(tier_machine(2)).and_then(|(e, c)| problem.link(e, c));
-    let edge = start_tier(model_path, &cluster, "edge", Some((cloud.addr, edge_cloud)))?;
-    // Inputs and the unsplit model's outputs, computed at full speed.
-    let whole = model.whole()?;
-    let cases = (0..requests)
-        .map(|i| {
-            let inputs = synthetic_inputs(&model, 100 + u64::from(i))?;
-            let reference = with_threads(1, || whole.run(inputs.clone()))?;
-            Ok((inputs, reference))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let servers = Servers { edge: edge.addr, cloud: cloud.addr, cluster: &cluster };
-    let ran = as_device(board, || run_plans(model, device, problem, plans, &cases, &servers))?;
-    println!("{:>4}  {:>12}  {:>12}  {:>7}  route", "plan", "predicted ms", "measured ms", "error");
-    let mut errors = Vec::new();
-    for (rank, (plan, measured, route)) in plans.iter().zip(&ran.medians).zip(&ran.routes).map(|((p, m), r)| (p, m, r)).enumerate() {
-        let predicted = plan.cost.latency_ns as f64;
-        let error = measured / predicted - 1.0;
-        errors.push(error.abs());
-        println!(
-            "{:>4}  {:>12.1}  {:>12.1}  {:>+6.1}%  {route}",
-            format!("#{}", rank + 1),
-            predicted * 1e-6,
-            measured * 1e-6,
-            error * 100.0
-        );
-    }
-    errors.sort_by(f64::total_cmp);
-    println!(
-        "{} requests on {} plans through 3 processes: every output equals the unsplit model's (max |difference| {:e}); \
-         median |measured / predicted - 1| {:.1}% (medians of each plan's requests after its first, which pays the handshakes)",
-        ran.count,
-        plans.len(),
-        ran.worst,
-        errors.get(errors.len() / 2).copied().unwrap_or(0.0) * 100.0
-    );
-    if ran.worst > 1e-5 {
-        bail!("the distributed result differs from the unsplit model by {:e}", ran.worst);
-    }
-    Ok(())
-}
-
-/// Where the demo's servers are.
-struct Servers<'a> {
-    edge: std::net::SocketAddr,
-    cloud: std::net::SocketAddr,
-    cluster: &'a std::path::Path,
-}
-
-/// What running the plans measured.
-struct Ran {
-    /// Median end-to-end time of each plan, in ns.
-    medians: Vec<f64>,
-    /// Each plan's route, as one line.
-    routes: Vec<String>,
-    /// Largest difference from the unsplit model.
-    worst: f32,
-    /// Requests run.
-    count: usize,
-}
-
-/// The device's side: each plan's route, `cases.len()` requests each.
-fn run_plans(
-    model: Model,
-    device: &Profile,
-    problem: &Problem,
-    plans: &[Plan],
-    cases: &[(TVec<TValue>, TVec<TValue>)],
-    servers: &Servers<'_>,
-) -> Result<Ran> {
-    use scission_core::policy::plan_route;
-    use scission_net::{emulator::Shaper, pki, quic};
-    use scission_runtime::client::{DeviceClient, Peer};
-    use scission_runtime::node::Node;
-    let identity = pki::Identity::load(servers.cluster, "device")?;
-    let node = std::sync::Arc::new(Node::new(model, 0, 1)?);
-    let peers: std::collections::HashMap<u8, Peer> =
-        [(1u8, Peer::new(servers.edge, "edge")), (2u8, Peer::new(servers.cloud, "cloud"))].into();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    rt.block_on(async {
-        let mut shapers = std::collections::HashMap::new();
-        for (tier, peer) in &peers {
-            let target = problem.machines.iter().position(|m| m.tier == usize::from(*tier)).context("tier without machine")?;
-            let link = problem.link(0, target).context("no device uplink")?;
-            shapers.insert(peer.addr, Shaper::new(link));
-        }
-        let endpoint = quic::client_with(&identity, shapers, quic::Datagrams::default())?;
-        let client = DeviceClient::new(
-            node.clone(),
-            endpoint,
-            peers,
-            scission_core::wire::frame::DEFAULT_MAX_FRAME,
-            std::time::Duration::from_secs(30),
-        );
-        let mut ran = Ran { medians: Vec::new(), routes: Vec::new(), worst: 0.0, count: 0 };
-        println!(
-            "running {} requests on each of the top {} plans: device (this process, as its board, emulated uplinks) -> edge -> cloud",
-            cases.len(),
-            plans.len()
-        );
-        for (rank, plan) in plans.iter().enumerate() {
-            let route = plan_route(plan, &device.blocks, |_| 0).with_context(|| format!("plan #{} does not fit the profile", rank + 1))?;
-            let mut times = Vec::new();
-            for (i, (inputs, reference)) in cases.iter().enumerate() {
-                let id = u64::try_from(rank * cases.len() + i).unwrap_or(u64::MAX);
-                let outcome = client.infer(id, &route, inputs.clone(), CostOptions::default().encoding).await?;
-                for ((_, got), want) in outcome.outputs.iter().zip(reference) {
-                    ran.worst = ran.worst.max(max_abs_diff(got, want)?);
-                }
-                if i > 0 || cases.len() == 1 {
-                    times.push(outcome.total_ns as f64);
-                }
-                ran.count += 1;
-            }
-            times.sort_by(f64::total_cmp);
-            ran.medians.push(times.get(times.len() / 2).copied().unwrap_or(0.0));
-            ran.routes.push(scission_core::policy::describe_route(&route));
-        }
-        Ok(ran)
-    })
 }
