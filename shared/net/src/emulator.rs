@@ -160,9 +160,11 @@ impl EmulatedSocket {
         let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) else { return None };
         if due > Instant::now() {
             inbound.timer.as_mut().reset(due);
-            // Registers the waker; polled again when the timer fires.
-            let _ = inbound.timer.as_mut().poll(cx);
-            return None;
+            // Registers the waker, to be polled again when the timer fires; a timer that fired
+            // meanwhile registers none, and the datagram is due now.
+            if inbound.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
         }
         let held = inbound.held.pop_front()?;
         let len = held.contents.len().min(buf.len());
@@ -250,5 +252,43 @@ impl AsyncUdpSocket for EmulatedSocket {
 
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    fn bind() -> std::net::UdpSocket {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap()
+    }
+
+    /// The next datagram `socket` hands its endpoint: its sender and contents.
+    async fn receive(socket: &EmulatedSocket) -> (SocketAddr, Vec<u8>) {
+        let mut buf = [0u8; 1500];
+        let mut meta = [RecvMeta::default()];
+        let received = poll_fn(|cx| socket.poll_recv(cx, &mut [IoSliceMut::new(&mut buf)], &mut meta)).await.unwrap();
+        assert_eq!(received, 1);
+        (meta[0].addr, buf[..meta[0].len].to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_shaped_peers_datagrams_arrive_after_the_way_back_and_the_others_at_once() {
+        let (far, near, here) = (bind(), bind(), bind());
+        let here_addr = here.local_addr().unwrap();
+        let out = Link { latency_ns: 0, bits_per_sec: 1_000_000_000 };
+        let back = Link { latency_ns: 80_000_000, bits_per_sec: 1_000_000_000 };
+        let inner = quinn::default_runtime().unwrap().wrap_udp_socket(here).unwrap();
+        let socket = EmulatedSocket::new(inner, HashMap::from([(far.local_addr().unwrap(), Shaper::both(out, back))]));
+        let sent = Instant::now();
+        far.send_to(b"far", here_addr).unwrap();
+        near.send_to(b"near", here_addr).unwrap();
+        let first = receive(&socket).await;
+        assert_eq!((first.0, first.1.as_slice()), (near.local_addr().unwrap(), &b"near"[..]), "an unshaped peer is not held back");
+        assert!(sent.elapsed() < Duration::from_millis(80), "{:?}", sent.elapsed());
+        let second = receive(&socket).await;
+        assert_eq!(second.1, b"far");
+        assert!(sent.elapsed() >= Duration::from_millis(80), "held for the way back's latency: {:?}", sent.elapsed());
     }
 }
