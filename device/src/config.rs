@@ -105,7 +105,8 @@ pub struct PlanningConfig {
     /// Re-plan when the best plan's measured latency departs from its prediction by more than
     /// this many percent, averaged over 8 requests (0: never).
     pub drift_percent: u32,
-    /// Give up on a tier that has not answered within this many milliseconds.
+    /// Give up on a tier that has not answered within this many milliseconds. A request that
+    /// every plan's tiers refuse as busy tries again, after a back-off with jitter, for as long.
     pub timeout_ms: u64,
     /// Activation encoding on the wire: `f32`, `f16` or `int8`.
     pub encoding: String,
@@ -470,6 +471,8 @@ impl Config {
                 replan_period: embassy_time::Duration::from_secs(p.replan_every_s),
                 backoff_initial: embassy_time::Duration::from_millis(p.retry_after_ms.max(1)),
                 drift_percent: p.drift_percent,
+                // A request refused as busy everywhere tries again while its deadline lasts.
+                busy_patience: embassy_time::Duration::from_millis(p.timeout_ms.max(1)),
                 ..PolicyConfig::default()
             },
             emulate: false,

@@ -86,7 +86,8 @@ pub struct RunArgs {
     /// by its measured compute time (the median of its last 8).
     #[arg(long, default_value_t = 50, value_name = "PERCENT")]
     replan_on_drift: u32,
-    /// Give up on a tier that has not answered within this many milliseconds.
+    /// Give up on a tier that has not answered within this many milliseconds. A request that
+    /// every plan's tiers refuse as busy tries again, after a back-off with jitter, for as long.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
     /// Probe a tier that stopped answering again after this many milliseconds (doubling after
@@ -160,6 +161,8 @@ impl RunArgs {
                 replan_every: self.replan_every,
                 backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms),
                 drift_percent: self.replan_on_drift,
+                // A request refused as busy everywhere tries again while its deadline lasts.
+                busy_patience: embassy_time::Duration::from_millis(self.timeout_ms),
                 ..PolicyConfig::default()
             },
             emulate: self.emulate,

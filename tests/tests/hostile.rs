@@ -488,14 +488,30 @@ fn flood_counting_busy(c: &Cluster, cloud: SocketAddr, count: u64, deadline_ms: 
 fn requests_still_waiting_for_a_worker_at_their_deadline_fail_expired_and_leave_the_queue() {
     let c = Cluster::new();
     let (cloud, _) = planning_cloud(&c, &["--workers", "1", "--queue", "64"]);
-    // Without a deadline, 32 requests at once on one worker all wait their turn.
-    assert_eq!(flood(&c, cloud.addr, 32, 0), (32, 0));
-    // With 1 ms, the first gets the worker and those still queued behind it expire.
+    // With 1 ms, on a server that has timed nothing yet (so it cannot tell the wait), the first
+    // gets the worker and those still queued behind it expire.
     let (outputs, expired) = flood(&c, cloud.addr, 32, 1);
     assert_eq!(outputs + expired, 32, "every request ends in an output or an explicit failure");
     assert!(outputs >= 1 && expired >= 1, "{outputs} outputs, {expired} expired");
-    // The expired ones left the queue: the server answers at once afterwards.
-    assert_eq!(flood(&c, cloud.addr, 4, 0), (4, 0));
+    // The expired ones left the queue; without a deadline, 32 at once on one worker all wait
+    // their turn.
+    assert_eq!(flood(&c, cloud.addr, 32, 0), (32, 0));
+    // Now it knows its service time: what cannot make 1 ms is refused up front, not queued.
+    let (outputs, expired, busy) = flood_counting_busy(&c, cloud.addr, 32, 1);
+    assert_eq!(outputs + expired + busy, 32, "every request ends in an output or an explicit failure");
+    assert!(busy >= 1, "{outputs} outputs, {expired} expired, {busy} busy");
+}
+
+#[test]
+fn requests_with_a_deadline_are_taken_on_while_their_expected_wait_fits_it() {
+    let c = Cluster::new();
+    // One worker and the default queue (four) for requests without a deadline.
+    let (cloud, _) = planning_cloud(&c, &["--workers", "1"]);
+    let (outputs, _, busy) = flood_counting_busy(&c, cloud.addr, 32, 0);
+    assert!(outputs >= 1 && busy >= 1, "without a deadline the queue's length holds: {outputs} outputs, {busy} busy");
+    // The server has timed its requests: 32 at once that may each wait a minute all wait their
+    // turn, far past the queue's length.
+    assert_eq!(flood_counting_busy(&c, cloud.addr, 32, 60_000), (32, 0, 0));
 }
 
 /// A batching cloud (one worker, batches of up to 4 after a 30 ms window) gets 12 different

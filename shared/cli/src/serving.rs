@@ -56,10 +56,18 @@ pub struct ServeArgs {
     /// Inferences run at once (default: one per core); each holds its activations in memory.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
-    /// Inferences that may wait for a worker (default: four per worker); one more is answered
-    /// `Busy` at once.
+    /// Inferences that may wait for a worker, whatever their deadlines; one more is answered
+    /// `Busy` at once. By default a request with a deadline (every device's) is taken on while
+    /// the expected wait for a worker (the requests ahead, at the measured service time) and its
+    /// own run fit it, within --queue-mib, and is `Busy` at once otherwise, with the expected
+    /// wait (the device tries again later or elsewhere); four per worker may wait when a request
+    /// carries no deadline or the server has timed none yet.
     #[arg(long)]
     pub queue: Option<u16>,
+    /// Mebibytes the queued and running inferences' tensors may hold together; a request that
+    /// would go past it is answered `Busy`.
+    #[arg(long, default_value_t = scission_runtime::server::DEFAULT_QUEUE_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub queue_mib: u64,
     /// Dynamic batching: most requests for one slice run as one batch (1: off; batches hold
     /// 2, 4, 8... requests). Needs a model whose batch dimension is symbolic (the zoo's are;
     /// torch `dynamic_axes` and tf2onnx exports usually are); a model with a fixed batch runs
@@ -137,6 +145,8 @@ impl ServeArgs {
         Limits {
             workers,
             queue: self.queue.map_or(workers.saturating_mul(4), usize::from),
+            queue_is_cap: self.queue.is_some(),
+            queue_bytes: self.queue_mib.saturating_mul(1 << 20),
             connections: usize::from(self.max_connections),
             per_peer: usize::from(self.max_connections_per_node),
             read_deadline: std::time::Duration::from_millis(self.read_deadline_ms),

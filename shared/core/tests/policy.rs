@@ -177,6 +177,73 @@ fn a_busy_tier_is_avoided_by_that_request_but_stays_up() {
     assert_eq!(sent(&drain(&mut p)), vec![(2, three_tier(10).stages)]);
 }
 
+/// A policy whose requests refused as busy everywhere keep trying for `patience_ms`.
+fn patient(routes: Vec<Route>, patience_ms: u64) -> DevicePolicy {
+    let config = PolicyConfig { busy_patience: embassy_time::Duration::from_millis(patience_ms), ..PolicyConfig::default() };
+    DevicePolicy::new(config, routes, Vec::new())
+}
+
+/// When a back-off says the request is tried again.
+fn backing_off(actions: &[Action]) -> Option<Instant> {
+    actions.iter().find_map(|a| if let Action::BackingOff { until, .. } = a { Some(*until) } else { None })
+}
+
+#[test]
+fn busy_everywhere_backs_off_and_tries_every_route_again_while_its_patience_lasts() {
+    let mut p = patient(vec![three_tier(10), device_cloud(20)], 10_000);
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(1), Event::Busy { request: 1, tier: 1 });
+    drain(&mut p);
+    p.handle(at(2), Event::Busy { request: 1, tier: 2 });
+    let actions = drain(&mut p);
+    let until = backing_off(&actions).unwrap_or_else(|| panic!("no back-off: {actions:?}"));
+    assert!(sent(&actions).is_empty() && !actions.iter().any(|a| matches!(a, Action::Fail { .. })), "{actions:?}");
+    // Between half and one and a half times the first back-off (50 ms).
+    assert!((at(2 + 25)..at(2 + 75)).contains(&until), "{until:?}");
+    p.handle(until.checked_sub(embassy_time::Duration::from_millis(1)).unwrap(), Event::Tick);
+    assert!(drain(&mut p).is_empty(), "not before its back-off");
+    p.handle(until, Event::Tick);
+    assert_eq!(sent(&drain(&mut p)), vec![(1, three_tier(10).stages)], "every route may have room again: the best first");
+    p.handle(until, Event::Answered { request: 1, elapsed_ns: 9 });
+    assert!(matches!(drain(&mut p)[..], [Action::Done { request: 1, .. }]));
+}
+
+#[test]
+fn a_request_busy_past_its_patience_fails_as_busy_and_back_offs_double_with_jitter() {
+    let mut p = patient(vec![device_cloud(20)], 1_000);
+    for request in [1, 2] {
+        p.handle(at(0), Event::Submit { request });
+    }
+    drain(&mut p);
+    let mut now = at(0);
+    let mut waits = Vec::new();
+    let failed = loop {
+        p.handle(now, Event::Busy { request: 1, tier: 2 });
+        let actions = drain(&mut p);
+        let Some(until) = backing_off(&actions) else { break actions };
+        waits.push((until - now).as_millis());
+        now = until;
+        p.handle(now, Event::Tick);
+        assert_eq!(sent(&drain(&mut p)), vec![(1, device_cloud(20).stages)]);
+    };
+    assert_eq!(failed, vec![Action::Fail { request: 1, failure: RequestFailure::Busy { tiers: vec![2] } }]);
+    assert!(now < at(1_000), "no try starts past its patience: the last at {now:?}");
+    assert!(waits.len() >= 3, "{waits:?}");
+    // Each back-off is drawn from twice the range of the one before (jitter: 0.5x-1.5x).
+    for (k, &wait) in waits.iter().enumerate() {
+        let base = 50u64 << k;
+        assert!((base / 2..base * 3 / 2).contains(&wait), "back-off {k}: {wait} ms ({waits:?})");
+    }
+    // Another request refused at the same moment backs off for another time.
+    p.handle(now, Event::Busy { request: 2, tier: 2 });
+    let other = backing_off(&drain(&mut p)).expect("request 2 backs off");
+    p.handle(now, Event::Submit { request: 3 });
+    drain(&mut p);
+    p.handle(now, Event::Busy { request: 3, tier: 2 });
+    assert_ne!(backing_off(&drain(&mut p)), Some(other), "two requests refused together spread out");
+}
+
 #[test]
 fn busy_everywhere_fails_the_request_as_busy() {
     let mut p = policy(vec![three_tier(10), device_cloud(20)]);
@@ -537,8 +604,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_request_ends_exactly_once(ops in proptest::collection::vec(op(), 0..120), start in any::<u8>(), replan_every in 0u32..4) {
-        let config = PolicyConfig { replan_every, max_attempts: 4, ..PolicyConfig::default() };
+    fn every_request_ends_exactly_once(ops in proptest::collection::vec(op(), 0..120), start in any::<u8>(), replan_every in 0u32..4, patience_ms in prop_oneof![Just(0u64), Just(700u64)]) {
+        let busy_patience = embassy_time::Duration::from_millis(patience_ms);
+        let config = PolicyConfig { replan_every, max_attempts: 4, busy_patience, ..PolicyConfig::default() };
         let mut p = DevicePolicy::new(config, ranking(start, 0), Vec::new());
         let (mut owed, mut ends) = (Obligations::default(), std::collections::BTreeMap::new());
         let (mut now, mut next_id) = (0u64, 0u64);
@@ -571,12 +639,16 @@ proptest! {
                 step(&mut p, Instant::from_millis(now), event, &mut owed, &mut ends)?;
             }
         }
-        // Drain: answer every obligation (sends succeed, probes fail, plans are the whole pool).
+        // Drain: answer every obligation (sends succeed, probes fail, plans are the whole pool);
+        // with none left but requests backing off, time passes.
         for _ in 0..10_000 {
             let event = if let Some((request, _)) = owed.sends.pop() {
                 Event::Answered { request, elapsed_ns: 1 }
             } else if let Some(event) = aux(&mut owed, 0, true, 0b11111, 0) {
                 event
+            } else if p.outstanding() > 0 {
+                now += 100;
+                Event::Tick
             } else {
                 break;
             };

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::load::LoadMeter;
 use std::time::{Duration, Instant};
@@ -73,8 +73,14 @@ pub struct Limits {
     pub max_frame: u32,
     /// Inferences running at once (each on a blocking thread).
     pub workers: usize,
-    /// Inferences waiting for a worker; one more is answered `Busy`.
+    /// Inferences waiting for a worker when the request carries no deadline, or before this
+    /// server has timed one (see [`StageServer`]'s admission); one more is answered `Busy`.
     pub queue: usize,
+    /// Whether `queue` bounds every request, deadline or not (the operator set it).
+    pub queue_is_cap: bool,
+    /// Bytes the admitted inferences' tensors may hold together (as decoded: 4 bytes an
+    /// element, or the payload where larger); a request that would go past it is `Busy`.
+    pub queue_bytes: u64,
     /// Connections open at once; more are refused.
     pub connections: usize,
     /// Connections one peer (one certificate) may hold at once; more are closed.
@@ -98,6 +104,14 @@ pub struct Limits {
     pub batch: BatchWindow,
 }
 
+/// Default [`Limits::queue_bytes`]: 128 MiB of queued tensors (about 200 MobileNetV2 or ResNet50
+/// inputs).
+pub const DEFAULT_QUEUE_BYTES: u64 = 128 << 20;
+
+/// Most inferences admitted at once, whatever their deadlines allow: a bound on the tasks a
+/// flood of small requests can hold.
+pub const MAX_ADMITTED: usize = 4096;
+
 /// Batching off: every request runs alone.
 pub const NO_BATCHING: BatchWindow = BatchWindow { max: 1, delay_ns: 0 };
 
@@ -109,6 +123,8 @@ impl Limits {
             max_frame,
             workers,
             queue: workers.saturating_mul(4),
+            queue_is_cap: false,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             connections: 256,
             per_peer: 8,
             read_deadline: Duration::from_secs(30),
@@ -155,8 +171,9 @@ pub enum StageError {
     /// This node does not offer what was asked.
     #[error("this node does not {0}")]
     NotOffered(&'static str),
-    /// Every worker is busy and the queue is full.
-    #[error("tier {tier} is busy: {waiting} inferences are waiting")]
+    /// The request cannot be taken on: its deadline would pass before a worker is free, or the
+    /// queue is full (in requests or in bytes).
+    #[error("tier {tier} is busy: {waiting} inferences are waiting{}", expected_wait(*wait_ms))]
     Busy {
         /// This node's tier.
         tier: u8,
@@ -164,6 +181,8 @@ pub enum StageError {
         machine: MachineId,
         /// Inferences queued or running.
         waiting: usize,
+        /// The expected wait for a worker, in milliseconds (0: not why it was refused).
+        wait_ms: u64,
     },
     /// The peer's role may not ask this.
     #[error("forbidden: {0}")]
@@ -180,6 +199,14 @@ pub enum StageError {
         /// What it was waiting for.
         waiting_for: &'static str,
     },
+}
+
+/// The end of a busy refusal's message: the expected wait, where that was the reason.
+fn expected_wait(wait_ms: u64) -> String {
+    match wait_ms {
+        0 => String::new(),
+        ms => format!(", about {ms} ms before a worker is free, past the request's deadline"),
+    }
 }
 
 /// When a request must be answered: its arrival plus the deadline it carried.
@@ -256,6 +283,8 @@ pub struct StageServer {
     limits: Limits,
     workers: Arc<Semaphore>,
     load: Arc<LoadMeter>,
+    /// Bytes the admitted inferences' tensors hold.
+    queued_bytes: Arc<AtomicU64>,
     connections: Arc<AtomicUsize>,
     per_peer: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>,
     planning: Semaphore,
@@ -316,6 +345,7 @@ impl StageServer {
             workers: Arc::new(Semaphore::new(limits.workers.max(1))),
             limits,
             load: Arc::new(LoadMeter::new(limits.workers)),
+            queued_bytes: Arc::new(AtomicU64::new(0)),
             connections: Arc::new(AtomicUsize::new(0)),
             per_peer: Arc::default(),
             planning: Semaphore::new(PLANNING_AT_ONCE),
@@ -449,7 +479,7 @@ impl StageServer {
         };
         let reply = match tokio::time::timeout(self.limits.read_deadline, read).await {
             Ok(Ok(Err(request))) => {
-                StageError::Busy { tier: self.node.tier, machine: CONFIGURED, waiting: self.load.admitted() }.to_frame(request)
+                StageError::Busy { tier: self.node.tier, machine: CONFIGURED, waiting: self.load.admitted(), wait_ms: 0 }.to_frame(request)
             }
             Ok(Ok(Ok(bytes))) => self.answer(&bytes, peer, from).await,
             Ok(Err(FrameError::Wire(WireError::TooLarge { len, limit }))) => StageError::TooLarge { len, limit }.to_frame(0),
@@ -594,14 +624,51 @@ impl StageServer {
         self.limits.queue.saturating_add(self.limits.workers.saturating_mul(self.limits.batch.max.max(1)))
     }
 
-    /// Whether the workers and the queue are all taken.
+    /// Whether a new inference is refused from its first bytes, whatever its deadline: the
+    /// queue holds its most requests or its bytes.
     fn full(&self) -> bool {
-        self.load.admitted() >= self.capacity()
+        let admitted = self.load.admitted();
+        admitted >= MAX_ADMITTED
+            || (self.limits.queue_is_cap && admitted >= self.capacity())
+            || self.queued_bytes.load(Ordering::SeqCst) >= self.limits.queue_bytes
+    }
+
+    /// Whether an inference with `waiting` admitted before it, holding `bytes`, is taken on:
+    /// with a deadline, when the expected wait for a worker (the requests ahead, shared among
+    /// the workers, at the measured service time) and its own run fit what is left of it; with
+    /// none, or before any inference was timed, when the queue has room. Always within
+    /// [`MAX_ADMITTED`], the queue's bytes, and the queue's length where the operator set it.
+    fn admission(&self, waiting: usize, bytes: u64, deadline: Option<Deadline>, machine: MachineId) -> Result<QueuedBytes, StageError> {
+        let busy = |wait_ms| StageError::Busy { tier: self.node.tier, machine, waiting, wait_ms };
+        let held = QueuedBytes::take(&self.queued_bytes, bytes);
+        let capped = self.limits.queue_is_cap && waiting >= self.capacity();
+        if waiting >= MAX_ADMITTED || capped || held.total > self.limits.queue_bytes {
+            return Err(busy(0));
+        }
+        let service_ns = self.load.snapshot().service_ns;
+        match deadline {
+            Some(d) if service_ns > 0 => {
+                let rounds = u64::try_from(waiting / self.limits.workers.max(1)).unwrap_or(u64::MAX);
+                let wait_ns = rounds.saturating_mul(service_ns);
+                let left_ns = u64::try_from(d.at.saturating_duration_since(Instant::now()).as_nanos()).unwrap_or(u64::MAX);
+                if wait_ns.saturating_add(service_ns) > left_ns {
+                    return Err(busy((wait_ns / 1_000_000).max(1)));
+                }
+            }
+            _ if waiting >= self.capacity() => return Err(busy(0)),
+            _ => {}
+        }
+        Ok(held)
     }
 
     /// A place among the registrations and plans being worked on, or `Busy`.
     fn planning_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StageError> {
-        self.planning.try_acquire().map_err(|_| StageError::Busy { tier: self.node.tier, machine: CONFIGURED, waiting: PLANNING_AT_ONCE })
+        self.planning.try_acquire().map_err(|_| StageError::Busy {
+            tier: self.node.tier,
+            machine: CONFIGURED,
+            waiting: PLANNING_AT_ONCE,
+            wait_ms: 0,
+        })
     }
 
     async fn infer(&self, request: Request, stages: &[Stage], tensors: &[NamedTensor<'_>]) -> Result<Vec<u8>, StageError> {
@@ -618,11 +685,9 @@ impl StageServer {
                 self.node.tier
             )));
         }
-        // A full queue answers at once, before the request's tensors are decoded.
+        // A request that cannot be taken on is answered at once, before its tensors are decoded.
         let (waiting, admitted) = self.load.admit();
-        if waiting >= self.capacity() {
-            return Err(StageError::Busy { tier: self.node.tier, machine: stage.machine, waiting });
-        }
+        let held = self.admission(waiting, decoded_bytes(tensors), request.deadline, stage.machine)?;
         let mut live = Activations::new();
         for t in tensors {
             let (id, value) = decode_tensor(self.node.graph(), t).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
@@ -632,7 +697,7 @@ impl StageServer {
         // Refuse a request whose inputs cannot feed the stage before building anything for it.
         self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
         let (live, compute_ns) = self.run_stage(block, live, request.deadline, stage.machine).await?;
-        drop(admitted);
+        drop((admitted, held));
         let mine = StageTiming { tier: self.node.tier, machine: stage.machine, compute_ns, held_ns: 0 };
         if rest.is_empty() {
             let outputs = self.node.outputs(&live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
@@ -744,6 +809,36 @@ impl StageServer {
             Ok(_) => Err(unreachable("the next tier answered something else than this request's result".into())),
             Err(e) => Err(unreachable(format!("the next tier sent a malformed answer: {e}"))),
         }
+    }
+}
+
+/// What a request's tensors take once decoded: 4 bytes an element (f32), or the payload where
+/// larger.
+fn decoded_bytes(tensors: &[NamedTensor<'_>]) -> u64 {
+    tensors
+        .iter()
+        .map(|t| t.tensor.volume().unwrap_or(u64::MAX).saturating_mul(4).max(t.tensor.data.len() as u64))
+        .fold(0, u64::saturating_add)
+}
+
+/// An admitted inference's share of the queue's bytes, given back when dropped.
+struct QueuedBytes {
+    count: Arc<AtomicU64>,
+    bytes: u64,
+    /// The queue's bytes with these, when they were taken.
+    total: u64,
+}
+
+impl QueuedBytes {
+    fn take(count: &Arc<AtomicU64>, bytes: u64) -> Self {
+        let before = count.fetch_add(bytes, Ordering::SeqCst);
+        Self { count: count.clone(), bytes, total: before.saturating_add(bytes) }
+    }
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 

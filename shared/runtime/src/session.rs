@@ -776,6 +776,10 @@ impl Driver {
             Action::Done { request, route, elapsed_ns } => self.done(request, route, elapsed_ns),
             Action::Fail { request, failure } => self.fail(request, InferError::of(&failure)),
             Action::FailedOver { request, tier, reason } => self.emit(DeviceEvent::FailedOver { request, tier, reason }),
+            Action::BackingOff { request, busy, until } => {
+                let wait_ms = until.saturating_duration_since(self.now()).as_millis();
+                tracing::debug!(request, ?busy, wait_ms, "every route left is busy; trying again after a back-off");
+            }
             Action::TierDown { tier } => {
                 tracing::warn!(tier, "tier is down; probing it again after a back-off");
                 self.emit(DeviceEvent::TierDown { tier });

@@ -46,6 +46,15 @@ pub use routes::{BadSplit, describe_route, plan_route, split_route};
 use crate::link::Link;
 use crate::wire::message::Stage;
 
+/// A deterministic jitter from 0 to 999 per mille for `request`'s `attempt`-th back-off (a
+/// splitmix64 step): requests refused together spread out without a clock or a random source.
+fn jitter_permille(request: u64, attempt: u32) -> u64 {
+    let mut z = request ^ (u64::from(attempt) << 48) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % 1000
+}
+
 /// Tier index of the device itself: it never goes down.
 pub const DEVICE_TIER: u8 = 0;
 
@@ -88,7 +97,19 @@ pub struct PolicyConfig {
     /// this many percent (either way), as a running average over [`DRIFT_WINDOW`] answers (0:
     /// never). The planner then sees the servers' queues as they are now.
     pub drift_percent: u32,
+    /// How long after its submission a request that meets only busy tiers keeps trying: it
+    /// waits a back-off (from [`BUSY_BACKOFF_INITIAL`], doubling to [`BUSY_BACKOFF_MAX`], with
+    /// jitter, so a burst's refused requests do not come back together) and is sent again,
+    /// until a retry would start after this. Zero: it fails at once. A shell sets the request's
+    /// own deadline.
+    pub busy_patience: Duration,
 }
+
+/// First wait before a request refused as busy everywhere is tried again (see
+/// [`PolicyConfig::busy_patience`]).
+pub const BUSY_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of a request refused as busy.
+pub const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Answers on the best route averaged before its measured latency can count as drifting.
 pub const DRIFT_WINDOW: u32 = 8;
@@ -103,6 +124,7 @@ impl Default for PolicyConfig {
             backoff_max: Duration::from_secs(60),
             max_attempts: 8,
             drift_percent: 0,
+            busy_patience: Duration::from_ticks(0),
         }
     }
 }
@@ -139,7 +161,8 @@ pub enum RequestFailure {
         /// How many times it was sent.
         attempts: u32,
     },
-    /// Every route left for the request goes through a tier that said it is busy.
+    /// Every route left for the request goes through a tier that said it is busy, and its
+    /// patience ran out (or it has none).
     Busy {
         /// The busy tiers.
         tiers: Vec<u8>,
@@ -184,7 +207,8 @@ pub enum Event {
         tier: u8,
     },
     /// `tier` is at capacity (back-pressure): the request tries a route without it, but the
-    /// tier stays up for other requests.
+    /// tier stays up for other requests. When every route left goes through busy tiers, the
+    /// request backs off and tries them all again while [`PolicyConfig::busy_patience`] lasts.
     Busy {
         /// The request's id.
         request: u64,
@@ -284,6 +308,16 @@ pub enum Action {
         /// Why.
         failure: RequestFailure,
     },
+    /// Every route left for the request goes through tiers that said they are busy: it is
+    /// tried again from `until` on (the shell needs only to keep ticking).
+    BackingOff {
+        /// The request's id.
+        request: u64,
+        /// The busy tiers.
+        busy: Vec<u8>,
+        /// When it is tried again.
+        until: Instant,
+    },
     /// A route failed at `tier`; the request is retried elsewhere.
     FailedOver {
         /// The request's id.
@@ -326,10 +360,14 @@ struct Down {
 /// Where one request stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Pending {
-    /// Tries so far.
+    /// When it was submitted.
+    since: Instant,
+    /// Tries so far (since its last back-off).
     attempts: u32,
-    /// Tiers that answered this request `Busy`.
+    /// Tiers that answered this request `Busy` (since its last back-off).
     busy: Vec<u8>,
+    /// Back-offs so far, after meeting only busy tiers.
+    backoffs: u32,
     /// Where it stands.
     state: State,
 }
@@ -340,17 +378,19 @@ enum State {
     Parked,
     /// Sent along this route.
     InFlight(Route),
+    /// Every route left went through busy tiers: tried again from this time on.
+    BackingOff(Instant),
 }
 
 impl Pending {
-    fn new() -> Self {
-        Self { attempts: 0, busy: Vec::new(), state: State::Parked }
+    fn new(since: Instant) -> Self {
+        Self { since, attempts: 0, busy: Vec::new(), backoffs: 0, state: State::Parked }
     }
 
     fn route(&self) -> Option<&Route> {
         match &self.state {
             State::InFlight(route) => Some(route),
-            State::Parked => None,
+            State::Parked | State::BackingOff(_) => None,
         }
     }
 }
@@ -391,6 +431,8 @@ pub struct DevicePolicy {
     /// Measured over predicted latency of the best route, per mille, as a running average, and
     /// how many answers it holds (reset with every new ranking).
     drift: (u64, u32),
+    /// The time of the event being handled.
+    now: Instant,
     actions: VecDeque<Action>,
 }
 
@@ -411,6 +453,7 @@ impl DevicePolicy {
             submitted: 0,
             next_scheduled: None,
             measure_due: None,
+            now: Instant::from_ticks(0),
             actions: VecDeque::new(),
         }
     }
@@ -452,6 +495,7 @@ impl DevicePolicy {
 
     /// Takes in one event at time `now`.
     pub fn handle(&mut self, now: Instant, event: Event) {
+        self.now = now;
         match event {
             Event::Submit { request } => self.submit(request),
             Event::Answered { request, elapsed_ns } => self.answered(request, elapsed_ns),
@@ -484,7 +528,7 @@ impl DevicePolicy {
         }
         let due = self.config.replan_every > 0 && self.submitted > 0 && self.submitted.is_multiple_of(u64::from(self.config.replan_every));
         self.submitted = self.submitted.saturating_add(1);
-        self.requests.insert(request, Pending::new());
+        self.requests.insert(request, Pending::new(self.now));
         if due {
             self.measure_due.get_or_insert(0);
         }
@@ -534,8 +578,16 @@ impl DevicePolicy {
                 self.actions.push_back(Action::Send { request, rank, stages });
             }
             None if !busy.is_empty() && self.best_available().is_some() => {
-                // Routes exist, but only through tiers that are busy for this request.
-                self.finish_failed(request, RequestFailure::Busy { tiers: busy });
+                // Routes exist, but only through tiers that are busy for this request: it backs
+                // off and tries them again while its patience lasts.
+                match (self.busy_retry_at(request), self.requests.get_mut(&request)) {
+                    (Some(at), Some(pending)) => {
+                        pending.state = State::BackingOff(at);
+                        pending.backoffs = pending.backoffs.saturating_add(1);
+                        self.actions.push_back(Action::BackingOff { request, busy, until: at });
+                    }
+                    _ => self.finish_failed(request, RequestFailure::Busy { tiers: busy }),
+                }
             }
             None => {
                 if let Some(pending) = self.requests.get_mut(&request) {
@@ -546,6 +598,22 @@ impl DevicePolicy {
                 }
             }
         }
+    }
+
+    /// When `request`, refused as busy everywhere, should be tried again: after its back-off
+    /// (doubling per back-off, jittered between half and one and a half times), or `None` when
+    /// that is past its patience.
+    fn busy_retry_at(&self, request: u64) -> Option<Instant> {
+        let pending = self.requests.get(&request)?;
+        let patience = self.config.busy_patience;
+        if patience.as_ticks() == 0 {
+            return None;
+        }
+        let doubled = BUSY_BACKOFF_INITIAL.as_ticks().saturating_mul(1u64 << pending.backoffs.min(20));
+        let backoff = doubled.min(BUSY_BACKOFF_MAX.as_ticks());
+        let jittered = backoff.saturating_mul(500 + jitter_permille(request, pending.backoffs)) / 1000;
+        let at = self.now.saturating_add(Duration::from_ticks(jittered));
+        (at < pending.since.saturating_add(patience)).then_some(at)
     }
 
     /// The best route whose tiers are all up and none in `busy`.
@@ -807,6 +875,16 @@ impl DevicePolicy {
     }
 
     fn tick(&mut self, now: Instant) {
+        let due: Vec<u64> =
+            self.requests.iter().filter(|(_, p)| matches!(p.state, State::BackingOff(at) if at <= now)).map(|(id, _)| *id).collect();
+        for request in due {
+            if let Some(pending) = self.requests.get_mut(&request) {
+                // A fresh try: every tier may have room again, and failover has its full budget.
+                pending.busy.clear();
+                pending.attempts = 0;
+            }
+            self.park_and_retry(request);
+        }
         for (tier, down) in self.down.iter_mut() {
             if !down.probing && down.retry_at <= now {
                 down.probing = true;
