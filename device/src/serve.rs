@@ -121,6 +121,7 @@ pub fn serve(args: &ServeArgs) -> Result<String> {
             log_event(event);
         });
         let session = Arc::new(Session::open(session_config, model, Some(observer)).await?);
+        let closing = session.clone();
         let status = session.status();
         let service = Arc::new(Service::new(session, metrics, options.clone(), tiers).map_err(anyhow::Error::msg)?);
         let name = options.model_name.clone();
@@ -136,6 +137,7 @@ pub fn serve(args: &ServeArgs) -> Result<String> {
         })
         .await
         .context("the API stopped")?;
+        closing.close_connections().await;
         Ok(String::from("stopped: requests in flight have finished\n"))
     })
 }

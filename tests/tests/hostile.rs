@@ -842,3 +842,20 @@ impl PlansOrFailure for Body<'_> {
         }
     }
 }
+
+#[test]
+fn a_device_that_restarts_often_is_served_every_time() {
+    let c = Cluster::new();
+    let (model, cluster) = (c.model.to_str().unwrap(), c.cluster());
+    // Two connections per node: a third run would be refused if the earlier runs' connections
+    // lingered until they idled out.
+    let cloud = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1", "--max-connections-per-node", "2"]);
+    let cloud_addr = cloud.addr.to_string();
+    for run_number in 0..5 {
+        let args = ["run", model, "--cluster", &cluster, "--cloud", &cloud_addr, "--split", "0,0", "--requests", "1"];
+        let out = run("scission-device", &args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "run {run_number}: {text}\n{}", stderr(&out));
+        assert!(text.contains("requests: 1 ok, 0 failed"), "run {run_number}: {text}");
+    }
+}

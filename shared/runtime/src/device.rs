@@ -234,6 +234,7 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
             }
         }
         summary.prediction_error = prediction_error(&summary.requests);
+        session.close_connections().await;
         Ok(summary)
     })
 }

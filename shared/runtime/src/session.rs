@@ -274,7 +274,12 @@ pub struct Session {
     slots: Arc<Semaphore>,
     node: Arc<Node>,
     shapers: HashMap<u8, Arc<emulator::Shaper>>,
+    /// The endpoint every connection of the session goes through.
+    endpoint: quinn::Endpoint,
 }
+
+/// Longest a closing session waits for its connections' closes to leave.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 impl Session {
     /// Loads the plan, connects and starts the driver (on the current tokio runtime).
@@ -287,6 +292,7 @@ impl Session {
         let planner = Planner::new(&config.planning, config.encoding, nodes, config.device_memory)?;
         let peers = peers(&config);
         let (endpoint, shapers) = endpoint(&config, &identity, &peers, &planner.uplinks)?;
+        let closer = endpoint.clone();
         let (lost_tx, lost) = mpsc::unbounded_channel();
         let client = Arc::new(
             DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout)
@@ -308,7 +314,7 @@ impl Session {
         let (commands, receiver) = mpsc::unbounded_channel();
         tokio::spawn(driver.drive(receiver, lost));
         let slots = Arc::new(Semaphore::new(config.max_outstanding.max(1)));
-        Ok(Self { commands, status, slots, node, shapers })
+        Ok(Self { commands, status, slots, node, shapers, endpoint: closer })
     }
 
     /// Runs one request: `inputs` (one per graph input, each of the model's type and shape)
@@ -319,6 +325,17 @@ impl Session {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Infer { inputs, reply }).map_err(|_| InferError::Closed)?;
         answer.await.map_err(|_| InferError::Closed)?
+    }
+
+    /// Closes every connection of the session, telling each server at once (otherwise a server
+    /// holds a connection until it idles out, and a device that restarts often runs into the
+    /// server's limit of connections per node), and waits at most a second for the closes to
+    /// leave. Requests still out fail; call it once the session's work is done.
+    pub async fn close_connections(&self) {
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"the device closed its session");
+        if tokio::time::timeout(CLOSE_WAIT, self.endpoint.wait_idle()).await.is_err() {
+            tracing::debug!("the session's connections did not finish closing within {} ms", CLOSE_WAIT.as_millis());
+        }
     }
 
     /// What the session is doing now.
