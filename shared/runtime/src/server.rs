@@ -181,7 +181,8 @@ pub enum StageError {
         machine: MachineId,
         /// Inferences queued or running.
         waiting: usize,
-        /// The expected wait for a worker, in milliseconds (0: not why it was refused).
+        /// The expected time to answer (the wait for a worker and the run), in milliseconds (0:
+        /// not why it was refused).
         wait_ms: u64,
     },
     /// The peer's role may not ask this.
@@ -201,11 +202,11 @@ pub enum StageError {
     },
 }
 
-/// The end of a busy refusal's message: the expected wait, where that was the reason.
+/// The end of a busy refusal's message: the expected time to answer, where that was the reason.
 fn expected_wait(wait_ms: u64) -> String {
     match wait_ms {
         0 => String::new(),
-        ms => format!(", about {ms} ms before a worker is free, past the request's deadline"),
+        ms => format!("; it would be answered in about {ms} ms, past the request's deadline"),
     }
 }
 
@@ -640,6 +641,12 @@ impl StageServer {
     /// [`MAX_ADMITTED`], the queue's bytes, and the queue's length where the operator set it.
     fn admission(&self, waiting: usize, bytes: u64, deadline: Option<Deadline>, machine: MachineId) -> Result<QueuedBytes, StageError> {
         let busy = |wait_ms| StageError::Busy { tier: self.node.tier, machine, waiting, wait_ms };
+        if bytes > self.limits.queue_bytes {
+            return Err(StageError::BadRequest(format!(
+                "the request's tensors take {bytes} bytes, more than this server's whole queue budget of {} bytes (--queue-mib)",
+                self.limits.queue_bytes
+            )));
+        }
         let held = QueuedBytes::take(&self.queued_bytes, bytes);
         let capped = self.limits.queue_is_cap && waiting >= self.capacity();
         if waiting >= MAX_ADMITTED || capped || held.total > self.limits.queue_bytes {
@@ -651,8 +658,9 @@ impl StageServer {
                 let rounds = u64::try_from(waiting / self.limits.workers.max(1)).unwrap_or(u64::MAX);
                 let wait_ns = rounds.saturating_mul(service_ns);
                 let left_ns = u64::try_from(d.at.saturating_duration_since(Instant::now()).as_nanos()).unwrap_or(u64::MAX);
-                if wait_ns.saturating_add(service_ns) > left_ns {
-                    return Err(busy((wait_ns / 1_000_000).max(1)));
+                let answer_ns = wait_ns.saturating_add(service_ns);
+                if answer_ns > left_ns {
+                    return Err(busy((answer_ns / 1_000_000).max(1)));
                 }
             }
             _ if waiting >= self.capacity() => return Err(busy(0)),

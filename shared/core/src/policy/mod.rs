@@ -24,9 +24,15 @@
 //! most [`MAX_DEFERRED_MEASUREMENT`] requests. (A request that failed over waits for a ranking
 //! that knows why.)
 //!
+//! **Busy is back-pressure.** A request a tier refuses as busy tries a route without it; when
+//! every route left goes through busy tiers, it backs off (with jitter, so a burst's refused
+//! requests do not return together) and tries them all again while its
+//! [`PolicyConfig::busy_patience`] lasts.
+//!
 //! Guarantee: every request the shell submits ends in exactly one [`Action::Done`] or one
 //! [`Action::Fail`], whatever the peers do, provided the shell answers each `Send`, `Probe`,
-//! `MeasureLinks` and `Replan` it is given (each with one event).
+//! `MeasureLinks` and `Replan` it is given (each with one event) and keeps sending
+//! [`Event::Tick`] as time passes (a request backing off goes out again, or fails, on a tick).
 
 mod estimate;
 mod observed;
