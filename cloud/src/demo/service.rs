@@ -115,12 +115,11 @@ pub(super) fn distributed(setup: Setup<'_>, plans: &[Plan], requests: u32) -> Re
     // The edge's and cloud's ranges are timed on a thread of their own, started here: outside
     // the device's CPU quota, at this machine's speed, with the servers' engine threads.
     let blocks: Vec<scission_core::cut::Block> = setup.profiles[0].blocks.iter().map(|b| b.range).collect();
-    let remote_spans = spans_of(problem, plans, false);
     std::thread::scope(|scope| {
         let (jobs, timer) = RemoteTimer::channel();
         let (model, cores) = (&setup.model, setup.cores);
         scope.spawn(move || timer.serve(model, &blocks, cores));
-        let device = DeviceSide { setup: &setup, servers: &servers, remote: &jobs, remote_spans: &remote_spans };
+        let device = DeviceSide { setup: &setup, servers: &servers, remote: &jobs };
         as_device(setup.board, || device.run(plans, &cases))
     })
 }
@@ -132,14 +131,18 @@ struct Servers<'a> {
     cluster: &'a std::path::Path,
 }
 
-/// The block spans (machine, first block, end block) that `plans` run on the device
-/// (`device`) or on the other machines.
-fn spans_of(problem: &Problem, plans: &[Plan], device: bool) -> Vec<(usize, usize, usize)> {
-    let mut spans: Vec<(usize, usize, usize)> = plans
+/// Machine index of the device in the demo's problems (device, edge, cloud).
+const DEVICE_MACHINE: usize = 0;
+
+/// The block spans `(first block, end block)` the stages of `trials` run on the device
+/// (`on_device`) or on the other machines.
+fn spans(trials: &[Trial<'_>], on_device: bool) -> Vec<(usize, usize)> {
+    let mut spans: Vec<(usize, usize)> = trials
         .iter()
-        .flat_map(|p| p.segments.iter())
-        .filter(|s| s.end > s.start && (problem.machines[s.machine].tier == 0) == device)
-        .map(|s| (s.machine, s.start, s.end))
+        .flat_map(|t| t.parts.iter())
+        .filter_map(|p| p.span)
+        .filter(|&(machine, _, _)| (machine == DEVICE_MACHINE) == on_device)
+        .map(|(_, first, end)| (first, end))
         .collect();
     spans.sort_unstable();
     spans.dedup();
@@ -219,6 +222,14 @@ struct Part {
     spread_ns: u64,
 }
 
+impl Part {
+    /// What this stage is predicted to take now, its span taking `retimed_ns` alone: its figure
+    /// scaled by `retimed_ns` over the time the figure stands for (the machine's drift since).
+    fn now_ns(&self, retimed_ns: u64) -> u64 {
+        u64::try_from(u128::from(retimed_ns) * u128::from(self.predicted_ns) / u128::from(self.base_ns.max(1))).unwrap_or(u64::MAX)
+    }
+}
+
 /// A plan as a round runs it: its route, its parts, and what each request measured.
 struct Trial<'p> {
     plan: &'p Plan,
@@ -294,8 +305,7 @@ impl<'p> Trial<'p> {
     fn predicted_now(&self, i: usize) -> Option<u64> {
         let mut ns = self.plan.cost.latency_ns;
         for (part, retimed) in self.parts.iter().zip(&self.retimed).filter(|(p, _)| p.span.is_some()) {
-            let now = (u128::from(*retimed.get(i)?) * u128::from(part.predicted_ns) / u128::from(part.base_ns.max(1))) as u64;
-            ns = ns.saturating_sub(part.predicted_ns).saturating_add(now);
+            ns = ns.saturating_sub(part.predicted_ns).saturating_add(part.now_ns(*retimed.get(i)?));
         }
         Some(ns)
     }
@@ -309,14 +319,8 @@ impl<'p> Trial<'p> {
     /// machine as it was just before it.
     fn paired_error(&self) -> Option<f64> {
         let predicted = self.predictions_now()?;
-        let mut ratios: Vec<f64> = self.totals.iter().zip(&predicted).map(|(&m, &p)| m as f64 / p.max(1) as f64).collect();
-        ratios.sort_by(f64::total_cmp);
-        let n = ratios.len();
-        let median = match n % 2 {
-            1 => *ratios.get(n / 2)?,
-            _ => (ratios.get(n / 2 - 1)? + ratios.get(n / 2)?) / 2.0,
-        };
-        Some(median - 1.0)
+        let ratios: Vec<f64> = self.totals.iter().zip(&predicted).map(|(&m, &p)| m as f64 / p.max(1) as f64).collect();
+        Some(median(ratios)? - 1.0)
     }
 
     /// The 90th percentile predicted from the benchmark: the plan's figure plus its stages'
@@ -349,7 +353,6 @@ struct DeviceSide<'a> {
     setup: &'a Setup<'a>,
     servers: &'a Servers<'a>,
     remote: &'a RemoteJobs,
-    remote_spans: &'a [(usize, usize, usize)],
 }
 
 /// What a round's requests computed.
@@ -434,9 +437,7 @@ impl DeviceSide<'_> {
     fn trials<'p>(&self, problem: &Problem, plans: &'p [Plan]) -> Result<Vec<Trial<'p>>> {
         let profiles = self.setup.profiles;
         let trials = plans.iter().enumerate().map(|(rank, plan)| Trial::new(problem, profiles, plan, rank)).collect::<Result<Vec<_>>>()?;
-        let mut remote: Vec<(usize, usize)> = self.remote_spans.iter().map(|&(_, a, b)| (a, b)).collect();
-        remote.extend(spans_of(problem, plans, false).into_iter().map(|(_, a, b)| (a, b)));
-        self.remote.prepare(remote)?;
+        self.remote.prepare(spans(&trials, false))?;
         Ok(trials)
     }
 
@@ -450,9 +451,7 @@ impl DeviceSide<'_> {
         checked: &mut Checked,
     ) -> Result<()> {
         let blocks: Vec<scission_core::cut::Block> = self.setup.profiles[0].blocks.iter().map(|b| b.range).collect();
-        let device_spans: Vec<(usize, usize)> =
-            trials.iter().flat_map(|t| t.parts.iter()).filter_map(|p| p.span).filter(|s| s.0 == 0).map(|s| (s.1, s.2)).collect();
-        let mut device_timer = SpanTimer::new(&self.setup.model, &blocks, &device_spans, 1)?;
+        let mut device_timer = SpanTimer::new(&self.setup.model, &blocks, &spans(trials, true), 1)?;
         let encoding = CostOptions::default().encoding;
         for (i, (inputs, reference)) in cases.iter().enumerate() {
             let counted = i > 0 || cases.len() == 1;
@@ -461,7 +460,7 @@ impl DeviceSide<'_> {
                     for (part, retimed) in trial.parts.iter().zip(&mut trial.retimed) {
                         let Some((machine, first, end)) = part.span else { continue };
                         let ns = match machine {
-                            0 => with_threads(1, || device_timer.time((first, end)))?,
+                            DEVICE_MACHINE => with_threads(1, || device_timer.time((first, end)))?,
                             _ => self.remote.time((first, end))?,
                         };
                         retimed.push(ns);
@@ -548,21 +547,30 @@ fn report(trials: &[Trial<'_>]) -> Errors {
             .zip(&t.measured)
             .zip(&t.retimed)
             .map(|((part, measured), retimed)| {
-                let median = |v: &[u64]| Summary::of(v).map_or(f64::NAN, |s| ms(s.median_ns));
+                let median = |v: &[u64]| Summary::of(v).map(|s| s.median_ns);
                 let now = match part.span {
-                    Some(_) => median(retimed) * part.predicted_ns as f64 / part.base_ns.max(1) as f64,
-                    None => ms(part.predicted_ns),
+                    Some(_) => median(retimed).map(|ns| part.now_ns(ns)),
+                    None => Some(part.predicted_ns),
                 };
-                format!("{} {:.1} / {:.1} / {:.1}", part.label, ms(part.predicted_ns), now, median(measured))
+                let shown = |ns: Option<u64>| ns.map_or(f64::NAN, ms);
+                format!("{} {:.1} / {:.1} / {:.1}", part.label, ms(part.predicted_ns), shown(now), shown(median(measured)))
             })
             .collect();
         println!("  #{} {}", rank + 1, parts.join("  |  "));
     }
-    let middle = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN) / 100.0
-    };
+    let middle = |v: Vec<f64>| median(v).map_or(f64::NAN, |m| m / 100.0);
     Errors { benchmarked: middle(benchmarked), now: middle(now), p90: middle(p90s) }
+}
+
+/// The median of `values` (the mean of the middle two for an even count, as
+/// [`Summary::of`] takes it); `None` when there are none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n % 2 {
+        1 => values.get(n / 2).copied(),
+        _ => Some((values.get(n.checked_sub(1)? / 2)? + values.get(n / 2)?) / 2.0),
+    }
 }
 
 /// The closed loop, as a device's planner runs it: every counted request of `trials` goes
