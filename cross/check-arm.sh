@@ -3,7 +3,8 @@
 # or rustup targets, and checks it under qemu-user:
 #   1. `bench` of a zoo model runs on emulated ARM;
 #   2. partitioned inference with the emulated-ARM device and x86 edge/cloud servers on loopback
-#      returns the unsplit model's result (cloud-only, and device + cloud splits);
+#      returns x86's unsplit result within float tolerance, for every split (cloud only, device
+#      + edge + cloud, device + cloud, device only);
 #   3. the lean device binary (slice artifacts only) runs artifacts of every real torch.onnx and
 #      tf2onnx export in tests/fixtures/exports, written on x86: the whole model as one slice,
 #      and the first half with x86 running the second; each result within float tolerance of
@@ -105,7 +106,9 @@ check_artifacts() {
   read -r -a qemu <<< "$(emulator "$target")"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
-  echo "== $target: the lean device binary ($(stat -c %s "$lean") bytes stripped) runs artifacts of real exports"
+  local bytes
+  bytes=$(stat -c %s "$lean")
+  echo "== $target: the lean device binary, $((bytes / 1000)) kB stripped ($(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1048576 }') MiB; the goal is 8 MiB or less), runs artifacts of real exports"
   for name in $(python3 "$check" names); do
     local onnx="$root/tests/fixtures/exports/$name.onnx" report cut nodes
     report=$("$host/scission-cloud" inspect "$onnx")
@@ -144,10 +147,19 @@ check() {
   "$host/scission-edge" serve "$work/m.onnx" --cluster "$work/cluster" --cloud "$cloud" > "$work/edge.log" &
   sleep 3
   edge=$(grep -o 'on [0-9.:]*' "$work/edge.log" | cut -d' ' -f2)
-  echo "== $target: emulated-ARM device, x86 edge and cloud"
-  for split in 0,0 60,120 120,120; do
-    "${qemu[@]}" "$device" run "$work/m.onnx" --cluster "$work/cluster" --edge "$edge" --cloud "$cloud" --split "$split" --requests 2 --timeout-ms 60000 | tail -1
+  # One input for every split, and x86's unsplit result on it: each split's output must match.
+  local nodes failed=0
+  nodes=$("$host/scission-cloud" inspect "$work/m.onnx" | sed -n 's/.*: \([0-9]*\) compute nodes.*/\1/p')
+  python3 "$root/cross/exports-check.py" noise "$work/in.npy" 1 3 224 224
+  "$host/scission-cloud" run-slice --model "$work/m.onnx" --range "0,$nodes" --inputs "$work/in.npy" --save "$work/x86" --runs 1 >/dev/null
+  echo "== $target: emulated-ARM device, x86 edge and cloud, each split against x86's unsplit result"
+  for split in 0,0 60,120 120,120 "$nodes,$nodes"; do
+    "${qemu[@]}" "$device" run "$work/m.onnx" --cluster "$work/cluster" --edge "$edge" --cloud "$cloud" --split "$split" \
+      --inputs "$work/in.npy" --no-check --save "$work/split-${split/,/-}" --timeout-ms 60000 | tail -1
+    printf '%s' "split $split: "
+    python3 "$root/cross/exports-check.py" compare-npy "$work/split-${split/,/-}/output-0.npy" "$work/x86/output-0.npy" || failed=1
   done
+  return $failed
 }
 
 toolchain

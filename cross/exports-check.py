@@ -7,6 +7,8 @@ torch.onnx and tf2onnx exports in tests/fixtures/exports (standard library only:
   exports-check.py middle-cut             the middle cut position, from `scission-cloud inspect` on stdin
   exports-check.py compare NAME OUT.npy   compares an output with onnxruntime's (x86) output;
                                           exits 1 beyond the tolerance
+  exports-check.py noise OUT.npy D0 D1 ...  a deterministic float32 input in [-1, 1) of that shape
+  exports-check.py compare-npy GOT.npy WANT.npy  compares two float32 outputs, as `compare`
 """
 import array
 import json
@@ -75,6 +77,27 @@ def main(argv):
         worst = max(abs(a - b) for a, b in zip(got, want))
         verdict = "ok" if worst <= TOLERANCE * scale else "TOO FAR"
         print(f"{argv[1]}: largest difference from onnxruntime {worst:.2e} (tolerance {TOLERANCE * scale:.2e}) {verdict}")
+        return 0 if verdict == "ok" else 1
+    elif argv[:1] == ["noise"] and len(argv) >= 3:
+        shape = [int(d) for d in argv[2:]]
+        count = 1
+        for d in shape:
+            count *= d
+        state, values = 12345, array.array("f")
+        for _ in range(count):
+            state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+            values.append((state >> 40) / float(1 << 23) - 1.0)
+        if sys.byteorder != "little":
+            values.byteswap()
+        write_npy(argv[1], shape, values.tobytes())
+    elif argv[:1] == ["compare-npy"] and len(argv) == 3:
+        got, want = read_npy(argv[1]), read_npy(argv[2])
+        if len(got) != len(want):
+            sys.exit(f"{len(got)} values, the reference has {len(want)}")
+        scale = max(1.0, max(abs(v) for v in want))
+        worst = max(abs(a - b) for a, b in zip(got, want))
+        verdict = "ok" if worst <= TOLERANCE * scale else "TOO FAR"
+        print(f"largest difference from the reference {worst:.2e} (tolerance {TOLERANCE * scale:.2e}) {verdict}")
         return 0 if verdict == "ok" else 1
     else:
         sys.exit(__doc__)

@@ -18,6 +18,10 @@ use scission_runtime::node::Slices;
 use scission_runtime::session::SessionConfig;
 use scission_serving::image::{Preprocess, Preset, Resize};
 
+/// Each probe of a tier that stopped answering waits its back-off give or take this many
+/// percent (a fleet's devices do not all probe a returning server at once).
+pub const PROBE_JITTER_PERCENT: u32 = 25;
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -100,8 +104,11 @@ pub struct PlanningConfig {
     /// request in flight (0: only on failures).
     pub replan_every_s: u64,
     /// First wait before a tier that stopped answering is probed again, in milliseconds
-    /// (doubling up to a minute).
+    /// (doubling after each failed probe up to `retry_max_ms`, give or take a quarter).
     pub retry_after_ms: u64,
+    /// Longest wait between two probes of a tier that stopped answering, in milliseconds: the
+    /// most a returned tier waits to be used again.
+    pub retry_max_ms: u64,
     /// Re-plan when the best plan's measured latency departs from its prediction by more than
     /// this many percent, averaged over 8 requests (0: never).
     pub drift_percent: u32,
@@ -123,7 +130,8 @@ impl Default for PlanningConfig {
             split: None,
             links: Vec::new(),
             replan_every_s: 60,
-            retry_after_ms: 1000,
+            retry_after_ms: 250,
+            retry_max_ms: 2000,
             drift_percent: 50,
             timeout_ms: 5000,
             encoding: "f32".into(),
@@ -146,11 +154,25 @@ pub struct ApiConfig {
     pub max_body_mib: usize,
     /// Most requests in flight through the pipeline at once; more wait.
     pub max_outstanding: usize,
+    /// Inference requests read, parsed and run at once (each holds its body and tensors: this
+    /// bounds the service's working memory).
+    pub max_concurrent: usize,
+    /// Inference requests waiting for one of those slots; one more is answered 503 with
+    /// `Retry-After`.
+    pub max_waiting: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), unix_socket: None, model_name: None, max_body_mib: 64, max_outstanding: 64 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            unix_socket: None,
+            model_name: None,
+            max_body_mib: 64,
+            max_outstanding: 64,
+            max_concurrent: 4,
+            max_waiting: 64,
+        }
     }
 }
 
@@ -218,6 +240,9 @@ pub struct Overrides {
     /// Never run the whole model here when edge and cloud are gone.
     #[arg(long)]
     pub no_local_fallback: bool,
+    /// Inference requests served at once; more wait (overrides `[api] max_concurrent`).
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<usize>,
 }
 
 impl Overrides {
@@ -262,6 +287,9 @@ impl Overrides {
         }
         if self.no_local_fallback {
             config.planning.local_fallback = false;
+        }
+        if let Some(v) = self.max_concurrent {
+            config.api.max_concurrent = v;
         }
         Ok(config)
     }
@@ -470,6 +498,9 @@ impl Config {
             policy: PolicyConfig {
                 replan_period: embassy_time::Duration::from_secs(p.replan_every_s),
                 backoff_initial: embassy_time::Duration::from_millis(p.retry_after_ms.max(1)),
+                backoff_max: embassy_time::Duration::from_millis(p.retry_max_ms.max(p.retry_after_ms).max(1)),
+                probe_jitter_percent: PROBE_JITTER_PERCENT,
+                jitter_seed: scission_core::policy::seed_of(&self.name),
                 drift_percent: p.drift_percent,
                 // A request refused as busy everywhere tries again while its deadline lasts.
                 busy_patience: embassy_time::Duration::from_millis(p.timeout_ms.max(1)),

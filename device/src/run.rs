@@ -91,9 +91,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
     /// Probe a tier that stopped answering again after this many milliseconds (doubling after
-    /// each failed probe, up to a minute); it is used again once it answers.
-    #[arg(long, default_value_t = 1000)]
+    /// each failed probe up to --retry-max-ms, give or take a quarter); it is used again once it
+    /// answers.
+    #[arg(long, default_value_t = 250)]
     retry_after_ms: u64,
+    /// Longest wait between two probes of a tier that stopped answering, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    retry_max_ms: u64,
     /// Requests to run (default: one per --inputs file, else 10).
     #[arg(long)]
     requests: Option<u32>,
@@ -127,6 +131,10 @@ pub struct RunArgs {
     /// compute time) and the per-plan figures to this JSON file.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
+    /// Write the last answered request's outputs to this directory as `output-K.npy` (e.g. to
+    /// compare them with another machine's).
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
 }
 
 /// Parses `AFTER:TIER=BANDWIDTH,LATENCY`, e.g. `10:1=2mbit,5ms`.
@@ -159,7 +167,10 @@ impl RunArgs {
             planning,
             policy: PolicyConfig {
                 replan_every: self.replan_every,
-                backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms),
+                backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms.max(1)),
+                backoff_max: embassy_time::Duration::from_millis(self.retry_max_ms.max(self.retry_after_ms).max(1)),
+                probe_jitter_percent: crate::config::PROBE_JITTER_PERCENT,
+                jitter_seed: scission_core::policy::seed_of(&self.name),
                 drift_percent: self.replan_on_drift,
                 // A request refused as busy everywhere tries again while its deadline lasts.
                 busy_patience: embassy_time::Duration::from_millis(self.timeout_ms),
@@ -227,6 +238,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     if let Some(digest) = &summary.last_outputs_sha256 {
         println!("last request's outputs: SHA-256 {digest}");
+    }
+    if let Some(dir) = &args.save {
+        save_outputs(dir, &summary.last_outputs)?;
+        println!("last request's outputs written to {}", dir.display());
     }
     if summary.failed > 0 {
         bail!("{} of {requests} requests failed", summary.failed);
@@ -361,4 +376,13 @@ fn load_inputs(model: &scission_engine::ModelGraph, files: &[PathBuf]) -> Result
             Ok(t.into_tvalue())
         })
         .collect()
+}
+
+/// Writes `outputs` to `dir` as `output-K.npy`.
+fn save_outputs(dir: &std::path::Path, outputs: &[TValue]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    for (k, output) in outputs.iter().enumerate() {
+        scission_engine::npy::write_npy(&dir.join(format!("output-{k}.npy")), output)?;
+    }
+    Ok(())
 }

@@ -95,6 +95,10 @@ fn fetch(config: &Config, session: &SessionConfig) -> Result<()> {
     Ok(())
 }
 
+/// How long the service's allocator keeps freed memory for reuse before handing it back, in
+/// milliseconds (mimalloc's purge delay; `MIMALLOC_PURGE_DELAY` overrides it).
+const FREED_MEMORY_KEPT_MS: u32 = 0;
+
 /// Runs the service until SIGTERM or Ctrl-C; requests in flight then finish.
 pub fn serve(args: &ServeArgs) -> Result<String> {
     let (config, session_config, model) = prepare(&args.overrides)?;
@@ -108,12 +112,18 @@ pub fn serve(args: &ServeArgs) -> Result<String> {
         labels: config.labels()?,
         top_k: config.image.top_k,
         max_body: config.api.max_body_mib.saturating_mul(1 << 20),
+        max_concurrent: config.api.max_concurrent.max(1),
+        max_waiting: config.api.max_waiting,
     };
     let listen = Listen {
         tcp: (!config.api.listen.is_empty()).then(|| config.api.listen.parse()).transpose().context("[api] listen")?,
         unix: config.api.unix_socket.clone(),
     };
-    scission_runtime::async_runtime()?.block_on(async move {
+    // Memory stays flat on a small board: few blocking threads (each keeps allocator caches),
+    // and freed memory handed back soon (see the README's memory table).
+    scission_engine::heap::return_freed_memory_after(FREED_MEMORY_KEPT_MS);
+    let blocking = scission_runtime::client::compute_slots(config.threads.max(1)).saturating_add(1).max(2);
+    scission_runtime::async_runtime_with_blocking(blocking)?.block_on(async move {
         let metrics = Arc::new(Metrics::new());
         let counted = metrics.clone();
         let observer: Observer = Arc::new(move |event: &DeviceEvent| {
@@ -121,6 +131,8 @@ pub fn serve(args: &ServeArgs) -> Result<String> {
             log_event(event);
         });
         let session = Arc::new(Session::open(session_config, model, Some(observer)).await?);
+        // The model is loaded: what is allocated from now on comes and goes with requests.
+        scission_engine::heap::set_huge_pages(false);
         let closing = session.clone();
         let status = session.status();
         let service = Arc::new(Service::new(session, metrics, options.clone(), tiers).map_err(anyhow::Error::msg)?);

@@ -521,3 +521,78 @@ fn a_busy_edge_is_back_pressure_requests_go_around_it_and_it_stays_up() {
     assert_eq!(status["down"], json!([]), "busy is not down: {status}");
     assert_eq!(status["route"].as_str(), Some(split.as_str()), "{status}");
 }
+
+/// Sends a request head over raw TCP: `POST path` announcing `length` bytes of JSON body, of
+/// which only `sent` go now. Returns the open stream.
+fn partial_post(url: &str, path: &str, length: usize, sent: &[u8]) -> std::net::TcpStream {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(sent).unwrap();
+    stream
+}
+
+#[test]
+fn requests_beyond_the_apis_slots_and_waiting_line_get_503_with_retry_after() {
+    let c = Cluster::new();
+    let reference = Reference::new(&c.model);
+    let (cloud, edge) = c.servers();
+    let split = three_way_split(&c.model);
+    let config = write_config(c.dir.path(), &c, edge.addr, cloud.addr, split, true, "slots");
+    // One slot, one place to wait.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("max_concurrent = 1\nmax_waiting = 1\n");
+    std::fs::write(&config, text).unwrap();
+    let service = Service::start(&config, &[]);
+    let model_name = c.model.file_stem().unwrap().to_str().unwrap();
+    let path = format!("/v2/models/{model_name}/infer");
+    let input_name = curl_json(&[&format!("{}/v2/models/{model_name}", service.url)]).1["inputs"][0]["name"].as_str().unwrap().to_string();
+    let input = reference.input(3);
+    let body = json_request(&input_name, &reference.shape, &input).to_string();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+
+    // A client that sends half its body holds the slot; a second waits for it.
+    let mut holder = partial_post(&service.url, &path, body.len(), first);
+    std::thread::sleep(Duration::from_millis(300));
+    let waiter = partial_post(&service.url, &path, body.len(), body.as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    // A third finds the slot taken and the line full: refused at once, with when to retry.
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@-"])
+        .arg(format!("{}{path}", service.url))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(body.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let response = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(response.starts_with("http/1.1 503"), "{response}");
+    assert!(response.contains("retry-after: 1"), "{response}");
+    assert!(response.contains("overloaded"), "{response}");
+
+    // The holder finishes its body: it and the waiter are both answered, right.
+    holder.write_all(rest).unwrap();
+    for mut stream in [holder, waiter] {
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 65536];
+        // Read until the JSON body is complete (the answer ends with "}]}" of the outputs).
+        while !answer.ends_with(b"}]}") {
+            let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
+            assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let json: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(floats(&json["outputs"][0]["data"]), reference.output(&input));
+    }
+    let (_, metrics) = curl(&[&format!("{}/metrics", service.url)]);
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("scission_failures_total{kind=\"overloaded\"} 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{metrics}");
+}

@@ -375,6 +375,51 @@ fn failed_probes_back_off_exponentially_up_to_the_cap() {
     assert_eq!(p.down_tiers(), vec![1]);
 }
 
+/// The waits between the probes of a tier that never answers, in 10 ms steps, under `config`.
+fn probe_waits(config: PolicyConfig, probes: usize) -> Vec<u64> {
+    let mut p = DevicePolicy::new(config, vec![three_tier(10), device_cloud(20)], Vec::new());
+    p.handle(at(0), Event::Submit { request: 1 });
+    drain(&mut p);
+    p.handle(at(0), Event::Unreachable { request: 1, tier: 1, reason: "gone".into() });
+    p.handle(at(0), Event::Answered { request: 1, elapsed_ns: 20 });
+    drain(&mut p);
+    let (mut now, mut waits) = (0, Vec::new());
+    for _ in 0..probes {
+        let probed = (now..).step_by(10).find(|&t| {
+            p.handle(at(t), Event::Tick);
+            drain(&mut p).contains(&Action::Probe { tier: 1 })
+        });
+        let probed = probed.unwrap_or_else(|| unreachable!());
+        waits.push(probed - now);
+        p.handle(at(probed), Event::ProbeFailed { tier: 1, reason: "still gone".into() });
+        now = probed;
+    }
+    waits
+}
+
+#[test]
+fn jittered_probes_stay_within_their_spread_of_the_backoff_and_differ_between_devices() {
+    let config = |seed| PolicyConfig {
+        backoff_initial: embassy_time::Duration::from_millis(250),
+        backoff_max: embassy_time::Duration::from_secs(2),
+        probe_jitter_percent: 25,
+        jitter_seed: scission_core::policy::seed_of(seed),
+        ..PolicyConfig::default()
+    };
+    let backoffs = [250u64, 500, 1000, 2000, 2000, 2000, 2000, 2000];
+    let (a, b) = (probe_waits(config("board-1"), 8), probe_waits(config("board-2"), 8));
+    for waits in [&a, &b] {
+        for (wait, backoff) in waits.iter().zip(backoffs) {
+            // Within the spread, to the 10 ms the ticks step by.
+            assert!(*wait + 10 >= backoff * 3 / 4 && *wait <= backoff * 5 / 4 + 10, "{waits:?}");
+        }
+    }
+    assert_ne!(a, b, "two devices probe at different times");
+    assert_eq!(a, probe_waits(config("board-1"), 8), "the same device, the same schedule");
+    let exact = probe_waits(PolicyConfig { probe_jitter_percent: 0, ..config("board-1") }, 8);
+    assert_eq!(exact, backoffs.to_vec(), "no jitter, exactly the back-offs");
+}
+
 /// Runs one request with a scheduled re-plan (replan_every = 1) that returns `ranking`: the
 /// request goes out on the route at hand, the links are measured once it is answered (no
 /// request in flight), and the plans come. The route the request took, and whether the new

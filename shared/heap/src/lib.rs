@@ -1,7 +1,9 @@
 //! Heap bytes as the process really uses them (a crate of its own, optimised in every profile:
 //! every allocation of the binaries goes through it): a counting global allocator that the binaries
 //! install, and what `bench` and `run-slice` read from it (bytes live now, the high-water mark
-//! since a reset). Counting costs two relaxed atomic operations per allocation.
+//! since a reset). Counting costs two relaxed atomic operations per allocation. Under the counter
+//! is mimalloc (feature `mimalloc`, on by default): long-running multi-threaded services stay
+//! within a small board's memory with it, where the C library's per-thread arenas grew.
 //!
 //! A library cannot install a global allocator, so a binary opts in:
 //!
@@ -20,12 +22,27 @@
 
 #![warn(missing_docs)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// The allocator under the counter: mimalloc (feature `mimalloc`, the default), else the C
+/// library's.
+#[cfg(feature = "mimalloc")]
+static UNDER: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(not(feature = "mimalloc"))]
+static UNDER: std::alloc::System = std::alloc::System;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
+
+/// Whether large allocations from now on ask for huge pages (on by default). A long-running
+/// service turns it off once its model is loaded: its per-request buffers come and go, and a
+/// huge page backing a freed buffer stays resident as long as any byte of it is in use.
+pub fn set_huge_pages(on: bool) {
+    HUGE_PAGES.store(on, Ordering::Relaxed);
+}
 
 /// The system allocator, counting the bytes it hands out (see the module's documentation).
 pub struct Counting;
@@ -61,7 +78,7 @@ const HUGE_PAGE: usize = 2 << 20;
 #[inline]
 fn advise_huge_pages(ptr: *mut u8, size: usize) {
     #[cfg(target_os = "linux")]
-    if size >= HUGE_PAGES_FROM {
+    if size >= HUGE_PAGES_FROM && HUGE_PAGES.load(Ordering::Relaxed) {
         let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
         let end = (ptr as usize).saturating_add(size) / HUGE_PAGE * HUGE_PAGE;
         if end > start {
@@ -74,12 +91,12 @@ fn advise_huge_pages(ptr: *mut u8, size: usize) {
     let _ = (ptr, size);
 }
 
-// SAFETY: every call is forwarded unchanged to `System`; the counters only observe sizes, and
+// SAFETY: every call is forwarded unchanged to `UNDER`; the counters only observe sizes, and
 // the huge-page hint only how the memory is backed.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
-        let ptr = unsafe { System.alloc(layout) };
+        let ptr = unsafe { UNDER.alloc(layout) };
         if !ptr.is_null() {
             Self::grew(layout.size());
             advise_huge_pages(ptr, layout.size());
@@ -89,7 +106,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as for `alloc`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
+        let ptr = unsafe { UNDER.alloc_zeroed(layout) };
         if !ptr.is_null() {
             Self::grew(layout.size());
             advise_huge_pages(ptr, layout.size());
@@ -98,14 +115,14 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator (that is, from `System`) with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
+        // SAFETY: `ptr` came from this allocator (that is, from `UNDER`) with `layout`.
+        unsafe { UNDER.dealloc(ptr, layout) };
         Self::shrank(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as for `dealloc`, and `new_size` is the caller's, valid by contract.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        let new = unsafe { UNDER.realloc(ptr, layout, new_size) };
         if !new.is_null() {
             Self::shrank(layout.size());
             Self::grew(new_size);
@@ -113,6 +130,27 @@ unsafe impl GlobalAlloc for Counting {
         }
         new
     }
+}
+
+/// Asks the allocator to give memory freed for `ms` milliseconds back to the system (mimalloc's
+/// purge delay, 10 ms by default; 0: at once). Memory kept for reuse is faster to allocate again
+/// but stays resident: a long-running service on a small board trades some speed for a flat,
+/// low footprint (the README's memory table). `MIMALLOC_PURGE_DELAY` in the environment wins.
+/// Without the `mimalloc` feature, nothing.
+pub fn return_freed_memory_after(ms: u32) {
+    #[cfg(feature = "mimalloc")]
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // `mi_option_purge_delay` in mimalloc 2.x's option enum (the `v2` feature pins 2.x).
+        const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+        unsafe extern "C" {
+            fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+        }
+        // SAFETY: mimalloc's documented option setter, called with an option of its enum and a
+        // value in the option's range; it only stores the value.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, std::ffi::c_long::from(ms.min(60_000) as u16)) };
+    }
+    #[cfg(not(feature = "mimalloc"))]
+    let _ = ms;
 }
 
 /// Whether the running binary counts its heap (installed [`Counting`] and allocated since).

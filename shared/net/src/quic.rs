@@ -43,10 +43,21 @@ pub enum Datagrams {
 /// Largest UDP payload a server endpoint accepts and MTU discovery searches for.
 pub const MAX_UDP_PAYLOAD: u16 = 65_527;
 
-fn transport_with(streams: u32, datagrams: Datagrams) -> Arc<quinn::TransportConfig> {
+/// Shortest silence of a peer after which a client gives its connection up (see
+/// [`close_when_silent`]); longer on a path with a longer round trip.
+pub const SILENCE: Duration = Duration::from_millis(500);
+
+/// How often a client makes its peer answer (a QUIC ping when nothing else was sent): a live
+/// peer is never silent for [`SILENCE`].
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_millis(100);
+
+/// Application close code of a connection given up because its peer went silent.
+pub const CLOSED_SILENT: u32 = 0x5110;
+
+fn transport_with(streams: u32, datagrams: Datagrams, keep_alive: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.keep_alive_interval(Some(keep_alive));
     // One request per bidirectional stream: a peer gets this many at once, and this many bytes
     // in flight per connection, whatever it announces.
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(streams));
@@ -91,7 +102,7 @@ pub fn server_with(
 ) -> Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(identity.server_config(deny)?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_with(streams.max(1), datagrams));
+    config.transport_config(transport_with(streams.max(1), datagrams, Duration::from_secs(2)));
     let socket = udp_socket(bind).transport(|| format!("cannot listen on {bind}"))?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Invalid("a QUIC endpoint needs a tokio runtime".into()))?;
     quinn::Endpoint::new(server_endpoint_config(datagrams), Some(config), socket, runtime).transport(|| format!("cannot listen on {bind}"))
@@ -129,7 +140,7 @@ pub fn client_with(
 ) -> Result<quinn::Endpoint> {
     let crypto = QuicClientConfig::try_from(identity.client_config()?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_with(MAX_STREAMS, datagrams));
+    config.transport_config(transport_with(MAX_STREAMS, datagrams, CLIENT_KEEP_ALIVE));
     let socket = udp_socket(SocketAddr::from(([0, 0, 0, 0], 0))).transport(|| "cannot open a UDP socket".into())?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Invalid("a QUIC endpoint needs a tokio runtime".into()))?;
     let inner = runtime.wrap_udp_socket(socket).transport(|| "cannot use the UDP socket".into())?;
@@ -148,6 +159,35 @@ pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, name: &str) -
         .await
         .map_err(|_| NetError::Timeout(format!("{addr} did not answer within 5 s")))?
         .transport(|| format!("QUIC handshake with {addr} failed"))
+}
+
+/// Watches a client's `connection` and closes it ([`CLOSED_SILENT`]) when its peer has sent
+/// nothing for [`SILENCE`] (or four round trips, when longer) although the client's keep-alives
+/// ([`CLIENT_KEEP_ALIVE`]) asked it to answer: a killed process, a crashed host or a path that
+/// drops everything. Requests on the connection then fail at once instead of waiting out their
+/// timeouts. Resolves when the connection closes; `true` when it closed it.
+pub async fn close_when_silent(connection: quinn::Connection) -> bool {
+    let check = CLIENT_KEEP_ALIVE / 2;
+    let mut received = connection.stats().udp_rx.datagrams;
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = connection.closed() => return false,
+            _ = tokio::time::sleep(check) => {}
+        }
+        let now_received = connection.stats().udp_rx.datagrams;
+        if now_received != received {
+            received = now_received;
+            heard = tokio::time::Instant::now();
+            continue;
+        }
+        let silence = SILENCE.max(connection.rtt().saturating_mul(4));
+        if heard.elapsed() >= silence {
+            tracing::info!(peer = %connection.remote_address(), "no packet from the peer for {} ms: connection given up", heard.elapsed().as_millis());
+            connection.close(quinn::VarInt::from_u32(CLOSED_SILENT), b"peer silent");
+            return true;
+        }
+    }
 }
 
 /// The verified certificate of the peer on `connection`.

@@ -135,6 +135,8 @@ pub struct DeviceClient {
     /// Told the tier of every connection the peer's side ended (it went away, timed out or
     /// closed), so a service notices a dead tier without a request failing on it.
     lost: Option<tokio::sync::mpsc::UnboundedSender<u8>>,
+    /// Device stages computed at once (each holds its activations): more wait their turn.
+    compute: Arc<tokio::sync::Semaphore>,
 }
 
 impl DeviceClient {
@@ -160,6 +162,7 @@ impl DeviceClient {
 
     /// A client for `node` that reaches tier `t` at `peers[t]`.
     pub fn new(node: Arc<Node>, endpoint: quinn::Endpoint, peers: HashMap<u8, Peer>, max_frame: u32, timeout: Duration) -> Self {
+        let compute = Arc::new(tokio::sync::Semaphore::new(compute_slots(node.threads)));
         Self {
             node,
             endpoint,
@@ -170,7 +173,14 @@ impl DeviceClient {
             max_frame,
             timeout,
             lost: None,
+            compute,
         }
+    }
+
+    /// Computes at most `slots` device stages at once.
+    pub fn with_compute_slots(mut self, slots: usize) -> Self {
+        self.compute = Arc::new(tokio::sync::Semaphore::new(slots.max(1)));
+        self
     }
 
     /// Asks `planner` for plans instead of the cloud's stage server.
@@ -185,15 +195,23 @@ impl DeviceClient {
         self
     }
 
-    /// Watches `connection` to `tier`: when the peer's side ends it, says so.
-    fn watch(&self, tier: u8, connection: &quinn::Connection) {
-        let Some(lost) = self.lost.clone() else { return };
+    /// Watches `connection` to `tier`: gives it up when the peer goes silent (its requests fail
+    /// at once), and, for a tier's configured server, says so when the peer's side ends it or
+    /// it went silent.
+    fn watch(&self, tier: u8, connection: &quinn::Connection, report: bool) {
+        let lost = self.lost.clone().filter(|_| report);
         let connection = connection.clone();
         tokio::spawn(async move {
-            match connection.closed().await {
+            let silent = scission_net::quic::close_when_silent(connection.clone()).await;
+            let Some(lost) = lost else { return };
+            match connection.close_reason() {
+                Some(_) if silent => {
+                    tracing::info!(tier, "connection given up: the peer went silent");
+                    let _ = lost.send(tier);
+                }
                 // Closed here (dropped from the cache, or the endpoint shut down): not the peer.
-                quinn::ConnectionError::LocallyClosed => {}
-                reason => {
+                Some(quinn::ConnectionError::LocallyClosed) | None => {}
+                Some(reason) => {
                     tracing::info!(tier, "connection lost: {reason}");
                     let _ = lost.send(tier);
                 }
@@ -231,9 +249,7 @@ impl DeviceClient {
             .map_err(|_| invalid!("{} did not answer within {} ms", peer.name, self.timeout.as_millis()))??;
         // Only a configured tier's loss says the tier is down (a registered machine's loss
         // shows on the requests it fails).
-        if tier != PLANNER && machine == CONFIGURED {
-            self.watch(tier, &c);
-        }
+        self.watch(tier, &c, tier != PLANNER && machine == CONFIGURED);
         self.connections.lock().await.insert((tier, machine), c.clone());
         Ok(c)
     }
@@ -261,6 +277,8 @@ impl DeviceClient {
         let mut rest = route;
         let mut setup_ns = 0;
         if let Some(first) = route.first().filter(|s| s.tier == self.node.tier) {
+            // More stages at once than the cores can run only add activations in memory.
+            let slot = self.compute.clone().acquire_owned().await.map_err(|_| invalid!("the device is stopping"))?;
             let node = self.node.clone();
             let block = Block { start: first.start as usize, end: first.end as usize };
             let (after, ns, setup) = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
@@ -272,6 +290,7 @@ impl DeviceClient {
                     u64::try_from(preparing.elapsed().as_nanos()).unwrap_or(u64::MAX)
                 };
                 let (after, ns) = node.run_stage(block, live)?;
+                drop(slot);
                 Ok((after, ns, setup))
             })
             .await
@@ -430,6 +449,13 @@ impl DeviceClient {
             _ => Err(invalid!("unexpected answer to request {id}").into()),
         }
     }
+}
+
+/// Device stages worth computing at once with `threads` engine threads each: one per group of
+/// that many cores (at least one).
+pub fn compute_slots(threads: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores / threads.max(1)).max(1)
 }
 
 #[cfg(test)]

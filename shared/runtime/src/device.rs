@@ -67,6 +67,8 @@ pub struct RunSummary {
     /// Hex SHA-256 of the last answered request's outputs (their bytes in order): equal
     /// digests mean bit-equal results, e.g. between a run from slice artifacts and a checked one.
     pub last_outputs_sha256: Option<String>,
+    /// The last answered request's outputs, in the model's order.
+    pub last_outputs: Vec<TValue>,
     /// Every answered request, in order: what the closed loop compares with the predictions.
     pub requests: Vec<Measured>,
 }
@@ -177,6 +179,7 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
             largest_difference: None,
             prediction_error: None,
             last_outputs_sha256: None,
+            last_outputs: Vec::new(),
             requests: Vec::new(),
         };
         for i in 0..config.requests {
@@ -226,6 +229,7 @@ pub fn run(config: &DeviceConfig, slices: impl Into<Slices>, mut on_event: impl 
                         bytes: answer.bytes,
                         hops: answer.hops,
                     });
+                    summary.last_outputs = answer.outputs.into_iter().map(|(_, value)| value).collect();
                 }
                 Err(error) => {
                     summary.failed = summary.failed.saturating_add(1);

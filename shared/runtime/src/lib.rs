@@ -48,3 +48,15 @@ pub fn async_runtime() -> crate::error::Result<tokio::runtime::Runtime> {
     use crate::error::Context;
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
+
+/// [`async_runtime`] with at most `blocking` threads for blocking work (model runs, request
+/// parsing): each thread keeps its own allocator caches, so a service on a small board keeps
+/// them few (tokio's default allows 512).
+pub fn async_runtime_with_blocking(blocking: usize) -> crate::error::Result<tokio::runtime::Runtime> {
+    use crate::error::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(blocking.max(1))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

@@ -52,8 +52,7 @@ fn main() {
     let shape: Vec<usize> = input[0].shape().to_vec();
     let values: Vec<f32> = input[0].try_as_plain_ram().expect("plain").as_slice::<f32>().expect("f32").to_vec();
     let input_name = session.model().summary.tensors[session.model().summary.inputs[0]].name.clone();
-    let options =
-        ServiceOptions { model_name: name.into(), preprocess: Default::default(), labels: Vec::new(), top_k: 5, max_body: 64 << 20 };
+    let options = ServiceOptions { max_concurrent: 64, ..ServiceOptions::new(name) };
     let service = Arc::new(Service::new(session.clone(), Arc::new(Metrics::new()), options, Vec::new()).expect("service"));
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     runtime.spawn(async move {

@@ -10,15 +10,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use scission_engine::input::{input_fact, output_fact};
 use scission_engine::tract::prelude::*;
@@ -44,6 +47,28 @@ pub struct ServiceOptions {
     pub top_k: usize,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Inference requests read, parsed and run at once: each holds its body and tensors, so
+    /// this bounds the service's working memory.
+    pub max_concurrent: usize,
+    /// Inference requests that wait for one of those slots (their bodies not read yet); one
+    /// more is answered 503 with `Retry-After`.
+    pub max_waiting: usize,
+}
+
+impl ServiceOptions {
+    /// Options for `model_name` with the defaults: ImageNet preprocessing, no labels, the top
+    /// 5 classes, bodies up to 64 MiB, 4 requests at once and 64 waiting.
+    pub fn new(model_name: impl Into<String>) -> Self {
+        Self {
+            model_name: model_name.into(),
+            preprocess: Preprocess::default(),
+            labels: Vec::new(),
+            top_k: 5,
+            max_body: 64 << 20,
+            max_concurrent: 4,
+            max_waiting: 64,
+        }
+    }
 }
 
 /// The service's state: the session, the metrics and what requests are checked against.
@@ -54,6 +79,10 @@ pub struct Service {
     inputs: Vec<InputSpec>,
     outputs: Vec<(String, DatumType, Vec<usize>)>,
     tiers: Vec<u8>,
+    /// Slots of [`ServiceOptions::max_concurrent`].
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a slot.
+    waiting: AtomicUsize,
 }
 
 impl Service {
@@ -72,7 +101,8 @@ impl Service {
                 Ok((model.summary.tensors[model.summary.outputs[i]].name.clone(), datum_type, shape))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Self { session, metrics, options, inputs, outputs, tiers })
+        let slots = Arc::new(Semaphore::new(options.max_concurrent.max(1)));
+        Ok(Self { session, metrics, options, inputs, outputs, tiers, slots, waiting: AtomicUsize::new(0) })
     }
 
     /// The model's metadata, as `GET /v2/models/{name}` shows it.
@@ -111,7 +141,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/infer", post(infer).route_layer(middleware::from_fn_with_state(service.clone(), admit)))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint (see /v2, /v2/models/NAME, /v2/health/ready)") })
@@ -190,6 +220,47 @@ async fn status(State(service): State<Arc<Service>>) -> Response {
     )
 }
 
+/// Lets an inference request in when one of the service's slots is free, or waits for one
+/// while fewer than [`ServiceOptions::max_waiting`] wait; otherwise answers 503 at once with
+/// `Retry-After`. The slot is held until the answer is written, so its body is read, parsed
+/// and run within it.
+async fn admit(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
+    let slot = match service.slots.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(TryAcquireError::Closed) => return error(StatusCode::SERVICE_UNAVAILABLE, "the service is stopping"),
+        Err(TryAcquireError::NoPermits) => {
+            let ahead = service.waiting.fetch_add(1, Ordering::SeqCst);
+            if ahead >= service.options.max_waiting {
+                service.waiting.fetch_sub(1, Ordering::SeqCst);
+                service.metrics.refused("overloaded");
+                return overloaded(&service);
+            }
+            service.metrics.waiting(ahead.saturating_add(1));
+            let slot = service.slots.clone().acquire_owned().await;
+            let left = service.waiting.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+            service.metrics.waiting(left);
+            match slot {
+                Ok(slot) => slot,
+                Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the service is stopping"),
+            }
+        }
+    };
+    let response = next.run(request).await;
+    drop(slot);
+    response
+}
+
+/// 503 with `Retry-After: 1`: every slot is taken and the waiting line is full.
+fn overloaded(service: &Service) -> Response {
+    let message = format!(
+        "overloaded: {} requests are being served and {} wait (the [api] max_concurrent and max_waiting limits); try again",
+        service.options.max_concurrent, service.options.max_waiting
+    );
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &message);
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
 /// A request as read: its inputs in model order, and how to answer it.
 struct Parsed {
     inputs: TVec<TValue>,
@@ -253,7 +324,7 @@ fn parse(service: &Service, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, 
     let length = headers.get(HEADER_LENGTH).map(|v| v.to_str().unwrap_or("?"));
     let (json, binary) = protocol::split_body(body, length).map_err(|e| e.0)?;
     let request = protocol::parse_request(json).map_err(|e| e.0)?;
-    let (mut tensors, images) = request_tensors(&request, binary, &service.inputs).map_err(|e| e.0)?;
+    let (mut tensors, images) = request_tensors(json, &request, binary, &service.inputs).map_err(|e| e.0)?;
     let from_image = !images.is_empty();
     for image in images {
         let tensor = image_tensor(image.bytes, &service.inputs[image.index], service.options.preprocess).map_err(|e| e.0)?;

@@ -1,6 +1,7 @@
 //! The service's Prometheus metrics, fed from the session's events and status: requests,
 //! failures by kind, end-to-end and per-tier latency, bytes per hop, the current plan and its
-//! prediction against measurement, plan switches, tiers up and down.
+//! prediction against measurement, plan switches, tiers up and down, requests waiting at the
+//! API, and the process's resident and heap memory.
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -64,6 +65,9 @@ pub struct Metrics {
     degraded: Gauge,
     ready: Gauge,
     outstanding: Gauge,
+    api_waiting: Gauge,
+    resident: Gauge,
+    heap: Gauge,
     /// The route shown in `plan`, to clear when it changes.
     shown_route: Mutex<Option<String>>,
 }
@@ -77,7 +81,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers the metrics under the `scission_` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("scission");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("scission");
         let metrics = Self {
             requests: Counter::default(),
             failures: Family::default(),
@@ -94,6 +99,9 @@ impl Metrics {
             degraded: Gauge::default(),
             ready: Gauge::default(),
             outstanding: Gauge::default(),
+            api_waiting: Gauge::default(),
+            resident: Gauge::default(),
+            heap: Gauge::default(),
             shown_route: Mutex::new(None),
             registry: Registry::default(),
         };
@@ -112,7 +120,11 @@ impl Metrics {
         registry.register("degraded", "1 while requests go to the local fallback", metrics.degraded.clone());
         registry.register("ready", "1 while requests can be served", metrics.ready.clone());
         registry.register("outstanding_requests", "Requests in flight", metrics.outstanding.clone());
-        Self { registry, ..metrics }
+        registry.register("api_waiting_requests", "Requests waiting for one of the API's slots", metrics.api_waiting.clone());
+        registry.register("heap_bytes", "Heap bytes in use, as the allocator hands them out", metrics.heap.clone());
+        // The standard name (node exporters and dashboards know it), without the prefix.
+        root.register("process_resident_memory_bytes", "Resident memory of the process", metrics.resident.clone());
+        Self { registry: root, ..metrics }
     }
 
     /// Counts one session event.
@@ -157,8 +169,19 @@ impl Metrics {
         self.failures.get_or_create(&Kind { kind: kind.into() }).inc();
     }
 
-    /// Shows the session's status.
+    /// Shows how many requests wait for one of the API's slots.
+    pub fn waiting(&self, count: usize) {
+        self.api_waiting.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Shows the session's status, and the process's memory.
     pub fn show(&self, status: &Status, tiers: &[u8]) {
+        if let Some(bytes) = resident_bytes() {
+            self.resident.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        if let Some(bytes) = scission_engine::heap::live() {
+            self.heap.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         self.ready.set(i64::from(status.not_ready.is_none()));
         self.degraded.set(i64::from(status.degraded));
         self.outstanding.set(i64::try_from(status.outstanding).unwrap_or(i64::MAX));
@@ -186,6 +209,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The process's resident memory (Linux: `VmRSS` of `/proc/self/status`).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn seconds(ns: u64) -> f64 {

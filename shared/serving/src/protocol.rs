@@ -53,9 +53,121 @@ pub struct RequestInput {
     /// Tensor parameters (`binary_data_size`).
     #[serde(default)]
     pub parameters: Map<String, Value>,
-    /// Row-major elements (flat or nested), absent when the data is binary.
+    /// Row-major elements (flat or nested), absent when the data is binary. Only its form is
+    /// kept here: the elements are read straight into the tensor by [`request_tensors`].
     #[serde(default)]
-    pub data: Option<Value>,
+    pub data: Option<JsonData>,
+}
+
+/// What a request input's JSON `data` holds, as [`parse_request`] reads it: text (an encoded
+/// image of a `BYTES` input, as a string or a one-string array) kept, anything else only noted.
+/// Numbers are read once the input's type and shape are known, into the tensor directly (no
+/// tree of JSON values: a 224x224 image's 150,528 numbers would take about 7 MB as one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsonData {
+    /// A string, or an array of one string.
+    Text(String),
+    /// Anything else (numbers, nested arrays, booleans), read later.
+    Elements,
+}
+
+impl<'de> Deserialize<'de> for JsonData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonDataVisitor)
+    }
+}
+
+struct JsonDataVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonDataVisitor {
+    type Value = JsonData;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("tensor data")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<JsonData, E> {
+        Ok(JsonData::Text(text.to_string()))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonData, A::Error> {
+        // [string] is text; anything else is skipped (its depth is checked when it is read).
+        let first: Option<Skipped> = seq.next_element()?;
+        let rest = seq.next_element::<serde::de::IgnoredAny>()?.is_some();
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        match first {
+            Some(Skipped::Text(text)) if !rest => Ok(JsonData::Text(text)),
+            _ => Ok(JsonData::Elements),
+        }
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<JsonData, E> {
+        Ok(JsonData::Elements)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<JsonData, E> {
+        Ok(JsonData::Elements)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<JsonData, E> {
+        Ok(JsonData::Elements)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<JsonData, E> {
+        Ok(JsonData::Elements)
+    }
+    fn visit_unit<E>(self) -> Result<JsonData, E> {
+        Ok(JsonData::Elements)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonData, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(JsonData::Elements)
+    }
+}
+
+/// An array's first element: a string kept, anything else skipped.
+enum Skipped {
+    Text(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Skipped {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SkippedVisitor)
+    }
+}
+
+struct SkippedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SkippedVisitor {
+    type Value = Skipped;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an element")
+    }
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Skipped, E> {
+        Ok(Skipped::Text(text.to_string()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Skipped::Other)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Skipped::Other)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skipped, E> {
+        Ok(Skipped::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skipped, E> {
+        Ok(Skipped::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skipped, E> {
+        Ok(Skipped::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skipped, E> {
+        Ok(Skipped::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Skipped, E> {
+        Ok(Skipped::Other)
+    }
 }
 
 /// One requested output.
@@ -181,8 +293,10 @@ pub struct EncodedImage<'a> {
 }
 
 /// The request's tensors in model input order, each checked against `specs`; `BYTES` inputs
-/// (encoded images) are handed back for the caller to decode.
+/// (encoded images) are handed back for the caller to decode. `json` is the text `request` was
+/// parsed from: JSON elements are read from it into their tensors directly.
 pub fn request_tensors<'a>(
+    json: &[u8],
     request: &'a InferRequest,
     binary: &'a [u8],
     specs: &[InputSpec],
@@ -190,12 +304,17 @@ pub fn request_tensors<'a>(
     let mut tensors: Vec<Option<Tensor>> = specs.iter().map(|_| None).collect();
     let mut images = Vec::new();
     let mut rest = binary;
-    for input in &request.inputs {
+    // The inputs (by position in the request) whose elements are in the JSON: read below.
+    let mut from_json: Vec<Option<ElementsPlan>> = request.inputs.iter().map(|_| None).collect();
+    for (position, input) in request.inputs.iter().enumerate() {
         let index = specs
             .iter()
             .position(|s| s.name == input.name)
             .ok_or_else(|| invalid!("the model has no input '{}' (it takes {})", input.name, names(specs)))?;
-        if tensors[index].is_some() || images.iter().any(|i: &EncodedImage| i.index == index) {
+        if tensors[index].is_some()
+            || images.iter().any(|i: &EncodedImage| i.index == index)
+            || from_json.iter().flatten().any(|p| p.index == index)
+        {
             return Err(invalid!("input '{}' is given twice", input.name));
         }
         let data = binary_part(input, &mut rest)?;
@@ -203,10 +322,20 @@ pub fn request_tensors<'a>(
             images.push(EncodedImage { index, bytes: image_bytes(input, data)? });
             continue;
         }
-        tensors[index] = Some(tensor_of(input, data, &specs[index])?);
+        check_fact(input, &specs[index])?;
+        match (data, &input.data) {
+            (Some(bytes), _) => tensors[index] = Some(from_le_bytes(specs[index].datum_type, &specs[index].shape, bytes, &input.name)?),
+            (None, Some(_)) => from_json[position] = Some(ElementsPlan { index, spec: specs[index].clone() }),
+            (None, None) => return Err(invalid!("input '{}' has no data", input.name)),
+        }
     }
     if !rest.is_empty() {
         return Err(invalid!("{} bytes of binary data follow the inputs that no input claims", rest.len()));
+    }
+    if from_json.iter().any(Option::is_some) {
+        for (plan, tensor) in json_elements(json, &from_json)? {
+            tensors[plan] = Some(tensor);
+        }
     }
     for (index, spec) in specs.iter().enumerate() {
         if tensors[index].is_none() && !images.iter().any(|i| i.index == index) {
@@ -255,17 +384,14 @@ fn image_bytes<'a>(input: &'a RequestInput, binary: Option<&'a [u8]>) -> Result<
             }
             Ok(image)
         }
-        (None, Some(Value::Array(items))) => match items.as_slice() {
-            [Value::String(text)] => Ok(text.as_bytes()),
-            _ => Err(invalid!("input '{}': BYTES data in JSON is one string", input.name)),
-        },
-        (None, Some(Value::String(text))) => Ok(text.as_bytes()),
+        (None, Some(JsonData::Text(text))) => Ok(text.as_bytes()),
+        (None, Some(JsonData::Elements)) => Err(invalid!("input '{}': BYTES data in JSON is one string", input.name)),
         (None, _) => Err(invalid!("input '{}' has no data", input.name)),
     }
 }
 
-/// One input as the engine's tensor, checked against what the model takes.
-fn tensor_of(input: &RequestInput, binary: Option<&[u8]>, spec: &InputSpec) -> Result<Tensor, ProtocolError> {
+/// Checks a request input's type and shape against what the model takes.
+fn check_fact(input: &RequestInput, spec: &InputSpec) -> Result<(), ProtocolError> {
     let want = datatype_name(spec.datum_type).unwrap_or("an unsupported type");
     if input.datatype != want {
         return Err(invalid!("input '{}' takes {want}, the request gives {}", input.name, input.datatype));
@@ -274,45 +400,260 @@ fn tensor_of(input: &RequestInput, binary: Option<&[u8]>, spec: &InputSpec) -> R
     if shape != spec.shape {
         return Err(invalid!("input '{}' takes shape {:?}, the request gives {:?}", input.name, spec.shape, input.shape));
     }
-    let elements: usize = spec.shape.iter().product();
-    match (binary, &input.data) {
-        (Some(bytes), _) => from_le_bytes(spec.datum_type, &spec.shape, bytes, &input.name),
-        (None, Some(data)) => {
-            let mut flat = Vec::new();
-            flatten(data, &mut flat, elements, 0).map_err(|e| invalid!("input '{}': {e}", input.name))?;
-            if flat.len() != elements {
-                return Err(invalid!(
-                    "input '{}' of shape {:?} needs {elements} elements, the data has {}",
-                    input.name,
-                    spec.shape,
-                    flat.len()
-                ));
-            }
-            from_json(spec.datum_type, &spec.shape, &flat, &input.name)
-        }
-        (None, None) => Err(invalid!("input '{}' has no data", input.name)),
-    }
+    Ok(())
 }
 
 /// Deepest nesting of JSON arrays accepted in tensor data.
 const MAX_DEPTH: usize = 16;
 
-/// Collects the leaves of nested arrays, refusing more than `limit` of them.
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, limit: usize, depth: usize) -> Result<(), String> {
-    match value {
-        Value::Array(items) => {
-            if depth >= MAX_DEPTH {
-                return Err(format!("data nested deeper than {MAX_DEPTH} levels"));
+/// A request input whose elements are read from the JSON: the model input it is, and its spec.
+#[derive(Clone, Debug)]
+struct ElementsPlan {
+    index: usize,
+    spec: InputSpec,
+}
+
+/// Reads the JSON elements of the inputs `plans` names (by position in the request's `inputs`)
+/// straight into tensors: (model input index, tensor) for each.
+fn json_elements(json: &[u8], plans: &[Option<ElementsPlan>]) -> Result<Vec<(usize, Tensor)>, ProtocolError> {
+    use serde::de::DeserializeSeed;
+    let mut reader = serde_json::Deserializer::from_slice(json);
+    let mut failure = None;
+    let read = RequestSeed { plans, failure: &mut failure }.deserialize(&mut reader);
+    match (read, failure) {
+        (_, Some(failure)) => Err(failure),
+        (Ok(tensors), None) => Ok(tensors),
+        (Err(e), None) => Err(invalid!("malformed inference request: {e}")),
+    }
+}
+
+/// The request object: its `inputs` read with the plans, the rest skipped. A failure with a
+/// message of its own (an element of the wrong type, too many elements) is left in `failure`.
+struct RequestSeed<'a> {
+    plans: &'a [Option<ElementsPlan>],
+    failure: &'a mut Option<ProtocolError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RequestSeed<'_> {
+    type Value = Vec<(usize, Tensor)>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RequestSeed<'_> {
+    type Value = Vec<(usize, Tensor)>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an inference request")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut tensors = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "inputs" {
+                tensors = map.next_value_seed(InputsSeed { plans: self.plans, failure: &mut *self.failure })?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
             }
-            items.iter().try_for_each(|item| flatten(item, out, limit, depth + 1))
         }
-        leaf => {
-            if out.len() >= limit {
-                return Err(format!("more than the {limit} elements its shape holds"));
+        Ok(tensors)
+    }
+}
+
+struct InputsSeed<'a> {
+    plans: &'a [Option<ElementsPlan>],
+    failure: &'a mut Option<ProtocolError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for InputsSeed<'_> {
+    type Value = Vec<(usize, Tensor)>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for InputsSeed<'_> {
+    type Value = Vec<(usize, Tensor)>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the request's inputs")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut tensors = Vec::new();
+        let mut position = 0;
+        loop {
+            let plan = self.plans.get(position).and_then(Option::as_ref);
+            match seq.next_element_seed(InputSeed { plan, failure: &mut *self.failure })? {
+                Some(Some(tensor)) => tensors.push(tensor),
+                Some(None) => {}
+                None => return Ok(tensors),
             }
-            out.push(leaf);
-            Ok(())
+            position += 1;
         }
+    }
+}
+
+/// One input object: its `data` read into a tensor when it has a plan.
+struct InputSeed<'a> {
+    plan: Option<&'a ElementsPlan>,
+    failure: &'a mut Option<ProtocolError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for InputSeed<'_> {
+    type Value = Option<(usize, Tensor)>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for InputSeed<'_> {
+    type Value = Option<(usize, Tensor)>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an input")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut tensor = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match (key.as_str(), self.plan) {
+                ("data", Some(plan)) => {
+                    tensor = Some((plan.index, map.next_value_seed(DataSeed { spec: &plan.spec, failure: &mut *self.failure })?));
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(tensor)
+    }
+}
+
+/// An input's `data`: its elements, of the input's type, into a tensor of its shape.
+struct DataSeed<'a> {
+    spec: &'a InputSpec,
+    failure: &'a mut Option<ProtocolError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = Tensor;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Tensor, D::Error> {
+        use serde::de::Error;
+        fn typed<'de, T: Element, D: serde::Deserializer<'de>>(
+            deserializer: D,
+            spec: &InputSpec,
+            failure: &mut Option<ProtocolError>,
+        ) -> Result<Tensor, D::Error> {
+            let elements: usize = spec.shape.iter().product();
+            // Reserved as the shape says, but never more than the JSON could hold.
+            let mut out: Vec<T> = Vec::with_capacity(elements.min(1 << 20));
+            let leaves = Leaves { out: &mut out, limit: elements, depth: 0, name: &spec.name, failure: &mut *failure };
+            serde::de::DeserializeSeed::deserialize(leaves, deserializer)?;
+            if out.len() != elements {
+                *failure =
+                    Some(invalid!("input '{}' of shape {:?} needs {elements} elements, the data has {}", spec.name, spec.shape, out.len()));
+                return Err(D::Error::custom("wrong element count"));
+            }
+            let array = tract_ndarray::ArrayD::from_shape_vec(spec.shape.clone(), out).map_err(|e| {
+                *failure = Some(invalid!("input '{}': {e}", spec.name));
+                D::Error::custom("wrong shape")
+            })?;
+            Ok(array.into_tensor())
+        }
+        macro_rules! go {
+            ($t:ty) => {
+                typed::<$t, D>(deserializer, self.spec, self.failure)
+            };
+        }
+        let name = &self.spec.name;
+        match self.spec.datum_type {
+            DatumType::Bool => go!(bool),
+            DatumType::U8 => go!(u8),
+            DatumType::U16 => go!(u16),
+            DatumType::U32 => go!(u32),
+            DatumType::U64 => go!(u64),
+            DatumType::I8 => go!(i8),
+            DatumType::I16 => go!(i16),
+            DatumType::I32 => go!(i32),
+            DatumType::I64 => go!(i64),
+            DatumType::F16 => go!(f16),
+            DatumType::F32 => go!(f32),
+            DatumType::F64 => go!(f64),
+            other => {
+                *self.failure = Some(invalid!("'{name}' has type {other:?}, which the protocol cannot carry"));
+                Err(D::Error::custom("unsupported type"))
+            }
+        }
+    }
+}
+
+/// The leaves of (nested) arrays, appended to `out`: at most `limit`, each a `T`.
+struct Leaves<'a, T> {
+    out: &'a mut Vec<T>,
+    limit: usize,
+    depth: usize,
+    name: &'a str,
+    failure: &'a mut Option<ProtocolError>,
+}
+
+impl<T: Element> Leaves<'_, T> {
+    fn push<E: serde::de::Error>(self, value: Option<T>, shown: &dyn std::fmt::Display) -> Result<(), E> {
+        let index = self.out.len();
+        if index >= self.limit {
+            *self.failure = Some(invalid!("input '{}': more than the {} elements its shape holds", self.name, self.limit));
+            return Err(E::custom("too many elements"));
+        }
+        match value {
+            Some(v) => {
+                self.out.push(v);
+                Ok(())
+            }
+            None => {
+                *self.failure = Some(invalid!("input '{}': element {index} ({shown}) is not a {:?}", self.name, T::datum_type()));
+                Err(E::custom("wrong element"))
+            }
+        }
+    }
+}
+
+impl<'de, T: Element> serde::de::DeserializeSeed<'de> for Leaves<'_, T> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Element> serde::de::Visitor<'de> for Leaves<'_, T> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{:?} elements", T::datum_type())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        let Leaves { out, limit, depth, name, failure } = self;
+        if depth >= MAX_DEPTH {
+            *failure = Some(invalid!("input '{name}': data nested deeper than {MAX_DEPTH} levels"));
+            return Err(A::Error::custom("too deep"));
+        }
+        while seq.next_element_seed(Leaves { out: &mut *out, limit, depth: depth + 1, name, failure: &mut *failure })?.is_some() {}
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(T::from_f64(v), &v)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(T::from_i64(v), &v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(T::from_u64(v), &v)
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(T::from_bool(v), &v)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.push(None, &format!("{v:?}"))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.push(None, &"null")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.push(None, &"an object")
     }
 }
 
@@ -339,18 +680,36 @@ macro_rules! by_type {
 /// An element that can come from a JSON leaf and go to little-endian bytes.
 trait Element: Datum + Copy + Sized {
     const SIZE: usize;
-    fn from_json(value: &Value) -> Option<Self>;
+    /// From a JSON number with a fraction or exponent (floats only).
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    /// From a negative JSON integer.
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    /// From a non-negative JSON integer.
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    /// From a JSON boolean.
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
     fn from_le(bytes: &[u8]) -> Self;
     fn to_json(self) -> Value;
     fn put_le(self, out: &mut Vec<u8>);
 }
 
 macro_rules! int_element {
-    ($t:ty, $get:ident, $json:ident) => {
+    ($t:ty, $json:ident) => {
         impl Element for $t {
             const SIZE: usize = std::mem::size_of::<$t>();
-            fn from_json(value: &Value) -> Option<Self> {
-                value.$get().and_then(|v| <$t>::try_from(v).ok())
+            fn from_i64(v: i64) -> Option<Self> {
+                <$t>::try_from(v).ok()
+            }
+            fn from_u64(v: u64) -> Option<Self> {
+                <$t>::try_from(v).ok()
             }
             fn from_le(bytes: &[u8]) -> Self {
                 let mut raw = [0u8; std::mem::size_of::<$t>()];
@@ -366,19 +725,19 @@ macro_rules! int_element {
         }
     };
 }
-int_element!(u8, as_u64, u64);
-int_element!(u16, as_u64, u64);
-int_element!(u32, as_u64, u64);
-int_element!(u64, as_u64, u64);
-int_element!(i8, as_i64, i64);
-int_element!(i16, as_i64, i64);
-int_element!(i32, as_i64, i64);
-int_element!(i64, as_i64, i64);
+int_element!(u8, u64);
+int_element!(u16, u64);
+int_element!(u32, u64);
+int_element!(u64, u64);
+int_element!(i8, i64);
+int_element!(i16, i64);
+int_element!(i32, i64);
+int_element!(i64, i64);
 
 impl Element for bool {
     const SIZE: usize = 1;
-    fn from_json(value: &Value) -> Option<Self> {
-        value.as_bool()
+    fn from_bool(v: bool) -> Option<Self> {
+        Some(v)
     }
     fn from_le(bytes: &[u8]) -> Self {
         bytes[0] != 0
@@ -395,8 +754,14 @@ macro_rules! float_element {
     ($t:ty, $n:expr, $to:expr, $from:expr) => {
         impl Element for $t {
             const SIZE: usize = $n;
-            fn from_json(value: &Value) -> Option<Self> {
-                value.as_f64().map($from)
+            fn from_f64(v: f64) -> Option<Self> {
+                Some($from(v))
+            }
+            fn from_i64(v: i64) -> Option<Self> {
+                Some($from(v as f64))
+            }
+            fn from_u64(v: u64) -> Option<Self> {
+                Some($from(v as f64))
             }
             fn from_le(bytes: &[u8]) -> Self {
                 let mut raw = [0u8; $n];
@@ -417,23 +782,6 @@ float_element!(f32, 4, f64::from, |v: f64| v as f32);
 float_element!(f64, 8, |v: f64| v, |v: f64| v);
 float_element!(f16, 2, f16::to_f64, f16::from_f64);
 
-fn from_json(dt: DatumType, shape: &[usize], leaves: &[&Value], name: &str) -> Result<Tensor, ProtocolError> {
-    fn typed<T: Element>(shape: &[usize], leaves: &[&Value], name: &str) -> Result<Tensor, ProtocolError> {
-        let values: Vec<T> = leaves
-            .iter()
-            .enumerate()
-            .map(|(i, v)| T::from_json(v).ok_or_else(|| invalid!("input '{name}': element {i} ({v}) is not a {:?}", T::datum_type())))
-            .collect::<Result<_, _>>()?;
-        Tensor::from_shape(shape, &values).map_err(|e| invalid!("input '{name}': {e}"))
-    }
-    macro_rules! go {
-        ($t:ty) => {
-            typed::<$t>(shape, leaves, name)
-        };
-    }
-    by_type!(dt, name, go)
-}
-
 fn from_le_bytes(dt: DatumType, shape: &[usize], bytes: &[u8], name: &str) -> Result<Tensor, ProtocolError> {
     fn typed<T: Element>(shape: &[usize], bytes: &[u8], name: &str) -> Result<Tensor, ProtocolError> {
         let elements: usize = shape.iter().product();
@@ -445,7 +793,9 @@ fn from_le_bytes(dt: DatumType, shape: &[usize], bytes: &[u8], name: &str) -> Re
             ));
         }
         let values: Vec<T> = bytes.chunks_exact(T::SIZE).map(T::from_le).collect();
-        Tensor::from_shape(shape, &values).map_err(|e| invalid!("input '{name}': {e}"))
+        // The values become the tensor's buffer (no second copy).
+        let array = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), values).map_err(|e| invalid!("input '{name}': {e}"))?;
+        Ok(array.into_tensor())
     }
     macro_rules! go {
         ($t:ty) => {
@@ -515,25 +865,75 @@ mod tests {
         vec![InputSpec { name: "x".into(), datum_type: DatumType::F32, shape: vec![1, 2, 2] }]
     }
 
-    fn request(json: &str) -> InferRequest {
-        parse_request(json.as_bytes()).unwrap()
+    fn request(json: &str) -> (InferRequest, &str) {
+        (parse_request(json.as_bytes()).unwrap(), json)
     }
 
     #[test]
     fn nested_and_flat_json_give_the_same_tensor() {
         let flat = request(r#"{"inputs":[{"name":"x","shape":[1,2,2],"datatype":"FP32","data":[1,2,3.5,4]}]}"#);
         let nested = request(r#"{"inputs":[{"name":"x","shape":[1,2,2],"datatype":"FP32","data":[[[1,2],[3.5,4]]]}]}"#);
-        let a = request_tensors(&flat, &[], &spec()).unwrap().0.remove(0).unwrap();
-        let b = request_tensors(&nested, &[], &spec()).unwrap().0.remove(0).unwrap();
+        let a = request_tensors(flat.1.as_bytes(), &flat.0, &[], &spec()).unwrap().0.remove(0).unwrap();
+        let b = request_tensors(nested.1.as_bytes(), &nested.0, &[], &spec()).unwrap().0.remove(0).unwrap();
         assert_eq!(a, b);
         assert_eq!(a, Tensor::from_shape(&[1, 2, 2], &[1f32, 2.0, 3.5, 4.0]).unwrap());
+    }
+
+    /// The tensor `request_tensors` reads for one input of `dt` and `shape` from `data`.
+    fn read_one(dt: DatumType, shape: &[usize], datatype: &str, data: &str) -> Result<Tensor, ProtocolError> {
+        let json =
+            format!(r#"{{"id":"a","inputs":[{{"data":{data},"name":"x","shape":{shape:?},"datatype":"{datatype}"}}],"outputs":[]}}"#);
+        let specs = [InputSpec { name: "x".into(), datum_type: dt, shape: shape.to_vec() }];
+        let request = parse_request(json.as_bytes())?;
+        Ok(request_tensors(json.as_bytes(), &request, &[], &specs)?.0.remove(0).unwrap())
+    }
+
+    #[test]
+    fn json_elements_are_read_exactly_into_their_type() {
+        // Integers beyond 2^53 stay exact (no detour through f64); `data` before `name` works.
+        let big = read_one(DatumType::I64, &[3], "INT64", "[9007199254740993, -9223372036854775808, 7]").unwrap();
+        assert_eq!(big, Tensor::from_shape(&[3], &[9_007_199_254_740_993i64, i64::MIN, 7]).unwrap());
+        let unsigned = read_one(DatumType::U64, &[1], "UINT64", "[18446744073709551615]").unwrap();
+        assert_eq!(unsigned, Tensor::from_shape(&[1], &[u64::MAX]).unwrap());
+        let flags = read_one(DatumType::Bool, &[2], "BOOL", "[[true],[false]]").unwrap();
+        assert_eq!(flags, Tensor::from_shape(&[2], &[true, false]).unwrap());
+        let half = read_one(DatumType::F16, &[2], "FP16", "[0.5, 2]").unwrap();
+        assert_eq!(half, Tensor::from_shape(&[2], &[f16::from_f32(0.5), f16::from_f32(2.0)]).unwrap());
+        let refusals = [
+            (DatumType::I32, "INT32", "[1.5, 2]", "element 0 (1.5) is not a I32"),
+            (DatumType::U8, "UINT8", "[1, 256]", "element 1 (256) is not a U8"),
+            (DatumType::U8, "UINT8", "[1, -1]", "element 1 (-1) is not a U8"),
+            (DatumType::F32, "FP32", "[1, null]", "element 1 (null) is not a F32"),
+            (DatumType::F32, "FP32", "[true, 1]", "element 0 (true) is not a F32"),
+            (DatumType::F32, "FP32", "[1, {\"a\":1}]", "element 1 (an object) is not a F32"),
+            (DatumType::F32, "FP32", "[1, 2, 3]", "more than the 2 elements"),
+            (DatumType::F32, "FP32", "[[[[[[[[[[[[[[[[[[1, 2]]]]]]]]]]]]]]]]]]", "nested deeper than 16"),
+        ];
+        for (dt, name, data, expected) in refusals {
+            let err = read_one(dt, &[2], name, data).unwrap_err();
+            assert!(err.0.contains(expected), "{data}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// JSON elements, flat or nested by the shape, read to the same tensor as the values.
+        #[test]
+        fn json_floats_read_to_the_tensor_of_their_values(values in proptest::collection::vec(-1e6f32..1e6, 6), nested: bool) {
+            let data = if nested {
+                serde_json::json!([[values[0], values[1], values[2]], [values[3], values[4], values[5]]])
+            } else {
+                serde_json::json!(values)
+            };
+            let read = read_one(DatumType::F32, &[2, 3], "FP32", &data.to_string()).unwrap();
+            proptest::prop_assert_eq!(read, Tensor::from_shape(&[2, 3], &values).unwrap());
+        }
     }
 
     #[test]
     fn binary_data_is_read_little_endian() {
         let r = request(r#"{"inputs":[{"name":"x","shape":[1,2,2],"datatype":"FP32","parameters":{"binary_data_size":16}}]}"#);
         let bytes: Vec<u8> = [1f32, -2.0, 0.5, 8.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let t = request_tensors(&r, &bytes, &spec()).unwrap().0.remove(0).unwrap();
+        let t = request_tensors(r.1.as_bytes(), &r.0, &bytes, &spec()).unwrap().0.remove(0).unwrap();
         assert_eq!(t, Tensor::from_shape(&[1, 2, 2], &[1f32, -2.0, 0.5, 8.0]).unwrap());
     }
 
@@ -551,13 +951,13 @@ mod tests {
             (r#"{"inputs":[{"name":"x","shape":[1,2,2],"datatype":"FP32","parameters":{"binary_data_size":99}}]}"#, "only 0 are left"),
         ];
         for (json, expected) in cases {
-            let err = request_tensors(&request(json), &[], &spec()).err().unwrap();
+            let err = request_tensors(json.as_bytes(), &request(json).0, &[], &spec()).err().unwrap();
             assert!(err.0.contains(expected), "{json}: {err}");
         }
         assert!(parse_request(b"{not json").unwrap_err().0.contains("malformed"));
         // Dimensions whose product wraps to 1 are not one image.
         let wrapping = r#"{"inputs":[{"name":"x","shape":[3,-6148914691236517205],"datatype":"BYTES","data":["abc"]}]}"#;
-        assert!(request_tensors(&request(wrapping), &[], &spec()).err().unwrap().0.contains("one encoded image"));
+        assert!(request_tensors(wrapping.as_bytes(), &request(wrapping).0, &[], &spec()).err().unwrap().0.contains("one encoded image"));
         assert!(split_body(b"{}", Some("9")).unwrap_err().0.contains("only 2 bytes"));
     }
 
@@ -581,7 +981,7 @@ mod tests {
             if let Ok((json, binary)) = split_body(&body, Some(&length))
                 && let Ok(request) = parse_request(json)
             {
-                let _ = request_tensors(&request, binary, &spec());
+                let _ = request_tensors(json, &request, binary, &spec());
             }
         }
     }

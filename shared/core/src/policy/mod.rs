@@ -55,10 +55,20 @@ use crate::wire::message::Stage;
 /// A deterministic jitter from 0 to 999 per mille for `request`'s `attempt`-th back-off (a
 /// splitmix64 step): requests refused together spread out without a clock or a random source.
 fn jitter_permille(request: u64, attempt: u32) -> u64 {
-    let mut z = request ^ (u64::from(attempt) << 48) ^ 0x9e37_79b9_7f4a_7c15;
+    jitter_permille_seeded(0, request, attempt)
+}
+
+/// [`jitter_permille`] from a `seed` of its own (a device's, so a fleet's devices differ).
+fn jitter_permille_seeded(seed: u64, request: u64, attempt: u32) -> u64 {
+    let mut z = request ^ (u64::from(attempt) << 48) ^ 0x9e37_79b9_7f4a_7c15 ^ seed.rotate_left(17);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (z ^ (z >> 31)) % 1000
+}
+
+/// A seed for [`PolicyConfig::jitter_seed`] from a device's name (FNV-1a).
+pub fn seed_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Tier index of the device itself: it never goes down.
@@ -109,6 +119,12 @@ pub struct PolicyConfig {
     /// until a retry would start after this. Zero: it fails at once. A shell sets the request's
     /// own deadline.
     pub busy_patience: Duration,
+    /// Each probe of a down tier waits its back-off give or take this many percent (0: exactly),
+    /// drawn from [`PolicyConfig::jitter_seed`] and the tier: devices that lost a server
+    /// together do not all probe it at once when it returns.
+    pub probe_jitter_percent: u32,
+    /// Seed of the probes' jitter; give each device its own (a hash of its name).
+    pub jitter_seed: u64,
 }
 
 /// First wait before a request refused as busy everywhere is tried again (see
@@ -131,6 +147,8 @@ impl Default for PolicyConfig {
             max_attempts: 8,
             drift_percent: 0,
             busy_patience: Duration::from_ticks(0),
+            probe_jitter_percent: 0,
+            jitter_seed: 0,
         }
     }
 }
@@ -361,6 +379,8 @@ struct Down {
     backoff: Duration,
     /// A probe is out.
     probing: bool,
+    /// Probes that failed since it went down (for the jitter).
+    probes: u32,
 }
 
 /// Where one request stands.
@@ -716,7 +736,8 @@ impl DevicePolicy {
             return;
         }
         let backoff = self.backoff_after_recovery(now, tier);
-        self.down.insert(tier, Down { retry_at: now.saturating_add(backoff), backoff, probing: false });
+        let retry_at = self.probe_at(now, tier, backoff, 0);
+        self.down.insert(tier, Down { retry_at, backoff, probing: false, probes: 0 });
         self.actions.push_back(Action::TierDown { tier });
         if self.waiting == Waiting::Plans {
             self.replan_again = Some(ReplanReason::NoRouteAvoidingDown);
@@ -858,12 +879,22 @@ impl DevicePolicy {
 
     fn probe_failed(&mut self, now: Instant, tier: u8) {
         let max = self.config.backoff_max;
-        if let Some(down) = self.down.get_mut(&tier).filter(|d| d.probing) {
-            let doubled = Duration::from_ticks(down.backoff.as_ticks().saturating_mul(2));
-            down.backoff = if doubled > max { max } else { doubled };
-            down.retry_at = now.saturating_add(down.backoff);
-            down.probing = false;
-        }
+        let Some(mut down) = self.down.get(&tier).filter(|d| d.probing).copied() else { return };
+        let doubled = Duration::from_ticks(down.backoff.as_ticks().saturating_mul(2));
+        down.backoff = if doubled > max { max } else { doubled };
+        down.probes = down.probes.saturating_add(1);
+        down.retry_at = self.probe_at(now, tier, down.backoff, down.probes);
+        down.probing = false;
+        self.down.insert(tier, down);
+    }
+
+    /// When a down tier that failed `probes` probes is probed next, `backoff` after `now`, give
+    /// or take [`PolicyConfig::probe_jitter_percent`].
+    fn probe_at(&self, now: Instant, tier: u8, backoff: Duration, probes: u32) -> Instant {
+        let spread = u64::from(self.config.probe_jitter_percent.min(100)) * 10;
+        // From 1000 - spread to 1000 + spread per mille of the back-off.
+        let permille = 1000 - spread + jitter_permille_seeded(self.config.jitter_seed, u64::from(tier), probes) * 2 * spread / 1000;
+        now.saturating_add(Duration::from_ticks(backoff.as_ticks().saturating_mul(permille) / 1000))
     }
 
     /// Asks for the links to the tiers that are up (a re-plan follows their measurement).
