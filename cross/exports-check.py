@@ -54,6 +54,17 @@ def read_npy(path):
     return floats(raw[10 + length:])
 
 
+def compare(got, want, prefix, what):
+    """Prints the largest difference of `got` from `want`; 0 within the tolerance, else 1."""
+    if len(got) != len(want):
+        sys.exit(f"{prefix}{len(got)} values, {what} gave {len(want)}")
+    scale = max(1.0, max(abs(v) for v in want))
+    worst = max(abs(a - b) for a, b in zip(got, want))
+    verdict = "ok" if worst <= TOLERANCE * scale else "TOO FAR"
+    print(f"{prefix}largest difference from {what} {worst:.2e} (tolerance {TOLERANCE * scale:.2e}) {verdict}")
+    return 0 if verdict == "ok" else 1
+
+
 def main(argv):
     if argv[:1] == ["names"]:
         for m in json.loads((FIXTURES / "exports.json").read_text())["models"]:
@@ -70,14 +81,7 @@ def main(argv):
     elif argv[:1] == ["compare"] and len(argv) == 3:
         m = model(argv[1])
         want = floats((FIXTURES / m["output"]["file"]).read_bytes())
-        got = read_npy(argv[2])
-        if len(got) != len(want):
-            sys.exit(f"{argv[1]}: {len(got)} values, onnxruntime gave {len(want)}")
-        scale = max(1.0, max(abs(v) for v in want))
-        worst = max(abs(a - b) for a, b in zip(got, want))
-        verdict = "ok" if worst <= TOLERANCE * scale else "TOO FAR"
-        print(f"{argv[1]}: largest difference from onnxruntime {worst:.2e} (tolerance {TOLERANCE * scale:.2e}) {verdict}")
-        return 0 if verdict == "ok" else 1
+        return compare(read_npy(argv[2]), want, f"{argv[1]}: ", "onnxruntime")
     elif argv[:1] == ["noise"] and len(argv) >= 3:
         shape = [int(d) for d in argv[2:]]
         count = 1
@@ -91,14 +95,7 @@ def main(argv):
             values.byteswap()
         write_npy(argv[1], shape, values.tobytes())
     elif argv[:1] == ["compare-npy"] and len(argv) == 3:
-        got, want = read_npy(argv[1]), read_npy(argv[2])
-        if len(got) != len(want):
-            sys.exit(f"{len(got)} values, the reference has {len(want)}")
-        scale = max(1.0, max(abs(v) for v in want))
-        worst = max(abs(a - b) for a, b in zip(got, want))
-        verdict = "ok" if worst <= TOLERANCE * scale else "TOO FAR"
-        print(f"largest difference from the reference {worst:.2e} (tolerance {TOLERANCE * scale:.2e}) {verdict}")
-        return 0 if verdict == "ok" else 1
+        return compare(read_npy(argv[1]), read_npy(argv[2]), "", "the reference")
     else:
         sys.exit(__doc__)
     return 0

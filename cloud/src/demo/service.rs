@@ -383,7 +383,7 @@ impl DeviceSide<'_> {
                 let back = setup.problem.link(target, 0).unwrap_or(link);
                 shapers.insert(peer.addr, Shaper::both(link, back));
             }
-            let endpoint = quic::client_with(&identity, shapers, quic::Datagrams::default())?;
+            let endpoint = quic::client_with(&identity, shapers, quic::Datagrams::default(), quic::Liveness::default())?;
             let client = DeviceClient::new(
                 node.clone(),
                 endpoint,

@@ -44,7 +44,7 @@ fn quic_pair(rt: &tokio::runtime::Runtime, datagrams: quic::Datagrams) -> (quinn
                 });
             }
         });
-        let client = quic::client_with(&client_id, Default::default(), datagrams).expect("client");
+        let client = quic::client_with(&client_id, Default::default(), datagrams, quic::Liveness::default()).expect("client");
         let conn = quic::connect(&client, addr, "a").await.expect("connect");
         (client, conn, dir)
     })

@@ -43,13 +43,31 @@ pub enum Datagrams {
 /// Largest UDP payload a server endpoint accepts and MTU discovery searches for.
 pub const MAX_UDP_PAYLOAD: u16 = 65_527;
 
-/// Shortest silence of a peer after which a client gives its connection up (see
-/// [`close_when_silent`]); longer on a path with a longer round trip.
+/// Default [`Liveness::silence`]: a dead peer is noticed within half a second.
 pub const SILENCE: Duration = Duration::from_millis(500);
 
-/// How often a client makes its peer answer (a QUIC ping when nothing else was sent): a live
-/// peer is never silent for [`SILENCE`].
-pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_millis(100);
+/// How a client watches the peers of its connections (see [`close_when_silent`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// A connection whose peer has sent nothing for this long (or four round trips, when
+    /// longer) is given up. The client makes its peer answer five times as often (a QUIC ping
+    /// when nothing else was sent): about 20 small packets a second on an idle connection at
+    /// the default, one every 2 s at 10 s (for a metered link).
+    pub silence: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self { silence: SILENCE }
+    }
+}
+
+impl Liveness {
+    /// How often the client makes its peer answer: a fifth of the silence (at least 20 ms).
+    pub fn keep_alive(self) -> Duration {
+        (self.silence / 5).max(Duration::from_millis(20))
+    }
+}
 
 /// Application close code of a connection given up because its peer went silent.
 pub const CLOSED_SILENT: u32 = 0x5110;
@@ -128,19 +146,21 @@ fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 
 /// A client endpoint presenting this node's certificate.
 pub fn client(identity: &Identity) -> Result<quinn::Endpoint> {
-    client_with(identity, std::collections::HashMap::new(), Datagrams::default())
+    client_with(identity, std::collections::HashMap::new(), Datagrams::default(), Liveness::default())
 }
 
 /// A client endpoint whose datagrams to the given addresses go through link emulators (see
-/// [`emulator`](super::emulator)), sending `datagrams`. Must be called inside a tokio runtime.
+/// [`emulator`](super::emulator)), sending `datagrams`, pinging its peers as `liveness` needs.
+/// Must be called inside a tokio runtime.
 pub fn client_with(
     identity: &Identity,
     shapers: std::collections::HashMap<SocketAddr, Arc<super::emulator::Shaper>>,
     datagrams: Datagrams,
+    liveness: Liveness,
 ) -> Result<quinn::Endpoint> {
     let crypto = QuicClientConfig::try_from(identity.client_config()?).transport(|| "TLS configuration unusable for QUIC".into())?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_with(MAX_STREAMS, datagrams, CLIENT_KEEP_ALIVE));
+    config.transport_config(transport_with(MAX_STREAMS, datagrams, liveness.keep_alive()));
     let socket = udp_socket(SocketAddr::from(([0, 0, 0, 0], 0))).transport(|| "cannot open a UDP socket".into())?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Invalid("a QUIC endpoint needs a tokio runtime".into()))?;
     let inner = runtime.wrap_udp_socket(socket).transport(|| "cannot use the UDP socket".into())?;
@@ -161,13 +181,14 @@ pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, name: &str) -
         .transport(|| format!("QUIC handshake with {addr} failed"))
 }
 
-/// Watches a client's `connection` and closes it ([`CLOSED_SILENT`]) when its peer has sent
-/// nothing for [`SILENCE`] (or four round trips, when longer) although the client's keep-alives
-/// ([`CLIENT_KEEP_ALIVE`]) asked it to answer: a killed process, a crashed host or a path that
-/// drops everything. Requests on the connection then fail at once instead of waiting out their
-/// timeouts. Resolves when the connection closes; `true` when it closed it.
-pub async fn close_when_silent(connection: quinn::Connection) -> bool {
-    let check = CLIENT_KEEP_ALIVE / 2;
+/// Watches a client's `connection` (from an endpoint made with the same `liveness`) and closes
+/// it ([`CLOSED_SILENT`]) when its peer has sent nothing for [`Liveness::silence`] (or four round
+/// trips, when longer) although the client's keep-alives asked it to answer: a killed process, a
+/// crashed host or a path that drops everything. Requests on the connection then fail at once
+/// instead of waiting out their timeouts. Resolves when the connection closes; `true` when it
+/// closed it.
+pub async fn close_when_silent(connection: quinn::Connection, liveness: Liveness) -> bool {
+    let check = liveness.keep_alive() / 2;
     let mut received = connection.stats().udp_rx.datagrams;
     let mut heard = tokio::time::Instant::now();
     loop {
@@ -181,7 +202,7 @@ pub async fn close_when_silent(connection: quinn::Connection) -> bool {
             heard = tokio::time::Instant::now();
             continue;
         }
-        let silence = SILENCE.max(connection.rtt().saturating_mul(4));
+        let silence = liveness.silence.max(connection.rtt().saturating_mul(4));
         if heard.elapsed() >= silence {
             tracing::info!(peer = %connection.remote_address(), "no packet from the peer for {} ms: connection given up", heard.elapsed().as_millis());
             connection.close(quinn::VarInt::from_u32(CLOSED_SILENT), b"peer silent");

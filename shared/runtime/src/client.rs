@@ -137,6 +137,8 @@ pub struct DeviceClient {
     lost: Option<tokio::sync::mpsc::UnboundedSender<u8>>,
     /// Device stages computed at once (each holds its activations): more wait their turn.
     compute: Arc<tokio::sync::Semaphore>,
+    /// How its connections' peers are watched (the endpoint pings them to match).
+    liveness: scission_net::quic::Liveness,
 }
 
 impl DeviceClient {
@@ -174,12 +176,13 @@ impl DeviceClient {
             timeout,
             lost: None,
             compute,
+            liveness: scission_net::quic::Liveness::default(),
         }
     }
 
-    /// Computes at most `slots` device stages at once.
-    pub fn with_compute_slots(mut self, slots: usize) -> Self {
-        self.compute = Arc::new(tokio::sync::Semaphore::new(slots.max(1)));
+    /// Gives a connection up after `liveness`'s silence (the endpoint must ping to match).
+    pub fn with_liveness(mut self, liveness: scission_net::quic::Liveness) -> Self {
+        self.liveness = liveness;
         self
     }
 
@@ -199,10 +202,10 @@ impl DeviceClient {
     /// at once), and, for a tier's configured server, says so when the peer's side ends it or
     /// it went silent.
     fn watch(&self, tier: u8, connection: &quinn::Connection, report: bool) {
-        let lost = self.lost.clone().filter(|_| report);
+        let (lost, liveness) = (self.lost.clone().filter(|_| report), self.liveness);
         let connection = connection.clone();
         tokio::spawn(async move {
-            let silent = scission_net::quic::close_when_silent(connection.clone()).await;
+            let silent = scission_net::quic::close_when_silent(connection.clone(), liveness).await;
             let Some(lost) = lost else { return };
             match connection.close_reason() {
                 Some(_) if silent => {

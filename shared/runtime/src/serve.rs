@@ -111,7 +111,7 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
         let client = match (config.upstream_link, &config.upstream) {
             (Some(link), Some(up)) => {
                 let shapers = std::collections::HashMap::from([(up.addr, scission_net::emulator::Shaper::new(link))]);
-                quic::client_with(&identity, shapers, quic::Datagrams::default())?
+                quic::client_with(&identity, shapers, quic::Datagrams::default(), quic::Liveness::default())?
             }
             _ => quic::client(&identity)?,
         };

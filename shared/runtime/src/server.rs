@@ -56,7 +56,7 @@ impl Upstream {
         // Connect without holding the lock: forwards do not queue behind one slow handshake.
         let c = connect(&self.endpoint, self.addr, &self.name).await?;
         // A next tier that went silent fails its forwards at once, and the next one reconnects.
-        tokio::spawn(scission_net::quic::close_when_silent(c.clone()));
+        tokio::spawn(scission_net::quic::close_when_silent(c.clone(), scission_net::quic::Liveness::default()));
         *self.connection.lock().await = Some(c.clone());
         Ok(c)
     }

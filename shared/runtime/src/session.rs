@@ -74,6 +74,8 @@ pub struct SessionConfig {
     /// Bytes the device may use (`host::available_memory`); plans whose device slice would
     /// need more are not used. `None`: no check.
     pub device_memory: Option<u64>,
+    /// How fast a dead or unreachable server is noticed (see [`quic::Liveness`]).
+    pub liveness: quic::Liveness,
 }
 
 /// Why the best route changed.
@@ -296,6 +298,7 @@ impl Session {
         let (lost_tx, lost) = mpsc::unbounded_channel();
         let client = Arc::new(
             DeviceClient::new(node.clone(), endpoint, peers.clone(), config.max_frame, config.timeout)
+                .with_liveness(config.liveness)
                 .with_planner(config.planner.clone())
                 .reporting_lost(lost_tx),
         );
@@ -469,7 +472,7 @@ fn endpoint(
             }
         }
     }
-    Ok((quic::client_with(identity, by_addr, quic::Datagrams::default())?, by_tier))
+    Ok((quic::client_with(identity, by_addr, quic::Datagrams::default(), config.liveness)?, by_tier))
 }
 
 /// Every tier the best route uses must have an address.

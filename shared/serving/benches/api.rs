@@ -46,6 +46,7 @@ fn main() {
         max_outstanding: 64,
         max_slice_bytes: u64::MAX,
         device_memory: None,
+        liveness: Default::default(),
     };
     let session = Arc::new(runtime.block_on(Session::open(config, model, None)).expect("session"));
     let input = scission_engine::input::synthetic_inputs(session.model(), 1).expect("input");

@@ -73,13 +73,24 @@ pub enum JsonData {
 
 impl<'de> Deserialize<'de> for JsonData {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(JsonDataVisitor)
+        serde::de::DeserializeSeed::deserialize(DataVisitor { top: true }, deserializer)
     }
 }
 
-struct JsonDataVisitor;
+/// Reads `data` as [`JsonData`]; `top` is false for the elements of its array (where only a
+/// string itself is text).
+struct DataVisitor {
+    top: bool,
+}
 
-impl<'de> serde::de::Visitor<'de> for JsonDataVisitor {
+impl<'de> serde::de::DeserializeSeed<'de> for DataVisitor {
+    type Value = JsonData;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<JsonData, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DataVisitor {
     type Value = JsonData;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -92,13 +103,18 @@ impl<'de> serde::de::Visitor<'de> for JsonDataVisitor {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonData, A::Error> {
         // [string] is text; anything else is skipped (its depth is checked when it is read).
-        let first: Option<Skipped> = seq.next_element()?;
+        let first = if self.top { seq.next_element_seed(DataVisitor { top: false })? } else { None };
         let rest = seq.next_element::<serde::de::IgnoredAny>()?.is_some();
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
         match first {
-            Some(Skipped::Text(text)) if !rest => Ok(JsonData::Text(text)),
+            Some(JsonData::Text(text)) if !rest => Ok(JsonData::Text(text)),
             _ => Ok(JsonData::Elements),
         }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonData, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(JsonData::Elements)
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<JsonData, E> {
@@ -115,58 +131,6 @@ impl<'de> serde::de::Visitor<'de> for JsonDataVisitor {
     }
     fn visit_unit<E>(self) -> Result<JsonData, E> {
         Ok(JsonData::Elements)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonData, A::Error> {
-        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-        Ok(JsonData::Elements)
-    }
-}
-
-/// An array's first element: a string kept, anything else skipped.
-enum Skipped {
-    Text(String),
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Skipped {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SkippedVisitor)
-    }
-}
-
-struct SkippedVisitor;
-
-impl<'de> serde::de::Visitor<'de> for SkippedVisitor {
-    type Value = Skipped;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an element")
-    }
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Skipped, E> {
-        Ok(Skipped::Text(text.to_string()))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Skipped::Other)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
-        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Skipped::Other)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Skipped, E> {
-        Ok(Skipped::Other)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Skipped, E> {
-        Ok(Skipped::Other)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Skipped, E> {
-        Ok(Skipped::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Skipped, E> {
-        Ok(Skipped::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Skipped, E> {
-        Ok(Skipped::Other)
     }
 }
 
@@ -912,6 +876,16 @@ mod tests {
         for (dt, name, data, expected) in refusals {
             let err = read_one(dt, &[2], name, data).unwrap_err();
             assert!(err.0.contains(expected), "{data}: {err}");
+        }
+    }
+
+    #[test]
+    fn data_is_text_only_as_a_string_or_an_array_of_one_string() {
+        let form = |data: &str| serde_json::from_str::<JsonData>(data).unwrap();
+        assert_eq!(form(r#""abc""#), JsonData::Text("abc".into()));
+        assert_eq!(form(r#"["abc"]"#), JsonData::Text("abc".into()));
+        for other in [r#"[["abc"]]"#, r#"["a", "b"]"#, "[1, 2]", "[]", "1", "null", "{}", "[[1], [2]]"] {
+            assert_eq!(form(other), JsonData::Elements, "{other}");
         }
     }
 
