@@ -192,12 +192,16 @@ pub async fn close_when_silent(connection: quinn::Connection, liveness: Liveness
     let mut received = connection.stats().udp_rx.datagrams;
     let mut heard = tokio::time::Instant::now();
     loop {
+        let slept = tokio::time::Instant::now();
         tokio::select! {
             _ = connection.closed() => return false,
             _ = tokio::time::sleep(check) => {}
         }
         let now_received = connection.stats().udp_rx.datagrams;
-        if now_received != received {
+        // Woken late, this process was not running (a busy host): what the peer sent may still
+        // wait in the socket, unread. Silence counts only from a moment this side was listening.
+        let late = slept.elapsed() > check.saturating_mul(3);
+        if now_received != received || late {
             received = now_received;
             heard = tokio::time::Instant::now();
             continue;
