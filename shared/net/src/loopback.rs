@@ -118,6 +118,60 @@ mod tests {
         assert!(cost.loopback_ns(1 << 20) > cost.loopback_ns(4 << 10), "{cost:?}");
     }
 
+    /// A UDP relay to `upstream` for one client; drops everything both ways while `drop` is set.
+    async fn relay(upstream: std::net::SocketAddr, drop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+        use std::sync::atomic::Ordering;
+        let front = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("front"));
+        let back = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("back"));
+        back.connect(upstream).await.expect("upstream");
+        let addr = front.local_addr().expect("bound");
+        let client = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (f, b, d, c) = (front.clone(), back.clone(), drop.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = f.recv_from(&mut buf).await {
+                *c.lock().expect("client") = Some(from);
+                if !d.load(Ordering::SeqCst) {
+                    let _ = b.send(&buf[..n]).await;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok(n) = back.recv(&mut buf).await {
+                let to = *client.lock().expect("client");
+                if let (Some(to), false) = (to, drop.load(Ordering::SeqCst)) {
+                    let _ = front.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_goes_silent_is_given_up_and_a_live_idle_one_is_not() {
+        let [server, client]: [pki::Identity; 2] =
+            pki::Identity::throwaway(&[("a", pki::Role::Cloud), ("b", pki::Role::Device)]).expect("issued").try_into().expect("two");
+        let endpoint = quic::server(&server, "127.0.0.1:0".parse().expect("address"), None).expect("server");
+        let serving = tokio::spawn(answer_each(endpoint.clone()));
+        let dropping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let via = relay(endpoint.local_addr().expect("bound"), dropping.clone()).await;
+        let connection = quic::connect(&quic::client(&client).expect("client"), via, "a").await.expect("connected");
+        let watcher = tokio::spawn(quic::close_when_silent(connection.clone(), quic::Liveness::default()));
+        // Idle but alive (it answers the keep-alives): kept for several silences.
+        tokio::time::sleep(quic::SILENCE * 4).await;
+        assert!(!watcher.is_finished(), "a live idle peer was given up");
+        assert!(connection.close_reason().is_none());
+        // Everything dropped, no close and no ICMP: given up, and a request on it fails.
+        dropping.store(true, std::sync::atomic::Ordering::SeqCst);
+        let ping = encode(&Body::Ping { nonce: 1, padding: &[] }).expect("ping");
+        let exchange = quic::exchange(&connection, ping, MAX_FRAME);
+        let (closed, answer) = tokio::join!(tokio::time::timeout(std::time::Duration::from_secs(20), watcher), exchange);
+        assert!(closed.expect("given up before the idle timeout").expect("watcher"), "the watcher closed it");
+        assert!(answer.is_err(), "the request on the silent connection fails");
+        serving.abort();
+    }
+
     #[tokio::test]
     async fn a_throwaway_cluster_trusts_its_own_nodes_only() {
         let pair = || pki::Identity::throwaway(&[("a", pki::Role::Cloud), ("b", pki::Role::Device)]).expect("issued");
