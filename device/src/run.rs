@@ -99,9 +99,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2000)]
     retry_max_ms: u64,
     /// Give a server up after this many milliseconds without a packet from it (it is pinged
-    /// five times as often; raise it on a metered link).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    silence_ms: u64,
+    /// five times as often). Default: --timeout-ms, so a server that only stalls (a busy
+    /// host) still counts as up while a plan is measured; `serve` gives up sooner (500 ms).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    silence_ms: Option<u64>,
     /// Requests to run (default: one per --inputs file, else 10).
     #[arg(long)]
     requests: Option<u32>,
@@ -191,7 +192,9 @@ impl RunArgs {
             max_outstanding: 1,
             max_slice_bytes: self.slice_cache_mib.saturating_mul(1 << 20),
             device_memory: self.memory_mib.map(|m| m.saturating_mul(1 << 20)).or_else(scission_engine::host::available_memory),
-            liveness: scission_net::quic::Liveness { silence: Duration::from_millis(self.silence_ms) },
+            liveness: scission_net::quic::Liveness {
+                silence: Duration::from_millis(self.silence_ms.unwrap_or(self.timeout_ms).clamp(100, 3_600_000)),
+            },
         };
         Ok(DeviceConfig {
             session,
