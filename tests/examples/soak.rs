@@ -21,7 +21,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use common::{bin, run, stderr};
+use common::{Reference, bin, run, stderr};
 use scission_engine::tract::prelude::*;
 use serde_json::{Value, json};
 
@@ -96,7 +96,7 @@ fn main() -> Result<()> {
             path
         }
     };
-    let reference = Reference::new(&model)?;
+    let reference = Reference::load(&model)?;
     let inputs: Vec<Tensor> = (0..4).map(|seed| reference.input(seed)).collect::<Result<_>>()?;
     let expected: Vec<Vec<f32>> = inputs.iter().map(|i| reference.run(i)).collect::<Result<_>>()?;
 
@@ -394,23 +394,7 @@ fn mb(kib: Option<u64>) -> f64 {
     kib.map_or(f64::NAN, |k| k as f64 / 1024.0)
 }
 
-/// The unsplit model, by tract alone (the project's loading and slicing play no part).
-struct Reference {
-    plan: Arc<TypedRunnableModel>,
-    shape: Vec<usize>,
-}
-
 impl Reference {
-    fn new(model: &Path) -> Result<Self> {
-        let mut inference = scission_engine::tract::onnx().model_for_path(model)?;
-        let mut fact = inference.input_fact(0)?.clone();
-        fact.shape.set_dim(0, 1.to_dim());
-        inference.set_input_fact(0, fact)?;
-        let typed = inference.into_optimized()?;
-        let shape = typed.input_fact(0)?.shape.as_concrete().context("the input's shape is not concrete")?.to_vec();
-        Ok(Self { plan: typed.into_runnable()?, shape })
-    }
-
     /// A deterministic input in [-1, 1).
     fn input(&self, seed: u64) -> Result<Tensor> {
         let len: usize = self.shape.iter().product();

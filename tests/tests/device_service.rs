@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Server, start};
-use common::{bin, quick_bench, run, stderr};
+use common::{Reference, bin, quick_bench, run, stderr};
 use scission_engine::tract::prelude::*;
 use serde_json::{Value, json};
 
@@ -100,23 +100,9 @@ fn post_json(url: &str, body: &Value) -> (u16, Value) {
     (code, serde_json::from_slice(&text[..split]).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&text[..split]))))
 }
 
-/// The unsplit model, by tract alone (the project's loading and slicing play no part).
-struct Reference {
-    plan: std::sync::Arc<TypedRunnableModel>,
-    shape: Vec<usize>,
-}
-
 impl Reference {
     fn new(model: &Path) -> Self {
-        use scission_engine::tract::prelude::*;
-        // The export's batch is symbolic ("N"): pin it to one request, as a user of tract would.
-        let mut inference = scission_engine::tract::onnx().model_for_path(model).unwrap();
-        let mut fact = inference.input_fact(0).unwrap().clone();
-        fact.shape.set_dim(0, 1.to_dim());
-        inference.set_input_fact(0, fact).unwrap();
-        let typed = inference.into_optimized().unwrap();
-        let shape = typed.input_fact(0).unwrap().shape.as_concrete().unwrap().to_vec();
-        Self { plan: typed.into_runnable().unwrap(), shape }
+        Reference::load(model).unwrap()
     }
 
     fn input(&self, seed: u32) -> Vec<f32> {

@@ -107,3 +107,27 @@ pub fn relative_diff(got: &[scission_engine::tract::prelude::TValue], want: &[sc
         })
         .fold(0f32, f32::max)
 }
+
+/// The unsplit model, by tract alone (the project's loading and slicing play no part): the
+/// reference that split results are compared with.
+pub struct Reference {
+    /// The optimised model, batch pinned to 1.
+    pub plan: std::sync::Arc<scission_engine::tract::prelude::TypedRunnableModel>,
+    /// Its input's shape.
+    pub shape: Vec<usize>,
+}
+
+impl Reference {
+    /// Loads `model`; its symbolic batch ("N", as exports have it) is pinned to one request, as a
+    /// user of tract would.
+    pub fn load(model: &Path) -> anyhow::Result<Self> {
+        use scission_engine::tract::prelude::*;
+        let mut inference = scission_engine::tract::onnx().model_for_path(model)?;
+        let mut fact = inference.input_fact(0)?.clone();
+        fact.shape.set_dim(0, 1.to_dim());
+        inference.set_input_fact(0, fact)?;
+        let typed = inference.into_optimized()?;
+        let shape = typed.input_fact(0)?.shape.as_concrete().ok_or_else(|| anyhow::anyhow!("the input's shape is not concrete"))?.to_vec();
+        Ok(Self { plan: typed.into_runnable()?, shape })
+    }
+}
