@@ -207,11 +207,12 @@ impl DeviceClient {
         tokio::spawn(async move {
             let silent = scission_net::quic::close_when_silent(connection.clone(), liveness).await;
             let Some(lost) = lost else { return };
+            if silent {
+                tracing::info!(tier, "connection given up: the peer went silent");
+                let _ = lost.send(tier);
+                return;
+            }
             match connection.close_reason() {
-                Some(_) if silent => {
-                    tracing::info!(tier, "connection given up: the peer went silent");
-                    let _ = lost.send(tier);
-                }
                 // Closed here (dropped from the cache, or the endpoint shut down): not the peer.
                 Some(quinn::ConnectionError::LocallyClosed) | None => {}
                 Some(reason) => {
