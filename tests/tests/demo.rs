@@ -17,12 +17,14 @@ fn the_demo_runs_every_top_plan_for_real_and_compares_with_the_prediction() {
     for rows in &tables {
         assert_eq!(rows.len(), 2, "one measured row per plan:\n{text}");
         for row in rows {
-            // bench p50, p90, now p50, p90, measured p50, p90: each a time.
-            let figures: Vec<f64> = row.split_whitespace().skip(1).take(6).map(|f| f.parse().unwrap()).collect();
+            // planned p50; predicted p50, p90; now p50, p90; measured p50, p90: each a time.
+            let figures: Vec<f64> = row.split_whitespace().skip(1).take(7).map(|f| f.parse().unwrap()).collect();
+            assert_eq!(figures.len(), 7, "{row}");
             assert!(figures.iter().all(|&ms| ms > 0.0), "{row}");
-            assert!(figures[1] >= figures[0] && figures[3] >= figures[2] && figures[5] >= figures[4], "a p90 below its p50: {row}");
+            assert!(figures[2] >= figures[1] && figures[4] >= figures[3] && figures[6] >= figures[5], "a p90 below its p50: {row}");
         }
     }
+    assert_eq!(text.matches("confirmation pass: the ").count(), 2, "each round is predicted from its own confirmation pass:\n{text}");
     assert!(text.contains("6 requests on 2 plans through 3 processes: every output equals the unsplit model's"), "{text}");
     assert!(text.contains("where the time went"), "each part of each route, predicted and measured:\n{text}");
     assert!(text.contains("every output of the 12 requests equals the unsplit model's"), "the closed loop's round ran:\n{text}");
@@ -33,7 +35,7 @@ fn measured_tables(text: &str) -> Vec<Vec<&str>> {
     let mut tables = Vec::new();
     let mut rows: Option<Vec<&str>> = None;
     for line in text.lines() {
-        if line.starts_with("plan  bench p50") {
+        if line.starts_with("plan   planned") {
             rows = Some(Vec::new());
         } else if line.starts_with("where the time went") {
             tables.extend(rows.take());

@@ -3,10 +3,17 @@
 //! of the machine hits every plan alike; each part of each route (a stage's compute, a hop) is
 //! measured and set against its prediction, at the median and the 90th percentile.
 //!
-//! Between the requests the plans' ranges are timed again, each as one slice on the machine
-//! that runs it (the device's under its board), the way the benchmark timed them: the
-//! prediction *now*. Set against the benchmark's, it says how far the machine itself drifted
-//! since it was benchmarked (a shared virtual machine can run a loop at 1.7 times its time for
+//! Each round's first request on each plan warms its route up (handshakes, the servers' slices)
+//! and is left out. Then the confirmation pass times every stage range of the round's plans
+//! again, side by side on the machine that runs it, with the servers up: the round's
+//! prediction. These timings are fresh, not the ones the plans were chosen by: among ranges
+//! timed with noise, the planner picks the one whose timing happened to come out low, so its
+//! own figure is biased low (the winner's curse; on this project's VM adjacent ranges timed 106
+//! and 132 ms, and every top plan used the 106).
+//!
+//! Between the requests the plans' ranges are timed again the same way: the prediction *now*.
+//! Set against the round's prediction, it says how far the machine itself drifted during the
+//! round (a shared virtual machine can run the same model at 1.65 times its time for ten
 //! seconds on end); set against the measured, it says how far the cost model is off.
 //!
 //! Then the closed loop: what the first round measured (stage times, each hop's residual over
@@ -21,6 +28,7 @@ use scission_core::policy::{ObservedCosts, charged_compute, describe_route, meas
 use scission_core::profile::Profile;
 use scission_core::solver::{self, Constraints, CostOptions, Objective, Plan, Problem};
 use scission_core::stats::Summary;
+use scission_core::timing::{Budget, measure_interleaved};
 use scission_core::wire::message::Stage;
 use scission_engine::bench::SpanTimer;
 use scission_engine::pipeline::max_abs_diff;
@@ -134,6 +142,9 @@ struct Servers<'a> {
 /// Machine index of the device in the demo's problems (device, edge, cloud).
 const DEVICE_MACHINE: usize = 0;
 
+/// Timed runs of each stage range in a round's confirmation pass.
+const CONFIRM_RUNS: u32 = 5;
+
 /// The block spans `(first block, end block)` the stages of `trials` run on the device
 /// (`on_device`) or on the other machines.
 fn spans(trials: &[Trial<'_>], on_device: bool) -> Vec<(usize, usize)> {
@@ -210,7 +221,10 @@ impl RemoteJobs {
 struct Part {
     /// What it is, as printed.
     label: String,
-    /// Predicted nanoseconds (the plan's figure).
+    /// The plan's figure in nanoseconds (as benchmarked, or as the closed loop priced it).
+    planned_ns: u64,
+    /// Predicted nanoseconds for this round: the plan's figure, a stage's scaled by the
+    /// confirmation pass (its span timed side by side with the others just before the round).
     predicted_ns: u64,
     /// For a stage: the time of its span, timed alone, that `predicted_ns` stands for (the
     /// benchmark's figure, or the span as timed between an earlier round's requests); the
@@ -233,6 +247,8 @@ impl Part {
 /// A plan as a round runs it: its route, its parts, and what each request measured.
 struct Trial<'p> {
     plan: &'p Plan,
+    /// End to end, predicted for this round: the plan's figure, its stages confirmed.
+    predicted_ns: u64,
     route: Vec<Stage>,
     parts: Vec<Part>,
     /// End to end, steady (without the device's one-off setup), per counted request.
@@ -257,6 +273,7 @@ impl<'p> Trial<'p> {
                 let predicted_ns = hop.ns + back;
                 parts.push(Part {
                     label: format!("hop {}->{}", names.0, names.1),
+                    planned_ns: predicted_ns,
                     predicted_ns,
                     base_ns: predicted_ns,
                     span: None,
@@ -268,6 +285,7 @@ impl<'p> Trial<'p> {
                 let end = device.blocks[s.end - 1].range.end;
                 parts.push(Part {
                     label: format!("{}[{first},{end})", problem.tiers[s.tier]),
+                    planned_ns: c.compute_ns[i],
                     predicted_ns: c.compute_ns[i],
                     base_ns: c.compute_ns[i],
                     span: Some((s.machine, s.start, s.end)),
@@ -276,7 +294,15 @@ impl<'p> Trial<'p> {
             }
         }
         let n = parts.len();
-        Ok(Self { plan, route, parts, totals: Vec::new(), measured: vec![Vec::new(); n], retimed: vec![Vec::new(); n] })
+        Ok(Self {
+            plan,
+            predicted_ns: plan.cost.latency_ns,
+            route,
+            parts,
+            totals: Vec::new(),
+            measured: vec![Vec::new(); n],
+            retimed: vec![Vec::new(); n],
+        })
     }
 
     /// Records what one request measured: its total, each stage's compute, each hop.
@@ -303,7 +329,7 @@ impl<'p> Trial<'p> {
     /// its span's time just before the request over the time the figure stands for (the
     /// machine's drift since it was benchmarked), each hop as its link's figures say.
     fn predicted_now(&self, i: usize) -> Option<u64> {
-        let mut ns = self.plan.cost.latency_ns;
+        let mut ns = self.predicted_ns;
         for (part, retimed) in self.parts.iter().zip(&self.retimed).filter(|(p, _)| p.span.is_some()) {
             ns = ns.saturating_sub(part.predicted_ns).saturating_add(part.now_ns(*retimed.get(i)?));
         }
@@ -323,12 +349,25 @@ impl<'p> Trial<'p> {
         Some(median(ratios)? - 1.0)
     }
 
-    /// The 90th percentile predicted from the benchmark: the plan's figure plus its stages'
-    /// spreads (each p90 over its median), added as independent spreads (the root of the sum
-    /// of their squares); hops over emulated links add none of their own.
+    /// The 90th percentile predicted for this round: its prediction plus its stages' spreads
+    /// as benchmarked (each p90 over its median), added as independent spreads (the root of
+    /// the sum of their squares); hops over emulated links add none of their own.
     fn predicted_p90(&self) -> u64 {
         let squares: f64 = self.parts.iter().map(|p| (p.spread_ns as f64).powi(2)).sum();
-        self.plan.cost.latency_ns.saturating_add(squares.sqrt().round() as u64)
+        self.predicted_ns.saturating_add(squares.sqrt().round() as u64)
+    }
+
+    /// Takes each stage's prediction for the round from its span's time in the confirmation
+    /// pass (`confirmed`): the plan's figure scaled by that time over the time the figure
+    /// stands for.
+    fn confirm(&mut self, confirmed: &HashMap<(usize, usize, usize), u64>) {
+        for part in &mut self.parts {
+            let Some(&ns) = part.span.and_then(|s| confirmed.get(&s)) else { continue };
+            let predicted = part.now_ns(ns);
+            self.predicted_ns = self.predicted_ns.saturating_sub(part.predicted_ns).saturating_add(predicted);
+            part.predicted_ns = predicted;
+            part.base_ns = ns;
+        }
     }
 
     /// Each stage span's median time between this round's requests.
@@ -403,13 +442,16 @@ impl DeviceSide<'_> {
             let open = report(&trials);
             println!(
                 "{} requests on {} plans through 3 processes: every output equals the unsplit model's (max |difference| {:e}); \
-                 median |measured / predicted - 1| {:.1}% as benchmarked, {:.1}% now, {:.1}% at the 90th percentile",
+                 median |measured / predicted - 1| {:.1}% as predicted ({:.1}% at the 90th percentile), {:.1}% as benchmarked, \
+                 {:.1}% now; the machine itself drifted {:.1}% during the round",
                 checked.count,
                 plans.len(),
                 checked.worst,
-                open.benchmarked * 100.0,
+                open.predicted * 100.0,
+                open.p90 * 100.0,
+                open.planned * 100.0,
                 open.now * 100.0,
-                open.p90 * 100.0
+                open.drift * 100.0,
             );
             let replanned = closed_loop_plans(setup.problem, device, &trials, plans.len())?;
             let medians: HashMap<_, _> = trials.iter().flat_map(Trial::span_medians).collect();
@@ -418,11 +460,14 @@ impl DeviceSide<'_> {
             self.round(&client, &mut again, cases, &mut checked).await?;
             let closed = report(&again);
             println!(
-                "closed loop: median |measured / predicted - 1| {:.1}% as priced, {:.1}% now, {:.1}% at the 90th percentile; \
-                 every output of the {} requests equals the unsplit model's (max |difference| {:e})",
-                closed.benchmarked * 100.0,
-                closed.now * 100.0,
+                "closed loop: median |measured / predicted - 1| {:.1}% as predicted ({:.1}% at the 90th percentile), {:.1}% as \
+                 priced, {:.1}% now; the machine itself drifted {:.1}% during the round; every output of the {} requests \
+                 equals the unsplit model's (max |difference| {:e})",
+                closed.predicted * 100.0,
                 closed.p90 * 100.0,
+                closed.planned * 100.0,
+                closed.now * 100.0,
+                closed.drift * 100.0,
                 checked.count,
                 checked.worst
             );
@@ -442,7 +487,8 @@ impl DeviceSide<'_> {
     }
 
     /// One round: each case's request on every plan in turn, each plan's spans timed again
-    /// before its request. The first case's requests are left out of the figures.
+    /// before its request. The first case's requests warm the route up and are left out of
+    /// the figures; after them the confirmation pass sets the round's predictions.
     async fn round(
         &self,
         client: &scission_runtime::client::DeviceClient,
@@ -477,17 +523,66 @@ impl DeviceSide<'_> {
                 }
                 checked.count += 1;
             }
+            if i == 0 {
+                self.confirm(trials, &mut device_timer)?;
+            }
         }
+        Ok(())
+    }
+
+    /// The confirmation pass (printed): every stage span of `trials` timed side by side
+    /// ([`measure_interleaved`]) on the machine that runs it, with the servers up and the
+    /// routes warm, as the service is about to run them; each stage's prediction for the round
+    /// follows ([`Trial::confirm`]). These are fresh timings, not the ones the plans were
+    /// chosen by: a range chosen because its benchmark caught a fast moment would otherwise be
+    /// predicted by that luck.
+    fn confirm(&self, trials: &mut [Trial<'_>], device_timer: &mut SpanTimer) -> Result<()> {
+        let mut spans: Vec<(usize, usize, usize)> = trials.iter().flat_map(|t| t.parts.iter().filter_map(|p| p.span)).collect();
+        spans.sort_unstable();
+        spans.dedup();
+        let budget = Budget {
+            warmup: 0,
+            min_runs: CONFIRM_RUNS,
+            max_runs: CONFIRM_RUNS,
+            max_time: embassy_time::Duration::from_ticks(0),
+            precision_permille: 0,
+        };
+        let started = std::time::Instant::now();
+        let samples = measure_interleaved(budget, spans.len(), |i| {
+            let Some(&(machine, first, end)) = spans.get(i) else { bail!("no span {i}") };
+            match machine {
+                DEVICE_MACHINE => with_threads(1, || device_timer.time((first, end))).map(drop).map_err(anyhow::Error::from),
+                _ => self.remote.time((first, end)).map(drop),
+            }
+        })?;
+        let confirmed: HashMap<(usize, usize, usize), u64> =
+            spans.iter().zip(&samples).filter_map(|(&span, s)| Some((span, Summary::of(s)?.median_ns))).collect();
+        for trial in trials.iter_mut() {
+            trial.confirm(&confirmed);
+        }
+        println!(
+            "confirmation pass: the {} stage ranges of these plans timed again {CONFIRM_RUNS} times side by side, on their machines, \
+             with the servers up ({:.1} s); the round is predicted from them",
+            spans.len(),
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 }
 
-/// The median over a round's plans of |measured / predicted - 1|: at the median as benchmarked
-/// (or priced), paired with the machine just before each request, and at the 90th percentile.
+/// The median over a round's plans of |measured / predicted - 1|: at the median as planned
+/// (benchmarked, or priced by the closed loop), as predicted after the confirmation pass,
+/// paired with the machine just before each request, and at the 90th percentile (predicted
+/// after the confirmation pass).
 struct Errors {
-    benchmarked: f64,
+    planned: f64,
+    predicted: f64,
     now: f64,
     p90: f64,
+    /// How far the machine itself moved during the round: the median over the plans of
+    /// |predicted now / predicted - 1| (the same ranges, timed between the requests, against
+    /// the confirmation pass). No prediction made before the round can beat it by much.
+    drift: f64,
 }
 
 /// How far the 90th percentile of `profile`'s blocks `[first, end)` lies above their median:
@@ -502,44 +597,52 @@ fn spread(profile: &Profile, first: usize, end: usize) -> u64 {
     squares.sqrt().round() as u64
 }
 
-/// Prints a round's table (each plan's p50 and p90: as benchmarked, predicted now, measured)
-/// and where the time went (each part's median: as benchmarked, now, measured); returns the
-/// median errors.
+/// Prints a round's table (each plan's p50 as planned; p50 and p90 as predicted after the
+/// confirmation pass, predicted now, and measured) and where the time went (each part's
+/// median: as planned, predicted, now, measured); returns the median errors.
 fn report(trials: &[Trial<'_>]) -> Errors {
     let ms = |ns: u64| ns as f64 * 1e-6;
     let pct = |measured: u64, predicted: u64| (measured as f64 / predicted.max(1) as f64 - 1.0) * 100.0;
     println!(
-        "{:>4}  {:>9} {:>9}  {:>9} {:>9}  {:>9} {:>9}  {:>7} {:>7} {:>7}  route",
-        "plan", "bench p50", "p90", "now p50", "p90", "meas. p50", "p90", "bench", "now", "p90"
+        "{:>4}  {:>8}  {:>8} {:>7}  {:>7} {:>7}  {:>7} {:>7}  {:>7} {:>7} {:>7} {:>7}  route",
+        "plan", "planned", "pred.", "p90", "now", "p90", "meas.", "p90", "planned", "pred.", "now", "p90"
     );
-    let (mut benchmarked, mut now, mut p90s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut planned, mut predicted, mut now, mut p90s, mut drift) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (rank, t) in trials.iter().enumerate() {
         let predictions = t.predictions_now().unwrap_or_default();
-        let (Some(measured), Some(predicted), Some(paired)) = (Summary::of(&t.totals), Summary::of(&predictions), t.paired_error()) else {
+        let (Some(measured), Some(now_summary), Some(paired)) = (Summary::of(&t.totals), Summary::of(&predictions), t.paired_error())
+        else {
             println!("{:>4}  (no request counted)", format!("#{}", rank + 1));
             continue;
         };
-        let bench = t.plan.cost.latency_ns;
-        let (bench_error, p90_error) = (pct(measured.median_ns, bench), pct(measured.p90_ns, predicted.p90_ns));
-        benchmarked.push(bench_error.abs());
-        now.push(paired.abs() * 100.0);
-        p90s.push(p90_error.abs());
+        let errors = [
+            pct(measured.median_ns, t.plan.cost.latency_ns),
+            pct(measured.median_ns, t.predicted_ns),
+            paired * 100.0,
+            pct(measured.p90_ns, t.predicted_p90()),
+        ];
+        for (kept, error) in [&mut planned, &mut predicted, &mut now, &mut p90s].into_iter().zip(errors) {
+            kept.push(error.abs());
+        }
+        drift.push(pct(now_summary.median_ns, t.predicted_ns).abs());
         println!(
-            "{:>4}  {:>9.1} {:>9.1}  {:>9.1} {:>9.1}  {:>9.1} {:>9.1}  {:>+6.1}% {:>+6.1}% {:>+6.1}%  {}",
+            "{:>4}  {:>8.1}  {:>8.1} {:>7.1}  {:>7.1} {:>7.1}  {:>7.1} {:>7.1}  {:>+6.1}% {:>+6.1}% {:>+6.1}% {:>+6.1}%  {}",
             format!("#{}", rank + 1),
-            ms(bench),
+            ms(t.plan.cost.latency_ns),
+            ms(t.predicted_ns),
             ms(t.predicted_p90()),
-            ms(predicted.median_ns),
-            ms(predicted.p90_ns),
+            ms(now_summary.median_ns),
+            ms(now_summary.p90_ns),
             ms(measured.median_ns),
             ms(measured.p90_ns),
-            bench_error,
-            paired * 100.0,
-            p90_error,
+            errors[0],
+            errors[1],
+            errors[2],
+            errors[3],
             describe_route(&t.route)
         );
     }
-    println!("where the time went (medians, ms: as benchmarked / now / measured):");
+    println!("where the time went (medians, ms: as planned / predicted / now / measured):");
     for (rank, t) in trials.iter().enumerate() {
         let parts: Vec<String> = t
             .parts
@@ -553,13 +656,20 @@ fn report(trials: &[Trial<'_>]) -> Errors {
                     None => Some(part.predicted_ns),
                 };
                 let shown = |ns: Option<u64>| ns.map_or(f64::NAN, ms);
-                format!("{} {:.1} / {:.1} / {:.1}", part.label, ms(part.predicted_ns), shown(now), shown(median(measured)))
+                format!(
+                    "{} {:.1} / {:.1} / {:.1} / {:.1}",
+                    part.label,
+                    ms(part.planned_ns),
+                    ms(part.predicted_ns),
+                    shown(now),
+                    shown(median(measured))
+                )
             })
             .collect();
         println!("  #{} {}", rank + 1, parts.join("  |  "));
     }
     let middle = |v: Vec<f64>| median(v).map_or(f64::NAN, |m| m / 100.0);
-    Errors { benchmarked: middle(benchmarked), now: middle(now), p90: middle(p90s) }
+    Errors { planned: middle(planned), predicted: middle(predicted), now: middle(now), p90: middle(p90s), drift: middle(drift) }
 }
 
 /// The median of `values` (the mean of the middle two for an even count, as

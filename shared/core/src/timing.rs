@@ -65,6 +65,54 @@ pub fn measure_runs<T, E>(budget: Budget, mut work: impl FnMut() -> Result<T, E>
     })
 }
 
+/// Times `count` pieces of work side by side: round-robin, one sample of each per round, so a
+/// machine whose speed drifts while they are timed (a shared host, a board warming up) slows
+/// them all alike and their medians stay comparable; timed one after the other, the ones that
+/// happened to run in a fast phase would look cheaper, and a planner choosing the cheapest
+/// would pick them for that luck. `work(i)` runs piece `i` once. Each gets `budget.warmup`
+/// untimed runs, then rounds go on until every piece has `budget.min_runs` samples and either
+/// the rounds took `budget.max_time` per piece or every median is known within
+/// `budget.precision_permille`; at most `budget.max_runs` rounds. Work shorter than
+/// [`MIN_SAMPLE`] is repeated within its sample. Returns each piece's samples in nanoseconds;
+/// stops at the first error.
+pub fn measure_interleaved<E>(budget: Budget, count: usize, mut work: impl FnMut(usize) -> Result<(), E>) -> Result<Vec<Vec<u64>>, E> {
+    for _ in 0..budget.warmup {
+        for i in 0..count {
+            work(i)?;
+        }
+    }
+    let mut repeat = Vec::with_capacity(count);
+    for i in 0..count {
+        repeat.push(repetitions(&mut || work(i))?);
+    }
+    let allowed = budget.max_time.as_ticks().saturating_mul(u64::try_from(count).unwrap_or(u64::MAX));
+    let started = Instant::now();
+    let mut samples: Vec<Vec<u64>> = (0..count).map(|_| Vec::new()).collect();
+    for round in 0..budget.max_runs {
+        if round >= budget.min_runs && (started.elapsed().as_ticks() >= allowed || all_known(&samples, budget.precision_permille)) {
+            break;
+        }
+        for (i, (kept, &times)) in samples.iter_mut().zip(&repeat).enumerate() {
+            let t0 = Instant::now();
+            for _ in 0..times {
+                work(i)?;
+            }
+            kept.push(t0.elapsed().as_nanos() / u64::from(times));
+        }
+    }
+    Ok(samples)
+}
+
+/// Whether every sample set's median is known within `permille` (never, for 0).
+fn all_known(samples: &[Vec<u64>], permille: u32) -> bool {
+    permille > 0
+        && samples.iter().all(|s| {
+            let mut sorted = s.clone();
+            sorted.sort_unstable();
+            median_known_within(&sorted, permille)
+        })
+}
+
 /// Takes samples (a duration in nanoseconds and a value) until `budget` says stop.
 fn sample_until<T, E>(budget: Budget, mut sample: impl FnMut() -> Result<(u64, T), E>) -> Result<Vec<(u64, T)>, E> {
     let started = Instant::now();
@@ -144,5 +192,37 @@ mod tests {
             if left == 0 { Err("third run") } else { Ok(()) }
         });
         assert_eq!(failed.err(), Some("third run"));
+    }
+
+    #[test]
+    fn interleaved_pieces_are_timed_round_robin_after_their_warm_ups() {
+        let budget = Budget { warmup: 1, min_runs: 3, max_runs: 3, max_time: Duration::from_secs(60), precision_permille: 0 };
+        let mut order = Vec::new();
+        let samples = measure_interleaved(budget, 3, |i| {
+            order.push(i);
+            // Slow enough that a sample needs no repetition.
+            let t0 = Instant::now();
+            while t0.elapsed() < MIN_SAMPLE {}
+            Ok::<_, ()>(())
+        });
+        let samples = samples.unwrap_or_default();
+        assert_eq!(samples.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3]);
+        assert!(samples.iter().flatten().all(|&ns| ns >= MIN_SAMPLE.as_nanos()), "{samples:?}");
+        // Warm-up round, one run each to size the samples, then three timed rounds.
+        assert_eq!(order, [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn interleaved_timing_stops_at_max_time_once_min_runs_are_done_and_at_the_first_error() {
+        let budget = Budget { warmup: 0, min_runs: 2, max_runs: 1000, max_time: Duration::from_ticks(0), precision_permille: 0 };
+        let samples = measure_interleaved(budget, 2, |_| Ok::<_, ()>(())).unwrap_or_default();
+        assert_eq!(samples.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
+        let mut left = 5;
+        let failed = measure_interleaved(budget, 2, |_| {
+            left -= 1;
+            if left == 0 { Err("fifth run") } else { Ok(()) }
+        });
+        assert_eq!(failed.err(), Some("fifth run"));
+        assert_eq!(measure_interleaved(budget, 0, |_| Ok::<_, ()>(())), Ok(Vec::new()));
     }
 }

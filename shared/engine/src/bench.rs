@@ -16,7 +16,7 @@ use scission_core::profile::{
     BlockMemory, BlockProfile, CutProfile, ModelFacts, PROFILE_FORMAT, PROFILE_VERSION, Profile, RangeProfile, TierKind, TimingMethod,
 };
 use scission_core::stats::Summary;
-use scission_core::timing::{Budget, measure, measure_runs};
+use scission_core::timing::{Budget, measure, measure_interleaved, measure_runs};
 
 /// What to benchmark and how.
 #[derive(Clone, Debug)]
@@ -360,9 +360,14 @@ pub fn time_spans(
     Ok(ranges)
 }
 
+/// Most ranges built at once to be timed side by side (each holds its own packed weights).
+const SPANS_AT_ONCE: usize = 8;
+
 /// Times each span of `blocks` (`(first block, end block)`) as one slice on the activations
-/// the blocks before it produce from `inputs`, in order of the first block, so the activations
-/// only move forward.
+/// the blocks before it produce from `inputs`: up to [`SPANS_AT_ONCE`] at a time, side by
+/// side ([`measure_interleaved`]), so ranges a planner will choose between are timed on the
+/// same machine and not one in a fast phase and the next in a slow one. Returned in order of
+/// the first block.
 fn time_ordered_spans(
     model: &Model,
     budget: Budget,
@@ -373,18 +378,19 @@ fn time_ordered_spans(
 ) -> Result<Vec<RangeProfile>> {
     let mut ordered = spans.to_vec();
     ordered.sort_unstable();
-    let (mut at, mut live) = (0, graph_inputs(model, inputs)?);
-    let mut out = Vec::with_capacity(spans.len());
-    for (first, end) in ordered {
-        let range = node_range(blocks, first, end)?;
-        bar.begin(&format!("[{}, {}) as one slice", range.start, range.end));
-        if range.start > at {
-            live = advance_to(model, at, range.start, live)?;
-            at = range.start;
+    ordered.dedup();
+    let live = graph_inputs(model, inputs)?;
+    let mut out = Vec::with_capacity(ordered.len());
+    for group in ordered.chunks(SPANS_AT_ONCE) {
+        let (first, last) = (group[0], group[group.len() - 1]);
+        bar.begin(&format!("blocks {}-{} .. {}-{}, side by side", first.0, first.1 - 1, last.0, last.1 - 1));
+        let mut timer = SpanTimer::on(model, blocks, group, live.clone())?;
+        let samples = measure_interleaved(budget, timer.spans.len(), |i| timer.run(i))?;
+        for (span, samples) in timer.spans.iter().zip(samples) {
+            let time = Summary::of(&samples).context("the budget allowed no timed run")?;
+            out.push(RangeProfile { first_block: span.blocks.0, end_block: span.blocks.1, range: span.range, time });
+            bar.advance();
         }
-        let time = time_slice(model, budget, range, &live)?;
-        out.push(RangeProfile { first_block: first, end_block: end, range, time });
-        bar.advance();
     }
     Ok(out)
 }
@@ -400,6 +406,7 @@ pub struct SpanTimer {
 /// One range of a [`SpanTimer`], ready to run.
 struct TimedSpan {
     blocks: (usize, usize),
+    range: Block,
     state: TypedSimpleState,
     inputs: TVec<TValue>,
 }
@@ -408,10 +415,15 @@ impl SpanTimer {
     /// Builds each span of `blocks` (`(first block, end block)`) as one slice, with the
     /// activations the blocks before it produce from the synthetic input of `seed`.
     pub fn new(model: &Model, blocks: &[Block], spans: &[(usize, usize)], seed: u64) -> Result<Self> {
+        Self::on(model, blocks, spans, graph_inputs(model, synthetic_inputs(model, seed)?)?)
+    }
+
+    /// [`Self::new`] on the model's inputs `live`.
+    fn on(model: &Model, blocks: &[Block], spans: &[(usize, usize)], mut live: crate::pipeline::Activations) -> Result<Self> {
         let mut ordered = spans.to_vec();
         ordered.sort_unstable();
         ordered.dedup();
-        let (mut at, mut live) = (0, graph_inputs(model, synthetic_inputs(model, seed)?)?);
+        let mut at = 0;
         let mut built = Vec::with_capacity(ordered.len());
         for (first, end) in ordered {
             let range = node_range(blocks, first, end)?;
@@ -421,7 +433,7 @@ impl SpanTimer {
             }
             let slice = Slice::build(model, range)?;
             let inputs = collect(&live, &slice.io.inputs, "span input", model)?;
-            built.push(TimedSpan { blocks: (first, end), state: slice.spawn()?, inputs });
+            built.push(TimedSpan { blocks: (first, end), range, state: slice.spawn()?, inputs });
         }
         Ok(Self { spans: built })
     }
@@ -429,13 +441,20 @@ impl SpanTimer {
     /// Runs span `(first block, end block)` once (as many times as this thread's emulated
     /// slowdown says, see [`crate::slower`]) and returns its wall time in nanoseconds.
     pub fn time(&mut self, span: (usize, usize)) -> Result<u64> {
-        let Some(timed) = self.spans.iter_mut().find(|s| s.blocks == span) else {
+        let Some(index) = self.spans.iter().position(|s| s.blocks == span) else {
             scission_core::bail!("blocks {}-{} were not prepared for timing", span.0, span.1);
         };
         let started = std::time::Instant::now();
+        self.run(index)?;
+        Ok(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs the `index`th span (in order of first block) as [`Self::time`] does, untimed.
+    fn run(&mut self, index: usize) -> Result<()> {
+        let timed = self.spans.get_mut(index).context("no such span")?;
         let state = &mut timed.state;
         drop(crate::slower::repeated(timed.inputs.clone(), |inputs| state.run(inputs))?);
-        Ok(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        Ok(())
     }
 }
 
