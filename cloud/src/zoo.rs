@@ -19,7 +19,11 @@ pub struct ZooArgs {
 #[derive(Clone, Debug, clap::Subcommand)]
 enum ZooCommand {
     /// List the models: name, family, input size, parameters.
-    List,
+    List {
+        /// Print one JSON document (format `scission-zoo`) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a model as ONNX.
     Write {
         /// Model name (see `zoo list`).
@@ -45,7 +49,23 @@ enum ZooCommand {
 /// Runs `zoo`.
 pub fn run(args: &ZooArgs) -> Result<()> {
     match &args.command {
-        ZooCommand::List => {
+        ZooCommand::List { json: true } => {
+            let models: Vec<serde_json::Value> = MODELS
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "name": m.name,
+                        "family": m.family,
+                        "input": [m.resolution, m.resolution],
+                        "parameters": m.keras_params,
+                        "reference": format!("zoo:{}", m.name),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "format": "scission-zoo", "version": 1, "models": models }));
+            Ok(())
+        }
+        ZooCommand::List { json: false } => {
             println!("{:<20} {:<10} {:>7} {:>12}", "name", "family", "input", "parameters");
             for m in &MODELS {
                 println!("{:<20} {:<10} {:>7} {:>12}", m.name, m.family, format!("{0}x{0}", m.resolution), m.keras_params);

@@ -136,6 +136,10 @@ pub struct RunArgs {
     /// compute time) and the per-plan figures to this JSON file.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
+    /// Print that report (format `scission-run-report`), with the run's totals, as one JSON
+    /// document on stdout; the text goes to stderr.
+    #[arg(long)]
+    json: bool,
     /// Write the last answered request's outputs to this directory as `output-K.npy` (e.g. to
     /// compare them with another machine's).
     #[arg(long, value_name = "DIR")]
@@ -226,30 +230,44 @@ pub fn run(args: &RunArgs) -> Result<()> {
         config.requests = u32::try_from(config.inputs.len()).unwrap_or(u32::MAX);
     }
     let requests = config.requests;
-    let summary = device::run(&config, slices, print_event)?;
+    let json = args.json;
+    let summary = device::run(&config, slices, |event| say(json, &event_line(event)))?;
     let routes = device::by_route(&summary.requests);
-    print_routes(&routes);
+    let table = route_table(&routes);
+    if !table.is_empty() {
+        say(json, &table);
+    }
+    let mut document = report(&summary.requests, &routes);
     if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report(&summary.requests, &routes))?;
-        std::fs::write(path, json).map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
-        println!("report written to {}", path.display());
+        let bytes = serde_json::to_vec_pretty(&document)?;
+        std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
+        say(json, &format!("report written to {}", path.display()));
     }
     if let Some((count, median)) = summary.prediction_error {
-        println!("measured vs predicted end-to-end latency over {count} requests: median error {:+.1}%", median * 100.0);
+        say(json, &format!("measured vs predicted end-to-end latency over {count} requests: median error {:+.1}%", median * 100.0));
     }
-    match summary.largest_difference {
-        Some(worst) => {
-            println!("requests: {} ok, {} failed; largest difference from the unsplit model {worst:e}", summary.ok, summary.failed)
-        }
-        None if config.check => println!("requests: {} ok, {} failed", summary.ok, summary.failed),
-        None => println!("requests: {} ok, {} failed (results not checked)", summary.ok, summary.failed),
-    }
+    say(
+        json,
+        &match summary.largest_difference {
+            Some(worst) => format!("requests: {} ok, {} failed; largest difference from the unsplit model {worst:e}", summary.ok, summary.failed),
+            None if config.check => format!("requests: {} ok, {} failed", summary.ok, summary.failed),
+            None => format!("requests: {} ok, {} failed (results not checked)", summary.ok, summary.failed),
+        },
+    );
     if let Some(digest) = &summary.last_outputs_sha256 {
-        println!("last request's outputs: SHA-256 {digest}");
+        say(json, &format!("last request's outputs: SHA-256 {digest}"));
     }
     if let Some(dir) = &args.save {
         save_outputs(dir, &summary.last_outputs)?;
-        println!("last request's outputs written to {}", dir.display());
+        say(json, &format!("last request's outputs written to {}", dir.display()));
+    }
+    if json {
+        document["ok"] = summary.ok.into();
+        document["failed"] = summary.failed.into();
+        document["largest_difference"] = summary.largest_difference.map(f64::from).into();
+        document["last_outputs_sha256"] = summary.last_outputs_sha256.clone().into();
+        document["median_prediction_error"] = summary.prediction_error.map(|(_, median)| median).into();
+        println!("{}", serde_json::to_string(&document)?);
     }
     if summary.failed > 0 {
         bail!("{} of {requests} requests failed", summary.failed);
@@ -257,20 +275,32 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Predicted against measured latency, per plan used.
-fn print_routes(routes: &[device::RouteFigures]) {
+/// Predicted against measured latency, per plan used (empty without a plan).
+fn route_table(routes: &[device::RouteFigures]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     if routes.is_empty() {
-        return;
+        return out;
     }
-    println!("{:>9} {:>13} {:>13} {:>13} {:>8}  route", "requests", "predicted ms", "measured ms", "p90 ms", "error");
+    let _ = writeln!(out, "{:>9} {:>13} {:>13} {:>13} {:>8}  route", "requests", "predicted ms", "measured ms", "p90 ms", "error");
     let ms = |ns: u64| format!("{:.2}", ns as f64 * 1e-6);
     for r in routes {
         let predicted = r.predicted_ns.map_or_else(|| "-".into(), ms);
         let (median, p90) = r.measured.as_ref().map_or_else(|| ("-".into(), "-".into()), |m| (ms(m.median_ns), ms(m.p90_ns)));
         let error = r.error.map_or_else(|| "-".into(), |e| format!("{:+.1}%", e * 100.0));
-        println!("{:>9} {predicted:>13} {median:>13} {p90:>13} {error:>8}  {}", r.requests, describe_route(&r.route));
+        let _ = writeln!(out, "{:>9} {predicted:>13} {median:>13} {p90:>13} {error:>8}  {}", r.requests, describe_route(&r.route));
     }
-    println!("(measured: each plan's requests after its first, which pays the handshakes)");
+    let _ = write!(out, "(measured: each plan's requests after its first, which pays the handshakes)");
+    out
+}
+
+/// Prints a line of `run`'s text: on stdout, or on stderr where stdout carries `--json`'s
+/// document.
+fn say(json: bool, line: &str) {
+    match json {
+        true => eprintln!("{line}"),
+        false => println!("{line}"),
+    }
 }
 
 /// The `--report` document: every answered request and the per-plan figures, times in ms.
@@ -314,16 +344,17 @@ fn mbit(link: &Link) -> String {
     format!("{:.1} Mbit/s, {:.1} ms", link.bits_per_sec as f64 * 1e-6, link.latency_ns as f64 * 1e-6)
 }
 
-fn print_event(event: DeviceEvent) {
+/// The line `run` prints for `event`.
+fn event_line(event: DeviceEvent) -> String {
     match event {
-        DeviceEvent::Plan { route } => println!("plan #1: {}", describe(&route)),
+        DeviceEvent::Plan { route } => format!("plan #1: {}", describe(&route)),
         DeviceEvent::LinkChanged { tier, link, after_request } => {
-            println!("emulated link to tier {tier} now {} (after request {after_request})", mbit(&link))
+            format!("emulated link to tier {tier} now {} (after request {after_request})", mbit(&link))
         }
         DeviceEvent::FailedOver { request, tier, reason } => {
-            println!("request {request}: {} unreachable ({reason}); failing over to a plan without it", describe_server(tier))
+            format!("request {request}: {} unreachable ({reason}); failing over to a plan without it", describe_server(tier))
         }
-        DeviceEvent::TierUp { tier } => println!("{} answers again; plans may use it", describe_server(tier)),
+        DeviceEvent::TierUp { tier } => format!("{} answers again; plans may use it", describe_server(tier)),
         DeviceEvent::Switched { cause, from, to } => {
             let why = match cause {
                 SwitchCause::Measured(links) => {
@@ -335,9 +366,9 @@ fn print_event(event: DeviceEvent) {
                 SwitchCause::FirstPlan => "first plan".to_string(),
                 SwitchCause::Drift(percent) => format!("measured latency was {percent}% of the prediction"),
             };
-            println!("plan switch: {why}; best plan was {}, now {}", from.as_deref().map_or_else(String::new, describe), describe(&to));
+            format!("plan switch: {why}; best plan was {}, now {}", from.as_deref().map_or_else(String::new, describe), describe(&to))
         }
-        DeviceEvent::TierDown { tier } => println!("{} stopped answering; probing it again after a back-off", describe_server(tier)),
+        DeviceEvent::TierDown { tier } => format!("{} stopped answering; probing it again after a back-off", describe_server(tier)),
         DeviceEvent::Completed { request, rank, total_ns, latency_ns, predicted_ns, timings, difference, .. } => {
             let where_ = |t: &scission_core::wire::message::StageTiming| match t.machine {
                 0 => format!("tier {}", t.tier),
@@ -349,14 +380,14 @@ fn print_event(event: DeviceEvent) {
             // A wait before it went out (links being measured, a failed try) of a millisecond or more.
             let waited = latency_ns.saturating_sub(total_ns);
             let waited = if waited >= 1_000_000 { format!("; waited {:.2} ms before", waited as f64 * 1e-6) } else { String::new() };
-            println!(
+            format!(
                 "request {request}: plan #{} {:.2} ms end to end{predicted} ({}){waited}{checked}",
                 rank + 1,
                 total_ns as f64 * 1e-6,
                 stages.join(", ")
-            );
+            )
         }
-        DeviceEvent::Failed { request, error } => println!("request {request}: failed: {error}"),
+        DeviceEvent::Failed { request, error } => format!("request {request}: failed: {error}"),
     }
 }
 

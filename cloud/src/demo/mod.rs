@@ -105,7 +105,22 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let setup = service::Setup { model, model_path: &model_path, profiles: &profiles, problem: &problem, board: &board, cores };
         service::distributed(setup, &plans, args.requests)?;
     }
+    print_next_steps(&args.links);
     Ok(())
+}
+
+/// The demo's last words: the three steps that do the same with the user's own model and
+/// machines, with the demo's link figures.
+fn print_next_steps(links: &[String]) {
+    let links: Vec<String> = links.iter().map(|l| format!("--link {l}")).collect();
+    println!(
+        "\nthe same with your model and your machines (each binary's --help says more; docs/src/running.md has the cluster set-up):\n\
+         1. bench each machine: scission-device bench model.onnx --out device.json   (on the board; scission-edge bench / scission-cloud bench likewise)\n\
+         2. plan:               scission-cloud plan device.json edge.json cloud.json {links}\n\
+         3. run:                scission-cloud serve model.onnx --cluster cluster --listen 0.0.0.0:4433   (and scission-edge serve ... --cloud CLOUD:4433), then\n\
+         \x20                     scission-device run model.onnx --cluster cluster --edge EDGE:4434 --cloud CLOUD:4433 --profiles device.json,edge.json,cloud.json {links}",
+        links = links.join(" ")
+    );
 }
 
 /// How this process plays the device's board.

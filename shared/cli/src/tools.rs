@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Print the summary as one JSON document (format `scission-bench-summary`, or
+    /// `scission-bench-ranges` with --add-ranges) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Whether `bench --memory` counts each block's heap.
@@ -192,7 +196,38 @@ pub fn run_bench(args: &BenchArgs, tier: TierKind, zoo: Option<ZooLookup>) -> Re
     let mut profile = benchmark(&model, &options, &bar)?;
     profile.messages = messages;
     write_profile(&profile, &args.out)?;
+    if args.json {
+        return json_line(&bench_summary_json(&profile, &args.out, loaded_in.as_secs_f64()));
+    }
     Ok(format!("{}; loading the model took {:.1} s\n", profile_summary(&profile, &args.out), loaded_in.as_secs_f64()))
+}
+
+/// `value` as one line of JSON.
+fn json_line(value: &serde_json::Value) -> Result<String> {
+    Ok(serde_json::to_string(value)? + "\n")
+}
+
+/// What `bench --json` prints: the profile's headline figures (times in ms).
+fn bench_summary_json(profile: &Profile, path: &Path, load_seconds: f64) -> serde_json::Value {
+    let ms = |ns: u64| ns as f64 * 1e-6;
+    serde_json::json!({
+        "format": "scission-bench-summary",
+        "version": 1,
+        "profile": path.display().to_string(),
+        "model": profile.model.name,
+        "machine": profile.machine.name,
+        "tier": profile.machine.tier,
+        "threads": profile.machine.threads,
+        "blocks": profile.blocks.len(),
+        "unsplit_median_ms": ms(profile.whole_model.median_ns),
+        "unsplit_p90_ms": ms(profile.whole_model.p90_ns),
+        "sum_of_block_medians_ms": ms(profile.sum_of_blocks_ns),
+        "sum_over_whole": profile.sum_over_whole,
+        "bench_seconds": profile.bench_seconds,
+        "load_seconds": load_seconds,
+        "message_fixed_us": profile.messages.map(|m| m.fixed_ns as f64 * 1e-3),
+        "message_ms_per_mib": profile.messages.map(|m| m.ps_per_byte as f64 * 1048576e-9),
+    })
 }
 
 /// Hops over loopback timed per size and round before fitting what a message costs.
@@ -228,8 +263,16 @@ fn add_ranges(args: &BenchArgs, model: &Model, options: &BenchOptions, bar: &Ben
     let options = BenchOptions { threads, ..options.clone() };
     let timed = time_spans(model, &options, &profile, &spans, bar)?;
     let mut out = String::new();
+    let mut ranges = Vec::with_capacity(timed.len());
     for r in timed {
         let blocks = profile.blocks_ns(r.first_block, r.end_block);
+        ranges.push(serde_json::json!({
+            "first_block": r.first_block,
+            "last_block": r.end_block - 1,
+            "median_ms": r.time.median_ns as f64 * 1e-6,
+            "p90_ms": r.time.p90_ns as f64 * 1e-6,
+            "sum_of_blocks_ms": blocks as f64 * 1e-6,
+        }));
         let _ = writeln!(
             out,
             "blocks {}-{}: {:.3} ms as one slice, {:.3} ms as the sum of its blocks",
@@ -243,6 +286,15 @@ fn add_ranges(args: &BenchArgs, model: &Model, options: &BenchOptions, bar: &Ben
     }
     profile.ranges.sort_by_key(|r| (r.first_block, r.end_block));
     write_profile(&profile, &args.out)?;
+    if args.json {
+        return json_line(&serde_json::json!({
+            "format": "scission-bench-ranges",
+            "version": 1,
+            "profile": args.out.display().to_string(),
+            "timed": ranges,
+            "measured_ranges": profile.ranges.len(),
+        }));
+    }
     let _ = writeln!(out, "{}: {} measured range(s)", args.out.display(), profile.ranges.len());
     Ok(out)
 }
@@ -296,12 +348,52 @@ pub struct InspectArgs {
     /// Print every node, not only the cut points.
     #[arg(long)]
     pub nodes: bool,
+    /// Print one JSON document (format `scission-inspect`) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Runs `inspect`: loads the model; returns its cut points and blocks as text.
+/// Runs `inspect`: loads the model; returns its cut points and blocks as text or JSON.
 pub fn run_inspect(args: &InspectArgs, zoo: Option<ZooLookup>) -> Result<String> {
     let model = args.model.load(zoo)?;
-    Ok(inspect_report(&model, usize::from(args.model.max_crossing), args.nodes))
+    let max_crossing = usize::from(args.model.max_crossing);
+    match args.json {
+        true => json_line(&inspect_json(&model, max_crossing, args.nodes)),
+        false => Ok(inspect_report(&model, max_crossing, args.nodes)),
+    }
+}
+
+/// What `inspect --json` prints: the model, its block counts, and each position (a cut point,
+/// or with `all_nodes` every boundary between two nodes) with the bytes and tensors crossing
+/// it and the node after it.
+pub fn inspect_json(model: &Model, max_crossing: usize, all_nodes: bool) -> serde_json::Value {
+    let (s, cuts) = (&model.summary, &model.cuts);
+    let points = cuts.cut_points(max_crossing);
+    let positions: Vec<serde_json::Value> = (0..cuts.positions())
+        .filter_map(|k| {
+            let is_cut = points.binary_search(&k).is_ok();
+            (is_cut || all_nodes).then(|| {
+                serde_json::json!({
+                    "position": k,
+                    "cut_point": is_cut,
+                    "bytes": cuts.bytes(k),
+                    "next_node": s.nodes.get(k).map(|n| serde_json::json!({ "name": n.name, "op": n.op })),
+                    "crossing": cuts.crossing(k).iter().map(|&t| s.tensors[t].name.as_str()).collect::<Vec<_>>(),
+                })
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "format": "scission-inspect",
+        "version": 1,
+        "model": model.name,
+        "sha256": model.sha256,
+        "compute_nodes": s.len(),
+        "max_crossing": max_crossing,
+        "blocks": points.len().saturating_sub(1),
+        "original_scission_blocks": cuts.legacy_cut_points(s).len().saturating_sub(1),
+        "positions": positions,
+    })
 }
 
 /// The text `inspect` prints.
