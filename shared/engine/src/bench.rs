@@ -383,7 +383,7 @@ fn time_ordered_spans(
     let mut out = Vec::with_capacity(ordered.len());
     for group in ordered.chunks(SPANS_AT_ONCE) {
         let (first, last) = (group[0], group[group.len() - 1]);
-        bar.begin(&format!("blocks {}-{} .. {}-{}, side by side", first.0, first.1 - 1, last.0, last.1 - 1));
+        bar.begin(&format!("blocks {}-{} .. {}-{}, side by side", first.0, first.1.saturating_sub(1), last.0, last.1.saturating_sub(1)));
         let mut timer = SpanTimer::on(model, blocks, group, live.clone())?;
         let samples = measure_interleaved(budget, timer.spans.len(), |i| timer.run(i))?;
         for (span, samples) in timer.spans.iter().zip(samples) {
