@@ -237,9 +237,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if !table.is_empty() {
         say(json, &table);
     }
-    let mut document = report(&summary.requests, &routes);
-    if let Some(path) = &args.report {
-        let bytes = serde_json::to_vec_pretty(&document)?;
+    // The report is built only where it goes somewhere: a long run answers many requests.
+    let document = (json || args.report.is_some()).then(|| report(&summary.requests, &routes));
+    if let (Some(path), Some(document)) = (&args.report, &document) {
+        let bytes = serde_json::to_vec_pretty(document)?;
         std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write the report to {}: {e}", path.display()))?;
         say(json, &format!("report written to {}", path.display()));
     }
@@ -249,7 +250,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     say(
         json,
         &match summary.largest_difference {
-            Some(worst) => format!("requests: {} ok, {} failed; largest difference from the unsplit model {worst:e}", summary.ok, summary.failed),
+            Some(worst) => {
+                format!("requests: {} ok, {} failed; largest difference from the unsplit model {worst:e}", summary.ok, summary.failed)
+            }
             None if config.check => format!("requests: {} ok, {} failed", summary.ok, summary.failed),
             None => format!("requests: {} ok, {} failed (results not checked)", summary.ok, summary.failed),
         },
@@ -261,7 +264,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         save_outputs(dir, &summary.last_outputs)?;
         say(json, &format!("last request's outputs written to {}", dir.display()));
     }
-    if json {
+    if let Some(mut document) = document.filter(|_| json) {
         document["ok"] = summary.ok.into();
         document["failed"] = summary.failed.into();
         document["largest_difference"] = summary.largest_difference.map(f64::from).into();

@@ -112,8 +112,7 @@ fn the_books_summary_lists_every_chapter_and_the_readme_stays_short() {
     let src = root().join("docs/src");
     let summary = std::fs::read_to_string(src.join("SUMMARY.md")).unwrap();
     let listed: BTreeSet<PathBuf> = link_targets(&summary).iter().map(|t| src.join(t)).collect();
-    let chapters: BTreeSet<PathBuf> =
-        documents().into_iter().filter(|p| p.starts_with(&src) && !p.ends_with("SUMMARY.md")).collect();
+    let chapters: BTreeSet<PathBuf> = documents().into_iter().filter(|p| p.starts_with(&src) && !p.ends_with("SUMMARY.md")).collect();
     let missing: Vec<_> = chapters.difference(&listed).collect();
     assert!(missing.is_empty(), "chapters not in SUMMARY.md: {missing:?}");
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();

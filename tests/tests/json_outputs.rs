@@ -94,11 +94,8 @@ fn bench_json_summarises_the_profile_it_wrote() {
     assert!((v["unsplit_median_ms"].as_f64().unwrap() * 1e6 - median_ns).abs() < 1.0, "{v}");
     let last = v["blocks"].as_u64().unwrap() - 1;
     let span = format!("0-{last}");
-    let ranges = document(
-        "scission-cloud",
-        &[&["bench", model, "--out", out, "--add-ranges", &span][..], &quick].concat(),
-        "scission-bench-ranges",
-    );
+    let ranges =
+        document("scission-cloud", &[&["bench", model, "--out", out, "--add-ranges", &span][..], &quick].concat(), "scission-bench-ranges");
     let timed = ranges["timed"].as_array().unwrap();
     assert_eq!(timed.len(), 1, "{ranges}");
     assert_eq!((timed[0]["first_block"].as_u64(), timed[0]["last_block"].as_u64()), (Some(0), Some(last)));
