@@ -504,12 +504,8 @@ impl DeviceSide<'_> {
             for (rank, trial) in trials.iter_mut().enumerate() {
                 if counted {
                     for (part, retimed) in trial.parts.iter().zip(&mut trial.retimed) {
-                        let Some((machine, first, end)) = part.span else { continue };
-                        let ns = match machine {
-                            DEVICE_MACHINE => with_threads(1, || device_timer.time((first, end)))?,
-                            _ => self.remote.time((first, end))?,
-                        };
-                        retimed.push(ns);
+                        let Some(span) = part.span else { continue };
+                        retimed.push(self.time_span(&mut device_timer, span)?);
                     }
                 }
                 let id = u64::try_from(checked.count).unwrap_or(u64::MAX);
@@ -528,6 +524,15 @@ impl DeviceSide<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Runs stage span `(machine, first block, end block)` once where it runs and returns its
+    /// time: the device's on this thread (its board), the others' on the remote timer.
+    fn time_span(&self, device_timer: &mut SpanTimer, (machine, first, end): (usize, usize, usize)) -> Result<u64> {
+        match machine {
+            DEVICE_MACHINE => Ok(with_threads(1, || device_timer.time((first, end)))?),
+            _ => self.remote.time((first, end)),
+        }
     }
 
     /// The confirmation pass (printed): every stage span of `trials` timed side by side
@@ -549,11 +554,8 @@ impl DeviceSide<'_> {
         };
         let started = std::time::Instant::now();
         let samples = measure_interleaved(budget, spans.len(), |i| {
-            let Some(&(machine, first, end)) = spans.get(i) else { bail!("no span {i}") };
-            match machine {
-                DEVICE_MACHINE => with_threads(1, || device_timer.time((first, end))).map(drop).map_err(anyhow::Error::from),
-                _ => self.remote.time((first, end)).map(drop),
-            }
+            let Some(&span) = spans.get(i) else { bail!("no span {i}") };
+            self.time_span(device_timer, span).map(drop)
         })?;
         let confirmed: HashMap<(usize, usize, usize), u64> =
             spans.iter().zip(&samples).filter_map(|(&span, s)| Some((span, Summary::of(s)?.median_ns))).collect();
