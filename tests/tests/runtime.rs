@@ -475,10 +475,11 @@ fn plans_choose_among_registered_edges_and_clouds_and_requests_run_on_the_chosen
         assert!(run("scission-cloud", &["enroll", name, "--tier", tier, "--cluster", &cluster]).status.success());
     }
     // The planner's own cloud and the first edge are slow; the second edge is fast, the second
-    // cloud ten times faster still.
+    // cloud ten times faster still. The gaps are tens of milliseconds a block, so the links the
+    // edges measure on a busy host (a loopback round trip delayed by a few ms) cannot reorder them.
     let profile = |name: &str, us| set_profile(dir, &c.model, name, us);
     let (cloud_a, edge_a, edge_b, cloud_b) =
-        (profile("cloud", 5_000), profile("edge", 5_000), profile("edge-b", 1_000), profile("cloud-b", 100));
+        (profile("cloud", 50_000), profile("edge", 50_000), profile("edge-b", 1_000), profile("cloud-b", 100));
     let device_profile = set_profile(dir, &c.model, "device", 10_000);
     let serve = |bin: &str, name: &str, profile: &str, extra: &[&str]| serve_as(bin, &c, name, profile, extra);
     let planner = serve("scission-cloud", "cloud", &cloud_a, &[]);
