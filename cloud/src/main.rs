@@ -9,6 +9,7 @@ mod plan;
 mod report;
 mod zoo;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::run_serve(args, TierKind::Cloud, None, ZOO, announce),
         Command::Stage { serve, tier, upstream } => {
             let tier = if tier == "edge" { TierKind::Edge } else { TierKind::Cloud };
-            cli::run_serve(serve, tier, upstream.map(|addr| Peer::new(addr, "cloud")), ZOO, announce)
+            cli::run_serve(serve, tier, upstream.map(|addr| Peer::new(addr, "cloud")), ZOO, announce_address)
         }
     })
 }
@@ -109,8 +110,15 @@ fn finish(result: anyhow::Result<String>) -> ExitCode {
     ending.code
 }
 
-/// Prints the line a server announces itself with, at once (harnesses wait for it).
-fn announce(line: &str) {
-    println!("{line}");
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+/// Prints the line a server announces itself with, at once (harnesses wait for it), and its
+/// memory budget on stderr (a closed stderr is no reason to stop serving).
+fn announce(said: &cli::Announcement) {
+    announce_address(said);
+    let _ = writeln!(std::io::stderr(), "{}", said.memory);
+}
+
+/// Prints only the line a server announces itself with (the demo's tiers).
+fn announce_address(said: &cli::Announcement) {
+    println!("{}", said.serving);
+    let _ = std::io::stdout().flush();
 }

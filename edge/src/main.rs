@@ -2,6 +2,7 @@
 //! (`bench`), shows where a model can be cut (`inspect`), and serves its stages of partitioned
 //! inferences (`serve`).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -70,8 +71,10 @@ fn finish(result: anyhow::Result<String>) -> ExitCode {
     ending.code
 }
 
-/// Prints the line a server announces itself with, at once (harnesses wait for it).
-fn announce(line: &str) {
-    println!("{line}");
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+/// Prints the line a server announces itself with, at once (harnesses wait for it), and its
+/// memory budget on stderr (a closed stderr is no reason to stop serving).
+fn announce(said: &cli::Announcement) {
+    println!("{}", said.serving);
+    let _ = std::io::stdout().flush();
+    let _ = writeln!(std::io::stderr(), "{}", said.memory);
 }

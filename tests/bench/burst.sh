@@ -29,7 +29,7 @@ fi
 # shellcheck disable=SC2086
 "$BIN/scission-cloud" serve "$MODEL" --cluster "$cluster" ${CLOUD_ARGS:-} > "$work/cloud.out" 2> "$work/cloud.err" &
 cloud_pid=$!
-for _ in $(seq 1 600); do grep -q "listening" "$work/cloud.out" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 600); do grep -q "serving" "$work/cloud.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(head -1 "$work/cloud.out" | awk '{print $NF}')
 [ -n "$addr" ] || { echo "the cloud did not start:" >&2; cat "$work/cloud.err" >&2; exit 1; }
 rss() { awk -v k="$1" '$1 == k":" {print int($2 / 1024)}' "/proc/$cloud_pid/status"; }

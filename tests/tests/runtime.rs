@@ -865,3 +865,31 @@ fn a_slice_that_many_ask_for_at_once_is_built_once() {
     assert!(node.is_built(block));
     assert!(slices.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "the four got the one slice built");
 }
+
+/// A node's built slices stay within its byte budget: building a slice drops the least recently
+/// used ones until it fits, and a slice that could not fit alone is refused with the budget as
+/// the reason (a stage server answers it TooLarge, naming --memory-mib), nothing built.
+#[test]
+fn built_slices_stay_within_the_byte_budget_and_a_slice_over_it_is_refused() {
+    use scission_core::cut::Block;
+    use scission_core::memory::slice_build;
+    let c = Cluster::new();
+    let loaded = Model::load_path(&c.model, &LoadOptions::default()).unwrap();
+    let n = loaded.summary.len();
+    let weights = |b: Block| loaded.summary.weight_bytes(b.start, b.end);
+    // Two halves, each holding weights; a budget that builds either, not both.
+    let cut = (1..n).find(|&k| weights(Block { start: 0, end: k }) > 0 && weights(Block { start: k, end: n }) > 0).unwrap();
+    let (first, second, whole) = (Block { start: 0, end: cut }, Block { start: cut, end: n }, Block { start: 0, end: n });
+    let budget = slice_build(weights(first)).max(slice_build(weights(second)));
+    assert!(budget < slice_build(weights(whole)), "the test model's halves are each smaller than the whole");
+    let node = scission_runtime::node::Node::new(loaded, 2, 1).unwrap().with_slice_budget(budget);
+    node.slice(first).unwrap();
+    assert!(node.is_built(first));
+    node.slice(second).unwrap();
+    assert!(node.is_built(second) && !node.is_built(first), "the older half was dropped to build the other");
+    let refused = node.slice(whole).map(drop).unwrap_err();
+    assert!(matches!(refused, scission_runtime::error::RuntimeError::OverMemory { .. }), "{refused}");
+    assert!(refused.to_string().contains("--memory-mib"), "{refused}");
+    assert!(node.fits(whole).is_err() && node.fits(first).is_ok());
+    assert!(node.is_built(second) && !node.is_built(whole), "a refused slice drops nothing and builds nothing");
+}

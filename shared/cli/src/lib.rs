@@ -23,7 +23,7 @@ pub use output::{Ending, init_tracing, init_tracing_as, one_line};
 pub use progress::BenchBar;
 pub use progress::FetchBar;
 #[cfg(feature = "onnx")]
-pub use serving::{ServeArgs, run_serve};
+pub use serving::{Announcement, ServeArgs, run_serve};
 pub use slicing::{RunSliceArgs, run_run_slice};
 #[cfg(feature = "onnx")]
 pub use slicing::{SliceArgs, run_slice};

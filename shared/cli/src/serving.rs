@@ -97,6 +97,13 @@ pub struct ServeArgs {
     /// Streams one connection may have open at once (more wait for QUIC flow control).
     #[arg(long, default_value_t = scission_net::quic::MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_streams: u32,
+    /// Mebibytes this server may use in all (default: what the machine, or its cgroup, has
+    /// available at start). What the process holds with its model loaded, --queue-mib, the
+    /// running slices and 40 MiB of overhead are set aside; built slices share the rest (least
+    /// recently used dropped first), and a stage whose slice alone would not fit is refused
+    /// with the budget as the reason. The split is logged at start.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
+    pub memory_mib: Option<u64>,
     /// Slices kept built at once (each holds its weights; least recently used dropped first).
     #[arg(long, default_value_t = scission_runtime::node::MAX_CACHED_SLICES, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub slice_cache: usize,
@@ -153,6 +160,7 @@ impl ServeArgs {
             forward_timeout: std::time::Duration::from_millis(self.forward_timeout_ms),
             streams_per_connection: self.max_streams,
             slice_cache: self.slice_cache,
+            memory: self.memory_mib.map(|m| m.saturating_mul(1 << 20)),
             registrations: self.max_registrations,
             registration_ttl: std::time::Duration::from_secs(self.registration_ttl_s),
             batch: BatchWindow { max: usize::from(self.batch_max), delay_ns: self.batch_delay_ms.saturating_mul(1_000_000) },
@@ -161,15 +169,22 @@ impl ServeArgs {
     }
 }
 
+/// What a server says once it is up.
+pub struct Announcement {
+    /// The line that says where it listens (test harnesses and the demo read it from stdout).
+    pub serving: String,
+    /// How its memory is shared out (for people: stderr).
+    pub memory: String,
+}
+
 /// Runs `serve` as `tier`, forwarding later stages to `upstream` (the edge's cloud) and
-/// registering with `--planner` (default: `upstream`); `announce` gets the line that says where
-/// it listens (test harnesses and the demo read it).
+/// registering with `--planner` (default: `upstream`); `announce` gets what to say once it is up.
 pub fn run_serve(
     args: &ServeArgs,
     tier: TierKind,
     upstream: Option<Peer>,
     zoo: Option<ZooLookup>,
-    announce: impl FnOnce(&str),
+    announce: impl FnOnce(&Announcement),
 ) -> Result<String> {
     let name = args.name.clone().unwrap_or_else(|| tier.as_str().to_string());
     let max_frame = args.max_frame_mib.saturating_mul(1 << 20);
@@ -203,7 +218,12 @@ pub fn run_serve(
         model_file: path,
         heartbeat: std::time::Duration::from_secs(args.heartbeat_s),
     };
-    serve(&config, model, |ready| announce(&format!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr)))?;
+    serve(&config, model, |ready| {
+        announce(&Announcement {
+            serving: format!("scission-{} '{name}' serving {} on {}", tier.as_str(), ready.model, ready.addr),
+            memory: ready.memory.to_string(),
+        })
+    })?;
     Ok(String::new())
 }
 

@@ -234,16 +234,10 @@ impl SliceMemory {
 
 /// The process's peak resident set (`VmHWM`), in KiB, where `/proc` has it.
 pub fn peak_rss_kib() -> Option<u64> {
-    proc_status_kib("VmHWM:")
+    scission_engine::host::peak_resident_bytes().map(|b| b / 1024)
 }
 
 /// The process's resident set now (`VmRSS`), in KiB, where `/proc` has it.
 pub fn current_rss_kib() -> Option<u64> {
-    proc_status_kib("VmRSS:")
-}
-
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    scission_engine::host::resident_bytes().map(|b| b / 1024)
 }

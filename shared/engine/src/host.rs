@@ -32,6 +32,23 @@ pub fn available_memory() -> Option<u64> {
     [meminfo, cgroup_memory_limit()].into_iter().flatten().min()
 }
 
+/// This process's resident set now (`VmRSS`), in bytes, where `/proc` has it.
+pub fn resident_bytes() -> Option<u64> {
+    proc_status_kib("VmRSS:").map(|kib| kib.saturating_mul(1024))
+}
+
+/// The most this process has had resident (`VmHWM`), in bytes, where `/proc` has it.
+pub fn peak_resident_bytes() -> Option<u64> {
+    proc_status_kib("VmHWM:").map(|kib| kib.saturating_mul(1024))
+}
+
+/// A KiB figure of `/proc/self/status`.
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// This process's cgroup memory limit, v1 (`memory.limit_in_bytes`) or v2 (`memory.max`).
 fn cgroup_memory_limit() -> Option<u64> {
     let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;

@@ -1,7 +1,8 @@
 //! Dynamic batching on a stage server: requests for the same slice that queue together run as
-//! one batch ([`Batcher`]), with the slices that run them (`BatchSlices`). When a batch
-//! leaves is the core's [`BatchWindow`]; memory stays bounded by the admission limit, since
-//! only admitted requests queue here, and by the plans kept per range and batch size.
+//! one batch ([`Batcher`]); the node's slice cache keeps the slices that run them, within its
+//! budget, and `BatchSlices` the ranges that do not batch. When a batch leaves is the core's
+//! [`BatchWindow`]; memory stays bounded by the admission limit, since only admitted requests
+//! queue here.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -10,18 +11,16 @@ use std::time::Instant;
 use scission_core::batching::{BatchWindow, Dispatch};
 use scission_core::cut::Block;
 use scission_engine::Model;
-use scission_engine::batch::BatchedSlice;
 use scission_engine::pipeline::Activations;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::load::LoadMeter;
-use crate::node::{Node, RecentlyUsed};
+use crate::node::Node;
 
-/// Batched slices by range and batch size, built on first use; a range found not to batch is
-/// remembered, and its requests run one at a time from then on.
+/// The ranges found not to batch: their requests run one at a time from then on (the batched
+/// slices themselves live in the node's slice cache, within its budget).
 #[derive(Default)]
 pub(crate) struct BatchSlices {
-    built: Mutex<RecentlyUsed<Arc<BatchedSlice>, (Block, usize)>>,
     refused: Mutex<Vec<Block>>,
 }
 
@@ -32,25 +31,11 @@ impl BatchSlices {
         model.batchable() && self.refused.lock().is_ok_and(|refused| !refused.contains(&block))
     }
 
-    /// The slice running `block` for batches of `size`, keeping at most `capacity` of them;
-    /// `None` when the range does not batch (the reason is logged once).
-    pub(crate) fn get(&self, model: &Model, block: Block, size: usize, capacity: usize) -> Option<Arc<BatchedSlice>> {
-        if let Some(known) = self.built.lock().ok()?.get((block, size)) {
-            return Some(known);
-        }
-        match BatchedSlice::build(model, block, size) {
-            Ok(slice) => {
-                let slice = Arc::new(slice);
-                self.built.lock().ok()?.insert((block, size), slice.clone(), |entries| entries.len() >= capacity.max(1));
-                Some(slice)
-            }
-            Err(e) => {
-                tracing::info!("{e:#}: its requests run one at a time");
-                if let Ok(mut refused) = self.refused.lock() {
-                    refused.push(block);
-                }
-                None
-            }
+    /// Remembers that `block` does not batch, and logs why once.
+    pub(crate) fn refuse(&self, block: Block, why: &crate::error::RuntimeError) {
+        tracing::info!("{why:#}: its requests run one at a time");
+        if let Ok(mut refused) = self.refused.lock() {
+            refused.push(block);
         }
     }
 }

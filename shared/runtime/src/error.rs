@@ -39,6 +39,22 @@ pub enum RuntimeError {
     /// Planning failed.
     #[error(transparent)]
     Plan(#[from] scission_core::solver::SolveError),
+    /// Building a slice would take more than the memory budget for built slices.
+    #[error(
+        "the slice [{start}, {end}) needs {} MiB to build, more than the {} MiB this server's memory budget leaves for built slices (--memory-mib)",
+        need.div_ceil(1 << 20),
+        budget >> 20
+    )]
+    OverMemory {
+        /// The range's first node.
+        start: usize,
+        /// Its end.
+        end: usize,
+        /// Bytes building it holds.
+        need: u64,
+        /// The budget for built slices.
+        budget: u64,
+    },
 }
 
 impl From<anyhow::Error> for RuntimeError {

@@ -1,17 +1,26 @@
 //! A node of the cluster: the model it serves slices of (the whole model, or only slice
-//! artifacts), its tier, and a bounded cache of built slices.
+//! artifacts), its tier, and a cache of built slices bounded in count and in bytes.
+//!
+//! The cache's byte budget follows the core's rules ([`scission_core::memory::slice_kept`],
+//! [`slice_build`](scission_core::memory::slice_build)): slices are built one at a time, and
+//! before each build the least recently used slices are dropped until what stays, with what
+//! the build holds, fits the budget; a slice that cannot fit even alone is refused
+//! ([`RuntimeError::OverMemory`]). A dropped slice that a running request still holds is freed
+//! when that request ends, so the budget can be passed by at most one slice per worker.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Context, Result, bail};
+use crate::error::{Context, Result, RuntimeError, bail};
 use scission_engine::tract::prelude::*;
 
 use scission_core::cut::Block;
 use scission_core::graph::TensorId;
+use scission_core::memory::{slice_build, slice_kept, slices_to_drop};
 #[cfg(feature = "onnx")]
 use scission_engine::Model;
 use scission_engine::artifact::ArtifactDir;
+#[cfg(feature = "onnx")]
+use scission_engine::batch::BatchedSlice;
 #[cfg(feature = "onnx")]
 use scission_engine::pipeline::advance_past;
 use scission_engine::pipeline::{Activations, advance, collect};
@@ -54,6 +63,9 @@ pub struct Node {
     pub threads: usize,
     source: Slices,
     slices: Mutex<SliceCache>,
+    /// Held while a slice is built: builds run one at a time, so the budget sees each one's
+    /// transient bytes alone, and a range many ask for at once is built once.
+    building: Mutex<()>,
     #[cfg(feature = "onnx")]
     batches: crate::batch::BatchSlices,
 }
@@ -92,6 +104,16 @@ impl<V: Clone, K: PartialEq> RecentlyUsed<V, K> {
         self.entries.iter().any(|(b, _)| b == block)
     }
 
+    /// The values, least recently used first.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    /// Drops the `count` least recently used entries (all of them, if fewer).
+    pub(crate) fn drop_oldest(&mut self, count: usize) {
+        self.entries.drain(..count.min(self.entries.len()));
+    }
+
     /// Adds `value` for `block`, first dropping the least recently used entries while
     /// `too_full(entries)` says there is no room.
     pub(crate) fn insert(&mut self, block: K, value: V, too_full: impl Fn(&[(K, V)]) -> bool) {
@@ -103,14 +125,29 @@ impl<V: Clone, K: PartialEq> RecentlyUsed<V, K> {
     }
 }
 
-/// Built slices, and how many may be kept.
+/// A built slice: for one request at a time, or for batches of a size.
+#[derive(Clone)]
+enum Built {
+    One(Arc<Slice>),
+    #[cfg(feature = "onnx")]
+    Batch(Arc<BatchedSlice>),
+}
+
+/// A cached slice and the bytes it is counted as keeping.
+#[derive(Clone)]
+struct Cached {
+    built: Built,
+    kept: u64,
+}
+
+/// A node range and the batch size its slice runs (1: one request at a time).
+type SliceKey = (Block, usize);
+
+/// Built slices, how many may be kept and the bytes they may hold together.
 struct SliceCache {
-    recent: RecentlyUsed<Arc<Slice>>,
+    recent: RecentlyUsed<Cached, SliceKey>,
     capacity: usize,
-    /// Ranges being built now, each behind a gate that whoever else wants it waits at: a
-    /// range is built once however many ask for it at once (a request, and the session
-    /// preparing the slice its new plan needs).
-    building: HashMap<Block, Arc<Mutex<()>>>,
+    budget: u64,
 }
 
 impl Node {
@@ -118,13 +155,14 @@ impl Node {
     pub fn new(source: impl Into<Slices>, tier: u8, threads: usize) -> Result<Self> {
         let source = source.into();
         let sha256 = scission_core::profile::parse_sha256(&source.graph().sha256)?;
-        let slices = Mutex::new(SliceCache { recent: RecentlyUsed::new(), capacity: MAX_CACHED_SLICES, building: HashMap::new() });
+        let slices = Mutex::new(SliceCache { recent: RecentlyUsed::new(), capacity: MAX_CACHED_SLICES, budget: u64::MAX });
         Ok(Self {
             sha256,
             tier,
             threads,
             source,
             slices,
+            building: Mutex::new(()),
             #[cfg(feature = "onnx")]
             batches: crate::batch::BatchSlices::default(),
         })
@@ -136,6 +174,34 @@ impl Node {
             cache.capacity = capacity.max(1);
         }
         self
+    }
+
+    /// Keeps the built slices within `bytes` together, counting what building one holds (no
+    /// limit by default).
+    pub fn with_slice_budget(self, bytes: u64) -> Self {
+        if let Ok(mut cache) = self.slices.lock() {
+            cache.budget = bytes;
+        }
+        self
+    }
+
+    /// The bytes built slices may hold together.
+    pub fn slice_budget(&self) -> u64 {
+        self.slices.lock().map_or(u64::MAX, |cache| cache.budget)
+    }
+
+    /// Whether the slice of `block` can be built within the budget (once older slices are
+    /// dropped); [`RuntimeError::OverMemory`] says why not.
+    pub fn fits(&self, block: Block) -> Result<()> {
+        self.check_range(block)?;
+        let need = slice_build(self.weights(block));
+        let budget = self.slice_budget();
+        slices_to_drop(&[], need, budget).map(drop).map_err(|_| over_memory(block, need, budget))
+    }
+
+    /// Bytes of `block`'s weights.
+    fn weights(&self, block: Block) -> u64 {
+        self.graph().summary.weight_bytes(block.start, block.end)
     }
 
     /// The model this node serves slices of.
@@ -173,33 +239,56 @@ impl Node {
     /// The slice for `block`, built (or loaded from its artifact) on first use.
     pub fn slice(&self, block: Block) -> Result<Arc<Slice>> {
         self.check_range(block)?;
-        if let Some(s) = self.cache()?.recent.get(block) {
-            return Ok(s);
-        }
-        let gate = self.cache()?.building.entry(block).or_default().clone();
-        // The gate guards nothing but the build itself: a poisoned one is as good.
-        let _building = gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Whoever held the gate before may have built it.
-        if let Some(s) = self.cache()?.recent.get(block) {
-            return Ok(s);
-        }
-        let built = match &self.source {
+        let built = self.cached((block, 1), || {
+            let slice = match &self.source {
+                #[cfg(feature = "onnx")]
+                Slices::Whole(model) => Slice::build(model, block),
+                Slices::Artifacts(dir) => dir.load(block),
+            };
+            Ok(Built::One(Arc::new(slice?)))
+        })?;
+        match built {
+            Built::One(slice) => Ok(slice),
             #[cfg(feature = "onnx")]
-            Slices::Whole(model) => Slice::build(model, block),
-            Slices::Artifacts(dir) => dir.load(block),
-        };
+            Built::Batch(_) => bail!("the slice cache holds a batch plan for [{}, {}) at size 1", block.start, block.end),
+        }
+    }
+
+    /// The cached slice of `key`, or the one `build` makes, within the cache's count and bytes
+    /// (see the module's documentation).
+    fn cached(&self, key: SliceKey, build: impl FnOnce() -> Result<Built>) -> Result<Built> {
+        if let Some(hit) = self.cache()?.recent.get(key) {
+            return Ok(hit.built);
+        }
+        let weights = self.weights(key.0);
+        // The gate guards nothing but the builds themselves: a poisoned one is as good.
+        let _building = self.building.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        {
+            let mut cache = self.cache()?;
+            // Whoever held the gate before may have built it.
+            if let Some(hit) = cache.recent.get(key) {
+                return Ok(hit.built);
+            }
+            let held: Vec<u64> = cache.recent.values().map(|c| c.kept).collect();
+            let need = slice_build(weights);
+            let budget = cache.budget;
+            let drop = slices_to_drop(&held, need, budget).map_err(|_| over_memory(key.0, need, budget))?;
+            if drop > 0 {
+                tracing::debug!("dropping {drop} built slice(s) to build [{}, {}) within the budget", key.0.start, key.0.end);
+            }
+            cache.recent.drop_oldest(drop);
+        }
+        let built = build()?;
         let mut cache = self.cache()?;
-        cache.building.remove(&block);
-        let slice = Arc::new(built?);
         let capacity = cache.capacity;
-        cache.recent.insert(block, slice.clone(), |entries| entries.len() >= capacity);
-        Ok(slice)
+        cache.recent.insert(key, Cached { built: built.clone(), kept: slice_kept(weights) }, |entries| entries.len() >= capacity);
+        Ok(built)
     }
 
     /// Whether the slice of `block` is built and cached (so [`slice`](Self::slice) returns at
     /// once).
     pub fn is_built(&self, block: Block) -> bool {
-        self.cache().is_ok_and(|cache| cache.recent.contains(&block))
+        self.cache().is_ok_and(|cache| cache.recent.contains(&(block, 1)))
     }
 
     fn cache(&self) -> Result<std::sync::MutexGuard<'_, SliceCache>> {
@@ -254,10 +343,7 @@ impl Node {
             }
         }
         let batched = match (&self.source, valid.len()) {
-            (Slices::Whole(model), 2..) => {
-                let capacity = self.slices.lock().map_or(MAX_CACHED_SLICES, |c| c.capacity);
-                self.batches.get(model, block, valid.len(), capacity)
-            }
+            (Slices::Whole(model), 2..) => self.batched(model, block, valid.len()),
             _ => None,
         };
         match batched {
@@ -279,10 +365,28 @@ impl Node {
         (answers, elapsed_ns(started))
     }
 
+    /// The slice running `block` for batches of `size`, cached with the others; `None` when the
+    /// range does not batch (remembered, and logged once) or the plan does not fit the budget.
+    #[cfg(feature = "onnx")]
+    fn batched(&self, model: &Model, block: Block, size: usize) -> Option<Arc<BatchedSlice>> {
+        match self.cached((block, size), || Ok(Built::Batch(Arc::new(BatchedSlice::build(model, block, size)?)))) {
+            Ok(Built::Batch(slice)) => Some(slice),
+            Ok(Built::One(_)) => None,
+            Err(e @ RuntimeError::OverMemory { .. }) => {
+                tracing::debug!("{e}: the batch's requests run one at a time");
+                None
+            }
+            Err(e) => {
+                self.batches.refuse(block, &e);
+                None
+            }
+        }
+    }
+
     /// Runs `lives` (checked for `slice`'s range) as one batch of `slice`; an engine error
     /// fails every member.
     #[cfg(feature = "onnx")]
-    fn run_batched(&self, slice: &scission_engine::batch::BatchedSlice, lives: Vec<Activations>) -> Vec<Result<Activations>> {
+    fn run_batched(&self, slice: &BatchedSlice, lives: Vec<Activations>) -> Vec<Result<Activations>> {
         let graph = self.graph();
         let block = slice.block;
         let outputs = lives
@@ -339,4 +443,9 @@ impl Node {
 /// Nanoseconds since `started`, saturating.
 fn elapsed_ns(started: std::time::Instant) -> u64 {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The error for a slice of `block` needing `need` bytes, over `budget`.
+fn over_memory(block: Block, need: u64, budget: u64) -> RuntimeError {
+    RuntimeError::OverMemory { start: block.start, end: block.end, need, budget }
 }

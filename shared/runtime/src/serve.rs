@@ -73,6 +73,8 @@ pub struct Ready {
     pub addr: SocketAddr,
     /// The model's name.
     pub model: String,
+    /// How its memory is shared out.
+    pub memory: MemoryBudget,
 }
 
 /// The tier's index in the default chain.
@@ -89,7 +91,9 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
     let identity = pki::Identity::load(&config.cluster, &config.name)?;
     let chain = config.tiers.as_ref().map(|t| u8::try_from(t.len().saturating_sub(1)).unwrap_or(u8::MAX));
     let tier = config.tier_index.or(chain).unwrap_or_else(|| tier_index(config.tier));
-    let node = Arc::new(Node::new(model, tier, config.threads)?.with_slice_cache(config.limits.slice_cache));
+    let node = Node::new(model, tier, config.threads)?.with_slice_cache(config.limits.slice_cache);
+    let budget = MemoryBudget::at_start(&config.limits, node.graph())?;
+    let node = Arc::new(node.with_slice_budget(budget.slices()));
     let deny = Arc::new(pki::DenyList::new(&config.cluster));
     let mut server = StageServer::new(node.clone(), config.limits)
         .with_revocations(deny.clone())
@@ -141,10 +145,72 @@ pub fn serve(config: &ServeConfig, model: Model, on_ready: impl FnOnce(&Ready)) 
         if let Some(cloud) = &config.upstream {
             server = server.with_upstream(Upstream::new(client, cloud.addr, &cloud.name));
         }
-        on_ready(&Ready { addr: endpoint.local_addr()?, model: node.graph().name.clone() });
+        on_ready(&Ready { addr: endpoint.local_addr()?, model: node.graph().name.clone(), memory: budget });
         Arc::new(server).serve(endpoint).await;
         Ok(())
     })
+}
+
+/// How a server's memory is shared out at start: what it holds already (the process and its
+/// model), the queued tensors, its runs, and the rest for built slices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Bytes the server may use in all.
+    pub total: u64,
+    /// Resident before any slice is built.
+    pub resident: u64,
+    /// The queued and running inferences' tensors ([`Limits::queue_bytes`]).
+    pub queue: u64,
+    /// Each worker's running slice: twice the model's largest tensor, per request of a batch.
+    pub runs: u64,
+}
+
+impl MemoryBudget {
+    /// The budget of a server with `limits` serving `graph`, its model loaded: the total is
+    /// [`Limits::memory`], or what the machine (or its cgroup) has available. Errors when
+    /// nothing is left for slices.
+    pub fn at_start(limits: &Limits, graph: &scission_engine::ModelGraph) -> Result<Self> {
+        let total = limits.memory.or_else(scission_engine::host::available_memory).unwrap_or(u64::MAX);
+        let whole = scission_core::cut::Block { start: 0, end: graph.summary.len() };
+        let per_run = scission_core::memory::largest_activation(&graph.summary, whole).saturating_mul(2);
+        let budget = Self {
+            total,
+            resident: scission_engine::host::resident_bytes().unwrap_or(0),
+            queue: limits.queue_bytes,
+            runs: per_run.saturating_mul(limits.workers as u64).saturating_mul(limits.batch.max.max(1) as u64),
+        };
+        if budget.slices() == 0 {
+            bail!("{budget}: give the server more memory (--memory-mib) or queue less (--queue-mib)");
+        }
+        Ok(budget)
+    }
+
+    /// What is set aside before any slice: resident, queue, runs and what the heap count
+    /// cannot see ([`MEASURED_OVERHEAD`](scission_core::memory::MEASURED_OVERHEAD)).
+    pub fn reserved(&self) -> u64 {
+        [self.queue, self.runs, scission_core::memory::MEASURED_OVERHEAD].into_iter().fold(self.resident, u64::saturating_add)
+    }
+
+    /// Bytes built slices may hold together (what building one holds included).
+    pub fn slices(&self) -> u64 {
+        self.total.saturating_sub(self.reserved())
+    }
+}
+
+impl std::fmt::Display for MemoryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b >> 20;
+        write!(
+            f,
+            "memory budget {} MiB: {} MiB resident with the model loaded, {} MiB of queued tensors, {} MiB for running slices, {} MiB overhead, {} MiB left for built slices",
+            mib(self.total),
+            mib(self.resident),
+            mib(self.queue),
+            mib(self.runs),
+            mib(scission_core::memory::MEASURED_OVERHEAD),
+            mib(self.slices())
+        )
+    }
 }
 
 /// The address a server registers by default: the one it is bound to, when that is a specific

@@ -97,6 +97,9 @@ pub struct Limits {
     pub streams_per_connection: u32,
     /// Slices kept built at once (least recently used dropped first).
     pub slice_cache: usize,
+    /// Bytes this server may use in all (`None`: what the machine or its cgroup has available
+    /// at start); what is left for built slices is [`serve`](crate::serve::serve)'s to work out.
+    pub memory: Option<u64>,
     /// Edges the cloud's planner keeps registered at once.
     pub registrations: usize,
     /// A registration not renewed within this long is forgotten.
@@ -133,6 +136,7 @@ impl Limits {
             forward_timeout: Duration::from_secs(4),
             streams_per_connection: scission_net::quic::MAX_STREAMS,
             slice_cache: crate::node::MAX_CACHED_SLICES,
+            memory: None,
             registrations: crate::planner::MAX_REGISTERED,
             registration_ttl: crate::planner::REGISTRATION_TTL,
             batch: NO_BATCHING,
@@ -190,6 +194,16 @@ pub enum StageError {
     /// The peer's role may not ask this.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Building the stage's slice would take more than this server's memory budget for slices.
+    #[error("{message}")]
+    OverMemory {
+        /// The node's words ([`RuntimeError::OverMemory`](crate::error::RuntimeError)).
+        message: String,
+        /// Bytes building the slice holds.
+        need: u64,
+        /// The budget for built slices.
+        budget: u64,
+    },
     /// The request's deadline passed before this tier (or the next) could answer.
     #[error("tier {tier} could not answer within the request's deadline of {deadline_ms} ms ({waiting_for})")]
     Expired {
@@ -236,10 +250,18 @@ impl StageError {
         Self::Engine(e.to_string())
     }
 
+    /// A failure of the node running a stage: over its memory budget, or the engine's.
+    fn from_node(e: crate::error::RuntimeError) -> Self {
+        match e {
+            crate::error::RuntimeError::OverMemory { need, budget, .. } => Self::OverMemory { message: e.to_string(), need, budget },
+            e => Self::Engine(format!("{e:#}")),
+        }
+    }
+
     fn code(&self) -> FailureCode {
         match self {
             Self::BadRequest(_) => FailureCode::BadRequest,
-            Self::TooLarge { .. } => FailureCode::TooLarge,
+            Self::TooLarge { .. } | Self::OverMemory { .. } => FailureCode::TooLarge,
             Self::Unreachable { .. } => FailureCode::Unreachable,
             Self::Engine(_) => FailureCode::Engine,
             Self::Plan(PlanError::Infeasible { .. }) => FailureCode::Infeasible,
@@ -254,6 +276,7 @@ impl StageError {
         match self {
             Self::Unreachable { tier, machine, .. } => FailureDetail::Unreachable { tier: *tier, machine: *machine },
             Self::TooLarge { len, limit } => FailureDetail::TooLarge { len: *len, limit: *limit },
+            Self::OverMemory { need, budget, .. } => FailureDetail::TooLarge { len: *need, limit: *budget },
             Self::Busy { tier, machine, .. } => FailureDetail::Busy { tier: *tier, machine: *machine },
             Self::Expired { tier, machine, .. } => FailureDetail::Expired { tier: *tier, machine: *machine },
             Self::Plan(PlanError::Infeasible { culprits }) => {
@@ -697,6 +720,11 @@ impl StageServer {
         }
         // A request that cannot be taken on is answered at once, before its tensors are decoded.
         let (waiting, admitted) = self.load.admit();
+        // A slice this server could never build is refused before the request takes a place
+        // (a range outside the model is refused below, with the request's other checks).
+        if let Err(e @ crate::error::RuntimeError::OverMemory { .. }) = self.node.fits(stage.block()) {
+            return Err(StageError::from_node(e));
+        }
         let held = self.admission(waiting, decoded_bytes(tensors), request.deadline, stage.machine)?;
         let mut live = Activations::new();
         for t in tensors {
@@ -754,7 +782,7 @@ impl StageServer {
         })
         .await
         .map_err(StageError::engine)?
-        .map_err(|e| StageError::Engine(format!("{e:#}")))
+        .map_err(StageError::from_node)
     }
 
     /// Queues an admitted stage to run with others for the same slice; a request whose batch
