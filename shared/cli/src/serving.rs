@@ -169,6 +169,9 @@ impl ServeArgs {
     }
 }
 
+/// Milliseconds freed memory stays with the allocator before it is handed back to the system.
+const FREED_MEMORY_KEPT_MS: u32 = 0;
+
 /// What a server says once it is up.
 pub struct Announcement {
     /// The line that says where it listens (test harnesses and the demo read it from stdout).
@@ -201,6 +204,10 @@ pub fn run_serve(
         bail!("--emulate-upstream needs a next tier (--cloud)");
     }
     let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
+    // The model is loaded: what is allocated from now on comes and goes with requests (a huge
+    // page under a freed buffer stays resident while any of it is used), and is handed back soon.
+    scission_engine::heap::set_huge_pages(false);
+    scission_engine::heap::return_freed_memory_after(FREED_MEMORY_KEPT_MS);
     let config = ServeConfig {
         cluster: args.cluster.cluster.clone(),
         name: name.clone(),

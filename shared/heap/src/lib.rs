@@ -44,6 +44,16 @@ pub fn set_huge_pages(on: bool) {
     HUGE_PAGES.store(on, Ordering::Relaxed);
 }
 
+/// Runs `work` with huge pages asked for (see [`set_huge_pages`]), then puts the setting back:
+/// for loading weights in a service that turned them off (building a slice). The setting is the
+/// process's: run one such `work` at a time.
+pub fn with_huge_pages<R>(work: impl FnOnce() -> R) -> R {
+    let was = HUGE_PAGES.swap(true, Ordering::Relaxed);
+    let result = work();
+    HUGE_PAGES.store(was, Ordering::Relaxed);
+    result
+}
+
 /// The system allocator, counting the bytes it hands out (see the module's documentation).
 pub struct Counting;
 

@@ -274,10 +274,18 @@ pub async fn read_head(recv: &mut quinn::RecvStream, max_frame: u32, want: usize
 /// The rest of the frame `head` started.
 pub async fn read_rest(recv: &mut quinn::RecvStream, head: FrameHead) -> Result<Vec<u8>, FrameError> {
     let FrameHead { len, start: mut body } = head;
-    body.reserve(len.saturating_sub(body.len()).min(1 << 16));
+    body.reserve_exact(len.saturating_sub(body.len()).min(1 << 16));
     while body.len() < len {
         match recv.read_chunk(len - body.len(), true).await? {
-            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+            Some(chunk) => {
+                if body.capacity() - body.len() < chunk.bytes.len() {
+                    // Grown by what has arrived (doubling), never past the announced length: the
+                    // frame ends in a buffer of its size, and a peer that announces a large frame
+                    // and stalls holds at most twice what it sent.
+                    body.reserve_exact(body.len().max(chunk.bytes.len()).min(len - body.len()));
+                }
+                body.extend_from_slice(&chunk.bytes);
+            }
             None => return Err(FrameError::Truncated { got: body.len(), len }),
         }
     }

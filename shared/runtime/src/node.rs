@@ -278,7 +278,8 @@ impl Node {
             }
             cache.recent.drop_oldest(drop);
         }
-        let built = build()?;
+        // Weights load faster on huge pages; builds run one at a time, under the gate.
+        let built = scission_engine::heap::with_huge_pages(build)?;
         let mut cache = self.cache()?;
         let capacity = cache.capacity;
         cache.recent.insert(key, Cached { built: built.clone(), kept: slice_kept(weights) }, |entries| entries.len() >= capacity);

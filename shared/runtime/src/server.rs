@@ -507,7 +507,7 @@ impl StageServer {
             Ok(Ok(Err(request))) => {
                 StageError::Busy { tier: self.node.tier, machine: CONFIGURED, waiting: self.load.admitted(), wait_ms: 0 }.to_frame(request)
             }
-            Ok(Ok(Ok(bytes))) => self.answer(&bytes, peer, from).await,
+            Ok(Ok(Ok(bytes))) => self.answer(bytes, peer, from).await,
             Ok(Err(FrameError::Wire(WireError::TooLarge { len, limit }))) => StageError::TooLarge { len, limit }.to_frame(0),
             Ok(Err(e)) => StageError::BadRequest(e.to_string()).to_frame(0),
             Err(_) => {
@@ -528,33 +528,43 @@ impl StageServer {
         }
     }
 
-    async fn answer(&self, bytes: &[u8], peer: &PeerCert, from: SocketAddr) -> Vec<u8> {
+    async fn answer(&self, bytes: Vec<u8>, peer: &PeerCert, from: SocketAddr) -> Vec<u8> {
         let arrived = Instant::now();
-        let body = match decode(bytes) {
-            Ok(body) => body,
-            Err(e) => return StageError::BadRequest(e.to_string()).to_frame(0),
+        // An inference taken on (to run once the frame is dropped), or the finished reply.
+        let (request, step) = {
+            let body = match decode(&bytes) {
+                Ok(body) => body,
+                Err(e) => return StageError::BadRequest(e.to_string()).to_frame(0),
+            };
+            let request = match &body {
+                Body::Infer { request, .. } => *request,
+                _ => 0,
+            };
+            if let Err(e) = authorize(&body, peer) {
+                return e.to_frame(request);
+            }
+            let step = match body {
+                Body::Infer { request, model, stages, encoding, tensors, deadline_ms } => {
+                    let request = Request { id: request, model, encoding, deadline: Deadline::from_arrival(deadline_ms), arrived };
+                    self.take_on(request, &stages, &tensors).map_err(Err)
+                }
+                body => Err(self.dispatch(body, from).await),
+            };
+            (request, step)
         };
-        let request = match &body {
-            Body::Infer { request, .. } => *request,
-            _ => 0,
+        // The frame is decoded: an inference waiting for a worker holds its tensors once.
+        drop(bytes);
+        let reply = match step {
+            Ok(taken) => self.infer(taken).await,
+            Err(done) => done,
         };
-        if let Err(e) = authorize(&body, peer) {
-            return e.to_frame(request);
-        }
-        match self.dispatch(body, from, arrived).await {
-            Ok(reply) => reply,
-            Err(e) => e.to_frame(request),
-        }
+        reply.unwrap_or_else(|e| e.to_frame(request))
     }
 
-    /// Carries out one request that arrived (its bytes all read) at `arrived`.
-    async fn dispatch(&self, body: Body<'_>, from: SocketAddr, arrived: Instant) -> Result<Vec<u8>, StageError> {
+    /// Carries out one request other than an inference.
+    async fn dispatch(&self, body: Body<'_>, from: SocketAddr) -> Result<Vec<u8>, StageError> {
         match body {
             Body::Ping { nonce, .. } => encode(&Body::Pong { nonce }).map_err(StageError::engine),
-            Body::Infer { request, model, stages, encoding, tensors, deadline_ms } => {
-                let request = Request { id: request, model, encoding, deadline: Deadline::from_arrival(deadline_ms), arrived };
-                self.infer(request, &stages, &tensors).await
-            }
             Body::Register { name, tier, profile, link_to_cloud, load, addr } => {
                 let planner = self.planner.clone().ok_or(StageError::NotOffered("plan"))?;
                 let _permit = self.planning_permit()?;
@@ -704,7 +714,9 @@ impl StageServer {
         })
     }
 
-    async fn infer(&self, request: Request, stages: &[Stage], tensors: &[NamedTensor<'_>]) -> Result<Vec<u8>, StageError> {
+    /// Checks an inference, admits it and decodes its tensors (nothing is awaited: the frame
+    /// it borrows from is dropped before it waits for a worker).
+    fn take_on(&self, request: Request, stages: &[Stage], tensors: &[NamedTensor<'_>]) -> Result<TakenOn<'_>, StageError> {
         if request.model != self.node.sha256 {
             return Err(StageError::BadRequest("the request is for another model than this node serves".into()));
         }
@@ -731,18 +743,23 @@ impl StageServer {
             let (id, value) = decode_tensor(self.node.graph(), t).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
             live.insert(id, value);
         }
-        let block = stage.block();
         // Refuse a request whose inputs cannot feed the stage before building anything for it.
-        self.node.check_stage_inputs(block, &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
-        let (live, compute_ns) = self.run_stage(block, live, request.deadline, stage.machine).await?;
-        drop((admitted, held));
+        self.node.check_stage_inputs(stage.block(), &live).map_err(|e| StageError::BadRequest(format!("{e:#}")))?;
+        Ok(TakenOn { request, stage: *stage, rest: rest.to_vec(), live, places: (admitted, held) })
+    }
+
+    /// Runs an admitted inference's stage, then answers or forwards the rest of its route.
+    async fn infer(&self, taken: TakenOn<'_>) -> Result<Vec<u8>, StageError> {
+        let TakenOn { request, stage, rest, live, places } = taken;
+        let (live, compute_ns) = self.run_stage(stage.block(), live, request.deadline, stage.machine).await?;
+        drop(places);
         let mine = StageTiming { tier: self.node.tier, machine: stage.machine, compute_ns, held_ns: 0 };
         if rest.is_empty() {
             let outputs = self.node.outputs(&live).map_err(|e| StageError::Engine(format!("{e:#}")))?;
             let mine = StageTiming { held_ns: held_since(request.arrived), ..mine };
             return output_message(request.id, &outputs, &[mine]).map_err(|e| StageError::Engine(format!("{e:#}")));
         }
-        self.forward(request, rest, &live, mine).await
+        self.forward(request, &rest, &live, mine).await
     }
 
     /// Whether this server runs `stage`: its tier's, addressed to the tier's configured server
@@ -889,6 +906,16 @@ struct Request {
     deadline: Option<Deadline>,
     /// When its bytes had all arrived: what a [`StageTiming::held_ns`] counts from.
     arrived: Instant,
+}
+
+/// An inference taken on: its stage here, the rest of its route, its decoded tensors, and its
+/// places in the admission count and the queue's bytes (released once its stage has run).
+struct TakenOn<'s> {
+    request: Request,
+    stage: Stage,
+    rest: Vec<Stage>,
+    live: Activations,
+    places: (crate::load::Admitted<'s>, QueuedBytes),
 }
 
 /// Nanoseconds since `arrived`, for [`StageTiming::held_ns`].
