@@ -169,9 +169,6 @@ impl ServeArgs {
     }
 }
 
-/// Milliseconds freed memory stays with the allocator before it is handed back to the system.
-const FREED_MEMORY_KEPT_MS: u32 = 0;
-
 /// What a server says once it is up.
 pub struct Announcement {
     /// The line that says where it listens (test harnesses and the demo read it from stdout).
@@ -204,10 +201,11 @@ pub fn run_serve(
         bail!("--emulate-upstream needs a next tier (--cloud)");
     }
     let model = scission_engine::Model::load_path(&path, &args.model.load_options())?;
-    // The model is loaded: what is allocated from now on comes and goes with requests (a huge
-    // page under a freed buffer stays resident while any of it is used), and is handed back soon.
+    // The model is loaded: what is allocated from now on comes and goes with requests, and a
+    // huge page under a freed buffer stays resident while any of it is used. (Freed memory is
+    // handed back after mimalloc's 10 ms: handing it back at once, as the device does, made
+    // every run fault its buffers in again, 50 % slower stages in the demo.)
     scission_engine::heap::set_huge_pages(false);
-    scission_engine::heap::return_freed_memory_after(FREED_MEMORY_KEPT_MS);
     let config = ServeConfig {
         cluster: args.cluster.cluster.clone(),
         name: name.clone(),
