@@ -5,12 +5,14 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Server, start};
-use common::{quick_bench, run, stderr};
+use common::{bin, quick_bench, run, stderr};
 use scission_core::link::Link;
 use scission_core::wire::message::{Body, FailureCode, Load, MAX_WAIT_NS, PlannedRoute, Stage, decode, encode};
 use scission_net::{pki, quic};
@@ -163,8 +165,9 @@ fn frames_that_never_finish_lose_their_streams_not_the_server() {
             }
             connections.push(conn);
         }
-        // One more connection from the same node: the server closes one of the nine. Which one
-        // is up to the order its tasks count them in (most often the last), so it is looked for.
+        // One more connection from the same node: the server closes one of the nine, the oldest
+        // it lists (replaced by the newer one). Which one that is depends on the order its tasks
+        // list them in, so it is looked for.
         connections.push(quic::connect(&endpoint, cloud.addr, "cloud").await.unwrap());
         let closed = || connections.iter().enumerate().filter(|(_, c)| c.close_reason().is_some()).map(|(i, _)| i).collect::<Vec<_>>();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -843,12 +846,35 @@ impl PlansOrFailure for Body<'_> {
     }
 }
 
+/// A device killed mid-run (SIGKILL: no close) leaves its connection open on the cloud; with
+/// one connection per node allowed, the next run's connection replaces it and is served.
+#[test]
+fn a_killed_devices_leftover_connection_is_replaced_by_its_next_run() {
+    let c = Cluster::new();
+    let (model, cluster) = (c.model.to_str().unwrap(), c.cluster());
+    let cloud = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1", "--max-connections-per-node", "1"]);
+    let cloud_addr = cloud.addr.to_string();
+    let args = ["run", model, "--cluster", &cluster, "--cloud", &cloud_addr, "--split", "0,0"];
+    let mut killed = Command::new(bin("scission-device"))
+        .args([&args[..], &["--requests", "1000", "--interval-ms", "20"]].concat())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(killed.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with("request 1:"))), "the first run is served");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let out = run("scission-device", &[&args[..], &["--requests", "3"]].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("requests: 3 ok, 0 failed"), "{text}\n{}", stderr(&out));
+}
+
 #[test]
 fn a_device_that_restarts_often_is_served_every_time() {
     let c = Cluster::new();
     let (model, cluster) = (c.model.to_str().unwrap(), c.cluster());
-    // Two connections per node: a third run would be refused if the earlier runs' connections
-    // lingered until they idled out.
+    // Two connections per node: each run closes its own when it ends (a lingering one would
+    // be replaced by the next run's, as the test above shows).
     let cloud = start("scission-cloud", &["serve", model, "--cluster", &cluster, "--threads", "1", "--max-connections-per-node", "2"]);
     let cloud_addr = cloud.addr.to_string();
     for run_number in 0..5 {

@@ -312,7 +312,7 @@ pub struct StageServer {
     /// Bytes the admitted inferences' tensors hold.
     queued_bytes: Arc<AtomicU64>,
     connections: Arc<AtomicUsize>,
-    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>,
+    per_peer: NodeConnections<quinn::Connection>,
     planning: Semaphore,
     planner: Option<Arc<Planner>>,
     model_file: Option<ModelFile>,
@@ -468,15 +468,21 @@ impl StageServer {
                     connection.close(quinn::VarInt::from_u32(REFUSED), b"no verified certificate");
                     return;
                 };
-                let Some(_slot) = PeerSlot::take(&server.per_peer, peer.der(), server.limits.per_peer) else {
-                    tracing::warn!(
-                        "closing a connection from {}: its node holds {} already",
-                        connection.remote_address(),
-                        server.limits.per_peer
-                    );
-                    connection.close(quinn::VarInt::from_u32(REFUSED), b"too many connections from this node");
+                let id = connection.stable_id();
+                let Some((_slot, replaced)) = PeerSlot::take(&server.per_peer, peer.der(), id, &connection, server.limits.per_peer) else {
+                    connection.close(quinn::VarInt::from_u32(REFUSED), b"the server's connection table is unusable");
                     return;
                 };
+                if let Some(old) = replaced {
+                    // A node over its limit most often restarted and left a connection behind.
+                    tracing::warn!(
+                        "closing the oldest connection from {}: its node holds {} already, and a newer one from {} replaces it",
+                        old.remote_address(),
+                        server.limits.per_peer,
+                        connection.remote_address()
+                    );
+                    old.close(quinn::VarInt::from_u32(REFUSED), b"too many connections from this node: replaced by a newer one");
+                }
                 while !server.revoked(&peer) {
                     let Ok((send, recv)) = connection.accept_bi().await else { return };
                     if server.revoked(&peer) {
@@ -944,32 +950,37 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// One of a peer's connections, counted while it lives.
-struct PeerSlot {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>,
+/// The connections each node (by its certificate) holds, oldest first, by id.
+type NodeConnections<C> = Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::collections::VecDeque<(usize, C)>>>>;
+
+/// One of a node's connections, listed while it lives.
+struct PeerSlot<C> {
+    table: NodeConnections<C>,
     peer: Vec<u8>,
+    id: usize,
 }
 
-impl PeerSlot {
-    /// A slot for `peer`, unless it holds `limit` already.
-    fn take(counts: &Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, usize>>>, peer: &[u8], limit: usize) -> Option<Self> {
-        let mut map = counts.lock().ok()?;
-        let count = map.entry(peer.to_vec()).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(Self { counts: counts.clone(), peer: peer.to_vec() })
+impl<C: Clone> PeerSlot<C> {
+    /// Lists `connection` (id `id`) among `peer`'s; when the node holds `limit` already, its
+    /// oldest connection leaves the list and is returned for the caller to close: a node over
+    /// its limit most often restarted and left connections behind, and the newest is the one it
+    /// uses. `None` only when the table's lock is poisoned.
+    fn take(table: &NodeConnections<C>, peer: &[u8], id: usize, connection: &C, limit: usize) -> Option<(Self, Option<C>)> {
+        let mut map = table.lock().ok()?;
+        let held = map.entry(peer.to_vec()).or_default();
+        let replaced = if held.len() >= limit.max(1) { held.pop_front().map(|(_, c)| c) } else { None };
+        held.push_back((id, connection.clone()));
+        Some((Self { table: table.clone(), peer: peer.to_vec(), id }, replaced))
     }
 }
 
-impl Drop for PeerSlot {
+impl<C> Drop for PeerSlot<C> {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.counts.lock()
-            && let Some(count) = map.get_mut(&self.peer)
+        if let Ok(mut map) = self.table.lock()
+            && let Some(held) = map.get_mut(&self.peer)
         {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+            held.retain(|(id, _)| *id != self.id);
+            if held.is_empty() {
                 map.remove(&self.peer);
             }
         }
@@ -981,13 +992,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_peer_gets_its_connections_back_when_they_close() {
-        let counts = Arc::default();
-        let held: Vec<PeerSlot> = (0..3).filter_map(|_| PeerSlot::take(&counts, b"a", 3)).collect();
-        assert_eq!(held.len(), 3);
-        assert!(PeerSlot::take(&counts, b"a", 3).is_none(), "a fourth is refused");
-        assert!(PeerSlot::take(&counts, b"b", 3).is_some(), "another peer is not");
-        drop(held);
-        assert!(PeerSlot::take(&counts, b"a", 3).is_some());
+    fn a_node_over_its_limit_gives_up_its_oldest_connection_and_gets_slots_back_when_they_close() {
+        let table: NodeConnections<&str> = Arc::default();
+        let take = |peer: &[u8], id: usize, name: &'static str| PeerSlot::take(&table, peer, id, &name, 3).unwrap();
+        let mut held: Vec<PeerSlot<&str>> = Vec::new();
+        for (id, name) in [(1, "first"), (2, "second"), (3, "third")] {
+            let (slot, replaced) = take(b"a", id, name);
+            assert_eq!(replaced, None);
+            held.push(slot);
+        }
+        let (fourth, replaced) = take(b"a", 4, "fourth");
+        assert_eq!(replaced, Some("first"), "the oldest makes room");
+        assert_eq!(take(b"b", 5, "other").1, None, "another node is not touched");
+        // The replaced connection's slot goes when its tasks end; the others stay listed.
+        held.remove(0);
+        assert_eq!(table.lock().unwrap()[&b"a".to_vec()].len(), 3);
+        drop((held, fourth));
+        assert!(!table.lock().unwrap().contains_key(&b"a".to_vec()), "an empty node leaves the table");
     }
 }
