@@ -2,7 +2,8 @@
 //! stages (tract, `Slice::run`), and by ONNX Runtime's CPU provider, on the same file, input
 //! shapes and thread count, in alternating rounds so a drifting host moves both alike. Prints
 //! one row per model (medians over the rounds of each round's median) with the ratio, then the
-//! median ratio and the worst.
+//! median ratio and the worst. A first column runs tract with a new execution state each run,
+//! as the tiers did before their slices kept states.
 //!
 //! ONNX Runtime comes from the Python registry, in a venv made once:
 //!
@@ -25,9 +26,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use common::{run, stderr};
 use scission_core::cut::Block;
-use scission_core::timing::{Budget, measure};
+use scission_core::timing::{Budget, measure_interleaved};
 use scission_engine::input::synthetic_inputs;
-use scission_engine::tract::prelude::TypedSimpleState;
 use scission_engine::{LoadOptions, Model, Slice, with_threads};
 
 /// tract against ONNX Runtime, model by model.
@@ -85,14 +85,14 @@ fn main() -> Result<()> {
     std::fs::write(&timer, ORT_TIMER)?;
     let models = if args.models.is_empty() { default_models()? } else { args.models.clone() };
     println!("{} thread(s), {} rounds of {} s per engine; medians in ms", args.threads, args.rounds, args.seconds);
-    println!("{:<28} {:>10} {:>12} {:>10} {:>7}", "model", "tract", "state kept", "ORT", "ratio");
+    println!("{:<28} {:>10} {:>10} {:>10} {:>7}", "model", "new state", "tract", "ORT", "ratio");
     let mut ratios = Vec::new();
     for name in &models {
         match compare(&args, &timer, work.path(), name) {
-            Ok([tract_ms, kept_ms, ort_ms]) => {
+            Ok([fresh_ms, tract_ms, ort_ms]) => {
                 let ratio = tract_ms / ort_ms;
                 ratios.push((ratio, name.clone()));
-                println!("{:<28} {tract_ms:>10.2} {kept_ms:>12.2} {ort_ms:>10.2} {ratio:>6.2}x", short(name));
+                println!("{:<28} {fresh_ms:>10.2} {tract_ms:>10.2} {ort_ms:>10.2} {ratio:>6.2}x", short(name));
             }
             Err(e) => println!("{:<28} skipped: {e:#}", short(name)),
         }
@@ -136,8 +136,9 @@ fn model_file(name: &str, dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Medians over the rounds of each round's median, in ms: tract as the tiers run it (a new
-/// state each run), tract keeping one state across runs (its buffers reused), ONNX Runtime.
+/// Medians over the rounds of each round's median, in ms: tract starting a new execution state
+/// each run (as the tiers did before they kept states), tract as the tiers run it now
+/// (`Slice::run_once`, states kept), ONNX Runtime.
 fn compare(args: &Args, timer: &Path, dir: &Path, name: &str) -> Result<[f64; 3]> {
     let path = model_file(name, dir)?;
     let model = Model::load_path(&path, &LoadOptions::default())?;
@@ -153,16 +154,23 @@ fn compare(args: &Args, timer: &Path, dir: &Path, name: &str) -> Result<[f64; 3]
         max_time: embassy_time::Duration::from_millis((args.seconds * 1e3) as u64),
         precision_permille: 0,
     };
-    let mut state = TypedSimpleState::new(&model.whole()?)?;
-    let (mut tract, mut kept, mut ort) = (Vec::new(), Vec::new(), Vec::new());
+    let plan = model.whole()?;
+    let (mut fresh, mut tract, mut ort) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.rounds {
-        let samples = with_threads(args.threads, || measure(budget, || whole.run_once(inputs.clone()).map(drop)))?;
-        tract.push(median_ms(samples));
-        let samples = with_threads(args.threads, || measure(budget, || state.run(inputs.clone()).map(drop)))?;
-        kept.push(median_ms(samples));
+        // The two ways of running tract alternate run by run: their difference is a few per cent,
+        // less than the host drifts between two blocks of runs.
+        let both = with_threads(args.threads, || {
+            measure_interleaved(budget, 2, |i| match i {
+                0 => plan.run(inputs.clone()).map(drop),
+                _ => whole.run_once(inputs.clone()).map(drop).map_err(anyhow::Error::from),
+            })
+        })?;
+        let [new_state, kept]: [Vec<u64>; 2] = both.try_into().map_err(|_| anyhow::anyhow!("two pieces timed"))?;
+        fresh.push(median_ms(new_state));
+        tract.push(median_ms(kept));
         ort.push(ort_median_ms(args, timer, &path, &specs)?);
     }
-    Ok([median(tract), median(kept), median(ort)])
+    Ok([median(fresh), median(tract), median(ort)])
 }
 
 /// One round of ONNX Runtime on `path`: the median of its runs, in ms.
