@@ -14,25 +14,11 @@ DEVICES=${DEVICES:-48}
 REQUESTS=${REQUESTS:-5}
 TIMEOUT_MS=${TIMEOUT_MS:-60000}
 MODEL=${MODEL:-zoo:mobilenet_v2}  # a file, or zoo:NAME (written with the cloud binary)
-BIN=${BIN:-target/debug}
-work=$(mktemp -d)
-cloud_pid=
-trap '[ -n "$cloud_pid" ] && kill "$cloud_pid" 2>/dev/null; rm -rf "$work"' EXIT
-cluster="$work/cluster"
-"$BIN/scission-cloud" init --cluster "$cluster" >/dev/null
-"$BIN/scission-cloud" enroll cloud --tier cloud --cluster "$cluster" >/dev/null
-for i in $(seq 1 "$DEVICES"); do "$BIN/scission-cloud" enroll "device-$i" --tier device --cluster "$cluster" >/dev/null; done
-if [[ $MODEL == zoo:* ]]; then
-  "$BIN/scission-cloud" zoo write "${MODEL#zoo:}" --out "$work/model.onnx" >/dev/null
-  MODEL="$work/model.onnx"
-fi
-# shellcheck disable=SC2086
-"$BIN/scission-cloud" serve "$MODEL" --cluster "$cluster" ${CLOUD_ARGS:-} > "$work/cloud.out" 2> "$work/cloud.err" &
-cloud_pid=$!
-for _ in $(seq 1 600); do grep -q "serving" "$work/cloud.out" 2>/dev/null && break; sleep 0.1; done
-addr=$(head -1 "$work/cloud.out" | awk '{print $NF}')
-[ -n "$addr" ] || { echo "the cloud did not start:" >&2; cat "$work/cloud.err" >&2; exit 1; }
-rss() { awk -v k="$1" '$1 == k":" {print int($2 / 1024)}' "/proc/$cloud_pid/status"; }
+# shellcheck source=tests/bench/common.sh
+source tests/bench/common.sh
+# shellcheck disable=SC2046  # one name per device, none with spaces
+enroll_devices $(seq -f "device-%g" 1 "$DEVICES")
+start_cloud
 device() { "$BIN/scission-device" run "$MODEL" --cluster "$cluster" --name "device-$1" --cloud "$addr" --split 0,0 --requests "$2" --timeout-ms "$TIMEOUT_MS"; }
 device 1 1 > "$work/one.out" 2>&1 || { cat "$work/one.out" >&2; exit 1; }
 echo "cloud at $addr ($MODEL): RSS after one device's request: $(rss VmRSS) MB"
@@ -46,4 +32,4 @@ failed=$(grep -ho "ok, [0-9]* failed" "$work"/device-*.out | awk '{s += $2} END 
 complete=$(grep -l "requests: $REQUESTS ok, 0 failed" "$work"/device-*.out | wc -l)
 echo "$DEVICES devices x $REQUESTS requests in ${elapsed%.*} s: $ok answered, $failed failed; $complete devices had every request answered; $wait_failed device processes exited with an error"
 echo "cloud peak RSS over the burst: $(rss VmHWM) MB; threads now: $(awk '$1 == "Threads:" {print $2}' /proc/$cloud_pid/status)"
-grep -h -i "failed\|error" "$work"/device-*.out | grep -v "requests: .* ok" | sed 's/request [0-9]*/request N/' | sort | uniq -c | sort -rn | head -5
+grep -h -E "^(request [0-9]+: .*fail|Error|error)" "$work"/device-*.out | sed 's/request [0-9]*/request N/' | sort | uniq -c | sort -rn | head -5 || true

@@ -14,19 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL=${MODEL:-zoo:resnet50}  # a file, or zoo:NAME (written with the cloud binary)
-BIN=${BIN:-target/debug}
 RANGES=${RANGES:-40}
-work=$(mktemp -d)
-cloud_pid=
-trap '[ -n "$cloud_pid" ] && kill "$cloud_pid" 2>/dev/null; rm -rf "$work"' EXIT
-cluster="$work/cluster"
-"$BIN/scission-cloud" init --cluster "$cluster" >/dev/null
-"$BIN/scission-cloud" enroll cloud --tier cloud --cluster "$cluster" >/dev/null
-"$BIN/scission-cloud" enroll device --tier device --cluster "$cluster" >/dev/null
-if [[ $MODEL == zoo:* ]]; then
-  "$BIN/scission-cloud" zoo write "${MODEL#zoo:}" --out "$work/model.onnx" >/dev/null
-  MODEL="$work/model.onnx"
-fi
+# shellcheck source=tests/bench/common.sh
+source tests/bench/common.sh
+enroll_devices device
 cuts=$("$BIN/scission-cloud" inspect "$MODEL" --json | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
@@ -35,16 +26,6 @@ print(" ".join(str(p["position"]) for p in d["positions"] if p["cut_point"] and 
 read -r -a cuts <<< "$cuts"
 cuts=("${cuts[@]:0:$RANGES}")
 
-start_cloud() {
-  # shellcheck disable=SC2086
-  "$BIN/scission-cloud" serve "$MODEL" --cluster "$cluster" "$@" ${CLOUD_ARGS:-} > "$work/cloud.out" 2> "$work/cloud.err" &
-  cloud_pid=$!
-  for _ in $(seq 1 600); do grep -q "serving" "$work/cloud.out" 2>/dev/null && break; sleep 0.1; done
-  addr=$(head -1 "$work/cloud.out" | awk '{print $NF}')
-  [ -n "$addr" ] || { echo "the cloud did not start:" >&2; cat "$work/cloud.err" >&2; exit 1; }
-}
-stop_cloud() { kill "$cloud_pid"; wait "$cloud_pid" 2>/dev/null || true; cloud_pid=; }
-rss() { awk -v k="$1" '$1 == k":" {print int($2 / 1024)}' "/proc/$cloud_pid/status"; }
 device() { "$BIN/scission-device" run "$MODEL" --cluster "$cluster" --name device --cloud "$addr" --split "$1,$1" --requests 1 --timeout-ms 60000; }
 
 start_cloud
@@ -63,4 +44,4 @@ for k in "${cuts[@]}"; do
 done
 echo "cloud at $addr ($MODEL${CLOUD_ARGS:+, $CLOUD_ARGS}): ${#cuts[@]} ranges, $ok answered, $refused refused or failed"
 echo "cloud RSS after the first range: $first MB; now $(rss VmRSS) MB; peak $(rss VmHWM) MB"
-grep -h -E "^(request [0-9]+: .*fail|Error|error)" "$work"/range-*.out | sed 's/request [0-9]*/request N/; s/\[[0-9]*, [0-9]*)/[A, B)/; s/needs [0-9]* MiB/needs N MiB/' | sort | uniq -c | sort -rn | head -5
+grep -h -E "^(request [0-9]+: .*fail|Error|error)" "$work"/range-*.out | sed 's/request [0-9]*/request N/; s/\[[0-9]*, [0-9]*)/[A, B)/; s/needs [0-9]* MiB/needs N MiB/' | sort | uniq -c | sort -rn | head -5 || true
