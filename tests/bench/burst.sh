@@ -30,6 +30,6 @@ elapsed=$(echo "$(date +%s.%N) - $start" | bc)
 ok=$(grep -ho "requests: [0-9]* ok" "$work"/device-*.out | awk '{s += $2} END {print s + 0}')
 failed=$(grep -ho "ok, [0-9]* failed" "$work"/device-*.out | awk '{s += $2} END {print s + 0}')
 complete=$(grep -l "requests: $REQUESTS ok, 0 failed" "$work"/device-*.out | wc -l)
-echo "$DEVICES devices x $REQUESTS requests in ${elapsed%.*} s: $ok answered, $failed failed; $complete devices had every request answered; $wait_failed device processes exited with an error"
+echo "$DEVICES devices x $REQUESTS requests in $(printf "%.1f" "$elapsed") s: $ok answered, $failed failed; $complete devices had every request answered; $wait_failed device processes exited with an error"
 echo "cloud peak RSS over the burst: $(rss VmHWM) MB; threads now: $(awk '$1 == "Threads:" {print $2}' /proc/$cloud_pid/status)"
 grep -h -E "^(request [0-9]+: .*fail|Error|error)" "$work"/device-*.out | sed 's/request [0-9]*/request N/' | sort | uniq -c | sort -rn | head -5 || true
