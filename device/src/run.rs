@@ -9,7 +9,7 @@ use scission_core::link::Link;
 use scission_core::policy::{PolicyConfig, describe_route};
 use scission_core::solver::linkspec::{parse_bandwidth, parse_latency};
 use scission_core::wire::frame::DEFAULT_MAX_FRAME;
-use scission_core::wire::message::{Stage, describe_server};
+use scission_core::wire::message::{Stage, describe_server, describe_servers};
 use scission_engine::tract::prelude::*;
 use scission_runtime::device::{self, DeviceConfig, DeviceEvent, LinkChange, Planning, SwitchCause};
 use scission_runtime::fetch::{Expected, fetch_model_blocking};
@@ -364,7 +364,7 @@ fn event_line(event: DeviceEvent) -> String {
                     let figures: Vec<String> = links.iter().map(|(t, l)| format!("tier {t}: {}", mbit(l))).collect();
                     format!("links measured as {}", figures.join("; "))
                 }
-                SwitchCause::Down(tiers) => format!("tier(s) {tiers:?} down"),
+                SwitchCause::Down(tiers) => format!("{} down", describe_servers(&tiers)),
                 SwitchCause::Recovered => "a tier came back".to_string(),
                 SwitchCause::FirstPlan => "first plan".to_string(),
                 SwitchCause::Drift(percent) => format!("measured latency was {percent}% of the prediction"),

@@ -18,7 +18,7 @@ use scission_core::graph::TensorId;
 use scission_core::link::{Encoding, Link};
 use scission_core::policy::{Action, DevicePolicy, Event, PolicyConfig, ReplanReason, RequestFailure, Route};
 use scission_core::profile::BlockProfile;
-use scission_core::wire::message::{Stage, StageTiming};
+use scission_core::wire::message::{Stage, StageTiming, describe_servers};
 use scission_engine::ModelGraph;
 use scission_engine::tract::prelude::*;
 use scission_net::{emulator, pki, quic};
@@ -227,11 +227,13 @@ pub enum InferError {
 impl InferError {
     fn of(failure: &RequestFailure) -> Self {
         match failure {
-            RequestFailure::NoRoute { down } => Self::Unavailable(format!("no plan avoids the unreachable tier(s) {down:?}")),
+            RequestFailure::NoRoute { down } => Self::Unavailable(format!("no plan avoids the unreachable {}", describe_servers(down))),
             RequestFailure::TooManyAttempts { attempts } => {
                 Self::Unavailable(format!("gave up after {attempts} tries, each met an unreachable tier"))
             }
-            RequestFailure::Busy { tiers } => Self::Busy(format!("every plan left goes through a busy tier {tiers:?}; try again later")),
+            RequestFailure::Busy { tiers } => {
+                Self::Busy(format!("every plan left goes through a busy server ({}); try again later", describe_servers(tiers)))
+            }
             RequestFailure::Rejected { reason } => Self::Failed(reason.clone()),
         }
     }

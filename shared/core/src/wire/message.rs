@@ -77,6 +77,12 @@ pub fn describe_server(key: u8) -> alloc::string::String {
     }
 }
 
+/// Server keys in words, comma-separated (`tier 1, machine 3`), as [`describe_server`] says
+/// each.
+pub fn describe_servers(keys: &[u8]) -> alloc::string::String {
+    keys.iter().map(|&k| describe_server(k)).collect::<alloc::vec::Vec<_>>().join(", ")
+}
+
 /// The [`Stage::server`] key of `machine` of `tier`.
 pub fn server_key(tier: u8, machine: MachineId) -> u8 {
     if machine == CONFIGURED { tier } else { REGISTERED_SERVER | machine }
@@ -507,6 +513,12 @@ fn validate(body: &Body<'_>) -> Result<(), WireError> {
 mod tests {
     use super::*;
     use crate::wire::tensor::{Elements, encode_f32};
+
+    #[test]
+    fn server_keys_read_as_tiers_and_machines() {
+        assert_eq!(describe_servers(&[1, server_key(1, 3)]), "tier 1, machine 3");
+        assert_eq!(describe_servers(&[]), "");
+    }
 
     fn request(data: &[u8]) -> Body<'_> {
         let tensor = TensorFrame { elements: Elements::F32, shape: [2, 3].into_iter().collect(), data };
