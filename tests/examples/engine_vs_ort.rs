@@ -24,8 +24,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use common::{run, stderr};
+use common::quantile;
 use scission_core::cut::Block;
+use scission_core::stats::Summary;
 use scission_core::timing::{Budget, measure_interleaved};
 use scission_engine::input::synthetic_inputs;
 use scission_engine::{LoadOptions, Model, Slice, with_threads};
@@ -125,15 +126,10 @@ fn short(name: &str) -> String {
 
 /// The model's file: itself, or the zoo's, written by the cloud binary into `dir`.
 fn model_file(name: &str, dir: &Path) -> Result<PathBuf> {
-    let Some(zoo) = name.strip_prefix("zoo:") else { return Ok(PathBuf::from(name)) };
-    let path = dir.join(format!("{zoo}.onnx"));
-    if !path.exists() {
-        let out = run("scission-cloud", &["zoo", "write", zoo, "--out", &path.to_string_lossy()]);
-        if !out.status.success() {
-            bail!("zoo write {zoo}: {}", stderr(&out));
-        }
+    match name.strip_prefix("zoo:") {
+        Some(zoo) => common::write_zoo(zoo, dir),
+        None => Ok(PathBuf::from(name)),
     }
-    Ok(path)
 }
 
 /// Medians over the rounds of each round's median, in ms: tract starting a new execution state
@@ -191,10 +187,9 @@ fn ort_median_ms(args: &Args, timer: &Path, path: &Path, specs: &str) -> Result<
 }
 
 fn median_ms(samples: Vec<u64>) -> f64 {
-    median(samples.into_iter().map(|ns| ns as f64 * 1e-6).collect())
+    Summary::of(&samples).map_or(f64::NAN, |s| s.median_ns as f64 * 1e-6)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    quantile(&mut values, 0.5)
 }

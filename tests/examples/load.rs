@@ -27,10 +27,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use common::cluster::{Server, start};
-use common::{quick_bench, run, stderr};
+use common::quick_bench;
 use scission_core::link::{Encoding, Link};
 use scission_core::profile::Profile;
 use scission_core::wire::message::Stage;
@@ -119,7 +119,7 @@ fn main() -> Result<()> {
     let work = tempfile::tempdir()?;
     let model = match &args.model {
         Some(path) => path.clone(),
-        None => write_zoo_resnet50(work.path())?,
+        None => common::write_zoo("resnet50", work.path())?,
     };
     let most = args.devices.iter().copied().max().unwrap_or(1);
     let cluster = make_cluster(work.path(), most, args.edges)?;
@@ -152,16 +152,6 @@ fn main() -> Result<()> {
         print_row(&args, n, &runs, &usage);
     }
     Ok(())
-}
-
-/// Writes the zoo's ResNet50 with the cloud binary.
-fn write_zoo_resnet50(dir: &Path) -> Result<PathBuf> {
-    let path = dir.join("resnet50.onnx");
-    let out = run("scission-cloud", &["zoo", "write", "resnet50", "--out", path.to_str().context("path")?]);
-    if !out.status.success() {
-        bail!("zoo write failed: {}", stderr(&out));
-    }
-    Ok(path)
 }
 
 /// A cluster with a cloud, `edges` edges (`edge-0`, ...) and `devices` devices (`sim-0`, ...).

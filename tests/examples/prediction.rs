@@ -91,8 +91,7 @@ fn main() -> Result<()> {
     let temporary = tempfile::tempdir()?;
     let dir = args.dir.as_deref().unwrap_or(temporary.path());
     std::fs::create_dir_all(dir)?;
-    let model = dir.join(format!("{}.onnx", args.model));
-    ok(&run("scission-cloud", &["zoo", "write", &args.model, "--out", s(&model)]))?;
+    let model = common::write_zoo(&args.model, dir)?;
     let board = match args.device_cpu {
         Some(percent) => Board::Quota(CpuLimit::new(percent, args.period_ms)?),
         None => Board::Slower(args.device_slower),

@@ -53,6 +53,17 @@ pub fn quantile(values: &mut [f64], q: f64) -> f64 {
     values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
+/// Writes the zoo's model `name` into `dir` as `NAME.onnx` with the cloud binary and returns
+/// its path.
+pub fn write_zoo(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.onnx"));
+    let out = run("scission-cloud", &[std::ffi::OsStr::new("zoo"), "write".as_ref(), name.as_ref(), "--out".as_ref(), path.as_os_str()]);
+    if !out.status.success() {
+        anyhow::bail!("zoo write {name} failed: {}", stderr(&out));
+    }
+    Ok(path)
+}
+
 /// Writes a built-in test model into `dir` and returns its path.
 pub fn write_model(dir: &Path, kind: TestModel, resolution: usize) -> PathBuf {
     let path = dir.join(format!("{}.onnx", kind.name()));
