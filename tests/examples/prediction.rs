@@ -149,7 +149,7 @@ fn main() -> Result<()> {
         run_args.extend(["--requests".into(), args.requests.to_string(), "--report".into(), s(&report).into()]);
         run_args.extend(["--replan-on-drift".into(), args.drift.to_string()]);
         ok(&board.run("scission-device", &run_args)?)?;
-        verdicts.push(print_scenario(scenario.name, &report)?);
+        verdicts.push(print_scenario(scenario.name, &report, &profiles)?);
     }
     let met = verdicts.iter().filter(|v| v.met).count();
     let met_with_a_cut = verdicts.iter().filter(|v| v.met && v.cut).count();
@@ -204,13 +204,16 @@ fn verify(profiles: &[PathBuf], links: &[String], model: &Path, board: &Board) -
     Ok(())
 }
 
-/// One line per scenario from the device's run report.
-fn print_scenario(name: &str, report: &Path) -> Result<Verdict> {
+/// One line per scenario from the device's run report, and one on how steady the machine was:
+/// each stage's compute in service against its profiled time, and its spread over the requests.
+fn print_scenario(name: &str, report: &Path, profiles: &[PathBuf]) -> Result<Verdict> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report)?)?;
     let requests = v["requests"].as_array().context("no requests in the report")?;
     let mut seen = std::collections::HashSet::new();
     let (mut errors, mut predicted, mut measured, mut routes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut compute, mut transfer, mut hops) = (Vec::new(), Vec::new(), Vec::new());
+    // Per stage (tier, start, end): its compute in service, request by request.
+    let mut stage_compute: std::collections::BTreeMap<(u64, u64, u64), Vec<f64>> = Default::default();
     let mut cut = false;
     for r in requests {
         let route = r["route"].as_str().unwrap_or("").to_string();
@@ -221,6 +224,13 @@ fn print_scenario(name: &str, report: &Path) -> Result<Verdict> {
         let (Some(p), Some(m)) = (r["predicted_ms"].as_f64(), r["measured_ms"].as_f64()) else { continue };
         errors.push((m / p - 1.0).abs());
         cut |= r["stages"].as_array().is_some_and(|stages| stages.len() >= 2);
+        let stages = r["stages"].as_array().into_iter().flatten();
+        for (stage, ms) in stages.zip(r["compute_ms"].as_array().into_iter().flatten()) {
+            let key = |k: &str| stage[k].as_u64();
+            if let (Some(tier), Some(start), Some(end), Some(ms)) = (key("tier"), key("start"), key("end"), ms.as_f64()) {
+                stage_compute.entry((tier, start, end)).or_default().push(ms);
+            }
+        }
         compute.push(r["compute_ms"].as_array().map_or(String::new(), |c| {
             c.iter().filter_map(serde_json::Value::as_f64).map(|ms| format!("{ms:.1}")).collect::<Vec<_>>().join("+")
         }));
@@ -251,7 +261,34 @@ fn print_scenario(name: &str, report: &Path) -> Result<Verdict> {
         hops.get(middle).filter(|h| !h.is_empty()).map_or("none", String::as_str),
         quantile(&mut transfer, 0.5)
     );
+    println!("{:<26} {}", "", steadiness(&mut stage_compute, profiles)?);
     Ok(Verdict { met: !errors.is_empty() && e50 <= TARGET_MEDIAN && e90 <= TARGET_P90, cut })
+}
+
+/// How far the machine moved between its benchmark and the run, per stage: the median compute
+/// in service over the profile's median for the same range (1.00x: as benchmarked), and the
+/// stage's own spread in service (p90 / p10 over the requests). A shared host whose speed
+/// shifts between regimes shows here, apart from the predictions: no profile made minutes
+/// earlier can hold where the same stage's compute moves by more than the target.
+fn steadiness(stage_compute: &mut std::collections::BTreeMap<(u64, u64, u64), Vec<f64>>, profiles: &[PathBuf]) -> Result<String> {
+    let mut parts = Vec::new();
+    for (&(tier, start, end), times) in stage_compute.iter_mut() {
+        let profiled = profiles.get(usize::try_from(tier)?).map(|p| profiled_range_ms(p, start, end)).transpose()?.flatten();
+        let (p10, p50, p90) = (quantile(times, 0.1), quantile(times, 0.5), quantile(times, 0.9));
+        let against = profiled.map_or_else(|| "not profiled as one range".to_string(), |ms| format!("{:.2}x its profile", p50 / ms));
+        parts.push(format!("tier {tier} [{start},{end}) in service {against}, spread {:.2}x", p90 / p10));
+    }
+    Ok(if parts.is_empty() { "no stage timed".into() } else { format!("steadiness: {}", parts.join("; ")) })
+}
+
+/// The median time of the range `[start, end)` in a profile, in ms, if it was timed as one.
+fn profiled_range_ms(profile: &Path, start: u64, end: u64) -> Result<Option<f64>> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(profile)?)?;
+    let ranges = v["ranges"].as_array().into_iter().flatten();
+    Ok(ranges
+        .filter(|r| r["range"]["start"].as_u64() == Some(start) && r["range"]["end"].as_u64() == Some(end))
+        .find_map(|r| r["time"]["median_ns"].as_f64())
+        .map(|ns| ns * 1e-6))
 }
 
 /// A link's figures: bits per second and one-way latency.
