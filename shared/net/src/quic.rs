@@ -81,6 +81,7 @@ fn transport_with(streams: u32, datagrams: Datagrams, keep_alive: Duration) -> A
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
+    t.stream_receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     if datagrams == Datagrams::PathMtu {
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(MAX_UDP_PAYLOAD);
@@ -271,23 +272,30 @@ pub async fn read_head(recv: &mut quinn::RecvStream, max_frame: u32, want: usize
     Ok(FrameHead { len, start })
 }
 
-/// The rest of the frame `head` started.
+/// The rest of the frame `head` started. Chunks are kept as quinn hands them over (no copy)
+/// until the frame is complete, then copied once into a buffer of the frame's size: a peer
+/// that announces a large frame and stalls holds what it sent, not what it announced, and a
+/// large frame is not copied again each time a growing buffer doubles.
 pub async fn read_rest(recv: &mut quinn::RecvStream, head: FrameHead) -> Result<Vec<u8>, FrameError> {
-    let FrameHead { len, start: mut body } = head;
-    body.reserve_exact(len.saturating_sub(body.len()).min(1 << 16));
-    while body.len() < len {
-        match recv.read_chunk(len - body.len(), true).await? {
+    let FrameHead { len, start } = head;
+    let mut chunks = Vec::new();
+    let mut got = start.len();
+    while got < len {
+        match recv.read_chunk(len - got, true).await? {
             Some(chunk) => {
-                if body.capacity() - body.len() < chunk.bytes.len() {
-                    // Grown by what has arrived (doubling), never past the announced length: the
-                    // frame ends in a buffer of its size, and a peer that announces a large frame
-                    // and stalls holds at most twice what it sent.
-                    body.reserve_exact(body.len().max(chunk.bytes.len()).min(len - body.len()));
-                }
-                body.extend_from_slice(&chunk.bytes);
+                got = got.saturating_add(chunk.bytes.len());
+                chunks.push(chunk.bytes);
             }
-            None => return Err(FrameError::Truncated { got: body.len(), len }),
+            None => return Err(FrameError::Truncated { got, len }),
         }
+    }
+    if start.is_empty() && chunks.len() == 1 {
+        return Ok(chunks.pop().map(Vec::from).unwrap_or_default());
+    }
+    let mut body = Vec::with_capacity(len);
+    body.extend_from_slice(&start);
+    for chunk in &chunks {
+        body.extend_from_slice(chunk);
     }
     Ok(body)
 }

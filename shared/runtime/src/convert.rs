@@ -11,8 +11,9 @@ use scission_core::wire::tensor::{Elements, TensorFrame, encode_f32};
 use scission_engine::ModelGraph;
 use scission_engine::pipeline::Activations;
 
-/// A tensor ready to be framed: id, encoding, shape, payload.
-pub struct Outgoing {
+/// A tensor ready to be framed: id, encoding, shape, payload (borrowed from the tensor where its
+/// memory is already the wire's bytes).
+pub struct Outgoing<'a> {
     /// Tensor id.
     pub id: u32,
     /// Element encoding.
@@ -20,17 +21,17 @@ pub struct Outgoing {
     /// Dimensions.
     pub shape: Vec<u32>,
     /// Payload bytes.
-    pub data: Vec<u8>,
+    pub data: std::borrow::Cow<'a, [u8]>,
 }
 
-impl Outgoing {
+impl<'a> Outgoing<'a> {
     /// Encodes `value` (tensor `id`) for the wire with `encoding` (f32 tensors; others as is).
-    pub fn encode(id: TensorId, value: &TValue, encoding: Encoding) -> Result<Self> {
+    pub fn encode(id: TensorId, value: &'a TValue, encoding: Encoding) -> Result<Self> {
         let shape = value.shape().iter().map(|&d| u32::try_from(d).context("dimension too large")).collect::<Result<Vec<_>>>()?;
         let id = u32::try_from(id).context("tensor id too large")?;
         let (elements, data) = match value.datum_type() {
             DatumType::F32 => encode_f32(value.try_as_plain_ram()?.as_slice::<f32>()?, encoding),
-            DatumType::I64 => (Elements::I64, value.try_as_plain_ram()?.as_bytes().to_vec()),
+            DatumType::I64 => (Elements::I64, value.try_as_plain_ram()?.as_bytes().to_vec().into()),
             other => bail!("tensors of type {other:?} cannot be sent yet"),
         };
         Ok(Self { id, elements, shape, data })
@@ -59,6 +60,16 @@ pub fn decode(model: &ModelGraph, named: &NamedTensor<'_>) -> Result<(TensorId, 
             let values: Vec<i64> =
                 named.tensor.data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
             Tensor::from_shape(&shape, &values)?
+        }
+        Elements::F32 => {
+            // Straight into the tensor's memory: one pass, no intermediate vector.
+            named.tensor.validate()?;
+            let mut tensor = Tensor::zero::<f32>(&shape)?;
+            let mut plain = tensor.try_as_plain_ram_mut()?;
+            for (value, bytes) in plain.as_slice_mut::<f32>()?.iter_mut().zip(named.tensor.data.chunks_exact(4)) {
+                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+            tensor
         }
         _ => Tensor::from_shape(&shape, &named.tensor.to_f32()?)?,
     };

@@ -409,7 +409,29 @@ pub struct Envelope<'a> {
 pub fn encode(body: &Body<'_>) -> Result<Vec<u8>, WireError> {
     let envelope = Envelope { version: PROTOCOL_VERSION, body: body.clone() };
     let size = postcard::experimental::serialized_size(&envelope).map_err(|_| WireError::Malformed("cannot encode"))?;
-    postcard::to_extend(&envelope, Vec::with_capacity(size)).map_err(|_| WireError::Malformed("cannot encode"))
+    postcard::serialize_with_flavor(&envelope, Appending(Vec::with_capacity(size))).map_err(|_| WireError::Malformed("cannot encode"))
+}
+
+/// postcard's output into a `Vec` that appends byte runs as one copy: postcard's own
+/// `to_extend` feeds a run in byte by byte (a third of a 4 MB hop's encoding time).
+struct Appending(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Appending {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 /// Decodes and validates a message; tensor payloads borrow from `bytes`.

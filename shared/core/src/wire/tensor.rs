@@ -4,7 +4,7 @@
 //! Encodings of f32 activations: `F32` (bit-exact), `F16` (half the bytes), and `Int8` with a
 //! per-tensor affine map `x ≈ scale × (q − zero_point)` (a quarter of the bytes).
 
-use alloc::vec;
+use alloc::borrow::Cow;
 use alloc::vec::Vec;
 use half::f16;
 use serde::{Deserialize, Serialize};
@@ -94,17 +94,13 @@ impl TensorFrame<'_> {
     }
 }
 
-/// f32 activations encoded for the wire: the payload bytes and their encoding.
-pub fn encode_f32(values: &[f32], encoding: crate::link::Encoding) -> (Elements, Vec<u8>) {
+/// f32 activations encoded for the wire: the payload bytes and their encoding. Plain f32 on a
+/// little-endian machine is the values' own memory, borrowed: a large activation is copied
+/// once, into the message, not first into a buffer of its own.
+pub fn encode_f32(values: &[f32], encoding: crate::link::Encoding) -> (Elements, Cow<'_, [u8]>) {
     use crate::link::Encoding;
     match encoding {
-        Encoding::F32 => {
-            let mut bytes = vec![0u8; values.len().saturating_mul(4)];
-            for (out, v) in bytes.chunks_exact_mut(4).zip(values) {
-                out.copy_from_slice(&v.to_le_bytes());
-            }
-            (Elements::F32, bytes)
-        }
+        Encoding::F32 => (Elements::F32, f32_bytes(values)),
         Encoding::F16 => (Elements::F16, values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect()),
         Encoding::Int8 => {
             let (scale, zero_point) = affine_params(values);
@@ -112,6 +108,18 @@ pub fn encode_f32(values: &[f32], encoding: crate::link::Encoding) -> (Elements,
             (Elements::Int8 { scale, zero_point }, q)
         }
     }
+}
+
+/// The little-endian bytes of `values`: their memory on a little-endian machine.
+#[cfg(target_endian = "little")]
+fn f32_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    Cow::Borrowed(bytemuck::cast_slice(values))
+}
+
+/// The little-endian bytes of `values`, swapped on a big-endian machine.
+#[cfg(target_endian = "big")]
+fn f32_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// Scale and zero point mapping `[min(values, 0), max(values, 0)]` onto `[-128, 127]`.
