@@ -33,6 +33,10 @@ pub struct Config {
     /// The ONNX model, or a directory of its slice artifacts (`scission-cloud slice`): then only
     /// those slices are loaded, and only plans whose device part is among them are used.
     pub model: PathBuf,
+    /// Concrete input shapes, one per input in model order (e.g. `[[1, 3, 640, 640]]`), for a
+    /// model exported with symbolic dimensions other than the batch (detectors, OCR); the
+    /// edge and cloud serve it with the same `--input-shape`.
+    pub input_shapes: Vec<Vec<usize>>,
     /// Fetch the model from the cloud when the file is missing.
     pub fetch_model: bool,
     /// With `model` a directory of slice artifacts: the most MiB of them kept on disk.
@@ -63,6 +67,7 @@ impl Default for Config {
             name: "device".into(),
             cluster: PathBuf::from("cluster"),
             model: PathBuf::from("model.onnx"),
+            input_shapes: Vec::new(),
             fetch_model: false,
             slice_cache_mib: 1024,
             memory_mib: None,
@@ -211,6 +216,11 @@ pub struct Overrides {
     /// The ONNX model, or a directory of its slice artifacts (overrides `model`).
     #[arg(long, value_name = "FILE|DIR")]
     pub model: Option<PathBuf>,
+    /// Concrete input shape, e.g. `1,3,640,640`; repeat once per input, in model order
+    /// (overrides `input_shapes`). Needed only when the model has symbolic dimensions other than
+    /// the batch; give the edge and cloud the same.
+    #[arg(long = "input-shape", value_name = "DIMS", value_parser = scission_cli::parse_shape)]
+    pub input_shapes: Vec<Vec<usize>>,
     /// This device's enrolled name (overrides `name`).
     #[arg(long)]
     pub name: Option<String>,
@@ -269,6 +279,9 @@ impl Overrides {
         set(&mut config.planner, &self.planner);
         if let Some(v) = &self.model {
             config.model = v.clone();
+        }
+        if !self.input_shapes.is_empty() {
+            config.input_shapes = self.input_shapes.clone();
         }
         if let Some(v) = &self.name {
             config.name = v.clone();

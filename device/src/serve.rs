@@ -81,7 +81,8 @@ fn prepare(overrides: &Overrides) -> Result<(Config, SessionConfig, Slices)> {
         fetch(&config, &session)?;
     }
     let pinned = crate::config::pinned_model(&session.planning)?;
-    let slices = crate::config::open_slices(&config.model, &Default::default(), pinned, &session)
+    let options = scission_engine::LoadOptions { input_shapes: config.input_shapes.clone() };
+    let slices = crate::config::open_slices(&config.model, &options, pinned, &session)
         .with_context(|| format!("cannot load the model {}", config.model.display()))?;
     Ok((config, session, slices))
 }

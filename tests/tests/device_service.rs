@@ -584,3 +584,59 @@ fn requests_beyond_the_apis_slots_and_waiting_line_get_503_with_retry_after() {
     assert!(metrics.contains("scission_failures_total{kind=\"overloaded\"} 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{metrics}");
 }
+
+/// `model` with its input's height made symbolic, as detectors and OCR models are exported
+/// (`[N, 3, H, W]` with `H` and `W` free).
+fn with_symbolic_height(dir: &Path) -> PathBuf {
+    use scission_engine::tract::pb::tensor_shape_proto::dimension::Value as Dim;
+    use scission_engine::tract::pb::type_proto::Value as Type;
+    let mut proto = scission_zoo::onnx::testmodels::TestModel::Branched.build(32, 5);
+    let graph = proto.graph.as_mut().unwrap();
+    if let Some(Type::TensorType(t)) = &mut graph.input[0].r#type.as_mut().unwrap().value {
+        t.shape.as_mut().unwrap().dim[2].value = Some(Dim::DimParam("height".into()));
+    }
+    for out in &mut graph.output {
+        out.r#type = None;
+    }
+    let path = dir.join("symbolic_height.onnx");
+    std::fs::write(&path, scission_zoo::onnx::builder::encode(&proto)).unwrap();
+    path
+}
+
+#[test]
+fn a_model_with_a_symbolic_height_is_served_at_the_input_shape_given_on_every_tier() {
+    let c = Cluster::new();
+    // The same network with a concrete input is the reference, loaded by tract alone.
+    let reference = Reference::new(&c.model);
+    let model = with_symbolic_height(c.dir.path());
+    let shape_arg = reference.shape.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let (m, cluster) = (model.to_str().unwrap(), c.cluster());
+    let cloud = start("scission-cloud", &["serve", m, "--cluster", &cluster, "--threads", "1", "--input-shape", &shape_arg]);
+    let cloud_addr = cloud.addr.to_string();
+    let edge =
+        start("scission-edge", &["serve", m, "--cluster", &cluster, "--cloud", &cloud_addr, "--threads", "1", "--input-shape", &shape_arg]);
+    let split = three_way_split(&c.model);
+    let config = write_config(c.dir.path(), &c, edge.addr, cloud.addr, split, false, "device");
+    let model_flag = ["--model", m];
+
+    // Without a shape the service stops at once and says how to give one.
+    let out = Command::new(bin("scission-device")).args(["serve", "--config", config.to_str().unwrap()]).args(model_flag).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--input-shape"), "{}", stderr(&out));
+
+    let service = Service::start(&config, &[&model_flag[..], &["--input-shape", &shape_arg]].concat());
+    let base = format!("{}/v2/models/symbolic_height", service.url);
+    let (code, meta) = curl_json(&[&base]);
+    assert_eq!(code, 200, "{meta}");
+    let shape: Vec<usize> = meta["inputs"][0]["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    assert_eq!(shape, reference.shape);
+    let input_name = meta["inputs"][0]["name"].as_str().unwrap().to_string();
+    for seed in 1..3 {
+        let input = reference.input(seed);
+        let (code, answer) = post_json(&format!("{base}/infer"), &json_request(&input_name, &shape, &input));
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(floats(&answer["outputs"][0]["data"]), reference.output(&input));
+        let route = answer["parameters"]["scission_route"].as_str().unwrap();
+        assert!(route.contains("device[") && route.contains("edge[") && route.contains("cloud["), "{route}");
+    }
+}
