@@ -314,6 +314,51 @@ impl Overrides {
     }
 }
 
+/// A session's timings in milliseconds, as `serve`, `infer` (from the file or flags) and `run`
+/// (from flags) give them, bounded the same way for all three: a zero timeout or retry is one
+/// millisecond, a silence 100 ms to an hour, the longest retry no shorter than the first.
+pub struct Timings {
+    /// Give up on a tier after this long; a request refused as busy everywhere retries as long.
+    pub timeout_ms: u64,
+    /// First probe of a tier that stopped answering.
+    pub retry_after_ms: u64,
+    /// Longest wait between two probes.
+    pub retry_max_ms: u64,
+    /// Give a server up after this long without a packet from it.
+    pub silence_ms: u64,
+}
+
+impl Timings {
+    /// The policy's timings (back-off, jitter, busy patience) for device `name`; the caller
+    /// sets the re-planning fields.
+    pub fn policy(&self, name: &str) -> PolicyConfig {
+        PolicyConfig {
+            backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms.max(1)),
+            backoff_max: embassy_time::Duration::from_millis(self.retry_max_ms.max(self.retry_after_ms).max(1)),
+            probe_jitter_percent: PROBE_JITTER_PERCENT,
+            jitter_seed: scission_core::policy::seed_of(name),
+            // A request refused as busy everywhere tries again while its deadline lasts.
+            busy_patience: embassy_time::Duration::from_millis(self.timeout_ms.max(1)),
+            ..PolicyConfig::default()
+        }
+    }
+
+    /// How long a tier has to answer.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
+    }
+
+    /// How the session watches its servers.
+    pub fn liveness(&self) -> scission_net::quic::Liveness {
+        scission_net::quic::Liveness { silence: Duration::from_millis(self.silence_ms.clamp(100, 3_600_000)) }
+    }
+}
+
+/// The memory a device session may use: `memory_mib` when given, else what the host has free.
+pub fn device_memory(memory_mib: Option<u64>) -> Option<u64> {
+    memory_mib.map(|m| m.saturating_mul(1 << 20)).or_else(scission_engine::host::available_memory)
+}
+
 /// Plans from a fixed split, else from the cloud (with this device's `profile`), else from the
 /// solver here (with every tier's `profiles`), each file read and checked now.
 pub fn planning(split: Option<[usize; 2]>, profile: Option<&Path>, profiles: &[PathBuf], links: &[String]) -> Result<Planning> {
@@ -507,6 +552,8 @@ impl Config {
             Ok(Some(host.peer(s.name.as_deref().unwrap_or(default))))
         };
         let p = &self.planning;
+        let timings =
+            Timings { timeout_ms: p.timeout_ms, retry_after_ms: p.retry_after_ms, retry_max_ms: p.retry_max_ms, silence_ms: p.silence_ms };
         Ok(SessionConfig {
             cluster: self.cluster.clone(),
             name: self.name.clone(),
@@ -516,17 +563,11 @@ impl Config {
             planning: self.planning()?,
             policy: PolicyConfig {
                 replan_period: embassy_time::Duration::from_secs(p.replan_every_s),
-                backoff_initial: embassy_time::Duration::from_millis(p.retry_after_ms.max(1)),
-                backoff_max: embassy_time::Duration::from_millis(p.retry_max_ms.max(p.retry_after_ms).max(1)),
-                probe_jitter_percent: PROBE_JITTER_PERCENT,
-                jitter_seed: scission_core::policy::seed_of(&self.name),
                 drift_percent: p.drift_percent,
-                // A request refused as busy everywhere tries again while its deadline lasts.
-                busy_patience: embassy_time::Duration::from_millis(p.timeout_ms.max(1)),
-                ..PolicyConfig::default()
+                ..timings.policy(&self.name)
             },
             emulate: false,
-            timeout: Duration::from_millis(p.timeout_ms.max(1)),
+            timeout: timings.timeout(),
             encoding: self.encoding()?.into(),
             threads: self.threads.max(1),
             max_frame: DEFAULT_MAX_FRAME,
@@ -534,8 +575,8 @@ impl Config {
             require_plan: false,
             max_outstanding: self.api.max_outstanding.max(1),
             max_slice_bytes: self.slice_cache_mib.saturating_mul(1 << 20),
-            device_memory: self.memory_mib.map(|m| m.saturating_mul(1 << 20)).or_else(scission_engine::host::available_memory),
-            liveness: scission_net::quic::Liveness { silence: Duration::from_millis(p.silence_ms.clamp(100, 3_600_000)) },
+            device_memory: device_memory(self.memory_mib),
+            liveness: timings.liveness(),
         })
     }
 
@@ -563,6 +604,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_or_absurd_timings_are_bounded_alike_for_serve_infer_and_run() {
+        let zero = Timings { timeout_ms: 0, retry_after_ms: 0, retry_max_ms: 0, silence_ms: 0 };
+        assert_eq!(zero.timeout(), Duration::from_millis(1));
+        let policy = zero.policy("device");
+        assert_eq!(policy.backoff_initial, embassy_time::Duration::from_millis(1));
+        assert_eq!(policy.backoff_max, embassy_time::Duration::from_millis(1));
+        assert_eq!(policy.busy_patience, embassy_time::Duration::from_millis(1));
+        assert_eq!(zero.liveness().silence, Duration::from_millis(100));
+        let odd = Timings { timeout_ms: 5000, retry_after_ms: 800, retry_max_ms: 100, silence_ms: u64::MAX };
+        assert_eq!(
+            odd.policy("device").backoff_max,
+            embassy_time::Duration::from_millis(800),
+            "the longest retry is no shorter than the first"
+        );
+        assert_eq!(odd.liveness().silence, Duration::from_secs(3600));
+    }
 
     #[test]
     fn every_field_has_a_default_and_unknown_fields_are_errors() {

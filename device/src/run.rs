@@ -167,6 +167,13 @@ impl RunArgs {
 
     fn config(&self, planning: Planning, inputs: Vec<TValue>) -> Result<DeviceConfig> {
         let requests = self.requests.unwrap_or(if inputs.is_empty() { 10 } else { u32::try_from(inputs.len()).unwrap_or(u32::MAX) });
+        let timings = crate::config::Timings {
+            timeout_ms: self.timeout_ms,
+            retry_after_ms: self.retry_after_ms,
+            retry_max_ms: self.retry_max_ms,
+            // A server that only stalls (a busy host) still counts as up while a plan is measured.
+            silence_ms: self.silence_ms.unwrap_or(self.timeout_ms),
+        };
         let session = SessionConfig {
             cluster: self.cluster.cluster.clone(),
             name: self.name.clone(),
@@ -174,31 +181,19 @@ impl RunArgs {
             cloud: self.cloud(),
             planner: self.planner.as_ref().map(|p| p.peer(&self.cloud_name)),
             planning,
-            policy: PolicyConfig {
-                replan_every: self.replan_every,
-                backoff_initial: embassy_time::Duration::from_millis(self.retry_after_ms.max(1)),
-                backoff_max: embassy_time::Duration::from_millis(self.retry_max_ms.max(self.retry_after_ms).max(1)),
-                probe_jitter_percent: crate::config::PROBE_JITTER_PERCENT,
-                jitter_seed: scission_core::policy::seed_of(&self.name),
-                drift_percent: self.replan_on_drift,
-                // A request refused as busy everywhere tries again while its deadline lasts.
-                busy_patience: embassy_time::Duration::from_millis(self.timeout_ms),
-                ..PolicyConfig::default()
-            },
+            policy: PolicyConfig { replan_every: self.replan_every, drift_percent: self.replan_on_drift, ..timings.policy(&self.name) },
             emulate: self.emulate,
-            timeout: Duration::from_millis(self.timeout_ms),
+            timeout: timings.timeout(),
             encoding: self.encoding.into(),
-            threads: self.threads,
+            threads: self.threads.max(1),
             max_frame: DEFAULT_MAX_FRAME,
             // A what-if tool runs the plans it is given: no silent local fallback.
             local_fallback: false,
             require_plan: true,
             max_outstanding: 1,
             max_slice_bytes: self.slice_cache_mib.saturating_mul(1 << 20),
-            device_memory: self.memory_mib.map(|m| m.saturating_mul(1 << 20)).or_else(scission_engine::host::available_memory),
-            liveness: scission_net::quic::Liveness {
-                silence: Duration::from_millis(self.silence_ms.unwrap_or(self.timeout_ms).clamp(100, 3_600_000)),
-            },
+            device_memory: crate::config::device_memory(self.memory_mib),
+            liveness: timings.liveness(),
         };
         Ok(DeviceConfig {
             session,

@@ -2,8 +2,6 @@
 
 use scission_core::wire::WireError;
 
-use crate::quic::FrameError;
-
 /// Why a network-shell operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -49,6 +47,28 @@ pub enum NetError {
     /// A message could not be encoded or decoded.
     #[error(transparent)]
     Wire(#[from] WireError),
+}
+
+/// Why reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame over the limit.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The stream ended early or broke.
+    #[error("stream ended before the frame was complete: {0}")]
+    Stream(#[from] quinn::ReadExactError),
+    /// The stream broke while the body arrived.
+    #[error("stream broke while the frame arrived: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The stream ended before the announced length.
+    #[error("stream ended after {got} of {len} announced bytes")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        len: usize,
+    },
 }
 
 /// Results of this crate.

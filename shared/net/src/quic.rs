@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use crate::error::FrameError;
 use crate::error::{Doing, NetError, Result};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
@@ -221,28 +222,6 @@ pub fn peer_cert(connection: &quinn::Connection) -> Option<PeerCert> {
     let identity = connection.peer_identity()?;
     let chain = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
     PeerCert::new(chain)
-}
-
-/// Why reading a frame failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The peer announced a frame over the limit.
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    /// The stream ended early or broke.
-    #[error("stream ended before the frame was complete: {0}")]
-    Stream(#[from] quinn::ReadExactError),
-    /// The stream broke while the body arrived.
-    #[error("stream broke while the frame arrived: {0}")]
-    Read(#[from] quinn::ReadError),
-    /// The stream ended before the announced length.
-    #[error("stream ended after {got} of {len} announced bytes")]
-    Truncated {
-        /// Bytes received.
-        got: usize,
-        /// Bytes announced.
-        len: usize,
-    },
 }
 
 /// Reads one frame, refusing one larger than `max_frame` before reading its body. Memory grows

@@ -1,6 +1,6 @@
 //! Dynamic batching on a stage server: requests for the same slice that queue together run as
 //! one batch ([`Batcher`]); the node's slice cache keeps the slices that run them, within its
-//! budget, and `BatchSlices` the ranges that do not batch. When a batch leaves is the core's
+//! budget, and the node the ranges that do not batch. When a batch leaves is the core's
 //! [`BatchWindow`]; memory stays bounded by the admission limit, since only admitted requests
 //! queue here.
 
@@ -10,35 +10,11 @@ use std::time::Instant;
 
 use scission_core::batching::{BatchWindow, Dispatch};
 use scission_core::cut::Block;
-use scission_engine::Model;
 use scission_engine::pipeline::Activations;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::load::LoadMeter;
 use crate::node::Node;
-
-/// The ranges found not to batch: their requests run one at a time from then on (the batched
-/// slices themselves live in the node's slice cache, within its budget).
-#[derive(Default)]
-pub(crate) struct BatchSlices {
-    refused: Mutex<Vec<Block>>,
-}
-
-impl BatchSlices {
-    /// Whether `block` of `model` may batch: the model's batch is symbolic and no batch of the
-    /// range failed to build.
-    pub(crate) fn may_batch(&self, model: &Model, block: Block) -> bool {
-        model.batchable() && self.refused.lock().is_ok_and(|refused| !refused.contains(&block))
-    }
-
-    /// Remembers that `block` does not batch, and logs why once.
-    pub(crate) fn refuse(&self, block: Block, why: &crate::error::RuntimeError) {
-        tracing::info!("{why:#}: its requests run one at a time");
-        if let Ok(mut refused) = self.refused.lock() {
-            refused.push(block);
-        }
-    }
-}
 
 /// One batch member's answer: the tensors crossing the stage's end and the batch's compute
 /// time, or why the batch failed.

@@ -67,7 +67,7 @@ pub struct Node {
     /// transient bytes alone, and a range many ask for at once is built once.
     building: Mutex<()>,
     #[cfg(feature = "onnx")]
-    batches: crate::batch::BatchSlices,
+    batches: BatchSlices,
 }
 
 /// Most slices kept built at once by default; the least recently used goes first.
@@ -164,7 +164,7 @@ impl Node {
             slices,
             building: Mutex::new(()),
             #[cfg(feature = "onnx")]
-            batches: crate::batch::BatchSlices::default(),
+            batches: BatchSlices::default(),
         })
     }
 
@@ -449,4 +449,27 @@ fn elapsed_ns(started: std::time::Instant) -> u64 {
 /// The error for a slice of `block` needing `need` bytes, over `budget`.
 fn over_memory(block: Block, need: u64, budget: u64) -> RuntimeError {
     RuntimeError::OverMemory { start: block.start, end: block.end, need, budget }
+}
+
+/// The ranges found not to batch: their requests run one at a time from then on (the batched
+/// slices themselves live in the node's slice cache, within its budget).
+#[derive(Default)]
+pub(crate) struct BatchSlices {
+    refused: Mutex<Vec<Block>>,
+}
+
+impl BatchSlices {
+    /// Whether `block` of `model` may batch: the model's batch is symbolic and no batch of the
+    /// range failed to build.
+    pub(crate) fn may_batch(&self, model: &Model, block: Block) -> bool {
+        model.batchable() && self.refused.lock().is_ok_and(|refused| !refused.contains(&block))
+    }
+
+    /// Remembers that `block` does not batch, and logs why once.
+    pub(crate) fn refuse(&self, block: Block, why: &crate::error::RuntimeError) {
+        tracing::info!("{why:#}: its requests run one at a time");
+        if let Ok(mut refused) = self.refused.lock() {
+            refused.push(block);
+        }
+    }
 }
