@@ -115,7 +115,7 @@ fn on_route(route: &[Stage], tier: u8, machine: MachineId) -> Option<u8> {
 /// later tier its cloud (the planner's own tier is the chain's last, however long the chain; the
 /// tiers between are reached through their registered machines).
 pub fn configured_key(tier: u8) -> u8 {
-    tier.min(2)
+    tier.min(scission_core::policy::CLOUD_TIER)
 }
 
 /// Sends a device's requests along routes.

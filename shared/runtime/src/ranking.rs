@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::error::{Context, Result, bail, error as invalid};
 use scission_core::link::{Encoding, Link};
 use scission_core::policy::pricing::{self, block_span};
-use scission_core::policy::{ObservedCosts, Route, charged_compute, plan_route, split_route};
+use scission_core::policy::{CLOUD_TIER, DEVICE_TIER, ObservedCosts, Route, charged_compute, plan_route, split_route};
 use scission_core::profile::{BlockProfile, Profile, RangeProfile};
 use scission_core::solver::profiles::{Topology, apply_link_spec, problem_from_profiles, set_link};
 use scission_core::solver::{self, Constraints, CostOptions, Objective, Problem};
@@ -187,8 +187,8 @@ impl Planner {
                 }
             }
             PlannerKind::Cloud { observed, asked, .. } => {
-                let device = route.stages.first().filter(|s| s.tier == 0);
-                if let (Some(stage), Some(t)) = (device, timings.iter().find(|t| t.tier == 0)) {
+                let device = route.stages.first().filter(|s| s.tier == DEVICE_TIER);
+                if let (Some(stage), Some(t)) = (device, timings.iter().find(|t| t.tier == DEVICE_TIER)) {
                     observed.record(0, stage.block(), charged(t.compute_ns));
                 }
                 if let Some(&((0, tier), ns)) = hops.first()
@@ -244,7 +244,7 @@ impl Planner {
                 }
                 let profile_json = serde_json::to_vec(&with_observed_prefixes(profile, observed))
                     .map_err(|e| invalid!("cannot encode the device's profile: {e}"))?;
-                let ranked = client.request_plans(2, &profile_json, &links, avoid, RANKED, *device_memory).await?;
+                let ranked = client.request_plans(CLOUD_TIER, &profile_json, &links, avoid, RANKED, *device_memory).await?;
                 Ok(ranked.into_iter().map(|(stages, predicted)| Route { stages, predicted_ns: Some(predicted) }).collect())
             }
         }
@@ -262,7 +262,7 @@ fn uplink_residual(measured_ns: u64, uplink: &Link, (sent, received): (u64, u64)
 /// `profile` with the device's measured prefixes as measured ranges, replacing any it had.
 fn with_observed_prefixes(profile: &Profile, observed: &ObservedCosts) -> Profile {
     let mut priced = profile.clone();
-    for (_, block, ns) in observed.estimates().filter(|(tier, ..)| *tier == 0) {
+    for (_, block, ns) in observed.estimates().filter(|(tier, ..)| *tier == DEVICE_TIER) {
         let Some((0, end)) = block_span(&profile.blocks, block) else { continue };
         let Some(time) = scission_core::stats::Summary::of(&[ns]) else { continue };
         priced.ranges.retain(|r| (r.first_block, r.end_block) != (0, end));
@@ -273,9 +273,9 @@ fn with_observed_prefixes(profile: &Profile, observed: &ObservedCosts) -> Profil
 
 /// The device's uplinks in a problem, by tier.
 fn device_uplinks(problem: &Problem) -> HashMap<u8, Link> {
-    let device = problem.machines.iter().position(|m| m.tier == 0);
+    let device = problem.machines.iter().position(|m| m.tier == usize::from(DEVICE_TIER));
     let mut uplinks = HashMap::new();
-    for (m, machine) in problem.machines.iter().enumerate().filter(|(_, m)| m.tier > 0) {
+    for (m, machine) in problem.machines.iter().enumerate().filter(|(_, m)| m.tier != usize::from(DEVICE_TIER)) {
         if let (Some(link), Ok(tier)) = (device.and_then(|d| problem.link(d, m)), u8::try_from(machine.tier)) {
             uplinks.insert(tier, link);
         }
@@ -285,10 +285,10 @@ fn device_uplinks(problem: &Problem) -> HashMap<u8, Link> {
 
 /// Sets the device's uplink to every machine of each measured tier.
 fn set_device_uplinks(problem: &mut Problem, links: &[(u8, Link)]) {
-    let Some(device) = problem.machines.iter().position(|m| m.tier == 0) else { return };
+    let Some(device) = problem.machines.iter().position(|m| m.tier == usize::from(DEVICE_TIER)) else { return };
     let targets: Vec<(usize, usize)> = problem.machines.iter().enumerate().map(|(m, machine)| (m, machine.tier)).collect();
     for (m, tier) in targets {
-        if let Some((_, link)) = links.iter().find(|(t, _)| usize::from(*t) == tier && tier > 0) {
+        if let Some((_, link)) = links.iter().find(|(t, _)| usize::from(*t) == tier && *t != DEVICE_TIER) {
             set_link(problem, device, m, *link);
         }
     }

@@ -36,6 +36,7 @@
 
 mod estimate;
 mod observed;
+pub mod offer;
 pub mod pricing;
 mod routes;
 
@@ -73,6 +74,10 @@ pub fn seed_of(name: &str) -> u64 {
 
 /// Tier index of the device itself: it never goes down.
 pub const DEVICE_TIER: u8 = 0;
+/// Tier index of the edge, in the device -> edge -> cloud chain.
+pub const EDGE_TIER: u8 = 1;
+/// Tier index of the cloud, in the device -> edge -> cloud chain.
+pub const CLOUD_TIER: u8 = 2;
 
 /// A ranked route with what the planner predicts for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
