@@ -453,11 +453,13 @@ fn over_memory(block: Block, need: u64, budget: u64) -> RuntimeError {
 
 /// The ranges found not to batch: their requests run one at a time from then on (the batched
 /// slices themselves live in the node's slice cache, within its budget).
+#[cfg(feature = "onnx")]
 #[derive(Default)]
 pub(crate) struct BatchSlices {
     refused: Mutex<Vec<Block>>,
 }
 
+#[cfg(feature = "onnx")]
 impl BatchSlices {
     /// Whether `block` of `model` may batch: the model's batch is symbolic and no batch of the
     /// range failed to build.
