@@ -152,7 +152,10 @@ fn parse_change(text: &str) -> Result<LinkChange, String> {
     let (after, rest) = text.split_once(':').ok_or_else(bad)?;
     let (tier, figures) = rest.split_once('=').ok_or_else(bad)?;
     let (bw, lat) = figures.split_once(',').ok_or_else(bad)?;
-    let link = Link { bits_per_sec: parse_bandwidth(bw.trim())?, latency_ns: parse_latency(lat.trim())? };
+    let link = Link {
+        bits_per_sec: parse_bandwidth(bw.trim()).map_err(|e| e.to_string())?,
+        latency_ns: parse_latency(lat.trim()).map_err(|e| e.to_string())?,
+    };
     Ok(LinkChange { before_request: after.trim().parse().map_err(|_| bad())?, tier: tier.trim().parse().map_err(|_| bad())?, link })
 }
 

@@ -103,7 +103,8 @@ const FREED_MEMORY_KEPT_MS: u32 = 0;
 /// Runs the service until SIGTERM or Ctrl-C; requests in flight then finish.
 pub fn serve(args: &ServeArgs) -> Result<String> {
     let (config, session_config, model) = prepare(&args.overrides)?;
-    let tiers: Vec<u8> = [(1u8, session_config.edge.is_some()), (2, session_config.cloud.is_some())]
+    use scission_core::policy::{CLOUD_TIER, EDGE_TIER};
+    let tiers: Vec<u8> = [(EDGE_TIER, session_config.edge.is_some()), (CLOUD_TIER, session_config.cloud.is_some())]
         .into_iter()
         .filter_map(|(t, given)| given.then_some(t))
         .collect();
@@ -136,7 +137,7 @@ pub fn serve(args: &ServeArgs) -> Result<String> {
         scission_engine::heap::set_huge_pages(false);
         let closing = session.clone();
         let status = session.status();
-        let service = Arc::new(Service::new(session, metrics, options.clone(), tiers).map_err(anyhow::Error::msg)?);
+        let service = Arc::new(Service::new(session, metrics, options.clone(), tiers)?);
         let name = options.model_name.clone();
         http::serve(service, &listen, shutdown_signal(), |bound| {
             let place = bound.map_or_else(|| api_places(&config), |addr| format!("http://{addr}"));

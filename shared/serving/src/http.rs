@@ -85,22 +85,39 @@ pub struct Service {
     waiting: AtomicUsize,
 }
 
+/// Why a model cannot be served over the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// An input or output whose type and shape the engine cannot tell.
+    #[error("the model's {kind} {index} cannot be served")]
+    Fact {
+        /// `input` or `output`.
+        kind: &'static str,
+        /// Its position among the model's inputs or outputs.
+        index: usize,
+        /// What the engine said.
+        #[source]
+        source: scission_engine::EngineError,
+    },
+}
+
 impl Service {
     /// A service over `session`; `tiers` are the remote tiers it may use (for `tier_up`).
-    pub fn new(session: Arc<Session>, metrics: Arc<Metrics>, options: ServiceOptions, tiers: Vec<u8>) -> Result<Self, String> {
+    pub fn new(session: Arc<Session>, metrics: Arc<Metrics>, options: ServiceOptions, tiers: Vec<u8>) -> Result<Self, ServiceError> {
         let model = session.model();
+        let fact = |kind, index, source| ServiceError::Fact { kind, index, source };
         let inputs = (0..model.summary.inputs.len())
             .map(|i| {
-                let (datum_type, shape) = input_fact(model, i).map_err(|e| format!("{e:#}"))?;
+                let (datum_type, shape) = input_fact(model, i).map_err(|e| fact("input", i, e))?;
                 Ok(InputSpec { name: model.summary.tensors[model.summary.inputs[i]].name.clone(), datum_type, shape })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ServiceError>>()?;
         let outputs = (0..model.summary.outputs.len())
             .map(|i| {
-                let (datum_type, shape) = output_fact(model, i).map_err(|e| format!("{e:#}"))?;
+                let (datum_type, shape) = output_fact(model, i).map_err(|e| fact("output", i, e))?;
                 Ok((model.summary.tensors[model.summary.outputs[i]].name.clone(), datum_type, shape))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ServiceError>>()?;
         let slots = Arc::new(Semaphore::new(options.max_concurrent.max(1)));
         Ok(Self { session, metrics, options, inputs, outputs, tiers, slots, waiting: AtomicUsize::new(0) })
     }

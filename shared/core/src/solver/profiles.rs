@@ -106,20 +106,24 @@ pub fn set_link(problem: &mut Problem, from: usize, to: usize, link: Link) {
 }
 
 /// Machines an endpoint name stands for: a machine name, or a tier name (all its machines).
-pub fn resolve_endpoint(problem: &Problem, name: &str) -> Result<Vec<usize>, String> {
+pub fn resolve_endpoint(problem: &Problem, name: &str) -> Result<Vec<usize>, super::linkspec::LinkSpecError> {
     if let Some(m) = problem.machine_index(name) {
         return Ok(Vec::from([m]));
     }
     match problem.tiers.iter().position(|t| t == name) {
         Some(t) => Ok((0..problem.machines.len()).filter(|&m| problem.machines[m].tier == t).collect()),
-        None => Err(format!("'{name}' is neither a machine nor a tier")),
+        None => Err(super::linkspec::LinkSpecError::UnknownName(name.into())),
     }
 }
 
 /// Applies a what-if link override `FROM-TO=BANDWIDTH,LATENCY` (see
 /// [`linkspec`](super::linkspec)) to every machine pair it names. With `both_ways`, the
 /// reverse direction gets the same figures unless it already has a link.
-pub fn apply_link_spec(problem: &mut Problem, text: &str, both_ways: bool) -> Result<super::linkspec::LinkSpec, String> {
+pub fn apply_link_spec(
+    problem: &mut Problem,
+    text: &str,
+    both_ways: bool,
+) -> Result<super::linkspec::LinkSpec, super::linkspec::LinkSpecError> {
     let spec = super::linkspec::parse_link_spec(text, |n| problem.machine_index(n).is_some() || problem.tiers.iter().any(|t| t == n))?;
     let (from, to) = (resolve_endpoint(problem, &spec.from)?, resolve_endpoint(problem, &spec.to)?);
     for &a in &from {
