@@ -88,6 +88,11 @@ pub struct PlanArgs {
     /// What to minimise.
     #[arg(long, value_enum, default_value_t = ObjectiveArg::Latency)]
     objective: ObjectiveArg,
+    /// Which time of each stage plans are priced at: the median of its benchmark runs, or its
+    /// 90th percentile (added stage by stage), for a plan that must hold one request in ten on
+    /// a machine whose speed shifts. Profiles only.
+    #[arg(long, value_enum, default_value_t = StageTime::Median)]
+    stage_time: StageTime,
     /// List the plans not dominated in (latency, device time, bytes uploaded) instead.
     #[arg(long)]
     pareto: bool,
@@ -158,6 +163,9 @@ pub fn run(args: &PlanArgs) -> Result<()> {
             println!("{}", legacy::format_line(i + 1, &planning.problem, layers, plan));
         }
     } else {
+        if args.stage_time == StageTime::P90 {
+            println!("each stage priced at its 90th percentile run (--stage-time p90), added stage by stage");
+        }
         print!("{}", report::table(&planning.problem, &planning.block_labels, &plans));
     }
     if args.verify {
@@ -280,6 +288,9 @@ fn legacy_planning(args: &PlanArgs) -> Result<Planning> {
     let [dir, csv, model] = &args.inputs[..] else {
         bail!("with original Scission files, give exactly BENCHMARK_DIR NETWORK_CSV MODEL");
     };
+    if args.stage_time == StageTime::P90 {
+        bail!("--stage-time p90 needs profiles (our JSON): the original's files hold one time per layer");
+    }
     let machines = read_legacy_dir(dir)?;
     let network = read_csv(csv)?;
     let input_bytes = megabytes(args.input_mb.unwrap_or(0.15), "--input-mb")?;
@@ -311,13 +322,25 @@ fn read_legacy_dir(dir: &Path) -> Result<Vec<legacy::LegacyMachine>> {
         .collect()
 }
 
+/// Which of a stage's benchmarked times plans are priced at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StageTime {
+    /// The median run.
+    Median,
+    /// The 90th percentile run.
+    P90,
+}
+
 fn read_csv(path: &Path) -> Result<Vec<legacy::NetworkRow>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     legacy::read_network_csv(&text).with_context(|| path.display().to_string())
 }
 
 fn profile_planning(args: &PlanArgs) -> Result<Planning> {
-    let profiles: Vec<Profile> = args.inputs.iter().map(|p| read_profile(p)).collect::<Result<_, _>>()?;
+    let mut profiles: Vec<Profile> = args.inputs.iter().map(|p| read_profile(p)).collect::<Result<_, _>>()?;
+    if args.stage_time == StageTime::P90 {
+        profiles = profiles.into_iter().map(Profile::at_p90).collect();
+    }
     let options = CostOptions { return_result: !args.no_return, encoding: args.encoding.into(), message_overhead: args.overhead };
     let input_bytes = args.input_mb.map(|mb| megabytes(mb, "--input-mb")).transpose()?;
     let placement = args

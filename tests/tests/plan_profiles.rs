@@ -290,3 +290,59 @@ fn a_verification_pass_times_what_the_top_plans_run_and_planning_again_uses_it()
         assert!(stderr(&out).contains(expected), "{spans}: {}", stderr(&out));
     }
 }
+
+/// Sets every block's median to `median_ns` and its 90th percentile to `p90_ns` in the profile
+/// at `path`, and each timed range to the sum of its blocks, alike.
+fn set_spread(path: &Path, median_ns: u64, p90_ns: u64) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let set = |time: &mut serde_json::Value, blocks: u64| {
+        for (field, ns) in [("median_ns", median_ns), ("p10_ns", median_ns), ("min_ns", median_ns), ("p90_ns", p90_ns), ("max_ns", p90_ns)]
+        {
+            time[field] = (ns * blocks).into();
+        }
+    };
+    for block in v["blocks"].as_array_mut().unwrap() {
+        set(&mut block["time"], 1);
+    }
+    for range in v.get_mut("ranges").and_then(|r| r.as_array_mut()).into_iter().flatten() {
+        let blocks = range["end_block"].as_u64().unwrap() - range["first_block"].as_u64().unwrap();
+        set(&mut range["time"], blocks);
+    }
+    std::fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_stage_that_spreads_ranks_lower_when_plans_are_priced_at_the_90th_percentile() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = bench_all(dir.path(), TestModel::Chain);
+    // The edge is the fastest at the median and the slowest one run in ten (a shared host);
+    // the cloud is steady; the device is slow.
+    for (file, median_ms, p90_ms) in [(&files[0], 50, 50), (&files[1], 1, 20), (&files[2], 2, 2)] {
+        set_spread(file, median_ms * 1_000_000, p90_ms * 1_000_000);
+    }
+    let blocks = scission_engine::profile_file::read_profile(&files[2]).unwrap().blocks.len() as f64;
+    let mut args: Vec<String> = vec!["plan".into()];
+    args.extend(files.iter().map(|p| p.to_string_lossy().into_owned()));
+    for (a, b) in [("device", "edge"), ("device", "cloud"), ("edge", "cloud")] {
+        args.extend(["--link".into(), format!("{a}-{b}=10gbit,1us"), "--link".into(), format!("{b}-{a}=10gbit,1us")]);
+    }
+    args.push("--json".into());
+    let best = |extra: &[&str]| {
+        let mut all = args.clone();
+        all.extend(extra.iter().map(|s| s.to_string()));
+        let out = run("scission-cloud", &all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let plan = v["plans"][0].clone();
+        // The tiers that run blocks (the device's empty segment only sends the input).
+        let segments = plan["segments"].as_array().unwrap().iter().filter(|s| s["blocks"][0] != s["blocks"][1]);
+        let tiers: Vec<String> = segments.map(|s| s["tier"].as_str().unwrap().to_string()).collect();
+        (tiers, plan["latency_ms"].as_f64().unwrap())
+    };
+    let (tiers, latency_ms) = best(&[]);
+    assert_eq!(tiers, ["edge"], "at the median the edge runs everything");
+    assert!((latency_ms - blocks).abs() < 1.0, "{latency_ms} ms for {blocks} blocks of 1 ms");
+    let (tiers, latency_ms) = best(&["--stage-time", "p90"]);
+    assert_eq!(tiers, ["cloud"], "one run in ten the steady cloud is faster");
+    assert!((latency_ms - 2.0 * blocks).abs() < 1.0, "{latency_ms} ms for {blocks} blocks of 2 ms");
+}

@@ -132,9 +132,10 @@ impl DevicePolicy {
         self.down.keys().copied().collect()
     }
 
-    /// Whether `tier` is usable.
-    pub fn is_up(&self, tier: u8) -> bool {
-        tier == DEVICE_TIER || !self.down.contains_key(&tier)
+    /// Whether `server` (a [`Stage::server`] key: a tier index for a tier's configured server)
+    /// is usable.
+    pub fn is_up(&self, server: u8) -> bool {
+        server == DEVICE_TIER || !self.down.contains_key(&server)
     }
 
     /// The latest link estimate for each tier.
@@ -530,11 +531,13 @@ impl DevicePolicy {
         now.saturating_add(Duration::from_ticks(backoff.as_ticks().saturating_mul(permille) / 1000))
     }
 
-    /// Asks for the links to the tiers that are up (a re-plan follows their measurement).
+    /// Asks for the links to the tiers whose configured server is up: a tier's uplink is
+    /// measured to that server (a re-plan follows their measurement).
     pub(super) fn measure_links(&mut self) {
         self.measure_due = None;
         self.waiting = Waiting::Links;
-        let tiers = self.tiers_in_routes().into_iter().filter(|&t| self.is_up(t)).collect();
+        let configured_up = |tier: u8| self.is_up(crate::wire::message::server_key(tier, crate::wire::message::CONFIGURED));
+        let tiers = self.tiers_in_routes().into_iter().filter(|&t| configured_up(t)).collect();
         self.actions.push_back(Action::MeasureLinks { tiers });
     }
 
