@@ -39,6 +39,11 @@ struct Args {
     /// ONNX model (default: the zoo's MobileNetV2, written into the work directory).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// What the device loads instead of the model: a directory of its slice artifacts
+    /// (`scission-cloud slice MODEL --range 0,DEVICE_END --out DIR`), as a small board runs it:
+    /// only its slice in memory, no local fallback.
+    #[arg(long, value_name = "DIR")]
+    device_slices: Option<PathBuf>,
     /// The device's fixed split, DEVICE_END,EDGE_END.
     #[arg(long, default_value = "60,180")]
     split: String,
@@ -350,6 +355,7 @@ struct DeviceService {
 impl DeviceService {
     fn start(args: &Args, model: &str, cluster: &str, edge: u16, cloud: u16) -> Result<Self> {
         let mut command = Command::new(bin("scission-device"));
+        let model = args.device_slices.as_deref().and_then(|d| d.to_str()).unwrap_or(model);
         command.args(["serve", "--model", model, "--name", "device", "--cluster", cluster, "--split", &args.split]);
         command.args(["--edge", &format!("127.0.0.1:{edge}"), "--cloud", &format!("127.0.0.1:{cloud}"), "--listen", "127.0.0.1:0"]);
         command.args(&args.device_arg);
