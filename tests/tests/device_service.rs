@@ -374,6 +374,10 @@ fn without_a_local_fallback_health_says_why_until_a_tier_returns() {
     let (code, answer) = post_json(&infer, &request);
     assert_eq!(code, 503, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("unreachable"), "{answer}");
+    // Refused before its body is read, with when to come back.
+    let (code, head) = curl(&["-D", "-", "-o", "/dev/null", "-X", "POST", "--data-binary", "{}", &infer]);
+    assert_eq!(code, 503);
+    assert!(String::from_utf8_lossy(&head).to_ascii_lowercase().contains("retry-after: 1"), "{}", String::from_utf8_lossy(&head));
     let (code, ready) = curl_json(&[&format!("{}/v2/health/ready", service.url)]);
     assert_eq!(code, 503, "{ready}");
     assert!(ready["error"].as_str().unwrap().contains("cannot run the model alone"), "{ready}");

@@ -238,10 +238,20 @@ async fn status(State(service): State<Arc<Service>>) -> Response {
 }
 
 /// Lets an inference request in when one of the service's slots is free, or waits for one
-/// while fewer than [`ServiceOptions::max_waiting`] wait; otherwise answers 503 at once with
-/// `Retry-After`. The slot is held until the answer is written, so its body is read, parsed
+/// while fewer than [`ServiceOptions::max_waiting`] wait; otherwise, or while the session is not
+/// ready, answers 503 at once with `Retry-After`. The slot is held until the answer is written, so its body is read, parsed
 /// and run within it.
 async fn admit(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
+    // With no route to run it on (every planned route through an unreachable tier, nothing to
+    // fall back on), a request is refused before its body is read: during an outage clients
+    // that retry at once would otherwise have their bodies read and parsed only to fail.
+    let for_this_model = request.uri().path().split('/').nth(3) == Some(service.options.model_name.as_str());
+    if for_this_model && let Some(reason) = service.session.status().not_ready {
+        service.metrics.refused("unavailable");
+        let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {reason}"));
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    }
     let slot = match service.slots.clone().try_acquire_owned() {
         Ok(slot) => slot,
         Err(TryAcquireError::Closed) => return error(StatusCode::SERVICE_UNAVAILABLE, "the service is stopping"),
