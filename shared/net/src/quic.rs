@@ -268,9 +268,6 @@ pub async fn read_rest(recv: &mut quinn::RecvStream, head: FrameHead) -> Result<
             None => return Err(FrameError::Truncated { got, len }),
         }
     }
-    if start.is_empty() && chunks.len() == 1 {
-        return Ok(chunks.pop().map(Vec::from).unwrap_or_default());
-    }
     let mut body = Vec::with_capacity(len);
     body.extend_from_slice(&start);
     for chunk in &chunks {

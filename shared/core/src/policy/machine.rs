@@ -7,28 +7,28 @@ use super::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Down {
     /// When to probe it next.
-    pub(super) retry_at: Instant,
+    retry_at: Instant,
     /// The wait that led to `retry_at`.
-    pub(super) backoff: Duration,
+    backoff: Duration,
     /// A probe is out.
-    pub(super) probing: bool,
+    probing: bool,
     /// Probes that failed since it went down (for the jitter).
-    pub(super) probes: u32,
+    probes: u32,
 }
 
 /// Where one request stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Pending {
     /// When it was submitted.
-    pub(super) since: Instant,
+    since: Instant,
     /// Tries so far (since its last back-off).
-    pub(super) attempts: u32,
+    attempts: u32,
     /// Tiers that answered this request `Busy` (since its last back-off).
-    pub(super) busy: Vec<u8>,
+    busy: Vec<u8>,
     /// Back-offs so far, after meeting only busy tiers.
-    pub(super) backoffs: u32,
+    backoffs: u32,
     /// Where it stands.
-    pub(super) state: State,
+    state: State,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,11 +42,11 @@ pub(super) enum State {
 }
 
 impl Pending {
-    pub(super) fn new(since: Instant) -> Self {
+    fn new(since: Instant) -> Self {
         Self { since, attempts: 0, busy: Vec::new(), backoffs: 0, state: State::Parked }
     }
 
-    pub(super) fn route(&self) -> Option<&Route> {
+    fn route(&self) -> Option<&Route> {
         match &self.state {
             State::InFlight(route) => Some(route),
             State::Parked | State::BackingOff(_) => None,
@@ -69,30 +69,30 @@ pub const MAX_DEFERRED_MEASUREMENT: u32 = 8;
 /// The device's route selection, failover, tier health and re-planning.
 #[derive(Clone, Debug)]
 pub struct DevicePolicy {
-    pub(super) config: PolicyConfig,
-    pub(super) routes: Vec<Route>,
-    pub(super) down: BTreeMap<u8, Down>,
+    config: PolicyConfig,
+    routes: Vec<Route>,
+    down: BTreeMap<u8, Down>,
     /// Tiers that came back: when, and the back-off they had reached. A tier that goes down
     /// again soon after starts from the next back-off, not the first (no flapping at the first
     /// back-off's pace when a tier answers probes but fails requests).
-    pub(super) recovered: BTreeMap<u8, (Instant, Duration)>,
-    pub(super) links: BTreeMap<u8, Link>,
-    pub(super) requests: BTreeMap<u64, Pending>,
-    pub(super) waiting: Waiting,
+    recovered: BTreeMap<u8, (Instant, Duration)>,
+    links: BTreeMap<u8, Link>,
+    requests: BTreeMap<u64, Pending>,
+    waiting: Waiting,
     /// A re-plan that became due while another was out (asked for as soon as it returns).
-    pub(super) replan_again: Option<ReplanReason>,
-    pub(super) submitted: u64,
+    replan_again: Option<ReplanReason>,
+    submitted: u64,
     /// When the next scheduled re-plan is due (set on the first tick).
-    pub(super) next_scheduled: Option<Instant>,
+    next_scheduled: Option<Instant>,
     /// A scheduled link measurement waiting for a moment with no request in flight: how many
     /// requests have gone out since it fell due.
-    pub(super) measure_due: Option<u32>,
+    measure_due: Option<u32>,
     /// Measured over predicted latency of the best route, per mille, as a running average, and
     /// how many answers it holds (reset with every new ranking).
-    pub(super) drift: (u64, u32),
+    drift: (u64, u32),
     /// The time of the event being handled.
-    pub(super) now: Instant,
-    pub(super) actions: VecDeque<Action>,
+    now: Instant,
+    actions: VecDeque<Action>,
 }
 
 impl DevicePolicy {
@@ -178,7 +178,7 @@ impl DevicePolicy {
         }
     }
 
-    pub(super) fn submit(&mut self, request: u64) {
+    fn submit(&mut self, request: u64) {
         if self.requests.contains_key(&request) {
             // A duplicate id would make two outcomes indistinguishable: refuse the newcomer
             // without disturbing the request already under that id.
@@ -220,7 +220,7 @@ impl DevicePolicy {
 
     /// Sends a parked request on the best route whose tiers are all up, or asks for a plan
     /// that avoids the down tiers, or (when already re-planned) fails it.
-    pub(super) fn dispatch(&mut self, request: u64) {
+    fn dispatch(&mut self, request: u64) {
         let Some(pending) = self.requests.get(&request) else { return };
         let (attempts, busy) = (pending.attempts, pending.busy.clone());
         if attempts >= self.config.max_attempts {
@@ -263,7 +263,7 @@ impl DevicePolicy {
     /// When `request`, refused as busy everywhere, should be tried again: after its back-off
     /// (doubling per back-off, jittered between half and one and a half times), or `None` when
     /// that is past its patience.
-    pub(super) fn busy_retry_at(&self, request: u64) -> Option<Instant> {
+    fn busy_retry_at(&self, request: u64) -> Option<Instant> {
         let pending = self.requests.get(&request)?;
         let patience = self.config.busy_patience;
         if patience.as_ticks() == 0 {
@@ -277,16 +277,16 @@ impl DevicePolicy {
     }
 
     /// The best route whose tiers are all up and none in `busy`.
-    pub(super) fn best_available_avoiding(&self, busy: &[u8]) -> Option<(usize, &Route)> {
+    fn best_available_avoiding(&self, busy: &[u8]) -> Option<(usize, &Route)> {
         self.routes.iter().enumerate().find(|(_, r)| r.stages.iter().all(|s| self.is_up(s.server()) && !busy.contains(&s.server())))
     }
 
-    pub(super) fn ask_for_plans(&mut self, reason: ReplanReason) {
+    fn ask_for_plans(&mut self, reason: ReplanReason) {
         self.waiting = Waiting::Plans;
         self.actions.push_back(Action::Replan { avoid: self.down_tiers(), links: self.links(), reason });
     }
 
-    pub(super) fn answered(&mut self, request: u64, elapsed_ns: u64) {
+    fn answered(&mut self, request: u64, elapsed_ns: u64) {
         if let Some(route) = self.requests.get(&request).and_then(Pending::route).cloned() {
             self.requests.remove(&request);
             self.track_drift(&route, elapsed_ns);
@@ -297,7 +297,7 @@ impl DevicePolicy {
 
     /// Starts a due link measurement when no request is in flight (so none disturbs it, and
     /// none waits for it unless it comes meanwhile).
-    pub(super) fn measure_if_idle(&mut self) {
+    fn measure_if_idle(&mut self) {
         let idle = self.requests.values().all(|p| p.route().is_none());
         if self.measure_due.is_some() && idle && self.waiting == Waiting::Nothing {
             self.measure_links();
@@ -306,7 +306,7 @@ impl DevicePolicy {
 
     /// Folds an answer on the best route into the running measured/predicted ratio, and asks
     /// for plans once it departs from 1 by more than the configured percentage.
-    pub(super) fn track_drift(&mut self, route: &Route, elapsed_ns: u64) {
+    fn track_drift(&mut self, route: &Route, elapsed_ns: u64) {
         let Some(predicted) = route.predicted_ns.filter(|&p| p > 0 && self.config.drift_percent > 0) else { return };
         if self.routes.first().is_none_or(|best| best.stages != route.stages) {
             return;
@@ -327,7 +327,7 @@ impl DevicePolicy {
 
     /// The in-flight request's route, when `tier` is on it (only a tier on the route can fail
     /// it; anything else is a shell bug or a lying peer, and fails the request).
-    pub(super) fn route_through(&mut self, request: u64, tier: u8, what: &str) -> Option<Route> {
+    fn route_through(&mut self, request: u64, tier: u8, what: &str) -> Option<Route> {
         let route = self.requests.get(&request).and_then(Pending::route)?.clone();
         if tier == DEVICE_TIER || !route.uses(tier) {
             let reason = alloc::format!("tier {tier} reported {what}, but the route does not use it");
@@ -337,7 +337,7 @@ impl DevicePolicy {
         Some(route)
     }
 
-    pub(super) fn unreachable(&mut self, now: Instant, request: u64, tier: u8, reason: String) {
+    fn unreachable(&mut self, now: Instant, request: u64, tier: u8, reason: String) {
         if self.route_through(request, tier, "unreachable").is_none() {
             return;
         }
@@ -346,7 +346,7 @@ impl DevicePolicy {
         self.park_and_retry(request);
     }
 
-    pub(super) fn busy(&mut self, request: u64, tier: u8) {
+    fn busy(&mut self, request: u64, tier: u8) {
         if self.route_through(request, tier, "busy").is_none() {
             return;
         }
@@ -356,7 +356,7 @@ impl DevicePolicy {
         self.park_and_retry(request);
     }
 
-    pub(super) fn park_and_retry(&mut self, request: u64) {
+    fn park_and_retry(&mut self, request: u64) {
         if let Some(pending) = self.requests.get_mut(&request) {
             pending.state = State::Parked;
         }
@@ -365,7 +365,7 @@ impl DevicePolicy {
         }
     }
 
-    pub(super) fn mark_down(&mut self, now: Instant, tier: u8) {
+    fn mark_down(&mut self, now: Instant, tier: u8) {
         if self.down.contains_key(&tier) {
             return;
         }
@@ -378,14 +378,14 @@ impl DevicePolicy {
         }
     }
 
-    pub(super) fn finish_failed(&mut self, request: u64, failure: RequestFailure) {
+    fn finish_failed(&mut self, request: u64, failure: RequestFailure) {
         if self.requests.remove(&request).is_some() {
             self.actions.push_back(Action::Fail { request, failure });
             self.measure_if_idle();
         }
     }
 
-    pub(super) fn links_measured(&mut self, links: Vec<(u8, Link)>) {
+    fn links_measured(&mut self, links: Vec<(u8, Link)>) {
         if self.waiting != Waiting::Links {
             return;
         }
@@ -404,7 +404,7 @@ impl DevicePolicy {
         }
     }
 
-    pub(super) fn plans(&mut self, ranked: Vec<Route>) {
+    fn plans(&mut self, ranked: Vec<Route>) {
         if self.waiting != Waiting::Plans {
             return;
         }
@@ -418,14 +418,14 @@ impl DevicePolicy {
 
     /// Parked requests go out, unless something changed while the plans were out (a tier went
     /// down or came back): then they wait for one more ranking that knows it.
-    pub(super) fn resume_or_replan_again(&mut self) {
+    fn resume_or_replan_again(&mut self) {
         match self.replan_again.take() {
             Some(reason) => self.ask_for_plans(reason),
             None => self.resume_parked(),
         }
     }
 
-    pub(super) fn plan_failed(&mut self) {
+    fn plan_failed(&mut self) {
         if self.waiting != Waiting::Plans {
             return;
         }
@@ -438,7 +438,7 @@ impl DevicePolicy {
 
     /// After a (failed or successful) re-plan: every parked request goes out, or fails when no
     /// route avoids the down tiers even now.
-    pub(super) fn resume_parked(&mut self) {
+    fn resume_parked(&mut self) {
         let parked: Vec<u64> = self.requests.iter().filter(|(_, p)| p.state == State::Parked).map(|(id, _)| *id).collect();
         for request in parked {
             if self.best_available().is_some() {
@@ -451,7 +451,7 @@ impl DevicePolicy {
 
     /// Takes a new ranking. The current best stays first unless the new best is predicted at
     /// least `hysteresis_percent` faster than it (or the current best is gone or unusable).
-    pub(super) fn adopt(&mut self, mut ranked: Vec<Route>) {
+    fn adopt(&mut self, mut ranked: Vec<Route>) {
         let before = self.best_available().map(|(_, r)| r.clone());
         let usable = |r: &Route| r.stages.iter().all(|s| self.is_up(s.server()));
         if let Some(current) = before.as_ref()
@@ -474,7 +474,7 @@ impl DevicePolicy {
     }
 
     /// Whether `candidate` is predicted at least the hysteresis margin faster than `current`.
-    pub(super) fn clearly_faster(&self, candidate: &Route, current: &Route) -> bool {
+    fn clearly_faster(&self, candidate: &Route, current: &Route) -> bool {
         match (candidate.predicted_ns, current.predicted_ns) {
             (Some(new), Some(old)) => {
                 let margin = u128::from(100u32.saturating_sub(self.config.hysteresis_percent.min(100)));
@@ -485,7 +485,7 @@ impl DevicePolicy {
         }
     }
 
-    pub(super) fn probe_answered(&mut self, now: Instant, tier: u8) {
+    fn probe_answered(&mut self, now: Instant, tier: u8) {
         if let Some(down) = self.down.get(&tier).filter(|d| d.probing).copied() {
             self.down.remove(&tier);
             self.recovered.insert(tier, (now, down.backoff));
@@ -500,7 +500,7 @@ impl DevicePolicy {
 
     /// The first back-off of a tier going down at `now`: the initial one, or, when it came back
     /// less than the longest back-off ago, double the back-off it had reached then.
-    pub(super) fn backoff_after_recovery(&mut self, now: Instant, tier: u8) -> Duration {
+    fn backoff_after_recovery(&mut self, now: Instant, tier: u8) -> Duration {
         let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
         match self.recovered.remove(&tier) {
             Some((at, reached)) if now.checked_duration_since(at).is_none_or(|since| since < max) => {
@@ -511,7 +511,7 @@ impl DevicePolicy {
         }
     }
 
-    pub(super) fn probe_failed(&mut self, now: Instant, tier: u8) {
+    fn probe_failed(&mut self, now: Instant, tier: u8) {
         let max = self.config.backoff_max;
         let Some(mut down) = self.down.get(&tier).filter(|d| d.probing).copied() else { return };
         let doubled = Duration::from_ticks(down.backoff.as_ticks().saturating_mul(2));
@@ -524,7 +524,7 @@ impl DevicePolicy {
 
     /// When a down tier that failed `probes` probes is probed next, `backoff` after `now`, give
     /// or take [`PolicyConfig::probe_jitter_percent`].
-    pub(super) fn probe_at(&self, now: Instant, tier: u8, backoff: Duration, probes: u32) -> Instant {
+    fn probe_at(&self, now: Instant, tier: u8, backoff: Duration, probes: u32) -> Instant {
         let spread = u64::from(self.config.probe_jitter_percent.min(100)) * 10;
         // From 1000 - spread to 1000 + spread per mille of the back-off.
         let permille = 1000 - spread + jitter_permille_seeded(self.config.jitter_seed, u64::from(tier), probes) * 2 * spread / 1000;
@@ -533,7 +533,7 @@ impl DevicePolicy {
 
     /// Asks for the links to the tiers whose configured server is up: a tier's uplink is
     /// measured to that server (a re-plan follows their measurement).
-    pub(super) fn measure_links(&mut self) {
+    fn measure_links(&mut self) {
         self.measure_due = None;
         self.waiting = Waiting::Links;
         let configured_up = |tier: u8| self.is_up(crate::wire::message::server_key(tier, crate::wire::message::CONFIGURED));
@@ -541,13 +541,13 @@ impl DevicePolicy {
         self.actions.push_back(Action::MeasureLinks { tiers });
     }
 
-    pub(super) fn tier_unreachable(&mut self, now: Instant, tier: u8) {
+    fn tier_unreachable(&mut self, now: Instant, tier: u8) {
         if tier != DEVICE_TIER {
             self.mark_down(now, tier);
         }
     }
 
-    pub(super) fn tick(&mut self, now: Instant) {
+    fn tick(&mut self, now: Instant) {
         let due: Vec<u64> =
             self.requests.iter().filter(|(_, p)| matches!(p.state, State::BackingOff(at) if at <= now)).map(|(id, _)| *id).collect();
         for request in due {
@@ -568,7 +568,7 @@ impl DevicePolicy {
     }
 
     /// Starts the periodic re-plan when it is due and nothing else is out.
-    pub(super) fn scheduled_replan(&mut self, now: Instant) {
+    fn scheduled_replan(&mut self, now: Instant) {
         let period = self.config.replan_period;
         if period.as_ticks() == 0 {
             return;
@@ -582,7 +582,7 @@ impl DevicePolicy {
     }
 
     /// Every tier some ranked route uses, except the device.
-    pub(super) fn tiers_in_routes(&self) -> Vec<u8> {
+    fn tiers_in_routes(&self) -> Vec<u8> {
         let mut tiers: Vec<u8> = self.routes.iter().flat_map(|r| r.stages.iter().map(|s| s.tier)).filter(|&t| t != DEVICE_TIER).collect();
         tiers.sort_unstable();
         tiers.dedup();

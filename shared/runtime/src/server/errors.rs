@@ -116,7 +116,7 @@ impl StageError {
         }
     }
 
-    pub(super) fn code(&self) -> FailureCode {
+    fn code(&self) -> FailureCode {
         match self {
             Self::BadRequest(_) => FailureCode::BadRequest,
             Self::TooLarge { .. } | Self::OverMemory { .. } => FailureCode::TooLarge,
@@ -130,7 +130,7 @@ impl StageError {
         }
     }
 
-    pub(super) fn detail(&self) -> FailureDetail {
+    fn detail(&self) -> FailureDetail {
         match self {
             Self::Unreachable { tier, machine, .. } => FailureDetail::Unreachable { tier: *tier, machine: *machine },
             Self::TooLarge { len, limit } => FailureDetail::TooLarge { len: *len, limit: *limit },

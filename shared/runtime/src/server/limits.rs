@@ -87,8 +87,8 @@ impl Limits {
 
 /// An admitted inference's share of the queue's bytes, given back when dropped.
 pub(super) struct QueuedBytes {
-    pub(super) count: Arc<AtomicU64>,
-    pub(super) bytes: u64,
+    count: Arc<AtomicU64>,
+    bytes: u64,
     /// The queue's bytes with these, when they were taken.
     pub(super) total: u64,
 }
@@ -127,9 +127,9 @@ pub(super) type NodeConnections<C> = Arc<std::sync::Mutex<std::collections::Hash
 
 /// One of a node's connections, listed while it lives.
 pub(super) struct PeerSlot<C> {
-    pub(super) table: NodeConnections<C>,
-    pub(super) peer: Vec<u8>,
-    pub(super) id: usize,
+    table: NodeConnections<C>,
+    peer: Vec<u8>,
+    id: usize,
 }
 
 impl<C: Clone> PeerSlot<C> {

@@ -6,7 +6,7 @@ use super::*;
 impl StageServer {
     /// Inferences running and waiting at most: the workers (each with a batch, when batching)
     /// and the queue.
-    pub(super) fn capacity(&self) -> usize {
+    fn capacity(&self) -> usize {
         self.limits.queue.saturating_add(self.limits.workers.saturating_mul(self.limits.batch.max.max(1)))
     }
 
@@ -24,13 +24,7 @@ impl StageServer {
     /// the workers, at the measured service time) and its own run fit what is left of it; with
     /// none, or before any inference was timed, when the queue has room. Always within
     /// [`MAX_ADMITTED`], the queue's bytes, and the queue's length where the operator set it.
-    pub(super) fn admission(
-        &self,
-        waiting: usize,
-        bytes: u64,
-        deadline: Option<Deadline>,
-        machine: MachineId,
-    ) -> Result<QueuedBytes, StageError> {
+    fn admission(&self, waiting: usize, bytes: u64, deadline: Option<Deadline>, machine: MachineId) -> Result<QueuedBytes, StageError> {
         let busy = |wait_ms| StageError::Busy { tier: self.node.tier, machine, waiting, wait_ms };
         if bytes > self.limits.queue_bytes {
             return Err(StageError::BadRequest(format!(
@@ -120,17 +114,17 @@ impl StageServer {
 
     /// Whether this server runs `stage`: its tier's, addressed to the tier's configured server
     /// or to the id the planner gave this one.
-    pub(super) fn is_mine(&self, stage: &Stage) -> bool {
+    fn is_mine(&self, stage: &Stage) -> bool {
         stage.tier == self.node.tier && (stage.machine == CONFIGURED || Some(stage.machine) == self.directory.own())
     }
 
-    pub(super) fn expired(&self, machine: MachineId, deadline: Deadline, waiting_for: &'static str) -> StageError {
+    fn expired(&self, machine: MachineId, deadline: Deadline, waiting_for: &'static str) -> StageError {
         StageError::Expired { tier: self.node.tier, machine, deadline_ms: deadline.ms, waiting_for }
     }
 
     /// Runs an admitted stage on a worker, waiting in the bounded queue; a request still waiting
     /// for a worker at its deadline is `Expired` (it leaves the queue).
-    pub(super) async fn run_stage(
+    async fn run_stage(
         &self,
         block: Block,
         live: Activations,
@@ -161,7 +155,7 @@ impl StageServer {
     /// Queues an admitted stage to run with others for the same slice; a request whose batch
     /// has not left by its deadline is `Expired` (it leaves the queue).
     #[cfg(feature = "onnx")]
-    pub(super) async fn run_batched(
+    async fn run_batched(
         &self,
         batcher: &Arc<crate::batch::Batcher>,
         block: Block,
@@ -181,13 +175,7 @@ impl StageServer {
     /// Sends the rest of the route to the next tier, with what is left of the deadline, and
     /// relays its answer. The next tier is unreachable when it does not answer within
     /// `forward_timeout`; the request expired when its own deadline comes first.
-    pub(super) async fn forward(
-        &self,
-        request: Request,
-        rest: &[Stage],
-        live: &Activations,
-        mine: StageTiming,
-    ) -> Result<Vec<u8>, StageError> {
+    async fn forward(&self, request: Request, rest: &[Stage], live: &Activations, mine: StageTiming) -> Result<Vec<u8>, StageError> {
         let (next, next_machine) = rest.first().map_or((0, CONFIGURED), |s| (s.tier, s.machine));
         let unreachable = |reason: String| StageError::Unreachable { tier: next, machine: next_machine, reason };
         let me = mine.machine;
@@ -252,11 +240,11 @@ pub(super) struct Request {
 /// An inference taken on: its stage here, the rest of its route, its decoded tensors, and its
 /// places in the admission count and the queue's bytes (released once its stage has run).
 pub(super) struct TakenOn<'s> {
-    pub(super) request: Request,
-    pub(super) stage: Stage,
-    pub(super) rest: Vec<Stage>,
-    pub(super) live: Activations,
-    pub(super) places: (crate::load::Admitted<'s>, QueuedBytes),
+    request: Request,
+    stage: Stage,
+    rest: Vec<Stage>,
+    live: Activations,
+    places: (crate::load::Admitted<'s>, QueuedBytes),
 }
 
 /// Nanoseconds since `arrived`, for [`StageTiming::held_ns`].

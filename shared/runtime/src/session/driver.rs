@@ -17,46 +17,46 @@ pub(super) enum Feedback {
 
 /// A request the driver holds until the policy decides it.
 pub(super) struct Waiter {
-    pub(super) inputs: TVec<TValue>,
-    pub(super) reply: oneshot::Sender<std::result::Result<Answer, InferError>>,
+    inputs: TVec<TValue>,
+    reply: oneshot::Sender<std::result::Result<Answer, InferError>>,
     /// The successful try's outcome and rank, until the policy reports the request done.
-    pub(super) outcome: Option<(Outcome, usize)>,
+    outcome: Option<(Outcome, usize)>,
     /// When the application submitted it.
-    pub(super) submitted: Instant,
+    submitted: Instant,
 }
 
 /// Owns the policy and carries out its actions; the only task that touches it.
 pub(super) struct Driver {
-    pub(super) policy: DevicePolicy,
-    pub(super) client: Arc<DeviceClient>,
-    pub(super) planner: Arc<Mutex<Planner>>,
+    policy: DevicePolicy,
+    client: Arc<DeviceClient>,
+    planner: Arc<Mutex<Planner>>,
     /// Whether the planner takes in what stages cost (see [`Driver::observe`]).
-    pub(super) planner_observes: bool,
+    planner_observes: bool,
     /// Which planned routes this device can run, and what else it offers.
-    pub(super) rules: DeviceRoutes,
+    rules: DeviceRoutes,
     /// The device's blocks as its profile has them: their measured memory, where counted, is
     /// what a device stage needs.
-    pub(super) blocks: Vec<BlockProfile>,
-    pub(super) observer: Option<Observer>,
-    pub(super) encoding: Encoding,
+    blocks: Vec<BlockProfile>,
+    observer: Option<Observer>,
+    encoding: Encoding,
     /// The planner's last ranking, before the routes this device cannot run yet are left out.
-    pub(super) ranking: Vec<Route>,
+    ranking: Vec<Route>,
     /// Device slices being fetched.
-    pub(super) fetching: HashSet<Block>,
-    pub(super) max_slice_bytes: u64,
-    pub(super) waiters: HashMap<u64, Waiter>,
-    pub(super) feedback: (mpsc::UnboundedSender<Feedback>, mpsc::UnboundedReceiver<Feedback>),
+    fetching: HashSet<Block>,
+    max_slice_bytes: u64,
+    waiters: HashMap<u64, Waiter>,
+    feedback: (mpsc::UnboundedSender<Feedback>, mpsc::UnboundedReceiver<Feedback>),
     pub(super) status_tx: Option<watch::Sender<Status>>,
     /// Why the last ranking could not be had, while there is none.
-    pub(super) no_plan: Option<String>,
+    no_plan: Option<String>,
     /// Why no planned route fits the device's memory, when none does.
-    pub(super) memory_refusal: Option<String>,
-    pub(super) last_cause: SwitchCause,
+    memory_refusal: Option<String>,
+    last_cause: SwitchCause,
     /// Routes that have answered at least once (see [`Driver::observe`]); forgotten all at
     /// once past [`ROUTES_REMEMBERED`].
-    pub(super) answered_routes: HashSet<Vec<Stage>>,
-    pub(super) next_id: u64,
-    pub(super) started: Instant,
+    answered_routes: HashSet<Vec<Stage>>,
+    next_id: u64,
+    started: Instant,
 }
 
 /// Routes a session remembers having answered on.
@@ -95,11 +95,11 @@ impl Driver {
         }
     }
 
-    pub(super) fn now(&self) -> embassy_time::Instant {
+    fn now(&self) -> embassy_time::Instant {
         embassy_time::Instant::from_micros(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
 
-    pub(super) fn emit(&self, event: DeviceEvent) {
+    fn emit(&self, event: DeviceEvent) {
         if let Some(observer) = &self.observer {
             observer(&event);
         }
@@ -160,13 +160,13 @@ impl Driver {
     }
 
     /// The device as the route rules see it.
-    pub(super) fn device(&self) -> DeviceView<'_> {
+    fn device(&self) -> DeviceView<'_> {
         DeviceView { node: &self.client.node, blocks: &self.blocks }
     }
 
     /// `ranked` as the policy gets it: without the routes this device cannot run, with the
     /// offload and fallback (see [`DeviceRoutes::offer`]).
-    pub(super) fn offer(&self, ranked: Vec<Route>) -> Vec<Route> {
+    fn offer(&self, ranked: Vec<Route>) -> Vec<Route> {
         let offered = self.rules.offer(ranked, &self.device());
         if offered.not_held > 0 {
             tracing::info!("{} planned routes need device slices this device does not hold", offered.not_held);
@@ -177,13 +177,13 @@ impl Driver {
         offered.routes
     }
 
-    pub(super) fn is_fallback(&self, route: &Route) -> bool {
+    fn is_fallback(&self, route: &Route) -> bool {
         self.rules.fallback.as_ref().is_some_and(|f| f == route)
     }
 
     /// Keeps the device's artifacts within their byte budget, never dropping a slice of the
     /// best ranked routes.
-    pub(super) fn evict_slices(&self) {
+    fn evict_slices(&self) {
         let Some(dir) = self.client.node.artifacts() else { return };
         let keep = DeviceRoutes::to_keep(&self.ranking);
         for block in dir.evict_to(self.max_slice_bytes, &keep) {
@@ -194,7 +194,7 @@ impl Driver {
     /// Fetches from the cloud, in the background, the device slices of the best ranked routes
     /// that this device (running from slice artifacts) lacks; each one offered to the policy
     /// as it arrives.
-    pub(super) fn fetch_missing_slices(&mut self) {
+    fn fetch_missing_slices(&mut self) {
         let (Some(_), Some(_)) = (self.client.node.artifacts(), self.client.peer(CLOUD_TIER)) else { return };
         let wanted = self.rules.to_fetch(&self.ranking, &self.device());
         for block in wanted {
@@ -219,7 +219,7 @@ impl Driver {
     /// now, so that the first request on a new plan does not wait for it (a request that comes
     /// while it is built waits for that build, not for one of its own: see [`Node::slice`]).
     /// The build's task, when there is one to do.
-    pub(super) fn prepare_best_device_slice(&self) -> Option<tokio::task::JoinHandle<()>> {
+    fn prepare_best_device_slice(&self) -> Option<tokio::task::JoinHandle<()>> {
         let node = &self.client.node;
         let best = self.ranking.iter().find(|r| self.rules.runs(r, &self.device()));
         let block = best.and_then(|r| device_blocks(r).next())?;
@@ -253,19 +253,19 @@ impl Driver {
         }
     }
 
-    pub(super) fn feed(&mut self, event: Event) {
+    fn feed(&mut self, event: Event) {
         let now = self.now();
         self.policy.handle(now, event);
     }
 
-    pub(super) fn submit(&mut self, inputs: TVec<TValue>, reply: oneshot::Sender<std::result::Result<Answer, InferError>>) {
+    fn submit(&mut self, inputs: TVec<TValue>, reply: oneshot::Sender<std::result::Result<Answer, InferError>>) {
         let request = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.waiters.insert(request, Waiter { inputs, reply, outcome: None, submitted: Instant::now() });
         self.feed(Event::Submit { request });
     }
 
-    pub(super) fn take(&mut self, feedback: Feedback) {
+    fn take(&mut self, feedback: Feedback) {
         let event = match feedback {
             Feedback::Tried { request, rank, result } => match result {
                 Ok(outcome) => {
@@ -314,13 +314,13 @@ impl Driver {
         self.feed(event);
     }
 
-    pub(super) fn carry_out_all(&mut self) {
+    fn carry_out_all(&mut self) {
         while let Some(action) = self.policy.poll() {
             self.carry_out(action);
         }
     }
 
-    pub(super) fn carry_out(&mut self, action: Action) {
+    fn carry_out(&mut self, action: Action) {
         match action {
             Action::Send { request, rank, stages } => self.send(request, rank, stages),
             Action::Probe { tier } => self.probe(tier),
@@ -348,7 +348,7 @@ impl Driver {
     }
 
     /// Runs one try in its own task; its end comes back as feedback.
-    pub(super) fn send(&mut self, request: u64, rank: usize, stages: Vec<Stage>) {
+    fn send(&mut self, request: u64, rank: usize, stages: Vec<Stage>) {
         let Some(inputs) = self.waiters.get(&request).map(|w| w.inputs.clone()) else { return };
         let (client, sender, encoding) = (self.client.clone(), self.feedback.0.clone(), self.encoding);
         tokio::spawn(async move {
@@ -357,7 +357,7 @@ impl Driver {
         });
     }
 
-    pub(super) fn probe(&mut self, tier: u8) {
+    fn probe(&mut self, tier: u8) {
         let (client, sender) = (self.client.clone(), self.feedback.0.clone());
         tokio::spawn(async move {
             let event = match client.probe(tier, 4096).await {
@@ -368,7 +368,7 @@ impl Driver {
         });
     }
 
-    pub(super) fn measure(&mut self, tiers: Vec<u8>) {
+    fn measure(&mut self, tiers: Vec<u8>) {
         let (client, sender) = (self.client.clone(), self.feedback.0.clone());
         tokio::spawn(async move {
             let links = measure_uplinks(&client, tiers.into_iter()).await;
@@ -376,7 +376,7 @@ impl Driver {
         });
     }
 
-    pub(super) fn replan(&mut self, avoid: Vec<u8>, links: Vec<(u8, Link)>, reason: ReplanReason) {
+    fn replan(&mut self, avoid: Vec<u8>, links: Vec<(u8, Link)>, reason: ReplanReason) {
         self.last_cause = match reason {
             ReplanReason::NoRouteAvoidingDown => SwitchCause::Down(avoid.clone()),
             ReplanReason::TierRecovered => SwitchCause::Recovered,
@@ -398,7 +398,7 @@ impl Driver {
         });
     }
 
-    pub(super) fn done(&mut self, request: u64, route: Route, elapsed_ns: u64) {
+    fn done(&mut self, request: u64, route: Route, elapsed_ns: u64) {
         let Some(waiter) = self.waiters.remove(&request) else { return };
         let Some((outcome, rank)) = waiter.outcome else {
             let _ = waiter.reply.send(Err(InferError::Failed(format!("request {request} completed without an outcome"))));
@@ -442,7 +442,7 @@ impl Driver {
     /// route's first answer is left out, as the run's per-plan figures leave it out: it pays
     /// the handshakes and the first runs of fresh slices, which the route's later requests do
     /// not.
-    pub(super) fn observe(&mut self, route: &Route, outcome: &Outcome, hops: &[((u8, u8), u64)]) {
+    fn observe(&mut self, route: &Route, outcome: &Outcome, hops: &[((u8, u8), u64)]) {
         if !self.planner_observes || self.first_answer_on(route) {
             return;
         }
@@ -453,14 +453,14 @@ impl Driver {
     }
 
     /// Whether `route` answers for the first time (as far as this session remembers).
-    pub(super) fn first_answer_on(&mut self, route: &Route) -> bool {
+    fn first_answer_on(&mut self, route: &Route) -> bool {
         if self.answered_routes.len() >= ROUTES_REMEMBERED {
             self.answered_routes.clear();
         }
         self.answered_routes.insert(route.stages.clone())
     }
 
-    pub(super) fn fail(&mut self, request: u64, error: InferError) {
+    fn fail(&mut self, request: u64, error: InferError) {
         self.emit(DeviceEvent::Failed { request, error: error.clone() });
         if let Some(waiter) = self.waiters.remove(&request) {
             let _ = waiter.reply.send(Err(error));
@@ -492,7 +492,7 @@ impl Driver {
         }
     }
 
-    pub(super) fn publish(&self) {
+    fn publish(&self) {
         if let Some(tx) = &self.status_tx {
             let status = self.status();
             tx.send_if_modified(|old| {

@@ -127,7 +127,7 @@ impl<'de> serde::de::Visitor<'de> for InputSeed<'_> {
 
 /// An input's `data`: its elements, of the input's type, into a tensor of its shape.
 pub(super) struct DataSeed<'a> {
-    spec: &'a InputSpec,
+    pub(super) spec: &'a InputSpec,
     failure: &'a mut Option<ProtocolError>,
 }
 
@@ -188,7 +188,7 @@ pub(super) struct Leaves<'a, T> {
     out: &'a mut Vec<T>,
     limit: usize,
     depth: usize,
-    name: &'a str,
+    pub(super) name: &'a str,
     failure: &'a mut Option<ProtocolError>,
 }
 
